@@ -1,0 +1,20 @@
+//! mindreader: reconstruct the images a person saw from their fMRI (after Mind Reader, Lin,
+//! Sprague & Singh, NeurIPS 2022) on a from-scratch CUDA kernel engine with CPU twins.
+//!
+//! Layers, each using only those above it: `kernels` (embedded CUDA) → `tensor` → `ops` →
+//! `autograd` → `nn` → `train` → the `mindreader` binary. See DESIGN.md in the repository.
+
+pub mod autograd;
+pub mod error;
+pub mod kernels;
+pub mod nn;
+pub mod ops;
+pub mod tensor;
+pub mod train;
+
+#[doc(hidden)]
+pub mod testing;
+
+pub use autograd::{Gradients, Tape};
+pub use error::{Error, Result};
+pub use tensor::{DType, Device, Tensor};

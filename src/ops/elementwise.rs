@@ -1,0 +1,557 @@
+//! Elementwise ops: unary activations and maths, same-shape add/sub/mul, bias-add with broadcast.
+//!
+//! Forward `y = f(x)`; backward `dx = f'(x) · dy` (each op's derivative in `cpu::unary_bwd`).
+//! `leaky_relu(x; α, g) = g·(x > 0 ? x : αx)` (StyleGAN's `lrelu` with gain √2);
+//! `gelu(x) = x·Φ(x)` (exact erf form, PyTorch's default); `quick_gelu(x) = x·σ(1.702x)` (CLIP);
+//! `softplus(x) = log(1 + eˣ)`, linear above 20 as in PyTorch.
+//! `bias_add(x, b, axis)`: x viewed as `[outer, C, inner]`, `y[o,c,r] = x[o,c,r] + b[c]`;
+//! `db[c] = Σ_{o,r} dy[o,c,r]`.
+//!
+//! Memory traffic: forward reads x and writes y (8 B/element in f32), backward reads x, y, dy and
+//! writes dx (16 B/element). Kernels: `kernels/elementwise.cu`, 256-thread blocks, grid-stride.
+
+use cudarc::driver::PushKernelArg;
+use rayon::prelude::*;
+
+use super::{same_device, same_shape, split_at_axis, Real};
+use crate::autograd::Tape;
+use crate::error::{Error, Result};
+use crate::tensor::{launch_1d, Device, Storage, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Unary {
+    Relu,
+    LeakyRelu { slope: f32, gain: f32 },
+    Gelu,
+    QuickGelu,
+    Sigmoid,
+    Softplus,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Clamp { min: f32, max: f32 },
+    Scale(f32),
+    AddScalar(f32),
+    Square,
+}
+
+impl Unary {
+    /// (op code, a, b) as `kernels/elementwise.cu` reads them.
+    fn code(self) -> (i32, f32, f32) {
+        match self {
+            Unary::Relu => (0, 0.0, 0.0),
+            Unary::LeakyRelu { slope, gain } => (1, slope, gain),
+            Unary::Gelu => (2, 0.0, 0.0),
+            Unary::QuickGelu => (3, 0.0, 0.0),
+            Unary::Sigmoid => (4, 0.0, 0.0),
+            Unary::Softplus => (5, 0.0, 0.0),
+            Unary::Exp => (6, 0.0, 0.0),
+            Unary::Log => (7, 0.0, 0.0),
+            Unary::Sqrt => (8, 0.0, 0.0),
+            Unary::Rsqrt => (9, 0.0, 0.0),
+            Unary::Clamp { min, max } => (10, min, max),
+            Unary::Scale(s) => (11, s, 0.0),
+            Unary::AddScalar(s) => (12, s, 0.0),
+            Unary::Square => (13, 0.0, 0.0),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+}
+
+/// The CPU twins: plain scalar maths, generic so gradient checks run them in f64.
+pub mod cpu {
+    use super::{Binary, Real, Unary};
+
+    fn sigmoid<T: Real>(x: T) -> T {
+        T::one() / (T::one() + (-x).exp())
+    }
+
+    pub fn unary_fwd<T: Real>(op: Unary, x: T) -> T {
+        let c = T::c;
+        match op {
+            Unary::Relu => x.max(T::zero()),
+            Unary::LeakyRelu { slope, gain } => (if x > T::zero() { x } else { c(slope as f64) * x }) * c(gain as f64),
+            Unary::Gelu => c(0.5) * x * (T::one() + (x * c(std::f64::consts::FRAC_1_SQRT_2)).erf()),
+            Unary::QuickGelu => x * sigmoid(c(1.702) * x),
+            Unary::Sigmoid => sigmoid(x),
+            Unary::Softplus => {
+                if x > c(20.0) {
+                    x
+                } else {
+                    x.exp().ln_1p()
+                }
+            }
+            Unary::Exp => x.exp(),
+            Unary::Log => x.ln(),
+            Unary::Sqrt => x.sqrt(),
+            Unary::Rsqrt => x.sqrt().recip(),
+            Unary::Clamp { min, max } => x.max(c(min as f64)).min(c(max as f64)),
+            Unary::Scale(s) => x * c(s as f64),
+            Unary::AddScalar(s) => x + c(s as f64),
+            Unary::Square => x * x,
+        }
+    }
+
+    /// dL/dx given x, y = f(x) and dL/dy.
+    pub fn unary_bwd<T: Real>(op: Unary, x: T, y: T, dy: T) -> T {
+        let c = T::c;
+        match op {
+            Unary::Relu => {
+                if x > T::zero() {
+                    dy
+                } else {
+                    T::zero()
+                }
+            }
+            Unary::LeakyRelu { slope, gain } => dy * c(gain as f64) * if x > T::zero() { T::one() } else { c(slope as f64) },
+            Unary::Gelu => {
+                let cdf = c(0.5) * (T::one() + (x * c(std::f64::consts::FRAC_1_SQRT_2)).erf());
+                let pdf = c(0.398_942_280_401_432_7) * (c(-0.5) * x * x).exp();
+                dy * (cdf + x * pdf)
+            }
+            Unary::QuickGelu => {
+                let s = sigmoid(c(1.702) * x);
+                dy * (s + c(1.702) * x * s * (T::one() - s))
+            }
+            Unary::Sigmoid => dy * y * (T::one() - y),
+            Unary::Softplus => {
+                if x > c(20.0) {
+                    dy
+                } else {
+                    dy * sigmoid(x)
+                }
+            }
+            Unary::Exp => dy * y,
+            Unary::Log => dy / x,
+            Unary::Sqrt => dy * c(0.5) / y,
+            Unary::Rsqrt => dy * c(-0.5) * y * y * y,
+            Unary::Clamp { min, max } => {
+                if x >= c(min as f64) && x <= c(max as f64) {
+                    dy
+                } else {
+                    T::zero()
+                }
+            }
+            Unary::Scale(s) => dy * c(s as f64),
+            Unary::AddScalar(_) => dy,
+            Unary::Square => dy * c(2.0) * x,
+        }
+    }
+
+    pub fn binary<T: Real>(op: Binary, a: T, b: T) -> T {
+        match op {
+            Binary::Add => a + b,
+            Binary::Sub => a - b,
+            Binary::Mul => a * b,
+        }
+    }
+
+    /// `dbias[c] = Σ dy[o, c, r]` over `[outer, C, inner]`.
+    pub fn bias_grad<T: Real>(dy: &[T], outer: usize, channels: usize, inner: usize) -> Vec<T> {
+        let mut db = vec![T::zero(); channels];
+        for o in 0..outer {
+            for (c, acc) in db.iter_mut().enumerate() {
+                let row = &dy[(o * channels + c) * inner..][..inner];
+                *acc = *acc + row.iter().copied().sum();
+            }
+        }
+        db
+    }
+}
+
+/// Applies `f` to every element of f32 CPU slices in parallel.
+fn cpu_map<const N: usize>(op: &'static str, xs: [&Tensor; N], f: impl Fn([f32; N]) -> f32 + Sync) -> Result<Tensor> {
+    let guards: Vec<_> = xs.iter().map(|t| t.storage()).collect();
+    let slices: Vec<&[f32]> = guards.iter().map(|g| g.cpu_f32(op)).collect::<Result<_>>()?;
+    let n = xs[0].numel();
+    let y: Vec<f32> = (0..n)
+        .into_par_iter()
+        .with_min_len(4096)
+        .map(|i| f(std::array::from_fn(|k| slices[k][i])))
+        .collect();
+    Tensor::from_vec(y, xs[0].shape(), &Device::Cpu)
+}
+
+/// `y = op(x)` without recording.
+pub(crate) fn unary_raw(op: Unary, x: &Tensor) -> Result<Tensor> {
+    match x.device() {
+        Device::Cpu => cpu_map("unary", [x], |[v]| cpu::unary_fwd(op, v)),
+        Device::Cuda(gpu) => {
+            let n = x.numel();
+            let (code, a, b) = op.code();
+            let xs = x.storage();
+            let mut y = gpu.alloc::<f32>(n)?;
+            let f = gpu.function("elementwise", "unary_fwd_f32")?;
+            let nn = n as u64;
+            // SAFETY: reads n inputs, writes n outputs.
+            unsafe { gpu.stream.launch_builder(&f).arg(xs.cuda_f32("unary")?).arg(&mut y).arg(&nn).arg(&code).arg(&a).arg(&b).launch(launch_1d(n)) }
+                .map_err(|e| crate::error::Error::cuda("unary_fwd_f32", e))?;
+            Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()))
+        }
+    }
+}
+
+/// `dx = f'(x)·dy` without recording.
+pub(crate) fn unary_bwd_raw(op: Unary, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    match x.device() {
+        Device::Cpu => cpu_map("unary backward", [x, y, dy], |[xv, yv, g]| cpu::unary_bwd(op, xv, yv, g)),
+        Device::Cuda(gpu) => {
+            let n = x.numel();
+            let (code, a, b) = op.code();
+            let (xs, ys, dys) = (x.storage(), y.storage(), dy.storage());
+            let mut dx = gpu.alloc::<f32>(n)?;
+            let f = gpu.function("elementwise", "unary_bwd_f32")?;
+            let nn = n as u64;
+            let op_name = "unary backward";
+            // SAFETY: reads n elements of x, y, dy, writes n of dx.
+            unsafe {
+                gpu.stream
+                    .launch_builder(&f)
+                    .arg(xs.cuda_f32(op_name)?)
+                    .arg(ys.cuda_f32(op_name)?)
+                    .arg(dys.cuda_f32(op_name)?)
+                    .arg(&mut dx)
+                    .arg(&nn)
+                    .arg(&code)
+                    .arg(&a)
+                    .arg(&b)
+                    .launch(launch_1d(n))
+            }
+            .map_err(|e| Error::cuda("unary_bwd_f32", e))?;
+            Ok(Tensor::from_storage(Storage::CudaF32(dx), x.shape(), x.device()))
+        }
+    }
+}
+
+/// `y = op(x)`, recorded.
+pub fn unary(tape: &mut Tape, op: Unary, x: &Tensor) -> Result<Tensor> {
+    let y = unary_raw(op, x)?;
+    let (xc, yc) = (x.clone(), y.clone());
+    tape.record(&[x], &y, move |dy| Ok(vec![Some(unary_bwd_raw(op, &xc, &yc, dy)?)]));
+    Ok(y)
+}
+
+pub fn relu(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+    unary(tape, Unary::Relu, x)
+}
+pub fn leaky_relu(tape: &mut Tape, x: &Tensor, slope: f32, gain: f32) -> Result<Tensor> {
+    unary(tape, Unary::LeakyRelu { slope, gain }, x)
+}
+pub fn gelu(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+    unary(tape, Unary::Gelu, x)
+}
+pub fn quick_gelu(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+    unary(tape, Unary::QuickGelu, x)
+}
+pub fn sigmoid(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+    unary(tape, Unary::Sigmoid, x)
+}
+pub fn softplus(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+    unary(tape, Unary::Softplus, x)
+}
+pub fn exp(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+    unary(tape, Unary::Exp, x)
+}
+pub fn log(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+    unary(tape, Unary::Log, x)
+}
+pub fn sqrt(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+    unary(tape, Unary::Sqrt, x)
+}
+pub fn rsqrt(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+    unary(tape, Unary::Rsqrt, x)
+}
+pub fn clamp(tape: &mut Tape, x: &Tensor, min: f32, max: f32) -> Result<Tensor> {
+    unary(tape, Unary::Clamp { min, max }, x)
+}
+pub fn scale(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
+    unary(tape, Unary::Scale(s), x)
+}
+pub fn add_scalar(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
+    unary(tape, Unary::AddScalar(s), x)
+}
+pub fn square(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+    unary(tape, Unary::Square, x)
+}
+
+/// `y = a op b` for same-shape tensors, without recording.
+pub(crate) fn binary_raw(op: Binary, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    same_device("binary", &[a, b])?;
+    same_shape("binary", a, b)?;
+    match a.device() {
+        Device::Cpu => cpu_map("binary", [a, b], |[u, v]| cpu::binary(op, u, v)),
+        Device::Cuda(gpu) => {
+            let n = a.numel();
+            let (sa, sb) = (a.storage(), b.storage());
+            let mut y = gpu.alloc::<f32>(n)?;
+            let f = gpu.function("elementwise", "binary_f32")?;
+            let (nn, code) = (n as u64, op as i32);
+            // SAFETY: reads n of a and b, writes n of y.
+            unsafe { gpu.stream.launch_builder(&f).arg(sa.cuda_f32("binary")?).arg(sb.cuda_f32("binary")?).arg(&mut y).arg(&nn).arg(&code).launch(launch_1d(n)) }
+                .map_err(|e| Error::cuda("binary_f32", e))?;
+            Ok(Tensor::from_storage(Storage::CudaF32(y), a.shape(), a.device()))
+        }
+    }
+}
+
+pub(crate) fn add_raw(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary_raw(Binary::Add, a, b)
+}
+
+pub(crate) fn mul_raw(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary_raw(Binary::Mul, a, b)
+}
+
+pub(crate) fn scale_raw(x: &Tensor, s: f32) -> Result<Tensor> {
+    unary_raw(Unary::Scale(s), x)
+}
+
+/// `y = a + b` (same shape).
+pub fn add(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let y = binary_raw(Binary::Add, a, b)?;
+    tape.record(&[a, b], &y, |dy| Ok(vec![Some(dy.clone()), Some(dy.clone())]));
+    Ok(y)
+}
+
+/// `y = a − b` (same shape).
+pub fn sub(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let y = binary_raw(Binary::Sub, a, b)?;
+    tape.record(&[a, b], &y, |dy| Ok(vec![Some(dy.clone()), Some(scale_raw(dy, -1.0)?)]));
+    Ok(y)
+}
+
+/// `y = a ⊙ b` (same shape); `da = dy ⊙ b`, `db = dy ⊙ a`.
+pub fn mul(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let y = binary_raw(Binary::Mul, a, b)?;
+    let (ac, bc) = (a.clone(), b.clone());
+    tape.record(&[a, b], &y, move |dy| Ok(vec![Some(mul_raw(dy, &bc)?), Some(mul_raw(dy, &ac)?)]));
+    Ok(y)
+}
+
+fn bias_layout(x: &Tensor, bias: &Tensor, axis: isize) -> Result<(usize, usize, usize)> {
+    let axis = x.axis(axis)?;
+    let (outer, c, inner) = split_at_axis(x.shape(), axis);
+    if bias.numel() != c || bias.rank() != 1 {
+        return Err(Error::shape("bias_add", format!("bias {:?} for axis {axis} of {:?}", bias.shape(), x.shape())));
+    }
+    Ok((outer, c, inner))
+}
+
+pub(crate) fn bias_add_raw(x: &Tensor, bias: &Tensor, axis: isize) -> Result<Tensor> {
+    same_device("bias_add", &[x, bias])?;
+    let (_, c, inner) = bias_layout(x, bias, axis)?;
+    match x.device() {
+        Device::Cpu => {
+            let (xs, bs) = (x.storage(), bias.storage());
+            let (xv, bv) = (xs.cpu_f32("bias_add")?, bs.cpu_f32("bias_add")?);
+            let y: Vec<f32> = xv.par_iter().enumerate().with_min_len(4096).map(|(i, v)| v + bv[(i / inner) % c]).collect();
+            Tensor::from_vec(y, x.shape(), x.device())
+        }
+        Device::Cuda(gpu) => {
+            let n = x.numel();
+            let (xs, bs) = (x.storage(), bias.storage());
+            let mut y = gpu.alloc::<f32>(n)?;
+            let f = gpu.function("elementwise", "bias_add_f32")?;
+            let (nn, cc, ii) = (n as u64, c as u32, inner.max(1) as u32);
+            // SAFETY: reads n of x and C of bias, writes n of y.
+            unsafe { gpu.stream.launch_builder(&f).arg(xs.cuda_f32("bias_add")?).arg(bs.cuda_f32("bias_add")?).arg(&mut y).arg(&nn).arg(&cc).arg(&ii).launch(launch_1d(n)) }
+                .map_err(|e| Error::cuda("bias_add_f32", e))?;
+            Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()))
+        }
+    }
+}
+
+/// `db[c] = Σ_{o,r} dy[o,c,r]` for dy viewed as `[outer, C, inner]`.
+pub(crate) fn bias_grad_raw(dy: &Tensor, outer: usize, c: usize, inner: usize) -> Result<Tensor> {
+    match dy.device() {
+        Device::Cpu => {
+            let s = dy.storage();
+            Tensor::from_vec(cpu::bias_grad(s.cpu_f32("bias_add backward")?, outer, c, inner), &[c], dy.device())
+        }
+        Device::Cuda(gpu) => {
+            let s = dy.storage();
+            let mut db = gpu.alloc::<f32>(c)?;
+            let f = gpu.function("elementwise", "bias_grad_f32")?;
+            let (o, cc, ii) = (outer as u32, c as u32, inner as u32);
+            let cfg = cudarc::driver::LaunchConfig { grid_dim: (c.max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: one block per channel reads its outer×inner slice of dy, writes db[c].
+            unsafe { gpu.stream.launch_builder(&f).arg(s.cuda_f32("bias_add backward")?).arg(&mut db).arg(&o).arg(&cc).arg(&ii).launch(cfg) }
+                .map_err(|e| Error::cuda("bias_grad_f32", e))?;
+            Ok(Tensor::from_storage(Storage::CudaF32(db), &[c], dy.device()))
+        }
+    }
+}
+
+/// `y = x + bias` broadcast along `axis` of x (e.g. axis 1 of a conv's `[B, C, L]`, −1 of a linear's `[N, C]`).
+pub fn bias_add(tape: &mut Tape, x: &Tensor, bias: &Tensor, axis: isize) -> Result<Tensor> {
+    let y = bias_add_raw(x, bias, axis)?;
+    let (outer, c, inner) = bias_layout(x, bias, axis)?;
+    tape.record(&[x, bias], &y, move |dy| Ok(vec![Some(dy.clone()), Some(bias_grad_raw(dy, outer, c, inner)?)]));
+    Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, devices, gpu, gradcheck, parity_sizes, random_vec};
+
+    const ALL: [Unary; 14] = [
+        Unary::Relu,
+        Unary::LeakyRelu { slope: 0.2, gain: std::f32::consts::SQRT_2 },
+        Unary::Gelu,
+        Unary::QuickGelu,
+        Unary::Sigmoid,
+        Unary::Softplus,
+        Unary::Exp,
+        Unary::Log,
+        Unary::Sqrt,
+        Unary::Rsqrt,
+        Unary::Clamp { min: -0.5, max: 0.7 },
+        Unary::Scale(-1.5),
+        Unary::AddScalar(0.25),
+        Unary::Square,
+    ];
+
+    /// Inputs in the op's domain, away from kinks where a finite difference is meaningless.
+    fn domain_inputs(op: Unary, n: usize, seed: u64) -> Vec<f32> {
+        let mut v = random_vec(n, seed);
+        for x in v.iter_mut() {
+            if matches!(op, Unary::Log | Unary::Sqrt | Unary::Rsqrt) {
+                *x = x.abs() + 0.2;
+            }
+            if matches!(op, Unary::Relu | Unary::LeakyRelu { .. }) && x.abs() < 0.05 {
+                *x += 0.1;
+            }
+            if let Unary::Clamp { min, max } = op {
+                for edge in [min, max] {
+                    if (*x - edge).abs() < 0.05 {
+                        *x += 0.1;
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn unary_gradients_match_finite_differences() {
+        for op in ALL {
+            let x: Vec<f64> = domain_inputs(op, 37, 1).iter().map(|&v| v as f64 * 3.0).collect();
+            let x: Vec<f64> = x.iter().map(|&v| if matches!(op, Unary::Log | Unary::Sqrt | Unary::Rsqrt) { v.abs() + 0.2 } else { v }).collect();
+            let w: Vec<f64> = random_vec(37, 2).iter().map(|&v| v as f64).collect();
+            // loss = Σ w ⊙ f(x)
+            let loss = |x: &[f64]| x.iter().zip(&w).map(|(&xi, &wi)| wi * cpu::unary_fwd(op, xi)).sum::<f64>();
+            let analytic: Vec<f64> = x.iter().zip(&w).map(|(&xi, &wi)| cpu::unary_bwd(op, xi, cpu::unary_fwd(op, xi), wi)).collect();
+            gradcheck(&format!("{op:?}"), loss, &x, &analytic);
+        }
+    }
+
+    #[test]
+    fn unary_backward_through_tape_matches_twin() {
+        for device in devices() {
+            for op in ALL {
+                let xv = domain_inputs(op, 33, 3);
+                let x = Tensor::from_slice(&xv, &[3, 11], &device).unwrap();
+                let mut tape = Tape::new();
+                tape.watch(&x);
+                let y = unary(&mut tape, op, &x).unwrap();
+                let w = Tensor::from_vec(random_vec(33, 4), &[3, 11], &device).unwrap();
+                let yw = mul(&mut tape, &y, &w).unwrap();
+                let loss = crate::ops::reduce::sum_all(&mut tape, &yw).unwrap();
+                let g = tape.backward(&loss).unwrap();
+                let got = g.get(&x).unwrap().to_vec_f32().unwrap();
+                let want: Vec<f32> = xv.iter().zip(w.to_vec_f32().unwrap()).map(|(&xi, wi)| cpu::unary_bwd(op, xi, cpu::unary_fwd(op, xi), wi)).collect();
+                assert_close(&got, &want, 1e-5, 1e-6, &format!("{op:?} on {device}"));
+            }
+        }
+    }
+
+    #[test]
+    fn unary_cuda_matches_cpu() {
+        let Some(gpu) = gpu() else { return };
+        for op in ALL {
+            for n in parity_sizes() {
+                let xv = domain_inputs(op, n, n as u64);
+                let dyv = random_vec(n, 7);
+                let run = |d: &Device| {
+                    let x = Tensor::from_slice(&xv, &[n], d).unwrap();
+                    let dy = Tensor::from_slice(&dyv, &[n], d).unwrap();
+                    let y = unary_raw(op, &x).unwrap();
+                    let dx = unary_bwd_raw(op, &x, &y, &dy).unwrap();
+                    (y.to_vec_f32().unwrap(), dx.to_vec_f32().unwrap())
+                };
+                let (yc, dxc) = run(&Device::Cpu);
+                let (yg, dxg) = run(&gpu);
+                assert_close(&yg, &yc, 1e-5, 1e-6, &format!("{op:?} forward n={n}"));
+                assert_close(&dxg, &dxc, 1e-5, 1e-6, &format!("{op:?} backward n={n}"));
+            }
+        }
+    }
+
+    #[test]
+    fn binary_and_bias_gradients() {
+        for device in devices() {
+            let (av, bv, biasv) = (random_vec(60, 1), random_vec(60, 2), random_vec(4, 3));
+            let a = Tensor::from_slice(&av, &[3, 4, 5], &device).unwrap();
+            let b = Tensor::from_slice(&bv, &[3, 4, 5], &device).unwrap();
+            let bias = Tensor::from_slice(&biasv, &[4], &device).unwrap();
+            let mut tape = Tape::new();
+            for t in [&a, &b, &bias] {
+                tape.watch(t);
+            }
+            // loss = Σ ((a − b) ⊙ a + b + bias[c])
+            let d = sub(&mut tape, &a, &b).unwrap();
+            let p = mul(&mut tape, &d, &a).unwrap();
+            let s = add(&mut tape, &p, &b).unwrap();
+            let y = bias_add(&mut tape, &s, &bias, 1).unwrap();
+            let loss = crate::ops::reduce::sum_all(&mut tape, &y).unwrap();
+            let g = tape.backward(&loss).unwrap();
+            let da: Vec<f32> = av.iter().zip(&bv).map(|(a, b)| 2.0 * a - b).collect();
+            let db: Vec<f32> = av.iter().map(|a| 1.0 - a).collect();
+            assert_close(&g.get(&a).unwrap().to_vec_f32().unwrap(), &da, 1e-5, 1e-6, "da");
+            assert_close(&g.get(&b).unwrap().to_vec_f32().unwrap(), &db, 1e-5, 1e-6, "db");
+            assert_close(&g.get(&bias).unwrap().to_vec_f32().unwrap(), &[15.0; 4], 1e-5, 1e-6, "dbias");
+            let want_y: Vec<f32> = (0..60).map(|i| (av[i] - bv[i]) * av[i] + bv[i] + biasv[(i / 5) % 4]).collect();
+            assert_close(&y.to_vec_f32().unwrap(), &want_y, 1e-5, 1e-6, "bias_add forward");
+        }
+    }
+
+    #[test]
+    fn binary_and_bias_cuda_match_cpu() {
+        let Some(gpu) = gpu() else { return };
+        for n in parity_sizes() {
+            let shape = [n, 3];
+            let (av, bv, biasv) = (random_vec(3 * n, 1), random_vec(3 * n, 2), random_vec(3, 3));
+            let run = |d: &Device| {
+                let a = Tensor::from_slice(&av, &shape, d).unwrap();
+                let b = Tensor::from_slice(&bv, &shape, d).unwrap();
+                let bias = Tensor::from_slice(&biasv, &[3], d).unwrap();
+                let mut out = Vec::new();
+                for op in [Binary::Add, Binary::Sub, Binary::Mul] {
+                    out.extend(binary_raw(op, &a, &b).unwrap().to_vec_f32().unwrap());
+                }
+                out.extend(bias_add_raw(&a, &bias, -1).unwrap().to_vec_f32().unwrap());
+                out.extend(bias_grad_raw(&a, n, 3, 1).unwrap().to_vec_f32().unwrap());
+                out
+            };
+            assert_close(&run(&gpu), &run(&Device::Cpu), 1e-5, 1e-5, &format!("binary/bias n={n}"));
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors() {
+        let a = Tensor::zeros(&[2, 3], &Device::Cpu).unwrap();
+        let b = Tensor::zeros(&[3, 2], &Device::Cpu).unwrap();
+        let err = add(&mut Tape::new(), &a, &b).unwrap_err().to_string();
+        assert!(err.contains("[2, 3] vs [3, 2]"), "{err}");
+        let bias = Tensor::zeros(&[4], &Device::Cpu).unwrap();
+        assert!(bias_add(&mut Tape::new(), &a, &bias, 1).is_err());
+    }
+}

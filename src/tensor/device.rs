@@ -1,0 +1,187 @@
+//! Where a tensor lives: the host, or one CUDA GPU with its stream and loaded kernel modules.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+
+use crate::error::{Error, Result};
+use crate::kernels;
+
+#[derive(Clone)]
+pub enum Device {
+    Cpu,
+    Cuda(Arc<Gpu>),
+}
+
+impl Device {
+    /// The CUDA GPU of that ordinal, or an error saying why there is none (never a panic).
+    pub fn cuda(ordinal: usize) -> Result<Device> {
+        Ok(Device::Cuda(Gpu::open(ordinal)?))
+    }
+
+    /// The first GPU when one is usable, else the CPU.
+    pub fn best() -> Device {
+        Device::cuda(0).unwrap_or(Device::Cpu)
+    }
+
+    pub fn is_cuda(&self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+
+    pub fn same(&self, other: &Device) -> bool {
+        match (self, other) {
+            (Device::Cpu, Device::Cpu) => true,
+            (Device::Cuda(a), Device::Cuda(b)) => a.ordinal == b.ordinal,
+            _ => false,
+        }
+    }
+
+    /// Waits for all queued GPU work (no-op on the CPU).
+    pub fn synchronize(&self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Cuda(gpu) => gpu.stream.synchronize().map_err(|e| Error::cuda("synchronize", e)),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(g) => write!(f, "cuda:{}", g.ordinal),
+        }
+    }
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Set by the parity tests: every kernel output buffer is filled with NaN before the kernel
+/// runs, so a kernel that forgets to write an element cannot pass by luck.
+static POISON_OUTPUTS: AtomicBool = AtomicBool::new(false);
+
+pub fn set_poison_outputs(on: bool) {
+    POISON_OUTPUTS.store(on, Ordering::SeqCst);
+}
+
+/// One GPU: its context, the stream every op is queued on, and the kernel modules loaded so far.
+pub struct Gpu {
+    pub ordinal: usize,
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+}
+
+/// Why no GPU can be used here, or None when one can.
+pub fn why_no_gpu() -> Option<String> {
+    // cudarc panics when libcuda is absent; ask first.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Some("libcuda (the NVIDIA driver library) is not present on this machine".into());
+    }
+    match std::panic::catch_unwind(CudaContext::device_count) {
+        Ok(Ok(0)) => Some("the NVIDIA driver reports no CUDA devices".into()),
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(format!("the NVIDIA driver failed to initialise: {e}")),
+        Err(_) => Some("the NVIDIA driver library could not be loaded".into()),
+    }
+}
+
+impl Gpu {
+    pub fn open(ordinal: usize) -> Result<Arc<Gpu>> {
+        if let Some(why) = why_no_gpu() {
+            return Err(Error::NoGpu(why));
+        }
+        let count = CudaContext::device_count().map_err(|e| Error::NoGpu(e.to_string()))?;
+        if ordinal >= count as usize {
+            return Err(Error::NoGpu(format!("asked for cuda:{ordinal} but the driver reports {count} device(s)")));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| Error::NoGpu(format!("creating a context on cuda:{ordinal}: {e}")))?;
+        let stream = ctx.default_stream();
+        Ok(Arc::new(Gpu { ordinal, ctx, stream, modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) }))
+    }
+
+    pub fn name(&self) -> String {
+        self.ctx.name().unwrap_or_else(|e| format!("unknown ({e})"))
+    }
+
+    /// The kernel `name` from `kernels/<family>.cu`, loading the family's module on first use.
+    pub fn function(&self, family: &'static str, name: &'static str) -> Result<CudaFunction> {
+        let mut functions = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = functions.get(&(family, name)) {
+            return Ok(f.clone());
+        }
+        let module = {
+            let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+            match modules.get(family) {
+                Some(m) => m.clone(),
+                None => {
+                    let k = kernels::find(family).ok_or_else(|| Error::MissingKernel(family.to_string()))?;
+                    let m = self
+                        .ctx
+                        .load_module(cudarc::nvrtc::Ptx::from_binary(k.fatbin.to_vec()))
+                        .map_err(|e| Error::cuda(format!("loading kernels/{family}.cu"), e))?;
+                    modules.insert(family, m.clone());
+                    m
+                }
+            }
+        };
+        let f = module.load_function(name).map_err(|e| Error::cuda(format!("finding kernel {name} in kernels/{family}.cu"), e))?;
+        functions.insert((family, name), f.clone());
+        Ok(f)
+    }
+
+    /// An output buffer of `n` elements (at least one, so empty tensors still own a buffer).
+    /// Uninitialised, or NaN-filled while parity tests poison outputs.
+    pub fn alloc<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
+        let mut buf = unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(|e| Error::cuda(format!("allocating {n} elements"), e))?;
+        if POISON_OUTPUTS.load(Ordering::SeqCst) {
+            self.fill_bytes(&mut buf, 0xFF)?;
+        }
+        Ok(buf)
+    }
+
+    /// A zero-filled buffer of `n` elements.
+    pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
+        self.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| Error::cuda(format!("allocating {n} zeros"), e))
+    }
+
+    /// Sets every byte of `buf` (NaN for 0xFF in every float format).
+    pub fn fill_bytes<T: DeviceRepr>(&self, buf: &mut CudaSlice<T>, byte: u8) -> Result<()> {
+        let n_bytes = buf.num_bytes();
+        let f = self.function("elementwise", "fill_bytes")?;
+        let n = n_bytes as u64;
+        let b = byte as u32;
+        let cfg = launch_1d(n_bytes);
+        // SAFETY: fill_bytes(u8* p, u64 n, u32 byte) writes n bytes inside buf.
+        unsafe { self.stream.launch_builder(&f).arg(buf).arg(&n).arg(&b).launch(cfg) }
+            .map_err(|e| Error::cuda("fill_bytes", e))?;
+        Ok(())
+    }
+}
+
+/// Launches `kernels/<family>.cu::<kernel>` on the GPU's stream with the given arguments, in
+/// order, mapping a launch failure to an error naming the kernel. Each call site states why its
+/// arguments are in bounds (the launch itself is `unsafe`: the kernel trusts its sizes).
+macro_rules! launch {
+    ($gpu:expr, $family:literal, $kernel:literal, $cfg:expr, $($arg:expr),* $(,)?) => {{
+        let f = $gpu.function($family, $kernel)?;
+        let mut b = $gpu.stream.launch_builder(&f);
+        $( cudarc::driver::PushKernelArg::arg(&mut b, $arg); )*
+        unsafe { b.launch($cfg) }.map(|_| ()).map_err(|e| $crate::error::Error::cuda($kernel, e))
+    }};
+}
+pub(crate) use launch;
+
+/// A 1-D launch of 256-thread blocks covering `n` elements (grid capped; kernels grid-stride).
+pub fn launch_1d(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(256).clamp(1, 65535 * 8) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}

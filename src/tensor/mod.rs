@@ -1,0 +1,345 @@
+//! `Tensor`: a shape, a dtype and a contiguous row-major buffer on a `Device`.
+//!
+//! Tensors are cheap handles (`Clone` shares the buffer). Ops never write into their inputs;
+//! the optimiser is the one writer, updating parameters in place through `storage_mut`.
+
+mod device;
+
+pub(crate) use device::launch;
+pub use device::{launch_1d, set_poison_outputs, why_no_gpu, Device, Gpu};
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use cudarc::driver::{CudaSlice, PushKernelArg};
+use half::{bf16, f16};
+use rand::{Rng, SeedableRng};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    BF16,
+    F16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::BF16 | DType::F16 => 2,
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "f32",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+        })
+    }
+}
+
+/// The bytes behind a tensor.
+pub enum Storage {
+    CpuF32(Vec<f32>),
+    CpuBF16(Vec<bf16>),
+    CpuF16(Vec<f16>),
+    CudaF32(CudaSlice<f32>),
+    CudaBF16(CudaSlice<bf16>),
+    CudaF16(CudaSlice<f16>),
+}
+
+impl Storage {
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::CpuF32(_) | Storage::CudaF32(_) => DType::F32,
+            Storage::CpuBF16(_) | Storage::CudaBF16(_) => DType::BF16,
+            Storage::CpuF16(_) | Storage::CudaF16(_) => DType::F16,
+        }
+    }
+
+    pub fn cpu_f32(&self, op: &'static str) -> Result<&[f32]> {
+        match self {
+            Storage::CpuF32(v) => Ok(v),
+            other => Err(Error::DType { op, got: other.dtype(), expected: "f32 on the CPU" }),
+        }
+    }
+
+    pub fn cpu_f32_mut(&mut self, op: &'static str) -> Result<&mut Vec<f32>> {
+        match self {
+            Storage::CpuF32(v) => Ok(v),
+            other => Err(Error::DType { op, got: other.dtype(), expected: "f32 on the CPU" }),
+        }
+    }
+
+    pub fn cuda_f32(&self, op: &'static str) -> Result<&CudaSlice<f32>> {
+        match self {
+            Storage::CudaF32(v) => Ok(v),
+            other => Err(Error::DType { op, got: other.dtype(), expected: "f32 on a GPU" }),
+        }
+    }
+
+    pub fn cuda_f32_mut(&mut self, op: &'static str) -> Result<&mut CudaSlice<f32>> {
+        match self {
+            Storage::CudaF32(v) => Ok(v),
+            other => Err(Error::DType { op, got: other.dtype(), expected: "f32 on a GPU" }),
+        }
+    }
+}
+
+/// A process-unique tensor identity: the tape keys gradients by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(u64);
+
+impl TensorId {
+    fn fresh() -> TensorId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        TensorId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+#[derive(Clone)]
+pub struct Tensor {
+    id: TensorId,
+    shape: Arc<[usize]>,
+    device: Device,
+    storage: Arc<RwLock<Storage>>,
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor({:?}, {}, {})", self.shape, self.dtype(), self.device)
+    }
+}
+
+impl Tensor {
+    /// Wraps a freshly computed buffer; the buffer must hold `shape.iter().product()` elements
+    /// (GPU buffers may hold one spare element for empty tensors).
+    pub fn from_storage(storage: Storage, shape: &[usize], device: &Device) -> Tensor {
+        Tensor { id: TensorId::fresh(), shape: shape.into(), device: device.clone(), storage: Arc::new(RwLock::new(storage)) }
+    }
+
+    pub fn from_vec(data: Vec<f32>, shape: &[usize], device: &Device) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if data.len() != n {
+            return Err(Error::shape("Tensor::from_vec", format!("{} values for shape {shape:?} ({n} elements)", data.len())));
+        }
+        let storage = match device {
+            Device::Cpu => Storage::CpuF32(data),
+            Device::Cuda(gpu) => Storage::CudaF32(upload(gpu, &data)?),
+        };
+        Ok(Tensor::from_storage(storage, shape, device))
+    }
+
+    pub fn from_slice(data: &[f32], shape: &[usize], device: &Device) -> Result<Tensor> {
+        Tensor::from_vec(data.to_vec(), shape, device)
+    }
+
+    pub fn full(value: f32, shape: &[usize], device: &Device) -> Result<Tensor> {
+        Tensor::from_vec(vec![value; shape.iter().product()], shape, device)
+    }
+
+    pub fn zeros(shape: &[usize], device: &Device) -> Result<Tensor> {
+        match device {
+            Device::Cpu => Tensor::full(0.0, shape, device),
+            Device::Cuda(gpu) => Ok(Tensor::from_storage(Storage::CudaF32(gpu.zeros(shape.iter().product())?), shape, device)),
+        }
+    }
+
+    /// Normal(0, std²) values from a seeded generator (Box–Muller), identical on every device.
+    pub fn randn(shape: &[usize], std: f32, seed: u64, device: &Device) -> Result<Tensor> {
+        Tensor::from_vec(randn_vec(shape.iter().product(), std, seed), shape, device)
+    }
+
+    /// Uniform values in [lo, hi) from a seeded generator.
+    pub fn rand_uniform(shape: &[usize], lo: f32, hi: f32, seed: u64, device: &Device) -> Result<Tensor> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let v = (0..shape.iter().product()).map(|_| rng.gen_range(lo..hi)).collect();
+        Tensor::from_vec(v, shape, device)
+    }
+
+    pub fn id(&self) -> TensorId {
+        self.id
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn dtype(&self) -> DType {
+        self.storage().dtype()
+    }
+
+    /// Size of `axis`, accepting negative axes (-1 = last).
+    pub fn dim(&self, axis: isize) -> Result<usize> {
+        Ok(self.shape[self.axis(axis)?])
+    }
+
+    /// Resolves a possibly negative axis against this tensor's rank.
+    pub fn axis(&self, axis: isize) -> Result<usize> {
+        let r = self.rank() as isize;
+        let a = if axis < 0 { axis + r } else { axis };
+        if a < 0 || a >= r {
+            return Err(Error::shape("axis", format!("axis {axis} out of range for shape {:?}", self.shape)));
+        }
+        Ok(a as usize)
+    }
+
+    pub fn storage(&self) -> RwLockReadGuard<'_, Storage> {
+        self.storage.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write access for in-place updates (the optimiser). Ops never use this on their inputs.
+    pub fn storage_mut(&self) -> RwLockWriteGuard<'_, Storage> {
+        self.storage.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The same buffer under another shape with the same element count (no copy). This is a new
+    /// tensor for the tape; record it through `ops::reshape` when gradients must flow.
+    pub fn reshaped(&self, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != self.numel() {
+            return Err(Error::shape("reshape", format!("{:?} ({} elements) to {shape:?} ({n} elements)", self.shape, self.numel())));
+        }
+        Ok(Tensor { id: TensorId::fresh(), shape: shape.into(), device: self.device.clone(), storage: self.storage.clone() })
+    }
+
+    /// Copies the values to the host as f32 (converting bf16/f16).
+    pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
+        let n = self.numel();
+        let s = self.storage();
+        Ok(match &*s {
+            Storage::CpuF32(v) => v[..n].to_vec(),
+            Storage::CpuBF16(v) => v[..n].iter().map(|x| x.to_f32()).collect(),
+            Storage::CpuF16(v) => v[..n].iter().map(|x| x.to_f32()).collect(),
+            Storage::CudaF32(b) => download(&self.device, b, n)?,
+            Storage::CudaBF16(b) => download(&self.device, b, n)?.into_iter().map(|x| x.to_f32()).collect(),
+            Storage::CudaF16(b) => download(&self.device, b, n)?.into_iter().map(|x| x.to_f32()).collect(),
+        })
+    }
+
+    /// The single value of a one-element tensor.
+    pub fn scalar(&self) -> Result<f32> {
+        if self.numel() != 1 {
+            return Err(Error::shape("scalar", format!("tensor of shape {:?} is not a scalar", self.shape)));
+        }
+        Ok(self.to_vec_f32()?[0])
+    }
+
+    /// A copy on another device (same dtype).
+    pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        let n = self.numel();
+        let s = self.storage();
+        let storage = match (&*s, device) {
+            (Storage::CpuF32(v), Device::Cpu) => Storage::CpuF32(v.clone()),
+            (Storage::CpuBF16(v), Device::Cpu) => Storage::CpuBF16(v.clone()),
+            (Storage::CpuF16(v), Device::Cpu) => Storage::CpuF16(v.clone()),
+            (Storage::CpuF32(v), Device::Cuda(g)) => Storage::CudaF32(upload(g, v)?),
+            (Storage::CpuBF16(v), Device::Cuda(g)) => Storage::CudaBF16(upload(g, v)?),
+            (Storage::CpuF16(v), Device::Cuda(g)) => Storage::CudaF16(upload(g, v)?),
+            (Storage::CudaF32(b), Device::Cpu) => Storage::CpuF32(download(&self.device, b, n)?),
+            (Storage::CudaBF16(b), Device::Cpu) => Storage::CpuBF16(download(&self.device, b, n)?),
+            (Storage::CudaF16(b), Device::Cpu) => Storage::CpuF16(download(&self.device, b, n)?),
+            (_, Device::Cuda(_)) => {
+                drop(s);
+                return self.to_device(&Device::Cpu)?.to_device(device);
+            }
+        };
+        Ok(Tensor::from_storage(storage, &self.shape, device))
+    }
+
+    /// A copy converted to `dtype` (round to nearest even), on the same device.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        match &self.device {
+            Device::Cpu => {
+                let v = self.to_vec_f32()?;
+                let storage = match dtype {
+                    DType::F32 => Storage::CpuF32(v),
+                    DType::BF16 => Storage::CpuBF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
+                    DType::F16 => Storage::CpuF16(v.iter().map(|&x| f16::from_f32(x)).collect()),
+                };
+                Ok(Tensor::from_storage(storage, &self.shape, &self.device))
+            }
+            Device::Cuda(gpu) => cast_cuda(gpu, self, dtype),
+        }
+    }
+}
+
+/// Host → device copy.
+pub fn upload<T: cudarc::driver::DeviceRepr>(gpu: &Gpu, data: &[T]) -> Result<CudaSlice<T>> {
+    if data.is_empty() {
+        return unsafe { gpu.stream.alloc::<T>(1) }.map_err(|e| Error::cuda("allocating", e));
+    }
+    gpu.stream.clone_htod(data).map_err(|e| Error::cuda("host-to-device copy", e))
+}
+
+fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(device: &Device, buf: &CudaSlice<T>, n: usize) -> Result<Vec<T>> {
+    let Device::Cuda(gpu) = device else {
+        return Err(Error::Invalid("a GPU buffer on a CPU tensor".into()));
+    };
+    let mut host = vec![T::default(); n];
+    if n > 0 {
+        gpu.stream.memcpy_dtoh(&buf.slice(0..n), &mut host).map_err(|e| Error::cuda("device-to-host copy", e))?;
+    }
+    Ok(host)
+}
+
+/// dtype conversion on the GPU: `cast_<from>_<to>` in kernels/elementwise.cu.
+fn cast_cuda(gpu: &Arc<Gpu>, x: &Tensor, dtype: DType) -> Result<Tensor> {
+    let n = x.numel();
+    let nn = n as u64;
+    let cfg = launch_1d(n);
+    let s = x.storage();
+    let stream = &gpu.stream;
+    macro_rules! cast {
+        ($src:expr, $ty:ty, $variant:ident, $kernel:literal) => {{
+            let f = gpu.function("elementwise", $kernel)?;
+            let mut y = gpu.alloc::<$ty>(n)?;
+            // SAFETY: reads n source elements, writes n outputs.
+            unsafe { stream.launch_builder(&f).arg($src).arg(&mut y).arg(&nn).launch(cfg) }.map_err(|e| Error::cuda($kernel, e))?;
+            Storage::$variant(y)
+        }};
+    }
+    let storage = match (&*s, dtype) {
+        (Storage::CudaF32(b), DType::BF16) => cast!(b, bf16, CudaBF16, "cast_f32_bf16"),
+        (Storage::CudaF32(b), DType::F16) => cast!(b, f16, CudaF16, "cast_f32_f16"),
+        (Storage::CudaBF16(b), DType::F32) => cast!(b, f32, CudaF32, "cast_bf16_f32"),
+        (Storage::CudaF16(b), DType::F32) => cast!(b, f32, CudaF32, "cast_f16_f32"),
+        _ => {
+            drop(s);
+            return x.to_dtype(DType::F32)?.to_dtype(dtype);
+        }
+    };
+    Ok(Tensor::from_storage(storage, x.shape(), x.device()))
+}
+
+/// `n` standard-normal values × std from a seeded generator (Box–Muller).
+pub fn randn_vec(n: usize, std: f32, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
+        let u2: f64 = rng.gen();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let t = 2.0 * std::f64::consts::PI * u2;
+        out.push((r * t.cos()) as f32 * std);
+        out.push((r * t.sin()) as f32 * std);
+    }
+    out.truncate(n);
+    out
+}
