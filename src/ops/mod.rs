@@ -3,8 +3,16 @@
 //! Every public op takes the `Tape` first and records its backward when an input is tracked.
 //! The CPU twins are generic over `Real` so that the gradient checks run them in f64.
 
+pub mod concat;
+pub mod conv1d;
 pub mod elementwise;
+pub mod embedding;
+pub mod l2norm;
+pub mod layernorm;
+pub mod matmul;
 pub mod reduce;
+pub mod softmax;
+pub mod transpose;
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
