@@ -1,1 +1,131 @@
-//! (being written)
+//! Embedding gather: `y[i, :] = W[ids[i], :]` for a table `W` of shape `[vocab, dim]`.
+//!
+//! Backward: `dW[v, :] = Σ_{i: ids[i] = v} dy[i, :]` (a scatter-add; atomics on the GPU).
+//! Traffic: reads and writes dim·4 B per id. Kernel: `kernels/embedding.cu`.
+
+use super::Real;
+use crate::autograd::Tape;
+use crate::error::{Error, Result};
+use crate::tensor::{launch, launch_1d, upload, Device, Storage, Tensor};
+
+pub mod cpu {
+    use super::Real;
+
+    pub fn gather<T: Real>(w: &[T], ids: &[u32], dim: usize) -> Vec<T> {
+        ids.iter().flat_map(|&id| w[id as usize * dim..][..dim].iter().copied()).collect()
+    }
+
+    pub fn scatter_add<T: Real>(dy: &[T], ids: &[u32], vocab: usize, dim: usize) -> Vec<T> {
+        let mut dw = vec![T::zero(); vocab * dim];
+        for (i, &id) in ids.iter().enumerate() {
+            for (acc, &g) in dw[id as usize * dim..][..dim].iter_mut().zip(&dy[i * dim..][..dim]) {
+                *acc = *acc + g;
+            }
+        }
+        dw
+    }
+}
+
+fn scatter_add_raw(dy: &Tensor, ids: &[u32], vocab: usize, dim: usize) -> Result<Tensor> {
+    match dy.device() {
+        Device::Cpu => {
+            let s = dy.storage();
+            Tensor::from_vec(cpu::scatter_add(s.cpu_f32("embedding backward")?, ids, vocab, dim), &[vocab, dim], dy.device())
+        }
+        Device::Cuda(gpu) => {
+            let dw = Tensor::zeros(&[vocab, dim], dy.device())?;
+            {
+                let (s, mut d) = (dy.storage(), dw.storage_mut());
+                let ids_dev = upload(gpu, ids)?;
+                let (n, dd) = (ids.len() as u32, dim as u32);
+                // SAFETY: ids were checked < vocab in the forward; dw holds vocab·dim.
+                launch!(gpu, "embedding", "embedding_bwd_f32", launch_1d(ids.len() * dim), s.cuda_f32("embedding backward")?, &ids_dev, d.cuda_f32_mut("embedding backward")?, &n, &dd)?;
+            }
+            Ok(dw)
+        }
+    }
+}
+
+/// Rows of `weight` (`[vocab, dim]`) for each id: `[ids.len(), dim]`. An id ≥ vocab is an error.
+pub fn embedding(tape: &mut Tape, weight: &Tensor, ids: &[u32]) -> Result<Tensor> {
+    if weight.rank() != 2 {
+        return Err(Error::shape("embedding", format!("table must be [vocab, dim], got {:?}", weight.shape())));
+    }
+    let (vocab, dim) = (weight.shape()[0], weight.shape()[1]);
+    if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(Error::shape("embedding", format!("id {bad} out of range for a table of {vocab} rows")));
+    }
+    let shape = [ids.len(), dim];
+    let y = match weight.device() {
+        Device::Cpu => {
+            let s = weight.storage();
+            Tensor::from_vec(cpu::gather(s.cpu_f32("embedding")?, ids, dim), &shape, weight.device())?
+        }
+        Device::Cuda(gpu) => {
+            let s = weight.storage();
+            let ids_dev = upload(gpu, ids)?;
+            let mut y = gpu.alloc::<f32>(ids.len() * dim)?;
+            let (n, dd) = (ids.len() as u32, dim as u32);
+            // SAFETY: ids < vocab (checked above); writes n·dim outputs.
+            launch!(gpu, "embedding", "embedding_fwd_f32", launch_1d(ids.len() * dim), s.cuda_f32("embedding")?, &ids_dev, &mut y, &n, &dd)?;
+            Tensor::from_storage(Storage::CudaF32(y), &shape, weight.device())
+        }
+    };
+    let ids = ids.to_vec();
+    tape.record(&[weight], &y, move |dy| Ok(vec![Some(scatter_add_raw(dy, &ids, vocab, dim)?)]));
+    Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, devices, gpu, gradcheck, parity_sizes, random_vec};
+
+    #[test]
+    fn scatter_add_is_the_gradient_of_gather() {
+        let (vocab, dim, ids) = (5, 3, [4u32, 0, 4, 2]);
+        let w: Vec<f64> = random_vec(15, 1).iter().map(|&v| v as f64).collect();
+        let r: Vec<f64> = random_vec(12, 2).iter().map(|&v| v as f64).collect();
+        let loss = |w: &[f64]| cpu::gather(w, &ids, dim).iter().zip(&r).map(|(a, b)| a * b).sum::<f64>();
+        gradcheck("embedding", loss, &w, &cpu::scatter_add(&r, &ids, vocab, dim));
+    }
+
+    #[test]
+    fn embedding_on_every_device() {
+        for device in devices() {
+            let wv = random_vec(12, 3);
+            let w = Tensor::from_slice(&wv, &[4, 3], &device).unwrap();
+            let mut tape = Tape::new();
+            tape.watch(&w);
+            let y = embedding(&mut tape, &w, &[1, 1, 3]).unwrap();
+            assert_close(&y.to_vec_f32().unwrap(), &[&wv[3..6], &wv[3..6], &wv[9..12]].concat(), 0.0, 0.0, "gather");
+            let loss = crate::ops::reduce::sum_all(&mut tape, &y).unwrap();
+            let g = tape.backward(&loss).unwrap().get(&w).unwrap().to_vec_f32().unwrap();
+            assert_close(&g, &[0., 0., 0., 2., 2., 2., 0., 0., 0., 1., 1., 1.], 0.0, 0.0, &format!("scatter on {device}"));
+        }
+    }
+
+    #[test]
+    fn embedding_cuda_matches_cpu() {
+        let Some(gpu) = gpu() else { return };
+        for n in parity_sizes() {
+            let ids: Vec<u32> = (0..n as u32).map(|i| (i * 7919) % 37).collect();
+            let (wv, dyv) = (random_vec(37 * 5, 1), random_vec(n * 5, 2));
+            let run = |d: &Device| {
+                let w = Tensor::from_slice(&wv, &[37, 5], d).unwrap();
+                let mut out = embedding(&mut Tape::inference(), &w, &ids).unwrap().to_vec_f32().unwrap();
+                let dy = Tensor::from_slice(&dyv, &[n, 5], d).unwrap();
+                out.extend(scatter_add_raw(&dy, &ids, 37, 5).unwrap().to_vec_f32().unwrap());
+                out
+            };
+            assert_close(&run(&gpu), &run(&Device::Cpu), 1e-5, 1e-5, &format!("embedding n={n}"));
+        }
+    }
+
+    #[test]
+    fn out_of_range_id_is_an_error() {
+        let w = Tensor::zeros(&[4, 3], &Device::Cpu).unwrap();
+        let err = embedding(&mut Tape::new(), &w, &[4]).unwrap_err().to_string();
+        assert!(err.contains("id 4 out of range"), "{err}");
+    }
+}
