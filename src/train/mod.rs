@@ -1,1 +1,7 @@
-//! Training: optimisers, learning-rate schedules.
+//! Training: the fused Adam/AdamW optimiser and learning-rate schedules.
+
+pub mod adam;
+pub mod schedule;
+
+pub use adam::{Adam, AdamConfig};
+pub use schedule::Schedule;
