@@ -5,6 +5,7 @@
 //! `autograd` → `nn` → `train` → the `mindreader` binary. See DESIGN.md in the repository.
 
 pub mod autograd;
+pub mod bench;
 pub mod error;
 pub mod kernels;
 pub mod nn;

@@ -1,1 +1,35 @@
-fn main(){}
+//! The `mindreader` command: one subcommand per user task, each a thin call into the library.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "mindreader", version, about = "Reconstruct seen images from fMRI (Mind Reader) on hand-written CUDA kernels with CPU twins")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build information, embedded kernels (registers, spills) and the devices found.
+    Info(cli::info::InfoArgs),
+    /// Validate each kernel against its CPU twin, then time it (CUDA events, median of many runs).
+    Bench(cli::bench::BenchArgs),
+    /// The main job: train a small model end to end on built-in synthetic data (GPU when present).
+    Demo(cli::demo::DemoArgs),
+}
+
+fn main() {
+    let args = Args::parse();
+    let result = match args.command {
+        Command::Info(a) => cli::info::run(a),
+        Command::Bench(a) => cli::bench::run(a),
+        Command::Demo(a) => cli::demo::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

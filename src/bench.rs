@@ -1,0 +1,201 @@
+//! The kernel benchmark (llm.c style): each case first validates the device's result against the
+//! CPU twin on the same inputs, then times the op — CUDA events around each run on a GPU (wall
+//! clock on the CPU), a warm-up, then the median of many runs — and reports TFLOP/s and GB/s
+//! from FLOPs and bytes counted by hand (the minimum traffic: each input read once, each output
+//! written once). `benches/torch_reference.py` times the same cases in PyTorch.
+
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::nn::ParamStore;
+use crate::ops::{conv1d, layernorm, matmul, softmax};
+use crate::tensor::{randn_vec, DType, Device, Tensor};
+use crate::train::{Adam, AdamConfig};
+use crate::Tape;
+
+/// One timed workload: fixed shapes, counted FLOPs and bytes.
+pub struct Case {
+    pub name: String,
+    pub flops: f64,
+    pub bytes: f64,
+    /// Relative tolerance of the validation against the CPU twin.
+    pub rtol: f32,
+    setup: Box<dyn Fn(&Device) -> Result<Box<dyn FnMut() -> Result<Option<Tensor>>>>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Measurement {
+    pub name: String,
+    pub device: String,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub tflops: f64,
+    pub gbps: f64,
+    /// Largest |device − cpu| / (|cpu| + 1e-3) seen in validation, or None if not validated.
+    pub max_rel_err: Option<f32>,
+}
+
+fn input(shape: &[usize], seed: u64, device: &Device, dtype: DType) -> Result<Tensor> {
+    Tensor::from_vec(randn_vec(shape.iter().product(), 1.0, seed), shape, device)?.to_dtype(dtype)
+}
+
+fn case(name: String, flops: f64, bytes: f64, rtol: f32, setup: impl Fn(&Device) -> Result<Box<dyn FnMut() -> Result<Option<Tensor>>>> + 'static) -> Case {
+    Case { name, flops, bytes, rtol, setup: Box::new(setup) }
+}
+
+/// The cases `mindreader bench` runs; `quick` shrinks them for smoke tests on a CPU.
+pub fn cases(quick: bool) -> Vec<Case> {
+    let s = |full: usize, small: usize| if quick { small } else { full };
+    let mut out = Vec::new();
+    for (dtype, tag) in [(DType::F32, "f32"), (DType::BF16, "bf16")] {
+        let (m, n, k) = (s(4096, 96), s(4096, 80), s(4096, 72));
+        out.push(case(format!("matmul {tag} {m}x{n}x{k}"), 2.0 * (m * n * k) as f64, ((m * k + k * n + m * n) * dtype.size()) as f64, if dtype == DType::F32 { 1e-3 } else { 3e-2 }, move |d| {
+            let (a, b) = (input(&[m, k], 1, d, dtype)?, input(&[k, n], 2, d, dtype)?);
+            Ok(Box::new(move || Ok(Some(matmul::matmul(&mut Tape::inference(), &a, &b, false, false)?))))
+        }));
+    }
+    // The mapper's residual conv: [B, 64, V/2] with k3 p1, V = 15744.
+    let (b, c, l) = (s(128, 2), s(64, 8), s(7872, 50));
+    out.push(case(format!("conv1d k3 [{b},{c},{l}]"), 2.0 * (b * c * l * c * 3) as f64, (4 * (2 * b * c * l + c * c * 3)) as f64, 1e-3, move |d| {
+        let (x, w) = (input(&[b, c, l], 3, d, DType::F32)?, input(&[c, c, 3], 4, d, DType::F32)?);
+        Ok(Box::new(move || Ok(Some(conv1d::conv1d(&mut Tape::inference(), &x, &w, None, 1, 1)?))))
+    }));
+    // The mapper's stem: [B, 1, V] → [B, 64, V/2] with k4 s2 p1.
+    let (v, co) = (s(15744, 64), s(64, 8));
+    out.push(case(format!("conv1d stem k4s2 [{b},1,{v}]"), 2.0 * (b * co * (v / 2) * 4) as f64, (4 * (b * v + b * co * v / 2)) as f64, 1e-3, move |d| {
+        let (x, w) = (input(&[b, 1, v], 5, d, DType::F32)?, input(&[co, 1, 4], 6, d, DType::F32)?);
+        Ok(Box::new(move || Ok(Some(conv1d::conv1d(&mut Tape::inference(), &x, &w, None, 2, 1)?))))
+    }));
+    for (rows, cols) in [(s(4096, 17), s(4096, 33)), (s(128 * 12 * 50, 30), 50)] {
+        out.push(case(format!("softmax {rows}x{cols}"), 5.0 * (rows * cols) as f64, (8 * rows * cols) as f64, 1e-4, move |d| {
+            let x = input(&[rows, cols], 7, d, DType::F32)?;
+            Ok(Box::new(move || Ok(Some(softmax::softmax(&mut Tape::inference(), &x)?))))
+        }));
+    }
+    let (rows, cols) = (s(256 * 50, 19), s(768, 40));
+    out.push(case(format!("layer_norm {rows}x{cols}"), 8.0 * (rows * cols) as f64, (8 * rows * cols + 8 * cols) as f64, 1e-4, move |d| {
+        let (x, g, b) = (input(&[rows, cols], 8, d, DType::F32)?, input(&[cols], 9, d, DType::F32)?, input(&[cols], 10, d, DType::F32)?);
+        Ok(Box::new(move || Ok(Some(layernorm::layer_norm(&mut Tape::inference(), &x, Some(&g), Some(&b), 1e-5)?))))
+    }));
+    // Adam over the two mappers' parameter shapes (~2 × 1.16M elements in 38 tensors).
+    let sizes: Vec<usize> = if quick { vec![7, 300, 33] } else { mapper_param_sizes().into_iter().chain(mapper_param_sizes()).collect() };
+    let total: usize = sizes.iter().sum();
+    out.push(case(format!("adam {} tensors {total} params", sizes.len()), 12.0 * total as f64, 28.0 * total as f64, 1e-4, move |d| {
+        let mut store = ParamStore::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            let p = store.insert(&format!("p{i}"), input(&[n], 20 + i as u64, d, DType::F32)?)?;
+            let _ = p;
+        }
+        for (i, p) in store.iter_mut().enumerate() {
+            p.grad = Some(input(p.value.shape(), 500 + i as u64, d, DType::F32)?);
+        }
+        let mut adam = Adam::new(AdamConfig::adam(1e-4, 1e-5));
+        // Adam updates in place: validation compares the first step's parameters.
+        Ok(Box::new(move || {
+            adam.step(&mut store, 1e-4)?;
+            Ok(store.iter().next().map(|p| p.value.clone()))
+        }))
+    }));
+    out
+}
+
+/// Parameter tensor sizes of one Mind Reader mapper (V = 15744, see DESIGN.md).
+fn mapper_param_sizes() -> Vec<usize> {
+    let mut v = vec![64 * 4, 64];
+    for _ in 0..4 {
+        v.extend([64 * 64 * 3, 64, 64 * 64 * 3, 64, 64 * 64, 64]);
+    }
+    v.extend([512 * 64, 512, 128 * 7872, 128, 128, 1]);
+    v
+}
+
+fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
+    got.iter().zip(want).map(|(g, w)| if g.is_finite() { (g - w).abs() / (w.abs() + 1e-3) } else { f32::INFINITY }).fold(0.0, f32::max)
+}
+
+/// Validates `case` on `device` against the CPU, then times `iters` runs after `warmup`.
+pub fn run_case(case: &Case, device: &Device, warmup: usize, iters: usize) -> Result<Measurement> {
+    let mut err = None;
+    if device.is_cuda() {
+        let want = (case.setup)(&Device::Cpu)?()?;
+        let got = (case.setup)(device)?()?;
+        if let (Some(w), Some(g)) = (want, got) {
+            let e = max_rel_err(&g.to_vec_f32()?, &w.to_vec_f32()?);
+            if e > case.rtol {
+                return Err(Error::Invalid(format!("{}: {device} result differs from the CPU twin (max relative error {e:.2e} > {:.0e})", case.name, case.rtol)));
+            }
+            err = Some(e);
+        }
+    }
+    let mut f = (case.setup)(device)?;
+    for _ in 0..warmup {
+        f()?;
+    }
+    device.synchronize()?;
+    let mut times = Vec::with_capacity(iters);
+    match device {
+        Device::Cuda(gpu) => {
+            let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+            for _ in 0..iters {
+                let start = gpu.stream.record_event(flags).map_err(|e| Error::cuda("event", e))?;
+                f()?;
+                let end = gpu.stream.record_event(flags).map_err(|e| Error::cuda("event", e))?;
+                end.synchronize().map_err(|e| Error::cuda("event", e))?;
+                times.push(start.elapsed_ms(&end).map_err(|e| Error::cuda("event", e))? as f64);
+            }
+        }
+        Device::Cpu => {
+            for _ in 0..iters {
+                let t = Instant::now();
+                f()?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let median = times[times.len() / 2];
+    Ok(Measurement {
+        name: case.name.clone(),
+        device: device.to_string(),
+        median_ms: median,
+        min_ms: times[0],
+        tflops: case.flops / (median * 1e-3) / 1e12,
+        gbps: case.bytes / (median * 1e-3) / 1e9,
+        max_rel_err: err,
+    })
+}
+
+/// Device-to-device copy bandwidth (GB/s, read + write counted): the practical memory peak.
+pub fn measure_copy_bandwidth(device: &Device) -> Result<Option<f64>> {
+    let Device::Cuda(gpu) = device else { return Ok(None) };
+    let n = 256 << 20; // 1 GiB of f32
+    let src = gpu.zeros::<f32>(n)?;
+    let mut dst = gpu.zeros::<f32>(n)?;
+    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let mut times = Vec::new();
+    for _ in 0..12 {
+        let start = gpu.stream.record_event(flags).map_err(|e| Error::cuda("event", e))?;
+        gpu.stream.memcpy_dtod(&src, &mut dst).map_err(|e| Error::cuda("copy", e))?;
+        let end = gpu.stream.record_event(flags).map_err(|e| Error::cuda("event", e))?;
+        end.synchronize().map_err(|e| Error::cuda("event", e))?;
+        times.push(start.elapsed_ms(&end).map_err(|e| Error::cuda("event", e))? as f64);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(Some(2.0 * 4.0 * n as f64 / (times[times.len() / 2] * 1e-3) / 1e9))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_cases_run_and_validate_on_every_device() {
+        for device in crate::testing::devices() {
+            for c in cases(true) {
+                let m = run_case(&c, &device, 1, 3).unwrap();
+                assert!(m.median_ms >= 0.0 && m.median_ms.is_finite(), "{}: {m:?}", c.name);
+                assert!(m.gbps > 0.0, "{}: {m:?}", c.name);
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! `mindreader info`: what this binary holds and what it can run on.
+
+use anyhow::Result;
+use clap::Args;
+use mindreader::kernels::{self, KERNELS};
+use mindreader::tensor::{why_no_gpu, Gpu};
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// Also list every kernel with its registers and spill bytes (ptxas -v).
+    #[arg(long)]
+    pub kernels: bool,
+}
+
+pub fn run(args: InfoArgs) -> Result<()> {
+    println!("mindreader {}", env!("CARGO_PKG_VERSION"));
+    println!("kernels: {}", kernels::NVCC_STATUS);
+    if KERNELS.is_empty() {
+        println!("  no CUDA kernels embedded: this binary runs on the CPU only");
+    } else {
+        let names: Vec<&str> = KERNELS.iter().map(|k| k.family).collect();
+        println!("  {} families embedded: {}", names.len(), names.join(", "));
+        if args.kernels {
+            for k in KERNELS {
+                for (name, regs, spill) in kernels::resource_usage(k) {
+                    let warn = if spill > 0 { "  <- spills" } else { "" };
+                    println!("  {:<14} {:<34} {:>3} registers {:>5} B spilled{warn}", k.family, name, regs, spill);
+                }
+            }
+        }
+    }
+    println!("cpu: {} threads (rayon)", rayon::current_num_threads());
+    match why_no_gpu() {
+        Some(why) => println!("gpu: none ({why}); everything runs on the CPU twins"),
+        None => {
+            let count = cudarc::driver::CudaContext::device_count().unwrap_or(0);
+            for ordinal in 0..count as usize {
+                match Gpu::open(ordinal) {
+                    Ok(gpu) => {
+                        let mem = gpu.ctx.total_mem().map(|b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)).unwrap_or_else(|e| e.to_string());
+                        let sms = gpu.ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(0);
+                        let (major, minor) = gpu.ctx.compute_capability().unwrap_or((0, 0));
+                        println!("gpu cuda:{ordinal}: {}, {mem}, {sms} SMs, compute capability {major}.{minor}", gpu.name());
+                        if major < 9 && !KERNELS.is_empty() {
+                            println!("  note: kernels are built for sm_90 (+ compute_90 PTX); this GPU is older and cannot load them");
+                        }
+                    }
+                    Err(e) => println!("gpu cuda:{ordinal}: unusable ({e})"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
