@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""PyTorch timings of the same cases as `mindreader bench` (same shapes, dtypes, CUDA events,
+warm-up, median of many runs), one JSON object per line. PyTorch here is the baseline: cuBLAS,
+cuDNN and its fused kernels. Run on the GPU machine: python3 benches/torch_reference.py --json F
+"""
+import argparse, json, statistics
+import torch
+
+def timed(fn, warmup, iters):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); fn(); b.record(); b.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    return times[len(times) // 2], times[0]
+
+def mapper_param_sizes():
+    v = [64 * 4, 64]
+    for _ in range(4):
+        v += [64 * 64 * 3, 64, 64 * 64 * 3, 64, 64 * 64, 64]
+    return v + [512 * 64, 512, 128 * 7872, 128, 128, 1]
+
+def cases(dev):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    r = lambda *s, dt=torch.float32: torch.randn(*s, generator=g).to(dev, dt)
+    out = []
+    for dt, tag in [(torch.float32, "f32"), (torch.bfloat16, "bf16")]:
+        a, b = r(4096, 4096, dt=dt), r(4096, 4096, dt=dt)
+        out.append((f"matmul {tag} 4096x4096x4096", lambda a=a, b=b: a @ b))
+    x, w = r(128, 64, 7872), r(64, 64, 3)
+    out.append(("conv1d k3 [128,64,7872]", lambda: torch.nn.functional.conv1d(x, w, padding=1)))
+    xs, ws = r(128, 1, 15744), r(64, 1, 4)
+    out.append(("conv1d stem k4s2 [128,1,15744]", lambda: torch.nn.functional.conv1d(xs, ws, stride=2, padding=1)))
+    for rows, cols in [(4096, 4096), (128 * 12 * 50, 50)]:
+        t = r(rows, cols)
+        out.append((f"softmax {rows}x{cols}", lambda t=t: torch.softmax(t, -1)))
+    xl, gl, bl = r(256 * 50, 768), r(768), r(768)
+    out.append(("layer_norm 12800x768", lambda: torch.nn.functional.layer_norm(xl, (768,), gl, bl, 1e-5)))
+    sizes = mapper_param_sizes() * 2
+    params = [torch.nn.Parameter(r(n)) for n in sizes]
+    for p in params:
+        p.grad = r(p.numel())
+    opt = torch.optim.Adam(params, lr=1e-4, weight_decay=1e-5, fused=True)
+    out.append((f"adam {len(sizes)} tensors {sum(sizes)} params", opt.step))
+    return out
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False  # f32 means f32, as in mindreader
+    torch.backends.cudnn.allow_tf32 = False
+    dev = torch.device("cuda")
+    name = torch.cuda.get_device_name(0)
+    lines = []
+    with torch.no_grad():
+        for case, fn in cases(dev):
+            med, mn = timed(fn, args.warmup, args.iters)
+            lines.append({"case": case, "device": "torch", "device_name": name, "median_ms": med, "min_ms": mn})
+            print(f"{case:45s} {med:9.4f} ms")
+    if args.json:
+        with open(args.json, "w") as f:
+            for l in lines:
+                f.write(json.dumps(l) + "\n")
+
+if __name__ == "__main__":
+    main()
