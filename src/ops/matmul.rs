@@ -1,1 +1,591 @@
-//! (being written)
+//! Batched matrix multiply and `linear`.
+//!
+//! Forward: `C[z] = op(A[z]) · op(B[z])` for z in the batch, op = identity or transpose:
+//! `C[z][m, n] = Σ_k opA[z][m, k] · opB[z][k, n]`. A is `[batch, M, K]` (`[batch, K, M]` when
+//! `trans_a`), B is `[batch, K, N]` (`[batch, N, K]` when `trans_b`), C is `[batch, M, N]`.
+//! Rank-2 operands are batch 1, and an operand with batch 1 is broadcast over the other's batch
+//! (shared weights); C is rank 2 only when both operands are.
+//!
+//! Backward, with `G = dL/dC`: `d opA = G · opBᵀ` and `d opB = opAᵀ · G`, arranged for the flags:
+//! `dA = G · opBᵀ` (`[M, K]`), or `opB · Gᵀ` when `trans_a` (`[K, M]`);
+//! `dB = opAᵀ · G` (`[K, N]`), or `Gᵀ · opA` when `trans_b` (`[N, K]`).
+//! Each is itself a matmul with flags; an operand broadcast over the batch gets the sum over the
+//! batch of its per-item gradients. When B is broadcast and A is not transposed, the batch folds
+//! into the product's k (`[batch·M, K]ᵀ · [batch·M, N]`), so no `[batch, K, N]` intermediate.
+//!
+//! Cost: `2·batch·M·N·K` FLOPs; the ideal traffic is one read of A and B and one write of C
+//! (`4·(|A| + |B| + |C|)` bytes in f32, half that in bf16). The CUDA kernel (`kernels/matmul.cu`
+//! on the tile in `kernels/gemm_tile.cuh`) re-reads each operand once per 64-wide tile of the
+//! other side, mostly from L2: 32 FLOPs per element staged through shared memory.
+//! f32 and bf16 (same dtype in and out, f32 accumulation); the backward is f32 only.
+
+use cudarc::driver::LaunchConfig;
+use half::bf16;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2};
+use rayon::prelude::*;
+
+use super::{same_device, Real};
+use crate::autograd::Tape;
+use crate::error::{Error, Result};
+use crate::ops::reduce::{reduce_axis_raw, Reduce};
+use crate::tensor::{launch, DType, Device, Storage, Tensor};
+
+/// The sizes of one batched product, resolved from the operand shapes and the flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gemm {
+    /// Batch of the output: the larger of the operands' batches.
+    pub batch: usize,
+    /// Batch of A (1 or `batch`); 1 with `batch > 1` means A is broadcast.
+    pub batch_a: usize,
+    /// Batch of B (1 or `batch`).
+    pub batch_b: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+}
+
+/// Which tensor a backward product reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Operand {
+    A,
+    B,
+    /// The output gradient dL/dC.
+    Dc,
+}
+
+/// One gradient as a product: `lhs`, `rhs` multiplied as `gemm` says, then summed over the
+/// batch when `sum_batch` (the operand was broadcast).
+#[derive(Clone, Copy, Debug)]
+struct GradPlan {
+    lhs: Operand,
+    rhs: Operand,
+    gemm: Gemm,
+    sum_batch: bool,
+}
+
+impl Gemm {
+    /// Checks the shapes of A and B (rank 2 or 3) against the flags.
+    pub fn new(a: &[usize], b: &[usize], trans_a: bool, trans_b: bool) -> Result<Gemm> {
+        let split = |name: &str, s: &[usize]| -> Result<(usize, usize, usize)> {
+            match *s {
+                [r, c] => Ok((1, r, c)),
+                [z, r, c] => Ok((z, r, c)),
+                _ => Err(Error::shape("matmul", format!("{name} must have rank 2 or 3, got shape {s:?}"))),
+            }
+        };
+        let (batch_a, ra, ca) = split("A", a)?;
+        let (batch_b, rb, cb) = split("B", b)?;
+        let (m, ka) = if trans_a { (ca, ra) } else { (ra, ca) };
+        let (kb, n) = if trans_b { (cb, rb) } else { (rb, cb) };
+        if ka != kb {
+            return Err(Error::shape(
+                "matmul",
+                format!(
+                    "A {a:?}{} is {m}×{ka} and B {b:?}{} is {kb}×{n}: inner sizes {ka} and {kb} differ",
+                    if trans_a { " transposed" } else { "" },
+                    if trans_b { " transposed" } else { "" }
+                ),
+            ));
+        }
+        if batch_a != batch_b && batch_a != 1 && batch_b != 1 {
+            return Err(Error::shape("matmul", format!("batch sizes differ: A {a:?}, B {b:?} (one of them may be 1 to broadcast)")));
+        }
+        Ok(Gemm { batch: batch_a.max(batch_b), batch_a, batch_b, m, n, k: ka, trans_a, trans_b })
+    }
+
+    /// Elements of A, B and C.
+    fn lens(&self) -> (usize, usize, usize) {
+        (self.batch_a * self.m * self.k, self.batch_b * self.k * self.n, self.batch * self.m * self.n)
+    }
+
+    /// FLOPs of the product (multiply and add counted separately).
+    pub fn flops(&self) -> usize {
+        2 * self.batch * self.m * self.n * self.k
+    }
+
+    /// dA as a product of {B, dC}.
+    fn grad_a(&self) -> GradPlan {
+        let Gemm { batch, batch_b, m, n, k, trans_a, trans_b, .. } = *self;
+        let sum_batch = self.batch_a != batch;
+        if !trans_a {
+            // dA [M, K] = dC [M, N] · opBᵀ, opBᵀ = B when trans_b (B is [N, K]), else Bᵀ.
+            let gemm = Gemm { batch, batch_a: batch, batch_b, m, n: k, k: n, trans_a: false, trans_b: !trans_b };
+            GradPlan { lhs: Operand::Dc, rhs: Operand::B, gemm, sum_batch }
+        } else {
+            // dA [K, M] = opB [K, N] · dCᵀ.
+            let gemm = Gemm { batch, batch_a: batch_b, batch_b: batch, m: k, n: m, k: n, trans_a: trans_b, trans_b: true };
+            GradPlan { lhs: Operand::B, rhs: Operand::Dc, gemm, sum_batch }
+        }
+    }
+
+    /// dB as a product of {A, dC}.
+    fn grad_b(&self) -> GradPlan {
+        let Gemm { batch, batch_a, m, n, k, trans_a, trans_b, .. } = *self;
+        let broadcast = self.batch_b != batch;
+        if broadcast && !trans_a {
+            // Σ_z over [M, K]/[M, N] items = one product over the stacked rows [batch·M, ·].
+            let folded = Gemm { batch: 1, batch_a: 1, batch_b: 1, m: 0, n: 0, k: batch * m, trans_a: true, trans_b: false };
+            return if !trans_b {
+                // dB [K, N] = A2ᵀ · dC2.
+                GradPlan { lhs: Operand::A, rhs: Operand::Dc, gemm: Gemm { m: k, n, ..folded }, sum_batch: false }
+            } else {
+                // dB [N, K] = dC2ᵀ · A2.
+                GradPlan { lhs: Operand::Dc, rhs: Operand::A, gemm: Gemm { m: n, n: k, ..folded }, sum_batch: false }
+            };
+        }
+        if !trans_b {
+            // dB [K, N] = opAᵀ · dC, opAᵀ = A when trans_a (A is [K, M]), else Aᵀ.
+            let gemm = Gemm { batch, batch_a, batch_b: batch, m: k, n, k: m, trans_a: !trans_a, trans_b: false };
+            GradPlan { lhs: Operand::A, rhs: Operand::Dc, gemm, sum_batch: broadcast }
+        } else {
+            // dB [N, K] = dCᵀ · opA.
+            let gemm = Gemm { batch, batch_a: batch, batch_b: batch_a, m: n, n: k, k: m, trans_a: true, trans_b: trans_a };
+            GradPlan { lhs: Operand::Dc, rhs: Operand::A, gemm, sum_batch: broadcast }
+        }
+    }
+}
+
+/// The CPU twin: ndarray's GEMM on (transposed) views per batch item, rayon over the batch.
+pub mod cpu {
+    use super::*;
+
+    /// `C = op(A) · op(B)` for row-major buffers laid out as `g` says.
+    pub fn matmul<T: Real>(a: &[T], b: &[T], g: &Gemm) -> Result<Vec<T>> {
+        let (a_len, b_len, c_len) = g.lens();
+        if a.len() != a_len || b.len() != b_len {
+            return Err(Error::shape("matmul", format!("buffers of {} and {} elements for {g:?}", a.len(), b.len())));
+        }
+        let mut c = vec![T::zero(); c_len];
+        if c_len == 0 {
+            return Ok(c);
+        }
+        let (m, n, k) = (g.m, g.n, g.k);
+        let a_dims = if g.trans_a { (k, m) } else { (m, k) };
+        let b_dims = if g.trans_b { (n, k) } else { (k, n) };
+        let view_err = |e: ndarray::ShapeError| Error::shape("matmul", e.to_string());
+        c.par_chunks_mut(m * n).enumerate().try_for_each(|(z, cz)| -> Result<()> {
+            let za = if g.batch_a == 1 { 0 } else { z };
+            let zb = if g.batch_b == 1 { 0 } else { z };
+            let av = ArrayView2::from_shape(a_dims, &a[za * m * k..][..m * k]).map_err(view_err)?;
+            let bv = ArrayView2::from_shape(b_dims, &b[zb * k * n..][..k * n]).map_err(view_err)?;
+            let av = if g.trans_a { av.t() } else { av };
+            let bv = if g.trans_b { bv.t() } else { bv };
+            let mut cv = ArrayViewMut2::from_shape((m, n), cz).map_err(view_err)?;
+            general_mat_mul(T::one(), &av, &bv, T::zero(), &mut cv);
+            Ok(())
+        })?;
+        Ok(c)
+    }
+
+    fn grad<T: Real>(plan: super::GradPlan, a: &[T], b: &[T], dc: &[T]) -> Result<Vec<T>> {
+        let pick = |o: Operand| match o {
+            Operand::A => a,
+            Operand::B => b,
+            Operand::Dc => dc,
+        };
+        let full = matmul(pick(plan.lhs), pick(plan.rhs), &plan.gemm)?;
+        if !plan.sum_batch {
+            return Ok(full);
+        }
+        let item = plan.gemm.m * plan.gemm.n;
+        let mut sum = vec![T::zero(); item];
+        for chunk in full.chunks(item.max(1)) {
+            for (s, &v) in sum.iter_mut().zip(chunk) {
+                *s = *s + v;
+            }
+        }
+        Ok(sum)
+    }
+
+    /// `(dA, dB)` given `dC`, each laid out like its operand (summed over the batch if broadcast).
+    pub fn matmul_bwd<T: Real>(a: &[T], b: &[T], dc: &[T], g: &Gemm) -> Result<(Vec<T>, Vec<T>)> {
+        if dc.len() != g.lens().2 {
+            return Err(Error::shape("matmul backward", format!("dC of {} elements for {g:?}", dc.len())));
+        }
+        Ok((grad(g.grad_a(), a, b, dc)?, grad(g.grad_b(), a, b, dc)?))
+    }
+}
+
+/// `C = op(A) · op(B)` for an already checked `g`, into a tensor of shape `out_shape`.
+fn gemm_raw(a: &Tensor, b: &Tensor, g: &Gemm, out_shape: &[usize]) -> Result<Tensor> {
+    const OP: &str = "matmul";
+    same_device(OP, &[a, b])?;
+    let (a_len, b_len, c_len) = g.lens();
+    if a.numel() != a_len || b.numel() != b_len || out_shape.iter().product::<usize>() != c_len {
+        return Err(Error::shape(OP, format!("A {:?} and B {:?} do not hold {g:?}", a.shape(), b.shape())));
+    }
+    if a.dtype() != b.dtype() {
+        return Err(Error::Invalid(format!("matmul: A is {} but B is {}: convert one so both have the same dtype", a.dtype(), b.dtype())));
+    }
+    match a.device() {
+        Device::Cpu => {
+            let (sa, sb) = (a.storage(), b.storage());
+            let storage = match (&*sa, &*sb) {
+                (Storage::CpuF32(av), Storage::CpuF32(bv)) => Storage::CpuF32(cpu::matmul(av, bv, g)?),
+                (Storage::CpuBF16(av), Storage::CpuBF16(bv)) => {
+                    // f32 accumulation over the exact bf16 values, one rounding at the end (as on the GPU).
+                    let widen = |v: &[bf16]| v.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
+                    let c = cpu::matmul(&widen(av), &widen(bv), g)?;
+                    Storage::CpuBF16(c.into_iter().map(bf16::from_f32).collect())
+                }
+                (other, _) => return Err(Error::DType { op: OP, got: other.dtype(), expected: "f32 or bf16" }),
+            };
+            Ok(Tensor::from_storage(storage, out_shape, a.device()))
+        }
+        Device::Cuda(gpu) => {
+            let fits = |v: usize| i32::try_from(v).is_ok();
+            let (tiles_n, tiles_m) = (g.n.div_ceil(64), g.m.div_ceil(64));
+            if !(fits(g.m) && fits(g.n) && fits(g.k) && fits(g.batch)) || tiles_m > 65535 {
+                return Err(Error::shape(OP, format!("{g:?} is too large for the CUDA kernel (sizes < 2³¹, M ≤ 65535·64)")));
+            }
+            let (sa, sb) = (a.storage(), b.storage());
+            if c_len == 0 {
+                // Nothing to compute (M, N or the batch is 0): an empty output, no launch.
+                let storage = match &*sa {
+                    Storage::CudaBF16(_) => Storage::CudaBF16(gpu.alloc::<bf16>(0)?),
+                    _ => Storage::CudaF32(gpu.alloc::<f32>(0)?),
+                };
+                return Ok(Tensor::from_storage(storage, out_shape, a.device()));
+            }
+            // One 256-thread block per 64×64 output tile; the batch on z (blocks loop past 65535).
+            let cfg = LaunchConfig {
+                grid_dim: (tiles_n as u32, tiles_m as u32, g.batch.min(65535) as u32),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (batch, m, n, k) = (g.batch as i32, g.m as i32, g.n as i32, g.k as i32);
+            let stride_a = if g.batch_a == 1 { 0u64 } else { (g.m * g.k) as u64 };
+            let stride_b = if g.batch_b == 1 { 0u64 } else { (g.k * g.n) as u64 };
+            let (ta, tb) = (g.trans_a as i32, g.trans_b as i32);
+            let storage = match (&*sa, &*sb) {
+                (Storage::CudaF32(av), Storage::CudaF32(bv)) => {
+                    let mut c = gpu.alloc::<f32>(c_len)?;
+                    // SAFETY: A holds batch_a·M·K and B batch_b·K·N elements (checked above, stride 0 when
+                    // broadcast); the tile reads only m < M, n < N, k < K and writes C[z, m, n], z < batch.
+                    launch!(gpu, "matmul", "matmul_f32", cfg, av, bv, &mut c, &batch, &m, &n, &k, &stride_a, &stride_b, &ta, &tb)?;
+                    Storage::CudaF32(c)
+                }
+                (Storage::CudaBF16(av), Storage::CudaBF16(bv)) => {
+                    let mut c = gpu.alloc::<bf16>(c_len)?;
+                    // SAFETY: as for matmul_f32, with 2-byte elements.
+                    launch!(gpu, "matmul", "matmul_bf16", cfg, av, bv, &mut c, &batch, &m, &n, &k, &stride_a, &stride_b, &ta, &tb)?;
+                    Storage::CudaBF16(c)
+                }
+                (other, _) => return Err(Error::DType { op: OP, got: other.dtype(), expected: "f32 or bf16" }),
+            };
+            Ok(Tensor::from_storage(storage, out_shape, a.device()))
+        }
+    }
+}
+
+/// The output shape: `[batch, M, N]`, or `[M, N]` when both operands are rank 2.
+fn out_shape(a: &Tensor, b: &Tensor, g: &Gemm) -> Vec<usize> {
+    if a.rank() == 2 && b.rank() == 2 {
+        vec![g.m, g.n]
+    } else {
+        vec![g.batch, g.m, g.n]
+    }
+}
+
+/// `C = op(A) · op(B)` without recording.
+#[allow(dead_code)] // for the ops and models that multiply without a tape (attention, inference)
+pub(crate) fn matmul_raw(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    let g = Gemm::new(a.shape(), b.shape(), trans_a, trans_b)?;
+    gemm_raw(a, b, &g, &out_shape(a, b, &g))
+}
+
+/// One input's gradient on the tensors' device, shaped like `like`.
+fn grad_raw(plan: GradPlan, a: &Tensor, b: &Tensor, dc: &Tensor, like: &Tensor) -> Result<Tensor> {
+    let pick = |o: Operand| match o {
+        Operand::A => a,
+        Operand::B => b,
+        Operand::Dc => dc,
+    };
+    let g = plan.gemm;
+    let full = gemm_raw(pick(plan.lhs), pick(plan.rhs), &g, &[g.batch, g.m, g.n])?;
+    let grad = if plan.sum_batch { reduce_axis_raw(&full, 0, Reduce::Sum, 1.0)? } else { full };
+    grad.reshaped(like.shape())
+}
+
+/// `C = op(A) · op(B)`, batched, recorded. See the module doc for shapes and broadcasting.
+pub fn matmul(tape: &mut Tape, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    let g = Gemm::new(a.shape(), b.shape(), trans_a, trans_b)?;
+    let c = gemm_raw(a, b, &g, &out_shape(a, b, &g))?;
+    // Only the gradients some watched tensor depends on are computed.
+    let (need_a, need_b) = (tape.needs_grad(&[a]), tape.needs_grad(&[b]));
+    let (ac, bc) = (a.clone(), b.clone());
+    tape.record(&[a, b], &c, move |dc| {
+        for t in [&ac, &bc, dc] {
+            if t.dtype() != DType::F32 {
+                return Err(Error::DType { op: "matmul backward", got: t.dtype(), expected: "f32 (bf16 matmul has no backward yet)" });
+            }
+        }
+        let da = if need_a { Some(grad_raw(g.grad_a(), &ac, &bc, dc, &ac)?) } else { None };
+        let db = if need_b { Some(grad_raw(g.grad_b(), &ac, &bc, dc, &bc)?) } else { None };
+        Ok(vec![da, db])
+    });
+    Ok(c)
+}
+
+/// PyTorch's `nn.Linear`: `y = x · Wᵀ + b` for x `[N, in]` (or `[batch, N, in]`), weight
+/// `[out, in]`, bias `[out]`; y is `[N, out]` (`[batch, N, out]`).
+pub fn linear(tape: &mut Tape, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (x_in, w_in) = (x.shape().last().copied(), weight.shape().get(1).copied());
+    if weight.rank() != 2 || !matches!(x.rank(), 2 | 3) || x_in != w_in {
+        return Err(Error::shape("linear", format!("x {:?} (want [N, in] or [batch, N, in]) and weight {:?} (want [out, in])", x.shape(), weight.shape())));
+    }
+    let y = matmul(tape, x, weight, false, true)?;
+    match bias {
+        Some(b) => crate::ops::elementwise::bias_add(tape, &y, b, -1),
+        None => Ok(y),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, devices, gpu, gradcheck, random_vec};
+
+    const FLAGS: [(bool, bool); 4] = [(false, false), (false, true), (true, false), (true, true)];
+
+    /// Operand shapes for `g` (rank 3 unless the batch is 1 and `rank2`).
+    fn shapes(g: &Gemm) -> (Vec<usize>, Vec<usize>) {
+        let a = if g.trans_a { [g.batch_a, g.k, g.m] } else { [g.batch_a, g.m, g.k] };
+        let b = if g.trans_b { [g.batch_b, g.n, g.k] } else { [g.batch_b, g.k, g.n] };
+        (a.to_vec(), b.to_vec())
+    }
+
+    fn gemm(batch_a: usize, batch_b: usize, m: usize, n: usize, k: usize, (trans_a, trans_b): (bool, bool)) -> Gemm {
+        let (a, b) = shapes(&Gemm { batch: 0, batch_a, batch_b, m, n, k, trans_a, trans_b });
+        Gemm::new(&a, &b, trans_a, trans_b).unwrap()
+    }
+
+    fn f64s(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&x| x as f64).collect()
+    }
+
+    fn f32s(v: &[f64]) -> Vec<f32> {
+        v.iter().map(|&x| x as f32).collect()
+    }
+
+    /// (A, B, weights for loss = Σ w ⊙ C) as f64 for `g`.
+    fn inputs(g: &Gemm, seed: u64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (a_len, b_len, c_len) = g.lens();
+        (f64s(&random_vec(a_len, seed)), f64s(&random_vec(b_len, seed + 1)), f64s(&random_vec(c_len, seed + 2)))
+    }
+
+    /// Σ_k a·b by the definition, as an independent check of the twin's indexing.
+    fn naive(a: &[f64], b: &[f64], g: &Gemm) -> Vec<f64> {
+        let mut c = vec![0.0; g.lens().2];
+        for z in 0..g.batch {
+            let (za, zb) = (if g.batch_a == 1 { 0 } else { z }, if g.batch_b == 1 { 0 } else { z });
+            for m in 0..g.m {
+                for n in 0..g.n {
+                    c[(z * g.m + m) * g.n + n] = (0..g.k)
+                        .map(|k| {
+                            let av = a[za * g.m * g.k + if g.trans_a { k * g.m + m } else { m * g.k + k }];
+                            let bv = b[zb * g.k * g.n + if g.trans_b { n * g.k + k } else { k * g.n + n }];
+                            av * bv
+                        })
+                        .sum();
+                }
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn matmul_twin_matches_the_definition() {
+        for flags in FLAGS {
+            for (ba, bb) in [(1, 1), (3, 3), (3, 1), (1, 3)] {
+                let g = gemm(ba, bb, 4, 5, 3, flags);
+                let (a, b, _) = inputs(&g, 1);
+                let got = cpu::matmul(&a, &b, &g).unwrap();
+                let want = naive(&a, &b, &g);
+                assert_close(&f32s(&got), &f32s(&want), 1e-12, 1e-12, &format!("{g:?}"));
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_gradients_match_finite_differences() {
+        let mut cases: Vec<Gemm> = FLAGS.iter().map(|&f| gemm(2, 2, 3, 4, 5, f)).collect();
+        for f in FLAGS {
+            cases.push(gemm(3, 1, 3, 2, 4, f)); // B broadcast (shared weights)
+            cases.push(gemm(1, 3, 2, 3, 4, f)); // A broadcast
+        }
+        for g in cases {
+            let (a, b, w) = inputs(&g, 7);
+            let (da, db) = cpu::matmul_bwd(&a, &b, &w, &g).unwrap();
+            let loss = |a: &[f64], b: &[f64]| cpu::matmul(a, b, &g).unwrap().iter().zip(&w).map(|(c, w)| c * w).sum::<f64>();
+            gradcheck(&format!("dA {g:?}"), |x| loss(x, &b), &a, &da);
+            gradcheck(&format!("dB {g:?}"), |x| loss(&a, x), &b, &db);
+        }
+    }
+
+    #[test]
+    fn matmul_backward_through_tape_on_every_device() {
+        for device in devices() {
+            for flags in FLAGS {
+                for (ba, bb, rank2) in [(1, 1, true), (2, 2, false), (3, 1, false), (1, 3, false)] {
+                    let g = gemm(ba, bb, 5, 3, 4, flags);
+                    let (a_shape, b_shape) = shapes(&g);
+                    let (a_shape, b_shape) = if rank2 { (a_shape[1..].to_vec(), b_shape[1..].to_vec()) } else { (a_shape, b_shape) };
+                    let (av, bv, wv) = inputs(&g, 11);
+                    let a = Tensor::from_vec(f32s(&av), &a_shape, &device).unwrap();
+                    let b = Tensor::from_vec(f32s(&bv), &b_shape, &device).unwrap();
+                    let mut tape = Tape::new();
+                    tape.watch(&a);
+                    tape.watch(&b);
+                    let c = matmul(&mut tape, &a, &b, flags.0, flags.1).unwrap();
+                    let want_shape = if rank2 { vec![g.m, g.n] } else { vec![g.batch, g.m, g.n] };
+                    assert_eq!(c.shape(), &want_shape[..]);
+                    let w = Tensor::from_vec(f32s(&wv), c.shape(), &device).unwrap();
+                    let cw = crate::ops::elementwise::mul(&mut tape, &c, &w).unwrap();
+                    let loss = crate::ops::reduce::sum_all(&mut tape, &cw).unwrap();
+                    let grads = tape.backward(&loss).unwrap();
+                    let (da, db) = cpu::matmul_bwd(&av, &bv, &wv, &g).unwrap();
+                    let what = format!("{g:?} on {device}");
+                    assert_close(&c.to_vec_f32().unwrap(), &f32s(&cpu::matmul(&av, &bv, &g).unwrap()), 1e-5, 1e-5, &format!("C {what}"));
+                    let ga = grads.get(&a).unwrap();
+                    let gb = grads.get(&b).unwrap();
+                    assert_eq!(ga.shape(), a.shape());
+                    assert_eq!(gb.shape(), b.shape());
+                    assert_close(&ga.to_vec_f32().unwrap(), &f32s(&da), 1e-5, 1e-5, &format!("dA {what}"));
+                    assert_close(&gb.to_vec_f32().unwrap(), &f32s(&db), 1e-5, 1e-5, &format!("dB {what}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn linear_is_x_times_weight_transposed_plus_bias() {
+        for device in devices() {
+            let (xv, wv, bv) = (random_vec(4 * 3, 1), random_vec(2 * 3, 2), random_vec(2, 3));
+            let x = Tensor::from_slice(&xv, &[4, 3], &device).unwrap();
+            let w = Tensor::from_slice(&wv, &[2, 3], &device).unwrap();
+            let b = Tensor::from_slice(&bv, &[2], &device).unwrap();
+            let mut tape = Tape::new();
+            for t in [&x, &w, &b] {
+                tape.watch(t);
+            }
+            let y = linear(&mut tape, &x, &w, Some(&b)).unwrap();
+            assert_eq!(y.shape(), &[4, 2]);
+            let want: Vec<f32> = (0..8).map(|i| (0..3).map(|j| xv[(i / 2) * 3 + j] * wv[(i % 2) * 3 + j]).sum::<f32>() + bv[i % 2]).collect();
+            assert_close(&y.to_vec_f32().unwrap(), &want, 1e-5, 1e-6, &format!("linear on {device}"));
+            let loss = crate::ops::reduce::sum_all(&mut tape, &y).unwrap();
+            let g = tape.backward(&loss).unwrap();
+            // dW[o, j] = Σ_n x[n, j]; db = N; dx[n, j] = Σ_o W[o, j].
+            let dw: Vec<f32> = (0..6).map(|i| (0..4).map(|n| xv[n * 3 + i % 3]).sum()).collect();
+            let dx: Vec<f32> = (0..12).map(|i| wv[i % 3] + wv[3 + i % 3]).collect();
+            assert_close(&g.get(&w).unwrap().to_vec_f32().unwrap(), &dw, 1e-5, 1e-6, "dW");
+            assert_close(&g.get(&x).unwrap().to_vec_f32().unwrap(), &dx, 1e-5, 1e-6, "dx");
+            assert_close(&g.get(&b).unwrap().to_vec_f32().unwrap(), &[4.0, 4.0], 1e-5, 1e-6, "db");
+            // A batched x shares the weight across the batch.
+            let x3 = Tensor::from_slice(&random_vec(2 * 4 * 3, 4), &[2, 4, 3], &device).unwrap();
+            assert_eq!(linear(&mut Tape::new(), &x3, &w, Some(&b)).unwrap().shape(), &[2, 4, 2]);
+        }
+    }
+
+    #[test]
+    fn bf16_on_the_cpu_rounds_an_f32_accumulation() {
+        let g = gemm(2, 1, 7, 5, 33, (false, true));
+        let (a_shape, b_shape) = shapes(&g);
+        let (av, bv, _) = inputs(&g, 3);
+        let a = Tensor::from_vec(f32s(&av), &a_shape, &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+        let b = Tensor::from_vec(f32s(&bv), &b_shape, &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+        let c = matmul_raw(&a, &b, false, true).unwrap();
+        assert_eq!(c.dtype(), DType::BF16);
+        let want = cpu::matmul(&f64s(&a.to_vec_f32().unwrap()), &f64s(&b.to_vec_f32().unwrap()), &g).unwrap();
+        assert_close(&c.to_vec_f32().unwrap(), &f32s(&want), 1e-2, 1e-3, "bf16 matmul");
+        // The backward is f32 only: a clear error, not a panic.
+        let mut tape = Tape::new();
+        tape.watch(&a);
+        let c = matmul(&mut tape, &a, &b, false, true).unwrap();
+        let Err(err) = tape.backward_with(&c, Tensor::full(1.0, c.shape(), &Device::Cpu).unwrap()) else { panic!("bf16 backward ran") };
+        let err = err.to_string();
+        assert!(err.contains("matmul backward") && err.contains("bf16"), "{err}");
+    }
+
+    #[test]
+    fn matmul_cuda_matches_cpu() {
+        let Some(gpu) = gpu() else { return };
+        const SIZES: [usize; 5] = [1, 7, 33, 65, 130];
+        for (i, &m) in SIZES.iter().enumerate() {
+            for (j, &n) in SIZES.iter().enumerate() {
+                let k = SIZES[(i + 2 * j + 1) % SIZES.len()];
+                for flags in FLAGS {
+                    for (ba, bb) in [(1, 1), (3, 3), (3, 1), (1, 3)] {
+                        let g = gemm(ba, bb, m, n, k, flags);
+                        let (a_shape, b_shape) = shapes(&g);
+                        let (av, bv, _) = inputs(&g, (m * 1000 + n * 10 + k) as u64);
+                        let what = format!("{g:?}");
+                        // f32 against the f64 twin: only the kernel's rounding is measured.
+                        let want = f32s(&cpu::matmul(&av, &bv, &g).unwrap());
+                        let a = Tensor::from_vec(f32s(&av), &a_shape, &gpu).unwrap();
+                        let b = Tensor::from_vec(f32s(&bv), &b_shape, &gpu).unwrap();
+                        let c = matmul_raw(&a, &b, flags.0, flags.1).unwrap();
+                        assert_eq!(c.dtype(), DType::F32);
+                        let atol = 1e-5 * (k as f32).sqrt();
+                        assert_close(&c.to_vec_f32().unwrap(), &want, 1e-4, atol, &format!("f32 {what}"));
+                        // bf16 against the CPU bf16 path on the same rounded inputs (both round once).
+                        let (a16, b16) = (a.to_dtype(DType::BF16).unwrap(), b.to_dtype(DType::BF16).unwrap());
+                        let c16 = matmul_raw(&a16, &b16, flags.0, flags.1).unwrap();
+                        assert_eq!(c16.dtype(), DType::BF16);
+                        let (a16c, b16c) = (a16.to_device(&Device::Cpu).unwrap(), b16.to_device(&Device::Cpu).unwrap());
+                        let want16 = matmul_raw(&a16c, &b16c, flags.0, flags.1).unwrap();
+                        assert_close(&c16.to_vec_f32().unwrap(), &want16.to_vec_f32().unwrap(), 2e-2, 1e-3 * (k as f32).sqrt(), &format!("bf16 {what}"));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_cuda_handles_many_batches_and_empty_sizes() {
+        let Some(gpu) = gpu() else { return };
+        // More batch items than a grid's z may hold, so blocks loop over z; and K = 0 (C = 0).
+        for g in [gemm(70000, 1, 2, 3, 2, (false, false)), gemm(1, 1, 3, 4, 0, (false, false)), gemm(2, 2, 0, 5, 3, (true, false))] {
+            let (a_shape, b_shape) = shapes(&g);
+            let (av, bv, _) = inputs(&g, 5);
+            let want = f32s(&cpu::matmul(&av, &bv, &g).unwrap());
+            let a = Tensor::from_vec(f32s(&av), &a_shape, &gpu).unwrap();
+            let b = Tensor::from_vec(f32s(&bv), &b_shape, &gpu).unwrap();
+            let c = matmul_raw(&a, &b, g.trans_a, g.trans_b).unwrap();
+            assert_eq!(c.shape(), &[g.batch, g.m, g.n]);
+            assert_close(&c.to_vec_f32().unwrap(), &want, 1e-5, 1e-5, &format!("{g:?}"));
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors() {
+        let t = |s: &[usize]| Tensor::zeros(s, &Device::Cpu).unwrap();
+        let mut tape = Tape::new();
+        let err = matmul(&mut tape, &t(&[2, 3]), &t(&[4, 5]), false, false).unwrap_err().to_string();
+        assert!(err.contains("inner sizes 3 and 4 differ"), "{err}");
+        assert!(matmul(&mut tape, &t(&[2, 3]), &t(&[5, 3]), false, false).is_err());
+        assert!(matmul(&mut tape, &t(&[2, 3]), &t(&[5, 3]), false, true).is_ok());
+        let err = matmul(&mut tape, &t(&[2, 4, 3]), &t(&[3, 3, 5]), false, false).unwrap_err().to_string();
+        assert!(err.contains("batch sizes differ"), "{err}");
+        let err = matmul(&mut tape, &t(&[3]), &t(&[3, 5]), false, false).unwrap_err().to_string();
+        assert!(err.contains("rank 2 or 3"), "{err}");
+        assert!(matmul(&mut tape, &t(&[1, 2, 3, 4]), &t(&[4, 5]), false, false).is_err());
+        let bf = t(&[3, 5]).to_dtype(DType::BF16).unwrap();
+        assert!(matmul(&mut tape, &t(&[2, 3]), &bf, false, false).is_err());
+        assert!(linear(&mut tape, &t(&[4, 3]), &t(&[2, 4]), None).is_err());
+        assert!(linear(&mut tape, &t(&[4, 3]), &t(&[2, 3]), Some(&t(&[3]))).is_err());
+        assert!(linear(&mut tape, &t(&[3]), &t(&[2, 3]), None).is_err());
+    }
+
+    #[test]
+    fn empty_sizes_on_the_cpu() {
+        let t = |s: &[usize]| Tensor::from_vec(random_vec(s.iter().product(), 1), s, &Device::Cpu).unwrap();
+        let c = matmul_raw(&t(&[3, 0]), &t(&[0, 4]), false, false).unwrap();
+        assert_eq!(c.shape(), &[3, 4]);
+        assert_eq!(c.to_vec_f32().unwrap(), vec![0.0; 12]);
+        assert_eq!(matmul_raw(&t(&[0, 2]), &t(&[2, 4]), false, false).unwrap().shape(), &[0, 4]);
+    }
+}

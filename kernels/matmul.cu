@@ -1,0 +1,37 @@
+// Batched matmul C[z] = op(A[z]) · op(B[z]), op = identity or transpose, f32 accumulation.
+// The math, shapes and the backward are in src/ops/matmul.rs; the tile is kernels/gemm_tile.cuh.
+//
+// Launch: 256-thread blocks, grid (⌈N/64⌉, ⌈M/64⌉, min(batch, 65535)); a block loops over
+// z = blockIdx.z, blockIdx.z + gridDim.z, … so any batch size works.
+// A is [K, M] per batch item when trans_a (else [M, K]); B is [N, K] when trans_b (else [K, N]);
+// C is [M, N]. stride_a / stride_b are the elements between batch items: 0 for an operand that is
+// broadcast over the batch (shared weights), M·K / K·N otherwise.
+#include "gemm_tile.cuh"
+
+template <typename T>
+__device__ __forceinline__ void matmul_body(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C, int batch, int M, int N,
+                                            int K, u64 stride_a, u64 stride_b, int trans_a, int trans_b) {
+    const int m0 = blockIdx.y * gemm::BM, n0 = blockIdx.x * gemm::BN;
+    for (int z = blockIdx.z; z < batch; z += gridDim.z) {
+        const T* a = A + (u64)z * stride_a;
+        const T* b = B + (u64)z * stride_b;
+        T* c = C + (u64)z * M * N;
+        auto load_a = [=](int m, int k) { return to_f32(trans_a ? a[(u64)k * M + m] : a[(u64)m * K + k]); };
+        auto load_b = [=](int k, int n) { return to_f32(trans_b ? b[(u64)n * K + k] : b[(u64)k * N + n]); };
+        auto store = [=](int m, int n, float v) { c[(u64)m * N + n] = from_f32<T>(v); };
+        gemm_tile(M, N, 0, K, m0, n0, !trans_a, !trans_b, load_a, load_b, store);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS) matmul_f32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
+                                                                       int batch, int M, int N, int K, u64 stride_a, u64 stride_b, int trans_a,
+                                                                       int trans_b) {
+    matmul_body(A, B, C, batch, M, N, K, stride_a, stride_b, trans_a, trans_b);
+}
+
+// bf16 in and out, f32 accumulation; the output is rounded to nearest even once, at the store.
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
+    matmul_bf16(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B, __nv_bfloat16* __restrict__ C, int batch, int M, int N,
+                int K, u64 stride_a, u64 stride_b, int trans_a, int trans_b) {
+    matmul_body(A, B, C, batch, M, N, K, stride_a, stride_b, trans_a, trans_b);
+}
