@@ -8,6 +8,7 @@ pub mod autograd;
 pub mod bench;
 pub mod error;
 pub mod kernels;
+pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod tensor;

@@ -1,0 +1,150 @@
+//! The Mind Reader mapper `fmri_clip_res`: fMRI voxels → one 512-d CLIP-space vector.
+//!
+//! Input `[B, V]` (viewed as `[B, 1, V]`), output `[B, D]` (D = 512 for CLIP ViT-B/32):
+//! 1. `encoder.0.0`: Conv1d(1→64, k4, s2, p1) + ReLU → `[B, 64, V/2]`
+//! 2. `encoder.1..4`: residual blocks `net` = Conv1d k3 p1 → ReLU → Conv1d k3 p1 → ReLU →
+//!    Conv1d k1, then `+ x` and ReLU (the reference's ResBlock_1d_BN with its BatchNorms removed)
+//! 3. `encoder.5`: Conv1d(64→D, k1) → transpose → `[B, V/2, D]`
+//! 4. `fc.1`: ReLU → Conv1d(V/2→128, k1) → ReLU → `fc.3`: Conv1d(128→1, k1) → `[B, D]`
+//!
+//! Parameter names are the PyTorch state_dict's, so a converted checkpoint of the original code
+//! loads by name (`scripts/convert_mapper.py`). ~1.16M parameters at V = 15744.
+
+use crate::autograd::Tape;
+use crate::error::{Error, Result};
+use crate::nn::ParamStore;
+use crate::ops::{conv1d::conv1d, elementwise as ew, transpose};
+use crate::tensor::{Device, Tensor};
+
+/// The mapper's shape: voxel count, width of the convolutions, fc width, output dimension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapperConfig {
+    pub voxels: usize,
+    pub hidden: usize,
+    pub fc_hidden: usize,
+    pub out_dim: usize,
+    pub res_blocks: usize,
+}
+
+impl MapperConfig {
+    /// Mind Reader's mapper for `voxels` inputs and `out_dim` outputs.
+    pub fn mind_reader(voxels: usize, out_dim: usize) -> MapperConfig {
+        MapperConfig { voxels, hidden: 64, fc_hidden: 128, out_dim, res_blocks: 4 }
+    }
+
+    /// Length after the stride-2 stem: ⌊(V + 2 − 4)/2⌋ + 1 = ⌊V/2⌋.
+    pub fn length(&self) -> usize {
+        (self.voxels + 2 - 4) / 2 + 1
+    }
+}
+
+struct Conv {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Conv {
+    /// PyTorch's default Conv1d init: U(−1/√fan_in, 1/√fan_in) for weight and bias.
+    fn new(store: &mut ParamStore, name: &str, c_out: usize, c_in: usize, k: usize, seed: u64, device: &Device) -> Result<Conv> {
+        let bound = 1.0 / ((c_in * k) as f32).sqrt();
+        let weight = store.insert(&format!("{name}.weight"), Tensor::rand_uniform(&[c_out, c_in, k], -bound, bound, seed, device)?)?;
+        let bias = store.insert(&format!("{name}.bias"), Tensor::rand_uniform(&[c_out], -bound, bound, seed + 1, device)?)?;
+        Ok(Conv { weight, bias })
+    }
+
+    fn forward(&self, tape: &mut Tape, x: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+        conv1d(tape, x, &self.weight, Some(&self.bias), stride, padding)
+    }
+}
+
+struct ResBlock {
+    net_0: Conv,
+    net_2: Conv,
+    net_4: Conv,
+}
+
+pub struct Mapper {
+    pub config: MapperConfig,
+    stem: Conv,
+    blocks: Vec<ResBlock>,
+    proj: Conv,
+    fc_1: Conv,
+    fc_3: Conv,
+}
+
+impl Mapper {
+    /// A freshly initialised mapper whose parameters are registered in `store`.
+    pub fn new(config: MapperConfig, store: &mut ParamStore, seed: u64, device: &Device) -> Result<Mapper> {
+        if config.voxels < 4 {
+            return Err(Error::Invalid(format!("the mapper needs at least 4 voxels, got {}", config.voxels)));
+        }
+        let h = config.hidden;
+        let stem = Conv::new(store, "encoder.0.0", h, 1, 4, seed, device)?;
+        let mut blocks = Vec::new();
+        for i in 0..config.res_blocks {
+            let s = seed + 10 * (i as u64 + 1);
+            let name = |j| format!("encoder.{}.net.{j}", i + 1);
+            blocks.push(ResBlock {
+                net_0: Conv::new(store, &name(0), h, h, 3, s, device)?,
+                net_2: Conv::new(store, &name(2), h, h, 3, s + 2, device)?,
+                net_4: Conv::new(store, &name(4), h, h, 1, s + 4, device)?,
+            });
+        }
+        let proj = Conv::new(store, &format!("encoder.{}", config.res_blocks + 1), config.out_dim, h, 1, seed + 100, device)?;
+        let fc_1 = Conv::new(store, "fc.1", config.fc_hidden, config.length(), 1, seed + 200, device)?;
+        let fc_3 = Conv::new(store, "fc.3", 1, config.fc_hidden, 1, seed + 300, device)?;
+        Ok(Mapper { config, stem, blocks, proj, fc_1, fc_3 })
+    }
+
+    /// `[B, V]` voxels → `[B, out_dim]`.
+    pub fn forward(&self, tape: &mut Tape, fmri: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        if fmri.rank() != 2 || fmri.shape()[1] != c.voxels {
+            return Err(Error::shape("mapper", format!("expected fMRI of shape [batch, {}], got {:?}", c.voxels, fmri.shape())));
+        }
+        let b = fmri.shape()[0];
+        let x = transpose::reshape(tape, fmri, &[b, 1, c.voxels])?;
+        let x = self.stem.forward(tape, &x, 2, 1)?;
+        let mut x = ew::relu(tape, &x)?;
+        for blk in &self.blocks {
+            let h = ew::relu(tape, &blk.net_0.forward(tape, &x, 1, 1)?)?;
+            let h = ew::relu(tape, &blk.net_2.forward(tape, &h, 1, 1)?)?;
+            let h = blk.net_4.forward(tape, &h, 1, 0)?;
+            x = ew::relu(tape, &ew::add(tape, &h, &x)?)?;
+        }
+        let x = self.proj.forward(tape, &x, 1, 0)?; // [B, D, L]
+        let x = transpose::transpose(tape, &x, 1, 2)?; // [B, L, D]
+        let x = ew::relu(tape, &x)?;
+        let x = ew::relu(tape, &self.fc_1.forward(tape, &x, 1, 0)?)?; // [B, 128, D]
+        let y = self.fc_3.forward(tape, &x, 1, 0)?; // [B, 1, D]
+        transpose::reshape(tape, &y, &[b, c.out_dim])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::random_vec;
+
+    #[test]
+    fn parameter_names_and_count_match_the_reference() {
+        let mut store = ParamStore::new();
+        Mapper::new(MapperConfig::mind_reader(15744, 512), &mut store, 0, &Device::Cpu).unwrap();
+        assert_eq!(store.num_elements(), 1_156_929);
+        let names: Vec<&str> = store.iter().map(|p| p.name.as_str()).collect();
+        for n in ["encoder.0.0.weight", "encoder.1.net.0.weight", "encoder.4.net.4.bias", "encoder.5.weight", "fc.1.weight", "fc.3.bias"] {
+            assert!(names.contains(&n), "{n} missing from {names:?}");
+        }
+        assert_eq!(store.get("fc.1.weight").unwrap().shape(), &[128, 7872, 1]);
+    }
+
+    #[test]
+    fn forward_shape_and_bad_input() {
+        let mut store = ParamStore::new();
+        let m = Mapper::new(MapperConfig { voxels: 37, hidden: 8, fc_hidden: 5, out_dim: 6, res_blocks: 2 }, &mut store, 1, &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(random_vec(3 * 37, 2), &[3, 37], &Device::Cpu).unwrap();
+        assert_eq!(m.forward(&mut Tape::inference(), &x).unwrap().shape(), &[3, 6]);
+        let bad = Tensor::zeros(&[3, 36], &Device::Cpu).unwrap();
+        assert!(m.forward(&mut Tape::inference(), &bad).unwrap_err().to_string().contains("[batch, 37]"));
+    }
+}

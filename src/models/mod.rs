@@ -1,0 +1,5 @@
+//! Models built from ops: the Mind Reader mapper (later: CLIP, Lafite).
+
+pub mod mapper;
+
+pub use mapper::{Mapper, MapperConfig};
