@@ -1,1 +1,561 @@
-//! (being written)
+//! 1-D convolution with PyTorch's `Conv1d` semantics (cross-correlation, zero padding), f32.
+//!
+//! Forward: x `[B, Cin, L]`, weight `[Cout, Cin, K]`, bias `[Cout]`, stride s, padding p;
+//! `Lout = (L + 2p − K) / s + 1` and
+//! `y[b, co, l] = bias[co] + Σ_{ci, k} w[co, ci, k] · x[b, ci, l·s + k − p]` (x = 0 outside [0, L)).
+//! As a GEMM per batch item: `y_b [Cout, Lout] = W [Cout, Cin·K] · cols_b [Cin·K, Lout]`, with
+//! `cols_b[(ci, k), l] = x[b, ci, l·s + k − p]` (im2col).
+//!
+//! Backward, with `G = dL/dy`:
+//! `dx_b = col2im(Wᵀ · G_b)`: `dx[b, ci, j] = Σ_{co, k} w[co, ci, k] · G[b, co, (j + p − k)/s]`
+//! over the k where `j + p − k` is a non-negative multiple of s below `Lout·s`;
+//! `dW = Σ_b G_b · cols_bᵀ`: `dW[co, ci, k] = Σ_{b, l} G[b, co, l] · x[b, ci, l·s + k − p]`;
+//! `db[co] = Σ_{b, l} G[b, co, l]`.
+//!
+//! Cost: each of forward, dx and dW is `2·B·Cout·Lout·Cin·K` FLOPs. Ideal traffic: read x and W,
+//! write y (`4·(|x| + |W| + |y|)` bytes), likewise for each gradient. The CUDA kernels
+//! (`kernels/conv1d.cu`) are implicit GEMMs on the shared 64×64 tile of `kernels/gemm_tile.cuh`:
+//! their loaders gather x / dy in place (padding is a 0 from the loader), so no im2col buffer
+//! exists on the GPU. The forward and dx put the batch on grid z (M = Cout or Cin, N = Lout or L);
+//! dW is one product with k = B·Lout, split over grid z into at most 64 MB of partial sums that
+//! `reduce_axis_raw` then adds in a fixed order (deterministic). The CPU twin does im2col + GEMM
+//! (ndarray) per batch item, rayon over the batch.
+
+use cudarc::driver::LaunchConfig;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2};
+use rayon::prelude::*;
+
+use super::{same_device, Real};
+use crate::autograd::Tape;
+use crate::error::{Error, Result};
+use crate::ops::elementwise::{bias_add_raw, bias_grad_raw};
+use crate::ops::reduce::{reduce_axis_raw, Reduce};
+use crate::tensor::{launch, Device, Storage, Tensor};
+
+/// The sizes of one convolution, checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv1d {
+    pub batch: usize,
+    pub cin: usize,
+    pub len: usize,
+    pub cout: usize,
+    pub ksize: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub lout: usize,
+}
+
+impl Conv1d {
+    /// Checks x `[B, Cin, L]` against weight `[Cout, Cin, K]`, stride and padding.
+    pub fn new(x: &[usize], weight: &[usize], stride: usize, padding: usize) -> Result<Conv1d> {
+        let err = |detail: String| Err(Error::shape("conv1d", detail));
+        let &[batch, cin, len] = x else { return err(format!("x must be [B, Cin, L], got shape {x:?}")) };
+        let &[cout, wcin, ksize] = weight else { return err(format!("weight must be [Cout, Cin, K], got shape {weight:?}")) };
+        if wcin != cin {
+            return err(format!("weight {weight:?} expects {wcin} input channels but x {x:?} has {cin}"));
+        }
+        if ksize == 0 || stride == 0 {
+            return err(format!("kernel size {ksize} and stride {stride} must be at least 1"));
+        }
+        let padded = len + 2 * padding;
+        if ksize > padded {
+            return err(format!("kernel of size {ksize} is longer than the padded input (L {len} + 2·padding {padding} = {padded})"));
+        }
+        Ok(Conv1d { batch, cin, len, cout, ksize, stride, padding, lout: (padded - ksize) / stride + 1 })
+    }
+
+    pub fn x_len(&self) -> usize {
+        self.batch * self.cin * self.len
+    }
+    pub fn w_len(&self) -> usize {
+        self.cout * self.cin * self.ksize
+    }
+    pub fn y_len(&self) -> usize {
+        self.batch * self.cout * self.lout
+    }
+    pub fn y_shape(&self) -> [usize; 3] {
+        [self.batch, self.cout, self.lout]
+    }
+    /// FLOPs of the forward (each gradient costs the same).
+    pub fn flops(&self) -> usize {
+        2 * self.batch * self.cout * self.lout * self.cin * self.ksize
+    }
+
+    /// The x position that output l, tap k reads, or None in the padding.
+    fn src(&self, l: usize, k: usize) -> Option<usize> {
+        (l * self.stride + k).checked_sub(self.padding).filter(|&pos| pos < self.len)
+    }
+}
+
+/// The CPU twins: im2col + GEMM per batch item, generic so gradient checks run them in f64.
+pub mod cpu {
+    use super::*;
+
+    fn view_err(e: ndarray::ShapeError) -> Error {
+        Error::shape("conv1d", e.to_string())
+    }
+
+    fn check(what: &str, got: usize, want: usize) -> Result<()> {
+        if got != want {
+            return Err(Error::shape("conv1d", format!("{what} holds {got} elements, expected {want}")));
+        }
+        Ok(())
+    }
+
+    /// `cols[(ci·K + k)·Lout + l] = x_b[ci, l·s + k − p]` (0 in the padding) for one batch item.
+    pub fn im2col<T: Real>(xb: &[T], d: &Conv1d) -> Vec<T> {
+        let mut cols = vec![T::zero(); d.cin * d.ksize * d.lout];
+        for ci in 0..d.cin {
+            for k in 0..d.ksize {
+                let row = &mut cols[(ci * d.ksize + k) * d.lout..][..d.lout];
+                for (l, c) in row.iter_mut().enumerate() {
+                    if let Some(pos) = d.src(l, k) {
+                        *c = xb[ci * d.len + pos];
+                    }
+                }
+            }
+        }
+        cols
+    }
+
+    /// The adjoint of `im2col`: `dx_b[ci, l·s + k − p] += cols[(ci·K + k)·Lout + l]`.
+    pub fn col2im<T: Real>(cols: &[T], d: &Conv1d, dxb: &mut [T]) {
+        for ci in 0..d.cin {
+            for k in 0..d.ksize {
+                let row = &cols[(ci * d.ksize + k) * d.lout..][..d.lout];
+                for (l, &c) in row.iter().enumerate() {
+                    if let Some(pos) = d.src(l, k) {
+                        dxb[ci * d.len + pos] = dxb[ci * d.len + pos] + c;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `y = W · im2col(x) (+ bias)` per batch item.
+    pub fn conv1d<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, d: &Conv1d) -> Result<Vec<T>> {
+        check("x", x.len(), d.x_len())?;
+        check("weight", w.len(), d.w_len())?;
+        if let Some(b) = bias {
+            check("bias", b.len(), d.cout)?;
+        }
+        let mut y = vec![T::zero(); d.y_len()];
+        if y.is_empty() {
+            return Ok(y);
+        }
+        let kk = d.cin * d.ksize;
+        let wv = ArrayView2::from_shape((d.cout, kk), w).map_err(view_err)?;
+        y.par_chunks_mut(d.cout * d.lout).enumerate().try_for_each(|(b, yb)| -> Result<()> {
+            let cols = im2col(&x[b * d.cin * d.len..][..d.cin * d.len], d);
+            let cv = ArrayView2::from_shape((kk, d.lout), &cols[..]).map_err(view_err)?;
+            general_mat_mul(T::one(), &wv, &cv, T::zero(), &mut ArrayViewMut2::from_shape((d.cout, d.lout), &mut yb[..]).map_err(view_err)?);
+            if let Some(bias) = bias {
+                for (row, &bc) in yb.chunks_mut(d.lout).zip(bias) {
+                    row.iter_mut().for_each(|v| *v = *v + bc);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(y)
+    }
+
+    /// `dx_b = col2im(Wᵀ · dy_b)` per batch item.
+    pub fn conv1d_dx<T: Real>(dy: &[T], w: &[T], d: &Conv1d) -> Result<Vec<T>> {
+        check("dy", dy.len(), d.y_len())?;
+        check("weight", w.len(), d.w_len())?;
+        let mut dx = vec![T::zero(); d.x_len()];
+        if dx.is_empty() {
+            return Ok(dx);
+        }
+        let kk = d.cin * d.ksize;
+        let wv = ArrayView2::from_shape((d.cout, kk), w).map_err(view_err)?;
+        dx.par_chunks_mut(d.cin * d.len).enumerate().try_for_each(|(b, dxb)| -> Result<()> {
+            let dyv = ArrayView2::from_shape((d.cout, d.lout), &dy[b * d.cout * d.lout..][..d.cout * d.lout]).map_err(view_err)?;
+            let mut dcols = vec![T::zero(); kk * d.lout];
+            general_mat_mul(T::one(), &wv.t(), &dyv, T::zero(), &mut ArrayViewMut2::from_shape((kk, d.lout), &mut dcols[..]).map_err(view_err)?);
+            col2im(&dcols, d, dxb);
+            Ok(())
+        })?;
+        Ok(dx)
+    }
+
+    /// `dW = Σ_b dy_b · im2col(x_b)ᵀ`, shaped `[Cout, Cin, K]`.
+    pub fn conv1d_dw<T: Real>(dy: &[T], x: &[T], d: &Conv1d) -> Result<Vec<T>> {
+        check("dy", dy.len(), d.y_len())?;
+        check("x", x.len(), d.x_len())?;
+        let kk = d.cin * d.ksize;
+        // A fixed number of batch items per parallel task, added in order: the same sum on every
+        // machine whatever its thread count.
+        const ITEMS: usize = 8;
+        let starts: Vec<usize> = (0..d.batch).step_by(ITEMS).collect();
+        let partials = starts
+            .par_iter()
+            .map(|&b0| -> Result<Vec<T>> {
+                let mut acc = vec![T::zero(); d.cout * kk];
+                let mut av = ArrayViewMut2::from_shape((d.cout, kk), &mut acc[..]).map_err(view_err)?;
+                for b in b0..(b0 + ITEMS).min(d.batch) {
+                    let cols = im2col(&x[b * d.cin * d.len..][..d.cin * d.len], d);
+                    let cv = ArrayView2::from_shape((kk, d.lout), &cols[..]).map_err(view_err)?;
+                    let dyv = ArrayView2::from_shape((d.cout, d.lout), &dy[b * d.cout * d.lout..][..d.cout * d.lout]).map_err(view_err)?;
+                    general_mat_mul(T::one(), &dyv, &cv.t(), T::one(), &mut av);
+                }
+                Ok(acc)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut dw = vec![T::zero(); d.cout * kk];
+        for p in partials {
+            for (s, v) in dw.iter_mut().zip(p) {
+                *s = *s + v;
+            }
+        }
+        Ok(dw)
+    }
+
+    /// `db[co] = Σ_{b, l} dy[b, co, l]`.
+    pub fn conv1d_db<T: Real>(dy: &[T], d: &Conv1d) -> Vec<T> {
+        crate::ops::elementwise::cpu::bias_grad(dy, d.batch, d.cout, d.lout)
+    }
+}
+
+/// The launch sizes as the kernels' ints, or an error when something does not fit.
+/// Order: B, Cin, L, Cout, K, stride, padding, Lout.
+fn kernel_ints(d: &Conv1d) -> Result<[i32; 8]> {
+    let fits = |v: usize| i32::try_from(v).is_ok();
+    let products = [d.len + 2 * d.padding, d.cin * d.ksize, d.cout * d.ksize, d.batch * d.lout];
+    if !products.iter().all(|&v| fits(v)) || d.cin.div_ceil(64) > 65535 || d.cout.div_ceil(64) > 65535 {
+        return Err(Error::shape("conv1d", format!("{d:?} is too large for the CUDA kernels (sizes < 2³¹, channels ≤ 65535·64)")));
+    }
+    let v = [d.batch, d.cin, d.len, d.cout, d.ksize, d.stride, d.padding, d.lout];
+    Ok(v.map(|x| x as i32))
+}
+
+/// 256-thread blocks, one per 64×64 tile of the `m × n` output, `z` on grid z (blocks loop past 65535).
+fn tile_grid(m: usize, n: usize, z: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (n.div_ceil(64) as u32, m.div_ceil(64) as u32, z.clamp(1, 65535) as u32), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// How dW's k = B·Lout is cut for split-K: `(chunk, splits)`, chunk a multiple of 16. Enough
+/// splits to give the GPU about 1024 blocks, but at least 256 k per split and at most 2²⁴
+/// floats (64 MB) of partial sums.
+pub(crate) fn dw_split(d: &Conv1d) -> (usize, usize) {
+    let k = d.batch * d.lout;
+    let n_w = d.cout * d.cin * d.ksize;
+    let tiles = d.cout.div_ceil(64) * (d.cin * d.ksize).div_ceil(64);
+    let want = (1024 / tiles.max(1)).min(k.div_ceil(256)).min((1 << 24) / n_w.max(1)).max(1);
+    let chunk = (k.div_ceil(want).div_ceil(16) * 16).max(16);
+    (chunk, k.div_ceil(chunk).max(1))
+}
+
+/// `y = conv1d(x, w)` (no bias) without recording.
+fn conv1d_raw(x: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
+    const OP: &str = "conv1d";
+    same_device(OP, &[x, w])?;
+    let (sx, sw) = (x.storage(), w.storage());
+    match x.device() {
+        Device::Cpu => Tensor::from_vec(cpu::conv1d(sx.cpu_f32(OP)?, sw.cpu_f32(OP)?, None, d)?, &d.y_shape(), x.device()),
+        Device::Cuda(gpu) => {
+            let (xs, ws) = (sx.cuda_f32(OP)?, sw.cuda_f32(OP)?);
+            let [b, cin, len, cout, ks, stride, pad, lout] = kernel_ints(d)?;
+            let mut y = gpu.alloc::<f32>(d.y_len())?;
+            if d.y_len() > 0 {
+                // SAFETY: x, w hold B·Cin·L and Cout·Cin·K floats (shapes checked by Conv1d::new); the
+                // loaders read x only at 0 ≤ pos < L, and the tile writes y[b, co, l] for co < Cout, l < Lout.
+                launch!(gpu, "conv1d", "conv1d_fwd_f32", tile_grid(d.cout, d.lout, d.batch), xs, ws, &mut y, &b, &cin, &len, &cout, &ks, &stride, &pad, &lout)?;
+            }
+            Ok(Tensor::from_storage(Storage::CudaF32(y), &d.y_shape(), x.device()))
+        }
+    }
+}
+
+/// dL/dx without recording.
+fn conv1d_dx_raw(dy: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
+    const OP: &str = "conv1d backward";
+    let (sdy, sw) = (dy.storage(), w.storage());
+    let shape = [d.batch, d.cin, d.len];
+    match dy.device() {
+        Device::Cpu => Tensor::from_vec(cpu::conv1d_dx(sdy.cpu_f32(OP)?, sw.cpu_f32(OP)?, d)?, &shape, dy.device()),
+        Device::Cuda(gpu) => {
+            let (dys, ws) = (sdy.cuda_f32(OP)?, sw.cuda_f32(OP)?);
+            let [b, cin, len, cout, ks, stride, pad, lout] = kernel_ints(d)?;
+            let mut dx = gpu.alloc::<f32>(d.x_len())?;
+            if d.x_len() > 0 {
+                // SAFETY: dy holds B·Cout·Lout floats, read only at 0 ≤ l < Lout; w as in the forward;
+                // the tile writes every dx[b, ci, j], ci < Cin, j < L.
+                launch!(gpu, "conv1d", "conv1d_dx_f32", tile_grid(d.cin, d.len, d.batch), dys, ws, &mut dx, &b, &cin, &len, &cout, &ks, &stride, &pad, &lout)?;
+            }
+            Ok(Tensor::from_storage(Storage::CudaF32(dx), &shape, dy.device()))
+        }
+    }
+}
+
+/// dL/dW without recording.
+fn conv1d_dw_raw(dy: &Tensor, x: &Tensor, d: &Conv1d) -> Result<Tensor> {
+    const OP: &str = "conv1d backward";
+    let (sdy, sx) = (dy.storage(), x.storage());
+    let shape = [d.cout, d.cin, d.ksize];
+    match dy.device() {
+        Device::Cpu => Tensor::from_vec(cpu::conv1d_dw(sdy.cpu_f32(OP)?, sx.cpu_f32(OP)?, d)?, &shape, dy.device()),
+        Device::Cuda(gpu) => {
+            let (dys, xs) = (sdy.cuda_f32(OP)?, sx.cuda_f32(OP)?);
+            let [b, cin, len, cout, ks, stride, pad, lout] = kernel_ints(d)?;
+            let (chunk, splits) = dw_split(d);
+            let n_w = d.w_len();
+            let mut partial = gpu.alloc::<f32>(splits * n_w)?;
+            if n_w > 0 {
+                let (chunk_i, splits_i) = (chunk as i32, splits as i32);
+                // SAFETY: split z reads k in [z·chunk, min(B·Lout, (z+1)·chunk)), i.e. dy[b, co, l] with
+                // b < B, l < Lout, and x only at 0 ≤ pos < L; it writes partial[z, co, n], z < splits.
+                launch!(gpu, "conv1d", "conv1d_dw_f32", tile_grid(d.cout, d.cin * d.ksize, splits), dys, xs, &mut partial, &b, &cin, &len, &cout, &ks, &stride, &pad, &lout, &chunk_i, &splits_i)?;
+            }
+            let partial = Tensor::from_storage(Storage::CudaF32(partial), &[splits, n_w], dy.device());
+            let dw = if splits == 1 { partial } else { reduce_axis_raw(&partial, 0, Reduce::Sum, 1.0)? };
+            dw.reshaped(&shape)
+        }
+    }
+}
+
+/// `y = conv1d(x, weight) + bias`: x `[B, Cin, L]`, weight `[Cout, Cin, K]`, bias `[Cout]`,
+/// y `[B, Cout, (L + 2·padding − K)/stride + 1]`, as PyTorch's `nn.Conv1d`. Recorded.
+pub fn conv1d(tape: &mut Tape, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+    let d = Conv1d::new(x.shape(), weight.shape(), stride, padding)?;
+    if let Some(b) = bias {
+        if b.shape() != [d.cout] {
+            return Err(Error::shape("conv1d", format!("bias {:?} for {} output channels (want [{}])", b.shape(), d.cout, d.cout)));
+        }
+        same_device("conv1d", &[x, b])?;
+    }
+    let y = conv1d_raw(x, weight, &d)?;
+    let y = match bias {
+        Some(b) => bias_add_raw(&y, b, 1)?,
+        None => y,
+    };
+    // Only the gradients some watched tensor depends on are computed (the network input's dx,
+    // as big as the first layer's work, usually is not).
+    let (need_x, need_w) = (tape.needs_grad(&[x]), tape.needs_grad(&[weight]));
+    let need_b = bias.map(|b| tape.needs_grad(&[b]));
+    let (xc, wc) = (x.clone(), weight.clone());
+    let inputs: Vec<&Tensor> = [x, weight].into_iter().chain(bias).collect();
+    tape.record(&inputs, &y, move |dy| {
+        let dx = if need_x { Some(conv1d_dx_raw(dy, &wc, &d)?) } else { None };
+        let dw = if need_w { Some(conv1d_dw_raw(dy, &xc, &d)?) } else { None };
+        let mut grads = vec![dx, dw];
+        if let Some(nb) = need_b {
+            grads.push(if nb { Some(bias_grad_raw(dy, d.batch, d.cout, d.lout)?) } else { None });
+        }
+        Ok(grads)
+    });
+    Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, devices, gpu, gradcheck, random_vec};
+
+    /// (K, stride, padding) of the mapper's layers, and two with gaps (stride > K) and no padding.
+    const GEOMETRIES: [(usize, usize, usize); 5] = [(1, 1, 0), (3, 1, 1), (4, 2, 1), (2, 3, 2), (3, 2, 0)];
+
+    fn f64s(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&x| x as f64).collect()
+    }
+
+    fn f32s(v: &[f64]) -> Vec<f32> {
+        v.iter().map(|&x| x as f32).collect()
+    }
+
+    fn dims(b: usize, cin: usize, len: usize, cout: usize, (k, s, p): (usize, usize, usize)) -> Result<Conv1d> {
+        Conv1d::new(&[b, cin, len], &[cout, cin, k], s, p)
+    }
+
+    /// (x, w, bias, weights for loss = Σ g ⊙ y) in f64.
+    fn inputs(d: &Conv1d, seed: u64) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        (f64s(&random_vec(d.x_len(), seed)), f64s(&random_vec(d.w_len(), seed + 1)), f64s(&random_vec(d.cout, seed + 2)), f64s(&random_vec(d.y_len(), seed + 3)))
+    }
+
+    /// y by the definition, an independent check of im2col's indexing.
+    fn naive(x: &[f64], w: &[f64], bias: &[f64], d: &Conv1d) -> Vec<f64> {
+        let mut y = Vec::new();
+        for b in 0..d.batch {
+            for co in 0..d.cout {
+                for l in 0..d.lout {
+                    let mut acc = bias[co];
+                    for ci in 0..d.cin {
+                        for k in 0..d.ksize {
+                            let pos = (l * d.stride + k) as isize - d.padding as isize;
+                            if pos >= 0 && (pos as usize) < d.len {
+                                acc += w[(co * d.cin + ci) * d.ksize + k] * x[(b * d.cin + ci) * d.len + pos as usize];
+                            }
+                        }
+                    }
+                    y.push(acc);
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn conv1d_twin_matches_the_definition() {
+        for geo in GEOMETRIES {
+            for len in [5, 8, 9] {
+                let d = dims(2, 3, len, 4, geo).unwrap();
+                assert_eq!(d.lout, (len + 2 * geo.2 - geo.0) / geo.1 + 1);
+                let (x, w, bias, _) = inputs(&d, 1);
+                let got = cpu::conv1d(&x, &w, Some(&bias), &d).unwrap();
+                assert_close(&f32s(&got), &f32s(&naive(&x, &w, &bias, &d)), 1e-12, 1e-12, &format!("{d:?}"));
+            }
+        }
+    }
+
+    #[test]
+    fn conv1d_gradients_match_finite_differences() {
+        for geo in GEOMETRIES {
+            for len in [7, 9] {
+                let d = dims(2, 3, len, 2, geo).unwrap();
+                let (x, w, bias, g) = inputs(&d, 5);
+                let loss = |x: &[f64], w: &[f64], bias: &[f64]| cpu::conv1d(x, w, Some(bias), &d).unwrap().iter().zip(&g).map(|(y, g)| y * g).sum::<f64>();
+                let what = format!("{d:?}");
+                gradcheck(&format!("dx {what}"), |v| loss(v, &w, &bias), &x, &cpu::conv1d_dx(&g, &w, &d).unwrap());
+                gradcheck(&format!("dW {what}"), |v| loss(&x, v, &bias), &w, &cpu::conv1d_dw(&g, &x, &d).unwrap());
+                gradcheck(&format!("db {what}"), |v| loss(&x, &w, v), &bias, &cpu::conv1d_db(&g, &d));
+            }
+        }
+    }
+
+    #[test]
+    fn conv1d_backward_through_tape_on_every_device() {
+        for device in devices() {
+            for geo in GEOMETRIES {
+                let d = dims(3, 2, 11, 4, geo).unwrap();
+                let (xv, wv, bv, gv) = inputs(&d, 9);
+                let x = Tensor::from_vec(f32s(&xv), &[d.batch, d.cin, d.len], &device).unwrap();
+                let w = Tensor::from_vec(f32s(&wv), &[d.cout, d.cin, d.ksize], &device).unwrap();
+                let bias = Tensor::from_vec(f32s(&bv), &[d.cout], &device).unwrap();
+                let mut tape = Tape::new();
+                for t in [&x, &w, &bias] {
+                    tape.watch(t);
+                }
+                let y = conv1d(&mut tape, &x, &w, Some(&bias), geo.1, geo.2).unwrap();
+                assert_eq!(y.shape(), &d.y_shape());
+                let g = Tensor::from_vec(f32s(&gv), y.shape(), &device).unwrap();
+                let yg = crate::ops::elementwise::mul(&mut tape, &y, &g).unwrap();
+                let loss = crate::ops::reduce::sum_all(&mut tape, &yg).unwrap();
+                let grads = tape.backward(&loss).unwrap();
+                let what = format!("{d:?} on {device}");
+                assert_close(&y.to_vec_f32().unwrap(), &f32s(&cpu::conv1d(&xv, &wv, Some(&bv), &d).unwrap()), 1e-5, 1e-5, &format!("y {what}"));
+                assert_close(&grads.get(&x).unwrap().to_vec_f32().unwrap(), &f32s(&cpu::conv1d_dx(&gv, &wv, &d).unwrap()), 1e-5, 1e-5, &format!("dx {what}"));
+                assert_close(&grads.get(&w).unwrap().to_vec_f32().unwrap(), &f32s(&cpu::conv1d_dw(&gv, &xv, &d).unwrap()), 1e-5, 1e-5, &format!("dW {what}"));
+                assert_close(&grads.get(&bias).unwrap().to_vec_f32().unwrap(), &f32s(&cpu::conv1d_db(&gv, &d)), 1e-5, 1e-5, &format!("db {what}"));
+                assert_eq!(grads.get(&w).unwrap().shape(), w.shape());
+            }
+        }
+    }
+
+    #[test]
+    fn conv1d_skips_the_gradients_nobody_watches() {
+        for device in devices() {
+            let x = Tensor::from_slice(&random_vec(2 * 3 * 8, 1), &[2, 3, 8], &device).unwrap();
+            let w = Tensor::from_slice(&random_vec(4 * 3 * 3, 2), &[4, 3, 3], &device).unwrap();
+            let mut tape = Tape::new();
+            tape.watch(&w);
+            let y = conv1d(&mut tape, &x, &w, None, 1, 1).unwrap();
+            let loss = crate::ops::reduce::sum_all(&mut tape, &y).unwrap();
+            let grads = tape.backward(&loss).unwrap();
+            assert!(grads.get(&x).is_none());
+            assert_eq!(grads.get(&w).unwrap().shape(), &[4, 3, 3]);
+        }
+    }
+
+    /// Compares the GPU's forward, dx and dW (and the bias path) with the f64 twin.
+    fn check_cuda(gpu: &Device, d: &Conv1d, seed: u64) {
+        let (xv, wv, bv, gv) = inputs(d, seed);
+        let x = Tensor::from_vec(f32s(&xv), &[d.batch, d.cin, d.len], gpu).unwrap();
+        let w = Tensor::from_vec(f32s(&wv), &[d.cout, d.cin, d.ksize], gpu).unwrap();
+        let bias = Tensor::from_vec(f32s(&bv), &[d.cout], gpu).unwrap();
+        let dy = Tensor::from_vec(f32s(&gv), &d.y_shape(), gpu).unwrap();
+        let what = format!("{d:?} (dW split {:?})", dw_split(d));
+        // Rounding grows with the length of each sum: allow ~√k f32 ulps of slack on top of rtol.
+        let atol = |k: usize| 1e-5 * (k.max(1) as f32).sqrt();
+        let y = conv1d(&mut Tape::inference(), &x, &w, Some(&bias), d.stride, d.padding).unwrap();
+        assert_close(&y.to_vec_f32().unwrap(), &f32s(&cpu::conv1d(&xv, &wv, Some(&bv), d).unwrap()), 1e-4, atol(d.cin * d.ksize), &format!("y {what}"));
+        let dx = conv1d_dx_raw(&dy, &w, d).unwrap();
+        assert_close(&dx.to_vec_f32().unwrap(), &f32s(&cpu::conv1d_dx(&gv, &wv, d).unwrap()), 1e-4, atol(d.cout * d.ksize), &format!("dx {what}"));
+        let dw = conv1d_dw_raw(&dy, &x, d).unwrap();
+        assert_eq!(dw.shape(), &[d.cout, d.cin, d.ksize]);
+        assert_close(&dw.to_vec_f32().unwrap(), &f32s(&cpu::conv1d_dw(&gv, &xv, d).unwrap()), 1e-4, atol(d.batch * d.lout), &format!("dW {what}"));
+    }
+
+    #[test]
+    fn conv1d_cuda_matches_cpu() {
+        let Some(gpu) = gpu() else { return };
+        for len in [1, 7, 33, 1000] {
+            for batch in [1, 3] {
+                for (cin, cout) in [(1, 64), (5, 5), (64, 1), (64, 64), (3, 70)] {
+                    for geo in GEOMETRIES {
+                        // (L = 1 is shorter than some kernels: those shapes are errors, tested below.)
+                        let Ok(d) = dims(batch, cin, len, cout, geo) else { continue };
+                        check_cuda(&gpu, &d, (len * 100 + cin + cout) as u64);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn conv1d_cuda_matches_cpu_at_mapper_sizes() {
+        let Some(gpu) = gpu() else { return };
+        // The Mind Reader mapper's layers (V = 15744) at batch 2: the first conv, a residual conv,
+        // the widening k1 conv, and the voxel-mixing k1 conv on the transposed activations.
+        for (cin, cout, len, geo) in [(1, 64, 15744, (4, 2, 1)), (64, 64, 7872, (3, 1, 1)), (64, 512, 7872, (1, 1, 0)), (7872, 128, 512, (1, 1, 0))] {
+            check_cuda(&gpu, &dims(2, cin, len, cout, geo).unwrap(), 42);
+        }
+    }
+
+    #[test]
+    fn dw_split_covers_k_in_chunks_of_whole_slabs() {
+        for (batch, len, cin, cout, geo) in [(1, 1, 1, 1, (1, 1, 0)), (3, 1000, 5, 5, (3, 1, 1)), (128, 15744, 1, 64, (4, 2, 1)), (128, 512, 7872, 128, (1, 1, 0))] {
+            let d = dims(batch, cin, len, cout, geo).unwrap();
+            let (chunk, splits) = dw_split(&d);
+            let k = d.batch * d.lout;
+            assert_eq!(chunk % 16, 0, "{d:?}");
+            assert!(splits * chunk >= k && (splits - 1) * chunk < k, "{d:?}: {splits} × {chunk} for k = {k}");
+            assert!(splits * d.w_len() <= 1 << 24 || splits == 1, "{d:?}: partial buffer too big");
+        }
+        // The mapper's first layer has few output tiles and a long k: it must split.
+        assert!(dw_split(&dims(128, 1, 15744, 64, (4, 2, 1)).unwrap()).1 > 100);
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let t = |s: &[usize]| Tensor::zeros(s, &Device::Cpu).unwrap();
+        let mut tape = Tape::new();
+        let x = t(&[2, 3, 8]);
+        let err = conv1d(&mut tape, &x, &t(&[4, 2, 3]), None, 1, 1).unwrap_err().to_string();
+        assert!(err.contains("expects 2 input channels") && err.contains("has 3"), "{err}");
+        let err = conv1d(&mut tape, &x, &t(&[4, 3, 11]), None, 1, 1).unwrap_err().to_string();
+        assert!(err.contains("longer than the padded input"), "{err}");
+        assert!(conv1d(&mut tape, &x, &t(&[4, 3, 10]), None, 1, 1).is_ok());
+        assert!(conv1d(&mut tape, &x, &t(&[4, 3]), None, 1, 1).is_err());
+        assert!(conv1d(&mut tape, &t(&[3, 8]), &t(&[4, 3, 3]), None, 1, 1).is_err());
+        assert!(conv1d(&mut tape, &x, &t(&[4, 3, 3]), None, 0, 1).is_err());
+        assert!(conv1d(&mut tape, &x, &t(&[4, 3, 3]), Some(&t(&[3])), 1, 1).is_err());
+        let x16 = x.to_dtype(crate::tensor::DType::BF16).unwrap();
+        let err = conv1d(&mut tape, &x16, &t(&[4, 3, 3]), None, 1, 1).unwrap_err().to_string();
+        assert!(err.contains("bf16"), "{err}");
+    }
+
+    #[test]
+    fn pytorch_conv1d_example() {
+        // torch.nn.functional.conv1d(torch.arange(1., 6.).view(1, 1, 5), torch.tensor([[[1., 0., -1.]]]),
+        //                            bias=torch.tensor([0.5]), stride=2, padding=1) = [[[-1.5, -1.5, 4.5]]]
+        for device in devices() {
+            let x = Tensor::from_slice(&[1.0, 2.0, 3.0, 4.0, 5.0], &[1, 1, 5], &device).unwrap();
+            let w = Tensor::from_slice(&[1.0, 0.0, -1.0], &[1, 1, 3], &device).unwrap();
+            let b = Tensor::from_slice(&[0.5], &[1], &device).unwrap();
+            let y = conv1d(&mut Tape::new(), &x, &w, Some(&b), 2, 1).unwrap();
+            assert_eq!(y.shape(), &[1, 1, 3]);
+            assert_close(&y.to_vec_f32().unwrap(), &[-1.5, -1.5, 4.5], 1e-6, 1e-6, &format!("on {device}"));
+        }
+    }
+}
