@@ -69,7 +69,7 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
     const int N = Cin * Ks, K = B * Lout;
     for (int z = blockIdx.z; z < splits; z += gridDim.z) {
         const int k_begin = z * chunk;
-        const int k_end = min(K, k_begin + chunk);
+        const int k_end = K - k_begin < chunk ? K : k_begin + chunk;  // no int overflow
         float* pz = partial + (u64)z * Cout * N;
         auto load_a = [=](int co, int kk) {
             int b = kk / Lout, l = kk - b * Lout;

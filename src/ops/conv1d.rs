@@ -221,10 +221,11 @@ pub mod cpu {
 /// The launch sizes as the kernels' ints, or an error when something does not fit.
 /// Order: B, Cin, L, Cout, K, stride, padding, Lout.
 fn kernel_ints(d: &Conv1d) -> Result<[i32; 8]> {
-    let fits = |v: usize| i32::try_from(v).is_ok();
-    let products = [d.len + 2 * d.padding, d.cin * d.ksize, d.cout * d.ksize, d.batch * d.lout];
+    // Below 2³⁰, so index sums in the kernels (k + 16, l·s + k) stay inside an int.
+    let fits = |v: usize| v < 1 << 30;
+    let products = [d.len + 2 * d.padding, d.cin * d.ksize, d.cout * d.ksize, d.batch * d.lout, d.stride];
     if !products.iter().all(|&v| fits(v)) || d.cin.div_ceil(64) > 65535 || d.cout.div_ceil(64) > 65535 {
-        return Err(Error::shape("conv1d", format!("{d:?} is too large for the CUDA kernels (sizes < 2³¹, channels ≤ 65535·64)")));
+        return Err(Error::shape("conv1d", format!("{d:?} is too large for the CUDA kernels (sizes < 2³⁰, channels ≤ 65535·64)")));
     }
     let v = [d.batch, d.cin, d.len, d.cout, d.ksize, d.stride, d.padding, d.lout];
     Ok(v.map(|x| x as i32))

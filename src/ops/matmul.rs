@@ -236,10 +236,11 @@ fn gemm_raw(a: &Tensor, b: &Tensor, g: &Gemm, out_shape: &[usize]) -> Result<Ten
             Ok(Tensor::from_storage(storage, out_shape, a.device()))
         }
         Device::Cuda(gpu) => {
-            let fits = |v: usize| i32::try_from(v).is_ok();
+            // Below 2³⁰, so index sums in the kernel (k + 16, m0 + 63) stay inside an int.
+            let fits = |v: usize| v < 1 << 30;
             let (tiles_n, tiles_m) = (g.n.div_ceil(64), g.m.div_ceil(64));
             if !(fits(g.m) && fits(g.n) && fits(g.k) && fits(g.batch)) || tiles_m > 65535 {
-                return Err(Error::shape(OP, format!("{g:?} is too large for the CUDA kernel (sizes < 2³¹, M ≤ 65535·64)")));
+                return Err(Error::shape(OP, format!("{g:?} is too large for the CUDA kernel (sizes < 2³⁰, M ≤ 65535·64)")));
             }
             let (sa, sb) = (a.storage(), b.storage());
             if c_len == 0 {
