@@ -103,7 +103,8 @@ fn mse_cos(tape: &mut Tape, y: &Tensor, t: &Tensor) -> Result<Tensor> {
     let prod = ew::mul(tape, y, t)?;
     let cos = reduce::sum(tape, &prod, -1)?;
     let mean_cos = reduce::mean_all(tape, &cos)?;
-    let one_minus = ew::add_scalar(tape, &ew::scale(tape, &mean_cos, -1.0)?, 1.0)?;
+    let neg = ew::scale(tape, &mean_cos, -1.0)?;
+    let one_minus = ew::add_scalar(tape, &neg, 1.0)?;
     let a = ew::scale(tape, &mse, 0.4)?;
     let b = ew::scale(tape, &one_minus, 0.6)?;
     Ok(ew::add(tape, &a, &b)?)

@@ -107,15 +107,19 @@ impl Mapper {
         let x = self.stem.forward(tape, &x, 2, 1)?;
         let mut x = ew::relu(tape, &x)?;
         for blk in &self.blocks {
-            let h = ew::relu(tape, &blk.net_0.forward(tape, &x, 1, 1)?)?;
-            let h = ew::relu(tape, &blk.net_2.forward(tape, &h, 1, 1)?)?;
+            let h = blk.net_0.forward(tape, &x, 1, 1)?;
+            let h = ew::relu(tape, &h)?;
+            let h = blk.net_2.forward(tape, &h, 1, 1)?;
+            let h = ew::relu(tape, &h)?;
             let h = blk.net_4.forward(tape, &h, 1, 0)?;
-            x = ew::relu(tape, &ew::add(tape, &h, &x)?)?;
+            let sum = ew::add(tape, &h, &x)?;
+            x = ew::relu(tape, &sum)?;
         }
         let x = self.proj.forward(tape, &x, 1, 0)?; // [B, D, L]
         let x = transpose::transpose(tape, &x, 1, 2)?; // [B, L, D]
         let x = ew::relu(tape, &x)?;
-        let x = ew::relu(tape, &self.fc_1.forward(tape, &x, 1, 0)?)?; // [B, 128, D]
+        let x = self.fc_1.forward(tape, &x, 1, 0)?; // [B, 128, D]
+        let x = ew::relu(tape, &x)?;
         let y = self.fc_3.forward(tape, &x, 1, 0)?; // [B, 1, D]
         transpose::reshape(tape, &y, &[b, c.out_dim])
     }

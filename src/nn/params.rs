@@ -106,21 +106,29 @@ impl ParamStore {
     /// by models stay valid). Every parameter must be present with the same shape; tensors in the
     /// file that are not parameters are returned (optimiser state) along with the metadata.
     pub fn load(&mut self, path: &Path) -> Result<(Vec<(String, Tensor)>, BTreeMap<String, String>)> {
-        let (mut tensors, metadata) = load_safetensors(path)?;
+        let (tensors, metadata) = load_safetensors(path)?;
+        let rest = self.assign_from(tensors, "", path)?;
+        Ok((rest, metadata))
+    }
+
+    /// Assigns every parameter from `tensors` named `<prefix><parameter name>` (in place), and
+    /// returns the tensors that were not used. `source` names where they came from in errors.
+    pub fn assign_from(&mut self, mut tensors: Vec<(String, Tensor)>, prefix: &str, source: &Path) -> Result<Vec<(String, Tensor)>> {
         for p in &self.params {
-            let Some(pos) = tensors.iter().position(|(n, _)| n == &p.name) else {
-                return Err(Error::file(path, format!("missing tensor `{}` (expected shape {:?})", p.name, p.value.shape())));
+            let want = format!("{prefix}{}", p.name);
+            let Some(pos) = tensors.iter().position(|(n, _)| *n == want) else {
+                return Err(Error::file(source, format!("missing tensor `{want}` (expected shape {:?})", p.value.shape())));
             };
             let (_, t) = tensors.swap_remove(pos);
             if t.shape() != p.value.shape() {
-                return Err(Error::file(path, format!("tensor `{}` has shape {:?}, expected {:?}", p.name, t.shape(), p.value.shape())));
+                return Err(Error::file(source, format!("tensor `{want}` has shape {:?}, expected {:?}", t.shape(), p.value.shape())));
             }
             let t = t.to_dtype(p.value.dtype())?.to_device(p.value.device())?;
             let new = std::mem::replace(&mut *t.storage_mut(), Storage::CpuF32(Vec::new()));
             *p.value.storage_mut() = new;
         }
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok((tensors, metadata))
+        Ok(tensors)
     }
 }
 
