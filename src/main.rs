@@ -22,6 +22,11 @@ enum Command {
 }
 
 fn main() {
+    // Die quietly on a closed pipe (`mindreader info | head`) instead of panicking.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = Args::parse();
     let result = match args.command {
         Command::Info(a) => cli::info::run(a),
