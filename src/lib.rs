@@ -7,6 +7,7 @@
 pub mod autograd;
 pub mod bench;
 pub mod error;
+pub mod eval;
 pub mod kernels;
 pub mod models;
 pub mod nn;

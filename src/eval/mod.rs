@@ -1,0 +1,6 @@
+//! Evaluation: retrieval metrics and the files evaluations read and write.
+
+pub mod npy;
+pub mod retrieval;
+
+pub use retrieval::{retrieval, Retrieval};
