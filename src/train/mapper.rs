@@ -1,0 +1,421 @@
+//! Training the mapper (Mind Reader's `train_fmri_clip`): Adam with L2 weight decay, lr ×γ every
+//! k epochs, shuffled mini-batches, per-epoch validation loss and retrieval, a checkpoint after
+//! every epoch, and a resume that continues bit for bit.
+//!
+//! Bit-for-bit resume: the batch order of epoch e is a pure function of (seed, e), every op is
+//! deterministic (no atomics in the mapper's kernels, fixed-order CPU reductions), and the
+//! checkpoint holds the parameters, both Adam moments and the step count. A run killed anywhere
+//! inside epoch e restarts e from the checkpoint written at the end of e − 1.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::autograd::Tape;
+use crate::error::{Error, Result};
+use crate::eval::{retrieval, Retrieval};
+use crate::models::{Mapper, MapperConfig};
+use crate::nn::ParamStore;
+use crate::ops::embedding::embedding;
+use crate::ops::loss::{self, LossConfig};
+use crate::tensor::{Device, Tensor};
+use crate::train::{Adam, AdamConfig, Schedule};
+
+/// Which loss the mapper is trained on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossKind {
+    Mse,
+    Cosine,
+    MseCos,
+    Contrastive,
+    MseCosContrastive,
+}
+
+impl LossKind {
+    pub fn parse(s: &str) -> Result<LossKind> {
+        Ok(match s {
+            "mse" => LossKind::Mse,
+            "cos" | "cosine" => LossKind::Cosine,
+            "mse_cos" => LossKind::MseCos,
+            "contrastive" => LossKind::Contrastive,
+            "mse_cos_contrastive" => LossKind::MseCosContrastive,
+            other => return Err(Error::Invalid(format!("unknown loss `{other}` (mse, cos, mse_cos, contrastive, mse_cos_contrastive)"))),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LossKind::Mse => "mse",
+            LossKind::Cosine => "cos",
+            LossKind::MseCos => "mse_cos",
+            LossKind::Contrastive => "contrastive",
+            LossKind::MseCosContrastive => "mse_cos_contrastive",
+        }
+    }
+
+    pub fn compute(self, tape: &mut Tape, pred: &Tensor, target: &Tensor, cfg: &LossConfig) -> Result<Tensor> {
+        match self {
+            LossKind::Mse => loss::mse(tape, pred, target),
+            LossKind::Cosine => loss::cosine(tape, pred, target),
+            LossKind::MseCos => loss::mse_cos(tape, pred, target, cfg.cos_weight),
+            LossKind::Contrastive => loss::contrastive(tape, pred, target, cfg.temperature, cfg.lambda),
+            LossKind::MseCosContrastive => loss::mse_cos_contrastive(tape, pred, target, cfg),
+        }
+    }
+}
+
+/// Everything that decides a run's numbers (the checkpoint refuses to resume if it changed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    pub mapper: MapperConfig,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub decay_every: usize,
+    pub decay_gamma: f32,
+    pub seed: u64,
+    pub loss: LossKind,
+    pub loss_cfg: LossConfig,
+    /// What the targets are (dataset path's file name and target name), for mismatch checks.
+    pub data_id: String,
+}
+
+impl TrainConfig {
+    /// Mind Reader's defaults: Adam lr 2e-4, wd 1e-5, ×0.8 every 10 epochs, 40 epochs, batch 128, seed 42.
+    pub fn mind_reader(mapper: MapperConfig, data_id: String) -> TrainConfig {
+        TrainConfig {
+            mapper,
+            epochs: 40,
+            batch: 128,
+            lr: 2e-4,
+            weight_decay: 1e-5,
+            decay_every: 10,
+            decay_gamma: 0.8,
+            seed: 42,
+            loss: LossKind::MseCos,
+            loss_cfg: LossConfig::default(),
+            data_id,
+        }
+    }
+
+    /// The fields that must match for a resume, as checkpoint metadata.
+    fn fingerprint(&self) -> String {
+        format!("{:?}", self)
+    }
+}
+
+/// Paired rows: `fmri[i]` was recorded while seeing the stimulus whose target is `targets[i]`.
+pub struct MapperData {
+    pub fmri: Tensor,
+    pub targets: Tensor,
+    pub train_rows: Vec<u32>,
+    /// Validation rows, one per held-out stimulus (repeats averaged).
+    pub val_rows: Vec<u32>,
+}
+
+/// One epoch's figures, as written to `metrics.jsonl`.
+#[derive(Clone, Debug)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub lr: f32,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub retrieval: Retrieval,
+    pub seconds: f64,
+    pub samples_per_second: f64,
+}
+
+impl EpochMetrics {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "epoch": self.epoch, "lr": self.lr, "train_loss": self.train_loss, "val_loss": self.val_loss,
+            "val_top1_image_from_brain": self.retrieval.image_from_brain, "val_top1_brain_from_image": self.retrieval.brain_from_image,
+            "val_way": self.retrieval.way, "val_mean_cosine": self.retrieval.mean_cosine, "seconds": self.seconds,
+            "samples_per_second": self.samples_per_second,
+        })
+    }
+}
+
+/// Where a run keeps its files.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn checkpoint(&self) -> PathBuf {
+        self.0.join("checkpoint.safetensors")
+    }
+    pub fn weights(&self) -> PathBuf {
+        self.0.join("mapper.safetensors")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.0.join("metrics.jsonl")
+    }
+    pub fn loss_curve(&self) -> PathBuf {
+        self.0.join("loss.png")
+    }
+}
+
+/// Called after every step with (epoch, step in epoch, steps per epoch, loss) and after every
+/// epoch with its metrics; returning `false` from `on_step` stops the run at once without saving
+/// (how the tests simulate a kill).
+pub trait Progress {
+    fn on_step(&mut self, _epoch: usize, _step: usize, _steps: usize, _loss: f32) -> bool {
+        true
+    }
+    fn on_epoch(&mut self, _m: &EpochMetrics) {}
+}
+
+impl Progress for () {}
+
+/// The mapper's config as checkpoint metadata, so `predict` can rebuild it.
+pub fn mapper_metadata(c: &MapperConfig) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("mapper.voxels".into(), c.voxels.to_string()),
+        ("mapper.hidden".into(), c.hidden.to_string()),
+        ("mapper.fc_hidden".into(), c.fc_hidden.to_string()),
+        ("mapper.out_dim".into(), c.out_dim.to_string()),
+        ("mapper.res_blocks".into(), c.res_blocks.to_string()),
+    ])
+}
+
+/// Reads the mapper config back from metadata written by `mapper_metadata`.
+pub fn mapper_config_from(meta: &BTreeMap<String, String>, path: &Path) -> Result<MapperConfig> {
+    let get = |k: &str| -> Result<usize> {
+        meta.get(k).and_then(|v| v.parse().ok()).ok_or_else(|| Error::file(path, format!("not a mindreader mapper checkpoint: metadata `{k}` is missing")))
+    };
+    Ok(MapperConfig { voxels: get("mapper.voxels")?, hidden: get("mapper.hidden")?, fc_hidden: get("mapper.fc_hidden")?, out_dim: get("mapper.out_dim")?, res_blocks: get("mapper.res_blocks")? })
+}
+
+/// Predictions for `rows` in batches, without recording.
+pub fn predict_rows(mapper: &Mapper, fmri: &Tensor, rows: &[u32], batch: usize) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(rows.len() * mapper.config.out_dim);
+    let mut tape = Tape::inference();
+    for chunk in rows.chunks(batch.max(1)) {
+        let x = embedding(&mut tape, fmri, chunk)?;
+        out.extend(mapper.forward(&mut tape, &x)?.to_vec_f32()?);
+    }
+    Ok(out)
+}
+
+fn validate(mapper: &Mapper, data: &MapperData, cfg: &TrainConfig, epoch: usize) -> Result<(f64, Retrieval)> {
+    let mut tape = Tape::inference();
+    let (mut total, mut count) = (0.0, 0usize);
+    let mut preds = Vec::new();
+    for chunk in data.val_rows.chunks(cfg.batch.max(2)) {
+        let x = embedding(&mut tape, &data.fmri, chunk)?;
+        let t = embedding(&mut tape, &data.targets, chunk)?;
+        let y = mapper.forward(&mut tape, &x)?;
+        total += cfg.loss.compute(&mut tape, &y, &t, &cfg.loss_cfg)?.scalar()? as f64 * chunk.len() as f64;
+        count += chunk.len();
+        preds.extend(y.to_vec_f32()?);
+    }
+    let targets = embedding(&mut tape, &data.targets, &data.val_rows)?.to_vec_f32()?;
+    let r = retrieval(&preds, &targets, cfg.mapper.out_dim, 300, 30, cfg.seed ^ epoch as u64)?;
+    Ok((total / count.max(1) as f64, r))
+}
+
+/// The batch order of one epoch: a pure function of (seed, epoch).
+fn epoch_order(rows: &[u32], seed: u64, epoch: usize) -> Vec<u32> {
+    let mut order = rows.to_vec();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64);
+    order.shuffle(&mut rng);
+    order
+}
+
+/// Trains (or resumes) a mapper into `dir`; returns the per-epoch metrics of this call.
+pub fn train(cfg: &TrainConfig, data: &MapperData, dir: &RunDir, resume: bool, device: &Device, progress: &mut dyn Progress) -> Result<(Mapper, ParamStore, Vec<EpochMetrics>)> {
+    check_data(cfg, data)?;
+    std::fs::create_dir_all(&dir.0).map_err(|e| Error::file(&dir.0, format!("creating the run directory: {e}")))?;
+    let mut store = ParamStore::new();
+    let mapper = Mapper::new(cfg.mapper, &mut store, cfg.seed, device)?;
+    let mut adam = Adam::new(AdamConfig::adam(cfg.lr, cfg.weight_decay));
+    let schedule = Schedule::Step { every: cfg.decay_every, gamma: cfg.decay_gamma };
+    let mut start_epoch = 0;
+    if resume && dir.checkpoint().exists() {
+        let (rest, meta) = store.load(&dir.checkpoint())?;
+        let saved = meta.get("train.config").cloned().unwrap_or_default();
+        if saved != cfg.fingerprint() {
+            return Err(Error::file(dir.checkpoint(), format!("was written by a different run configuration; refusing to resume.\n  checkpoint: {saved}\n  this run:   {}", cfg.fingerprint())));
+        }
+        adam.load_state(&rest, &meta, device)?;
+        start_epoch = meta.get("train.epochs_done").and_then(|v| v.parse().ok()).ok_or_else(|| Error::file(dir.checkpoint(), "metadata train.epochs_done is missing"))?;
+    } else if !resume && dir.metrics().exists() {
+        std::fs::remove_file(dir.metrics()).map_err(|e| Error::file(dir.metrics(), format!("removing the previous run's metrics: {e}")))?;
+    }
+    let mut history = Vec::new();
+    for epoch in start_epoch..cfg.epochs {
+        let lr = schedule.lr(cfg.lr, epoch);
+        let order = epoch_order(&data.train_rows, cfg.seed, epoch);
+        let steps = order.len().div_ceil(cfg.batch);
+        let started = Instant::now();
+        let mut total = 0.0f64;
+        for (step, rows) in order.chunks(cfg.batch).enumerate() {
+            let mut tape = Tape::new();
+            store.watch_all(&mut tape);
+            let (x, t) = {
+                let mut off = Tape::inference();
+                (embedding(&mut off, &data.fmri, rows)?, embedding(&mut off, &data.targets, rows)?)
+            };
+            let y = mapper.forward(&mut tape, &x)?;
+            let l = cfg.loss.compute(&mut tape, &y, &t, &cfg.loss_cfg)?;
+            let grads = tape.backward(&l)?;
+            store.accumulate(&grads)?;
+            adam.step(&mut store, lr)?;
+            store.zero_grad();
+            let lv = l.scalar()?;
+            if !lv.is_finite() {
+                return Err(Error::Invalid(format!("the training loss became {lv} at epoch {} step {step}; lower --lr", epoch + 1)));
+            }
+            total += lv as f64 * rows.len() as f64;
+            if !progress.on_step(epoch, step, steps, lv) {
+                return Ok((mapper, store, history));
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let (val_loss, r) = validate(&mapper, data, cfg, epoch)?;
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            lr,
+            train_loss: total / order.len().max(1) as f64,
+            val_loss,
+            retrieval: r,
+            seconds,
+            samples_per_second: order.len() as f64 / seconds.max(1e-9),
+        };
+        save_checkpoint(cfg, &store, &adam, dir, epoch + 1)?;
+        append_metrics(&dir.metrics(), &m)?;
+        progress.on_epoch(&m);
+        history.push(m);
+    }
+    let mut meta = mapper_metadata(&cfg.mapper);
+    meta.insert("train.data".into(), cfg.data_id.clone());
+    store.save(&dir.weights(), &[], &meta)?;
+    Ok((mapper, store, history))
+}
+
+fn check_data(cfg: &TrainConfig, data: &MapperData) -> Result<()> {
+    let (f, t) = (data.fmri.shape(), data.targets.shape());
+    if f.len() != 2 || f[1] != cfg.mapper.voxels {
+        return Err(Error::shape("train-mapper", format!("fMRI rows are {f:?} but the mapper expects {} voxels", cfg.mapper.voxels)));
+    }
+    if t.len() != 2 || t[0] != f[0] || t[1] != cfg.mapper.out_dim {
+        return Err(Error::shape("train-mapper", format!("targets are {t:?}; expected [{}, {}] (one {}-d target per fMRI row)", f[0], cfg.mapper.out_dim, cfg.mapper.out_dim)));
+    }
+    if data.train_rows.is_empty() || data.val_rows.len() < 2 {
+        return Err(Error::Invalid(format!("train-mapper needs training rows and at least 2 validation stimuli (have {} and {})", data.train_rows.len(), data.val_rows.len())));
+    }
+    if let Some(bad) = data.train_rows.iter().chain(&data.val_rows).find(|&&r| r as usize >= f[0]) {
+        return Err(Error::Invalid(format!("row {bad} is out of range for {} fMRI rows", f[0])));
+    }
+    if cfg.batch == 0 || cfg.epochs == 0 {
+        return Err(Error::Invalid("--batch and --epochs must be positive".into()));
+    }
+    Ok(())
+}
+
+fn save_checkpoint(cfg: &TrainConfig, store: &ParamStore, adam: &Adam, dir: &RunDir, epochs_done: usize) -> Result<()> {
+    let (state, mut meta) = adam.state();
+    meta.extend(mapper_metadata(&cfg.mapper));
+    meta.insert("train.config".into(), cfg.fingerprint());
+    meta.insert("train.epochs_done".into(), epochs_done.to_string());
+    store.save(&dir.checkpoint(), &state, &meta)
+}
+
+fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::file(path, format!("opening: {e}")))?;
+    writeln!(f, "{}", m.to_json()).map_err(|e| Error::file(path, format!("writing: {e}")))
+}
+
+/// Reads `metrics.jsonl` back: (epoch, train loss, val loss) per line.
+pub fn read_loss_history(path: &Path) -> Result<Vec<(usize, f64, f64)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("reading: {e}")))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).map_err(|e| Error::file(path, format!("bad JSON line: {e}")))?;
+            let f = |k: &str| v[k].as_f64().ok_or_else(|| Error::file(path, format!("line lacks `{k}`")));
+            Ok((f("epoch")? as usize, f("train_loss")?, f("val_loss")?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::randn_vec;
+
+    /// A tiny learnable problem: targets are a fixed linear map of the signal in the voxels.
+    fn toy(n: usize, voxels: usize, dim: usize) -> MapperData {
+        let z = randn_vec(n * 4, 1.0, 1);
+        let enc = randn_vec(4 * voxels, 1.0, 2);
+        let emb = randn_vec(4 * dim, 1.0, 3);
+        let fmri: Vec<f32> = (0..n * voxels).map(|k| (0..4).map(|j| z[(k / voxels) * 4 + j] * enc[j * voxels + k % voxels]).sum()).collect();
+        let targets: Vec<f32> = (0..n * dim).map(|k| (0..4).map(|j| z[(k / dim) * 4 + j] * emb[j * dim + k % dim]).sum()).collect();
+        MapperData {
+            fmri: Tensor::from_vec(fmri, &[n, voxels], &Device::Cpu).unwrap(),
+            targets: Tensor::from_vec(targets, &[n, dim], &Device::Cpu).unwrap(),
+            train_rows: (0..n as u32 - 10).collect(),
+            val_rows: (n as u32 - 10..n as u32).collect(),
+        }
+    }
+
+    fn config(epochs: usize) -> TrainConfig {
+        let mapper = MapperConfig { voxels: 24, hidden: 4, fc_hidden: 5, out_dim: 6, res_blocks: 1 };
+        TrainConfig { epochs, batch: 8, lr: 1e-2, decay_every: 2, loss: LossKind::MseCosContrastive, ..TrainConfig::mind_reader(mapper, "toy".into()) }
+    }
+
+    fn temp_dir(tag: &str) -> RunDir {
+        let d = std::env::temp_dir().join(format!("mindreader-train-{tag}-{}", std::process::id()));
+        std::fs::remove_dir_all(&d).ok();
+        RunDir(d)
+    }
+
+    fn weights(store: &ParamStore) -> Vec<f32> {
+        store.iter().flat_map(|p| p.value.to_vec_f32().unwrap()).collect()
+    }
+
+    struct KillAt(usize, usize);
+    impl Progress for KillAt {
+        fn on_step(&mut self, epoch: usize, step: usize, _: usize, _: f32) -> bool {
+            !(epoch == self.0 && step == self.1)
+        }
+    }
+
+    #[test]
+    fn killed_mid_epoch_and_resumed_equals_uninterrupted() {
+        let data = toy(50, 24, 6);
+        let cfg = config(3);
+        let a = temp_dir("straight");
+        let (_, straight, hist) = train(&cfg, &data, &a, false, &Device::Cpu, &mut ()).unwrap();
+        assert_eq!(hist.len(), 3);
+        assert!(hist[2].train_loss < hist[0].train_loss, "{hist:?}");
+        let b = temp_dir("killed");
+        let (_, _, partial) = train(&cfg, &data, &b, false, &Device::Cpu, &mut KillAt(1, 2)).unwrap();
+        assert_eq!(partial.len(), 1, "killed inside the second epoch");
+        let (_, resumed, rest) = train(&cfg, &data, &b, true, &Device::Cpu, &mut ()).unwrap();
+        assert_eq!(rest.len(), 2);
+        assert_eq!(weights(&straight), weights(&resumed), "resumed weights differ from the uninterrupted run");
+        assert_eq!(read_loss_history(&b.metrics()).unwrap().len(), 3);
+        for d in [a, b] {
+            std::fs::remove_dir_all(d.0).ok();
+        }
+    }
+
+    #[test]
+    fn resume_refuses_a_different_configuration_or_mismatched_targets() {
+        let data = toy(30, 24, 6);
+        let dir = temp_dir("mismatch");
+        train(&config(1), &data, &dir, false, &Device::Cpu, &mut ()).unwrap();
+        let other = TrainConfig { data_id: "another dataset".into(), ..config(2) };
+        let err = train(&other, &data, &dir, true, &Device::Cpu, &mut ()).err().expect("must fail").to_string();
+        assert!(err.contains("refusing to resume") && err.contains("checkpoint.safetensors"), "{err}");
+        let wrong_dim = TrainConfig { mapper: MapperConfig { out_dim: 7, ..config(1).mapper }, ..config(1) };
+        let err = train(&wrong_dim, &data, &dir, false, &Device::Cpu, &mut ()).err().expect("must fail").to_string();
+        assert!(err.contains("targets are [30, 6]"), "{err}");
+        std::fs::remove_dir_all(dir.0).ok();
+    }
+}
