@@ -46,7 +46,33 @@ def cases(dev):
         p.grad = r(p.numel())
     opt = torch.optim.Adam(params, lr=1e-4, weight_decay=1e-5, fused=True)
     out.append((f"adam {len(sizes)} tensors {sum(sizes)} params", opt.step))
+    out.append(("mapper train step f32 B=128 V=15744", mapper_step(dev, r)))
     return out
+
+class ResBlock(torch.nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        F = torch.nn
+        self.net = F.Sequential(F.Conv1d(c, c, 3, padding=1), F.ReLU(), F.Conv1d(c, c, 3, padding=1), F.ReLU(), F.Conv1d(c, c, 1))
+    def forward(self, x):
+        return torch.relu(self.net(x) + x)
+
+def mapper_step(dev, r, voxels=15744, batch=128):
+    F = torch.nn
+    enc = F.Sequential(F.Sequential(F.Conv1d(1, 64, 4, stride=2, padding=1), F.ReLU()), *[ResBlock(64) for _ in range(4)], F.Conv1d(64, 512, 1)).to(dev)
+    fc = F.Sequential(F.ReLU(), F.Conv1d(voxels // 2, 128, 1), F.ReLU(), F.Conv1d(128, 1, 1)).to(dev)
+    params = list(enc.parameters()) + list(fc.parameters())
+    opt = torch.optim.Adam(params, lr=2e-4, weight_decay=1e-5)
+    x, t = r(batch, voxels), r(batch, 512)
+    ones = torch.ones(batch, device=dev)
+    def step():
+        with torch.enable_grad():
+            y = fc(enc(x.view(-1, 1, voxels)).transpose(1, 2))[:, 0, :]
+            loss = 0.4 * torch.nn.functional.mse_loss(y, t) + 0.6 * torch.nn.functional.cosine_embedding_loss(y, t, ones)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return step
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)

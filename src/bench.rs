@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
-use crate::ops::{conv1d, layernorm, matmul, softmax};
+use crate::models::{Mapper, MapperConfig};
+use crate::ops::{conv1d, layernorm, loss, matmul, softmax};
 use crate::tensor::{randn_vec, DType, Device, Tensor};
 use crate::train::{Adam, AdamConfig};
 use crate::Tape;
@@ -96,7 +97,38 @@ pub fn cases(quick: bool) -> Vec<Case> {
             Ok(store.iter().next().map(|p| p.value.clone()))
         }))
     }));
+    // One Mind Reader mapper training step: forward, mse_cos loss, backward, Adam (f32).
+    let (batch, voxels) = (s(128, 4), s(15744, 64));
+    let mcfg = MapperConfig::mind_reader(voxels, 512);
+    let flops = 3.0 * batch as f64 * mapper_forward_flops(&mcfg);
+    out.push(case(format!("mapper train step f32 B={batch} V={voxels}"), flops, 4.0 * (batch * voxels) as f64, 2e-3, move |d| {
+        let mut store = ParamStore::new();
+        let mapper = Mapper::new(mcfg, &mut store, 42, d)?;
+        let mut adam = Adam::new(AdamConfig::adam(2e-4, 1e-5));
+        let (x, t) = (input(&[batch, voxels], 30, d, DType::F32)?, input(&[batch, 512], 31, d, DType::F32)?);
+        Ok(Box::new(move || {
+            let mut tape = Tape::new();
+            store.watch_all(&mut tape);
+            let y = mapper.forward(&mut tape, &x)?;
+            let l = loss::mse_cos(&mut tape, &y, &t, 0.6)?;
+            let g = tape.backward(&l)?;
+            store.accumulate(&g)?;
+            adam.step(&mut store, 2e-4)?;
+            store.zero_grad();
+            Ok(Some(l))
+        }))
+    }));
     out
+}
+
+/// Forward FLOPs of one sample through the mapper (2 per multiply-add; ~3.4 GFLOP at V = 15744).
+pub fn mapper_forward_flops(c: &MapperConfig) -> f64 {
+    let (h, l, d) = (c.hidden as f64, c.length() as f64, c.out_dim as f64);
+    let stem = 2.0 * h * l * 4.0;
+    let block = 2.0 * (2.0 * h * h * 3.0 * l) + 2.0 * h * h * l;
+    let proj = 2.0 * d * h * l;
+    let fc = 2.0 * c.fc_hidden as f64 * l * d + 2.0 * c.fc_hidden as f64 * d;
+    stem + c.res_blocks as f64 * block + proj + fc
 }
 
 /// Parameter tensor sizes of one Mind Reader mapper (V = 15744, see DESIGN.md).
