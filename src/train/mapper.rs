@@ -16,6 +16,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::autograd::Tape;
+use crate::data::{Split, Staged};
+use crate::ops::concat::concat;
 use crate::error::{Error, Result};
 use crate::eval::{retrieval, Retrieval};
 use crate::models::{Mapper, MapperConfig};
@@ -116,6 +118,38 @@ pub struct MapperData {
     pub train_rows: Vec<u32>,
     /// Validation rows, one per held-out stimulus (repeats averaged).
     pub val_rows: Vec<u32>,
+}
+
+/// How training rows are formed from a stimulus' repeated trials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrialMode {
+    /// One row per trial (NSD: three per image): more, noisier rows.
+    Single,
+    /// One row per stimulus: the mean of its trials.
+    Average,
+}
+
+impl MapperData {
+    /// Rows from a staged dataset: training rows from the train split (per `mode`), validation
+    /// rows one per test stimulus (repeats averaged, as retrieval is reported).
+    pub fn from_staged(staged: &Staged, trial_stimulus: &[u32], split: &[Split], mode: TrialMode) -> Result<MapperData> {
+        let test: Vec<u32> = (0..split.len() as u32).filter(|&s| split[s as usize] == Split::Test).collect();
+        let train_stimuli: Vec<u32> = (0..split.len() as u32).filter(|&s| split[s as usize] == Split::Train).collect();
+        match mode {
+            TrialMode::Average => Ok(MapperData { fmri: staged.averaged().clone(), targets: staged.targets().clone(), train_rows: train_stimuli, val_rows: test }),
+            TrialMode::Single => {
+                // Rows 0..T are trials, rows T.. are the per-stimulus averages (for validation).
+                let t = trial_stimulus.len();
+                let mut off = Tape::inference();
+                let fmri = concat(&mut off, &[staged.fmri(), staged.averaged()], 0)?;
+                let per_trial = embedding(&mut off, staged.targets(), trial_stimulus)?;
+                let targets = concat(&mut off, &[&per_trial, staged.targets()], 0)?;
+                let train_rows = (0..t as u32).filter(|&k| split.get(trial_stimulus[k as usize] as usize) == Some(&Split::Train)).collect();
+                let val_rows = test.iter().map(|&s| t as u32 + s).collect();
+                Ok(MapperData { fmri, targets, train_rows, val_rows })
+            }
+        }
+    }
 }
 
 /// One epoch's figures, as written to `metrics.jsonl`.

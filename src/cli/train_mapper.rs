@@ -1,0 +1,151 @@
+//! `mindreader train-mapper`: fit a Mind Reader mapper from a dataset's fMRI to one of its targets.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use mindreader::data::{DatasetFile, Staged};
+use mindreader::models::MapperConfig;
+use mindreader::ops::loss::LossConfig;
+use mindreader::train::mapper::{train, EpochMetrics, LossKind, MapperData, Progress, RunDir, TrainConfig, TrialMode};
+
+#[derive(Args)]
+pub struct TrainMapperArgs {
+    /// The prepared dataset (HDF5, from `synth` or `prepare-nsd`).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// A target matrix of the dataset: scene, clip_image, clip_caption, …
+    #[arg(long, default_value = "scene")]
+    pub target: String,
+    /// The run directory: checkpoint.safetensors, mapper.safetensors, metrics.jsonl, loss.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from DIR/checkpoint.safetensors (refuses if the configuration differs).
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 40)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 1e-5)]
+    pub weight_decay: f32,
+    /// Multiply the learning rate by --decay-gamma every this many epochs.
+    #[arg(long, default_value_t = 10)]
+    pub decay_every: usize,
+    #[arg(long, default_value_t = 0.8)]
+    pub decay_gamma: f32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// mse, cos, mse_cos, contrastive or mse_cos_contrastive.
+    #[arg(long, default_value = "mse_cos")]
+    pub loss: String,
+    /// Weight of (1 − cos) in mse_cos.
+    #[arg(long, default_value_t = 0.6)]
+    pub cos_weight: f32,
+    /// Contrastive temperature.
+    #[arg(long, default_value_t = 0.5)]
+    pub temperature: f32,
+    /// Training rows: one per trial (single) or one per stimulus (average).
+    #[arg(long, default_value = "single")]
+    pub trials: String,
+    /// Width of the mapper's convolutions (Mind Reader: 64).
+    #[arg(long, default_value_t = 64)]
+    pub hidden: usize,
+    /// auto (GPU when usable), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// A progress bar over all steps of the run, with loss and throughput.
+pub struct Bar {
+    bar: ProgressBar,
+    epochs: usize,
+    batch: usize,
+}
+
+impl Bar {
+    pub fn new(epochs: usize, batch: usize) -> Bar {
+        let bar = ProgressBar::new(0);
+        bar.set_style(ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} steps {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        Bar { bar, epochs, batch }
+    }
+}
+
+impl Progress for Bar {
+    fn on_step(&mut self, epoch: usize, step: usize, steps: usize, loss: f32) -> bool {
+        if step == 0 {
+            self.bar.set_length(steps as u64);
+            self.bar.set_position(0);
+            self.bar.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
+            self.bar.reset_elapsed();
+        }
+        self.bar.inc(1);
+        let rate = (step + 1) as f64 * self.batch as f64 / self.bar.elapsed().as_secs_f64().max(1e-9);
+        self.bar.set_message(format!("loss {loss:.4}  {rate:.0} samples/s"));
+        true
+    }
+
+    fn on_epoch(&mut self, m: &EpochMetrics) {
+        self.bar.println(format!(
+            "epoch {:>3}: train {:.4}  val {:.4}  {}-way top-1 image←brain {:.1}% brain←image {:.1}% (chance {:.2}%)  {:.0} samples/s",
+            m.epoch,
+            m.train_loss,
+            m.val_loss,
+            m.retrieval.way,
+            100.0 * m.retrieval.image_from_brain,
+            100.0 * m.retrieval.brain_from_image,
+            100.0 * m.retrieval.chance,
+            m.samples_per_second
+        ));
+    }
+}
+
+pub fn run(args: TrainMapperArgs) -> Result<()> {
+    let device = super::parse_device(&args.device)?;
+    let file = DatasetFile::open(&args.data)?;
+    let staged = Staged::load(&file, &args.target, &device)?;
+    let mode = match args.trials.as_str() {
+        "single" => TrialMode::Single,
+        "average" => TrialMode::Average,
+        other => anyhow::bail!("--trials must be single or average, got `{other}`"),
+    };
+    let data = MapperData::from_staged(&staged, file.trial_stimulus(), file.split(), mode)?;
+    let mapper = MapperConfig { hidden: args.hidden, ..MapperConfig::mind_reader(staged.voxels(), staged.target_dim()) };
+    let data_id = format!("{}:{}", args.data.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(), args.target);
+    let cfg = TrainConfig {
+        epochs: args.epochs,
+        batch: args.batch,
+        lr: args.lr,
+        weight_decay: args.weight_decay,
+        decay_every: args.decay_every,
+        decay_gamma: args.decay_gamma,
+        seed: args.seed,
+        loss: LossKind::parse(&args.loss)?,
+        loss_cfg: LossConfig { cos_weight: args.cos_weight, temperature: args.temperature, ..LossConfig::default() },
+        ..TrainConfig::mind_reader(mapper, data_id)
+    };
+    println!(
+        "train-mapper on {device}: {} → target `{}` ({}-d); {} training rows ({:?}), {} validation stimuli; {} epochs of batch {}",
+        args.data.display(),
+        args.target,
+        staged.target_dim(),
+        data.train_rows.len(),
+        mode,
+        data.val_rows.len(),
+        cfg.epochs,
+        cfg.batch
+    );
+    let dir = RunDir(args.out.clone());
+    let mut bar = Bar::new(cfg.epochs, cfg.batch);
+    let (_, _, history) = train(&cfg, &data, &dir, args.resume, &device, &mut bar)?;
+    bar.bar.finish_and_clear();
+    super::plot_losses(&dir).context("drawing the loss curve")?;
+    if let Some(last) = history.last() {
+        println!("final: {}", last.to_json());
+    }
+    println!("wrote {} (weights), {} and {}", dir.weights().display(), dir.metrics().display(), dir.loss_curve().display());
+    Ok(())
+}
