@@ -18,6 +18,10 @@ pub enum Error {
     MissingKernel(String),
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
+    /// A problem with one dataset (or attribute) inside an HDF5 file: names the file, the
+    /// dataset's path inside it and what was wrong, so a user can find it with `h5ls`.
+    #[error("{}: dataset `{dataset}`: {message}", path.display())]
+    Dataset { path: PathBuf, dataset: String, message: String },
     #[error("{0}")]
     Invalid(String),
 }
@@ -30,6 +34,9 @@ impl Error {
     }
     pub fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::File { path: path.into(), message: message.into() }
+    }
+    pub fn dataset(path: impl Into<PathBuf>, dataset: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Dataset { path: path.into(), dataset: dataset.into(), message: message.into() }
     }
     pub fn cuda(context: impl Into<String>, e: impl std::fmt::Display) -> Self {
         Error::Cuda { context: context.into(), message: e.to_string() }

@@ -6,6 +6,7 @@
 
 pub mod autograd;
 pub mod bench;
+pub mod data;
 pub mod error;
 pub mod eval;
 pub mod kernels;
