@@ -17,8 +17,14 @@ enum Command {
     Info(cli::info::InfoArgs),
     /// Validate each kernel against its CPU twin, then time it (CUDA events, median of many runs).
     Bench(cli::bench::BenchArgs),
-    /// The main job: train a small model end to end on built-in synthetic data (GPU when present).
+    /// The main job: synthetic world → Mind Reader mapper → held-out retrieval (GPU when present).
     Demo(cli::demo::DemoArgs),
+    /// Train a Mind Reader mapper from a dataset's fMRI to one of its target matrices.
+    TrainMapper(cli::train_mapper::TrainMapperArgs),
+    /// A trained mapper's embeddings for one split of a dataset, as .npy.
+    Predict(cli::predict::PredictArgs),
+    /// N-way top-1 retrieval (both directions) and mean cosine of predictions, as JSON.
+    EvalRetrieval(cli::eval_retrieval::EvalRetrievalArgs),
 }
 
 fn main() {
@@ -32,6 +38,9 @@ fn main() {
         Command::Info(a) => cli::info::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Demo(a) => cli::demo::run(a),
+        Command::TrainMapper(a) => cli::train_mapper::run(a),
+        Command::Predict(a) => cli::predict::run(a),
+        Command::EvalRetrieval(a) => cli::eval_retrieval::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

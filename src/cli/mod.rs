@@ -2,9 +2,14 @@
 
 pub mod bench;
 pub mod demo;
+pub mod eval_retrieval;
 pub mod info;
+pub mod predict;
+pub mod train_mapper;
 
 use anyhow::Result;
+use mindreader::eval::plot::{line_chart, Series};
+use mindreader::train::mapper::{read_loss_history, RunDir};
 use mindreader::Device;
 
 /// `--device` values: `auto` (GPU when usable), `cpu`, `cuda` or `cuda:N`.
@@ -18,4 +23,13 @@ pub fn parse_device(s: &str) -> Result<Device> {
             None => anyhow::bail!("unknown device `{other}` (use auto, cpu, cuda or cuda:N)"),
         },
     })
+}
+
+/// Draws `loss.png` (train and validation loss per epoch) from a run's `metrics.jsonl`.
+pub fn plot_losses(dir: &RunDir) -> Result<()> {
+    let h = read_loss_history(&dir.metrics())?;
+    let train = Series { name: "train", points: h.iter().map(|&(e, t, _)| (e as f64, t)).collect(), colour: [31, 119, 180] };
+    let val = Series { name: "validation", points: h.iter().map(|&(e, _, v)| (e as f64, v)).collect(), colour: [214, 39, 40] };
+    line_chart(&dir.loss_curve(), "mapper loss per epoch", "epoch", "loss", &[train, val])?;
+    Ok(())
 }

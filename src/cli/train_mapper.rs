@@ -74,6 +74,12 @@ impl Bar {
     }
 }
 
+impl Bar {
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
 impl Progress for Bar {
     fn on_step(&mut self, epoch: usize, step: usize, steps: usize, loss: f32) -> bool {
         if step == 0 {
@@ -141,7 +147,7 @@ pub fn run(args: TrainMapperArgs) -> Result<()> {
     let dir = RunDir(args.out.clone());
     let mut bar = Bar::new(cfg.epochs, cfg.batch);
     let (_, _, history) = train(&cfg, &data, &dir, args.resume, &device, &mut bar)?;
-    bar.bar.finish_and_clear();
+    bar.finish();
     super::plot_losses(&dir).context("drawing the loss curve")?;
     if let Some(last) = history.last() {
         println!("final: {}", last.to_json());

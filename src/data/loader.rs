@@ -102,17 +102,7 @@ impl Staged {
             let list = trials_of.get_mut(s as usize).ok_or_else(|| Error::dataset(path, "trial_stimulus", format!("trial {k} shows stimulus {s} of {m}")))?;
             list.push(k as u32);
         }
-        let mut averaged = vec![0f32; m * voxels];
-        for (s, rows) in trials_of.iter().enumerate() {
-            let acc = &mut averaged[s * voxels..][..voxels];
-            for &k in rows {
-                for (a, &x) in acc.iter_mut().zip(&fmri[k as usize * voxels..][..voxels]) {
-                    *a += x;
-                }
-            }
-            let n = rows.len().max(1) as f32;
-            acc.iter_mut().for_each(|a| *a /= n);
-        }
+        let averaged = average_repeats(&fmri, voxels, &trial_stimulus, m);
         let host = Device::Cpu;
         let stage = |data: Vec<f32>, shape: &[usize]| Tensor::from_vec(data, shape, &host).and_then(|t| if device.is_cuda() { t.to_device(device) } else { Ok(t) });
         Ok(Arc::new(Staged {
@@ -151,6 +141,24 @@ impl Staged {
     pub fn targets(&self) -> &Tensor {
         &self.targets
     }
+}
+
+/// `[M, V]`: each stimulus's mean over its trials (zero for a stimulus with none). Trials must
+/// index stimuli below `m` (the dataset reader checks this).
+pub fn average_repeats(fmri: &[f32], voxels: usize, trial_stimulus: &[u32], m: usize) -> Vec<f32> {
+    let mut averaged = vec![0f32; m * voxels];
+    let mut counts = vec![0usize; m];
+    for (k, &s) in trial_stimulus.iter().enumerate() {
+        let Some(acc) = averaged.get_mut(s as usize * voxels..(s as usize + 1) * voxels) else { continue };
+        for (a, &x) in acc.iter_mut().zip(&fmri[k * voxels..][..voxels]) {
+            *a += x;
+        }
+        counts[s as usize] += 1;
+    }
+    for (row, &n) in averaged.chunks_exact_mut(voxels.max(1)).zip(&counts) {
+        row.iter_mut().for_each(|a| *a /= n.max(1) as f32);
+    }
+    averaged
 }
 
 /// One mini-batch: fmri rows `[B, V]`, their target rows `[B, D]` (on the staging device) and

@@ -1,6 +1,7 @@
 //! Evaluation: retrieval metrics and the files evaluations read and write.
 
 pub mod npy;
+pub mod plot;
 pub mod retrieval;
 
 pub use retrieval::{retrieval, Retrieval};

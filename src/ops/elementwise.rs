@@ -166,16 +166,23 @@ pub mod cpu {
     }
 }
 
-/// Applies `f` to every element of f32 CPU slices in parallel.
-fn cpu_map<const N: usize>(op: &'static str, xs: [&Tensor; N], f: impl Fn([f32; N]) -> f32 + Sync) -> Result<Tensor> {
+/// Applies `f` to every element of f32 CPU slices in parallel (zipped slices: no per-element
+/// bounds checks or indexing through a table of slices).
+fn cpu_map<const N: usize>(op: &'static str, xs: [&Tensor; N], f: impl Fn([f32; N]) -> f32 + Sync + Send) -> Result<Tensor> {
     let guards: Vec<_> = xs.iter().map(|t| t.storage()).collect();
-    let slices: Vec<&[f32]> = guards.iter().map(|g| g.cpu_f32(op)).collect::<Result<_>>()?;
-    let n = xs[0].numel();
-    let y: Vec<f32> = (0..n)
-        .into_par_iter()
-        .with_min_len(4096)
-        .map(|i| f(std::array::from_fn(|k| slices[k][i])))
-        .collect();
+    let s: Vec<&[f32]> = guards.iter().map(|g| g.cpu_f32(op)).collect::<Result<_>>()?;
+    const GRAIN: usize = 1 << 14;
+    let y: Vec<f32> = match N {
+        1 => s[0].par_iter().with_min_len(GRAIN).map(|&a| f(std::array::from_fn(|_| a))).collect(),
+        2 => s[0].par_iter().zip(s[1]).with_min_len(GRAIN).map(|(&a, &b)| f(std::array::from_fn(|k| if k == 0 { a } else { b }))).collect(),
+        _ => s[0]
+            .par_iter()
+            .zip(s[1])
+            .zip(s[2])
+            .with_min_len(GRAIN)
+            .map(|((&a, &b), &c)| f(std::array::from_fn(|k| [a, b, c][k])))
+            .collect(),
+    };
     Tensor::from_vec(y, xs[0].shape(), &Device::Cpu)
 }
 
