@@ -19,6 +19,10 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// The main job: synthetic world → Mind Reader mapper → held-out retrieval (GPU when present).
     Demo(cli::demo::DemoArgs),
+    /// Generate a synthetic world (scenes, captions, a simulated subject's fMRI) as a prepared dataset.
+    Synth(cli::synth::SynthArgs),
+    /// Validate a prepared dataset, print its schema summary and optionally draw a contact sheet.
+    Inspect(cli::inspect::InspectArgs),
     /// Train a Mind Reader mapper from a dataset's fMRI to one of its target matrices.
     TrainMapper(cli::train_mapper::TrainMapperArgs),
     /// A trained mapper's embeddings for one split of a dataset, as .npy.
@@ -38,6 +42,8 @@ fn main() {
         Command::Info(a) => cli::info::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Demo(a) => cli::demo::run(a),
+        Command::Synth(a) => cli::synth::run(a),
+        Command::Inspect(a) => cli::inspect::run(a),
         Command::TrainMapper(a) => cli::train_mapper::run(a),
         Command::Predict(a) => cli::predict::run(a),
         Command::EvalRetrieval(a) => cli::eval_retrieval::run(a),

@@ -4,7 +4,9 @@ pub mod bench;
 pub mod demo;
 pub mod eval_retrieval;
 pub mod info;
+pub mod inspect;
 pub mod predict;
+pub mod synth;
 pub mod train_mapper;
 
 use anyhow::Result;

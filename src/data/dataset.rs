@@ -395,7 +395,7 @@ impl Writer<'_> {
             let mut bshape = shape.to_vec();
             bshape[0] = r1 - r0;
             let view = ArrayViewD::from_shape(IxDyn(&bshape), &data[r0 * row..r1 * row]).map_err(|e| Error::dataset(self.path, name, format!("{e}")))?;
-            ds.write_slice(&view, r0..r1).map_err(|e| self.err(name, &format!("rows {r0}..{r1}"), e))?;
+            ds.write_slice(&view, rows(r0..r1, shape.len())).map_err(|e| self.err(name, &format!("rows {r0}..{r1}"), e))?;
             progress(((r1 - r0) * row * std::mem::size_of::<T>()) as u64);
             r0 = r1;
         }
@@ -427,6 +427,13 @@ pub fn write_target(path: &Path, target: &Target) -> Result<()> {
         w.attr_str_on(&ds, &name, "description", &target.description)?;
     }
     DatasetFile::open(path).map(|_| ())
+}
+
+/// The selection of rows `r` (first axis) and everything along the other `ndim − 1` axes.
+fn rows(r: std::ops::Range<usize>, ndim: usize) -> hdf5::Selection {
+    let mut sel = vec![hdf5::SliceOrIndex::from(r)];
+    sel.extend((1..ndim).map(|_| hdf5::SliceOrIndex::from(..)));
+    hdf5::Hyperslab::from(sel).into()
 }
 
 /// What `open` learned about a file: enough to print a summary and size every buffer.
@@ -629,7 +636,7 @@ impl DatasetFile {
             return Err(Error::dataset(&self.path, "images", format!("rows {start}..{} out of range for {m} stimuli", start + count)));
         }
         let ds = self.open_ds("images")?;
-        let a: ArrayD<u8> = ds.read_slice(start..start + count).map_err(|e| self.read_err("images", e))?;
+        let a: ArrayD<u8> = ds.read_slice(rows(start..start + count, 4)).map_err(|e| self.read_err("images", e))?;
         Ok(a.into_raw_vec_and_offset().0)
     }
 
@@ -728,7 +735,7 @@ impl DatasetFile {
         let mut r0 = 0;
         while r0 < shape[0] {
             let r1 = (r0 + step).min(shape[0]);
-            let a: ArrayD<T> = ds.read_slice(r0..r1).map_err(|e| self.read_err(name, e))?;
+            let a: ArrayD<T> = ds.read_slice(rows(r0..r1, shape.len())).map_err(|e| self.read_err(name, e))?;
             let (v, _) = a.into_raw_vec_and_offset();
             f(r0, &v, row)?;
             r0 = r1;

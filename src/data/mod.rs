@@ -1,9 +1,12 @@
 //! Datasets: the prepared HDF5 format ([`dataset`]), the simulated-brain synthetic world
-//! ([`synth`]) and mini-batching ([`loader`]). Schema reference: `docs/dataset.md`.
+//! ([`synth`]), mini-batching ([`loader`]) and contact sheets of stimuli ([`sheet`], drawn with
+//! the built-in [`font`]). Schema reference: `docs/dataset.md`.
 
 pub mod dataset;
+pub mod font;
 pub mod loader;
 pub mod rng;
+pub mod sheet;
 pub mod synth;
 
 pub use dataset::{AuxArray, AuxData, Contents, DatasetFile, Meta, Source, Split, Summary, Target, SCHEMA_VERSION};

@@ -335,7 +335,8 @@ fn scene_arrays(stimuli: &[Stimulus], features: Vec<f32>) -> Vec<AuxArray> {
     let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let arr = |name: &str, shape: Vec<usize>, data: AuxData, columns: Vec<String>| AuxArray { name: name.into(), shape, data, columns };
     let ncap = captions::CAPTIONS_PER_IMAGE;
-    vec![
+    // In name order, the order a reader lists them in, so a round trip gives equal contents.
+    let mut arrays = vec![
         arr("features", vec![m, scene::feature_count()], AuxData::F32(features), scene::feature_names()),
         arr("object_count", vec![m], AuxData::U8(count), vec![]),
         arr("shape", vec![m, k], AuxData::U8(shape), vec![]),
@@ -346,7 +347,9 @@ fn scene_arrays(stimuli: &[Stimulus], features: Vec<f32>) -> Vec<AuxArray> {
         arr("background", vec![m, 4], AuxData::U8(background), cols(&["kind", "texture", "colour_a", "colour_b"])),
         arr("background_geometry", vec![m, 2], AuxData::F32(bg_geometry), cols(&["angle", "period"])),
         arr("caption_ok", vec![m, ncap], AuxData::U8(caption_ok), vec![]),
-    ]
+    ];
+    arrays.sort_by(|a, b| a.name.cmp(&b.name));
+    arrays
 }
 
 #[cfg(test)]
