@@ -727,7 +727,7 @@ impl DatasetFile {
     }
 
     /// Calls `f(first_row, block, row_width)` for consecutive row blocks of a 2-D+ dataset.
-    fn read_blocks<T: hdf5::H5Type + Copy>(&self, name: &str, f: &mut dyn FnMut(usize, &[T], usize) -> Result<()>) -> Result<()> {
+    fn read_blocks<T: hdf5::H5Type + Copy>(&self, name: &str, f: &mut BlockFn<T>) -> Result<()> {
         let ds = self.open_ds(name)?;
         let shape = ds.shape();
         let row: usize = shape[1..].iter().product();
@@ -743,6 +743,9 @@ impl DatasetFile {
         Ok(())
     }
 }
+
+/// A consumer of row blocks: `(first_row, values, row_width)`.
+type BlockFn<'a, T> = dyn FnMut(usize, &[T], usize) -> Result<()> + 'a;
 
 /// The element kinds the schema allows, by dataset.
 #[derive(Clone, Copy)]

@@ -202,7 +202,11 @@ pub fn captions(scene: &Scene, seed: u64, index: u64) -> (Vec<String>, Vec<bool>
             Some(Lie::Count) => {
                 let wrong = (n + rng.below(COUNT_WORDS.len() - 1)) % COUNT_WORDS.len();
                 let p = phrases(scene, &mut rng, None);
-                format!("{} shapes {}", COUNT_WORDS[wrong], background_phrase(scene, &mut rng)).replace("one shapes", "a lone shape") + &format!(", among them {}", p.objects[0])
+                let bg = background_phrase(scene, &mut rng);
+                match wrong {
+                    0 => format!("a single shape, {}, {bg}", p.objects[0]),
+                    _ => format!("{} shapes {bg}, among them {}", COUNT_WORDS[wrong], p.objects[0]),
+                }
             }
             _ => {
                 let p = phrases(scene, &mut rng, lie);

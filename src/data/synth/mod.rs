@@ -106,7 +106,7 @@ impl SynthConfig {
         if !(self.test_fraction > 0.0 && self.test_fraction < 1.0) {
             return bad(format!("test fraction {} must be in (0, 1)", self.test_fraction));
         }
-        if !(0.0..=1.0).contains(&self.early_fraction) || !(self.session_offset.is_finite() && self.session_offset >= 0.0) {
+        if !(0.0..=1.0).contains(&self.early_fraction) || !self.session_offset.is_finite() || self.session_offset < 0.0 {
             return bad("early fraction must be in [0, 1] and session offset ≥ 0".into());
         }
         let values = self.stimuli.checked_mul(self.repeats).and_then(|t| t.checked_mul(self.voxels + 2 * self.padding));
@@ -378,7 +378,7 @@ mod tests {
         for row in c.fmri.chunks(68) {
             assert!(row[..2].iter().chain(&row[66..]).all(|&x| x == 0.0));
         }
-        let mut per = vec![0; 40];
+        let mut per = [0; 40];
         c.trial_stimulus.iter().for_each(|&s| per[s as usize] += 1);
         assert!(per.iter().all(|&n| n == 3));
         assert_eq!(c.split.iter().filter(|&&s| s == Split::Test).count(), 4);
