@@ -4,11 +4,12 @@ use mindreader::ops::loss;
 use mindreader::train::{Adam, AdamConfig};
 use mindreader::{Device, Tape, Tensor};
 fn main() {
+    unsafe { println!("mallopt {} {}", libc::mallopt(libc::M_MMAP_THRESHOLD, i32::MAX), libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX)); }
     let a: Vec<usize> = std::env::args().skip(1).map(|s| s.parse().unwrap()).collect();
     let (b, v, h) = (a[0], a[1], a[2]);
     let d = Device::Cpu;
     let mut store = ParamStore::new();
-    let cfg = MapperConfig { hidden: h, ..MapperConfig::mind_reader(v, 512) };
+    let cfg = MapperConfig { hidden: h, fc_hidden: a[3], res_blocks: a[4], ..MapperConfig::mind_reader(v, 512) };
     let m = Mapper::new(cfg, &mut store, 1, &d).unwrap();
     let mut adam = Adam::new(AdamConfig::adam(2e-4, 1e-5));
     let x = Tensor::randn(&[b, v], 1.0, 1, &d).unwrap();

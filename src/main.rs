@@ -37,6 +37,13 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // The CPU twins allocate and free tensors of hundreds of MB every step; glibc would mmap and
+    // munmap each one (page faults and TLB shootdowns cost ~2× in training). Keep them in the heap.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
     let args = Args::parse();
     let result = match args.command {
         Command::Info(a) => cli::info::run(a),

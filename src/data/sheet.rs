@@ -19,7 +19,7 @@ impl Canvas {
         Canvas { width, height, pixels: fill.iter().copied().cycle().take(width * height * 3).collect() }
     }
 
-    fn put(&mut self, x: usize, y: usize, c: [u8; 3]) {
+    pub fn put(&mut self, x: usize, y: usize, c: [u8; 3]) {
         if x < self.width && y < self.height {
             self.pixels[(y * self.width + x) * 3..][..3].copy_from_slice(&c);
         }

@@ -103,6 +103,20 @@ pub mod cpu {
         Ok(())
     }
 
+    /// True for k1 s1 p0: im2col is the identity and col2im a plain add, so both are skipped.
+    fn pointwise(d: &Conv1d) -> bool {
+        d.ksize == 1 && d.stride == 1 && d.padding == 0
+    }
+
+    /// `im2col` without a copy for pointwise convolutions (the mapper's widest layers).
+    fn cols_of<'a, T: Real>(xb: &'a [T], d: &Conv1d) -> std::borrow::Cow<'a, [T]> {
+        if pointwise(d) {
+            std::borrow::Cow::Borrowed(xb)
+        } else {
+            std::borrow::Cow::Owned(im2col(xb, d))
+        }
+    }
+
     /// `cols[(ci·K + k)·Lout + l] = x_b[ci, l·s + k − p]` (0 in the padding) for one batch item.
     pub fn im2col<T: Real>(xb: &[T], d: &Conv1d) -> Vec<T> {
         let mut cols = vec![T::zero(); d.cin * d.ksize * d.lout];
@@ -147,7 +161,7 @@ pub mod cpu {
         let kk = d.cin * d.ksize;
         let wv = ArrayView2::from_shape((d.cout, kk), w).map_err(view_err)?;
         y.par_chunks_mut(d.cout * d.lout).enumerate().try_for_each(|(b, yb)| -> Result<()> {
-            let cols = im2col(&x[b * d.cin * d.len..][..d.cin * d.len], d);
+            let cols = cols_of(&x[b * d.cin * d.len..][..d.cin * d.len], d);
             let cv = ArrayView2::from_shape((kk, d.lout), &cols[..]).map_err(view_err)?;
             general_mat_mul(T::one(), &wv, &cv, T::zero(), &mut ArrayViewMut2::from_shape((d.cout, d.lout), &mut yb[..]).map_err(view_err)?);
             if let Some(bias) = bias {
@@ -172,6 +186,11 @@ pub mod cpu {
         let wv = ArrayView2::from_shape((d.cout, kk), w).map_err(view_err)?;
         dx.par_chunks_mut(d.cin * d.len).enumerate().try_for_each(|(b, dxb)| -> Result<()> {
             let dyv = ArrayView2::from_shape((d.cout, d.lout), &dy[b * d.cout * d.lout..][..d.cout * d.lout]).map_err(view_err)?;
+            if pointwise(d) {
+                // dx_b = Wᵀ · dy_b directly: col2im of a pointwise conv is the identity.
+                general_mat_mul(T::one(), &wv.t(), &dyv, T::zero(), &mut ArrayViewMut2::from_shape((kk, d.lout), &mut dxb[..]).map_err(view_err)?);
+                return Ok(());
+            }
             let mut dcols = vec![T::zero(); kk * d.lout];
             general_mat_mul(T::one(), &wv.t(), &dyv, T::zero(), &mut ArrayViewMut2::from_shape((kk, d.lout), &mut dcols[..]).map_err(view_err)?);
             col2im(&dcols, d, dxb);
@@ -195,7 +214,7 @@ pub mod cpu {
                 let mut acc = vec![T::zero(); d.cout * kk];
                 let mut av = ArrayViewMut2::from_shape((d.cout, kk), &mut acc[..]).map_err(view_err)?;
                 for b in b0..(b0 + ITEMS).min(d.batch) {
-                    let cols = im2col(&x[b * d.cin * d.len..][..d.cin * d.len], d);
+                    let cols = cols_of(&x[b * d.cin * d.len..][..d.cin * d.len], d);
                     let cv = ArrayView2::from_shape((kk, d.lout), &cols[..]).map_err(view_err)?;
                     let dyv = ArrayView2::from_shape((d.cout, d.lout), &dy[b * d.cout * d.lout..][..d.cout * d.lout]).map_err(view_err)?;
                     general_mat_mul(T::one(), &dyv, &cv.t(), T::one(), &mut av);
