@@ -44,12 +44,57 @@ fn bench_quick_validates_and_times_every_case() {
     std::fs::remove_file(json).ok();
 }
 
+/// Percentages on the demo's "image from brain:  13.5% top-1   (chance 0.50%)" lines.
+fn demo_figures(text: &str, what: &str) -> (f32, f32) {
+    let line = text.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("no `{what}` line:\n{text}"));
+    let nums: Vec<f32> = line.split(|c: char| !(c.is_ascii_digit() || c == '.')).filter_map(|t| t.parse().ok()).collect();
+    (nums[0], nums[1])
+}
+
 #[test]
 fn demo_learns_far_above_chance() {
-    let text = run_ok(&["demo", "--device", "cpu", "--epochs", "8", "--train", "1000", "--voxels", "256"]);
-    let line = text.lines().find(|l| l.contains("top-1 retrieval")).unwrap_or_else(|| panic!("{text}"));
-    let pct: f32 = line.split(": ").nth(1).unwrap().split('%').next().unwrap().trim().parse().unwrap();
-    assert!(pct > 10.0, "300-way top-1 {pct}% is not far above chance (0.33%):\n{text}");
+    let out = std::env::temp_dir().join(format!("mindreader-demo-{}", std::process::id()));
+    let text = run_ok(&["demo", "--device", "cpu", "--out", out.to_str().unwrap(), "--stimuli", "600", "--voxels", "512", "--epochs", "8"]);
+    for what in ["image from brain", "brain from image"] {
+        let (top1, chance) = demo_figures(&text, what);
+        assert!(top1 > 4.0 * chance, "{what}: top-1 {top1}% is not far above chance {chance}%:\n{text}");
+    }
+    for file in ["world.h5", "mapper/mapper.safetensors", "mapper/metrics.jsonl", "mapper/loss.png", "mapper/checkpoint.safetensors"] {
+        assert!(out.join(file).exists(), "{file} missing");
+    }
+    std::fs::remove_dir_all(out).ok();
+}
+
+#[test]
+fn train_mapper_predict_and_eval_retrieval_from_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("mindreader-cli-mapper-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let world = dir.join("w.h5");
+    let run = dir.join("run");
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    run_ok(&["synth", "--out", &p(&world), "--stimuli", "300", "--voxels", "256", "--seed", "3"]);
+    let base = ["train-mapper", "--data", &p(&world), "--target", "scene", "--out", &p(&run), "--device", "cpu", "--hidden", "8", "--batch", "32", "--lr", "3e-3", "--trials", "average"];
+    let text = run_ok(&[&base[..], &["--epochs", "2"]].concat());
+    assert!(text.contains("final:"), "{text}");
+    // Resume to 3 epochs: the metrics gain exactly one line.
+    run_ok(&[&base[..], &["--epochs", "3", "--resume"]].concat());
+    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 3, "{lines}");
+    assert!(run.join("loss.png").exists());
+    let npy = dir.join("pred.npy");
+    run_ok(&["predict", "--mapper", &p(&run), "--data", &p(&world), "--split", "test", "--out", &p(&npy), "--device", "cpu"]);
+    let json = run_ok(&["eval-retrieval", "--data", &p(&world), "--target", "scene", "--pred", &p(&npy)]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(v["way"].as_u64(), Some(30), "{json}");
+    assert!(v["top1_image_from_brain"].as_f64().unwrap() >= 0.0 && v["mean_cosine"].as_f64().unwrap().is_finite(), "{json}");
+    // A target that does not exist, and a resume with a different configuration, are clear errors.
+    let out = mindreader().args(["train-mapper", "--data", &p(&world), "--target", "clip_image", "--out", &p(&run), "--device", "cpu"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("clip_image") && !err.contains("panicked"), "{err}");
+    let out = mindreader().args([&base[..], &["--epochs", "4", "--resume", "--seed", "7"]].concat()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("refusing to resume"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //!
 //! On a GPU the mapper is Mind Reader's own (hidden 64, fc 128, 4 residual blocks, single trials,
 //! lr 2e-4, 40 epochs). On the CPU the same architecture is scaled down (hidden 16, fc 16, 2
-//! blocks, repeat-averaged rows, lr 1e-3) so the whole demo fits in a few minutes on two cores;
+//! blocks, repeat-averaged rows, lr 3e-3, a 2048-voxel world) so the whole demo fits in a few minutes on two cores;
 //! `--full` asks for Mind Reader's configuration anyway.
 
 use std::path::PathBuf;
@@ -30,15 +30,18 @@ pub struct DemoArgs {
     /// Stimuli in the synthetic world.
     #[arg(long, default_value_t = 2000)]
     pub stimuli: usize,
-    /// Simulated voxels.
-    #[arg(long, default_value_t = 4096)]
-    pub voxels: usize,
+    /// Simulated voxels [default: 4096 with the full mapper, 2048 scaled down].
+    #[arg(long)]
+    pub voxels: Option<usize>,
     /// Training epochs [default: 40 with the full mapper, 12 scaled down].
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Use Mind Reader's full mapper and schedule even on the CPU (slow: hours on 2 cores).
     #[arg(long)]
     pub full: bool,
+    /// Learning rate [default: 2e-4 with the full mapper, 3e-3 scaled down].
+    #[arg(long)]
+    pub lr: Option<f32>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 }
@@ -51,7 +54,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
     // 1. The world.
     let world = args.out.join("world.h5");
-    let cfg = SynthConfig { stimuli: args.stimuli, voxels: args.voxels, seed: args.seed, ..SynthConfig::default() };
+    let voxels = args.voxels.unwrap_or(if full { 4096 } else { 2048 });
+    let cfg = SynthConfig { stimuli: args.stimuli, voxels, seed: args.seed, ..SynthConfig::default() };
     println!("[1/3] synthesising {} stimuli × {} repeats seen by a simulated subject with {} voxels → {}", cfg.stimuli, cfg.repeats, cfg.voxels, world.display());
     let contents = synth::generate(&cfg, &ProgressBar::hidden())?;
     dataset::write(&world, &contents)?;
@@ -64,8 +68,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
         (MapperConfig::mind_reader(staged.voxels(), staged.target_dim()), TrialMode::Single, 2e-4, args.epochs.unwrap_or(40), 128)
     } else {
         let m = MapperConfig { hidden: 16, fc_hidden: 16, res_blocks: 2, ..MapperConfig::mind_reader(staged.voxels(), staged.target_dim()) };
-        (m, TrialMode::Average, 1e-3, args.epochs.unwrap_or(12), 64)
+        (m, TrialMode::Average, 3e-3, args.epochs.unwrap_or(12), 64)
     };
+    let lr = args.lr.unwrap_or(lr);
     let data = MapperData::from_staged(&staged, file.trial_stimulus(), file.split(), mode)?;
     let cfg = TrainConfig { epochs, batch, lr, loss: LossKind::MseCosContrastive, decay_every: 10, ..TrainConfig::mind_reader(mapper, "demo world.h5:scene".into()) };
     println!(

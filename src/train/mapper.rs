@@ -105,9 +105,10 @@ impl TrainConfig {
         }
     }
 
-    /// The fields that must match for a resume, as checkpoint metadata.
+    /// The fields that must match for a resume, as checkpoint metadata (all but the epoch
+    /// count: a finished run can be extended).
     fn fingerprint(&self) -> String {
-        format!("{:?}", self)
+        format!("{:?}", TrainConfig { epochs: 0, ..self.clone() })
     }
 }
 
