@@ -54,6 +54,12 @@ pub struct TrainMapperArgs {
     /// Width of the mapper's convolutions (Mind Reader: 64).
     #[arg(long, default_value_t = 64)]
     pub hidden: usize,
+    /// Width of the length-mixing fc layer (Mind Reader: 128).
+    #[arg(long, default_value_t = 128)]
+    pub fc_hidden: usize,
+    /// Residual blocks (Mind Reader: 4).
+    #[arg(long, default_value_t = 4)]
+    pub res_blocks: usize,
     /// auto (GPU when usable), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -119,7 +125,7 @@ pub fn run(args: TrainMapperArgs) -> Result<()> {
         other => anyhow::bail!("--trials must be single or average, got `{other}`"),
     };
     let data = MapperData::from_staged(&staged, file.trial_stimulus(), file.split(), mode)?;
-    let mapper = MapperConfig { hidden: args.hidden, ..MapperConfig::mind_reader(staged.voxels(), staged.target_dim()) };
+    let mapper = MapperConfig { hidden: args.hidden, fc_hidden: args.fc_hidden, res_blocks: args.res_blocks, ..MapperConfig::mind_reader(staged.voxels(), staged.target_dim()) };
     let data_id = format!("{}:{}", args.data.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(), args.target);
     let cfg = TrainConfig {
         epochs: args.epochs,
