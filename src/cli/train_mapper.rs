@@ -101,7 +101,7 @@ impl Progress for Bar {
     }
 
     fn on_epoch(&mut self, m: &EpochMetrics) {
-        self.bar.println(format!(
+        let line = format!(
             "epoch {:>3}: train {:.4}  val {:.4}  {}-way top-1 image←brain {:.1}% brain←image {:.1}% (chance {:.2}%)  {:.0} samples/s",
             m.epoch,
             m.train_loss,
@@ -111,7 +111,13 @@ impl Progress for Bar {
             100.0 * m.retrieval.brain_from_image,
             100.0 * m.retrieval.chance,
             m.samples_per_second
-        ));
+        );
+        // A hidden bar (output not a terminal: logs, CI) drops println; the epoch lines must stay.
+        if self.bar.is_hidden() {
+            println!("{line}");
+        } else {
+            self.bar.println(line);
+        }
     }
 }
 
