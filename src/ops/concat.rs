@@ -99,6 +99,21 @@ mod tests {
     use crate::testing::{assert_close, devices, gpu, parity_sizes, random_vec};
 
     #[test]
+    fn copy_axis_adjoint_is_the_finite_difference_gradient() {
+        // slice: y = rows 1..4 of axis 1 of x [2, 5, 3]; loss = Σ w ⊙ y; dx = w scattered back.
+        let x: Vec<f64> = random_vec(30, 1).iter().map(|&v| v as f64).collect();
+        let w: Vec<f64> = random_vec(18, 2).iter().map(|&v| v as f64).collect();
+        let loss = |x: &[f64]| {
+            let mut y = vec![0.0; 18];
+            cpu::copy_axis(x, &mut y, 2, 5, 3, 3, 1, 0, 3);
+            y.iter().zip(&w).map(|(p, q)| p * q).sum::<f64>()
+        };
+        let mut dx = vec![0.0; 30];
+        cpu::copy_axis(&w, &mut dx, 2, 3, 5, 3, 0, 1, 3);
+        crate::testing::gradcheck("slice", loss, &x, &dx);
+    }
+
+    #[test]
     fn concat_then_slice_round_trips_with_gradients() {
         for device in devices() {
             let (av, bv) = (random_vec(2 * 3 * 4, 1), random_vec(2 * 5 * 4, 2));

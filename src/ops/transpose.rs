@@ -125,6 +125,16 @@ mod tests {
     }
 
     #[test]
+    fn transpose_backward_is_the_finite_difference_gradient() {
+        // loss = Σ w ⊙ transpose(x); its gradient is transpose(w) back along the same axes.
+        let (a, ni, b, nj, c) = (2, 3, 2, 4, 2);
+        let x: Vec<f64> = random_vec(96, 1).iter().map(|&v| v as f64).collect();
+        let w: Vec<f64> = random_vec(96, 2).iter().map(|&v| v as f64).collect();
+        let loss = |x: &[f64]| cpu::transpose(x, a, ni, b, nj, c).iter().zip(&w).map(|(p, q)| p * q).sum::<f64>();
+        crate::testing::gradcheck("transpose", loss, &x, &cpu::transpose(&w, a, nj, b, ni, c));
+    }
+
+    #[test]
     fn transpose_and_reshape_backward_on_every_device() {
         for device in devices() {
             let xv = random_vec(60, 1);
