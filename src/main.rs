@@ -21,6 +21,8 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// Generate a synthetic world (scenes, captions, a simulated subject's fMRI) as a prepared dataset.
     Synth(cli::synth::SynthArgs),
+    /// Prepare a dataset from the Natural Scenes Dataset's released files (betas, ROI mask, design, stimuli, captions).
+    PrepareNsd(cli::prepare_nsd::PrepareNsdArgs),
     /// Validate a prepared dataset, print its schema summary and optionally draw a contact sheet.
     Inspect(cli::inspect::InspectArgs),
     /// Train a Mind Reader mapper from a dataset's fMRI to one of its target matrices.
@@ -50,6 +52,7 @@ fn main() {
         Command::Bench(a) => cli::bench::run(a),
         Command::Demo(a) => cli::demo::run(a),
         Command::Synth(a) => cli::synth::run(a),
+        Command::PrepareNsd(a) => cli::prepare_nsd::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::TrainMapper(a) => cli::train_mapper::run(a),
         Command::Predict(a) => cli::predict::run(a),

@@ -6,6 +6,7 @@ pub mod eval_retrieval;
 pub mod info;
 pub mod inspect;
 pub mod predict;
+pub mod prepare_nsd;
 pub mod synth;
 pub mod train_mapper;
 

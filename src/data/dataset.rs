@@ -430,7 +430,7 @@ pub fn write_target(path: &Path, target: &Target) -> Result<()> {
 }
 
 /// The selection of rows `r` (first axis) and everything along the other `ndim − 1` axes.
-fn rows(r: std::ops::Range<usize>, ndim: usize) -> hdf5::Selection {
+pub(crate) fn rows(r: std::ops::Range<usize>, ndim: usize) -> hdf5::Selection {
     let mut sel = vec![hdf5::SliceOrIndex::from(r)];
     sel.extend((1..ndim).map(|_| hdf5::SliceOrIndex::from(..)));
     hdf5::Hyperslab::from(sel).into()

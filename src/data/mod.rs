@@ -1,10 +1,11 @@
 //! Datasets: the prepared HDF5 format ([`dataset`]), the simulated-brain synthetic world
-//! ([`synth`]), mini-batching ([`loader`]) and contact sheets of stimuli ([`sheet`], drawn with
-//! the built-in [`font`]). Schema reference: `docs/dataset.md`.
+//! ([`synth`]), mini-batching ([`loader`]), contact sheets of stimuli ([`sheet`], drawn with
+//! the built-in [`font`]) and NSD ingestion ([`nsd`]). Schema reference: `docs/dataset.md`.
 
 pub mod dataset;
 pub mod font;
 pub mod loader;
+pub mod nsd;
 pub mod rng;
 pub mod sheet;
 pub mod synth;
