@@ -105,3 +105,30 @@ fn bad_arguments_are_clear_errors() {
     assert!(err.contains("unknown device `tpu`"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// `prepare-nsd` on the miniature NSD tree (tests/fixtures/nsd) gives a file `inspect` accepts and
+/// that `train-mapper` trains on once a target is present (CLIP targets come from a later command;
+/// here a fixed random one stands in).
+#[test]
+fn prepare_nsd_output_is_inspected_and_trained_on() {
+    use mindreader::data::dataset::{write_target, Target};
+    let dir = std::env::temp_dir().join(format!("mindreader-cli-nsd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    let file = dir.join("subj01.h5");
+    let root = mindreader::testing::fixtures_dir().join("nsd");
+    let text = run_ok(&["prepare-nsd", "--nsd-root", &p(&root), "--subject", "1", "--roi", "nsdgeneral", "--out", &p(&file), "--size", "16", "--pad-multiple", "16"]);
+    assert!(text.contains("24 trials × 16 voxels"), "{text}");
+    let text = run_ok(&["inspect", &p(&file)]);
+    assert!(text.contains("source      nsd, subject subj01, roi nsdgeneral") && text.contains("test 3 stimuli"), "{text}");
+    let data = mindreader::testing::random_vec(10 * 8, 6);
+    write_target(&file, &Target { name: "stand_in".into(), dim: 8, data, description: "random stand-in for a CLIP target".into() }).unwrap();
+    let text = run_ok(&["train-mapper", "--data", &p(&file), "--target", "stand_in", "--out", &p(&dir.join("run")), "--device", "cpu", "--epochs", "1", "--hidden", "4", "--fc-hidden", "8", "--res-blocks", "1", "--batch", "8"]);
+    assert!(text.contains("final:"), "{text}");
+    // A session that is not there fails before anything is written.
+    let out = mindreader().args(["prepare-nsd", "--nsd-root", &p(&root), "--subject", "1", "--out", &p(&dir.join("x.h5")), "--sessions", "1-4"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("betas_session04.hdf5") && !err.contains("panicked"), "{err}");
+    assert!(!dir.join("x.h5").exists());
+    std::fs::remove_dir_all(dir).ok();
+}
