@@ -204,7 +204,7 @@ pub struct Design {
 
 pub fn read_design(path: &Path) -> Result<Design> {
     let file = std::fs::File::open(path).map_err(|e| Error::file(path, format!("cannot open the experimental design (nsd_expdesign.mat): {e}")))?;
-    let mat = matfile::MatFile::parse(std::io::BufReader::new(file)).map_err(|e| Error::file(path, format!("not a readable MATLAB v5/v7 .mat file: {e}")))?;
+    let mat = matfile::MatFile::parse(std::io::BufReader::new(file)).map_err(|e| Error::file(path, format!("not a readable MATLAB v5/v7 .mat file ({e}); v7.3 files are HDF5 and not read here")))?;
     // (rows, cols, column-major values) of a numeric variable holding 1-based indices.
     let get = |name: &str| -> Result<(usize, usize, Vec<usize>)> {
         let a = mat.find_by_name(name).ok_or_else(|| Error::file(path, format!("variable `{name}` is missing")))?;
@@ -212,14 +212,18 @@ pub fn read_design(path: &Path) -> Result<Design> {
         if size.len() != 2 {
             return Err(Error::file(path, format!("variable `{name}` has shape {size:?}; expected a matrix")));
         }
+        // MATLAB saves indices as double; accept any real numeric class.
         let vals: Vec<f64> = match a.data() {
             matfile::NumericData::Double { real, .. } => real.clone(),
             matfile::NumericData::Single { real, .. } => real.iter().map(|&x| x as f64).collect(),
-            matfile::NumericData::Int32 { real, .. } => real.iter().map(|&x| x as f64).collect(),
-            matfile::NumericData::UInt32 { real, .. } => real.iter().map(|&x| x as f64).collect(),
+            matfile::NumericData::Int8 { real, .. } => real.iter().map(|&x| x as f64).collect(),
+            matfile::NumericData::UInt8 { real, .. } => real.iter().map(|&x| x as f64).collect(),
             matfile::NumericData::Int16 { real, .. } => real.iter().map(|&x| x as f64).collect(),
             matfile::NumericData::UInt16 { real, .. } => real.iter().map(|&x| x as f64).collect(),
-            other => return Err(Error::file(path, format!("variable `{name}` holds {other:?}-typed data; expected numbers"))),
+            matfile::NumericData::Int32 { real, .. } => real.iter().map(|&x| x as f64).collect(),
+            matfile::NumericData::UInt32 { real, .. } => real.iter().map(|&x| x as f64).collect(),
+            matfile::NumericData::Int64 { real, .. } => real.iter().map(|&x| x as f64).collect(),
+            matfile::NumericData::UInt64 { real, .. } => real.iter().map(|&x| x as f64).collect(),
         };
         let idx = vals
             .iter()
