@@ -454,7 +454,10 @@ pub fn prepare(cfg: &NsdConfig, progress: &ProgressBar) -> Result<Contents> {
     progress.set_length(sessions.len() as u64);
     progress.set_message("sessions");
     let v = mask.inside.len();
-    let (mut rows_f, mut trial_73k, mut trial_session) = (Vec::new(), Vec::new(), Vec::new());
+    let pad = cfg.padding.resolve(v);
+    let width = v + pad[0] + pad[1];
+    // Padded rows are built as sessions arrive, so the [T, V] matrix exists once, not twice.
+    let (mut fmri, mut trial_73k, mut trial_session) = (Vec::new(), Vec::new(), Vec::new());
     let mut per_session = None;
     for &s in &sessions {
         let path = cfg.session_path(s);
@@ -474,7 +477,12 @@ pub fn prepare(cfg: &NsdConfig, progress: &ProgressBar) -> Result<Contents> {
             trial_73k.push(id);
             trial_session.push(s as u32);
         }
-        rows_f.extend_from_slice(&x);
+        fmri.reserve(n * width);
+        for row in x.chunks(v) {
+            fmri.extend(std::iter::repeat(0.0).take(pad[0]));
+            fmri.extend_from_slice(row);
+            fmri.extend(std::iter::repeat(0.0).take(pad[1]));
+        }
         progress.inc(1);
     }
 
@@ -483,19 +491,11 @@ pub fn prepare(cfg: &NsdConfig, progress: &ProgressBar) -> Result<Contents> {
     let index: HashMap<usize, u32> = ids.iter().enumerate().map(|(m, &id)| (id, m as u32)).collect();
     let mut trial_stimulus: Vec<u32> = trial_73k.iter().map(|id| index[id]).collect();
     if cfg.average_repeats {
-        let (avg, first_session) = average_rows(&rows_f, v, &trial_stimulus, &trial_session, ids.len());
-        rows_f = avg;
+        let (avg, first_session) = average_rows(&fmri, width, &trial_stimulus, &trial_session, ids.len());
+        fmri = avg;
         trial_session = first_session;
         trial_stimulus = (0..ids.len() as u32).collect();
     }
-    let pad = cfg.padding.resolve(v);
-    let width = v + pad[0] + pad[1];
-    let trials = trial_stimulus.len();
-    let mut fmri = vec![0f32; trials * width];
-    for t in 0..trials {
-        fmri[t * width + pad[0]..t * width + pad[0] + v].copy_from_slice(&rows_f[t * v..(t + 1) * v]);
-    }
-    drop(rows_f);
     let split = ids.iter().map(|id| if design.sharedix.contains(id) { Split::Test } else { Split::Train }).collect();
 
     let captions = read_captions(cfg, &ids)?;
