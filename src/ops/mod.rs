@@ -3,6 +3,7 @@
 //! Every public op takes the `Tape` first and records its backward when an input is tracked.
 //! The CPU twins are generic over `Real` so that the gradient checks run them in f64.
 
+pub mod attention;
 pub mod concat;
 pub mod conv1d;
 pub mod elementwise;

@@ -1,0 +1,315 @@
+//! Multi-head scaled-dot-product attention (PyTorch `F.scaled_dot_product_attention`).
+//!
+//! q, k, v are `[B, H, T, D]` (viewed as `[BH, T, D]`); per (b, h), with `s = 1/√D`:
+//! `S = s·Q·Kᵀ (+ mask)`, `P = softmax_rows(S)`, `O = P·V`. The causal mask sets `S[i, j] = −∞`
+//! for `j > i` (CLIP's text encoder). The forward also keeps `lse[i] = log Σ_j exp(S[i, j])`, so
+//! P can be recomputed as `exp(S − lse)` without a second softmax.
+//! Backward, with `δ_i = Σ_d dO[i, d]·O[i, d]` (= Σ_j dP[i, j]·P[i, j]):
+//! `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP − δ)`, `dQ = s·dS·K`, `dK = s·dSᵀ·Q`.
+//!
+//! Forward kernel (`kernels/attention.cu`): fused, flash-attention style — one block per
+//! (bh, 16-query tile), keys/values streamed through shared memory 32 at a time, online softmax;
+//! the T×T score matrix is never written to global memory. f32 in and out, D ≤ 128.
+//! Backward on the GPU is composed from device ops: `S = Q·Kᵀ` (the tiled matmul), one elementwise
+//! kernel turning S into P with the saved lse, then matmuls and the softmax backward kernel. It
+//! materialises `[BH, T, T]` twice (P and dP): fine for CLIP's T ≤ 257, and the GAN's gradient
+//! through a frozen CLIP needs exactly this once per step.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::Real;
+use crate::autograd::Tape;
+use crate::error::{Error, Result};
+use crate::ops::{elementwise::scale_raw, matmul::matmul_raw, softmax::softmax_bwd_raw};
+use crate::tensor::{launch, launch_1d, Device, Storage, Tensor};
+
+/// Forward kernels by the widest head dim they hold (32·DC).
+const FWD_KERNELS: [(usize, &str); 3] = [(32, "attention_fwd_dc1_f32"), (64, "attention_fwd_dc2_f32"), (128, "attention_fwd_dc4_f32")];
+/// Queries per block of the forward kernel (`ATT_QTILE` in the .cu file).
+const Q_TILE: usize = 16;
+
+/// The CPU twins, generic so the gradient check runs them in f64. Buffers are `[BH, T, D]`.
+pub mod cpu {
+    use super::Real;
+    use rayon::prelude::*;
+
+    /// P for one head: `[T, T]` row softmax of `scale·Q·Kᵀ` (masked), and lse per row.
+    fn probs<T: Real>(q: &[T], k: &[T], t: usize, d: usize, causal: bool) -> (Vec<T>, Vec<T>) {
+        let scale = T::c(1.0 / (d as f64).sqrt());
+        let mut p = vec![T::zero(); t * t];
+        let mut lse = vec![T::zero(); t];
+        for i in 0..t {
+            let row = &mut p[i * t..(i + 1) * t];
+            let keys = if causal { i + 1 } else { t };
+            for (j, s) in row.iter_mut().enumerate().take(keys) {
+                *s = (0..d).map(|c| q[i * d + c] * k[j * d + c]).sum::<T>() * scale;
+            }
+            let m = row[..keys].iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+            let z: T = row[..keys].iter().map(|&s| (s - m).exp()).sum();
+            lse[i] = m + z.ln();
+            for s in row[..keys].iter_mut() {
+                *s = (*s - lse[i]).exp();
+            }
+            // Masked entries stay 0.
+        }
+        (p, lse)
+    }
+
+    /// O = softmax(scale·Q·Kᵀ + mask)·V, and lse `[BH, T]`.
+    pub fn attention<T: Real>(q: &[T], k: &[T], v: &[T], bh: usize, t: usize, d: usize, causal: bool) -> (Vec<T>, Vec<T>) {
+        let mut o = vec![T::zero(); bh * t * d];
+        let mut lse = vec![T::zero(); bh * t];
+        if t * d == 0 {
+            return (o, lse);
+        }
+        o.par_chunks_mut(t * d).zip(lse.par_chunks_mut(t)).enumerate().for_each(|(z, (oz, lz))| {
+            let r = z * t * d..(z + 1) * t * d;
+            let (p, l) = probs(&q[r.clone()], &k[r.clone()], t, d, causal);
+            lz.copy_from_slice(&l);
+            let vz = &v[r];
+            for i in 0..t {
+                for c in 0..d {
+                    oz[i * d + c] = (0..t).map(|j| p[i * t + j] * vz[j * d + c]).sum();
+                }
+            }
+        });
+        (o, lse)
+    }
+
+    /// (dQ, dK, dV) given dO, recomputing P from Q and K.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_bwd<T: Real>(q: &[T], k: &[T], v: &[T], dout: &[T], bh: usize, t: usize, d: usize, causal: bool) -> (Vec<T>, Vec<T>, Vec<T>) {
+        let n = bh * t * d;
+        let (mut dq, mut dk, mut dv) = (vec![T::zero(); n], vec![T::zero(); n], vec![T::zero(); n]);
+        if t * d == 0 {
+            return (dq, dk, dv);
+        }
+        let scale = T::c(1.0 / (d as f64).sqrt());
+        dq.par_chunks_mut(t * d).zip(dk.par_chunks_mut(t * d)).zip(dv.par_chunks_mut(t * d)).enumerate().for_each(|(z, ((dqz, dkz), dvz))| {
+            let r = z * t * d..(z + 1) * t * d;
+            let (qz, kz, vz, gz) = (&q[r.clone()], &k[r.clone()], &v[r.clone()], &dout[r]);
+            let (p, _) = probs(qz, kz, t, d, causal);
+            // dP = dO·Vᵀ, then dS = P ⊙ (dP − Σ_j dP·P) in place.
+            let mut ds = vec![T::zero(); t * t];
+            for i in 0..t {
+                for j in 0..t {
+                    ds[i * t + j] = (0..d).map(|c| gz[i * d + c] * vz[j * d + c]).sum();
+                }
+                let delta: T = (0..t).map(|j| ds[i * t + j] * p[i * t + j]).sum();
+                for j in 0..t {
+                    ds[i * t + j] = p[i * t + j] * (ds[i * t + j] - delta);
+                }
+            }
+            for i in 0..t {
+                for c in 0..d {
+                    dqz[i * d + c] = (0..t).map(|j| ds[i * t + j] * kz[j * d + c]).sum::<T>() * scale;
+                    dkz[i * d + c] = (0..t).map(|j| ds[j * t + i] * qz[j * d + c]).sum::<T>() * scale;
+                    dvz[i * d + c] = (0..t).map(|j| p[j * t + i] * gz[j * d + c]).sum();
+                }
+            }
+        });
+        (dq, dk, dv)
+    }
+}
+
+/// (BH, T, D) of q, k, v, all `[B, H, T, D]` on one device.
+fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(usize, usize, usize)> {
+    super::same_device("attention", &[q, k, v])?;
+    if q.rank() != 4 || q.shape() != k.shape() || q.shape() != v.shape() {
+        return Err(Error::shape("attention", format!("q, k, v must share a [B, H, T, D] shape, got {:?}, {:?}, {:?}", q.shape(), k.shape(), v.shape())));
+    }
+    let s = q.shape();
+    Ok((s[0] * s[1], s[2], s[3]))
+}
+
+/// (O, lse) without recording.
+pub(crate) fn attention_raw(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "attention";
+    let (bh, t, d) = dims(q, k, v)?;
+    let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
+    match q.device() {
+        Device::Cpu => {
+            let (o, lse) = cpu::attention(sq.cpu_f32(OP)?, sk.cpu_f32(OP)?, sv.cpu_f32(OP)?, bh, t, d, causal);
+            Ok((Tensor::from_vec(o, q.shape(), q.device())?, Tensor::from_vec(lse, &[bh, t], q.device())?))
+        }
+        Device::Cuda(gpu) => {
+            let Some(&(_, name)) = FWD_KERNELS.iter().find(|f| d <= f.0) else {
+                return Err(Error::shape(OP, format!("head dim {d} is above the CUDA kernel's 128")));
+            };
+            if bh > 65535 || t > u32::MAX as usize / 2 {
+                return Err(Error::shape(OP, format!("{bh} batch·heads (max 65535) or {t} tokens is too many for the CUDA kernel")));
+            }
+            let mut o = gpu.alloc::<f32>(bh * t * d)?;
+            let mut lse = gpu.alloc::<f32>(bh * t)?;
+            if bh * t * d > 0 {
+                // One 128-thread block per (16-query tile, bh); shared memory is static (≤ 40.5 KiB).
+                let cfg = LaunchConfig { grid_dim: (t.div_ceil(Q_TILE) as u32, bh as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+                let f = gpu.function("attention", name)?;
+                let (tt, dd, scale, c) = (t as u32, d as u32, 1.0 / (d as f32).sqrt(), causal as i32);
+                let (qs, ks, vs) = (sq.cuda_f32(OP)?, sk.cuda_f32(OP)?, sv.cuda_f32(OP)?);
+                // SAFETY: q, k, v hold BH·T·D floats and o too, lse BH·T; block (x, y) reads rows
+                // < T of head y only and writes o/lse rows q0..q0+16 < T of head y; d ≤ 32·DC.
+                unsafe { gpu.stream.launch_builder(&f).arg(qs).arg(ks).arg(vs).arg(&mut o).arg(&mut lse).arg(&tt).arg(&dd).arg(&scale).arg(&c).launch(cfg) }
+                    .map_err(|e| Error::cuda(name, e))?;
+            }
+            Ok((Tensor::from_storage(Storage::CudaF32(o), q.shape(), q.device()), Tensor::from_storage(Storage::CudaF32(lse), &[bh, t], q.device())))
+        }
+    }
+}
+
+/// (dQ, dK, dV) without recording, from the inputs, the forward's lse and dO.
+pub(crate) fn attention_bwd_raw(q: &Tensor, k: &Tensor, v: &Tensor, lse: &Tensor, dout: &Tensor, causal: bool) -> Result<(Tensor, Tensor, Tensor)> {
+    const OP: &str = "attention backward";
+    let (bh, t, d) = dims(q, k, v)?;
+    super::same_shape(OP, q, dout)?;
+    match q.device() {
+        Device::Cpu => {
+            let (sq, sk, sv, sg) = (q.storage(), k.storage(), v.storage(), dout.storage());
+            let (dq, dk, dv) = cpu::attention_bwd(sq.cpu_f32(OP)?, sk.cpu_f32(OP)?, sv.cpu_f32(OP)?, sg.cpu_f32(OP)?, bh, t, d, causal);
+            let s = q.shape();
+            Ok((Tensor::from_vec(dq, s, q.device())?, Tensor::from_vec(dk, s, q.device())?, Tensor::from_vec(dv, s, q.device())?))
+        }
+        Device::Cuda(gpu) => {
+            let view = |x: &Tensor| x.reshaped(&[bh, t, d]);
+            let (q3, k3, v3, g3) = (view(q)?, view(k)?, view(v)?, view(dout)?);
+            let p = matmul_raw(&q3, &k3, false, true)?; // S = Q·Kᵀ, [BH, T, T]
+            if bh * t > 0 {
+                let (b, tt, scale, c) = (bh as u32, t as u32, 1.0 / (d as f32).sqrt(), causal as i32);
+                let mut sp = p.storage_mut();
+                let ls = lse.storage();
+                // SAFETY: p holds BH·T·T floats (fresh, owned here), lse BH·T; one thread per element.
+                launch!(gpu, "attention", "attention_probs_f32", launch_1d(bh * t * t), sp.cuda_f32_mut(OP)?, ls.cuda_f32(OP)?, &b, &tt, &scale, &c)?;
+            }
+            let dv = matmul_raw(&p, &g3, true, false)?; // Pᵀ·dO
+            let dp = matmul_raw(&g3, &v3, false, true)?; // dO·Vᵀ
+            let ds = softmax_bwd_raw(&p, &dp, false)?; // P ⊙ (dP − Σ dP·P)
+            let scale = 1.0 / (d as f32).sqrt();
+            let dq = scale_raw(&matmul_raw(&ds, &k3, false, false)?, scale)?;
+            let dk = scale_raw(&matmul_raw(&ds, &q3, true, false)?, scale)?;
+            let s = q.shape();
+            Ok((dq.reshaped(s)?, dk.reshaped(s)?, dv.reshaped(s)?))
+        }
+    }
+}
+
+/// `softmax(Q·Kᵀ/√D + mask)·V` per head for q, k, v `[B, H, T, D]`; causal masks keys after the
+/// query. Recorded: gradients flow to q, k and v.
+pub fn attention(tape: &mut Tape, q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
+    let (o, lse) = attention_raw(q, k, v, causal)?;
+    let (qc, kc, vc) = (q.clone(), k.clone(), v.clone());
+    tape.record(&[q, k, v], &o, move |dout| {
+        let (dq, dk, dv) = attention_bwd_raw(&qc, &kc, &vc, &lse, dout, causal)?;
+        Ok(vec![Some(dq), Some(dk), Some(dv)])
+    });
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{elementwise::mul, reduce::sum_all};
+    use crate::testing::{assert_close, devices, gpu, gradcheck, random_vec};
+
+    fn f64s(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&x| x as f64).collect()
+    }
+
+    #[test]
+    fn attention_gradients_match_finite_differences() {
+        let (bh, t, d) = (2, 5, 3);
+        let n = bh * t * d;
+        let (q, k, v) = (f64s(&random_vec(n, 1)), f64s(&random_vec(n, 2)), f64s(&random_vec(n, 3)));
+        let w = f64s(&random_vec(n, 4));
+        for causal in [false, true] {
+            let (dq, dk, dv) = cpu::attention_bwd(&q, &k, &v, &w, bh, t, d, causal);
+            let dot = |o: Vec<f64>| o.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>();
+            gradcheck("attention dq", |x| dot(cpu::attention(x, &k, &v, bh, t, d, causal).0), &q, &dq);
+            gradcheck("attention dk", |x| dot(cpu::attention(&q, x, &v, bh, t, d, causal).0), &k, &dk);
+            gradcheck("attention dv", |x| dot(cpu::attention(&q, &k, x, bh, t, d, causal).0), &v, &dv);
+        }
+    }
+
+    /// The twin against the definition on a hand-sized case: causal row 0 attends only to key 0.
+    #[test]
+    fn causal_first_row_copies_the_first_value() {
+        let (t, d) = (3, 2);
+        let (q, k, v) = (random_vec(6, 5), random_vec(6, 6), random_vec(6, 7));
+        let (o, _) = cpu::attention(&q, &k, &v, 1, t, d, true);
+        assert_close(&o[..2], &v[..2], 1e-6, 1e-7, "row 0");
+        // Non-causal row 1 by hand.
+        let (o, _) = cpu::attention(&q, &k, &v, 1, t, d, false);
+        let s: Vec<f32> = (0..t).map(|j| (q[2] * k[2 * j] + q[3] * k[2 * j + 1]) / (d as f32).sqrt()).collect();
+        let z: f32 = s.iter().map(|x| x.exp()).sum();
+        let want: Vec<f32> = (0..d).map(|c| (0..t).map(|j| s[j].exp() / z * v[2 * j + c]).sum()).collect();
+        assert_close(&o[2..4], &want, 1e-5, 1e-6, "row 1");
+    }
+
+    #[test]
+    fn attention_through_tape_on_every_device() {
+        let shape = [2, 3, 7, 8];
+        let n: usize = shape.iter().product();
+        let (qv, kv, vv, wv) = (random_vec(n, 11), random_vec(n, 12), random_vec(n, 13), random_vec(n, 14));
+        for device in devices() {
+            for causal in [false, true] {
+                let what = format!("attention causal={causal} on {device}");
+                let t = |v: &[f32]| Tensor::from_slice(v, &shape, &device).unwrap();
+                let (q, k, v, w) = (t(&qv), t(&kv), t(&vv), t(&wv));
+                let mut tape = Tape::new();
+                for x in [&q, &k, &v] {
+                    tape.watch(x);
+                }
+                let o = attention(&mut tape, &q, &k, &v, causal).unwrap();
+                let ow = mul(&mut tape, &o, &w).unwrap();
+                let loss = sum_all(&mut tape, &ow).unwrap();
+                let g = tape.backward(&loss).unwrap();
+                let (bh, tt, d) = (6, 7, 8);
+                let (wo, _) = cpu::attention(&qv, &kv, &vv, bh, tt, d, causal);
+                let (wq, wk, wvv) = cpu::attention_bwd(&qv, &kv, &vv, &wv, bh, tt, d, causal);
+                assert_close(&o.to_vec_f32().unwrap(), &wo, 1e-5, 1e-6, &format!("{what}: forward"));
+                for (x, want, name) in [(&q, &wq, "dq"), (&k, &wk, "dk"), (&v, &wvv, "dv")] {
+                    assert_close(&g.get(x).unwrap().to_vec_f32().unwrap(), want, 1e-4, 1e-5, &format!("{what}: {name}"));
+                }
+            }
+        }
+    }
+
+    /// T at 1, 7, 50, 77 (CLIP text), 257 (ViT-B/16's tokens: several key tiles, a partial query
+    /// tile); D 32 and 64; causal and not. Forward rtol 1e-5; backward atol scaled by its largest |value|.
+    #[test]
+    fn attention_cuda_matches_cpu() {
+        let Some(gpu) = gpu() else { return };
+        for t in [1, 7, 50, 77, 257] {
+            for d in [32, 64] {
+                for causal in [false, true] {
+                    let shape = [2, 3, t, d];
+                    let n: usize = shape.iter().product();
+                    let seed = (t * 1000 + d) as u64;
+                    let (qv, kv, vv, gv) = (random_vec(n, seed), random_vec(n, seed + 1), random_vec(n, seed + 2), random_vec(n, seed + 3));
+                    let run = |dev: &Device| {
+                        let x = |v: &[f32]| Tensor::from_slice(v, &shape, dev).unwrap();
+                        let (q, k, v, g) = (x(&qv), x(&kv), x(&vv), x(&gv));
+                        let (o, lse) = attention_raw(&q, &k, &v, causal).unwrap();
+                        let (dq, dk, dv) = attention_bwd_raw(&q, &k, &v, &lse, &g, causal).unwrap();
+                        [o, lse, dq, dk, dv].map(|t| t.to_vec_f32().unwrap())
+                    };
+                    let (c, g) = (run(&Device::Cpu), run(&gpu));
+                    for (i, name) in ["o", "lse", "dq", "dk", "dv"].iter().enumerate() {
+                        let scale = c[i].iter().fold(0f32, |a, v| a.max(v.abs()));
+                        let what = format!("{name} T={t} D={d} causal={causal}");
+                        assert_close(&g[i], &c[i], 1e-5, 1e-5 * scale.max(1.0), &what);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let a = Tensor::zeros(&[1, 2, 3, 4], &Device::Cpu).unwrap();
+        let b = Tensor::zeros(&[1, 2, 4, 4], &Device::Cpu).unwrap();
+        let err = attention(&mut Tape::new(), &a, &b, &a, false).unwrap_err().to_string();
+        assert!(err.contains("[B, H, T, D]"), "{err}");
+        let r3 = Tensor::zeros(&[2, 3, 4], &Device::Cpu).unwrap();
+        assert!(attention(&mut Tape::new(), &r3, &r3, &r3, true).is_err());
+    }
+}
