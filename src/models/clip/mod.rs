@@ -1,0 +1,231 @@
+//! CLIP (Radford et al. 2021) as Hugging Face `transformers` defines it (`CLIPModel`): a vision
+//! transformer and a causal text transformer, each projected into one joint embedding space.
+//!
+//! - `vision.rs`: patches (the stride-p conv as a matmul) → [class token; patches] + positions →
+//!   `pre_layrnorm` → encoder → `post_layernorm` of the class token → `visual_projection`.
+//! - `text.rs`: token + position embeddings → causal encoder → `final_layer_norm` → the token at
+//!   the highest id (the EOS) → `text_projection`.
+//! - here: the pre-norm encoder layer both towers share, loading, and `logits_per_image`.
+//!
+//! Field names are the state_dict's, so `model.safetensors` loads by name. Every step is a
+//! recorded op: with a watched input, gradients flow to the pixels (the GAN's CLIP losses push
+//! through a frozen CLIP) and to the weights.
+
+pub mod config;
+pub mod text;
+pub mod vision;
+
+use std::path::Path;
+
+pub use config::{ClipConfig, TextConfig, TowerConfig, VisionConfig};
+pub use text::TextTransformer;
+pub use vision::VisionTransformer;
+
+use crate::autograd::Tape;
+use crate::error::{Error, Result};
+use crate::nn::{load_safetensors, ParamStore};
+use crate::ops::{attention::attention, elementwise as ew, l2norm::l2_normalize, layernorm::layer_norm, matmul, transpose};
+use crate::tensor::{Device, Tensor};
+
+/// Registers zero-filled parameters under `prefix` in a store; `load` fills them by name.
+pub(crate) struct Params<'a> {
+    pub store: &'a mut ParamStore,
+    pub device: &'a Device,
+}
+
+impl Params<'_> {
+    pub fn get(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.store.insert(name, Tensor::zeros(shape, self.device)?)
+    }
+}
+
+/// `nn.Linear` weights.
+pub(crate) struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(p: &mut Params, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let weight = p.get(&format!("{name}.weight"), &[out, inp])?;
+        let bias = if bias { Some(p.get(&format!("{name}.bias"), &[out])?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn forward(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+        matmul::linear(tape, x, &self.weight, self.bias.as_ref())
+    }
+}
+
+/// `nn.LayerNorm` over the last axis.
+pub(crate) struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    pub fn new(p: &mut Params, name: &str, n: usize, eps: f32) -> Result<LayerNorm> {
+        Ok(LayerNorm { weight: p.get(&format!("{name}.weight"), &[n])?, bias: p.get(&format!("{name}.bias"), &[n])?, eps })
+    }
+
+    pub fn forward(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+        layer_norm(tape, x, Some(&self.weight), Some(&self.bias), self.eps)
+    }
+}
+
+/// `CLIPAttention`: q/k/v projections, per-head scaled-dot-product attention, out projection.
+pub(crate) struct SelfAttn {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+}
+
+impl SelfAttn {
+    /// x `[B, T, W]` → `[B, T, W]`.
+    fn forward(&self, tape: &mut Tape, x: &Tensor, causal: bool) -> Result<Tensor> {
+        let (b, t, w) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+        let h = self.heads;
+        // [B, T, W] → [B, T, H, Dh] → [B, H, T, Dh]
+        let split = |tape: &mut Tape, proj: &Linear| -> Result<Tensor> {
+            let y = proj.forward(tape, x)?;
+            let y = transpose::reshape(tape, &y, &[b, t, h, w / h])?;
+            transpose::transpose(tape, &y, 1, 2)
+        };
+        let q = split(tape, &self.q_proj)?;
+        let k = split(tape, &self.k_proj)?;
+        let v = split(tape, &self.v_proj)?;
+        let o = attention(tape, &q, &k, &v, causal)?;
+        let o = transpose::transpose(tape, &o, 1, 2)?;
+        let o = transpose::reshape(tape, &o, &[b, t, w])?;
+        self.out_proj.forward(tape, &o)
+    }
+}
+
+/// `CLIPEncoderLayer`: pre-norm attention and quick_gelu MLP, each with a residual.
+pub(crate) struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    self_attn: SelfAttn,
+    layer_norm2: LayerNorm,
+    mlp_fc1: Linear,
+    mlp_fc2: Linear,
+}
+
+impl EncoderLayer {
+    fn new(p: &mut Params, name: &str, c: &TowerConfig) -> Result<EncoderLayer> {
+        let (w, m) = (c.hidden_size, c.intermediate_size);
+        let attn = |p: &mut Params, proj: &str| Linear::new(p, &format!("{name}.self_attn.{proj}"), w, w, true);
+        Ok(EncoderLayer {
+            layer_norm1: LayerNorm::new(p, &format!("{name}.layer_norm1"), w, c.layer_norm_eps)?,
+            self_attn: SelfAttn {
+                q_proj: attn(p, "q_proj")?,
+                k_proj: attn(p, "k_proj")?,
+                v_proj: attn(p, "v_proj")?,
+                out_proj: attn(p, "out_proj")?,
+                heads: c.num_attention_heads,
+            },
+            layer_norm2: LayerNorm::new(p, &format!("{name}.layer_norm2"), w, c.layer_norm_eps)?,
+            mlp_fc1: Linear::new(p, &format!("{name}.mlp.fc1"), m, w, true)?,
+            mlp_fc2: Linear::new(p, &format!("{name}.mlp.fc2"), w, m, true)?,
+        })
+    }
+
+    fn forward(&self, tape: &mut Tape, x: &Tensor, causal: bool) -> Result<Tensor> {
+        let h = self.layer_norm1.forward(tape, x)?;
+        let h = self.self_attn.forward(tape, &h, causal)?;
+        let x = ew::add(tape, x, &h)?;
+        let h = self.layer_norm2.forward(tape, &x)?;
+        let h = self.mlp_fc1.forward(tape, &h)?;
+        let h = ew::quick_gelu(tape, &h)?;
+        let h = self.mlp_fc2.forward(tape, &h)?;
+        ew::add(tape, &x, &h)
+    }
+}
+
+/// `CLIPEncoder`: `encoder.layers.{i}`.
+pub(crate) struct Encoder {
+    layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    pub fn new(p: &mut Params, name: &str, c: &TowerConfig) -> Result<Encoder> {
+        let layers = (0..c.num_hidden_layers).map(|i| EncoderLayer::new(p, &format!("{name}.layers.{i}"), c)).collect::<Result<_>>()?;
+        Ok(Encoder { layers })
+    }
+
+    pub fn forward(&self, tape: &mut Tape, x: &Tensor, causal: bool) -> Result<Tensor> {
+        let mut x = x.clone();
+        for layer in &self.layers {
+            x = layer.forward(tape, &x, causal)?;
+        }
+        Ok(x)
+    }
+}
+
+/// A whole `CLIPModel`: both towers, both projections and the logit scale.
+pub struct Clip {
+    pub config: ClipConfig,
+    /// Every parameter under its Hugging Face name (watch them to train or fine-tune).
+    pub store: ParamStore,
+    vision_model: VisionTransformer,
+    text_model: TextTransformer,
+    visual_projection: Linear,
+    text_projection: Linear,
+    /// log of the logits' temperature (scalar; `logits = exp(logit_scale)·cos`).
+    logit_scale: Tensor,
+}
+
+impl Clip {
+    /// A zero-initialised model of this shape on `device` (its store lists every expected tensor).
+    pub fn zeros(config: ClipConfig, device: &Device) -> Result<Clip> {
+        let mut store = ParamStore::new();
+        let mut p = Params { store: &mut store, device };
+        let vision_model = VisionTransformer::new(&mut p, "vision_model", &config.vision)?;
+        let text_model = TextTransformer::new(&mut p, "text_model", &config.text)?;
+        let visual_projection = Linear::new(&mut p, "visual_projection", config.projection_dim, config.vision.tower.hidden_size, false)?;
+        let text_projection = Linear::new(&mut p, "text_projection", config.projection_dim, config.text.tower.hidden_size, false)?;
+        let logit_scale = p.get("logit_scale", &[])?;
+        Ok(Clip { config, store, vision_model, text_model, visual_projection, text_projection, logit_scale })
+    }
+
+    /// Loads a Hugging Face CLIP directory (`config.json` + `model.safetensors`, f32/bf16/f16
+    /// stored, converted to f32) onto `device`. A missing file, a missing or mis-shaped tensor,
+    /// or an unsupported config is an error naming the file (and the tensor).
+    pub fn load(dir: &Path, device: &Device) -> Result<Clip> {
+        let config = ClipConfig::load(&dir.join("config.json"))?;
+        let weights = dir.join("model.safetensors");
+        if !weights.is_file() {
+            return Err(Error::file(&weights, "missing: a CLIP directory needs model.safetensors (save_pretrained with safe_serialization)"));
+        }
+        let (tensors, _) = load_safetensors(&weights)?;
+        let mut clip = Clip::zeros(config, device)?;
+        // Extra tensors (e.g. an older transformers' position_ids buffers) are ignored.
+        clip.store.assign_from(tensors, "", &weights)?;
+        Ok(clip)
+    }
+
+    /// Projected image features `[B, projection_dim]` (HF `get_image_features`: not normalised)
+    /// of pixels `[B, 3, H, W]` already preprocessed (resized, cropped, normalised).
+    pub fn encode_image(&self, tape: &mut Tape, pixels: &Tensor) -> Result<Tensor> {
+        let pooled = self.vision_model.forward(tape, pixels)?;
+        self.visual_projection.forward(tape, &pooled)
+    }
+
+    /// Projected text features `[B, projection_dim]` (HF `get_text_features`) of token ids laid
+    /// out as `[B, context]` row by row (`ids.len()` = B·context).
+    pub fn encode_text(&self, tape: &mut Tape, ids: &[u32], context: usize) -> Result<Tensor> {
+        let pooled = self.text_model.forward(tape, ids, context)?;
+        self.text_projection.forward(tape, &pooled)
+    }
+
+    /// `exp(logit_scale)·cos(image_i, text_j)`: `[B_img, B_txt]` from the two feature batches.
+    /// The scale is read as a constant (no gradient reaches `logit_scale`).
+    pub fn logits_per_image(&self, tape: &mut Tape, image_features: &Tensor, text_features: &Tensor) -> Result<Tensor> {
+        let i = l2_normalize(tape, image_features, 1e-12)?;
+        let t = l2_normalize(tape, text_features, 1e-12)?;
+        let cos = matmul::matmul(tape, &i, &t, false, true)?;
+        ew::scale(tape, &cos, self.logit_scale.scalar()?.exp())
+    }
+}

@@ -1,0 +1,146 @@
+//! CLIP against Hugging Face `transformers` (fixture made by scripts/make_clip_fixture.py), and
+//! its loading errors.
+
+use std::path::PathBuf;
+
+use mindreader::models::clip::Clip;
+use mindreader::nn::{load_safetensors, save_safetensors};
+use mindreader::ops::{elementwise::mul, reduce::sum_all};
+use mindreader::testing::{assert_close, devices, fixtures_dir, random_vec};
+use mindreader::{Device, Tape, Tensor};
+
+fn tiny_dir() -> PathBuf {
+    fixtures_dir().join("clip").join("tiny")
+}
+
+/// The fixture's inputs and transformers' outputs by name.
+fn io() -> Vec<(String, Tensor)> {
+    let path = fixtures_dir().join("clip").join("tiny_io.safetensors");
+    load_safetensors(&path).unwrap_or_else(|e| panic!("{e} (run tests from the repository root or set MINDREADER_FIXTURES)")).0
+}
+
+fn get(io: &[(String, Tensor)], name: &str) -> Tensor {
+    io.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("fixture lacks {name}")).1.clone()
+}
+
+/// A scratch directory holding a copy of the tiny CLIP with `edit` applied to its tensors.
+fn edited_copy(tag: &str, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mindreader-clip-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(tiny_dir().join("config.json"), dir.join("config.json")).unwrap();
+    let (mut tensors, meta) = load_safetensors(&tiny_dir().join("model.safetensors")).unwrap();
+    edit(&mut tensors);
+    save_safetensors(&dir.join("model.safetensors"), &tensors, &meta).unwrap();
+    dir
+}
+
+#[test]
+fn clip_forward_matches_transformers() {
+    let io = io();
+    let ids: Vec<u32> = get(&io, "input_ids").to_vec_f32().unwrap().iter().map(|&v| v as u32).collect();
+    let context = get(&io, "input_ids").shape()[1];
+    for device in devices() {
+        let clip = Clip::load(&tiny_dir(), &device).unwrap();
+        let mut tape = Tape::inference();
+        let pixels = get(&io, "pixel_values").to_device(&device).unwrap();
+        let img = clip.encode_image(&mut tape, &pixels).unwrap();
+        let txt = clip.encode_text(&mut tape, &ids, context).unwrap();
+        let logits = clip.logits_per_image(&mut tape, &img, &txt).unwrap();
+        // f32 on the CPU: 1e-4 relative; the GPU's summation order differs, so a little looser.
+        let (rtol, atol) = if device.is_cuda() { (1e-3, 1e-4) } else { (1e-4, 1e-5) };
+        for (got, name) in [(&img, "image_features"), (&txt, "text_features"), (&logits, "logits_per_image")] {
+            let want = get(&io, name);
+            assert_eq!(got.shape(), want.shape(), "{name} shape");
+            assert_close(&got.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap(), rtol, atol, &format!("{name} on {device}"));
+        }
+        for (x, name) in [(&img, "image_embeds"), (&txt, "text_embeds")] {
+            let n = mindreader::ops::l2norm::l2_normalize(&mut tape, x, 1e-12).unwrap();
+            assert_close(&n.to_vec_f32().unwrap(), &get(&io, name).to_vec_f32().unwrap(), rtol, atol, &format!("{name} on {device}"));
+        }
+    }
+}
+
+/// d(Σ r ⊙ encode_image)/d(pixels) exists everywhere and matches a central difference at two
+/// pixels (f32, so a loose tolerance). The GAN's CLIP losses need exactly this gradient.
+#[test]
+fn gradient_reaches_the_pixels() {
+    let clip = Clip::load(&tiny_dir(), &Device::Cpu).unwrap();
+    let px = get(&io(), "pixel_values").to_vec_f32().unwrap();
+    let shape = [2, 3, 32, 32];
+    let r = Tensor::from_vec(random_vec(2 * 24, 5), &[2, 24], &Device::Cpu).unwrap();
+    let loss_of = |px: &[f32], tape: &mut Tape, watch: bool| {
+        let x = Tensor::from_slice(px, &shape, &Device::Cpu).unwrap();
+        if watch {
+            tape.watch(&x);
+        }
+        let y = clip.encode_image(tape, &x).unwrap();
+        let yr = mul(tape, &y, &r).unwrap();
+        (x, sum_all(tape, &yr).unwrap())
+    };
+    let mut tape = Tape::new();
+    let (x, loss) = loss_of(&px, &mut tape, true);
+    let grad = tape.backward(&loss).unwrap().get(&x).expect("a gradient for the pixels").to_vec_f32().unwrap();
+    assert!(grad.iter().all(|g| g.is_finite()) && grad.iter().filter(|&&g| g != 0.0).count() > grad.len() / 2);
+    for i in [5, 2 * 3 * 32 * 32 - 77] {
+        let eps = 1e-2;
+        let at = |d: f32| {
+            let mut p = px.clone();
+            p[i] += d;
+            loss_of(&p, &mut Tape::inference(), false).1.scalar().unwrap() as f64
+        };
+        let numeric = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+        let err = (numeric - grad[i] as f64).abs();
+        assert!(err <= 1e-3 + 2e-2 * numeric.abs(), "pixel {i}: analytic {} vs finite difference {numeric}", grad[i]);
+    }
+}
+
+#[test]
+fn missing_files_are_named() {
+    let empty = std::env::temp_dir().join(format!("mindreader-clip-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let err = Clip::load(&empty, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("config.json"), "{err}");
+    std::fs::copy(tiny_dir().join("config.json"), empty.join("config.json")).unwrap();
+    let err = Clip::load(&empty, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("model.safetensors") && err.contains("missing"), "{err}");
+    std::fs::remove_dir_all(empty).ok();
+}
+
+#[test]
+fn missing_or_misshapen_tensors_are_named() {
+    let name = "text_model.encoder.layers.1.mlp.fc2.weight";
+    let dir = edited_copy("missing", |t| t.retain(|(n, _)| n != name));
+    let err = Clip::load(&dir, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains(name) && err.contains("missing tensor") && err.contains("model.safetensors"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+
+    let name = "vision_model.embeddings.position_embedding.weight";
+    let dir = edited_copy("misshapen", |t| {
+        let slot = t.iter_mut().find(|(n, _)| n == name).unwrap();
+        slot.1 = Tensor::zeros(&[16, 48], &Device::Cpu).unwrap();
+    });
+    let err = Clip::load(&dir, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains(name) && err.contains("[16, 48]") && err.contains("[17, 48]"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn unsupported_config_is_an_error() {
+    let dir = edited_copy("gelu", |_| {});
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = config.replace("\"hidden_size\": 48,", "\"hidden_size\": 48, \"hidden_act\": \"gelu\",");
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let err = Clip::load(&dir, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("unsupported config") && err.contains("vision_config.hidden_act"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let clip = Clip::load(&tiny_dir(), &Device::Cpu).unwrap();
+    let wrong = Tensor::zeros(&[1, 3, 224, 224], &Device::Cpu).unwrap();
+    let err = clip.encode_image(&mut Tape::inference(), &wrong).err().unwrap().to_string();
+    assert!(err.contains("[batch, 3, 32, 32]"), "{err}");
+    assert!(clip.encode_text(&mut Tape::inference(), &[49406, 49408], 2).is_err());
+    assert!(clip.encode_text(&mut Tape::inference(), &[1; 78], 78).is_err());
+}
