@@ -8,6 +8,7 @@ pub mod concat;
 pub mod conv1d;
 pub mod elementwise;
 pub mod embedding;
+pub mod image;
 pub mod l2norm;
 pub mod loss;
 pub mod layernorm;
