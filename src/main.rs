@@ -29,6 +29,10 @@ enum Command {
     TrainMapper(cli::train_mapper::TrainMapperArgs),
     /// A trained mapper's embeddings for one split of a dataset, as .npy.
     Predict(cli::predict::PredictArgs),
+    /// CLIP image and/or text embeddings (PNG files, a dataset's stimuli, a caption file) as .npy.
+    Embed(cli::embed::EmbedArgs),
+    /// Rank each stimulus' captions with CLIP, keep the best, and write the CLIP targets.
+    ScreenCaptions(cli::screen_captions::ScreenCaptionsArgs),
     /// N-way top-1 retrieval (both directions) and mean cosine of predictions, as JSON.
     EvalRetrieval(cli::eval_retrieval::EvalRetrievalArgs),
 }
@@ -56,6 +60,8 @@ fn main() {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::TrainMapper(a) => cli::train_mapper::run(a),
         Command::Predict(a) => cli::predict::run(a),
+        Command::Embed(a) => cli::embed::run(a),
+        Command::ScreenCaptions(a) => cli::screen_captions::run(a),
         Command::EvalRetrieval(a) => cli::eval_retrieval::run(a),
     };
     if let Err(e) = result {

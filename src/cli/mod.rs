@@ -2,10 +2,12 @@
 
 pub mod bench;
 pub mod demo;
+pub mod embed;
 pub mod eval_retrieval;
 pub mod info;
 pub mod inspect;
 pub mod predict;
+pub mod screen_captions;
 pub mod prepare_nsd;
 pub mod synth;
 pub mod train_mapper;

@@ -429,6 +429,47 @@ pub fn write_target(path: &Path, target: &Target) -> Result<()> {
     DatasetFile::open(path).map(|_| ())
 }
 
+/// Stores caption screening's choice: `screening/caption_index` u32 `[M, keep]`, the caption
+/// slots of each stimulus ranked best first by `method` (a description stored as an attribute).
+pub fn write_caption_choice(path: &Path, chosen: &[u32], keep: usize, method: &str) -> Result<()> {
+    let file_info = DatasetFile::open(path)?;
+    let (stimuli, per) = (file_info.summary().stimuli, file_info.summary().captions_per_stimulus);
+    drop(file_info);
+    let name = "screening/caption_index";
+    if keep == 0 || chosen.len() != stimuli * keep {
+        return Err(Error::dataset(path, name, format!("{} values for [{stimuli} stimuli, {keep} kept]", chosen.len())));
+    }
+    if let Some(bad) = chosen.iter().find(|&&c| c as usize >= per) {
+        return Err(Error::dataset(path, name, format!("caption slot {bad} out of range for {per} captions per stimulus")));
+    }
+    {
+        let file = hdf5::File::open_rw(path).map_err(|e| Error::file(path, format!("opening for writing: {e}")))?;
+        let w = Writer { path, root: &file };
+        if !file.link_exists("screening") {
+            w.group("screening")?;
+        }
+        if file.link_exists(name) {
+            file.unlink(name).map_err(|e| w.err(name, "the old dataset", e))?;
+        }
+        let ds = w.array(name, chosen, &[stimuli, keep])?;
+        w.attr_str_on(&ds, name, "description", method)?;
+    }
+    DatasetFile::open(path).map(|_| ())
+}
+
+/// The caption slots chosen by `write_caption_choice`, `[M, keep]` row-major, if screened.
+pub fn read_caption_choice(path: &Path) -> Result<Option<(Vec<u32>, usize)>> {
+    let file = hdf5::File::open(path).map_err(|e| Error::file(path, format!("opening: {e}")))?;
+    let name = "screening/caption_index";
+    if !file.link_exists(name) {
+        return Ok(None);
+    }
+    let ds = file.dataset(name).map_err(|e| Error::dataset(path, name, e.to_string()))?;
+    let shape = ds.shape();
+    let data: Vec<u32> = ds.read_raw().map_err(|e| Error::dataset(path, name, e.to_string()))?;
+    Ok(Some((data, shape.get(1).copied().unwrap_or(1))))
+}
+
 /// The selection of rows `r` (first axis) and everything along the other `ndim − 1` axes.
 pub(crate) fn rows(r: std::ops::Range<usize>, ndim: usize) -> hdf5::Selection {
     let mut sel = vec![hdf5::SliceOrIndex::from(r)];

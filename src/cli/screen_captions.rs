@@ -1,0 +1,98 @@
+//! `mindreader screen-captions`: Mind Reader's caption screening and CLIP targets.
+//!
+//! For each stimulus, CLIP ranks its captions by image–text cosine similarity; the best `keep`
+//! are stored (`screening/caption_index`), and two target matrices are written for
+//! `train-mapper`: `targets/clip_image` (the image embedding clamped to ±1.5 and L2-normalised,
+//! as Mind Reader prepares its image targets — here without the training augmentations) and
+//! `targets/clip_caption` (the mean of the kept captions' embeddings, L2-normalised).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use mindreader::data::dataset::{write_caption_choice, write_target};
+use mindreader::data::{DatasetFile, Target};
+use mindreader::models::clip::Clip;
+
+use super::embed::{embed_images, embed_texts};
+
+#[derive(Args)]
+pub struct ScreenCaptionsArgs {
+    /// A Hugging Face CLIP directory (config.json + model.safetensors).
+    #[arg(long)]
+    pub clip: PathBuf,
+    /// The prepared dataset to screen (targets are added to it in place).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Captions kept per stimulus.
+    #[arg(long, default_value_t = 1)]
+    pub keep: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+fn unit(v: &mut [f32]) {
+    let n = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|a| *a /= n);
+}
+
+pub fn run(args: ScreenCaptionsArgs) -> Result<()> {
+    anyhow::ensure!(args.keep >= 1, "--keep must be at least 1");
+    let device = super::parse_device(&args.device)?;
+    let clip = Clip::load(&args.clip, &device)?;
+    let d = clip.config.projection_dim;
+    let file = DatasetFile::open(&args.data)?;
+    let (m, [h, w]) = (file.summary().stimuli, file.summary().image_size);
+    let captions = file.captions()?;
+    println!("screen-captions: {m} stimuli of {} with CLIP from {} on {device}", args.data.display(), args.clip.display());
+    let images = embed_images(&clip, &device, m, args.batch, true, |r| Ok((file.images_range(r.start, r.len())?, [r.len(), h, w, 3])))?;
+    // Every non-empty caption, flattened, with its (stimulus, slot).
+    let mut texts = Vec::new();
+    let mut owner = Vec::new();
+    for (s, row) in captions.iter().enumerate() {
+        for (slot, c) in row.iter().enumerate() {
+            if !c.is_empty() {
+                texts.push(c.clone());
+                owner.push((s, slot));
+            }
+        }
+    }
+    let text_emb = embed_texts(&clip, &texts, args.batch, true)?;
+    drop(file);
+    let mut scored: Vec<Vec<(f32, usize, usize)>> = vec![Vec::new(); m];
+    for (k, &(s, slot)) in owner.iter().enumerate() {
+        let t = &text_emb[k * d..][..d];
+        let cos: f32 = images[s * d..][..d].iter().zip(t).map(|(a, b)| a * b).sum();
+        scored[s].push((cos, slot, k));
+    }
+    let mut chosen = Vec::with_capacity(m * args.keep);
+    let mut caption_target = vec![0f32; m * d];
+    for (s, list) in scored.iter_mut().enumerate() {
+        anyhow::ensure!(!list.is_empty(), "{}: stimulus {s} has no captions to screen", args.data.display());
+        list.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let row = &mut caption_target[s * d..][..d];
+        for i in 0..args.keep {
+            // Fewer captions than --keep: repeat the best.
+            let (_, slot, k) = list[i.min(list.len() - 1)];
+            chosen.push(slot as u32);
+            for (acc, v) in row.iter_mut().zip(&text_emb[k * d..][..d]) {
+                *acc += v;
+            }
+        }
+        unit(row);
+    }
+    let mut image_target = images;
+    for row in image_target.chunks_exact_mut(d) {
+        row.iter_mut().for_each(|v| *v = v.clamp(-1.5, 1.5));
+        unit(row);
+    }
+    let model = args.clip.display().to_string();
+    write_caption_choice(&args.data, &chosen, args.keep, &format!("caption slots ranked by CLIP image-text cosine ({model}), best first"))?;
+    write_target(&args.data, &Target { name: "clip_image".into(), dim: d, data: image_target, description: format!("CLIP image embedding ({model}), clamped to ±1.5, L2-normalised") })?;
+    write_target(&args.data, &Target { name: "clip_caption".into(), dim: d, data: caption_target, description: format!("mean CLIP text embedding of the {} screened caption(s) ({model}), L2-normalised", args.keep) })?;
+    let agree = scored.iter().filter(|l| l.len() > 1 && l[0].0 > l[l.len() - 1].0).count();
+    println!("wrote screening/caption_index [{m}, {}], targets/clip_image and targets/clip_caption [{m}, {d}] into {} ({agree} stimuli had a strict best caption)", args.keep, args.data.display());
+    Ok(())
+}
