@@ -32,8 +32,10 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::tensor::{launch_1d, Device, Storage, Tensor};
 
-/// CLIP's per-channel normalisation (OpenAI's `clip/clip.py`).
+/// CLIP's per-channel normalisation, digits as published in OpenAI's `clip/clip.py`.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// PIL's fixed-point precision for 8-bit resampling (`PRECISION_BITS = 32 − 8 − 2`).
