@@ -132,3 +132,40 @@ fn prepare_nsd_output_is_inspected_and_trained_on() {
     assert!(!dir.join("x.h5").exists());
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn screen_captions_picks_clip_best_caption_and_feeds_train_mapper() {
+    use mindreader::data::{dataset, DatasetFile};
+    use mindreader::eval::npy;
+    let dir = std::env::temp_dir().join(format!("mindreader-cli-clip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    let world = dir.join("w.h5");
+    let clip = mindreader::testing::fixtures_dir().join("clip").join("tiny");
+    run_ok(&["synth", "--out", &p(&world), "--stimuli", "40", "--voxels", "64", "--seed", "5"]);
+    run_ok(&["screen-captions", "--clip", &p(&clip), "--data", &p(&world), "--device", "cpu", "--keep", "2"]);
+    let (chosen, keep) = dataset::read_caption_choice(&world).unwrap().expect("screening stored");
+    assert_eq!((chosen.len(), keep), (80, 2));
+    let file = DatasetFile::open(&world).unwrap();
+    let (image_target, d) = file.target("clip_image").unwrap();
+    for row in image_target.chunks_exact(d) {
+        let n: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((n - 1.0).abs() < 1e-4, "clip_image rows are unit vectors, got norm {n}");
+    }
+    // Recompute stimulus 0's ranking with `embed`: the best caption by cosine must be the stored one.
+    let captions = file.captions().unwrap();
+    let text = dir.join("c.txt");
+    std::fs::write(&text, captions[0].join("\n")).unwrap();
+    run_ok(&["embed", "--clip", &p(&clip), "--data", &p(&world), "--text", &p(&text), "--out", &p(&dir.join("e.npy")), "--normalize", "--device", "cpu"]);
+    let (img, shape) = npy::read_f32(&dir.join("e.npy")).unwrap();
+    assert_eq!(shape, [40, d]);
+    let (txt, tshape) = npy::read_f32(&dir.join("e_text.npy")).unwrap();
+    assert_eq!(tshape, [captions[0].len(), d]);
+    let cos = |k: usize| (0..d).map(|j| img[j] * txt[k * d + j]).sum::<f32>();
+    let best = (0..tshape[0]).max_by(|&a, &b| cos(a).total_cmp(&cos(b))).unwrap();
+    assert_eq!(best as u32, chosen[0], "stored caption slot vs recomputed best");
+    drop(file);
+    let text = run_ok(&["train-mapper", "--data", &p(&world), "--target", "clip_caption", "--out", &p(&dir.join("run")), "--device", "cpu", "--hidden", "4", "--fc-hidden", "4", "--res-blocks", "1", "--epochs", "1", "--batch", "16"]);
+    assert!(text.contains("target `clip_caption` (24-d)") || text.contains("clip_caption"), "{text}");
+    std::fs::remove_dir_all(dir).ok();
+}
