@@ -12,6 +12,9 @@ print("| case | mindreader ms | PyTorch ms | PyTorch/mindreader | TFLOP/s | GB/s
 print("|---|---:|---:|---:|---:|---:|---:|")
 for case, m in ours.items():
     t = torch.get(case)
+    tc = torch.get(case + " (torch.compile)")
+    if tc:
+        print(f"| {case} vs torch.compile | {m['median_ms']:.4f} | {tc['median_ms']:.4f} | {tc['median_ms'] / m['median_ms']:.2f} | | | |")
     tm = f"{t['median_ms']:.4f}" if t else "-"
     ratio = f"{t['median_ms'] / m['median_ms']:.2f}" if t else "-"
     err = f"{m['max_rel_err']:.1e}" if m.get("max_rel_err") is not None else "-"

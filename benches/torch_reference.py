@@ -47,6 +47,31 @@ def cases(dev):
     opt = torch.optim.Adam(params, lr=1e-4, weight_decay=1e-5, fused=True)
     out.append((f"adam {len(sizes)} tensors {sum(sizes)} params", opt.step))
     out.append(("mapper train step f32 B=128 V=15744", mapper_step(dev, r)))
+    out += clip_cases(dev, r)
+    q, k, v = r(256, 12, 50, 64), r(256, 12, 50, 64), r(256, 12, 50, 64)
+    out.append(("attention [256,12,50,64]", lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)))
+    return out
+
+def clip_cases(dev, r, batch=64):
+    """Hugging Face CLIP ViT-B/32 (default config, random weights) in f32, eager with SDPA, and
+    torch.compile of it; mindreader's `clip vit-b/32 … f32` cases time the same shapes."""
+    try:
+        from transformers import CLIPConfig, CLIPModel
+    except ImportError as e:
+        print(f"skipping the CLIP cases: {e}")
+        return []
+    model = CLIPModel(CLIPConfig()).to(dev).eval()
+    px = r(batch, 3, 224, 224)
+    ids = torch.randint(0, 49000, (batch, 77), device=dev)
+    ids[:, -1] = 49407
+    out = [(f"clip vit-b/32 image encode f32 B={batch}", lambda: model.get_image_features(pixel_values=px)),
+           (f"clip vit-b/32 text encode f32 B={batch}", lambda: model.get_text_features(input_ids=ids))]
+    try:
+        img = torch.compile(lambda: model.get_image_features(pixel_values=px))
+        txt = torch.compile(lambda: model.get_text_features(input_ids=ids))
+        out += [(f"clip vit-b/32 image encode f32 B={batch} (torch.compile)", img), (f"clip vit-b/32 text encode f32 B={batch} (torch.compile)", txt)]
+    except Exception as e:  # torch.compile needs a working Triton
+        print(f"skipping torch.compile: {e}")
     return out
 
 class ResBlock(torch.nn.Module):

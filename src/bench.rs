@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
+use crate::models::clip::{Clip, ClipConfig};
 use crate::models::{Mapper, MapperConfig};
-use crate::ops::{conv1d, layernorm, loss, matmul, softmax};
+use crate::ops::{attention, conv1d, layernorm, loss, matmul, softmax};
 use crate::tensor::{randn_vec, DType, Device, Tensor};
 use crate::train::{Adam, AdamConfig};
 use crate::Tape;
@@ -118,7 +119,62 @@ pub fn cases(quick: bool) -> Vec<Case> {
             Ok(Some(l))
         }))
     }));
+    // CLIP ViT-B/32 (Hugging Face default config, random weights): image and text encoding, f32.
+    // Quick mode: a tiny CLIP of the same structure, so smoke tests stay fast on a CPU.
+    let tiny = r#"{"projection_dim": 16, "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+        "num_hidden_layers": 2, "image_size": 64, "patch_size": 32}, "text_config": {"hidden_size": 32, "intermediate_size": 64,
+        "num_attention_heads": 2, "num_hidden_layers": 2}}"#;
+    let (json, tag) = if quick { (tiny, "tiny") } else { ("{}", "vit-b/32") };
+    if let Ok(cfg) = ClipConfig::from_json(json, std::path::Path::new("<bench CLIP config>")) {
+        let (bi, bt) = (s(64, 2), s(64, 2));
+        let side = cfg.vision.image_size;
+        let (img_flops, txt_flops) = clip_flops(&cfg);
+        let c1 = cfg.clone();
+        out.push(case(format!("clip {tag} image encode f32 B={bi}"), bi as f64 * img_flops, (4 * bi * 3 * side * side) as f64, 2e-3, move |d| {
+            let clip = random_clip(&c1, d)?;
+            let x = input(&[bi, 3, side, side], 40, d, DType::F32)?;
+            Ok(Box::new(move || Ok(Some(clip.encode_image(&mut Tape::inference(), &x)?))))
+        }));
+        let c2 = cfg.clone();
+        out.push(case(format!("clip {tag} text encode f32 B={bt}"), bt as f64 * txt_flops, (4 * bt * 77) as f64, 2e-3, move |d| {
+            let clip = random_clip(&c2, d)?;
+            let ids: Vec<u32> = (0..bt * 77).map(|k| if k % 77 == 76 { 49407 } else { ((k * 7919) % 49000) as u32 }).collect();
+            Ok(Box::new(move || Ok(Some(clip.encode_text(&mut Tape::inference(), &ids, 77)?))))
+        }));
+    }
+    // Attention alone at CLIP-vision shapes: [B, 12 heads, 50 tokens, 64].
+    let (ba, t) = (s(256, 2), s(50, 7));
+    out.push(case(format!("attention [{ba},12,{t},64]"), 4.0 * (ba * 12 * t * t * 64) as f64, (16 * ba * 12 * t * 64) as f64, 1e-3, move |d| {
+        let (q, k, v) = (input(&[ba, 12, t, 64], 50, d, DType::F32)?, input(&[ba, 12, t, 64], 51, d, DType::F32)?, input(&[ba, 12, t, 64], 52, d, DType::F32)?);
+        Ok(Box::new(move || Ok(Some(attention::attention(&mut Tape::inference(), &q, &k, &v, false)?))))
+    }));
     out
+}
+
+/// FLOPs of one image and one 77-token text through CLIP (2 per multiply-add): per layer and
+/// token 24·d² for the projections and MLP (4× width), plus 4·T·d for attention.
+pub fn clip_flops(c: &ClipConfig) -> (f64, f64) {
+    let tower = |t: f64, d: f64, layers: f64, mlp: f64| layers * (t * (8.0 * d * d + 4.0 * d * mlp) + 4.0 * t * t * d);
+    let v = &c.vision;
+    let grid = (v.image_size / v.patch_size) as f64;
+    let dv = v.tower.hidden_size as f64;
+    let patches = 2.0 * grid * grid * (3 * v.patch_size * v.patch_size) as f64 * dv;
+    let img = patches + tower(grid * grid + 1.0, dv, v.tower.num_hidden_layers as f64, v.tower.intermediate_size as f64) + 2.0 * dv * c.projection_dim as f64;
+    let tc = &c.text.tower;
+    let txt = tower(77.0, tc.hidden_size as f64, tc.num_hidden_layers as f64, tc.intermediate_size as f64) + 2.0 * tc.hidden_size as f64 * c.projection_dim as f64;
+    (img, txt)
+}
+
+/// A CLIP of this shape with N(0, 0.02²) weights (LayerNorm gains 1), the same on every device.
+fn random_clip(cfg: &ClipConfig, d: &Device) -> Result<Clip> {
+    let clip = Clip::zeros(cfg.clone(), d)?;
+    for (i, p) in clip.store.iter().enumerate() {
+        let is_gain = p.name.contains("layer_norm") && p.name.ends_with("weight") || p.name.contains("layrnorm.weight") || p.name.contains("layernorm.weight");
+        let t = if is_gain { Tensor::full(1.0, p.value.shape(), d)? } else { input(p.value.shape(), 1000 + i as u64, d, DType::F32).and_then(|t| crate::ops::elementwise::scale(&mut Tape::inference(), &t, 0.02))? };
+        let new = std::mem::replace(&mut *t.storage_mut(), crate::tensor::Storage::CpuF32(Vec::new()));
+        *p.value.storage_mut() = new;
+    }
+    Ok(clip)
 }
 
 /// Forward FLOPs of one sample through the mapper (2 per multiply-add; ~3.4 GFLOP at V = 15744).
