@@ -54,7 +54,7 @@ impl VisionTransformer {
         let patches = linear(tape, &x, &weight, None)?; // [B, g², W]
 
         let cls = transpose::reshape(tape, &self.embeddings_class_embedding, &[1, 1, w])?;
-        let cls_rows: Vec<&Tensor> = std::iter::repeat_n(&cls, b).collect();
+        let cls_rows = vec![&cls; b];
         let cls = concat(tape, &cls_rows, 0)?; // [B, 1, W]
         let x = concat(tape, &[&cls, &patches], 1)?; // [B, n, W]
         let n = c.num_positions();
