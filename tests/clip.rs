@@ -144,3 +144,24 @@ fn bad_inputs_are_errors() {
     assert!(clip.encode_text(&mut Tape::inference(), &[49406, 49408], 2).is_err());
     assert!(clip.encode_text(&mut Tape::inference(), &[1; 78], 78).is_err());
 }
+
+/// Training a small CLIP needs a gradient for every weight (logit_scale is read as a constant).
+#[test]
+fn gradients_reach_every_weight() {
+    let clip = Clip::load(&tiny_dir(), &Device::Cpu).unwrap();
+    let io = io();
+    let ids: Vec<u32> = get(&io, "input_ids").to_vec_f32().unwrap().iter().map(|&v| v as u32).collect();
+    let mut tape = Tape::new();
+    clip.store.watch_all(&mut tape);
+    let img = clip.encode_image(&mut tape, &get(&io, "pixel_values")).unwrap();
+    let txt = clip.encode_text(&mut tape, &ids, 77).unwrap();
+    let logits = clip.logits_per_image(&mut tape, &img, &txt).unwrap();
+    let w = Tensor::from_vec(random_vec(6, 9), &[2, 3], &Device::Cpu).unwrap();
+    let lw = mul(&mut tape, &logits, &w).unwrap();
+    let loss = sum_all(&mut tape, &lw).unwrap();
+    let g = tape.backward(&loss).unwrap();
+    for p in clip.store.iter().filter(|p| p.name != "logit_scale") {
+        let grad = g.get(&p.value).unwrap_or_else(|| panic!("no gradient for {}", p.name)).to_vec_f32().unwrap();
+        assert!(grad.iter().all(|v| v.is_finite()) && grad.iter().any(|&v| v != 0.0), "{}", p.name);
+    }
+}
