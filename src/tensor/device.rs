@@ -22,8 +22,11 @@ impl Device {
         Ok(Device::Cuda(Gpu::open(ordinal)?))
     }
 
-    /// The first GPU when one is usable, else the CPU.
+    /// The first GPU when one is usable and this binary holds kernels for it, else the CPU.
     pub fn best() -> Device {
+        if crate::kernels::KERNELS.is_empty() {
+            return Device::Cpu;
+        }
         Device::cuda(0).unwrap_or(Device::Cpu)
     }
 
