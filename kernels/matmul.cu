@@ -6,6 +6,7 @@
 // A is [K, M] per batch item when trans_a (else [M, K]); B is [N, K] when trans_b (else [K, N]);
 // C is [M, N]. stride_a / stride_b are the elements between batch items: 0 for an operand that is
 // broadcast over the batch (shared weights), M·K / K·N otherwise.
+#include "activations.cuh"
 #include "gemm_tile.cuh"
 
 template <typename T>
@@ -34,4 +35,27 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
     matmul_bf16(const __nv_bfloat16* __restrict__ A, const __nv_bfloat16* __restrict__ B, __nv_bfloat16* __restrict__ C, int batch, int M, int N,
                 int K, u64 stride_a, u64 stride_b, int trans_a, int trans_b) {
     matmul_body(A, B, C, batch, M, N, K, stride_a, stride_b, trans_a, trans_b);
+}
+
+// A linear layer with its bias and activation in the store epilogue:
+//   pre[m, n] = Σ_k X[m, k] · W[n, k] + bias[n],   Y[m, n] = act(pre[m, n])
+// X is [M, K] (the rows of x flattened), W is [N, K] (PyTorch's [out, in]), Y is [M, N]. The
+// pre-activation stays in registers: Y is the only write, unless `pre` is non-null (the tape
+// needs it for the backward), when pre is written too. `bias` may be null (no bias); op < 0 is
+// no activation, else a code of activations.cuh with its parameters (alpha, beta).
+// Launch: as matmul_f32 with batch 1: 256-thread blocks, grid (⌈N/64⌉, ⌈M/64⌉, 1).
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
+    matmul_bias_act_f32(const float* __restrict__ X, const float* __restrict__ W, const float* __restrict__ bias, float* __restrict__ Y,
+                        float* __restrict__ pre, int M, int N, int K, int op, float alpha, float beta) {
+    const int m0 = blockIdx.y * gemm::BM, n0 = blockIdx.x * gemm::BN;
+    auto load_a = [=](int m, int k) { return X[(u64)m * K + k]; };
+    auto load_b = [=](int k, int n) { return W[(u64)n * K + k]; };
+    auto store = [=](int m, int n, float v) {
+        if (bias) v += bias[n];
+        const u64 i = (u64)m * N + n;
+        if (pre) pre[i] = v;
+        Y[i] = op < 0 ? v : unary_fwd(op, v, alpha, beta);
+    };
+    // X is contiguous in k (a_k_fast); W is [N, K], contiguous in k, so threads walk k (not n).
+    gemm_tile(M, N, 0, K, m0, n0, true, false, load_a, load_b, store);
 }

@@ -38,7 +38,7 @@ pub enum Unary {
 
 impl Unary {
     /// (op code, a, b) as `kernels/elementwise.cu` reads them.
-    fn code(self) -> (i32, f32, f32) {
+    pub(crate) fn code(self) -> (i32, f32, f32) {
         match self {
             Unary::Relu => (0, 0.0, 0.0),
             Unary::LeakyRelu { slope, gain } => (1, slope, gain),

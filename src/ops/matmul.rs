@@ -18,8 +18,20 @@
 //! on the tile in `kernels/gemm_tile.cuh`) re-reads each operand once per 64-wide tile of the
 //! other side, mostly from L2: 32 FLOPs per element staged through shared memory.
 //! f32 and bf16 (same dtype in and out, f32 accumulation); the backward is f32 only.
+//!
+//! `linear_act`: `y = act(x·Wᵀ + b)` with the bias add and the activation in the GEMM's store
+//! epilogue (`matmul_bias_act_f32`), so the pre-activation `p` never makes a separate round trip
+//! through memory. Per element of y, f32, forward: `linear` + activation writes the product
+//! (4 B), then reads and writes it for the bias (8 B) and for the activation (8 B), 20 B in three
+//! launches; fused it is one launch writing y (4 B), plus p (4 B) only when the tape needs it for
+//! the backward. For CLIP's MLP (`fc1` + quick_gelu, y is `[tokens, 4·width]`) that saves two
+//! passes over `[tokens, 4·width]` per layer in inference (16 B/element: 2.4 MB per ViT-B/32
+//! image per layer, 50 tokens × 3072) and 12 B/element when training; FLOPs are unchanged (the
+//! bias and activation are computed either way). The backward moves the same bytes as the
+//! unfused ops: `dp = act'(p)·dy` reads p, y, dy and writes dp, `db` reads dp, then the matmul
+//! backward.
 
-use cudarc::driver::LaunchConfig;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::bf16;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
@@ -28,6 +40,7 @@ use rayon::prelude::*;
 use super::{same_device, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
+use crate::ops::elementwise::{bias_grad_raw, cpu as ew_cpu, unary_bwd_raw, Unary};
 use crate::ops::reduce::{reduce_axis_raw, Reduce};
 use crate::tensor::{launch, DType, Device, Storage, Tensor};
 
@@ -207,6 +220,47 @@ pub mod cpu {
         }
         Ok((grad(g.grad_a(), a, b, dc)?, grad(g.grad_b(), a, b, dc)?))
     }
+
+    /// `linear_act`'s forward for x `[M, K]`, W `[N, K]` (`g` is `[M, K]·[N, K]ᵀ`): the matmul
+    /// twin, then the bias, then the activation. Returns `(pre, y)`, `pre = x·Wᵀ + b`, `y = act(pre)`.
+    pub fn linear_act<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, act: Option<Unary>, g: &Gemm) -> Result<(Vec<T>, Vec<T>)> {
+        let mut pre = matmul(x, w, g)?;
+        if let Some(b) = bias {
+            for row in pre.chunks_mut(g.n.max(1)) {
+                for (p, &bv) in row.iter_mut().zip(b) {
+                    *p = *p + bv;
+                }
+            }
+        }
+        let y = match act {
+            Some(op) => pre.par_iter().map(|&p| ew_cpu::unary_fwd(op, p)).collect(),
+            None => pre.clone(),
+        };
+        Ok((pre, y))
+    }
+
+    /// `(dx, dW, db)` of `linear_act` given dy: `dpre = act'(pre)·dy`, then the matmul backward
+    /// and `db[n] = Σ_m dpre[m, n]`.
+    pub fn linear_act_bwd<T: Real>(x: &[T], w: &[T], pre: &[T], y: &[T], dy: &[T], act: Option<Unary>, g: &Gemm) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let dpre: Vec<T> = match act {
+            Some(op) => pre.iter().zip(y).zip(dy).map(|((&p, &yv), &d)| ew_cpu::unary_bwd(op, p, yv, d)).collect(),
+            None => dy.to_vec(),
+        };
+        let (dx, dw) = matmul_bwd(x, w, &dpre, g)?;
+        Ok((dx, dw, ew_cpu::bias_grad(&dpre, g.m, g.n, 1)))
+    }
+}
+
+/// The launch of `kernels/gemm_tile.cuh`'s kernels for `g`: one 256-thread block per 64×64
+/// output tile, the batch on z (blocks loop past 65535). Errors when `g` is too large.
+fn tile_grid(op: &'static str, g: &Gemm) -> Result<LaunchConfig> {
+    // Below 2³⁰, so index sums in the kernel (k + 16, m0 + 63) stay inside an int.
+    let fits = |v: usize| v < 1 << 30;
+    let (tiles_n, tiles_m) = (g.n.div_ceil(64), g.m.div_ceil(64));
+    if !(fits(g.m) && fits(g.n) && fits(g.k) && fits(g.batch)) || tiles_m > 65535 {
+        return Err(Error::shape(op, format!("{g:?} is too large for the CUDA kernel (sizes < 2³⁰, M ≤ 65535·64)")));
+    }
+    Ok(LaunchConfig { grid_dim: (tiles_n as u32, tiles_m as u32, g.batch.min(65535) as u32), block_dim: (256, 1, 1), shared_mem_bytes: 0 })
 }
 
 /// `C = op(A) · op(B)` for an already checked `g`, into a tensor of shape `out_shape`.
@@ -236,12 +290,7 @@ fn gemm_raw(a: &Tensor, b: &Tensor, g: &Gemm, out_shape: &[usize]) -> Result<Ten
             Ok(Tensor::from_storage(storage, out_shape, a.device()))
         }
         Device::Cuda(gpu) => {
-            // Below 2³⁰, so index sums in the kernel (k + 16, m0 + 63) stay inside an int.
-            let fits = |v: usize| v < 1 << 30;
-            let (tiles_n, tiles_m) = (g.n.div_ceil(64), g.m.div_ceil(64));
-            if !(fits(g.m) && fits(g.n) && fits(g.k) && fits(g.batch)) || tiles_m > 65535 {
-                return Err(Error::shape(OP, format!("{g:?} is too large for the CUDA kernel (sizes < 2³⁰, M ≤ 65535·64)")));
-            }
+            let cfg = tile_grid(OP, g)?;
             let (sa, sb) = (a.storage(), b.storage());
             if c_len == 0 {
                 // Nothing to compute (M, N or the batch is 0): an empty output, no launch.
@@ -251,12 +300,6 @@ fn gemm_raw(a: &Tensor, b: &Tensor, g: &Gemm, out_shape: &[usize]) -> Result<Ten
                 };
                 return Ok(Tensor::from_storage(storage, out_shape, a.device()));
             }
-            // One 256-thread block per 64×64 output tile; the batch on z (blocks loop past 65535).
-            let cfg = LaunchConfig {
-                grid_dim: (tiles_n as u32, tiles_m as u32, g.batch.min(65535) as u32),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
             let (batch, m, n, k) = (g.batch as i32, g.m as i32, g.n as i32, g.k as i32);
             let stride_a = if g.batch_a == 1 { 0u64 } else { (g.m * g.k) as u64 };
             let stride_b = if g.batch_b == 1 { 0u64 } else { (g.k * g.n) as u64 };
@@ -343,6 +386,121 @@ pub fn linear(tape: &mut Tape, x: &Tensor, weight: &Tensor, bias: Option<&Tensor
         Some(b) => crate::ops::elementwise::bias_add(tape, &y, b, -1),
         None => Ok(y),
     }
+}
+
+/// `y = act(x·Wᵀ + b)` for x `[M, K]`, W `[N, K]` on their device, and the pre-activation
+/// `x·Wᵀ + b` when `keep_pre` (else only y is written).
+fn linear_act_raw(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Option<Unary>, g: &Gemm, keep_pre: bool) -> Result<(Tensor, Option<Tensor>)> {
+    const OP: &str = "linear_act";
+    let shape = [g.m, g.n];
+    match x.device() {
+        Device::Cpu => {
+            let (xs, ws, bs) = (x.storage(), w.storage(), bias.map(|b| b.storage()));
+            let bv = match &bs {
+                Some(s) => Some(s.cpu_f32(OP)?),
+                None => None,
+            };
+            let (pre, y) = cpu::linear_act(xs.cpu_f32(OP)?, ws.cpu_f32(OP)?, bv, act, g)?;
+            let pre = if keep_pre { Some(Tensor::from_vec(pre, &shape, x.device())?) } else { None };
+            Ok((Tensor::from_vec(y, &shape, x.device())?, pre))
+        }
+        Device::Cuda(gpu) => {
+            let cfg = tile_grid(OP, g)?;
+            let len = g.m * g.n;
+            let mut y = gpu.alloc::<f32>(len)?;
+            let mut pre = if keep_pre { Some(gpu.alloc::<f32>(len)?) } else { None };
+            if len > 0 {
+                let (code, alpha, beta) = act.map_or((-1, 0.0, 0.0), Unary::code);
+                let (m, n, k) = (g.m as i32, g.n as i32, g.k as i32);
+                let null = 0u64; // a null device pointer: no bias / no pre-activation output
+                let (xs, ws, bs) = (x.storage(), w.storage(), bias.map(|b| b.storage()));
+                let f = gpu.function("matmul", "matmul_bias_act_f32")?;
+                let mut lb = gpu.stream.launch_builder(&f);
+                lb.arg(xs.cuda_f32(OP)?).arg(ws.cuda_f32(OP)?);
+                match &bs {
+                    Some(s) => lb.arg(s.cuda_f32(OP)?),
+                    None => lb.arg(&null),
+                };
+                lb.arg(&mut y);
+                match pre.as_mut() {
+                    Some(p) => lb.arg(p),
+                    None => lb.arg(&null),
+                };
+                lb.arg(&m).arg(&n).arg(&k).arg(&code).arg(&alpha).arg(&beta);
+                // SAFETY: x holds M·K, W N·K and bias N elements (checked by linear_act; null when
+                // absent, never read); the tile reads only m < M, n < N, k < K and writes y[m, n]
+                // (and pre[m, n] when non-null, allocated with M·N elements) for m < M, n < N.
+                unsafe { lb.launch(cfg) }.map_err(|e| Error::cuda("matmul_bias_act_f32", e))?;
+            }
+            let pre = pre.map(|p| Tensor::from_storage(Storage::CudaF32(p), &shape, x.device()));
+            Ok((Tensor::from_storage(Storage::CudaF32(y), &shape, x.device()), pre))
+        }
+    }
+}
+
+/// `y = act(x·Wᵀ + b)`: `linear` with its bias add and activation fused into the GEMM's store,
+/// for x `[.., in]`, weight `[out, in]`, bias `[out]`; y is `[.., out]`. f32 only.
+///
+/// Forward: one GEMM whose epilogue adds the bias and applies `act` in registers; the
+/// pre-activation `p = x·Wᵀ + b` is written too only when the tape will need it (some input
+/// is watched and `act` is set). Backward: `dp = act'(p)·dy` (`unary_bwd_raw`), then the matmul
+/// backward `dx = dp·W`, `dW = dpᵀ·x`, and `db = Σ_rows dp` (`bias_grad_raw`).
+///
+/// Traffic per element of y (`[rows, out]`), f32: unfused `linear` + activation writes the
+/// product (4 B), reads and writes it for the bias (8 B) and again for the activation (8 B):
+/// 20 B; fused, 4 B (inference) or 8 B (training: y and p). The backward's traffic is the
+/// same as the unfused ops' (the activation backward reads p, y, dy and writes dp; the bias
+/// gradient reads dp). FLOPs are unchanged: `2·rows·in·out` for the product, plus the bias
+/// and activation per element of y.
+pub fn linear_act(tape: &mut Tape, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, act: Option<Unary>) -> Result<Tensor> {
+    const OP: &str = "linear_act";
+    let mut inputs = vec![x, weight];
+    inputs.extend(bias);
+    same_device(OP, &inputs)?;
+    let (x_in, w_in) = (x.shape().last().copied(), weight.shape().get(1).copied());
+    if weight.rank() != 2 || x.rank() == 0 || x_in != w_in {
+        return Err(Error::shape(OP, format!("x {:?} (want [.., in]) and weight {:?} (want [out, in])", x.shape(), weight.shape())));
+    }
+    let (k, n) = (weight.shape()[1], weight.shape()[0]);
+    if let Some(b) = bias {
+        if b.rank() != 1 || b.numel() != n {
+            return Err(Error::shape(OP, format!("bias {:?} for weight {:?} (want [{n}])", b.shape(), weight.shape())));
+        }
+    }
+    if let Some(t) = inputs.iter().find(|t| t.dtype() != DType::F32) {
+        return Err(Error::DType { op: OP, got: t.dtype(), expected: "f32" });
+    }
+    let rows: usize = x.shape()[..x.rank() - 1].iter().product();
+    let x2 = x.reshaped(&[rows, k])?;
+    let g = Gemm::new(&[rows, k], weight.shape(), false, true)?;
+    let keep_pre = act.is_some() && tape.needs_grad(&inputs);
+    let (y2, pre) = linear_act_raw(&x2, weight, bias, act, &g, keep_pre)?;
+    let mut y_shape = x.shape().to_vec();
+    if let Some(last) = y_shape.last_mut() {
+        *last = n;
+    }
+    let y = y2.reshaped(&y_shape)?;
+
+    let (need_x, need_w) = (tape.needs_grad(&[x]), tape.needs_grad(&[weight]));
+    let need_b = bias.is_some_and(|b| tape.needs_grad(&[b]));
+    let (xc, wc, yc, has_bias) = (x2.clone(), weight.clone(), y2, bias.is_some());
+    let x_shape = x.shape().to_vec();
+    tape.record(&inputs, &y, move |dy| {
+        let dy = dy.reshaped(&[rows, n])?;
+        let dp = match (act, &pre) {
+            (None, _) => dy,
+            (Some(op), Some(p)) => unary_bwd_raw(op, p, &yc, &dy)?,
+            (Some(_), None) => return Err(Error::Invalid("linear_act backward: the pre-activation was not kept".into())),
+        };
+        let dx = if need_x { Some(grad_raw(g.grad_a(), &xc, &wc, &dp, &xc)?.reshaped(&x_shape)?) } else { None };
+        let dw = if need_w { Some(grad_raw(g.grad_b(), &xc, &wc, &dp, &wc)?) } else { None };
+        let mut grads = vec![dx, dw];
+        if has_bias {
+            grads.push(if need_b { Some(bias_grad_raw(&dp, rows, n, 1)?) } else { None });
+        }
+        Ok(grads)
+    });
+    Ok(y)
 }
 
 #[cfg(test)]
@@ -588,5 +746,140 @@ mod tests {
         assert_eq!(c.shape(), &[3, 4]);
         assert_eq!(c.to_vec_f32().unwrap(), vec![0.0; 12]);
         assert_eq!(matmul_raw(&t(&[0, 2]), &t(&[2, 4]), false, false).unwrap().shape(), &[0, 4]);
+    }
+
+    /// The activations `linear_act` is used with, and none.
+    const ACTS: [Option<Unary>; 6] =
+        [None, Some(Unary::Relu), Some(Unary::LeakyRelu { slope: 0.2, gain: std::f32::consts::SQRT_2 }), Some(Unary::Gelu), Some(Unary::QuickGelu), Some(Unary::Sigmoid)];
+
+    #[test]
+    fn linear_act_equals_linear_then_activation_on_every_device() {
+        use crate::ops::elementwise::{mul, unary};
+        use crate::ops::reduce::sum_all;
+        for device in devices() {
+            for act in ACTS {
+                for with_bias in [true, false] {
+                    let (xv, wv, bv, lw) = (random_vec(2 * 5 * 7, 1), random_vec(3 * 7, 2), random_vec(3, 3), random_vec(2 * 5 * 3, 4));
+                    let x = Tensor::from_slice(&xv, &[2, 5, 7], &device).unwrap();
+                    let w = Tensor::from_slice(&wv, &[3, 7], &device).unwrap();
+                    let b = Tensor::from_slice(&bv, &[3], &device).unwrap();
+                    let lw = Tensor::from_slice(&lw, &[2, 5, 3], &device).unwrap();
+                    let bias = with_bias.then_some(&b);
+                    // loss = Σ lw ⊙ y, through the fused op and through linear + unary.
+                    let run = |fused: bool| {
+                        let mut tape = Tape::new();
+                        for t in [&x, &w, &b] {
+                            tape.watch(t);
+                        }
+                        let y = if fused {
+                            linear_act(&mut tape, &x, &w, bias, act).unwrap()
+                        } else {
+                            let y = linear(&mut tape, &x, &w, bias).unwrap();
+                            act.map_or(y.clone(), |op| unary(&mut tape, op, &y).unwrap())
+                        };
+                        let yl = mul(&mut tape, &y, &lw).unwrap();
+                        let loss = sum_all(&mut tape, &yl).unwrap();
+                        let g = tape.backward(&loss).unwrap();
+                        let grad = |t: &Tensor| g.get(t).map(|d| d.to_vec_f32().unwrap());
+                        (y.shape().to_vec(), y.to_vec_f32().unwrap(), grad(&x), grad(&w), grad(&b))
+                    };
+                    let (got, want) = (run(true), run(false));
+                    let what = format!("{act:?} bias {with_bias} on {device}");
+                    assert_eq!(got.0, vec![2, 5, 3], "{what}");
+                    assert_close(&got.1, &want.1, 1e-5, 1e-6, &format!("y {what}"));
+                    assert_close(&got.2.unwrap(), &want.2.unwrap(), 1e-5, 1e-6, &format!("dx {what}"));
+                    assert_close(&got.3.unwrap(), &want.3.unwrap(), 1e-5, 1e-6, &format!("dW {what}"));
+                    assert_eq!(got.4.is_some(), with_bias, "{what}");
+                    if with_bias {
+                        assert_close(&got.4.unwrap(), &want.4.unwrap(), 1e-5, 1e-6, &format!("db {what}"));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn linear_act_twin_gradients_match_finite_differences() {
+        let g = gemm(1, 1, 4, 3, 5, (false, true));
+        let (x, w, lw) = inputs(&g, 21);
+        let b = f64s(&random_vec(3, 24));
+        for act in ACTS {
+            let (pre, y) = cpu::linear_act(&x, &w, Some(&b), act, &g).unwrap();
+            // Away from relu's kink, where a finite difference is meaningless.
+            assert!(pre.iter().all(|p| p.abs() > 1e-3), "{act:?}: a pre-activation at the kink");
+            let (dx, dw, db) = cpu::linear_act_bwd(&x, &w, &pre, &y, &lw, act, &g).unwrap();
+            let loss = |x: &[f64], w: &[f64], b: &[f64]| cpu::linear_act(x, w, Some(b), act, &g).unwrap().1.iter().zip(&lw).map(|(y, l)| y * l).sum::<f64>();
+            gradcheck(&format!("dx {act:?}"), |v| loss(v, &w, &b), &x, &dx);
+            gradcheck(&format!("dW {act:?}"), |v| loss(&x, v, &b), &w, &dw);
+            gradcheck(&format!("db {act:?}"), |v| loss(&x, &w, v), &b, &db);
+        }
+    }
+
+    #[test]
+    fn linear_act_cuda_matches_cpu() {
+        let Some(gpu) = gpu() else { return };
+        use crate::ops::reduce::sum_all;
+        const SIZES: [usize; 5] = [1, 7, 33, 65, 130];
+        for (i, &m) in SIZES.iter().enumerate() {
+            for (j, &n) in SIZES.iter().enumerate() {
+                let k = SIZES[(i + 2 * j + 1) % SIZES.len()];
+                let g = gemm(1, 1, m, n, k, (false, true));
+                let (xv, wv, lw) = inputs(&g, (m * 1000 + n * 10 + k) as u64);
+                let bv = f64s(&random_vec(n, 5));
+                for act in ACTS {
+                    for with_bias in [true, false] {
+                        let what = format!("{act:?} bias {with_bias} m {m} n {n} k {k}");
+                        let bias64 = with_bias.then_some(&bv[..]);
+                        // f32 on the GPU against the f64 twin: only the kernel's rounding is measured.
+                        let (pre, y) = cpu::linear_act(&xv, &wv, bias64, act, &g).unwrap();
+                        let (dx, dw, db) = cpu::linear_act_bwd(&xv, &wv, &pre, &y, &lw, act, &g).unwrap();
+                        let x = Tensor::from_vec(f32s(&xv), &[m, k], &gpu).unwrap();
+                        let w = Tensor::from_vec(f32s(&wv), &[n, k], &gpu).unwrap();
+                        let b = Tensor::from_vec(f32s(&bv), &[n], &gpu).unwrap();
+                        let l = Tensor::from_vec(f32s(&lw), &[m, n], &gpu).unwrap();
+                        let bias = with_bias.then_some(&b);
+                        let tol = (1e-4, 1e-5 * (k as f32).sqrt());
+                        // Inference: no pre-activation written.
+                        let (y_inf, pre_inf) = linear_act_raw(&x, &w, bias, act, &g, false).unwrap();
+                        assert!(pre_inf.is_none(), "{what}");
+                        assert_close(&y_inf.to_vec_f32().unwrap(), &f32s(&y), tol.0, tol.1, &format!("y {what}"));
+                        // Training: y, the kept pre-activation and every gradient.
+                        let mut tape = Tape::new();
+                        for t in [&x, &w, &b] {
+                            tape.watch(t);
+                        }
+                        let (_, pre_kept) = linear_act_raw(&x, &w, bias, act, &g, true).unwrap();
+                        assert_close(&pre_kept.unwrap().to_vec_f32().unwrap(), &f32s(&pre), tol.0, tol.1, &format!("pre {what}"));
+                        let yt = linear_act(&mut tape, &x, &w, bias, act).unwrap();
+                        assert_close(&yt.to_vec_f32().unwrap(), &f32s(&y), tol.0, tol.1, &format!("y (tape) {what}"));
+                        let yl = crate::ops::elementwise::mul(&mut tape, &yt, &l).unwrap();
+                        let loss = sum_all(&mut tape, &yl).unwrap();
+                        let grads = tape.backward(&loss).unwrap();
+                        let gtol = (1e-4, 1e-5 * ((k + m) as f32).sqrt());
+                        assert_close(&grads.get(&x).unwrap().to_vec_f32().unwrap(), &f32s(&dx), gtol.0, gtol.1, &format!("dx {what}"));
+                        assert_close(&grads.get(&w).unwrap().to_vec_f32().unwrap(), &f32s(&dw), gtol.0, gtol.1, &format!("dW {what}"));
+                        if with_bias {
+                            assert_close(&grads.get(&b).unwrap().to_vec_f32().unwrap(), &f32s(&db), gtol.0, gtol.1, &format!("db {what}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn linear_act_checks_shapes_and_dtypes() {
+        let t = |s: &[usize]| Tensor::zeros(s, &Device::Cpu).unwrap();
+        let mut tape = Tape::new();
+        let act = Some(Unary::QuickGelu);
+        assert_eq!(linear_act(&mut tape, &t(&[2, 3, 4, 5]), &t(&[6, 5]), Some(&t(&[6])), act).unwrap().shape(), &[2, 3, 4, 6]);
+        assert_eq!(linear_act(&mut tape, &t(&[5]), &t(&[6, 5]), None, act).unwrap().shape(), &[6]);
+        let err = linear_act(&mut tape, &t(&[4, 3]), &t(&[2, 4]), None, act).unwrap_err().to_string();
+        assert!(err.contains("want [out, in]"), "{err}");
+        let err = linear_act(&mut tape, &t(&[4, 3]), &t(&[2, 3]), Some(&t(&[3])), act).unwrap_err().to_string();
+        assert!(err.contains("want [2]"), "{err}");
+        let bf = t(&[2, 3]).to_dtype(DType::BF16).unwrap();
+        let err = linear_act(&mut tape, &t(&[4, 3]), &bf, None, act).unwrap_err().to_string();
+        assert!(err.contains("bf16"), "{err}");
     }
 }
