@@ -55,6 +55,11 @@ impl Linear {
     pub fn forward(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
         matmul::linear(tape, x, &self.weight, self.bias.as_ref())
     }
+
+    /// `act(forward(x))` in one fused GEMM (the bias and activation in its epilogue).
+    pub fn forward_act(&self, tape: &mut Tape, x: &Tensor, act: ew::Unary) -> Result<Tensor> {
+        matmul::linear_act(tape, x, &self.weight, self.bias.as_ref(), Some(act))
+    }
 }
 
 /// `nn.LayerNorm` over the last axis.
@@ -137,8 +142,7 @@ impl EncoderLayer {
         let h = self.self_attn.forward(tape, &h, causal)?;
         let x = ew::add(tape, x, &h)?;
         let h = self.layer_norm2.forward(tape, &x)?;
-        let h = self.mlp_fc1.forward(tape, &h)?;
-        let h = ew::quick_gelu(tape, &h)?;
+        let h = self.mlp_fc1.forward_act(tape, &h, ew::Unary::QuickGelu)?;
         let h = self.mlp_fc2.forward(tape, &h)?;
         ew::add(tape, &x, &h)
     }
