@@ -27,6 +27,8 @@ pub mod stage {
     pub const TARGET_PROJECTION: u64 = 8;
     pub const LOADER_ORDER: u64 = 9;
     pub const LOADER_REPEAT: u64 = 10;
+    /// Training augmentations (`ops::augment`): one stream per image.
+    pub const AUGMENT: u64 = 11;
 }
 
 #[derive(Clone, Debug)]

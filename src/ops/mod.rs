@@ -4,6 +4,7 @@
 //! The CPU twins are generic over `Real` so that the gradient checks run them in f64.
 
 pub mod attention;
+pub mod augment;
 pub mod concat;
 pub mod conv1d;
 pub mod elementwise;
