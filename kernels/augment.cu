@@ -34,3 +34,22 @@ extern "C" __global__ void resized_crop_f32(const float* x, float* y, const int*
         y[o] = (1.f - fy) * ((1.f - fx) * row0[c0[k]] + fx * row0[c1[k]]) + fy * ((1.f - fx) * row1[c0[k]] + fx * row1[c1[k]]);
     }
 }
+
+// Flagged images become l = l0·r + l1·g + l2·b in every channel. One thread per pixel.
+extern "C" __global__ void grayscale_f32(const float* x, float* y, const int* gray, unsigned B, unsigned H, unsigned W,
+                                         float l0, float l1, float l2) {
+    u64 hw = (u64)H * W, total = (u64)B * hw;
+    FOR_EACH(q, total) {
+        u64 b = q / hw, p = q % hw;
+        const float* src = x + b * 3 * hw + p;
+        float* dst = y + b * 3 * hw + p;
+        float r = src[0], g = src[hw], bl = src[2 * hw];
+        if (gray[b]) {
+            float l = l0 * r + l1 * g + l2 * bl;
+            r = g = bl = l;
+        }
+        dst[0] = r;
+        dst[hw] = g;
+        dst[2 * hw] = bl;
+    }
+}

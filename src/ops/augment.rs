@@ -25,6 +25,11 @@
 //! one thread per output element, 4 taps (neighbouring threads share them through the cache),
 //! one write: ≈ 8 bytes of DRAM traffic per element plus the tables.
 //!
+//! **Grayscale** (p = 0.2): torchvision's tensor `rgb_to_grayscale`,
+//! `l = 0.2989·r + 0.587·g + 0.114·b` (ITU-R 601-2 luma with torchvision's digits; PIL's integer
+//! path uses 0.299), replicated to the 3 channels. Kernel `grayscale_f32`: one thread per pixel,
+//! reads its 3 channels, writes 3: 24 bytes per pixel.
+//!
 //! No backward: augmentations act on data, before anything is tracked.
 
 use rayon::prelude::*;
@@ -38,6 +43,7 @@ use crate::tensor::{launch, launch_1d, Device, Gpu, Storage, Tensor};
 mod tag {
     pub const HFLIP: u64 = 1;
     pub const CROP: u64 = 2;
+    pub const GRAY: u64 = 3;
 }
 
 /// `[B, H, W]` of a batch of RGB images `[B, 3, H, W]` with H, W ≥ 1.
@@ -64,6 +70,9 @@ fn per_image<T>(seed: u64, tag: u64, batch: usize, mut draw: impl FnMut(&mut Rng
 fn upload<T: cudarc::driver::DeviceRepr>(gpu: &Gpu, op: &'static str, v: &[T]) -> Result<cudarc::driver::CudaSlice<T>> {
     gpu.stream.clone_htod(v).map_err(|e| Error::cuda(op, e))
 }
+
+/// torchvision's luma weights for `rgb_to_grayscale` on tensors.
+pub const LUMA: [f32; 3] = [0.2989, 0.587, 0.114];
 
 /// A crop window of an image: rows `top .. top + height`, columns `left .. left + width`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +166,27 @@ pub mod cpu {
         y
     }
 
+    /// The luma of one pixel, summed in the kernel's order.
+    #[inline]
+    pub fn luma(r: f32, g: f32, b: f32) -> f32 {
+        LUMA[0] * r + LUMA[1] * g + LUMA[2] * b
+    }
+
+    /// Replaces the flagged images by their luma in all three channels.
+    pub fn grayscale(x: &[f32], gray: &[bool], [_, h, w]: [usize; 3]) -> Vec<f32> {
+        let mut y = x.to_vec();
+        let hw = h * w;
+        y.par_chunks_mut(3 * hw).zip(gray).for_each(|(img, &g)| {
+            if g {
+                for p in 0..hw {
+                    let l = luma(img[p], img[hw + p], img[2 * hw + p]);
+                    (img[p], img[hw + p], img[2 * hw + p]) = (l, l, l);
+                }
+            }
+        });
+        y
+    }
+
     /// `y = (1 − fy)·((1 − fx)·p00 + fx·p01) + fy·((1 − fx)·p10 + fx·p11)`, the kernel's order.
     #[inline]
     pub(super) fn bilinear(p00: f32, p01: f32, p10: f32, p11: f32, fy: f32, fx: f32) -> f32 {
@@ -234,6 +264,33 @@ pub fn resized_crop(x: &Tensor, crops: &[Crop]) -> Result<Tensor> {
             Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()))
         }
     }
+}
+
+/// The flagged images (`gray.len()` = B) become grayscale, replicated to 3 channels.
+pub fn grayscale(x: &Tensor, gray: &[bool]) -> Result<Tensor> {
+    let dims @ [b, h, w] = image_dims("grayscale", x)?;
+    one_per_image("grayscale", gray.len(), b)?;
+    let s = x.storage();
+    match x.device() {
+        Device::Cpu => Tensor::from_vec(cpu::grayscale(s.cpu_f32("grayscale")?, gray, dims), x.shape(), x.device()),
+        Device::Cuda(gpu) => {
+            let flags = upload(gpu, "grayscale", &gray.iter().map(|&g| g as i32).collect::<Vec<_>>())?;
+            let mut y = gpu.alloc::<f32>(x.numel())?;
+            let (bb, hh, ww) = (b as u32, h as u32, w as u32);
+            let [l0, l1, l2] = LUMA;
+            // SAFETY: one thread per pixel of the B·H·W; each reads and writes its own 3 channels
+            // of image b < B, and one flag per image.
+            launch!(gpu, "augment", "grayscale_f32", launch_1d(b * h * w), s.cuda_f32("grayscale")?, &mut y, &flags, &bb, &hh, &ww, &l0, &l1, &l2)?;
+            Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()))
+        }
+    }
+}
+
+/// torchvision's `RandomGrayscale(p)` (3 output channels), each image independently; Mind Reader
+/// uses p = 0.2.
+pub fn random_grayscale(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+    let [b, _, _] = image_dims("random_grayscale", x)?;
+    grayscale(x, &per_image(seed, tag::GRAY, b, |r| r.chance(p)))
 }
 
 /// torchvision's `RandomResizedCrop((H, W), scale, ratio)` with bilinear resampling, each image
@@ -349,6 +406,28 @@ mod tests {
     #[test]
     fn resized_crop_cuda_matches_cpu() {
         cuda_matches_cpu("resized_crop", 1e-6, 1e-6, |x, s| random_resized_crop(x, (0.8, 1.0), (0.75, 4.0 / 3.0), s));
+    }
+
+    #[test]
+    fn grayscale_channels_equal_the_luma() {
+        for d in devices() {
+            let shape = [2, 3, 1, 2];
+            let x = vec![1.0, 0.0, 0.0, 1.0, 0.0, 0.5, /* image 2 */ 0.1, 0.2, 0.3, 0.4, 0.5, 0.6];
+            let y = grayscale(&tensor(x.clone(), shape, &d), &[true, false]).unwrap().to_vec_f32().unwrap();
+            let (l0, l1) = (0.2989, 0.587 + 0.114 * 0.5);
+            assert_close(&y[..6], &[l0, l1, l0, l1, l0, l1], 1e-6, 0.0, &d.to_string());
+            assert_eq!(&y[6..], &x[6..], "{d}: the second image keeps its colours");
+        }
+    }
+
+    #[test]
+    fn random_grayscale_is_seeded() {
+        seeded(|x, s| random_grayscale(x, 0.5, s));
+    }
+
+    #[test]
+    fn grayscale_cuda_matches_cpu() {
+        cuda_matches_cpu("grayscale", 1e-6, 1e-7, |x, s| random_grayscale(x, 0.5, s));
     }
 
     #[test]
