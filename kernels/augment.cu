@@ -53,3 +53,86 @@ extern "C" __global__ void grayscale_f32(const float* x, float* y, const int* gr
         dst[2 * hw] = bl;
     }
 }
+
+__device__ __forceinline__ float blend(float a, float b, float f) { return fminf(fmaxf(f * a + (1.f - f) * b, 0.f), 1.f); }
+
+// torchvision's adjust_hue on one pixel: _rgb2hsv, h ← (h + shift) mod 1, _hsv2rgb.
+__device__ __forceinline__ void hue_shift(float& r, float& g, float& b, float shift) {
+    float maxc = fmaxf(fmaxf(r, g), b), minc = fminf(fminf(r, g), b);
+    bool eqc = maxc == minc;
+    float cr = maxc - minc;
+    float s = cr / (eqc ? 1.f : maxc);
+    float crd = eqc ? 1.f : cr;
+    float rc = (maxc - r) / crd, gc = (maxc - g) / crd, bc = (maxc - b) / crd;
+    float h = maxc == r ? bc - gc : maxc == g ? 2.f + rc - bc : 4.f + gc - rc;
+    h = fmodf(h / 6.f + 1.f, 1.f);
+    h = h + shift;
+    h = h - floorf(h);
+    float v = maxc, i6 = floorf(h * 6.f), f = h * 6.f - i6;
+    float p = fminf(fmaxf(v * (1.f - s), 0.f), 1.f);
+    float q = fminf(fmaxf(v * (1.f - s * f), 0.f), 1.f);
+    float t = fminf(fmaxf(v * (1.f - s * (1.f - f)), 0.f), 1.f);
+    int i = (((int)i6 % 6) + 6) % 6;
+    switch (i) {
+        case 0: r = v; g = t; b = p; break;
+        case 1: r = q; g = v; b = p; break;
+        case 2: r = p; g = v; b = t; break;
+        case 3: r = p; g = q; b = v; break;
+        case 4: r = t; g = p; b = v; break;
+        default: r = v; g = p; b = q; break;
+    }
+}
+
+// One block per image. params[b·9 ..] = [on, brightness, contrast, saturation, hue, order0..3].
+// Every thread owns pixels p ≡ threadIdx.x (mod blockDim.x) through all four steps; the contrast
+// step's mean is a block reduction of the luma (l0, l1, l2 = 0.2989, 0.587, 0.114).
+extern "C" __global__ void color_jitter_f32(const float* x, float* y, const float* params, unsigned H, unsigned W) {
+    __shared__ float scratch[32];
+    u64 hw = (u64)H * W;
+    const float* src = x + (u64)blockIdx.x * 3 * hw;
+    float* r = y + (u64)blockIdx.x * 3 * hw;
+    float* g = r + hw;
+    float* bl = g + hw;
+    const float* prm = params + (u64)blockIdx.x * 9;
+    for (u64 p = threadIdx.x; p < hw; p += blockDim.x) {
+        r[p] = src[p];
+        g[p] = src[hw + p];
+        bl[p] = src[2 * hw + p];
+    }
+    if (prm[0] == 0.f) return;  // uniform across the block
+    for (int k = 0; k < 4; k++) {
+        int op = (int)prm[5 + k];
+        float f = prm[1 + op];
+        if (op == 0) {
+            for (u64 p = threadIdx.x; p < hw; p += blockDim.x) {
+                r[p] = blend(r[p], 0.f, f);
+                g[p] = blend(g[p], 0.f, f);
+                bl[p] = blend(bl[p], 0.f, f);
+            }
+        } else if (op == 1) {
+            float part = 0.f;
+            for (u64 p = threadIdx.x; p < hw; p += blockDim.x) part += 0.2989f * r[p] + 0.587f * g[p] + 0.114f * bl[p];
+            float mean = block_sum(part, scratch) / (float)hw;
+            for (u64 p = threadIdx.x; p < hw; p += blockDim.x) {
+                r[p] = blend(r[p], mean, f);
+                g[p] = blend(g[p], mean, f);
+                bl[p] = blend(bl[p], mean, f);
+            }
+        } else if (op == 2) {
+            for (u64 p = threadIdx.x; p < hw; p += blockDim.x) {
+                float l = 0.2989f * r[p] + 0.587f * g[p] + 0.114f * bl[p];
+                r[p] = blend(r[p], l, f);
+                g[p] = blend(g[p], l, f);
+                bl[p] = blend(bl[p], l, f);
+            }
+        } else {
+            for (u64 p = threadIdx.x; p < hw; p += blockDim.x) {
+                float rr = r[p], gg = g[p], bb = bl[p];
+                hue_shift(rr, gg, bb, f);
+                r[p] = rr;
+                g[p] = gg;
+                bl[p] = bb;
+            }
+        }
+    }
+}

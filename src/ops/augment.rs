@@ -30,6 +30,18 @@
 //! path uses 0.299), replicated to the 3 channels. Kernel `grayscale_f32`: one thread per pixel,
 //! reads its 3 channels, writes 3: 24 bytes per pixel.
 //!
+//! **Colour jitter** (p = 0.4): torchvision's `ColorJitter(0.4, 0.4, 0.2, 0.1)`, the ranges in
+//! Mind Reader's `nsd_utils.get_img_trans` (sklin93/mind-reader): factors
+//! `brightness, contrast ∈ U(0.6, 1.4)`, `saturation ∈ U(0.8, 1.2)`, `hue ∈ U(−0.1, 0.1)`,
+//! applied in a random order (torchvision's `randperm(4)`), each as torchvision's tensor
+//! functional with `blend(a, b, f) = clamp(f·a + (1 − f)·b, 0, 1)`:
+//! brightness `blend(x, 0, f)`; contrast `blend(x, mean(luma(x)), f)` with the mean over the
+//! whole image; saturation `blend(x, luma(x), f)` per pixel; hue: RGB → HSV (torchvision's
+//! `_rgb2hsv`), `h ← (h + f) mod 1`, HSV → RGB (`_hsv2rgb`). Kernel `color_jitter_f32`: one
+//! 256-thread block per image (the contrast step needs the image's mean, a block reduction);
+//! each thread owns the same pixels through all four steps, so no step waits on another thread's
+//! pixels; reads x once, then reads and writes y in place per step: ≤ 8 + 4·8 bytes per element.
+//!
 //! No backward: augmentations act on data, before anything is tracked.
 
 use rayon::prelude::*;
@@ -44,6 +56,7 @@ mod tag {
     pub const HFLIP: u64 = 1;
     pub const CROP: u64 = 2;
     pub const GRAY: u64 = 3;
+    pub const JITTER: u64 = 4;
 }
 
 /// `[B, H, W]` of a batch of RGB images `[B, 3, H, W]` with H, W ≥ 1.
@@ -73,6 +86,46 @@ fn upload<T: cudarc::driver::DeviceRepr>(gpu: &Gpu, op: &'static str, v: &[T]) -
 
 /// torchvision's luma weights for `rgb_to_grayscale` on tensors.
 pub const LUMA: [f32; 3] = [0.2989, 0.587, 0.114];
+
+/// One image's colour jitter: the four adjustments in `order` (0 brightness, 1 contrast,
+/// 2 saturation, 3 hue) with their factors. Identity factors: 1, 1, 1, 0.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Jitter {
+    pub order: [u8; 4],
+    pub brightness: f32,
+    pub contrast: f32,
+    pub saturation: f32,
+    pub hue: f32,
+}
+
+impl Jitter {
+    /// torchvision's `ColorJitter(brightness, contrast, saturation, hue).get_params`: a random
+    /// order, then factors `U(max(0, 1 − b), 1 + b)`, likewise contrast and saturation, and
+    /// `U(−hue, hue)`.
+    pub fn sample(rng: &mut Rng, brightness: f32, contrast: f32, saturation: f32, hue: f32) -> Jitter {
+        let mut order = [0, 1, 2, 3];
+        rng.shuffle(&mut order);
+        let mut around_one = |d: f32| rng.uniform((1.0 - d).max(0.0), 1.0 + d);
+        let (brightness, contrast, saturation) = (around_one(brightness), around_one(contrast), around_one(saturation));
+        Jitter { order, brightness, contrast, saturation, hue: rng.uniform(-hue, hue) }
+    }
+
+    /// The factor of adjustment `op`.
+    fn factor(&self, op: u8) -> f32 {
+        [self.brightness, self.contrast, self.saturation, self.hue][op as usize]
+    }
+
+    /// `[on, brightness, contrast, saturation, hue, order…]` as the kernel reads it.
+    fn packed(j: Option<&Jitter>) -> [f32; 9] {
+        match j {
+            None => [0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 2.0, 3.0],
+            Some(j) => {
+                let o = j.order.map(f32::from);
+                [1.0, j.brightness, j.contrast, j.saturation, j.hue, o[0], o[1], o[2], o[3]]
+            }
+        }
+    }
+}
 
 /// A crop window of an image: rows `top .. top + height`, columns `left .. left + width`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,6 +240,76 @@ pub mod cpu {
         y
     }
 
+    /// torchvision's `_blend`: `clamp(f·a + (1 − f)·b, 0, 1)`.
+    #[inline]
+    fn blend(a: f32, b: f32, f: f32) -> f32 {
+        (f * a + (1.0 - f) * b).clamp(0.0, 1.0)
+    }
+
+    /// torchvision's `adjust_hue` on one pixel: `_rgb2hsv`, shift, `_hsv2rgb`, in its f32 steps.
+    pub fn hue_shift([r, g, b]: [f32; 3], shift: f32) -> [f32; 3] {
+        let maxc = r.max(g).max(b);
+        let minc = r.min(g).min(b);
+        let eqc = maxc == minc;
+        let cr = maxc - minc;
+        let s = cr / if eqc { 1.0 } else { maxc };
+        let crd = if eqc { 1.0 } else { cr };
+        let (rc, gc, bc) = ((maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd);
+        let h = if maxc == r {
+            bc - gc
+        } else if maxc == g {
+            2.0 + rc - bc
+        } else {
+            4.0 + gc - rc
+        };
+        let h = (h / 6.0 + 1.0) % 1.0;
+        let h = h + shift;
+        let h = h - h.floor();
+        let v = maxc;
+        let i6 = (h * 6.0).floor();
+        let f = h * 6.0 - i6;
+        let p = (v * (1.0 - s)).clamp(0.0, 1.0);
+        let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
+        let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
+        match (i6 as i32).rem_euclid(6) {
+            0 => [v, t, p],
+            1 => [q, v, p],
+            2 => [p, v, t],
+            3 => [p, q, v],
+            4 => [t, p, v],
+            _ => [v, p, q],
+        }
+    }
+
+    /// Colour jitter of one planar `[3, hw]` image in place.
+    pub fn jitter_image(img: &mut [f32], j: &Jitter) {
+        let hw = img.len() / 3;
+        let (r, rest) = img.split_at_mut(hw);
+        let (g, b) = rest.split_at_mut(hw);
+        for &op in &j.order {
+            let f = j.factor(op);
+            match op {
+                0 => r.iter_mut().chain(g.iter_mut()).chain(b.iter_mut()).for_each(|v| *v = blend(*v, 0.0, f)),
+                1 => {
+                    let sum: f64 = (0..hw).map(|p| luma(r[p], g[p], b[p]) as f64).sum();
+                    let mean = (sum / hw as f64) as f32;
+                    r.iter_mut().chain(g.iter_mut()).chain(b.iter_mut()).for_each(|v| *v = blend(*v, mean, f));
+                }
+                2 => {
+                    for p in 0..hw {
+                        let l = luma(r[p], g[p], b[p]);
+                        (r[p], g[p], b[p]) = (blend(r[p], l, f), blend(g[p], l, f), blend(b[p], l, f));
+                    }
+                }
+                _ => {
+                    for p in 0..hw {
+                        [r[p], g[p], b[p]] = hue_shift([r[p], g[p], b[p]], f);
+                    }
+                }
+            }
+        }
+    }
+
     /// `y = (1 − fy)·((1 − fx)·p00 + fx·p01) + fy·((1 − fx)·p10 + fx·p11)`, the kernel's order.
     #[inline]
     pub(super) fn bilinear(p00: f32, p01: f32, p10: f32, p11: f32, fy: f32, fx: f32) -> f32 {
@@ -291,6 +414,53 @@ pub fn grayscale(x: &Tensor, gray: &[bool]) -> Result<Tensor> {
 pub fn random_grayscale(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     let [b, _, _] = image_dims("random_grayscale", x)?;
     grayscale(x, &per_image(seed, tag::GRAY, b, |r| r.chance(p)))
+}
+
+/// Colour jitter of the images with parameters (`jitter.len()` = B; `None` leaves an image as is).
+pub fn color_jitter(x: &Tensor, jitter: &[Option<Jitter>]) -> Result<Tensor> {
+    let [b, h, w] = image_dims("color_jitter", x)?;
+    one_per_image("color_jitter", jitter.len(), b)?;
+    if let Some(j) = jitter.iter().flatten().find(|j| {
+        let mut seen = j.order;
+        seen.sort_unstable();
+        seen != [0, 1, 2, 3]
+    }) {
+        return Err(Error::Invalid(format!("color_jitter: order {:?} is not a permutation of 0..4", j.order)));
+    }
+    let s = x.storage();
+    match x.device() {
+        Device::Cpu => {
+            let mut y = s.cpu_f32("color_jitter")?.to_vec();
+            y.par_chunks_mut(3 * h * w).zip(jitter).for_each(|(img, j)| {
+                if let Some(j) = j {
+                    cpu::jitter_image(img, j)
+                }
+            });
+            Tensor::from_vec(y, x.shape(), x.device())
+        }
+        Device::Cuda(gpu) => {
+            let mut y = gpu.alloc::<f32>(x.numel())?;
+            if b == 0 {
+                return Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()));
+            }
+            let params: Vec<f32> = jitter.iter().flat_map(|j| Jitter::packed(j.as_ref())).collect();
+            let params = upload(gpu, "color_jitter", &params)?;
+            let (hh, ww) = (h as u32, w as u32);
+            // One block per image: the contrast step reduces over the whole image.
+            let cfg = cudarc::driver::LaunchConfig { grid_dim: (b as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: block b < B reads and writes only image b's 3·H·W elements of x and y, and
+            // its 9 parameters; orders are checked permutations of 0..4.
+            launch!(gpu, "augment", "color_jitter_f32", cfg, s.cuda_f32("color_jitter")?, &mut y, &params, &hh, &ww)?;
+            Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()))
+        }
+    }
+}
+
+/// torchvision's `RandomApply([ColorJitter(brightness, contrast, saturation, hue)], p)`, each
+/// image independently; Mind Reader uses p = 0.4 with (0.4, 0.4, 0.2, 0.1).
+pub fn random_color_jitter(x: &Tensor, p: f32, [bf, cf, sf, hf]: [f32; 4], seed: u64) -> Result<Tensor> {
+    let [b, _, _] = image_dims("random_color_jitter", x)?;
+    color_jitter(x, &per_image(seed, tag::JITTER, b, |r| r.chance(p).then(|| Jitter::sample(r, bf, cf, sf, hf))))
 }
 
 /// torchvision's `RandomResizedCrop((H, W), scale, ratio)` with bilinear resampling, each image
@@ -428,6 +598,68 @@ mod tests {
     #[test]
     fn grayscale_cuda_matches_cpu() {
         cuda_matches_cpu("grayscale", 1e-6, 1e-7, |x, s| random_grayscale(x, 0.5, s));
+    }
+
+    /// A jitter doing only `op` with factor `f` first (the others at identity after it).
+    fn only(op: u8, f: f32) -> Jitter {
+        let mut j = Jitter { order: [op, (op + 1) % 4, (op + 2) % 4, (op + 3) % 4], brightness: 1.0, contrast: 1.0, saturation: 1.0, hue: 0.0 };
+        match op {
+            0 => j.brightness = f,
+            1 => j.contrast = f,
+            2 => j.saturation = f,
+            _ => j.hue = f,
+        }
+        j
+    }
+
+    #[test]
+    fn jitter_adjustments_follow_torchvision() {
+        // Two pixels: pure red and (0.2, 0.4, 0.6).
+        let x = vec![1.0, 0.2, 0.0, 0.4, 0.0, 0.6];
+        let l = [0.2989, 0.2989 * 0.2 + 0.587 * 0.4 + 0.114 * 0.6];
+        let mean = (l[0] + l[1]) / 2.0;
+        let cases: [(Jitter, Vec<f32>); 6] = [
+            (only(0, 0.5), vec![0.5, 0.1, 0.0, 0.2, 0.0, 0.3]),
+            (only(0, 2.0), vec![1.0, 0.4, 0.0, 0.8, 0.0, 1.0]),
+            (only(1, 0.0), vec![mean; 6]),
+            (only(2, 0.0), vec![l[0], l[1], l[0], l[1], l[0], l[1]]),
+            // Hue +1/3: red → green; (0.2, 0.4, 0.6) (h = 7/12) → h = 11/12, (0.6, 0.2, 0.4).
+            (only(3, 1.0 / 3.0), vec![0.0, 0.6, 1.0, 0.2, 0.0, 0.4]),
+            (only(3, 0.0), x.clone()),
+        ];
+        for d in devices() {
+            for (j, want) in &cases {
+                let y = color_jitter(&tensor(x.clone(), [1, 3, 1, 2], &d), &[Some(*j)]).unwrap().to_vec_f32().unwrap();
+                assert_close(&y, want, 1e-5, 1e-6, &format!("{d} {j:?}"));
+            }
+            let y = color_jitter(&tensor(x.clone(), [1, 3, 1, 2], &d), &[None]).unwrap().to_vec_f32().unwrap();
+            assert_eq!(y, x, "{d}: no jitter");
+        }
+        let bad = Jitter { order: [0, 0, 1, 2], ..only(0, 1.0) };
+        assert!(color_jitter(&tensor(x, [1, 3, 1, 2], &Device::Cpu), &[Some(bad)]).is_err());
+    }
+
+    #[test]
+    fn jitter_factors_lie_in_mind_readers_ranges() {
+        let mut rng = Rng::new(4);
+        for _ in 0..1000 {
+            let j = Jitter::sample(&mut rng, 0.4, 0.4, 0.2, 0.1);
+            assert!((0.6..1.4).contains(&j.brightness) && (0.6..1.4).contains(&j.contrast), "{j:?}");
+            assert!((0.8..1.2).contains(&j.saturation) && (-0.1..0.1).contains(&j.hue), "{j:?}");
+            let mut o = j.order;
+            o.sort_unstable();
+            assert_eq!(o, [0, 1, 2, 3]);
+        }
+    }
+
+    #[test]
+    fn random_color_jitter_is_seeded() {
+        seeded(|x, s| random_color_jitter(x, 0.5, [0.4, 0.4, 0.2, 0.1], s));
+    }
+
+    #[test]
+    fn color_jitter_cuda_matches_cpu() {
+        cuda_matches_cpu("color_jitter", 1e-5, 1e-5, |x, s| random_color_jitter(x, 0.8, [0.4, 0.4, 0.2, 0.1], s));
     }
 
     #[test]
