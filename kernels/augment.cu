@@ -136,3 +136,49 @@ extern "C" __global__ void color_jitter_f32(const float* x, float* y, const floa
         }
     }
 }
+
+// torch's reflect padding index (repeated for axes shorter than the kernel; n = 1 → 0).
+__device__ __forceinline__ long long reflect(long long i, long long n) {
+    if (n == 1) return 0;
+    while (i < 0 || i >= n) i = i < 0 ? -i : 2 * (n - 1) - i;
+    return i;
+}
+
+// Row pass of the separable Gaussian blur: tmp = Σ_t w[b·K + t]·x[…, reflect(j + t − K/2)];
+// images with on[b] = 0 are copied.
+extern "C" __global__ void blur_h_f32(const float* x, float* tmp, const float* w, const int* on, unsigned B, unsigned H,
+                                      unsigned W, unsigned K) {
+    u64 total = (u64)B * 3 * H * W;
+    FOR_EACH(o, total) {
+        unsigned j = o % W;
+        u64 row = o / W;
+        unsigned b = row / (3ull * H);
+        if (!on[b]) { tmp[o] = x[o]; continue; }
+        const float* src = x + row * W;
+        const float* k = w + (u64)b * K;
+        long long half = K / 2;
+        float acc = 0.f;
+        for (unsigned t = 0; t < K; t++) acc += k[t] * src[reflect((long long)j + t - half, W)];
+        tmp[o] = acc;
+    }
+}
+
+// Column pass: y = Σ_t w[b·K + t]·tmp[…, reflect(i + t − K/2), j].
+extern "C" __global__ void blur_v_f32(const float* tmp, float* y, const float* w, const int* on, unsigned B, unsigned H,
+                                      unsigned W, unsigned K) {
+    u64 total = (u64)B * 3 * H * W;
+    FOR_EACH(o, total) {
+        unsigned j = o % W;
+        u64 rest = o / W;
+        unsigned i = rest % H;
+        u64 plane = rest / H;
+        unsigned b = plane / 3;
+        if (!on[b]) { y[o] = tmp[o]; continue; }
+        const float* src = tmp + plane * H * W + j;
+        const float* k = w + (u64)b * K;
+        long long half = K / 2;
+        float acc = 0.f;
+        for (unsigned t = 0; t < K; t++) acc += k[t] * src[(u64)reflect((long long)i + t - half, H) * W];
+        y[o] = acc;
+    }
+}

@@ -42,6 +42,15 @@
 //! each thread owns the same pixels through all four steps, so no step waits on another thread's
 //! pixels; reads x once, then reads and writes y in place per step: ≤ 8 + 4·8 bytes per element.
 //!
+//! **Gaussian blur** (p = 0.5): torchvision's `GaussianBlur(kernel_size = 23)` with its default
+//! `sigma ∈ U(0.1, 2.0)`, one σ for both axes: taps `x_k = k − 11`, `w_k ∝ exp(−½(x_k/σ)²)`
+//! normalised to sum 1 (computed on the host in f64, stored f32), reflect padding (`−1 → 1`,
+//! `W → W − 2`, repeated for images narrower than the kernel; a 1-pixel axis stays itself).
+//! torchvision convolves with the 23×23 outer product; we apply the same kernel separably
+//! (rows, then columns: equal up to f32 rounding). Kernels `blur_h_f32`, `blur_v_f32`: one
+//! thread per output element, 23 taps each through the cache; read and write once per pass:
+//! 16 bytes per element plus the intermediate.
+//!
 //! No backward: augmentations act on data, before anything is tracked.
 
 use rayon::prelude::*;
@@ -57,6 +66,7 @@ mod tag {
     pub const CROP: u64 = 2;
     pub const GRAY: u64 = 3;
     pub const JITTER: u64 = 4;
+    pub const BLUR: u64 = 5;
 }
 
 /// `[B, H, W]` of a batch of RGB images `[B, 3, H, W]` with H, W ≥ 1.
@@ -125,6 +135,27 @@ impl Jitter {
             }
         }
     }
+}
+
+/// torchvision's 1-D Gaussian kernel of odd size `k` and standard deviation `sigma`.
+pub fn gaussian_kernel(k: usize, sigma: f32) -> Vec<f32> {
+    let half = (k as f64 - 1.0) * 0.5;
+    let pdf: Vec<f64> = (0..k).map(|i| (-0.5 * ((i as f64 - half) / sigma as f64).powi(2)).exp()).collect();
+    let sum: f64 = pdf.iter().sum();
+    pdf.iter().map(|p| (p / sum) as f32).collect()
+}
+
+/// Reflect padding's source index for `i` on an axis of length `n` (torch's `reflect` mode,
+/// repeated until inside; `n = 1` maps everything to 0).
+pub fn reflect(mut i: i64, n: usize) -> usize {
+    let n = n as i64;
+    if n == 1 {
+        return 0;
+    }
+    while i < 0 || i >= n {
+        i = if i < 0 { -i } else { 2 * (n - 1) - i };
+    }
+    i as usize
 }
 
 /// A crop window of an image: rows `top .. top + height`, columns `left .. left + width`.
@@ -310,6 +341,37 @@ pub mod cpu {
         }
     }
 
+    /// Separable blur of the images with weights (`weights[b]` = Some(k taps)), reflect padding.
+    pub fn blur(x: &[f32], weights: &[Option<Vec<f32>>], [_, h, w]: [usize; 3]) -> Vec<f32> {
+        let mut y = x.to_vec();
+        y.par_chunks_mut(3 * h * w).zip(weights).for_each(|(img, k)| {
+            let Some(k) = k else { return };
+            let half = (k.len() / 2) as i64;
+            for plane in img.chunks_mut(h * w) {
+                let mut tmp = vec![0f32; h * w];
+                for i in 0..h {
+                    for j in 0..w {
+                        let mut acc = 0f32;
+                        for (t, &kt) in k.iter().enumerate() {
+                            acc += kt * plane[i * w + reflect(j as i64 + t as i64 - half, w)];
+                        }
+                        tmp[i * w + j] = acc;
+                    }
+                }
+                for i in 0..h {
+                    for j in 0..w {
+                        let mut acc = 0f32;
+                        for (t, &kt) in k.iter().enumerate() {
+                            acc += kt * tmp[reflect(i as i64 + t as i64 - half, h) * w + j];
+                        }
+                        plane[i * w + j] = acc;
+                    }
+                }
+            }
+        });
+        y
+    }
+
     /// `y = (1 − fy)·((1 − fx)·p00 + fx·p01) + fy·((1 − fx)·p10 + fx·p11)`, the kernel's order.
     #[inline]
     pub(super) fn bilinear(p00: f32, p01: f32, p10: f32, p11: f32, fy: f32, fx: f32) -> f32 {
@@ -461,6 +523,44 @@ pub fn color_jitter(x: &Tensor, jitter: &[Option<Jitter>]) -> Result<Tensor> {
 pub fn random_color_jitter(x: &Tensor, p: f32, [bf, cf, sf, hf]: [f32; 4], seed: u64) -> Result<Tensor> {
     let [b, _, _] = image_dims("random_color_jitter", x)?;
     color_jitter(x, &per_image(seed, tag::JITTER, b, |r| r.chance(p).then(|| Jitter::sample(r, bf, cf, sf, hf))))
+}
+
+/// Gaussian blur with a `kernel`-tap (odd) kernel of each image's σ (`sigma.len()` = B; `None`
+/// leaves an image as is), reflect padding.
+pub fn gaussian_blur(x: &Tensor, kernel: usize, sigma: &[Option<f32>]) -> Result<Tensor> {
+    let dims @ [b, h, w] = image_dims("gaussian_blur", x)?;
+    one_per_image("gaussian_blur", sigma.len(), b)?;
+    if kernel % 2 == 0 || sigma.iter().flatten().any(|&s| !(s > 0.0 && s.is_finite())) {
+        return Err(Error::Invalid(format!("gaussian_blur: kernel size {kernel} must be odd and every σ positive")));
+    }
+    let weights: Vec<Option<Vec<f32>>> = sigma.iter().map(|s| s.map(|s| gaussian_kernel(kernel, s))).collect();
+    let s = x.storage();
+    match x.device() {
+        Device::Cpu => Tensor::from_vec(cpu::blur(s.cpu_f32("gaussian_blur")?, &weights, dims), x.shape(), x.device()),
+        Device::Cuda(gpu) => {
+            let n = x.numel();
+            let op = "gaussian_blur";
+            let on: Vec<i32> = weights.iter().map(|k| k.is_some() as i32).collect();
+            let table: Vec<f32> = weights.iter().flat_map(|k| k.clone().unwrap_or_else(|| vec![0.0; kernel])).collect();
+            let (on, table) = (upload(gpu, op, &on)?, upload(gpu, op, &table)?);
+            let mut tmp = gpu.alloc::<f32>(n)?;
+            let mut y = gpu.alloc::<f32>(n)?;
+            let (bb, hh, ww, kk) = (b as u32, h as u32, w as u32, kernel as u32);
+            // SAFETY: writes the n = B·3·H·W elements of tmp; reads x within each plane (reflected
+            // column indices < W) and B·kernel weights, one flag per image.
+            launch!(gpu, "augment", "blur_h_f32", launch_1d(n), s.cuda_f32(op)?, &mut tmp, &table, &on, &bb, &hh, &ww, &kk)?;
+            // SAFETY: writes the n elements of y; reads tmp within each plane (reflected rows < H).
+            launch!(gpu, "augment", "blur_v_f32", launch_1d(n), &tmp, &mut y, &table, &on, &bb, &hh, &ww, &kk)?;
+            Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()))
+        }
+    }
+}
+
+/// torchvision's `RandomApply([GaussianBlur(kernel, sigma)], p)` with `σ ∈ U(sigma)`, each image
+/// independently; Mind Reader uses p = 0.5, kernel 23 and torchvision's default σ ∈ (0.1, 2.0).
+pub fn random_gaussian_blur(x: &Tensor, p: f32, kernel: usize, sigma: (f32, f32), seed: u64) -> Result<Tensor> {
+    let [b, _, _] = image_dims("random_gaussian_blur", x)?;
+    gaussian_blur(x, kernel, &per_image(seed, tag::BLUR, b, |r| r.chance(p).then(|| r.uniform(sigma.0, sigma.1))))
 }
 
 /// torchvision's `RandomResizedCrop((H, W), scale, ratio)` with bilinear resampling, each image
@@ -660,6 +760,41 @@ mod tests {
     #[test]
     fn color_jitter_cuda_matches_cpu() {
         cuda_matches_cpu("color_jitter", 1e-5, 1e-5, |x, s| random_color_jitter(x, 0.8, [0.4, 0.4, 0.2, 0.1], s));
+    }
+
+    #[test]
+    fn blur_keeps_a_constant_image_and_spreads_a_point_by_the_kernel() {
+        let k = gaussian_kernel(23, 1.5);
+        assert!((k.iter().sum::<f32>() - 1.0).abs() < 1e-6 && k[0] == k[22] && k[11] > k[10]);
+        for d in devices() {
+            let shape = [2, 3, 5, 30];
+            let y = gaussian_blur(&tensor(vec![0.7; 900], shape, &d), 23, &[Some(0.1), Some(2.0)]).unwrap();
+            assert_close(&y.to_vec_f32().unwrap(), &[0.7; 900], 1e-6, 0.0, &format!("{d}: constant"));
+            // A point in the middle of a 25×25 image (no padding reached) becomes k ⊗ k.
+            let mut x = vec![0.0; 3 * 625];
+            x[12 * 25 + 12] = 1.0;
+            let y = gaussian_blur(&tensor(x.clone(), [1, 3, 25, 25], &d), 23, &[Some(1.0)]).unwrap().to_vec_f32().unwrap();
+            let k = gaussian_kernel(23, 1.0);
+            for (i, j) in [(12, 12), (1, 12), (12, 23), (5, 17)] {
+                assert!((y[i * 25 + j] - k[i - 1] * k[j - 1]).abs() < 1e-7, "{d}: ({i}, {j})");
+            }
+            let y = gaussian_blur(&tensor(x.clone(), [1, 3, 25, 25], &d), 23, &[None]).unwrap().to_vec_f32().unwrap();
+            assert_eq!(y, x, "{d}: no blur");
+        }
+        assert_eq!([-1, -2, 0, 4, 5, 6, 13].map(|i| reflect(i, 5)), [1, 2, 0, 4, 3, 2, 3]);
+        assert_eq!(reflect(-7, 1), 0);
+        let x = tensor(vec![0.0; 12], [1, 3, 2, 2], &Device::Cpu);
+        assert!(gaussian_blur(&x, 22, &[Some(1.0)]).is_err() && gaussian_blur(&x, 23, &[Some(0.0)]).is_err());
+    }
+
+    #[test]
+    fn random_gaussian_blur_is_seeded() {
+        seeded(|x, s| random_gaussian_blur(x, 0.5, 23, (0.1, 2.0), s));
+    }
+
+    #[test]
+    fn gaussian_blur_cuda_matches_cpu() {
+        cuda_matches_cpu("gaussian_blur", 1e-5, 1e-6, |x, s| random_gaussian_blur(x, 0.8, 23, (0.1, 2.0), s));
     }
 
     #[test]
