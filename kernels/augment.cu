@@ -182,3 +182,17 @@ extern "C" __global__ void blur_v_f32(const float* tmp, float* y, const float* w
         y[o] = acc;
     }
 }
+
+// y = 0 inside image b's rectangle rect[b·4 ..] = [top, bottom, left, right) (half-open), else x.
+extern "C" __global__ void cutout_f32(const float* x, float* y, const int* rect, unsigned B, unsigned H, unsigned W) {
+    u64 total = (u64)B * 3 * H * W;
+    FOR_EACH(o, total) {
+        unsigned j = o % W;
+        u64 rest = o / W;
+        unsigned i = rest % H;
+        unsigned b = rest / H / 3;
+        const int* r = rect + (u64)b * 4;
+        bool inside = (int)i >= r[0] && (int)i < r[1] && (int)j >= r[2] && (int)j < r[3];
+        y[o] = inside ? 0.f : x[o];
+    }
+}

@@ -51,6 +51,14 @@
 //! thread per output element, 23 taps each through the cache; read and write once per pass:
 //! 16 bytes per element plus the intermediate.
 //!
+//! **Cutout** (always, in Mind Reader's augmented branch): Mind Reader's own `RandomMask(0.3)`,
+//! exactly: "30 %" is the square's *side* as a fraction of each image side, not its area. With
+//! centre `(cy, cx) ∈ U[0, 1)²` and `m = 0.15`, rows `max(0, round((cy − m)·H)) ..
+//! min(H − 1, round((cy + m)·H))` and columns likewise with W (half-open, Python's
+//! round-half-even) are set to 0 — at most ≈ 9 % of the area, less where the square leaves the
+//! image; the reference's `min(H − 1, …)` means the last row and column are never masked, kept
+//! here. Kernel `cutout_f32`: one thread per element, reads once and writes once (8 bytes).
+//!
 //! No backward: augmentations act on data, before anything is tracked.
 
 use rayon::prelude::*;
@@ -67,6 +75,7 @@ mod tag {
     pub const GRAY: u64 = 3;
     pub const JITTER: u64 = 4;
     pub const BLUR: u64 = 5;
+    pub const CUTOUT: u64 = 6;
 }
 
 /// `[B, H, W]` of a batch of RGB images `[B, 3, H, W]` with H, W ≥ 1.
@@ -156,6 +165,34 @@ pub fn reflect(mut i: i64, n: usize) -> usize {
         i = if i < 0 { -i } else { 2 * (n - 1) - i };
     }
     i as usize
+}
+
+/// A zeroed rectangle: rows `top .. bottom`, columns `left .. right` (half-open, may be empty).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cutout {
+    pub top: usize,
+    pub bottom: usize,
+    pub left: usize,
+    pub right: usize,
+}
+
+impl Cutout {
+    /// Mind Reader's `RandomMask(ratio)` on an `h × w` image (see the module doc).
+    pub fn sample(rng: &mut Rng, h: usize, w: usize, ratio: f32) -> Cutout {
+        let m = ratio as f64 / 2.0;
+        let (cy, cx) = (rng.f32() as f64, rng.f32() as f64);
+        let span = |c: f64, n: usize| {
+            let start = ((c - m) * n as f64).round_ties_even().max(0.0) as usize;
+            let end = (((c + m) * n as f64).round_ties_even() as usize).min(n - 1);
+            (start, end.max(start))
+        };
+        let ((top, bottom), (left, right)) = (span(cy, h), span(cx, w));
+        Cutout { top, bottom, left, right }
+    }
+
+    fn contains(&self, i: usize, j: usize) -> bool {
+        (self.top..self.bottom).contains(&i) && (self.left..self.right).contains(&j)
+    }
 }
 
 /// A crop window of an image: rows `top .. top + height`, columns `left .. left + width`.
@@ -372,6 +409,22 @@ pub mod cpu {
         y
     }
 
+    /// Zeroes each image's rectangle in every channel.
+    pub fn cutout(x: &[f32], rects: &[Option<Cutout>], [_, h, w]: [usize; 3]) -> Vec<f32> {
+        let mut y = x.to_vec();
+        y.par_chunks_mut(3 * h * w).zip(rects).for_each(|(img, r)| {
+            let Some(r) = r else { return };
+            for plane in img.chunks_mut(h * w) {
+                for (p, v) in plane.iter_mut().enumerate() {
+                    if r.contains(p / w, p % w) {
+                        *v = 0.0;
+                    }
+                }
+            }
+        });
+        y
+    }
+
     /// `y = (1 − fy)·((1 − fx)·p00 + fx·p01) + fy·((1 − fx)·p10 + fx·p11)`, the kernel's order.
     #[inline]
     pub(super) fn bilinear(p00: f32, p01: f32, p10: f32, p11: f32, fy: f32, fx: f32) -> f32 {
@@ -561,6 +614,40 @@ pub fn gaussian_blur(x: &Tensor, kernel: usize, sigma: &[Option<f32>]) -> Result
 pub fn random_gaussian_blur(x: &Tensor, p: f32, kernel: usize, sigma: (f32, f32), seed: u64) -> Result<Tensor> {
     let [b, _, _] = image_dims("random_gaussian_blur", x)?;
     gaussian_blur(x, kernel, &per_image(seed, tag::BLUR, b, |r| r.chance(p).then(|| r.uniform(sigma.0, sigma.1))))
+}
+
+/// Zeroes each image's rectangle (`rects.len()` = B; `None` leaves an image as is).
+pub fn cutout(x: &Tensor, rects: &[Option<Cutout>]) -> Result<Tensor> {
+    let dims @ [b, h, w] = image_dims("cutout", x)?;
+    one_per_image("cutout", rects.len(), b)?;
+    if let Some(r) = rects.iter().flatten().find(|r| r.top > r.bottom || r.left > r.right || r.bottom > h || r.right > w) {
+        return Err(Error::Invalid(format!("cutout: rectangle {r:?} is not inside a {h}×{w} image")));
+    }
+    let s = x.storage();
+    match x.device() {
+        Device::Cpu => Tensor::from_vec(cpu::cutout(s.cpu_f32("cutout")?, rects, dims), x.shape(), x.device()),
+        Device::Cuda(gpu) => {
+            let n = x.numel();
+            let table: Vec<i32> = rects
+                .iter()
+                .flat_map(|r| r.map_or([0; 4], |r| [r.top, r.bottom, r.left, r.right].map(|v| v as i32)))
+                .collect();
+            let table = upload(gpu, "cutout", &table)?;
+            let mut y = gpu.alloc::<f32>(n)?;
+            let (bb, hh, ww) = (b as u32, h as u32, w as u32);
+            // SAFETY: writes the n = B·3·H·W elements of y, reads the same element of x and the
+            // 4 bounds of its image.
+            launch!(gpu, "augment", "cutout_f32", launch_1d(n), s.cuda_f32("cutout")?, &mut y, &table, &bb, &hh, &ww)?;
+            Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()))
+        }
+    }
+}
+
+/// Mind Reader's `RandomMask(ratio)` applied with probability `p`, each image independently;
+/// Mind Reader uses ratio 0.3 and applies it to every augmented image (p = 1).
+pub fn random_cutout(x: &Tensor, p: f32, ratio: f32, seed: u64) -> Result<Tensor> {
+    let [b, h, w] = image_dims("random_cutout", x)?;
+    cutout(x, &per_image(seed, tag::CUTOUT, b, |r| r.chance(p).then(|| Cutout::sample(r, h, w, ratio))))
 }
 
 /// torchvision's `RandomResizedCrop((H, W), scale, ratio)` with bilinear resampling, each image
@@ -795,6 +882,37 @@ mod tests {
     #[test]
     fn gaussian_blur_cuda_matches_cpu() {
         cuda_matches_cpu("gaussian_blur", 1e-5, 1e-6, |x, s| random_gaussian_blur(x, 0.8, 23, (0.1, 2.0), s));
+    }
+
+    #[test]
+    fn cutout_zeroes_its_rectangle_only() {
+        for d in devices() {
+            let shape = [1, 3, 4, 5];
+            let r = Cutout { top: 1, bottom: 3, left: 2, right: 4 };
+            let y = cutout(&tensor(vec![0.5; 60], shape, &d), &[Some(r)]).unwrap().to_vec_f32().unwrap();
+            for (k, &v) in y.iter().enumerate() {
+                let (i, j) = ((k / 5) % 4, k % 5);
+                assert_eq!(v, if (1..3).contains(&i) && (2..4).contains(&j) { 0.0 } else { 0.5 }, "{d} ({i}, {j})");
+            }
+        }
+        // Sides at most 30 % of the image sides; the last row and column are never masked.
+        let mut rng = Rng::new(8);
+        for _ in 0..1000 {
+            let c = Cutout::sample(&mut rng, 100, 60, 0.3);
+            assert!(c.bottom - c.top <= 30 && c.right - c.left <= 18 && c.bottom <= 99 && c.right <= 59, "{c:?}");
+        }
+        let x = tensor(vec![0.0; 12], [1, 3, 2, 2], &Device::Cpu);
+        assert!(cutout(&x, &[Some(Cutout { top: 0, bottom: 3, left: 0, right: 1 })]).is_err());
+    }
+
+    #[test]
+    fn random_cutout_is_seeded() {
+        seeded(|x, s| random_cutout(x, 1.0, 0.3, s));
+    }
+
+    #[test]
+    fn cutout_cuda_matches_cpu() {
+        cuda_matches_cpu("cutout", 0.0, 0.0, |x, s| random_cutout(x, 0.8, 0.3, s));
     }
 
     #[test]
