@@ -59,6 +59,13 @@
 //! image; the reference's `min(H − 1, …)` means the last row and column are never masked, kept
 //! here. Kernel `cutout_f32`: one thread per element, reads once and writes once (8 bytes).
 //!
+//! **The chain** `mind_reader_augment`, in the order of Mind Reader's `get_img_trans` (which
+//! builds a new transform per sample, so every draw is per image): with probability 0.9
+//! (`extra_aug`) the image is augmented by random resized crop → flip (0.5) → colour jitter
+//! (0.4) → grayscale (0.2) → blur (0.5) → cutout; otherwise it passes unchanged. (The reference's
+//! `ToTensor` and `Resize((256, 256))` come before, outside this module.) Each image draws all
+//! its parameters from one stream, `Rng::stream(seed, AUGMENT, b << 8)`, in that order.
+//!
 //! No backward: augmentations act on data, before anything is tracked.
 
 use rayon::prelude::*;
@@ -650,6 +657,89 @@ pub fn random_cutout(x: &Tensor, p: f32, ratio: f32, seed: u64) -> Result<Tensor
     cutout(x, &per_image(seed, tag::CUTOUT, b, |r| r.chance(p).then(|| Cutout::sample(r, h, w, ratio))))
 }
 
+/// Mind Reader's augmentation parameters (`nsd_utils.get_img_trans` defaults).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MindReaderAugment {
+    /// Probability that an image is augmented at all (`extra_aug`).
+    pub p_augment: f32,
+    pub crop_scale: (f32, f32),
+    pub crop_ratio: (f32, f32),
+    pub p_flip: f32,
+    pub p_jitter: f32,
+    /// Brightness, contrast, saturation, hue.
+    pub jitter: [f32; 4],
+    pub p_gray: f32,
+    pub p_blur: f32,
+    pub blur_kernel: usize,
+    pub blur_sigma: (f32, f32),
+    pub cutout_ratio: f32,
+}
+
+impl Default for MindReaderAugment {
+    fn default() -> Self {
+        MindReaderAugment {
+            p_augment: 0.9,
+            crop_scale: (0.8, 1.0),
+            crop_ratio: (0.75, 4.0 / 3.0),
+            p_flip: 0.5,
+            p_jitter: 0.4,
+            jitter: [0.4, 0.4, 0.2, 0.1],
+            p_gray: 0.2,
+            p_blur: 0.5,
+            blur_kernel: 23,
+            blur_sigma: (0.1, 2.0),
+            cutout_ratio: 0.3,
+        }
+    }
+}
+
+/// One image's draws for the whole chain; `None` / `false` / the full crop where a step is off.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ImageAugment {
+    pub crop: Crop,
+    pub flip: bool,
+    pub jitter: Option<Jitter>,
+    pub gray: bool,
+    pub blur_sigma: Option<f32>,
+    pub cutout: Option<Cutout>,
+}
+
+impl MindReaderAugment {
+    /// Draws image `index`'s parameters for an `h × w` image.
+    pub fn sample(&self, seed: u64, index: usize, h: usize, w: usize) -> ImageAugment {
+        let r = &mut Rng::stream(seed, stage::AUGMENT, (index as u64) << 8);
+        if !r.chance(self.p_augment) {
+            return ImageAugment { crop: Crop::full(h, w), flip: false, jitter: None, gray: false, blur_sigma: None, cutout: None };
+        }
+        let crop = Crop::sample(r, h, w, self.crop_scale, self.crop_ratio);
+        let flip = r.chance(self.p_flip);
+        let [bf, cf, sf, hf] = self.jitter;
+        let jitter = r.chance(self.p_jitter).then(|| Jitter::sample(r, bf, cf, sf, hf));
+        let gray = r.chance(self.p_gray);
+        let blur_sigma = r.chance(self.p_blur).then(|| r.uniform(self.blur_sigma.0, self.blur_sigma.1));
+        let cutout = Some(Cutout::sample(r, h, w, self.cutout_ratio));
+        ImageAugment { crop, flip, jitter, gray, blur_sigma, cutout }
+    }
+
+    /// Applies the chain to `[0, 1]` images `[B, 3, H, W]` on their device.
+    pub fn apply(&self, x: &Tensor, seed: u64) -> Result<Tensor> {
+        let [b, h, w] = image_dims("mind_reader_augment", x)?;
+        let p: Vec<ImageAugment> = (0..b).map(|i| self.sample(seed, i, h, w)).collect();
+        let x = resized_crop(x, &p.iter().map(|a| a.crop).collect::<Vec<_>>())?;
+        let x = hflip(&x, &p.iter().map(|a| a.flip).collect::<Vec<_>>())?;
+        let x = color_jitter(&x, &p.iter().map(|a| a.jitter).collect::<Vec<_>>())?;
+        let x = grayscale(&x, &p.iter().map(|a| a.gray).collect::<Vec<_>>())?;
+        let x = gaussian_blur(&x, self.blur_kernel, &p.iter().map(|a| a.blur_sigma).collect::<Vec<_>>())?;
+        cutout(&x, &p.iter().map(|a| a.cutout).collect::<Vec<_>>())
+    }
+}
+
+/// Mind Reader's training augmentation of `[0, 1]` images `[B, 3, H, W]` (see the module doc),
+/// on `device`; normalise (e.g. by CLIP's mean/std) afterwards.
+pub fn mind_reader_augment(images: &Tensor, seed: u64, device: &Device) -> Result<Tensor> {
+    MindReaderAugment::default().apply(&images.to_device(device)?, seed)
+}
+
 /// torchvision's `RandomResizedCrop((H, W), scale, ratio)` with bilinear resampling, each image
 /// its own window; Mind Reader uses scale (0.8, 1) and torchvision's default ratio (3/4, 4/3).
 pub fn random_resized_crop(x: &Tensor, scale: (f32, f32), ratio: (f32, f32), seed: u64) -> Result<Tensor> {
@@ -913,6 +1003,33 @@ mod tests {
     #[test]
     fn cutout_cuda_matches_cpu() {
         cuda_matches_cpu("cutout", 0.0, 0.0, |x, s| random_cutout(x, 0.8, 0.3, s));
+    }
+
+    #[test]
+    fn chain_draws_per_image_in_mind_readers_proportions() {
+        let cfg = MindReaderAugment::default();
+        let n = 20_000;
+        let draws: Vec<ImageAugment> = (0..n).map(|i| cfg.sample(3, i, 64, 64)).collect();
+        let frac = |f: &dyn Fn(&ImageAugment) -> bool| draws.iter().filter(|a| f(a)).count() as f64 / n as f64;
+        let augmented = frac(&|a| a.cutout.is_some());
+        assert!((augmented - 0.9).abs() < 0.01, "augmented {augmented}");
+        for (got, want) in [(frac(&|a| a.flip), 0.45), (frac(&|a| a.jitter.is_some()), 0.36), (frac(&|a| a.gray), 0.18), (frac(&|a| a.blur_sigma.is_some()), 0.45)] {
+            assert!((got - want).abs() < 0.015, "{got} vs {want}");
+        }
+        assert_eq!(cfg.sample(3, 7, 64, 64), draws[7]);
+    }
+
+    #[test]
+    fn mind_reader_augment_is_seeded_and_stays_in_range() {
+        seeded(|x, s| mind_reader_augment(x, s, &Device::Cpu));
+        let shape = [8, 3, 24, 24];
+        let y = mind_reader_augment(&tensor(unit_images(shape, 2), shape, &Device::Cpu), 5, &Device::Cpu).unwrap();
+        assert!(y.to_vec_f32().unwrap().iter().all(|v| (0.0..=1.0).contains(v)));
+    }
+
+    #[test]
+    fn mind_reader_augment_cuda_matches_cpu() {
+        cuda_matches_cpu("mind_reader_augment", 1e-4, 1e-5, |x, s| mind_reader_augment(x, s, x.device()));
     }
 
     #[test]
