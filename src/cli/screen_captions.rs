@@ -12,6 +12,7 @@ use anyhow::Result;
 use clap::Args;
 use mindreader::data::dataset::{write_caption_choice, write_target};
 use mindreader::data::{DatasetFile, Target};
+use mindreader::eval::retrieval::unit_rows;
 use mindreader::models::clip::Clip;
 
 use super::embed::{embed_images, embed_texts};
@@ -31,11 +32,6 @@ pub struct ScreenCaptionsArgs {
     pub batch: usize,
     #[arg(long, default_value = "auto")]
     pub device: String,
-}
-
-fn unit(v: &mut [f32]) {
-    let n = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
-    v.iter_mut().for_each(|a| *a /= n);
 }
 
 pub fn run(args: ScreenCaptionsArgs) -> Result<()> {
@@ -81,13 +77,10 @@ pub fn run(args: ScreenCaptionsArgs) -> Result<()> {
                 *acc += v;
             }
         }
-        unit(row);
     }
-    let mut image_target = images;
-    for row in image_target.chunks_exact_mut(d) {
-        row.iter_mut().for_each(|v| *v = v.clamp(-1.5, 1.5));
-        unit(row);
-    }
+    let caption_target = unit_rows(&caption_target, d);
+    let clamped: Vec<f32> = images.iter().map(|v| v.clamp(-1.5, 1.5)).collect();
+    let image_target = unit_rows(&clamped, d);
     let model = args.clip.display().to_string();
     write_caption_choice(&args.data, &chosen, args.keep, &format!("caption slots ranked by CLIP image-text cosine ({model}), best first"))?;
     write_target(&args.data, &Target { name: "clip_image".into(), dim: d, data: image_target, description: format!("CLIP image embedding ({model}), clamped to ±1.5, L2-normalised") })?;

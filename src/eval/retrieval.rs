@@ -23,7 +23,8 @@ pub struct Retrieval {
     pub chance: f64,
 }
 
-fn unit_rows(x: &[f32], d: usize) -> Vec<f32> {
+/// Each length-`d` row divided by its L2 norm (at least 1e-8).
+pub fn unit_rows(x: &[f32], d: usize) -> Vec<f32> {
     let mut y = x.to_vec();
     for row in y.chunks_exact_mut(d) {
         let n = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-8);

@@ -72,7 +72,7 @@ use rayon::prelude::*;
 
 use crate::data::rng::{stage, Rng};
 use crate::error::{Error, Result};
-use crate::tensor::{launch, launch_1d, Device, Gpu, Storage, Tensor};
+use crate::tensor::{launch, launch_1d, upload, Device, Storage, Tensor};
 
 /// Tags that separate the streams of the `random_*` ops, so that calling several of them with
 /// one seed draws independent parameters.
@@ -104,10 +104,6 @@ fn one_per_image(op: &'static str, params: usize, batch: usize) -> Result<()> {
 /// Draws one value per image, each from its own stream of `seed`.
 fn per_image<T>(seed: u64, tag: u64, batch: usize, mut draw: impl FnMut(&mut Rng) -> T) -> Vec<T> {
     (0..batch).map(|b| draw(&mut Rng::stream(seed, stage::AUGMENT, ((b as u64) << 8) | tag))).collect()
-}
-
-fn upload<T: cudarc::driver::DeviceRepr>(gpu: &Gpu, op: &'static str, v: &[T]) -> Result<cudarc::driver::CudaSlice<T>> {
-    gpu.stream.clone_htod(v).map_err(|e| Error::cuda(op, e))
 }
 
 /// torchvision's luma weights for `rgb_to_grayscale` on tensors.
@@ -467,7 +463,7 @@ pub fn hflip(x: &Tensor, flip: &[bool]) -> Result<Tensor> {
         Device::Cpu => Tensor::from_vec(cpu::hflip(s.cpu_f32("hflip")?, flip, dims), x.shape(), x.device()),
         Device::Cuda(gpu) => {
             let n = x.numel();
-            let flags = upload(gpu, "hflip", &flip.iter().map(|&f| f as i32).collect::<Vec<_>>())?;
+            let flags = upload(gpu, &flip.iter().map(|&f| f as i32).collect::<Vec<_>>())?;
             let mut y = gpu.alloc::<f32>(n)?;
             let (bb, hh, ww) = (b as u32, h as u32, w as u32);
             // SAFETY: writes the n = B·3·H·W elements of y; reads x at the same row, column W−1−j
@@ -499,8 +495,8 @@ pub fn resized_crop(x: &Tensor, crops: &[Crop]) -> Result<Tensor> {
         Device::Cuda(gpu) => {
             let n = x.numel();
             let op = "resized_crop";
-            let (r0, r1, rf) = (upload(gpu, op, &rows.i0)?, upload(gpu, op, &rows.i1)?, upload(gpu, op, &rows.f)?);
-            let (c0, c1, cf) = (upload(gpu, op, &cols.i0)?, upload(gpu, op, &cols.i1)?, upload(gpu, op, &cols.f)?);
+            let (r0, r1, rf) = (upload(gpu, &rows.i0)?, upload(gpu, &rows.i1)?, upload(gpu, &rows.f)?);
+            let (c0, c1, cf) = (upload(gpu, &cols.i0)?, upload(gpu, &cols.i1)?, upload(gpu, &cols.f)?);
             let mut y = gpu.alloc::<f32>(n)?;
             let (bb, hh, ww) = (b as u32, h as u32, w as u32);
             // SAFETY: writes the n = B·3·H·W elements of y; the B·H row and B·W column tables
@@ -519,7 +515,7 @@ pub fn grayscale(x: &Tensor, gray: &[bool]) -> Result<Tensor> {
     match x.device() {
         Device::Cpu => Tensor::from_vec(cpu::grayscale(s.cpu_f32("grayscale")?, gray, dims), x.shape(), x.device()),
         Device::Cuda(gpu) => {
-            let flags = upload(gpu, "grayscale", &gray.iter().map(|&g| g as i32).collect::<Vec<_>>())?;
+            let flags = upload(gpu, &gray.iter().map(|&g| g as i32).collect::<Vec<_>>())?;
             let mut y = gpu.alloc::<f32>(x.numel())?;
             let (bb, hh, ww) = (b as u32, h as u32, w as u32);
             let [l0, l1, l2] = LUMA;
@@ -566,7 +562,7 @@ pub fn color_jitter(x: &Tensor, jitter: &[Option<Jitter>]) -> Result<Tensor> {
                 return Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()));
             }
             let params: Vec<f32> = jitter.iter().flat_map(|j| Jitter::packed(j.as_ref())).collect();
-            let params = upload(gpu, "color_jitter", &params)?;
+            let params = upload(gpu, &params)?;
             let (hh, ww) = (h as u32, w as u32);
             // One block per image: the contrast step reduces over the whole image.
             let cfg = cudarc::driver::LaunchConfig { grid_dim: (b as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
@@ -602,7 +598,7 @@ pub fn gaussian_blur(x: &Tensor, kernel: usize, sigma: &[Option<f32>]) -> Result
             let op = "gaussian_blur";
             let on: Vec<i32> = weights.iter().map(|k| k.is_some() as i32).collect();
             let table: Vec<f32> = weights.iter().flat_map(|k| k.clone().unwrap_or_else(|| vec![0.0; kernel])).collect();
-            let (on, table) = (upload(gpu, op, &on)?, upload(gpu, op, &table)?);
+            let (on, table) = (upload(gpu, &on)?, upload(gpu, &table)?);
             let mut tmp = gpu.alloc::<f32>(n)?;
             let mut y = gpu.alloc::<f32>(n)?;
             let (bb, hh, ww, kk) = (b as u32, h as u32, w as u32, kernel as u32);
@@ -639,7 +635,7 @@ pub fn cutout(x: &Tensor, rects: &[Option<Cutout>]) -> Result<Tensor> {
                 .iter()
                 .flat_map(|r| r.map_or([0; 4], |r| [r.top, r.bottom, r.left, r.right].map(|v| v as i32)))
                 .collect();
-            let table = upload(gpu, "cutout", &table)?;
+            let table = upload(gpu, &table)?;
             let mut y = gpu.alloc::<f32>(n)?;
             let (bb, hh, ww) = (b as u32, h as u32, w as u32);
             // SAFETY: writes the n = B·3·H·W elements of y, reads the same element of x and the

@@ -26,11 +26,11 @@
 //!
 //! No backward: the input is u8 pixels.
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::tensor::{launch_1d, Device, Storage, Tensor};
+use crate::tensor::{launch_1d, upload, Device, Storage, Tensor};
 
 /// CLIP's per-channel normalisation, digits as published in OpenAI's `clip/clip.py`.
 #[allow(clippy::excessive_precision)]
@@ -205,10 +205,6 @@ pub mod cpu {
     pub fn normalize(v: u8, c: usize) -> f32 {
         (v as f32 / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c]
     }
-}
-
-fn upload<T: cudarc::driver::DeviceRepr>(gpu: &crate::tensor::Gpu, v: &[T]) -> Result<CudaSlice<T>> {
-    gpu.stream.clone_htod(v).map_err(|e| Error::cuda("clip_preprocess upload", e))
 }
 
 /// CLIP's preprocessing of u8 RGB images `[B, H, W, 3]` (row-major, as the dataset stores
