@@ -145,7 +145,8 @@ fn bad_inputs_are_errors() {
     assert!(clip.encode_text(&mut Tape::inference(), &[1; 78], 78).is_err());
 }
 
-/// Training a small CLIP needs a gradient for every weight (logit_scale is read as a constant).
+/// Training a small CLIP needs a gradient for every weight, the temperature `logit_scale` included:
+/// d(Σ w ⊙ logits)/d logit_scale = Σ w ⊙ logits, since logits = exp(logit_scale)·cos.
 #[test]
 fn gradients_reach_every_weight() {
     let clip = Clip::load(&tiny_dir(), &Device::Cpu).unwrap();
@@ -160,8 +161,12 @@ fn gradients_reach_every_weight() {
     let lw = mul(&mut tape, &logits, &w).unwrap();
     let loss = sum_all(&mut tape, &lw).unwrap();
     let g = tape.backward(&loss).unwrap();
-    for p in clip.store.iter().filter(|p| p.name != "logit_scale") {
+    for p in clip.store.iter() {
         let grad = g.get(&p.value).unwrap_or_else(|| panic!("no gradient for {}", p.name)).to_vec_f32().unwrap();
         assert!(grad.iter().all(|v| v.is_finite()) && grad.iter().any(|&v| v != 0.0), "{}", p.name);
     }
+    let scale = clip.store.iter().find(|p| p.name == "logit_scale").unwrap();
+    let got = g.get(&scale.value).unwrap().scalar().unwrap();
+    let want: f32 = lw.to_vec_f32().unwrap().iter().sum();
+    assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "d/d logit_scale {got} vs Σ w ⊙ logits {want}");
 }

@@ -342,6 +342,25 @@ pub fn mul(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(y)
 }
 
+/// `y = s·x` for a one-element tensor `s` (a learned scalar, e.g. CLIP's `exp(logit_scale)`);
+/// `dx = s·dy`, `ds = Σ x ⊙ dy`. Composed from the scale, mul and sum kernels: the forward reads
+/// `s` back to the host (one 4-byte copy) and launches `scale`, so it suits small tensors such
+/// as a logits matrix, not a hot loop.
+pub fn scale_by(tape: &mut Tape, x: &Tensor, s: &Tensor) -> Result<Tensor> {
+    same_device("scale_by", &[x, s])?;
+    if s.numel() != 1 {
+        return Err(Error::shape("scale_by", format!("the scale must have one element, got {:?}", s.shape())));
+    }
+    let y = scale_raw(x, s.scalar()?)?;
+    let (xc, sc) = (x.clone(), s.clone());
+    tape.record(&[x, s], &y, move |dy| {
+        let dx = scale_raw(dy, sc.scalar()?)?;
+        let ds = crate::ops::reduce::sum_all_raw(&mul_raw(&xc, dy)?, 1.0)?.reshaped(sc.shape())?;
+        Ok(vec![Some(dx), Some(ds)])
+    });
+    Ok(y)
+}
+
 fn bias_layout(x: &Tensor, bias: &Tensor, axis: isize) -> Result<(usize, usize, usize)> {
     let axis = x.axis(axis)?;
     let (outer, c, inner) = split_at_axis(x.shape(), axis);
@@ -550,6 +569,41 @@ mod tests {
             };
             assert_close(&run(&gpu), &run(&Device::Cpu), 1e-5, 1e-5, &format!("binary/bias n={n}"));
         }
+    }
+
+    /// `L = Σ r ⊙ (s·x)`: the tape's dL/dx and dL/ds against central differences (L is linear
+    /// in each, so f32 differences are exact up to rounding), on every device.
+    #[test]
+    fn scale_by_gradients_match_central_differences() {
+        let (xv, rv) = (random_vec(37, 1), random_vec(37, 2));
+        let loss = |x: &[f32], s: f32| -> f64 { x.iter().zip(&rv).map(|(&x, &r)| (s * x * r) as f64).sum() };
+        for device in devices() {
+            let x = Tensor::from_slice(&xv, &[37], &device).unwrap();
+            let s = Tensor::from_vec(vec![1.7], &[], &device).unwrap();
+            let r = Tensor::from_slice(&rv, &[37], &device).unwrap();
+            let mut tape = Tape::new();
+            tape.watch(&x);
+            tape.watch(&s);
+            let y = scale_by(&mut tape, &x, &s).unwrap();
+            let yr = mul(&mut tape, &y, &r).unwrap();
+            let l = crate::ops::reduce::sum_all(&mut tape, &yr).unwrap();
+            let grads = tape.backward(&l).unwrap();
+            let ds = grads.get(&s).unwrap().scalar().unwrap() as f64;
+            let e = 1e-2;
+            let want = (loss(&xv, 1.7 + e) - loss(&xv, 1.7 - e)) / (2.0 * e as f64);
+            assert!((ds - want).abs() <= 1e-4 * want.abs().max(1.0), "ds {ds} vs {want} on {device}");
+            let dx = grads.get(&x).unwrap().to_vec_f32().unwrap();
+            for i in [0, 17, 36] {
+                let (mut up, mut down) = (xv.clone(), xv.clone());
+                up[i] += e;
+                down[i] -= e;
+                let want = (loss(&up, 1.7) - loss(&down, 1.7)) / (2.0 * e as f64);
+                assert!((dx[i] as f64 - want).abs() <= 1e-4 * want.abs().max(1.0), "dx[{i}] {} vs {want} on {device}", dx[i]);
+            }
+        }
+        let two = Tensor::zeros(&[2], &Device::Cpu).unwrap();
+        let err = scale_by(&mut Tape::new(), &two, &two).unwrap_err().to_string();
+        assert!(err.contains("one element"), "{err}");
     }
 
     #[test]

@@ -225,11 +225,12 @@ impl Clip {
     }
 
     /// `exp(logit_scale)·cos(image_i, text_j)`: `[B_img, B_txt]` from the two feature batches.
-    /// The scale is read as a constant (no gradient reaches `logit_scale`).
+    /// Recorded through `logit_scale` too, so training CLIP contrastively learns its temperature.
     pub fn logits_per_image(&self, tape: &mut Tape, image_features: &Tensor, text_features: &Tensor) -> Result<Tensor> {
         let i = l2_normalize(tape, image_features, 1e-12)?;
         let t = l2_normalize(tape, text_features, 1e-12)?;
         let cos = matmul::matmul(tape, &i, &t, false, true)?;
-        ew::scale(tape, &cos, self.logit_scale.scalar()?.exp())
+        let scale = ew::exp(tape, &self.logit_scale)?;
+        ew::scale_by(tape, &cos, &scale)
     }
 }
