@@ -169,3 +169,47 @@ fn screen_captions_picks_clip_best_caption_and_feeds_train_mapper() {
     assert!(text.contains("target `clip_caption` (24-d)") || text.contains("clip_caption"), "{text}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `screen-captions --augment-views K` stores K seeded augmented views of the image target, and
+/// `train-mapper --augmented` trains on them; without views it says how to make them.
+#[test]
+fn augmented_views_are_seeded_and_feed_train_mapper() {
+    use mindreader::data::DatasetFile;
+    let dir = std::env::temp_dir().join(format!("mindreader-cli-views-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    let (world, clip) = (dir.join("w.h5"), mindreader::testing::fixtures_dir().join("clip").join("tiny"));
+    run_ok(&["synth", "--out", &p(&world), "--stimuli", "40", "--voxels", "64", "--seed", "6"]);
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train-mapper", "--data", world.to_str().unwrap(), "--target", "clip_image", "--out"];
+        let run = p(&dir.join("run"));
+        args.extend([run.as_str(), "--device", "cpu", "--hidden", "4", "--fc-hidden", "4", "--res-blocks", "1", "--epochs", "2", "--batch", "16"]);
+        args.extend(extra);
+        mindreader().args(&args).output().expect("run mindreader")
+    };
+    run_ok(&["screen-captions", "--clip", &p(&clip), "--data", &p(&world), "--device", "cpu"]);
+    let out = train(&["--augmented"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("w.h5") && err.contains("--augment-views") && !err.contains("panicked"), "{err}");
+
+    let views_with = |seed: &str| {
+        run_ok(&["screen-captions", "--clip", &p(&clip), "--data", &p(&world), "--device", "cpu", "--augment-views", "3", "--augment-seed", seed]);
+        let file = DatasetFile::open(&world).unwrap();
+        (file.augmented("clip_image").unwrap(), file.target("clip_image").unwrap().0)
+    };
+    let ((views, k, d), plain) = views_with("7");
+    assert_eq!((k, d, views.len()), (3, 24, 3 * 40 * 24));
+    for row in views.chunks_exact(d) {
+        let n: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((n - 1.0).abs() < 1e-4, "augmented rows are unit vectors, got norm {n}");
+    }
+    let block = 40 * d;
+    assert!(views[..block] != plain[..] && views[..block] != views[block..2 * block], "augmentation changed nothing");
+    assert_eq!(views_with("7").0 .0, views, "the same seed must give the same views");
+    assert_ne!(views_with("8").0 .0, views, "another seed must give other views");
+
+    let out = train(&["--augmented"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("augmented: 3 views"), "{text}");
+    std::fs::remove_dir_all(dir).ok();
+}

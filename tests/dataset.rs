@@ -92,6 +92,50 @@ fn schema_round_trip() {
     assert!(missing.contains("targets/clip_caption") && missing.contains("clip_image, scene"), "{missing}");
 }
 
+/// `augmented/<name>` [K, M, D] views sit beside their target: written, read back, refused when
+/// their target is missing or of another width or the row count is wrong, dropped with a
+/// replaced target.
+#[test]
+fn augmented_views_round_trip_and_follow_their_target() {
+    let f = Temp::new("augmented");
+    dataset::write(&f.0, &world(&small(3))).unwrap();
+    let clip = Target { name: "clip_image".into(), dim: 4, data: vec![0.5; 240], description: "test".into() };
+    let views: Vec<f32> = (0..3 * 60 * 4).map(|i| i as f32 / 720.0).collect();
+    let err = dataset::write_augmented(&f.0, "clip_image", 3, 4, &views, "three views").unwrap_err().to_string();
+    assert!(err.contains("needs a 4-d targets/clip_image"), "{err}");
+    dataset::write_target(&f.0, &clip).unwrap();
+    let err = dataset::write_augmented(&f.0, "clip_image", 2, 4, &views, "wrong count").unwrap_err().to_string();
+    assert!(err.contains("720 values for [2 views, 60 stimuli, 4 dims]"), "{err}");
+    dataset::write_augmented(&f.0, "clip_image", 3, 4, &views, "three views").unwrap();
+    let file = DatasetFile::open(&f.0).unwrap();
+    assert_eq!(file.summary().augmented, vec![("clip_image".to_string(), 3, 4)]);
+    assert_eq!(file.augmented("clip_image").unwrap(), (views.clone(), 3, 4));
+    let err = file.augmented("scene").unwrap_err().to_string();
+    assert!(err.contains("augmented/scene") && err.contains("--augment-views"), "{err}");
+    drop(file);
+    // A replaced target takes its stale views with it.
+    dataset::write_target(&f.0, &clip).unwrap();
+    assert!(DatasetFile::open(&f.0).unwrap().summary().augmented.is_empty());
+
+    let with_views = |name: &str, edit: &dyn Fn(&hdf5::File)| {
+        broken(name, |h| {
+            let g = h.create_group("augmented").unwrap();
+            edit(h);
+            drop(g);
+        })
+    };
+    let case = with_views("views-orphan", &|h| add_dataset(h, "augmented/clip_image", ndarray::Array3::<f32>::zeros((2, 60, 4)).into_dyn().view()));
+    assert_names("views without a target", case, "augmented/clip_image", "without their un-augmented targets/clip_image");
+    let case = with_views("views-width", &|h| add_dataset(h, "augmented/scene", ndarray::Array3::<f32>::zeros((2, 60, 4)).into_dyn().view()));
+    assert_names("views of another width", case, "augmented/scene", "views are 4-d but targets/scene is 512-d");
+    let case = with_views("views-rows", &|h| add_dataset(h, "augmented/scene", ndarray::Array3::<f32>::zeros((2, 59, 512)).into_dyn().view()));
+    assert_names("views of too few stimuli", case, "augmented/scene", "the 60 stimuli");
+}
+
+fn replace_new<T: hdf5::H5Type>(h: &hdf5::File, name: &str, data: ndarray::ArrayViewD<T>) {
+    h.new_dataset_builder().with_data(&data).create(name).unwrap();
+}
+
 /// A valid file, then `edit` applied to it with the hdf5 crate directly; returns the error
 /// `DatasetFile::open` gives (the test fails if it opens, and a panic fails it too).
 fn broken(name: &str, edit: impl FnOnce(&hdf5::File)) -> (PathBuf, Error) {

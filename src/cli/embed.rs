@@ -65,9 +65,16 @@ fn read_png(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
 
 /// Image embeddings of `count` images produced by `image(i) -> ([H, W, 3], H, W)`, batched by
 /// equal size.
-pub fn embed_images(clip: &Clip, device: &Device, count: usize, batch: usize, normalize: bool, mut image: impl FnMut(std::ops::Range<usize>) -> Result<(Vec<u8>, [usize; 4])>) -> Result<Vec<f32>> {
-    let size = clip.config.vision.image_size;
+pub fn embed_images(clip: &Clip, device: &Device, count: usize, batch: usize, normalize: bool, image: impl FnMut(std::ops::Range<usize>) -> Result<(Vec<u8>, [usize; 4])>) -> Result<Vec<f32>> {
     let progress = bar(count, "images");
+    let out = embed_images_with(clip, device, count, batch, normalize, &progress, image)?;
+    progress.finish_and_clear();
+    Ok(out)
+}
+
+/// `embed_images` advancing a progress bar the caller owns (several passes, one bar).
+pub fn embed_images_with(clip: &Clip, device: &Device, count: usize, batch: usize, normalize: bool, progress: &ProgressBar, mut image: impl FnMut(std::ops::Range<usize>) -> Result<(Vec<u8>, [usize; 4])>) -> Result<Vec<f32>> {
+    let size = clip.config.vision.image_size;
     let mut out = Vec::with_capacity(count * clip.config.projection_dim);
     let mut tape = Tape::inference();
     for start in (0..count).step_by(batch.max(1)) {
@@ -81,7 +88,6 @@ pub fn embed_images(clip: &Clip, device: &Device, count: usize, batch: usize, no
         out.extend(e.to_vec_f32()?);
         progress.inc(range.len() as u64);
     }
-    progress.finish_and_clear();
     Ok(out)
 }
 

@@ -5,17 +5,28 @@
 //! `train-mapper`: `targets/clip_image` (the image embedding clamped to ±1.5 and L2-normalised,
 //! as Mind Reader prepares its image targets — here without the training augmentations) and
 //! `targets/clip_caption` (the mean of the kept captions' embeddings, L2-normalised).
+//!
+//! With `--augment-views K` it also writes `augmented/clip_image` `[K, M, D]`: each stimulus
+//! through K independent draws of Mind Reader's training augmentation (`ops::augment`, on the
+//! device), quantised to 8 bits as its `ToPILImage` does, then CLIP-encoded, clamped and
+//! normalised like the plain target. The reference augments afresh every time a sample is
+//! loaded; `train-mapper --augmented` draws one of the K stored views per row and epoch, which
+//! is the same distribution when K ≥ the epoch count and costs K encodings instead of one per
+//! epoch.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use mindreader::data::dataset::{write_caption_choice, write_target};
+use mindreader::data::dataset::{write_augmented, write_caption_choice, write_target};
+use mindreader::data::rng::{stage, Rng};
 use mindreader::data::{DatasetFile, Target};
 use mindreader::eval::retrieval::unit_rows;
 use mindreader::models::clip::Clip;
+use mindreader::ops::augment::{to_pil_u8, unit_planar, MindReaderAugment};
+use mindreader::{Device, Tensor};
 
-use super::embed::{embed_images, embed_texts};
+use super::embed::{bar, embed_images, embed_images_with, embed_texts};
 
 #[derive(Args)]
 pub struct ScreenCaptionsArgs {
@@ -28,10 +39,45 @@ pub struct ScreenCaptionsArgs {
     /// Captions kept per stimulus.
     #[arg(long, default_value_t = 1)]
     pub keep: usize,
+    /// Also store K augmented views of the image target (`augmented/clip_image`, Mind Reader's
+    /// training augmentations) for `train-mapper --augmented`; 0 = none.
+    #[arg(long, default_value_t = 0)]
+    pub augment_views: usize,
+    /// Seed of the augmentation draws (view k of stimulus s is a pure function of seed, k, s).
+    #[arg(long, default_value_t = 42)]
+    pub augment_seed: u64,
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     #[arg(long, default_value = "auto")]
     pub device: String,
+}
+
+/// CLIP's image target from raw image embeddings `[M, D]`: clamped to ±1.5, L2-normalised rows.
+fn image_target(embeddings: &[f32], d: usize) -> Vec<f32> {
+    let clamped: Vec<f32> = embeddings.iter().map(|v| v.clamp(-1.5, 1.5)).collect();
+    unit_rows(&clamped, d)
+}
+
+/// `views` augmented image targets of every stimulus, `[views, M, D]`.
+fn augmented_targets(clip: &Clip, device: &Device, file: &DatasetFile, views: usize, seed: u64, batch: usize) -> Result<Vec<f32>> {
+    let (m, [h, w]) = (file.summary().stimuli, file.summary().image_size);
+    let d = clip.config.projection_dim;
+    let aug = MindReaderAugment::default();
+    let progress = bar(views * m, "augmented images");
+    let mut out = Vec::with_capacity(views * m * d);
+    for k in 0..views {
+        let view_seed = Rng::stream(seed, stage::AUGMENT_VIEW, k as u64).next_u64();
+        let e = embed_images_with(clip, device, m, batch, true, &progress, |r| {
+            let n = r.len();
+            let planar = unit_planar(&file.images_range(r.start, n)?, [n, h, w])?;
+            let x = Tensor::from_vec(planar, &[n, 3, h, w], device)?;
+            let y = aug.apply_indexed(&x, view_seed, r.start)?;
+            Ok((to_pil_u8(&y.to_vec_f32()?, [n, h, w])?, [n, h, w, 3]))
+        })?;
+        out.extend(image_target(&e, d));
+    }
+    progress.finish_and_clear();
+    Ok(out)
 }
 
 pub fn run(args: ScreenCaptionsArgs) -> Result<()> {
@@ -56,6 +102,7 @@ pub fn run(args: ScreenCaptionsArgs) -> Result<()> {
         }
     }
     let text_emb = embed_texts(&clip, &texts, args.batch, true)?;
+    let views = if args.augment_views > 0 { Some(augmented_targets(&clip, &device, &file, args.augment_views, args.augment_seed, args.batch)?) } else { None };
     drop(file);
     let mut scored: Vec<Vec<(f32, usize, usize)>> = vec![Vec::new(); m];
     for (k, &(s, slot)) in owner.iter().enumerate() {
@@ -79,12 +126,16 @@ pub fn run(args: ScreenCaptionsArgs) -> Result<()> {
         }
     }
     let caption_target = unit_rows(&caption_target, d);
-    let clamped: Vec<f32> = images.iter().map(|v| v.clamp(-1.5, 1.5)).collect();
-    let image_target = unit_rows(&clamped, d);
+    let image_target = image_target(&images, d);
     let model = args.clip.display().to_string();
     write_caption_choice(&args.data, &chosen, args.keep, &format!("caption slots ranked by CLIP image-text cosine ({model}), best first"))?;
     write_target(&args.data, &Target { name: "clip_image".into(), dim: d, data: image_target, description: format!("CLIP image embedding ({model}), clamped to ±1.5, L2-normalised") })?;
     write_target(&args.data, &Target { name: "clip_caption".into(), dim: d, data: caption_target, description: format!("mean CLIP text embedding of the {} screened caption(s) ({model}), L2-normalised", args.keep) })?;
+    if let Some(views) = &views {
+        let k = args.augment_views;
+        write_augmented(&args.data, "clip_image", k, d, views, &format!("{k} views of each stimulus through Mind Reader's training augmentation (seed {}), CLIP image embedding ({model}), clamped to ±1.5, L2-normalised", args.augment_seed))?;
+        println!("wrote augmented/clip_image [{k}, {m}, {d}]");
+    }
     let agree = scored.iter().filter(|l| l.len() > 1 && l[0].0 > l[l.len() - 1].0).count();
     println!("wrote screening/caption_index [{m}, {}], targets/clip_image and targets/clip_caption [{m}, {d}] into {} ({agree} stimuli had a strict best caption)", args.keep, args.data.display());
     Ok(())

@@ -48,6 +48,11 @@ pub struct TrainMapperArgs {
     /// Contrastive temperature.
     #[arg(long, default_value_t = 0.5)]
     pub temperature: f32,
+    /// Train on the target's augmented views (`augmented/<target>`, written by
+    /// `screen-captions --augment-views K`): each row learns a view drawn per epoch; validation
+    /// stays on the un-augmented target.
+    #[arg(long)]
+    pub augmented: bool,
     /// Training rows: one per trial (single) or one per stimulus (average).
     #[arg(long, default_value = "single")]
     pub trials: String,
@@ -130,9 +135,14 @@ pub fn run(args: TrainMapperArgs) -> Result<()> {
         "average" => TrialMode::Average,
         other => anyhow::bail!("--trials must be single or average, got `{other}`"),
     };
-    let data = MapperData::from_staged(&staged, file.trial_stimulus(), file.split(), mode)?;
+    let mut data = MapperData::from_staged(&staged, file.trial_stimulus(), file.split(), mode)?;
+    let mut data_id = format!("{}:{}", args.data.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(), args.target);
+    if args.augmented {
+        let (views, count, _) = file.augmented(&args.target)?;
+        data = data.with_views(views, count, file.trial_stimulus(), mode)?;
+        data_id.push_str(&format!(" augmented ×{count}"));
+    }
     let mapper = MapperConfig { hidden: args.hidden, fc_hidden: args.fc_hidden, res_blocks: args.res_blocks, ..MapperConfig::mind_reader(staged.voxels(), staged.target_dim()) };
-    let data_id = format!("{}:{}", args.data.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(), args.target);
     let cfg = TrainConfig {
         epochs: args.epochs,
         batch: args.batch,
@@ -146,9 +156,10 @@ pub fn run(args: TrainMapperArgs) -> Result<()> {
         ..TrainConfig::mind_reader(mapper, data_id)
     };
     println!(
-        "train-mapper on {device}: {} → target `{}` ({}-d); {} training rows ({:?}), {} validation stimuli; {} epochs of batch {}",
+        "train-mapper on {device}: {} → target `{}`{} ({}-d); {} training rows ({:?}), {} validation stimuli; {} epochs of batch {}",
         args.data.display(),
         args.target,
+        data.views.as_ref().map(|v| format!(" (augmented: {} views)", v.count)).unwrap_or_default(),
         staged.target_dim(),
         data.train_rows.len(),
         mode,

@@ -403,7 +403,8 @@ impl Writer<'_> {
     }
 }
 
-/// Adds `targets/<name>` to an existing prepared file, replacing one of the same name. This is
+/// Adds `targets/<name>` to an existing prepared file, replacing one of the same name (and
+/// dropping `augmented/<name>`, the views of the replaced target). This is
 /// how later commands (`embed`) attach CLIP targets without rewriting the trials. It edits the
 /// file in place (HDF5 has no cheap atomic append); the file is validated before and after.
 pub fn write_target(path: &Path, target: &Target) -> Result<()> {
@@ -423,8 +424,45 @@ pub fn write_target(path: &Path, target: &Target) -> Result<()> {
         if file.link_exists(&name) {
             file.unlink(&name).map_err(|e| w.err(&name, "the old dataset", e))?;
         }
+        // Views of the old target describe another embedding: they go with it.
+        let views = format!("augmented/{}", target.name);
+        if file.link_exists(&views) {
+            file.unlink(&views).map_err(|e| w.err(&views, "the old views", e))?;
+        }
         let ds = w.array(&name, &target.data, &[stimuli, target.dim])?;
         w.attr_str_on(&ds, &name, "description", &target.description)?;
+    }
+    DatasetFile::open(path).map(|_| ())
+}
+
+/// Adds `augmented/<name>` `[views, M, dim]` (view k of stimulus s at row `k·M + s`) beside an
+/// existing `targets/<name>` of width `dim`, replacing one of the same name; edits in place and
+/// validates before and after, like `write_target`.
+pub fn write_augmented(path: &Path, name: &str, views: usize, dim: usize, data: &[f32], description: &str) -> Result<()> {
+    let info = DatasetFile::open(path)?;
+    let stimuli = info.summary().stimuli;
+    let full = format!("augmented/{name}");
+    check_name(path, &full, name)?;
+    match info.summary().targets.iter().find(|(n, _)| n == name) {
+        Some(&(_, d)) if d == dim => {}
+        _ => return Err(Error::dataset(path, &full, format!("needs a {dim}-d targets/{name} to augment; write it first"))),
+    }
+    drop(info);
+    if views == 0 || data.len() != views * stimuli * dim {
+        return Err(Error::dataset(path, &full, format!("{} values for [{views} views, {stimuli} stimuli, {dim} dims]", data.len())));
+    }
+    check_finite(path, &full, data, dim, 0)?;
+    {
+        let file = hdf5::File::open_rw(path).map_err(|e| Error::file(path, format!("opening for writing: {e}")))?;
+        let w = Writer { path, root: &file };
+        if !file.link_exists("augmented") {
+            w.group("augmented")?;
+        }
+        if file.link_exists(&full) {
+            file.unlink(&full).map_err(|e| w.err(&full, "the old dataset", e))?;
+        }
+        let ds = w.array(&full, data, &[views, stimuli, dim])?;
+        w.attr_str_on(&ds, &full, "description", description)?;
     }
     DatasetFile::open(path).map(|_| ())
 }
@@ -498,6 +536,8 @@ pub struct Summary {
     pub targets: Vec<(String, usize)>,
     /// `scene/<name>` and its shape.
     pub scene: Vec<(String, Vec<usize>)>,
+    /// `augmented/<name>`: (name, views K, width D) of each target's augmented views.
+    pub augmented: Vec<(String, usize, usize)>,
 }
 
 /// An open, validated prepared dataset. Small arrays are read on open; `fmri`, `images` and the
@@ -596,6 +636,25 @@ impl DatasetFile {
             }
         }
 
+        // `augmented/<name>` [K, M, D]: views of `targets/<name>`, which must exist with width D.
+        let mut augmented = Vec::new();
+        if file.link_exists("augmented") {
+            for name in r.members("augmented")? {
+                let full = format!("augmented/{name}");
+                let ds = r.dataset(&full, Kind::F32, 3)?;
+                let shape = ds.shape();
+                if shape[0] == 0 || shape[1] != stimuli {
+                    return Err(Error::dataset(&path, &full, format!("shape {shape:?}: expected [views ≥ 1, the {stimuli} stimuli of images, D]")));
+                }
+                match targets.iter().find(|(n, _)| *n == name) {
+                    Some(&(_, d)) if d == shape[2] => {}
+                    Some(&(_, d)) => return Err(Error::dataset(&path, &full, format!("views are {}-d but targets/{name} is {d}-d", shape[2]))),
+                    None => return Err(Error::dataset(&path, &full, format!("augmented views without their un-augmented targets/{name}"))),
+                }
+                augmented.push((name, shape[0], shape[2]));
+            }
+        }
+
         let mut per_stim = vec![0usize; stimuli];
         for &s in &trial_stimulus {
             per_stim[s as usize] += 1;
@@ -621,6 +680,7 @@ impl DatasetFile {
             repeats: (per_stim.iter().copied().min().unwrap_or(0), per_stim.iter().copied().max().unwrap_or(0)),
             targets,
             scene,
+            augmented,
         };
         let this = DatasetFile { path, file, summary, trial_stimulus, trial_session, split };
         this.scan_fmri()?;
@@ -707,6 +767,19 @@ impl DatasetFile {
         let data: Vec<f32> = ds.read_raw().map_err(|e| self.read_err(&full, e))?;
         check_finite(&self.path, &full, &data, dim, 0)?;
         Ok((data, dim))
+    }
+
+    /// `augmented/<name>` as `(data [K, M, D], K, D)`: K augmented views of every stimulus'
+    /// target (view k of stimulus s at row `k·M + s`). A missing name is an error.
+    pub fn augmented(&self, name: &str) -> Result<(Vec<f32>, usize, usize)> {
+        let full = format!("augmented/{name}");
+        let Some(&(_, views, dim)) = self.summary.augmented.iter().find(|(n, _, _)| n == name) else {
+            return Err(Error::dataset(&self.path, full, format!("no augmented views of targets/{name}; write them with `screen-captions --augment-views K`")));
+        };
+        let ds = self.open_ds(&full)?;
+        let data: Vec<f32> = ds.read_raw().map_err(|e| self.read_err(&full, e))?;
+        check_finite(&self.path, &full, &data, dim, 0)?;
+        Ok((data, views, dim))
     }
 
     /// The `description` attribute of `targets/<name>`, or "" when it has none.

@@ -29,6 +29,10 @@ pub mod stage {
     pub const LOADER_REPEAT: u64 = 10;
     /// Training augmentations (`ops::augment`): one stream per image.
     pub const AUGMENT: u64 = 11;
+    /// The seed of each augmented view of a dataset's stimuli (`screen-captions --augment-views`).
+    pub const AUGMENT_VIEW: u64 = 12;
+    /// Which augmented view a training row uses in an epoch (`train-mapper --augmented`).
+    pub const VIEW_CHOICE: u64 = 13;
 }
 
 #[derive(Clone, Debug)]

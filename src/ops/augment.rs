@@ -719,8 +719,14 @@ impl MindReaderAugment {
 
     /// Applies the chain to `[0, 1]` images `[B, 3, H, W]` on their device.
     pub fn apply(&self, x: &Tensor, seed: u64) -> Result<Tensor> {
+        self.apply_indexed(x, seed, 0)
+    }
+
+    /// `apply` where image i of the batch draws as image `first + i`: a dataset augmented in
+    /// batches gets the same parameters per stimulus whatever the batch size.
+    pub fn apply_indexed(&self, x: &Tensor, seed: u64, first: usize) -> Result<Tensor> {
         let [b, h, w] = image_dims("mind_reader_augment", x)?;
-        let p: Vec<ImageAugment> = (0..b).map(|i| self.sample(seed, i, h, w)).collect();
+        let p: Vec<ImageAugment> = (0..b).map(|i| self.sample(seed, first + i, h, w)).collect();
         let x = resized_crop(x, &p.iter().map(|a| a.crop).collect::<Vec<_>>())?;
         let x = hflip(&x, &p.iter().map(|a| a.flip).collect::<Vec<_>>())?;
         let x = color_jitter(&x, &p.iter().map(|a| a.jitter).collect::<Vec<_>>())?;
@@ -728,6 +734,43 @@ impl MindReaderAugment {
         let x = gaussian_blur(&x, self.blur_kernel, &p.iter().map(|a| a.blur_sigma).collect::<Vec<_>>())?;
         cutout(&x, &p.iter().map(|a| a.cutout).collect::<Vec<_>>())
     }
+}
+
+/// torchvision's `ToTensor` on 8-bit `[B, H, W, 3]` pixels: planar f32 `[B, 3, H, W]`, `v / 255`.
+pub fn unit_planar(pixels: &[u8], [b, h, w]: [usize; 3]) -> Result<Vec<f32>> {
+    if pixels.len() != b * h * w * 3 {
+        return Err(Error::shape("unit_planar", format!("{} bytes for [{b}, {h}, {w}, 3] pixels", pixels.len())));
+    }
+    let hw = h * w;
+    let mut out = vec![0f32; pixels.len()];
+    out.par_chunks_mut(3 * hw).zip(pixels.par_chunks(3 * hw)).for_each(|(planes, px)| {
+        for (p, rgb) in px.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                planes[c * hw + p] = rgb[c] as f32 / 255.0;
+            }
+        }
+    });
+    Ok(out)
+}
+
+/// torchvision's `ToPILImage` on `[0, 1]` planar f32 `[B, 3, H, W]`: `(v·255)` truncated to u8
+/// (its `pic.mul(255).byte()`), interleaved `[B, H, W, 3]`. Mind Reader augments tensors and
+/// hands CLIP a PIL image, so the augmented pixels pass through exactly this quantisation.
+pub fn to_pil_u8(planar: &[f32], [b, h, w]: [usize; 3]) -> Result<Vec<u8>> {
+    if planar.len() != b * 3 * h * w {
+        return Err(Error::shape("to_pil_u8", format!("{} values for [{b}, 3, {h}, {w}] images", planar.len())));
+    }
+    let hw = h * w;
+    let mut out = vec![0u8; planar.len()];
+    out.par_chunks_mut(3 * hw).zip(planar.par_chunks(3 * hw)).for_each(|(px, planes)| {
+        for (p, rgb) in px.chunks_exact_mut(3).enumerate() {
+            for c in 0..3 {
+                // `as u8` saturates (NaN → 0), like a clamp to [0, 255] then truncation.
+                rgb[c] = (planes[c * hw + p] * 255.0) as u8;
+            }
+        }
+    });
+    Ok(out)
 }
 
 /// Mind Reader's training augmentation of `[0, 1]` images `[B, 3, H, W]` (see the module doc),
@@ -1026,6 +1069,35 @@ mod tests {
     #[test]
     fn mind_reader_augment_cuda_matches_cpu() {
         cuda_matches_cpu("mind_reader_augment", 1e-4, 1e-5, |x, s| mind_reader_augment(x, s, x.device()));
+    }
+
+    #[test]
+    fn indexed_draws_do_not_depend_on_the_batching() {
+        let (shape, seed) = ([4, 3, 9, 11], 7);
+        let x = tensor(unit_images(shape, 3), shape, &Device::Cpu);
+        let aug = MindReaderAugment::default();
+        let whole = aug.apply(&x, seed).unwrap().to_vec_f32().unwrap();
+        let half = 3 * 9 * 11 * 2;
+        let xv = x.to_vec_f32().unwrap();
+        let second = tensor(xv[half..].to_vec(), [2, 3, 9, 11], &Device::Cpu);
+        let tail = aug.apply_indexed(&second, seed, 2).unwrap().to_vec_f32().unwrap();
+        assert_eq!(&whole[half..], &tail[..], "images 2 and 3 drew other parameters in a batch of their own");
+    }
+
+    #[test]
+    fn to_tensor_and_to_pil_round_trip_8_bit_pixels() {
+        let px: Vec<u8> = (0..2 * 5 * 3 * 3).map(|i| (i * 37 % 256) as u8).collect();
+        let planar = unit_planar(&px, [2, 5, 3]).unwrap();
+        // Channel 1 of pixel (0, 1) of image 0 sits at plane 1, offset 1.
+        assert_eq!(planar[5 * 3 + 1], px[3 + 1] as f32 / 255.0);
+        assert_eq!(to_pil_u8(&planar, [2, 5, 3]).unwrap(), px);
+        // Every level survives v/255·255 in f32 and the truncation.
+        let levels: Vec<u8> = (0..=255).flat_map(|v| [v, v, v]).collect();
+        assert_eq!(to_pil_u8(&unit_planar(&levels, [1, 1, 256]).unwrap(), [1, 1, 256]).unwrap(), levels);
+        // ToPILImage truncates: 0.5·255 = 127.5 becomes 127.
+        assert_eq!(to_pil_u8(&[0.5, 1.0, 0.0], [1, 1, 1]).unwrap(), vec![127, 255, 0]);
+        assert!(unit_planar(&px, [2, 5, 4]).is_err());
+        assert!(to_pil_u8(&planar, [1, 5, 3]).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::autograd::Tape;
+use crate::data::rng::{stage, Rng};
 use crate::data::{Split, Staged};
 use crate::ops::concat::concat;
 use crate::error::{Error, Result};
@@ -119,6 +120,32 @@ pub struct MapperData {
     pub train_rows: Vec<u32>,
     /// Validation rows, one per held-out stimulus (repeats averaged).
     pub val_rows: Vec<u32>,
+    /// Augmented training targets, when given: training row r of epoch e then learns view
+    /// `k = VIEW_CHOICE(seed, e, r)` of its stimulus instead of `targets[r]` (validation keeps
+    /// the un-augmented targets, as retrieval is reported against them).
+    pub views: Option<Views>,
+}
+
+/// K augmented views of every stimulus' target, `[K·M, D]` (view k of stimulus s at row
+/// `k·M + s`), and the stimulus of every data row.
+pub struct Views {
+    pub targets: Tensor,
+    pub count: usize,
+    pub stimuli: usize,
+    pub row_stimulus: Vec<u32>,
+}
+
+impl Views {
+    /// The view row each of `rows` learns in `epoch`: a pure function of (seed, epoch, row), so
+    /// a resumed run draws the same views.
+    fn rows_for(&self, rows: &[u32], seed: u64, epoch: usize) -> Vec<u32> {
+        rows.iter()
+            .map(|&r| {
+                let k = Rng::stream(seed, stage::VIEW_CHOICE, ((epoch as u64) << 32) | r as u64).below(self.count);
+                (k * self.stimuli) as u32 + self.row_stimulus[r as usize]
+            })
+            .collect()
+    }
 }
 
 /// How training rows are formed from a stimulus' repeated trials.
@@ -137,7 +164,7 @@ impl MapperData {
         let test: Vec<u32> = (0..split.len() as u32).filter(|&s| split[s as usize] == Split::Test).collect();
         let train_stimuli: Vec<u32> = (0..split.len() as u32).filter(|&s| split[s as usize] == Split::Train).collect();
         match mode {
-            TrialMode::Average => Ok(MapperData { fmri: staged.averaged().clone(), targets: staged.targets().clone(), train_rows: train_stimuli, val_rows: test }),
+            TrialMode::Average => Ok(MapperData { fmri: staged.averaged().clone(), targets: staged.targets().clone(), train_rows: train_stimuli, val_rows: test, views: None }),
             TrialMode::Single => {
                 // Rows 0..T are trials, rows T.. are the per-stimulus averages (for validation).
                 let t = trial_stimulus.len();
@@ -147,9 +174,30 @@ impl MapperData {
                 let targets = concat(&mut off, &[&per_trial, staged.targets()], 0)?;
                 let train_rows = (0..t as u32).filter(|&k| split.get(trial_stimulus[k as usize] as usize) == Some(&Split::Train)).collect();
                 let val_rows = test.iter().map(|&s| t as u32 + s).collect();
-                Ok(MapperData { fmri, targets, train_rows, val_rows })
+                Ok(MapperData { fmri, targets, train_rows, val_rows, views: None })
             }
         }
+    }
+
+    /// Trains on augmented views (`[K, M, D]` as a dataset stores them) of the same targets.
+    /// `trial_stimulus` and `mode` must be those `from_staged` was given.
+    pub fn with_views(mut self, views: Vec<f32>, count: usize, trial_stimulus: &[u32], mode: TrialMode) -> Result<MapperData> {
+        let dim = self.targets.shape()[1];
+        let stimuli = match mode {
+            TrialMode::Average => self.targets.shape()[0],
+            TrialMode::Single => self.targets.shape()[0] - trial_stimulus.len(),
+        };
+        if count == 0 || views.len() != count * stimuli * dim {
+            return Err(Error::shape("train-mapper", format!("{} view values for [{count} views, {stimuli} stimuli, {dim} dims]", views.len())));
+        }
+        let row_stimulus = match mode {
+            TrialMode::Average => (0..stimuli as u32).collect(),
+            TrialMode::Single => trial_stimulus.iter().copied().chain(0..stimuli as u32).collect(),
+        };
+        let host = Tensor::from_vec(views, &[count * stimuli, dim], &Device::Cpu)?;
+        let targets = host.to_device(self.targets.device())?;
+        self.views = Some(Views { targets, count, stimuli, row_stimulus });
+        Ok(self)
     }
 }
 
@@ -293,7 +341,11 @@ pub fn train(cfg: &TrainConfig, data: &MapperData, dir: &RunDir, resume: bool, d
             store.watch_all(&mut tape);
             let (x, t) = {
                 let mut off = Tape::inference();
-                (embedding(&mut off, &data.fmri, rows)?, embedding(&mut off, &data.targets, rows)?)
+                let t = match &data.views {
+                    None => embedding(&mut off, &data.targets, rows)?,
+                    Some(v) => embedding(&mut off, &v.targets, &v.rows_for(rows, cfg.seed, epoch))?,
+                };
+                (embedding(&mut off, &data.fmri, rows)?, t)
             };
             let y = mapper.forward(&mut tape, &x)?;
             let l = cfg.loss.compute(&mut tape, &y, &t, &cfg.loss_cfg)?;
@@ -339,6 +391,11 @@ fn check_data(cfg: &TrainConfig, data: &MapperData) -> Result<()> {
     }
     if t.len() != 2 || t[0] != f[0] || t[1] != cfg.mapper.out_dim {
         return Err(Error::shape("train-mapper", format!("targets are {t:?}; expected [{}, {}] (one {}-d target per fMRI row)", f[0], cfg.mapper.out_dim, cfg.mapper.out_dim)));
+    }
+    if let Some(v) = &data.views {
+        if v.row_stimulus.len() != f[0] || v.targets.shape() != [v.count * v.stimuli, t[1]] || v.row_stimulus.iter().any(|&s| s as usize >= v.stimuli) {
+            return Err(Error::shape("train-mapper", format!("augmented views {:?} do not fit {} rows of {}-d targets", v.targets.shape(), f[0], t[1])));
+        }
     }
     if data.train_rows.is_empty() || data.val_rows.len() < 2 {
         return Err(Error::Invalid(format!("train-mapper needs training rows and at least 2 validation stimuli (have {} and {})", data.train_rows.len(), data.val_rows.len())));
@@ -395,6 +452,7 @@ mod tests {
             targets: Tensor::from_vec(targets, &[n, dim], &Device::Cpu).unwrap(),
             train_rows: (0..n as u32 - 10).collect(),
             val_rows: (n as u32 - 10..n as u32).collect(),
+            views: None,
         }
     }
 
@@ -436,6 +494,46 @@ mod tests {
         assert_eq!(weights(&straight), weights(&resumed), "resumed weights differ from the uninterrupted run");
         assert_eq!(read_loss_history(&b.metrics()).unwrap().len(), 3);
         for d in [a, b] {
+            std::fs::remove_dir_all(d.0).ok();
+        }
+    }
+
+    /// With K views, each training row learns one of its stimulus' views, drawn per epoch and
+    /// row from the seed: over epochs a row sees several views, never another stimulus' view,
+    /// and a killed, resumed run still equals an uninterrupted one.
+    #[test]
+    fn augmented_views_are_drawn_per_row_and_epoch_and_resume_bit_for_bit() {
+        let (n, dim, k) = (50, 6, 4);
+        let base = toy(n, 24, dim);
+        let clean = base.targets.to_vec_f32().unwrap();
+        // View j of row s: the clean target plus j·0.01, so a row's view is recognisable.
+        let views: Vec<f32> = (0..k).flat_map(|j| clean.iter().map(move |v| v + 0.01 * j as f32)).collect();
+        let with = |d: MapperData| d.with_views(views.clone(), k, &[], TrialMode::Average).unwrap();
+        let data = with(toy(n, 24, dim));
+        let v = data.views.as_ref().unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for epoch in 0..6 {
+            for (&r, &row) in data.train_rows.iter().zip(&v.rows_for(&data.train_rows, 42, epoch)) {
+                assert_eq!(row as usize % n, r as usize, "row {r} learns another stimulus' view");
+                seen.insert(row as usize / n);
+            }
+        }
+        assert_eq!(seen.len(), k, "every view is drawn");
+        assert_eq!(v.rows_for(&data.train_rows, 42, 3), v.rows_for(&data.train_rows, 42, 3));
+        assert_ne!(v.rows_for(&data.train_rows, 42, 3), v.rows_for(&data.train_rows, 42, 4));
+
+        let cfg = config(3);
+        let a = temp_dir("views-straight");
+        let (_, straight, _) = train(&cfg, &data, &a, false, &Device::Cpu, &mut ()).unwrap();
+        let (_, plain, _) = train(&cfg, &toy(n, 24, dim), &temp_dir("views-none"), false, &Device::Cpu, &mut ()).unwrap();
+        assert_ne!(weights(&straight), weights(&plain), "the views changed nothing");
+        let b = temp_dir("views-killed");
+        train(&cfg, &data, &b, false, &Device::Cpu, &mut KillAt(1, 3)).unwrap();
+        let (_, resumed, _) = train(&cfg, &data, &b, true, &Device::Cpu, &mut ()).unwrap();
+        assert_eq!(weights(&straight), weights(&resumed), "resumed weights differ from the uninterrupted run");
+        let err = toy(n, 24, dim).with_views(views[1..].to_vec(), k, &[], TrialMode::Average).err().unwrap().to_string();
+        assert!(err.contains("[4 views, 50 stimuli, 6 dims]"), "{err}");
+        for d in [a, b, temp_dir("views-none")] {
             std::fs::remove_dir_all(d.0).ok();
         }
     }
