@@ -182,8 +182,14 @@ pub struct Cutout {
 impl Cutout {
     /// Mind Reader's `RandomMask(ratio)` on an `h × w` image (see the module doc).
     pub fn sample(rng: &mut Rng, h: usize, w: usize, ratio: f32) -> Cutout {
+        let cy = rng.f32() as f64;
+        Cutout::at(cy, rng.f32() as f64, h, w, ratio)
+    }
+
+    /// `RandomMask(ratio)` once its two centres are drawn: `cy` (its first draw, `cx` in the
+    /// reference, which indexes the tensor's H axis) for the rows and `cx` for the columns.
+    pub fn at(cy: f64, cx: f64, h: usize, w: usize, ratio: f32) -> Cutout {
         let m = ratio as f64 / 2.0;
-        let (cy, cx) = (rng.f32() as f64, rng.f32() as f64);
         let span = |c: f64, n: usize| {
             let start = ((c - m) * n as f64).round_ties_even().max(0.0) as usize;
             let end = (((c + m) * n as f64).round_ties_even() as usize).min(n - 1);
@@ -727,6 +733,13 @@ impl MindReaderAugment {
     pub fn apply_indexed(&self, x: &Tensor, seed: u64, first: usize) -> Result<Tensor> {
         let [b, h, w] = image_dims("mind_reader_augment", x)?;
         let p: Vec<ImageAugment> = (0..b).map(|i| self.sample(seed, first + i, h, w)).collect();
+        self.apply_params(x, &p)
+    }
+
+    /// The chain with every image's draws given (`p.len()` = B).
+    pub fn apply_params(&self, x: &Tensor, p: &[ImageAugment]) -> Result<Tensor> {
+        let [b, _, _] = image_dims("mind_reader_augment", x)?;
+        one_per_image("mind_reader_augment", p.len(), b)?;
         let x = resized_crop(x, &p.iter().map(|a| a.crop).collect::<Vec<_>>())?;
         let x = hflip(&x, &p.iter().map(|a| a.flip).collect::<Vec<_>>())?;
         let x = color_jitter(&x, &p.iter().map(|a| a.jitter).collect::<Vec<_>>())?;
