@@ -16,9 +16,10 @@
 #define ATT_QTILE (ATT_WARPS * ATT_QPW)  // queries per block
 #define ATT_KTILE 32                     // keys per shared-memory tile (one per lane)
 
-template <int DC>
-__device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                                              float* __restrict__ o, float* __restrict__ lse, unsigned t, unsigned d, float scale,
+// T = float or __nv_bfloat16 for q, k, v, o; shared tiles, scores and lse are f32.
+template <int DC, typename T>
+__device__ __forceinline__ void attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                              T* __restrict__ o, float* __restrict__ lse, unsigned t, unsigned d, float scale,
                                               int causal) {
     constexpr int DMAX = 32 * DC;
     __shared__ float q_s[ATT_QTILE][DMAX];
@@ -27,14 +28,14 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
     const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const u64 bh = blockIdx.y;
     const unsigned q0 = blockIdx.x * ATT_QTILE;
-    const float* qb = q + bh * t * d;
-    const float* kb = k + bh * t * d;
-    const float* vb = v + bh * t * d;
+    const T* qb = q + bh * t * d;
+    const T* kb = k + bh * t * d;
+    const T* vb = v + bh * t * d;
 
     // Stage this block's queries, pre-scaled (rows past T are zero and never written back).
     for (unsigned e = threadIdx.x; e < ATT_QTILE * DMAX; e += blockDim.x) {
         unsigned r = e / DMAX, c = e % DMAX;
-        q_s[r][c] = (q0 + r < t && c < d) ? qb[(u64)(q0 + r) * d + c] * scale : 0.f;
+        q_s[r][c] = (q0 + r < t && c < d) ? to_f32(qb[(u64)(q0 + r) * d + c]) * scale : 0.f;
     }
     float m[ATT_QPW], l[ATT_QPW], acc[ATT_QPW][DC];
 #pragma unroll
@@ -52,8 +53,8 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
         for (unsigned e = threadIdx.x; e < ATT_KTILE * DMAX; e += blockDim.x) {
             unsigned r = e / DMAX, c = e % DMAX;
             bool in = k0 + r < t && c < d;
-            k_s[r][c] = in ? kb[(u64)(k0 + r) * d + c] : 0.f;
-            v_s[r][c] = in ? vb[(u64)(k0 + r) * d + c] : 0.f;
+            k_s[r][c] = in ? to_f32(kb[(u64)(k0 + r) * d + c]) : 0.f;
+            v_s[r][c] = in ? to_f32(vb[(u64)(k0 + r) * d + c]) : 0.f;
         }
         __syncthreads();
         const unsigned key = k0 + lane;
@@ -89,7 +90,7 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
 #pragma unroll
         for (int c = 0; c < DC; c++) {
             const unsigned dd = lane + 32 * c;
-            if (dd < d) o[(bh * t + qi) * d + dd] = acc[i][c] * inv;
+            if (dd < d) o[(bh * t + qi) * d + dd] = from_f32<T>(acc[i][c] * inv);
         }
         if (lane == 0) lse[bh * t + qi] = m[i] + logf(l[i]);
     }
@@ -102,10 +103,20 @@ __device__ __forceinline__ void attention_fwd(const float* __restrict__ q, const
         attention_fwd<DC>(q, k, v, o, lse, t, d, scale, causal);                                                              \
     }
 
+#define ATTENTION_FWD_BF16_KERNEL(DC)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                                              \
+        attention_fwd_dc##DC##_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* o,  \
+                                    float* lse, unsigned t, unsigned d, float scale, int causal) {                             \
+        attention_fwd<DC>(q, k, v, o, lse, t, d, scale, causal);                                                              \
+    }
+
 // Head dims up to 32·DC; the Rust side picks the smallest that fits (FWD_KERNELS in attention.rs).
 ATTENTION_FWD_KERNEL(1)
 ATTENTION_FWD_KERNEL(2)
 ATTENTION_FWD_KERNEL(4)
+ATTENTION_FWD_BF16_KERNEL(1)
+ATTENTION_FWD_BF16_KERNEL(2)
+ATTENTION_FWD_BF16_KERNEL(4)
 
 // s holds S = Q·Kᵀ (unscaled) as [BH, T, T]; overwritten with P. One thread per element.
 extern "C" __global__ void attention_probs_f32(float* s, const float* lse, unsigned bh, unsigned t, float scale, int causal) {

@@ -20,9 +20,22 @@ extern "C" __global__ void binary_f32(const float* a, const float* b, float* y, 
     }
 }
 
+// bf16 in and out, the arithmetic in f32, one rounding per output (inference).
+extern "C" __global__ void binary_bf16(const __nv_bfloat16* a, const __nv_bfloat16* b, __nv_bfloat16* y, u64 n, int op) {
+    FOR_EACH(i, n) {
+        float u = to_f32(a[i]), v = to_f32(b[i]);
+        y[i] = from_f32<__nv_bfloat16>(op == 0 ? u + v : op == 1 ? u - v : u * v);
+    }
+}
+
 // x viewed as [outer, C, inner]; y = x + bias[c].
 extern "C" __global__ void bias_add_f32(const float* x, const float* bias, float* y, u64 n, unsigned C, unsigned inner) {
     FOR_EACH(i, n) y[i] = x[i] + bias[(i / inner) % C];
+}
+
+extern "C" __global__ void bias_add_bf16(const __nv_bfloat16* x, const __nv_bfloat16* bias, __nv_bfloat16* y, u64 n, unsigned C,
+                                         unsigned inner) {
+    FOR_EACH(i, n) y[i] = from_f32<__nv_bfloat16>(to_f32(x[i]) + to_f32(bias[(i / inner) % C]));
 }
 
 // dbias[c] = Σ over outer and inner of dy[o, c, r]; one block per channel.

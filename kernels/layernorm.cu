@@ -12,20 +12,21 @@
 // The variance is two-pass (Σ(x − mean)² over the cached row), never E[x²] − mean².
 #include "common.cuh"
 
-template <int VPT>
-__device__ __forceinline__ void layernorm_fwd_warp(const float* x, const float* gamma, const float* beta, float* y, float* mean,
+// T = float or __nv_bfloat16 (x, gamma, beta, y); the statistics and all arithmetic are f32.
+template <int VPT, typename T>
+__device__ __forceinline__ void layernorm_fwd_warp(const T* x, const T* gamma, const T* beta, T* y, float* mean,
                                                    float* rstd, unsigned rows, unsigned n, float eps, int has_gamma, int has_beta) {
     const unsigned lane = threadIdx.x & 31;
     const u64 warps = ((u64)gridDim.x * blockDim.x) >> 5;
     for (u64 row = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; row < rows; row += warps) {
-        const float* xr = x + row * n;
-        float* yr = y + row * n;
+        const T* xr = x + row * n;
+        T* yr = y + row * n;
         float v[VPT];
         float sum = 0.f;
 #pragma unroll
         for (int k = 0; k < VPT; k++) {
             unsigned j = lane + 32 * k;
-            v[k] = j < n ? xr[j] : 0.f;
+            v[k] = j < n ? to_f32(xr[j]) : 0.f;
             sum += v[k];
         }
         const float mu = warp_sum(sum) / n;
@@ -42,7 +43,7 @@ __device__ __forceinline__ void layernorm_fwd_warp(const float* x, const float* 
             unsigned j = lane + 32 * k;
             if (j < n) {
                 float xh = v[k] * r;
-                yr[j] = (has_gamma ? xh * gamma[j] : xh) + (has_beta ? beta[j] : 0.f);
+                yr[j] = from_f32<T>((has_gamma ? xh * to_f32(gamma[j]) : xh) + (has_beta ? to_f32(beta[j]) : 0.f));
             }
         }
         if (lane == 0) {
@@ -94,6 +95,15 @@ __device__ __forceinline__ void layernorm_bwd_warp(const float* x, const float* 
         layernorm_bwd_warp<VPT>(x, gamma, dy, mean, rstd, dx, rows, n, has_gamma);                                     \
     }
 
+// bf16 forward (inference): same kernels on bf16 rows, f32 statistics.
+#define LAYERNORM_WARP_BF16_KERNEL(VPT)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256)                                                                            \
+        layernorm_fwd_w##VPT##_bf16(const __nv_bfloat16* x, const __nv_bfloat16* gamma, const __nv_bfloat16* beta,              \
+                                    __nv_bfloat16* y, float* mean, float* rstd, unsigned rows, unsigned n, float eps,             \
+                                    int has_gamma, int has_beta) {                                                                \
+        layernorm_fwd_warp<VPT>(x, gamma, beta, y, mean, rstd, rows, n, eps, has_gamma, has_beta);                              \
+    }
+
 // The row widths 32·VPT these cover are listed in WARP_KERNELS in src/ops/layernorm.rs.
 LAYERNORM_WARP_KERNELS(1)
 LAYERNORM_WARP_KERNELS(2)
@@ -102,38 +112,57 @@ LAYERNORM_WARP_KERNELS(8)
 LAYERNORM_WARP_KERNELS(16)
 LAYERNORM_WARP_KERNELS(24)
 LAYERNORM_WARP_KERNELS(32)
+LAYERNORM_WARP_BF16_KERNEL(1)
+LAYERNORM_WARP_BF16_KERNEL(2)
+LAYERNORM_WARP_BF16_KERNEL(4)
+LAYERNORM_WARP_BF16_KERNEL(8)
+LAYERNORM_WARP_BF16_KERNEL(16)
+LAYERNORM_WARP_BF16_KERNEL(24)
+LAYERNORM_WARP_BF16_KERNEL(32)
 
 // One block per row (grid-stride over rows); cache != 0 needs n floats of dynamic shared memory.
-extern "C" __global__ void __launch_bounds__(512)
-    layernorm_fwd_block_f32(const float* x, const float* gamma, const float* beta, float* y, float* mean, float* rstd,
-                            unsigned rows, unsigned n, float eps, int has_gamma, int has_beta, int cache) {
+template <typename T>
+__device__ __forceinline__ void layernorm_fwd_block(const T* x, const T* gamma, const T* beta, T* y, float* mean, float* rstd,
+                                                    unsigned rows, unsigned n, float eps, int has_gamma, int has_beta, int cache) {
     extern __shared__ float row_cache[];
     __shared__ float scratch[32];
     for (unsigned row = blockIdx.x; row < rows; row += gridDim.x) {
-        const float* xr = x + (u64)row * n;
-        float* yr = y + (u64)row * n;
+        const T* xr = x + (u64)row * n;
+        T* yr = y + (u64)row * n;
         float sum = 0.f;
         for (unsigned j = threadIdx.x; j < n; j += blockDim.x) {
-            float v = xr[j];
+            float v = to_f32(xr[j]);
             if (cache) row_cache[j] = v;
             sum += v;
         }
         const float mu = block_sum(sum, scratch) / n;
         float sq = 0.f;
         for (unsigned j = threadIdx.x; j < n; j += blockDim.x) {
-            float d = (cache ? row_cache[j] : xr[j]) - mu;
+            float d = (cache ? row_cache[j] : to_f32(xr[j])) - mu;
             sq += d * d;
         }
         const float r = 1.f / sqrtf(block_sum(sq, scratch) / n + eps);
         for (unsigned j = threadIdx.x; j < n; j += blockDim.x) {
-            float xh = ((cache ? row_cache[j] : xr[j]) - mu) * r;
-            yr[j] = (has_gamma ? xh * gamma[j] : xh) + (has_beta ? beta[j] : 0.f);
+            float xh = ((cache ? row_cache[j] : to_f32(xr[j])) - mu) * r;
+            yr[j] = from_f32<T>((has_gamma ? xh * to_f32(gamma[j]) : xh) + (has_beta ? to_f32(beta[j]) : 0.f));
         }
         if (threadIdx.x == 0) {
             mean[row] = mu;
             rstd[row] = r;
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(512)
+    layernorm_fwd_block_f32(const float* x, const float* gamma, const float* beta, float* y, float* mean, float* rstd,
+                            unsigned rows, unsigned n, float eps, int has_gamma, int has_beta, int cache) {
+    layernorm_fwd_block(x, gamma, beta, y, mean, rstd, rows, n, eps, has_gamma, has_beta, cache);
+}
+
+extern "C" __global__ void __launch_bounds__(512)
+    layernorm_fwd_block_bf16(const __nv_bfloat16* x, const __nv_bfloat16* gamma, const __nv_bfloat16* beta, __nv_bfloat16* y,
+                             float* mean, float* rstd, unsigned rows, unsigned n, float eps, int has_gamma, int has_beta, int cache) {
+    layernorm_fwd_block(x, gamma, beta, y, mean, rstd, rows, n, eps, has_gamma, has_beta, cache);
 }
 
 // One block per row; cache != 0 needs 2n floats of dynamic shared memory (x̂, then g).

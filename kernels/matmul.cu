@@ -44,18 +44,32 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
 // needs it for the backward), when pre is written too. `bias` may be null (no bias); op < 0 is
 // no activation, else a code of activations.cuh with its parameters (alpha, beta).
 // Launch: as matmul_f32 with batch 1: 256-thread blocks, grid (⌈N/64⌉, ⌈M/64⌉, 1).
-extern "C" __global__ void __launch_bounds__(gemm::THREADS)
-    matmul_bias_act_f32(const float* __restrict__ X, const float* __restrict__ W, const float* __restrict__ bias, float* __restrict__ Y,
-                        float* __restrict__ pre, int M, int N, int K, int op, float alpha, float beta) {
+template <typename T>
+__device__ __forceinline__ void matmul_bias_act(const T* __restrict__ X, const T* __restrict__ W, const T* __restrict__ bias, T* __restrict__ Y,
+                                                T* __restrict__ pre, int M, int N, int K, int op, float alpha, float beta) {
     const int m0 = blockIdx.y * gemm::BM, n0 = blockIdx.x * gemm::BN;
-    auto load_a = [=](int m, int k) { return X[(u64)m * K + k]; };
-    auto load_b = [=](int k, int n) { return W[(u64)n * K + k]; };
+    auto load_a = [=](int m, int k) { return to_f32(X[(u64)m * K + k]); };
+    auto load_b = [=](int k, int n) { return to_f32(W[(u64)n * K + k]); };
     auto store = [=](int m, int n, float v) {
-        if (bias) v += bias[n];
+        if (bias) v += to_f32(bias[n]);
         const u64 i = (u64)m * N + n;
-        if (pre) pre[i] = v;
-        Y[i] = op < 0 ? v : unary_fwd(op, v, alpha, beta);
+        if (pre) pre[i] = from_f32<T>(v);
+        Y[i] = from_f32<T>(op < 0 ? v : unary_fwd(op, v, alpha, beta));
     };
     // X is contiguous in k (a_k_fast); W is [N, K], contiguous in k, so threads walk k (not n).
     gemm_tile(M, N, 0, K, m0, n0, true, false, load_a, load_b, store);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
+    matmul_bias_act_f32(const float* __restrict__ X, const float* __restrict__ W, const float* __restrict__ bias, float* __restrict__ Y,
+                        float* __restrict__ pre, int M, int N, int K, int op, float alpha, float beta) {
+    matmul_bias_act(X, W, bias, Y, pre, M, N, K, op, alpha, beta);
+}
+
+// bf16 X, W, bias and Y (inference: pre is always null), f32 accumulation, bias and activation;
+// Y is rounded once, after the activation.
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
+    matmul_bias_act_bf16(const __nv_bfloat16* __restrict__ X, const __nv_bfloat16* __restrict__ W, const __nv_bfloat16* __restrict__ bias,
+                         __nv_bfloat16* __restrict__ Y, __nv_bfloat16* __restrict__ pre, int M, int N, int K, int op, float alpha, float beta) {
+    matmul_bias_act(X, W, bias, Y, pre, M, N, K, op, alpha, beta);
 }

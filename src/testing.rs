@@ -92,3 +92,21 @@ pub fn gradcheck(name: &str, f: impl Fn(&[f64]) -> f64, x: &[f64], analytic: &[f
 pub fn fixtures_dir() -> std::path::PathBuf {
     std::env::var_os("MINDREADER_FIXTURES").map(Into::into).unwrap_or_else(|| "tests/fixtures".into())
 }
+
+/// bf16 parity of one op: `inputs` (f32, on the CPU) are rounded to bf16; `op` runs on them on
+/// the CPU (the f32 twin between a widening and one rounding) and, when there is a GPU, on the
+/// same bf16 values there (the bf16 kernels). Both outputs must be bf16, and close: each is one
+/// rounding of an f32 result that differs only in summation order, so they agree to a bf16 ulp
+/// (2⁻⁸ relative) where the sums do. Returns false (after printing why) when there is no GPU.
+pub fn bf16_parity(what: &str, inputs: &[crate::Tensor], rtol: f32, atol: f32, op: impl Fn(&[crate::Tensor]) -> crate::Result<crate::Tensor>) -> bool {
+    use crate::tensor::DType;
+    let cpu: Vec<crate::Tensor> = inputs.iter().map(|t| t.to_dtype(DType::BF16).unwrap()).collect();
+    let want = op(&cpu).unwrap_or_else(|e| panic!("{what} on the CPU: {e}"));
+    assert_eq!(want.dtype(), DType::BF16, "{what}: the CPU output is not bf16");
+    let Some(g) = gpu() else { return false };
+    let on_gpu: Vec<crate::Tensor> = cpu.iter().map(|t| t.to_device(&g).unwrap()).collect();
+    let got = op(&on_gpu).unwrap_or_else(|e| panic!("{what} on {g}: {e}"));
+    assert_eq!((got.dtype(), got.shape()), (DType::BF16, want.shape()), "{what} on {g}");
+    assert_close(&got.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap(), rtol, atol, &format!("bf16 {what} on {g}"));
+    true
+}

@@ -132,7 +132,7 @@ fn augmented_views_round_trip_and_follow_their_target() {
     assert_names("views of too few stimuli", case, "augmented/scene", "the 60 stimuli");
 }
 
-fn replace_new<T: hdf5::H5Type>(h: &hdf5::File, name: &str, data: ndarray::ArrayViewD<T>) {
+fn add_dataset<T: hdf5::H5Type>(h: &hdf5::File, name: &str, data: ndarray::ArrayViewD<T>) {
     h.new_dataset_builder().with_data(&data).create(name).unwrap();
 }
 

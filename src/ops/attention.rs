@@ -9,13 +9,15 @@
 //!
 //! Forward kernel (`kernels/attention.cu`): fused, flash-attention style — one block per
 //! (bh, 16-query tile), keys/values streamed through shared memory 32 at a time, online softmax;
-//! the T×T score matrix is never written to global memory. f32 in and out, D ≤ 128.
+//! the T×T score matrix is never written to global memory. f32 or bf16 in and out (bf16: f32
+//! tiles, scores and lse inside; inference only), D ≤ 128.
 //! Backward on the GPU is composed from device ops: `S = Q·Kᵀ` (the tiled matmul), one elementwise
 //! kernel turning S into P with the saved lse, then matmuls and the softmax backward kernel. It
 //! materialises `[BH, T, T]` twice (P and dP): fine for CLIP's T ≤ 257, and the GAN's gradient
 //! through a frozen CLIP needs exactly this once per step.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
+use half::bf16;
 
 use super::Real;
 use crate::autograd::Tape;
@@ -24,7 +26,11 @@ use crate::ops::{elementwise::scale_raw, matmul::matmul_raw, softmax::softmax_bw
 use crate::tensor::{launch, launch_1d, Device, Storage, Tensor};
 
 /// Forward kernels by the widest head dim they hold (32·DC).
-const FWD_KERNELS: [(usize, &str); 3] = [(32, "attention_fwd_dc1_f32"), (64, "attention_fwd_dc2_f32"), (128, "attention_fwd_dc4_f32")];
+const FWD_KERNELS: [(usize, &str, &str); 3] = [
+    (32, "attention_fwd_dc1_f32", "attention_fwd_dc1_bf16"),
+    (64, "attention_fwd_dc2_f32", "attention_fwd_dc2_bf16"),
+    (128, "attention_fwd_dc4_f32", "attention_fwd_dc4_bf16"),
+];
 /// Queries per block of the forward kernel (`ATT_QTILE` in the .cu file).
 const Q_TILE: usize = 16;
 
@@ -126,6 +132,12 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(usize, usize, usize)> {
 pub(crate) fn attention_raw(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<(Tensor, Tensor)> {
     const OP: &str = "attention";
     let (bh, t, d) = dims(q, k, v)?;
+    super::same_dtype(OP, &[q, k, v])?;
+    if super::bf16_on_cpu(q) {
+        let (o, lse) = attention_raw(&super::widen(q)?, &super::widen(k)?, &super::widen(v)?, causal)?;
+        return Ok((super::narrow(&o)?, lse));
+    }
+    let bf16 = q.dtype() == crate::tensor::DType::BF16;
     let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
     match q.device() {
         Device::Cpu => {
@@ -133,26 +145,33 @@ pub(crate) fn attention_raw(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) ->
             Ok((Tensor::from_vec(o, q.shape(), q.device())?, Tensor::from_vec(lse, &[bh, t], q.device())?))
         }
         Device::Cuda(gpu) => {
-            let Some(&(_, name)) = FWD_KERNELS.iter().find(|f| d <= f.0) else {
+            let Some(&(_, name_f32, name_bf16)) = FWD_KERNELS.iter().find(|f| d <= f.0) else {
                 return Err(Error::shape(OP, format!("head dim {d} is above the CUDA kernel's 128")));
             };
             if bh > 65535 || t > u32::MAX as usize / 2 {
                 return Err(Error::shape(OP, format!("{bh} batch·heads (max 65535) or {t} tokens is too many for the CUDA kernel")));
             }
-            let mut o = gpu.alloc::<f32>(bh * t * d)?;
+            let n = bh * t * d;
+            let mut o = if bf16 { Storage::CudaBF16(gpu.alloc::<bf16>(n)?) } else { Storage::CudaF32(gpu.alloc::<f32>(n)?) };
             let mut lse = gpu.alloc::<f32>(bh * t)?;
-            if bh * t * d > 0 {
+            if n > 0 {
                 // One 128-thread block per (16-query tile, bh); shared memory is static (≤ 40.5 KiB).
                 let cfg = LaunchConfig { grid_dim: (t.div_ceil(Q_TILE) as u32, bh as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+                let name = if bf16 { name_bf16 } else { name_f32 };
                 let f = gpu.function("attention", name)?;
                 let (tt, dd, scale, c) = (t as u32, d as u32, 1.0 / (d as f32).sqrt(), causal as i32);
-                let (qs, ks, vs) = (sq.cuda_f32(OP)?, sk.cuda_f32(OP)?, sv.cuda_f32(OP)?);
-                // SAFETY: q, k, v hold BH·T·D floats and o too, lse BH·T; block (x, y) reads rows
-                // < T of head y only and writes o/lse rows q0..q0+16 < T of head y; d ≤ 32·DC.
-                unsafe { gpu.stream.launch_builder(&f).arg(qs).arg(ks).arg(vs).arg(&mut o).arg(&mut lse).arg(&tt).arg(&dd).arg(&scale).arg(&c).launch(cfg) }
-                    .map_err(|e| Error::cuda(name, e))?;
+                let mut b = gpu.stream.launch_builder(&f);
+                match &mut o {
+                    Storage::CudaBF16(out) => b.arg(sq.cuda_bf16(OP)?).arg(sk.cuda_bf16(OP)?).arg(sv.cuda_bf16(OP)?).arg(out),
+                    out => b.arg(sq.cuda_f32(OP)?).arg(sk.cuda_f32(OP)?).arg(sv.cuda_f32(OP)?).arg(out.cuda_f32_mut(OP)?),
+                };
+                b.arg(&mut lse).arg(&tt).arg(&dd).arg(&scale).arg(&c);
+                // SAFETY: q, k, v hold BH·T·D elements of the kernel's dtype and o too, lse BH·T
+                // floats; block (x, y) reads rows < T of head y only and writes o/lse rows
+                // q0..q0+16 < T of head y; d ≤ 32·DC.
+                unsafe { b.launch(cfg) }.map_err(|e| Error::cuda(name, e))?;
             }
-            Ok((Tensor::from_storage(Storage::CudaF32(o), q.shape(), q.device()), Tensor::from_storage(Storage::CudaF32(lse), &[bh, t], q.device())))
+            Ok((Tensor::from_storage(o, q.shape(), q.device()), Tensor::from_storage(Storage::CudaF32(lse), &[bh, t], q.device())))
         }
     }
 }
@@ -161,6 +180,7 @@ pub(crate) fn attention_raw(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) ->
 pub(crate) fn attention_bwd_raw(q: &Tensor, k: &Tensor, v: &Tensor, lse: &Tensor, dout: &Tensor, causal: bool) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "attention backward";
     let (bh, t, d) = dims(q, k, v)?;
+    super::f32_for_backward(OP, q)?;
     super::same_shape(OP, q, dout)?;
     match q.device() {
         Device::Cpu => {
@@ -311,5 +331,18 @@ mod tests {
         assert!(err.contains("[B, H, T, D]"), "{err}");
         let r3 = Tensor::zeros(&[2, 3, 4], &Device::Cpu).unwrap();
         assert!(attention(&mut Tape::new(), &r3, &r3, &r3, true).is_err());
+    }
+
+    /// bf16 attention (each head-dim class, causal and not) against the CPU path.
+    #[test]
+    fn bf16_attention_cuda_matches_cpu() {
+        for (t, d) in [(7, 24), (50, 64), (77, 64), (33, 100)] {
+            for causal in [false, true] {
+                let shape = [2, 3, t, d];
+                let n = 2 * 3 * t * d;
+                let r = |seed| Tensor::from_vec(random_vec(n, seed), &shape, &Device::Cpu).unwrap();
+                crate::testing::bf16_parity(&format!("attention T {t} D {d} causal {causal}"), &[r(1), r(2), r(3)], 2e-2, 1e-2, |x| attention(&mut Tape::inference(), &x[0], &x[1], &x[2], causal));
+            }
+        }
     }
 }

@@ -7,18 +7,24 @@
 use super::{same_device, split_at_axis, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::tensor::{launch, launch_1d, Device, Tensor};
+use crate::tensor::{launch, launch_1d, Device, Storage, Tensor};
 
 pub mod cpu {
     use super::Real;
 
-    /// `dst[o, dst_off + i, r] = src[o, src_off + i, r]` for `i < len`.
+    /// `copy_axis` for any copyable element (bf16 rows move as bits).
     #[allow(clippy::too_many_arguments)]
-    pub fn copy_axis<T: Real>(src: &[T], dst: &mut [T], outer: usize, n_src: usize, n_dst: usize, inner: usize, src_off: usize, dst_off: usize, len: usize) {
+    pub fn copy_axis_bits<T: Copy>(src: &[T], dst: &mut [T], outer: usize, n_src: usize, n_dst: usize, inner: usize, src_off: usize, dst_off: usize, len: usize) {
         for o in 0..outer {
             let s = &src[(o * n_src + src_off) * inner..][..len * inner];
             dst[(o * n_dst + dst_off) * inner..][..len * inner].copy_from_slice(s);
         }
+    }
+
+    /// `dst[o, dst_off + i, r] = src[o, src_off + i, r]` for `i < len`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_axis<T: Real>(src: &[T], dst: &mut [T], outer: usize, n_src: usize, n_dst: usize, inner: usize, src_off: usize, dst_off: usize, len: usize) {
+        copy_axis_bits(src, dst, outer, n_src, n_dst, inner, src_off, dst_off, len)
     }
 }
 
@@ -32,9 +38,18 @@ fn copy_axis_into(src: &Tensor, dst: &Tensor, axis: usize, src_off: usize, dst_o
     }
     let s = src.storage();
     let mut d = dst.storage_mut();
-    match src.device() {
-        Device::Cpu => cpu::copy_axis(s.cpu_f32("concat")?, d.cpu_f32_mut("concat")?, outer, n_src, n_dst, inner, src_off, dst_off, len),
-        Device::Cuda(gpu) => {
+    if s.dtype() != d.dtype() {
+        return Err(Error::Invalid(format!("concat: inputs are {} and {}: convert one so all have the same dtype", d.dtype(), s.dtype())));
+    }
+    match (src.device(), &*s, &mut *d) {
+        (Device::Cpu, Storage::CpuBF16(sv), Storage::CpuBF16(dv)) => cpu::copy_axis_bits(sv, dv, outer, n_src, n_dst, inner, src_off, dst_off, len),
+        (Device::Cpu, _, _) => cpu::copy_axis(s.cpu_f32("concat")?, d.cpu_f32_mut("concat")?, outer, n_src, n_dst, inner, src_off, dst_off, len),
+        (Device::Cuda(gpu), Storage::CudaBF16(sv), Storage::CudaBF16(dv)) => {
+            let a = [outer, n_src, n_dst, inner, src_off, dst_off, len].map(|v| v as u32);
+            // SAFETY: as copy_axis_f32, on 2-byte elements.
+            launch!(gpu, "concat", "copy_axis_b16", launch_1d(outer * len * inner), &*sv, dv, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6])?;
+        }
+        (Device::Cuda(gpu), _, _) => {
             let a = [outer, n_src, n_dst, inner, src_off, dst_off, len].map(|v| v as u32);
             // SAFETY: offsets + len lie within n_src and n_dst (checked by callers).
             launch!(gpu, "concat", "copy_axis_f32", launch_1d(outer * len * inner), s.cuda_f32("concat")?, d.cuda_f32_mut("concat")?, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6])?;
@@ -49,7 +64,7 @@ pub(crate) fn slice_raw(x: &Tensor, axis: usize, start: usize, len: usize) -> Re
     }
     let mut shape = x.shape().to_vec();
     shape[axis] = len;
-    let y = Tensor::zeros(&shape, x.device())?;
+    let y = Tensor::zeros_dtype(&shape, x.dtype(), x.device())?;
     copy_axis_into(x, &y, axis, start, 0, len)?;
     Ok(y)
 }
@@ -60,7 +75,7 @@ pub fn slice(tape: &mut Tape, x: &Tensor, axis: isize, start: usize, len: usize)
     let y = slice_raw(x, a, start, len)?;
     let shape = x.shape().to_vec();
     tape.record(&[x], &y, move |dy| {
-        let dx = Tensor::zeros(&shape, dy.device())?;
+        let dx = Tensor::zeros_dtype(&shape, dy.dtype(), dy.device())?;
         copy_axis_into(dy, &dx, a, 0, start, len)?;
         Ok(vec![Some(dx)])
     });
@@ -81,7 +96,7 @@ pub fn concat(tape: &mut Tape, xs: &[&Tensor], axis: isize) -> Result<Tensor> {
         }
         shape[a] += x.shape()[a];
     }
-    let y = Tensor::zeros(&shape, first.device())?;
+    let y = Tensor::zeros_dtype(&shape, first.dtype(), first.device())?;
     let mut offsets = Vec::with_capacity(xs.len());
     let mut off = 0;
     for x in xs {
@@ -159,5 +174,14 @@ mod tests {
         assert!(concat(&mut Tape::new(), &[&a, &b], 1).is_err());
         assert!(concat(&mut Tape::new(), &[], 0).is_err());
         assert!(slice(&mut Tape::new(), &a, 1, 2, 2).is_err());
+    }
+
+    /// bf16 concat and slice move bits: identical on both devices.
+    #[test]
+    fn bf16_concat_and_slice_cuda_match_cpu() {
+        let t = |shape: &[usize], seed| Tensor::from_vec(random_vec(shape.iter().product(), seed), shape, &Device::Cpu).unwrap();
+        let (a, b) = (t(&[2, 3, 5], 1), t(&[2, 4, 5], 2));
+        crate::testing::bf16_parity("concat axis 1", &[a.clone(), b], 0.0, 0.0, |x| concat(&mut Tape::inference(), &[&x[0], &x[1]], 1));
+        crate::testing::bf16_parity("slice axis 2", &[a], 0.0, 0.0, |x| slice(&mut Tape::inference(), &x[0], 2, 1, 3));
     }
 }

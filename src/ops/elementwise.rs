@@ -13,10 +13,12 @@
 use cudarc::driver::PushKernelArg;
 use rayon::prelude::*;
 
-use super::{same_device, same_shape, split_at_axis, Real};
+use half::bf16;
+
+use super::{bf16_on_cpu, narrow, same_device, same_dtype, same_shape, split_at_axis, widen, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::tensor::{launch_1d, Device, Storage, Tensor};
+use crate::tensor::{launch, launch_1d, DType, Device, Storage, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Unary {
@@ -292,8 +294,21 @@ pub fn square(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
 pub(crate) fn binary_raw(op: Binary, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_device("binary", &[a, b])?;
     same_shape("binary", a, b)?;
+    same_dtype("binary", &[a, b])?;
+    if bf16_on_cpu(a) {
+        return narrow(&binary_raw(op, &widen(a)?, &widen(b)?)?);
+    }
     match a.device() {
         Device::Cpu => cpu_map("binary", [a, b], |[u, v]| cpu::binary(op, u, v)),
+        Device::Cuda(gpu) if a.dtype() == DType::BF16 => {
+            let n = a.numel();
+            let (sa, sb) = (a.storage(), b.storage());
+            let mut y = gpu.alloc::<bf16>(n)?;
+            let (nn, code) = (n as u64, op as i32);
+            // SAFETY: reads n of a and b, writes n of y.
+            launch!(gpu, "elementwise", "binary_bf16", launch_1d(n), sa.cuda_bf16("binary")?, sb.cuda_bf16("binary")?, &mut y, &nn, &code)?;
+            Ok(Tensor::from_storage(Storage::CudaBF16(y), a.shape(), a.device()))
+        }
         Device::Cuda(gpu) => {
             let n = a.numel();
             let (sa, sb) = (a.storage(), b.storage());
@@ -372,8 +387,21 @@ fn bias_layout(x: &Tensor, bias: &Tensor, axis: isize) -> Result<(usize, usize, 
 
 pub(crate) fn bias_add_raw(x: &Tensor, bias: &Tensor, axis: isize) -> Result<Tensor> {
     same_device("bias_add", &[x, bias])?;
+    same_dtype("bias_add", &[x, bias])?;
     let (_, c, inner) = bias_layout(x, bias, axis)?;
+    if bf16_on_cpu(x) {
+        return narrow(&bias_add_raw(&widen(x)?, &widen(bias)?, axis)?);
+    }
     match x.device() {
+        Device::Cuda(gpu) if x.dtype() == DType::BF16 => {
+            let n = x.numel();
+            let (xs, bs) = (x.storage(), bias.storage());
+            let mut y = gpu.alloc::<bf16>(n)?;
+            let (nn, cc, ii) = (n as u64, c as u32, inner.max(1) as u32);
+            // SAFETY: reads n of x and C of bias, writes n of y.
+            launch!(gpu, "elementwise", "bias_add_bf16", launch_1d(n), xs.cuda_bf16("bias_add")?, bs.cuda_bf16("bias_add")?, &mut y, &nn, &cc, &ii)?;
+            Ok(Tensor::from_storage(Storage::CudaBF16(y), x.shape(), x.device()))
+        }
         Device::Cpu => {
             let (xs, bs) = (x.storage(), bias.storage());
             let (xv, bv) = (xs.cpu_f32("bias_add")?, bs.cpu_f32("bias_add")?);
@@ -614,5 +642,19 @@ mod tests {
         assert!(err.contains("[2, 3] vs [3, 2]"), "{err}");
         let bias = Tensor::zeros(&[4], &Device::Cpu).unwrap();
         assert!(bias_add(&mut Tape::new(), &a, &bias, 1).is_err());
+    }
+
+    /// bf16 add and bias add: GPU kernels against the CPU path on the same bf16 values.
+    #[test]
+    fn bf16_add_and_bias_add_cuda_match_cpu() {
+        for n in parity_sizes() {
+            let t = |seed| Tensor::from_vec(random_vec(n * 3, seed), &[n, 3], &Device::Cpu).unwrap();
+            crate::testing::bf16_parity(&format!("add [{n}, 3]"), &[t(1), t(2)], 1e-2, 1e-3, |x| add(&mut Tape::inference(), &x[0], &x[1]));
+            let bias = Tensor::from_vec(random_vec(3, 3), &[3], &Device::Cpu).unwrap();
+            crate::testing::bf16_parity(&format!("bias_add [{n}, 3]"), &[t(4), bias], 1e-2, 1e-3, |x| bias_add(&mut Tape::inference(), &x[0], &x[1], -1));
+        }
+        let (a, b) = (Tensor::zeros(&[2], &Device::Cpu).unwrap(), Tensor::zeros(&[2], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap());
+        let err = add(&mut Tape::new(), &a, &b).unwrap_err().to_string();
+        assert!(err.contains("f32 and bf16"), "{err}");
     }
 }

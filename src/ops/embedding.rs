@@ -3,10 +3,12 @@
 //! Backward: `dW[v, :] = Σ_{i: ids[i] = v} dy[i, :]` (a scatter-add; atomics on the GPU).
 //! Traffic: reads and writes dim·4 B per id. Kernel: `kernels/embedding.cu`.
 
+use half::bf16;
+
 use super::Real;
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::tensor::{launch, launch_1d, upload, Device, Storage, Tensor};
+use crate::tensor::{launch, launch_1d, upload, DType, Device, Storage, Tensor};
 
 pub mod cpu {
     use super::Real;
@@ -57,6 +59,21 @@ pub fn embedding(tape: &mut Tape, weight: &Tensor, ids: &[u32]) -> Result<Tensor
     }
     let shape = [ids.len(), dim];
     let y = match weight.device() {
+        Device::Cpu if weight.dtype() == DType::BF16 => {
+            let s = weight.storage();
+            let Storage::CpuBF16(w) = &*s else { unreachable!("dtype checked") };
+            let rows: Vec<bf16> = ids.iter().flat_map(|&id| w[id as usize * dim..][..dim].iter().copied()).collect();
+            Tensor::from_storage(Storage::CpuBF16(rows), &shape, weight.device())
+        }
+        Device::Cuda(gpu) if weight.dtype() == DType::BF16 => {
+            let s = weight.storage();
+            let ids_dev = upload(gpu, ids)?;
+            let mut y = gpu.alloc::<bf16>(ids.len() * dim)?;
+            let (n, dd) = (ids.len() as u32, dim as u32);
+            // SAFETY: as embedding_fwd_f32, on 2-byte elements.
+            launch!(gpu, "embedding", "embedding_fwd_b16", launch_1d(ids.len() * dim), s.cuda_bf16("embedding")?, &ids_dev, &mut y, &n, &dd)?;
+            Tensor::from_storage(Storage::CudaBF16(y), &shape, weight.device())
+        }
         Device::Cpu => {
             let s = weight.storage();
             Tensor::from_vec(cpu::gather(s.cpu_f32("embedding")?, ids, dim), &shape, weight.device())?
@@ -127,5 +144,15 @@ mod tests {
         let w = Tensor::zeros(&[4, 3], &Device::Cpu).unwrap();
         let err = embedding(&mut Tape::new(), &w, &[4]).unwrap_err().to_string();
         assert!(err.contains("id 4 out of range"), "{err}");
+    }
+
+    /// A bf16 table gathers bf16 rows, bit for bit on both devices.
+    #[test]
+    fn bf16_gather_cuda_matches_cpu() {
+        let w = Tensor::from_vec(random_vec(11 * 7, 1), &[11, 7], &Device::Cpu).unwrap();
+        let ids = [3, 0, 10, 3, 7];
+        crate::testing::bf16_parity("embedding", &[w.clone()], 0.0, 0.0, |x| embedding(&mut Tape::inference(), &x[0], &ids));
+        let got = embedding(&mut Tape::inference(), &w.to_dtype(crate::tensor::DType::BF16).unwrap(), &ids).unwrap().to_vec_f32().unwrap();
+        assert_eq!(got[..7], w.to_dtype(crate::tensor::DType::BF16).unwrap().to_vec_f32().unwrap()[21..28]);
     }
 }

@@ -16,10 +16,12 @@
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use super::{same_device, Real};
+use half::bf16;
+
+use super::{bf16_on_cpu, narrow, same_device, same_dtype, widen, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::tensor::{launch, launch_1d, Device, Storage, Tensor};
+use crate::tensor::{launch, launch_1d, DType, Device, Storage, Tensor};
 
 /// The warp-per-row kernels: (widest row, forward, backward dx).
 const WARP_KERNELS: [(usize, &str, &str); 7] = [
@@ -30,6 +32,17 @@ const WARP_KERNELS: [(usize, &str, &str); 7] = [
     (512, "layernorm_fwd_w16_f32", "layernorm_bwd_w16_f32"),
     (768, "layernorm_fwd_w24_f32", "layernorm_bwd_w24_f32"),
     (1024, "layernorm_fwd_w32_f32", "layernorm_bwd_w32_f32"),
+];
+
+/// The bf16 forward warp kernels, by the same widest rows.
+const WARP_KERNELS_BF16: [(usize, &str); 7] = [
+    (32, "layernorm_fwd_w1_bf16"),
+    (64, "layernorm_fwd_w2_bf16"),
+    (128, "layernorm_fwd_w4_bf16"),
+    (256, "layernorm_fwd_w8_bf16"),
+    (512, "layernorm_fwd_w16_bf16"),
+    (768, "layernorm_fwd_w24_bf16"),
+    (1024, "layernorm_fwd_w32_bf16"),
 ];
 
 /// Dynamic shared memory a block-per-row kernel may use to keep its row (under the 48 KiB that
@@ -113,6 +126,7 @@ fn check(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f32) ->
         }
     }
     same_device(op, &on_device)?;
+    same_dtype(op, &on_device)?;
     if !(eps >= 0.0 && eps.is_finite()) {
         return Err(Error::Invalid(format!("layer_norm: eps must be finite and ≥ 0, got {eps}")));
     }
@@ -138,6 +152,14 @@ fn empty_forward(x: &Tensor, rows: usize) -> Result<(Tensor, Tensor, Tensor)> {
 pub(crate) fn layer_norm_raw(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f32) -> Result<(Tensor, Tensor, Tensor)> {
     let op = "layer_norm";
     let (rows, n) = check(x, gamma, beta, eps)?;
+    if bf16_on_cpu(x) {
+        let (g, b) = (gamma.map(widen).transpose()?, beta.map(widen).transpose()?);
+        let (y, mean, rstd) = layer_norm_raw(&widen(x)?, g.as_ref(), b.as_ref(), eps)?;
+        return Ok((narrow(&y)?, mean, rstd));
+    }
+    if x.dtype() == DType::BF16 && x.numel() > 0 {
+        return layer_norm_bf16_cuda(x, gamma, beta, eps, rows, n);
+    }
     let (xs, gs, bs) = (x.storage(), gamma.map(|t| t.storage()), beta.map(|t| t.storage()));
     match x.device() {
         Device::Cpu => {
@@ -186,6 +208,43 @@ pub(crate) fn layer_norm_raw(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&T
             ))
         }
     }
+}
+
+/// The bf16 forward on the GPU (inference): the f32 kernels' bf16 twins, f32 statistics.
+fn layer_norm_bf16_cuda(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f32, rows: usize, n: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    let op = "layer_norm";
+    let Device::Cuda(gpu) = x.device() else {
+        return Err(Error::Invalid("layer_norm: bf16 CUDA path on a CPU tensor".into()));
+    };
+    let (xs, gs, bs) = (x.storage(), gamma.map(|t| t.storage()), beta.map(|t| t.storage()));
+    let xb = xs.cuda_bf16(op)?;
+    let gb = gs.as_ref().map(|s| s.cuda_bf16(op)).transpose()?.unwrap_or(xb);
+    let bb = bs.as_ref().map(|s| s.cuda_bf16(op)).transpose()?.unwrap_or(xb);
+    let (mut y, mut mean, mut rstd) = (gpu.alloc::<bf16>(x.numel())?, gpu.alloc::<f32>(rows)?, gpu.alloc::<f32>(rows)?);
+    let (r, nn, hg, hb) = (rows as u32, n as u32, gamma.is_some() as i32, beta.is_some() as i32);
+    match WARP_KERNELS_BF16.iter().find(|w| n <= w.0).map(|w| w.1) {
+        Some(name) => {
+            let f = gpu.function("layernorm", &name)?;
+            let mut b = gpu.stream.launch_builder(&f);
+            b.arg(xb).arg(gb).arg(bb).arg(&mut y).arg(&mut mean).arg(&mut rstd).arg(&r).arg(&nn).arg(&eps).arg(&hg).arg(&hb);
+            // SAFETY: as the f32 warp kernel: rows < rows, j < n of x, γ, β, y; mean/rstd[row].
+            unsafe { b.launch(launch_1d(rows * 32)) }.map_err(|e| Error::cuda(name, e))?;
+        }
+        None => {
+            // The row cache holds f32 values (4 B each) whatever the input dtype.
+            let cache = n * 4 <= SMEM_CACHE_BYTES;
+            let cfg = block_per_row(rows, if cache { n * 4 } else { 0 });
+            let c = cache as i32;
+            // SAFETY: as layernorm_fwd_block_f32.
+            launch!(gpu, "layernorm", "layernorm_fwd_block_bf16", cfg, xb, gb, bb, &mut y, &mut mean, &mut rstd, &r, &nn, &eps, &hg, &hb, &c)?;
+        }
+    }
+    let d = x.device();
+    Ok((
+        Tensor::from_storage(Storage::CudaBF16(y), x.shape(), d),
+        Tensor::from_storage(Storage::CudaF32(mean), &[rows], d),
+        Tensor::from_storage(Storage::CudaF32(rstd), &[rows], d),
+    ))
 }
 
 /// dx, and (dγ, dβ) when `params`, from the forward's x, γ, mean and rstd, without recording.
@@ -469,6 +528,18 @@ mod tests {
             let loss = sum_all(&mut tape, &y).unwrap();
             let dg = tape.backward(&loss).unwrap().get(&gamma).unwrap().to_vec_f32().unwrap();
             assert_eq!(dg, vec![0.0; 4], "no rows, no gradient, on {device}");
+        }
+    }
+
+    /// bf16 layer norm (warp kernels up to 1024 wide, block kernel beyond) against the CPU path.
+    #[test]
+    fn bf16_layer_norm_cuda_matches_cpu() {
+        for n in [1, 7, 33, 512, 768, 1000, 4097] {
+            let rows = 5;
+            let x = Tensor::from_vec(random_vec(rows * n, 1), &[rows, n], &Device::Cpu).unwrap();
+            let g = Tensor::from_vec(gamma_vec(n, 2), &[n], &Device::Cpu).unwrap();
+            let b = Tensor::from_vec(random_vec(n, 3), &[n], &Device::Cpu).unwrap();
+            crate::testing::bf16_parity(&format!("layer_norm [{rows}, {n}]"), &[x, g, b], 1e-2, 2e-2, |t| layer_norm(&mut Tape::inference(), &t[0], Some(&t[1]), Some(&t[2]), EPS));
         }
     }
 }

@@ -393,7 +393,34 @@ pub fn linear(tape: &mut Tape, x: &Tensor, weight: &Tensor, bias: Option<&Tensor
 fn linear_act_raw(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Option<Unary>, g: &Gemm, keep_pre: bool) -> Result<(Tensor, Option<Tensor>)> {
     const OP: &str = "linear_act";
     let shape = [g.m, g.n];
+    if super::bf16_on_cpu(x) {
+        let b = bias.map(super::widen).transpose()?;
+        let (y, _) = linear_act_raw(&super::widen(x)?, &super::widen(w)?, b.as_ref(), act, g, false)?;
+        return Ok((super::narrow(&y)?, None));
+    }
     match x.device() {
+        Device::Cuda(gpu) if x.dtype() == DType::BF16 => {
+            let cfg = tile_grid(OP, g)?;
+            let len = g.m * g.n;
+            let mut y = gpu.alloc::<bf16>(len)?;
+            if len > 0 {
+                let (code, alpha, beta) = act.map_or((-1, 0.0, 0.0), Unary::code);
+                let (m, n, k) = (g.m as i32, g.n as i32, g.k as i32);
+                let null = 0u64;
+                let (xs, ws, bs) = (x.storage(), w.storage(), bias.map(|b| b.storage()));
+                let f = gpu.function("matmul", "matmul_bias_act_bf16")?;
+                let mut lb = gpu.stream.launch_builder(&f);
+                lb.arg(xs.cuda_bf16(OP)?).arg(ws.cuda_bf16(OP)?);
+                match &bs {
+                    Some(s) => lb.arg(s.cuda_bf16(OP)?),
+                    None => lb.arg(&null),
+                };
+                lb.arg(&mut y).arg(&null).arg(&m).arg(&n).arg(&k).arg(&code).arg(&alpha).arg(&beta);
+                // SAFETY: as matmul_bias_act_f32 with bf16 buffers; pre is null (inference).
+                unsafe { lb.launch(cfg) }.map_err(|e| Error::cuda("matmul_bias_act_bf16", e))?;
+            }
+            Ok((Tensor::from_storage(Storage::CudaBF16(y), &shape, x.device()), None))
+        }
         Device::Cpu => {
             let (xs, ws, bs) = (x.storage(), w.storage(), bias.map(|b| b.storage()));
             let bv = match &bs {
@@ -439,7 +466,8 @@ fn linear_act_raw(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Option<Una
 }
 
 /// `y = act(x·Wᵀ + b)`: `linear` with its bias add and activation fused into the GEMM's store,
-/// for x `[.., in]`, weight `[out, in]`, bias `[out]`; y is `[.., out]`. f32 only.
+/// for x `[.., in]`, weight `[out, in]`, bias `[out]`; y is `[.., out]`. f32, or bf16 for
+/// inference (bf16 in and out, f32 accumulation, bias and activation; one rounding).
 ///
 /// Forward: one GEMM whose epilogue adds the bias and applies `act` in registers; the
 /// pre-activation `p = x·Wᵀ + b` is written too only when the tape will need it (some input
@@ -467,12 +495,14 @@ pub fn linear_act(tape: &mut Tape, x: &Tensor, weight: &Tensor, bias: Option<&Te
             return Err(Error::shape(OP, format!("bias {:?} for weight {:?} (want [{n}])", b.shape(), weight.shape())));
         }
     }
-    if let Some(t) = inputs.iter().find(|t| t.dtype() != DType::F32) {
-        return Err(Error::DType { op: OP, got: t.dtype(), expected: "f32" });
-    }
+    super::f32_or_bf16(OP, x)?;
+    super::same_dtype(OP, &inputs)?;
     let rows: usize = x.shape()[..x.rank() - 1].iter().product();
     let x2 = x.reshaped(&[rows, k])?;
     let g = Gemm::new(&[rows, k], weight.shape(), false, true)?;
+    if x.dtype() == DType::BF16 && tape.needs_grad(&inputs) {
+        return Err(Error::DType { op: OP, got: DType::BF16, expected: "f32 when gradients are needed (bf16 is inference-only)" });
+    }
     let keep_pre = act.is_some() && tape.needs_grad(&inputs);
     let (y2, pre) = linear_act_raw(&x2, weight, bias, act, &g, keep_pre)?;
     let mut y_shape = x.shape().to_vec();
@@ -881,5 +911,26 @@ mod tests {
         let bf = t(&[2, 3]).to_dtype(DType::BF16).unwrap();
         let err = linear_act(&mut tape, &t(&[4, 3]), &bf, None, act).unwrap_err().to_string();
         assert!(err.contains("bf16"), "{err}");
+    }
+
+    /// bf16 linear_act (with and without bias and activation) against the CPU path; bf16 with
+    /// a watched input is refused (no backward in bf16).
+    #[test]
+    fn bf16_linear_act_cuda_matches_cpu() {
+        for (m, k, n) in [(1, 7, 5), (50, 768, 33), (130, 65, 3072)] {
+            let x = Tensor::from_vec(random_vec(m * k, 1), &[m, k], &Device::Cpu).unwrap();
+            let w = Tensor::from_vec(random_vec(n * k, 2).iter().map(|v| v / (k as f32).sqrt()).collect(), &[n, k], &Device::Cpu).unwrap();
+            let b = Tensor::from_vec(random_vec(n, 3), &[n], &Device::Cpu).unwrap();
+            for act in [None, Some(Unary::QuickGelu)] {
+                let what = format!("linear_act {m}×{k}·{k}×{n} {act:?}");
+                crate::testing::bf16_parity(&what, &[x.clone(), w.clone(), b.clone()], 2e-2, 1e-2, |t| linear_act(&mut Tape::inference(), &t[0], &t[1], Some(&t[2]), act));
+                crate::testing::bf16_parity(&format!("{what} no bias"), &[x.clone(), w.clone()], 2e-2, 1e-2, |t| linear_act(&mut Tape::inference(), &t[0], &t[1], None, act));
+            }
+        }
+        let x = Tensor::zeros(&[2, 3], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+        let mut tape = Tape::new();
+        tape.watch(&x);
+        let err = linear_act(&mut tape, &x, &x, None, None).unwrap_err().to_string();
+        assert!(err.contains("inference-only"), "{err}");
     }
 }

@@ -19,7 +19,7 @@ pub mod softmax;
 pub mod transpose;
 
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// The float types the CPU twins run in: f32 for real work, f64 for gradient checks.
 pub trait Real: num_traits::Float + ndarray::LinalgScalar + std::iter::Sum + Send + Sync + std::fmt::Debug + 'static {
@@ -70,4 +70,44 @@ pub(crate) fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usiz
     let outer = shape[..axis].iter().product();
     let inner = shape[axis + 1..].iter().product();
     (outer, shape[axis], inner)
+}
+
+/// Errors unless every tensor has the first one's dtype.
+pub(crate) fn same_dtype(op: &'static str, ts: &[&Tensor]) -> Result<()> {
+    let first = ts[0].dtype();
+    if let Some(t) = ts[1..].iter().find(|t| t.dtype() != first) {
+        return Err(Error::Invalid(format!("{op}: inputs are {first} and {}: convert one so all have the same dtype", t.dtype())));
+    }
+    Ok(())
+}
+
+/// bf16 on the CPU is its f32 twin on widened inputs with the output rounded once (`narrow`):
+/// what the bf16 kernels do, bf16 storage between ops and f32 arithmetic inside each.
+pub(crate) fn widen(t: &Tensor) -> Result<Tensor> {
+    t.to_dtype(DType::F32)
+}
+
+pub(crate) fn narrow(t: &Tensor) -> Result<Tensor> {
+    t.to_dtype(DType::BF16)
+}
+
+/// True for a bf16 tensor on the CPU (the ops then run their f32 twin through `widen`/`narrow`).
+pub(crate) fn bf16_on_cpu(t: &Tensor) -> bool {
+    !t.device().is_cuda() && t.dtype() == DType::BF16
+}
+
+/// Errors for dtypes an op has no kernel for.
+pub(crate) fn f32_or_bf16(op: &'static str, t: &Tensor) -> Result<()> {
+    match t.dtype() {
+        DType::F32 | DType::BF16 => Ok(()),
+        other => Err(Error::DType { op, got: other, expected: "f32 or bf16" }),
+    }
+}
+
+/// Backward passes run in f32 only: bf16 is for inference.
+pub(crate) fn f32_for_backward(op: &'static str, t: &Tensor) -> Result<()> {
+    if t.dtype() != DType::F32 {
+        return Err(Error::DType { op, got: t.dtype(), expected: "f32 (bf16 is inference-only: no backward)" });
+    }
+    Ok(())
 }

@@ -5,10 +5,12 @@
 //! Traffic: transpose reads and writes every element once (8 B/element in f32); reshape moves
 //! nothing. Kernel: `kernels/transpose.cu`, one thread per output element (coalesced writes).
 
-use super::Real;
+use half::bf16;
+
+use super::{bf16_on_cpu, narrow, widen, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::tensor::{launch, launch_1d, Device, Storage, Tensor};
+use crate::tensor::{launch, launch_1d, DType, Device, Storage, Tensor};
 
 pub mod cpu {
     use super::Real;
@@ -61,7 +63,20 @@ pub(crate) fn transpose_raw(x: &Tensor, axis0: usize, axis1: usize) -> Result<Te
     }
     shape.swap(i, j);
     let [a, ni, b, nj, c] = five_dims(x.shape(), i, j);
+    if bf16_on_cpu(x) {
+        // A copy: widening and narrowing back are exact.
+        return narrow(&transpose_raw(&widen(x)?, axis0, axis1)?);
+    }
     match x.device() {
+        Device::Cuda(gpu) if x.dtype() == DType::BF16 => {
+            let n = x.numel();
+            let s = x.storage();
+            let mut y = gpu.alloc::<bf16>(n)?;
+            let d = [a as u32, ni as u32, b as u32, nj as u32, c as u32];
+            // SAFETY: as transpose_f32, on 2-byte elements (the kernel copies bits).
+            launch!(gpu, "transpose", "transpose_b16", launch_1d(n), s.cuda_bf16("transpose")?, &mut y, &d[0], &d[1], &d[2], &d[3], &d[4])?;
+            Ok(Tensor::from_storage(Storage::CudaBF16(y), &shape, x.device()))
+        }
         Device::Cpu => {
             let s = x.storage();
             Tensor::from_vec(cpu::transpose(s.cpu_f32("transpose")?, a, ni, b, nj, c), &shape, x.device())
@@ -174,5 +189,17 @@ mod tests {
         assert!(reshape(&mut Tape::new(), &x, &[4, 2]).is_err());
         assert_eq!(infer_shape(6, &[-1, 2]).unwrap(), vec![3, 2]);
         assert!(infer_shape(6, &[-1, 4]).is_err());
+    }
+
+    /// bf16 transposes move bits: identical on both devices (and equal to the f32 transpose).
+    #[test]
+    fn bf16_transpose_cuda_matches_cpu() {
+        let x = Tensor::from_vec(random_vec(3 * 5 * 7 * 2, 1), &[3, 5, 7, 2], &Device::Cpu).unwrap();
+        for (a0, a1) in [(0, 1), (1, 3), (0, 3), (2, 3)] {
+            crate::testing::bf16_parity(&format!("transpose {a0}↔{a1}"), &[x.clone()], 0.0, 0.0, |t| transpose(&mut Tape::inference(), &t[0], a0, a1));
+            let want = transpose(&mut Tape::inference(), &x.to_dtype(crate::tensor::DType::BF16).unwrap().to_dtype(crate::tensor::DType::F32).unwrap(), a0, a1).unwrap();
+            let got = transpose(&mut Tape::inference(), &x.to_dtype(crate::tensor::DType::BF16).unwrap(), a0, a1).unwrap();
+            assert_eq!(got.to_vec_f32().unwrap(), want.to_vec_f32().unwrap());
+        }
     }
 }

@@ -90,6 +90,20 @@ impl Storage {
             other => Err(Error::DType { op, got: other.dtype(), expected: "f32 on a GPU" }),
         }
     }
+
+    pub fn cuda_bf16(&self, op: &'static str) -> Result<&CudaSlice<bf16>> {
+        match self {
+            Storage::CudaBF16(v) => Ok(v),
+            other => Err(Error::DType { op, got: other.dtype(), expected: "bf16 on a GPU" }),
+        }
+    }
+
+    pub fn cuda_bf16_mut(&mut self, op: &'static str) -> Result<&mut CudaSlice<bf16>> {
+        match self {
+            Storage::CudaBF16(v) => Ok(v),
+            other => Err(Error::DType { op, got: other.dtype(), expected: "bf16 on a GPU" }),
+        }
+    }
 }
 
 /// A process-unique tensor identity: the tape keys gradients by it.
@@ -148,6 +162,18 @@ impl Tensor {
         match device {
             Device::Cpu => Tensor::full(0.0, shape, device),
             Device::Cuda(gpu) => Ok(Tensor::from_storage(Storage::CudaF32(gpu.zeros(shape.iter().product())?), shape, device)),
+        }
+    }
+
+    /// Zeros of `dtype`.
+    pub fn zeros_dtype(shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        let n = shape.iter().product();
+        match (dtype, device) {
+            (DType::F32, _) => Tensor::zeros(shape, device),
+            (DType::BF16, Device::Cuda(gpu)) => Ok(Tensor::from_storage(Storage::CudaBF16(gpu.zeros(n)?), shape, device)),
+            (DType::F16, Device::Cuda(gpu)) => Ok(Tensor::from_storage(Storage::CudaF16(gpu.zeros(n)?), shape, device)),
+            (DType::BF16, Device::Cpu) => Ok(Tensor::from_storage(Storage::CpuBF16(vec![bf16::ZERO; n]), shape, device)),
+            (DType::F16, Device::Cpu) => Ok(Tensor::from_storage(Storage::CpuF16(vec![f16::ZERO; n]), shape, device)),
         }
     }
 

@@ -25,7 +25,7 @@ use crate::autograd::Tape;
 use crate::error::{Error, Result};
 use crate::nn::{load_safetensors, ParamStore};
 use crate::ops::{attention::attention, elementwise as ew, l2norm::l2_normalize, layernorm::layer_norm, matmul, transpose};
-use crate::tensor::{Device, Tensor};
+use crate::tensor::{DType, Device, Tensor};
 
 /// Registers zero-filled parameters under `prefix` in a store; `load` fills them by name.
 pub(crate) struct Params<'a> {
@@ -52,8 +52,9 @@ impl Linear {
         Ok(Linear { weight, bias })
     }
 
+    /// `x·Wᵀ + b`, the bias in the GEMM's epilogue (one launch; one rounding in bf16).
     pub fn forward(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
-        matmul::linear(tape, x, &self.weight, self.bias.as_ref())
+        matmul::linear_act(tape, x, &self.weight, self.bias.as_ref(), None)
     }
 
     /// `act(forward(x))` in one fused GEMM (the bias and activation in its epilogue).
@@ -210,9 +211,33 @@ impl Clip {
         Ok(clip)
     }
 
+    /// `load`, with every weight converted to `dtype` on the device. bf16 is for inference:
+    /// activations are bf16 between ops with f32 arithmetic inside each (f32 accumulation in
+    /// every GEMM, f32 statistics in the layer norms, f32 softmax in attention); there is no
+    /// backward in bf16.
+    pub fn load_as(dir: &Path, device: &Device, dtype: DType) -> Result<Clip> {
+        let mut clip = Clip::load(dir, device)?;
+        clip.store.convert(dtype)?;
+        Ok(clip)
+    }
+
+    /// The dtype the weights (and so the activations) are in.
+    pub fn dtype(&self) -> DType {
+        self.logit_scale.dtype()
+    }
+
     /// Projected image features `[B, projection_dim]` (HF `get_image_features`: not normalised)
-    /// of pixels `[B, 3, H, W]` already preprocessed (resized, cropped, normalised).
+    /// of pixels `[B, 3, H, W]` already preprocessed (resized, cropped, normalised). Pixels of
+    /// another dtype than the model's are converted first (not recorded: bf16 has no backward).
+    /// The features are in the model's dtype.
     pub fn encode_image(&self, tape: &mut Tape, pixels: &Tensor) -> Result<Tensor> {
+        let cast;
+        let pixels = if pixels.dtype() == self.dtype() {
+            pixels
+        } else {
+            cast = pixels.to_dtype(self.dtype())?;
+            &cast
+        };
         let pooled = self.vision_model.forward(tape, pixels)?;
         self.visual_projection.forward(tape, &pooled)
     }
@@ -226,11 +251,14 @@ impl Clip {
 
     /// `exp(logit_scale)·cos(image_i, text_j)`: `[B_img, B_txt]` from the two feature batches.
     /// Recorded through `logit_scale` too, so training CLIP contrastively learns its temperature.
+    /// bf16 features (from a bf16 model) are widened to f32 first, unrecorded.
     pub fn logits_per_image(&self, tape: &mut Tape, image_features: &Tensor, text_features: &Tensor) -> Result<Tensor> {
-        let i = l2_normalize(tape, image_features, 1e-12)?;
-        let t = l2_normalize(tape, text_features, 1e-12)?;
+        let (image_features, text_features) = (image_features.to_dtype(DType::F32)?, text_features.to_dtype(DType::F32)?);
+        let i = l2_normalize(tape, &image_features, 1e-12)?;
+        let t = l2_normalize(tape, &text_features, 1e-12)?;
         let cos = matmul::matmul(tape, &i, &t, false, true)?;
-        let scale = ew::exp(tape, &self.logit_scale)?;
+        let logit_scale = self.logit_scale.to_dtype(DType::F32)?;
+        let scale = ew::exp(tape, &logit_scale)?;
         ew::scale_by(tape, &cos, &scale)
     }
 }

@@ -9,7 +9,7 @@
 use super::{Encoder, LayerNorm, Params, VisionConfig};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::ops::{concat::concat, elementwise as ew, embedding::embedding, matmul::linear, transpose};
+use crate::ops::{concat::concat, elementwise as ew, embedding::embedding, matmul::linear_act, transpose};
 use crate::tensor::Tensor;
 
 pub struct VisionTransformer {
@@ -51,7 +51,7 @@ impl VisionTransformer {
         let x = transpose::transpose(tape, &x, 3, 4)?;
         let x = transpose::reshape(tape, &x, &[b, g * g, ch * p * p])?;
         let weight = transpose::reshape(tape, &self.embeddings_patch_embedding, &[w, ch * p * p])?;
-        let patches = linear(tape, &x, &weight, None)?; // [B, g², W]
+        let patches = linear_act(tape, &x, &weight, None, None)?; // [B, g², W]
 
         let cls = transpose::reshape(tape, &self.embeddings_class_embedding, &[1, 1, w])?;
         let cls_rows = vec![&cls; b];
