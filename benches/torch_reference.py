@@ -48,30 +48,39 @@ def cases(dev):
     out.append((f"adam {len(sizes)} tensors {sum(sizes)} params", opt.step))
     out.append(("mapper train step f32 B=128 V=15744", mapper_step(dev, r)))
     out += clip_cases(dev, r)
-    q, k, v = r(256, 12, 50, 64), r(256, 12, 50, 64), r(256, 12, 50, 64)
-    out.append(("attention [256,12,50,64]", lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)))
+    for dt, tag in [(torch.float32, ""), (torch.bfloat16, " bf16")]:
+        q, k, v = r(256, 12, 50, 64, dt=dt), r(256, 12, 50, 64, dt=dt), r(256, 12, 50, 64, dt=dt)
+        out.append((f"attention{tag} [256,12,50,64]", lambda q=q, k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q, k, v)))
     return out
 
-def clip_cases(dev, r, batch=64):
-    """Hugging Face CLIP ViT-B/32 (default config, random weights) in f32, eager with SDPA, and
-    torch.compile of it; mindreader's `clip vit-b/32 … f32` cases time the same shapes."""
+def clip_cases(dev, r):
+    """Hugging Face CLIP ViT-B/32 (default config, random weights), eager with SDPA attention
+    where this transformers has it, and torch.compile of it: f32 at batch 64 and bf16 at batch
+    256, the shapes of mindreader's `clip vit-b/32 … f32 B=64` and `… bf16 B=256` cases."""
     try:
         from transformers import CLIPConfig, CLIPModel
     except ImportError as e:
         print(f"skipping the CLIP cases: {e}")
         return []
-    model = CLIPModel(CLIPConfig()).to(dev).eval()
-    px = r(batch, 3, 224, 224)
-    ids = torch.randint(0, 49000, (batch, 77), device=dev)
-    ids[:, -1] = 49407
-    out = [(f"clip vit-b/32 image encode f32 B={batch}", lambda: model.get_image_features(pixel_values=px)),
-           (f"clip vit-b/32 text encode f32 B={batch}", lambda: model.get_text_features(input_ids=ids))]
-    try:
-        img = torch.compile(lambda: model.get_image_features(pixel_values=px))
-        txt = torch.compile(lambda: model.get_text_features(input_ids=ids))
-        out += [(f"clip vit-b/32 image encode f32 B={batch} (torch.compile)", img), (f"clip vit-b/32 text encode f32 B={batch} (torch.compile)", txt)]
-    except Exception as e:  # torch.compile needs a working Triton
-        print(f"skipping torch.compile: {e}")
+    out = []
+    for dt, tag, batch in [(torch.float32, "f32", 64), (torch.bfloat16, "bf16", 256)]:
+        try:
+            model = CLIPModel._from_config(CLIPConfig(), attn_implementation="sdpa")
+        except Exception as e:  # older transformers: no SDPA for CLIP
+            print(f"CLIP without SDPA: {e}")
+            model = CLIPModel(CLIPConfig())
+        model = model.to(dev, dt).eval()
+        px = r(batch, 3, 224, 224, dt=dt)
+        ids = torch.randint(0, 49000, (batch, 77), device=dev)
+        ids[:, -1] = 49407
+        img = lambda model=model, px=px: model.get_image_features(pixel_values=px)
+        txt = lambda model=model, ids=ids: model.get_text_features(input_ids=ids)
+        out += [(f"clip vit-b/32 image encode {tag} B={batch}", img), (f"clip vit-b/32 text encode {tag} B={batch}", txt)]
+        try:
+            out += [(f"clip vit-b/32 image encode {tag} B={batch} (torch.compile)", torch.compile(img)),
+                    (f"clip vit-b/32 text encode {tag} B={batch} (torch.compile)", torch.compile(txt))]
+        except Exception as e:  # torch.compile needs a working Triton
+            print(f"skipping torch.compile: {e}")
     return out
 
 class ResBlock(torch.nn.Module):
@@ -112,7 +121,11 @@ def main():
     lines = []
     with torch.no_grad():
         for case, fn in cases(dev):
-            med, mn = timed(fn, args.warmup, args.iters)
+            try:
+                med, mn = timed(fn, args.warmup, args.iters)
+            except Exception as e:  # e.g. torch.compile without a working Triton fails at its first call
+                print(f"{case:45s} skipped: {type(e).__name__}: {str(e)[:200]}")
+                continue
             lines.append({"case": case, "device": "torch", "device_name": name, "median_ms": med, "min_ms": mn})
             print(f"{case:45s} {med:9.4f} ms")
     if args.json:

@@ -138,17 +138,43 @@ pub fn cases(quick: bool) -> Vec<Case> {
         let c2 = cfg.clone();
         out.push(case(format!("clip {tag} text encode f32 B={bt}"), bt as f64 * txt_flops, (4 * bt * 77) as f64, 2e-3, move |d| {
             let clip = random_clip(&c2, d)?;
-            let ids: Vec<u32> = (0..bt * 77).map(|k| if k % 77 == 76 { 49407 } else { ((k * 7919) % 49000) as u32 }).collect();
+            let ids = bench_ids(bt);
+            Ok(Box::new(move || Ok(Some(clip.encode_text(&mut Tape::inference(), &ids, 77)?))))
+        }));
+        // bf16 (weights and activations; f32 inside each op) at the batch 256. The GPU and
+        // the CPU twin round at different points through 12 layers, so validation is loose; the
+        // table reports the error measured.
+        let b16 = s(256, 2);
+        let c3 = cfg.clone();
+        out.push(case(format!("clip {tag} image encode bf16 B={b16}"), b16 as f64 * img_flops, (2 * b16 * 3 * side * side) as f64, 0.25, move |d| {
+            let mut clip = random_clip(&c3, d)?;
+            clip.store.convert(DType::BF16)?;
+            let x = input(&[b16, 3, side, side], 40, d, DType::BF16)?;
+            Ok(Box::new(move || Ok(Some(clip.encode_image(&mut Tape::inference(), &x)?))))
+        }));
+        let c4 = cfg.clone();
+        out.push(case(format!("clip {tag} text encode bf16 B={b16}"), b16 as f64 * txt_flops, (4 * b16 * 77) as f64, 0.25, move |d| {
+            let mut clip = random_clip(&c4, d)?;
+            clip.store.convert(DType::BF16)?;
+            let ids = bench_ids(b16);
             Ok(Box::new(move || Ok(Some(clip.encode_text(&mut Tape::inference(), &ids, 77)?))))
         }));
     }
     // Attention alone at CLIP-vision shapes: [B, 12 heads, 50 tokens, 64].
     let (ba, t) = (s(256, 2), s(50, 7));
-    out.push(case(format!("attention [{ba},12,{t},64]"), 4.0 * (ba * 12 * t * t * 64) as f64, (16 * ba * 12 * t * 64) as f64, 1e-3, move |d| {
-        let (q, k, v) = (input(&[ba, 12, t, 64], 50, d, DType::F32)?, input(&[ba, 12, t, 64], 51, d, DType::F32)?, input(&[ba, 12, t, 64], 52, d, DType::F32)?);
-        Ok(Box::new(move || Ok(Some(attention::attention(&mut Tape::inference(), &q, &k, &v, false)?))))
-    }));
+    for (dtype, tag, rtol) in [(DType::F32, "", 1e-3), (DType::BF16, " bf16", 3e-2)] {
+        let bytes = (4 * ba * 12 * t * 64 * dtype.size()) as f64;
+        out.push(case(format!("attention{tag} [{ba},12,{t},64]"), 4.0 * (ba * 12 * t * t * 64) as f64, bytes, rtol, move |d| {
+            let (q, k, v) = (input(&[ba, 12, t, 64], 50, d, dtype)?, input(&[ba, 12, t, 64], 51, d, dtype)?, input(&[ba, 12, t, 64], 52, d, dtype)?);
+            Ok(Box::new(move || Ok(Some(attention::attention(&mut Tape::inference(), &q, &k, &v, false)?))))
+        }));
+    }
     out
+}
+
+/// `b` 77-token texts of pseudo-random ids, each ending in the EOS id (the highest).
+fn bench_ids(b: usize) -> Vec<u32> {
+    (0..b * 77).map(|k| if k % 77 == 76 { 49407 } else { ((k * 7919) % 49000) as u32 }).collect()
 }
 
 /// FLOPs of one image and one 77-token text through CLIP (2 per multiply-add): per layer and

@@ -32,11 +32,11 @@ fn info_lists_embedded_kernels_and_devices() {
 fn bench_quick_validates_and_times_every_case() {
     let json = std::env::temp_dir().join(format!("mindreader-bench-{}.jsonl", std::process::id()));
     let text = run_ok(&["bench", "--quick", "--iters", "3", "--warmup", "1", "--json", json.to_str().unwrap()]);
-    for case in ["matmul f32", "matmul bf16", "conv1d k3", "conv1d stem", "softmax", "layer_norm", "adam", "mapper train step", "clip tiny image encode", "clip tiny text encode", "attention"] {
+    for case in ["matmul f32", "matmul bf16", "conv1d k3", "conv1d stem", "softmax", "layer_norm", "adam", "mapper train step", "clip tiny image encode", "clip tiny text encode", "clip tiny image encode bf16", "clip tiny text encode bf16", "attention", "attention bf16"] {
         assert!(text.contains(case), "case {case} missing:\n{text}");
     }
     let lines = std::fs::read_to_string(&json).unwrap();
-    assert_eq!(lines.lines().count(), 12, "{lines}");
+    assert_eq!(lines.lines().count(), 15, "{lines}");
     for line in lines.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(v["median_ms"].as_f64().unwrap() > 0.0, "{line}");
@@ -211,5 +211,31 @@ fn augmented_views_are_seeded_and_feed_train_mapper() {
     let out = train(&["--augmented"]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.contains("augmented: 3 views"), "{text}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// `embed --dtype bf16` gives embeddings within bf16 tolerance of f32; a bad dtype is an error.
+#[test]
+fn embed_in_bf16_is_close_to_f32() {
+    use mindreader::eval::npy;
+    let dir = std::env::temp_dir().join(format!("mindreader-cli-bf16-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    let (world, clip) = (dir.join("w.h5"), mindreader::testing::fixtures_dir().join("clip").join("tiny"));
+    run_ok(&["synth", "--out", &p(&world), "--stimuli", "12", "--voxels", "64", "--seed", "7"]);
+    let embed = |dtype: &str| {
+        let out = dir.join(format!("{dtype}.npy"));
+        run_ok(&["embed", "--clip", &p(&clip), "--data", &p(&world), "--out", &p(&out), "--normalize", "--device", "cpu", "--dtype", dtype]);
+        npy::read_f32(&out).unwrap()
+    };
+    let ((f32s, shape), (bf16s, shape16)) = (embed("f32"), embed("bf16"));
+    assert_eq!(shape, shape16);
+    for (a, b) in f32s.chunks(shape[1]).zip(bf16s.chunks(shape[1])) {
+        let cos: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        assert!(cos > 0.999, "bf16 embedding has cosine {cos} with the f32 one");
+    }
+    let out = mindreader().args(["embed", "--clip", &p(&clip), "--data", &p(&world), "--dtype", "f8"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--dtype") && !err.contains("panicked"), "{err}");
     std::fs::remove_dir_all(dir).ok();
 }

@@ -30,6 +30,17 @@ pub fn parse_device(s: &str) -> Result<Device> {
     })
 }
 
+/// `--dtype` for CLIP: f32 (the reference's precision) or bf16 (weights and activations;
+/// inference only).
+pub fn parse_clip_dtype(s: &str) -> Result<mindreader::tensor::DType> {
+    use mindreader::tensor::DType;
+    match s {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        other => anyhow::bail!("unknown --dtype `{other}` (use f32 or bf16)"),
+    }
+}
+
 /// Draws `loss.png` (train and validation loss per epoch) from a run's `metrics.jsonl`.
 pub fn plot_losses(dir: &RunDir) -> Result<()> {
     let h = read_loss_history(&dir.metrics())?;
