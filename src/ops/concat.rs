@@ -47,7 +47,7 @@ fn copy_axis_into(src: &Tensor, dst: &Tensor, axis: usize, src_off: usize, dst_o
         (Device::Cuda(gpu), Storage::CudaBF16(sv), Storage::CudaBF16(dv)) => {
             let a = [outer, n_src, n_dst, inner, src_off, dst_off, len].map(|v| v as u32);
             // SAFETY: as copy_axis_f32, on 2-byte elements.
-            launch!(gpu, "concat", "copy_axis_b16", launch_1d(outer * len * inner), &*sv, dv, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6])?;
+            launch!(gpu, "concat", "copy_axis_b16", launch_1d(outer * len * inner), sv, dv, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6])?;
         }
         (Device::Cuda(gpu), _, _) => {
             let a = [outer, n_src, n_dst, inner, src_off, dst_off, len].map(|v| v as u32);

@@ -151,7 +151,7 @@ mod tests {
     fn bf16_gather_cuda_matches_cpu() {
         let w = Tensor::from_vec(random_vec(11 * 7, 1), &[11, 7], &Device::Cpu).unwrap();
         let ids = [3, 0, 10, 3, 7];
-        crate::testing::bf16_parity("embedding", &[w.clone()], 0.0, 0.0, |x| embedding(&mut Tape::inference(), &x[0], &ids));
+        crate::testing::bf16_parity("embedding", std::slice::from_ref(&w), 0.0, 0.0, |x| embedding(&mut Tape::inference(), &x[0], &ids));
         let got = embedding(&mut Tape::inference(), &w.to_dtype(crate::tensor::DType::BF16).unwrap(), &ids).unwrap().to_vec_f32().unwrap();
         assert_eq!(got[..7], w.to_dtype(crate::tensor::DType::BF16).unwrap().to_vec_f32().unwrap()[21..28]);
     }

@@ -224,7 +224,7 @@ fn layer_norm_bf16_cuda(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor
     let (r, nn, hg, hb) = (rows as u32, n as u32, gamma.is_some() as i32, beta.is_some() as i32);
     match WARP_KERNELS_BF16.iter().find(|w| n <= w.0).map(|w| w.1) {
         Some(name) => {
-            let f = gpu.function("layernorm", &name)?;
+            let f = gpu.function("layernorm", name)?;
             let mut b = gpu.stream.launch_builder(&f);
             b.arg(xb).arg(gb).arg(bb).arg(&mut y).arg(&mut mean).arg(&mut rstd).arg(&r).arg(&nn).arg(&eps).arg(&hg).arg(&hb);
             // SAFETY: as the f32 warp kernel: rows < rows, j < n of x, γ, β, y; mean/rstd[row].

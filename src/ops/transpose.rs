@@ -196,7 +196,7 @@ mod tests {
     fn bf16_transpose_cuda_matches_cpu() {
         let x = Tensor::from_vec(random_vec(3 * 5 * 7 * 2, 1), &[3, 5, 7, 2], &Device::Cpu).unwrap();
         for (a0, a1) in [(0, 1), (1, 3), (0, 3), (2, 3)] {
-            crate::testing::bf16_parity(&format!("transpose {a0}↔{a1}"), &[x.clone()], 0.0, 0.0, |t| transpose(&mut Tape::inference(), &t[0], a0, a1));
+            crate::testing::bf16_parity(&format!("transpose {a0}↔{a1}"), std::slice::from_ref(&x), 0.0, 0.0, |t| transpose(&mut Tape::inference(), &t[0], a0, a1));
             let want = transpose(&mut Tape::inference(), &x.to_dtype(crate::tensor::DType::BF16).unwrap().to_dtype(crate::tensor::DType::F32).unwrap(), a0, a1).unwrap();
             let got = transpose(&mut Tape::inference(), &x.to_dtype(crate::tensor::DType::BF16).unwrap(), a0, a1).unwrap();
             assert_eq!(got.to_vec_f32().unwrap(), want.to_vec_f32().unwrap());
