@@ -21,28 +21,17 @@ use half::bf16;
 use super::{bf16_on_cpu, narrow, same_device, same_dtype, widen, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::tensor::{launch, launch_1d, DType, Device, Storage, Tensor};
+use crate::tensor::{arg_buffer, arg_buffer_mut, launch, launch_1d, DType, Device, Storage, Tensor};
 
-/// The warp-per-row kernels: (widest row, forward, backward dx).
-const WARP_KERNELS: [(usize, &str, &str); 7] = [
-    (32, "layernorm_fwd_w1_f32", "layernorm_bwd_w1_f32"),
-    (64, "layernorm_fwd_w2_f32", "layernorm_bwd_w2_f32"),
-    (128, "layernorm_fwd_w4_f32", "layernorm_bwd_w4_f32"),
-    (256, "layernorm_fwd_w8_f32", "layernorm_bwd_w8_f32"),
-    (512, "layernorm_fwd_w16_f32", "layernorm_bwd_w16_f32"),
-    (768, "layernorm_fwd_w24_f32", "layernorm_bwd_w24_f32"),
-    (1024, "layernorm_fwd_w32_f32", "layernorm_bwd_w32_f32"),
-];
-
-/// The bf16 forward warp kernels, by the same widest rows.
-const WARP_KERNELS_BF16: [(usize, &str); 7] = [
-    (32, "layernorm_fwd_w1_bf16"),
-    (64, "layernorm_fwd_w2_bf16"),
-    (128, "layernorm_fwd_w4_bf16"),
-    (256, "layernorm_fwd_w8_bf16"),
-    (512, "layernorm_fwd_w16_bf16"),
-    (768, "layernorm_fwd_w24_bf16"),
-    (1024, "layernorm_fwd_w32_bf16"),
+/// The warp-per-row kernels: (widest row, forward, backward dx, bf16 forward).
+const WARP_KERNELS: [(usize, &str, &str, &str); 7] = [
+    (32, "layernorm_fwd_w1_f32", "layernorm_bwd_w1_f32", "layernorm_fwd_w1_bf16"),
+    (64, "layernorm_fwd_w2_f32", "layernorm_bwd_w2_f32", "layernorm_fwd_w2_bf16"),
+    (128, "layernorm_fwd_w4_f32", "layernorm_bwd_w4_f32", "layernorm_fwd_w4_bf16"),
+    (256, "layernorm_fwd_w8_f32", "layernorm_bwd_w8_f32", "layernorm_fwd_w8_bf16"),
+    (512, "layernorm_fwd_w16_f32", "layernorm_bwd_w16_f32", "layernorm_fwd_w16_bf16"),
+    (768, "layernorm_fwd_w24_f32", "layernorm_bwd_w24_f32", "layernorm_fwd_w24_bf16"),
+    (1024, "layernorm_fwd_w32_f32", "layernorm_bwd_w32_f32", "layernorm_fwd_w32_bf16"),
 ];
 
 /// Dynamic shared memory a block-per-row kernel may use to keep its row (under the 48 KiB that
@@ -157,9 +146,6 @@ pub(crate) fn layer_norm_raw(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&T
         let (y, mean, rstd) = layer_norm_raw(&widen(x)?, g.as_ref(), b.as_ref(), eps)?;
         return Ok((narrow(&y)?, mean, rstd));
     }
-    if x.dtype() == DType::BF16 && x.numel() > 0 {
-        return layer_norm_bf16_cuda(x, gamma, beta, eps, rows, n);
-    }
     let (xs, gs, bs) = (x.storage(), gamma.map(|t| t.storage()), beta.map(|t| t.storage()));
     match x.device() {
         Device::Cpu => {
@@ -173,78 +159,48 @@ pub(crate) fn layer_norm_raw(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&T
             Ok((Tensor::from_vec(y, x.shape(), x.device())?, Tensor::from_vec(mean, &[rows], x.device())?, Tensor::from_vec(rstd, &[rows], x.device())?))
         }
         Device::Cuda(gpu) => {
-            let xb = xs.cuda_f32(op)?;
-            // Absent γ/β: the kernel gets has_gamma/has_beta = 0 and x as a dummy it never reads.
-            let gb = gs.as_ref().map(|s| s.cuda_f32(op)).transpose()?.unwrap_or(xb);
-            let bb = bs.as_ref().map(|s| s.cuda_f32(op)).transpose()?.unwrap_or(xb);
             if x.numel() == 0 {
                 return empty_forward(x, rows);
             }
-            let (mut y, mut mean, mut rstd) = (gpu.alloc::<f32>(x.numel())?, gpu.alloc::<f32>(rows)?, gpu.alloc::<f32>(rows)?);
+            // f32 or bf16 x, γ, β and y (the kernels' twins by dtype); mean and rstd are f32.
+            let bf16 = match x.dtype() {
+                DType::F32 => false,
+                DType::BF16 => true,
+                other => return Err(Error::DType { op, got: other, expected: "f32 or bf16" }),
+            };
+            let mut y = if bf16 { Storage::CudaBF16(gpu.alloc::<bf16>(x.numel())?) } else { Storage::CudaF32(gpu.alloc::<f32>(x.numel())?) };
+            let (mut mean, mut rstd) = (gpu.alloc::<f32>(rows)?, gpu.alloc::<f32>(rows)?);
             let (r, nn, hg, hb) = (rows as u32, n as u32, gamma.is_some() as i32, beta.is_some() as i32);
-            match warp_kernels(n) {
-                Some((name, _)) => {
-                    let f = gpu.function("layernorm", name)?;
-                    let mut b = gpu.stream.launch_builder(&f);
-                    b.arg(xb).arg(gb).arg(bb).arg(&mut y).arg(&mut mean).arg(&mut rstd).arg(&r).arg(&nn).arg(&eps).arg(&hg).arg(&hb);
-                    // SAFETY: warp w owns rows w, w + warps, … < rows: reads j < n of x, γ and β
-                    // (length n), writes j < n of y and mean[row], rstd[row] (length rows).
-                    unsafe { b.launch(launch_1d(rows * 32)) }.map_err(|e| Error::cuda(name, e))?;
-                }
-                None => {
-                    let cache = n * 4 <= SMEM_CACHE_BYTES;
-                    let cfg = block_per_row(rows, if cache { n * 4 } else { 0 });
-                    let c = cache as i32;
-                    // SAFETY: block b owns rows b, b + grid, … < rows, touching j < n of x, γ, β, y and
-                    // mean[row], rstd[row]; with cache = 1 it uses row_cache[0..n), which the launch provides.
-                    launch!(gpu, "layernorm", "layernorm_fwd_block_f32", cfg, xb, gb, bb, &mut y, &mut mean, &mut rstd, &r, &nn, &eps, &hg, &hb, &c)?;
-                }
-            }
-            let d = x.device();
-            Ok((
-                Tensor::from_storage(Storage::CudaF32(y), x.shape(), d),
-                Tensor::from_storage(Storage::CudaF32(mean), &[rows], d),
-                Tensor::from_storage(Storage::CudaF32(rstd), &[rows], d),
-            ))
-        }
-    }
-}
-
-/// The bf16 forward on the GPU (inference): the f32 kernels' bf16 twins, f32 statistics.
-fn layer_norm_bf16_cuda(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f32, rows: usize, n: usize) -> Result<(Tensor, Tensor, Tensor)> {
-    let op = "layer_norm";
-    let Device::Cuda(gpu) = x.device() else {
-        return Err(Error::Invalid("layer_norm: bf16 CUDA path on a CPU tensor".into()));
-    };
-    let (xs, gs, bs) = (x.storage(), gamma.map(|t| t.storage()), beta.map(|t| t.storage()));
-    let xb = xs.cuda_bf16(op)?;
-    let gb = gs.as_ref().map(|s| s.cuda_bf16(op)).transpose()?.unwrap_or(xb);
-    let bb = bs.as_ref().map(|s| s.cuda_bf16(op)).transpose()?.unwrap_or(xb);
-    let (mut y, mut mean, mut rstd) = (gpu.alloc::<bf16>(x.numel())?, gpu.alloc::<f32>(rows)?, gpu.alloc::<f32>(rows)?);
-    let (r, nn, hg, hb) = (rows as u32, n as u32, gamma.is_some() as i32, beta.is_some() as i32);
-    match WARP_KERNELS_BF16.iter().find(|w| n <= w.0).map(|w| w.1) {
-        Some(name) => {
+            let warp = WARP_KERNELS.iter().find(|w| n <= w.0);
+            // The block kernel's row cache holds f32 values whatever the input dtype.
+            let cache = n * 4 <= SMEM_CACHE_BYTES;
+            let (name, cfg) = match (warp, bf16) {
+                (Some(w), false) => (w.1, launch_1d(rows * 32)),
+                (Some(w), true) => (w.3, launch_1d(rows * 32)),
+                (None, false) => ("layernorm_fwd_block_f32", block_per_row(rows, if cache { n * 4 } else { 0 })),
+                (None, true) => ("layernorm_fwd_block_bf16", block_per_row(rows, if cache { n * 4 } else { 0 })),
+            };
             let f = gpu.function("layernorm", name)?;
             let mut b = gpu.stream.launch_builder(&f);
-            b.arg(xb).arg(gb).arg(bb).arg(&mut y).arg(&mut mean).arg(&mut rstd).arg(&r).arg(&nn).arg(&eps).arg(&hg).arg(&hb);
-            // SAFETY: as the f32 warp kernel: rows < rows, j < n of x, γ, β, y; mean/rstd[row].
-            unsafe { b.launch(launch_1d(rows * 32)) }.map_err(|e| Error::cuda(name, e))?;
-        }
-        None => {
-            // The row cache holds f32 values (4 B each) whatever the input dtype.
-            let cache = n * 4 <= SMEM_CACHE_BYTES;
-            let cfg = block_per_row(rows, if cache { n * 4 } else { 0 });
+            // Absent γ/β: the kernel gets has_gamma/has_beta = 0 and x as a dummy it never reads.
+            arg_buffer(&mut b, &xs, op)?;
+            arg_buffer(&mut b, gs.as_deref().unwrap_or(&xs), op)?;
+            arg_buffer(&mut b, bs.as_deref().unwrap_or(&xs), op)?;
+            arg_buffer_mut(&mut b, &mut y, op)?;
+            b.arg(&mut mean).arg(&mut rstd).arg(&r).arg(&nn).arg(&eps).arg(&hg).arg(&hb);
             let c = cache as i32;
-            // SAFETY: as layernorm_fwd_block_f32.
-            launch!(gpu, "layernorm", "layernorm_fwd_block_bf16", cfg, xb, gb, bb, &mut y, &mut mean, &mut rstd, &r, &nn, &eps, &hg, &hb, &c)?;
+            if warp.is_none() {
+                b.arg(&c);
+            }
+            // SAFETY: warp kernels: warp w owns rows w, w + warps, … < rows, reading j < n of x, γ
+            // and β (length n) and writing j < n of y and mean[row], rstd[row] (length rows).
+            // Block kernels: block b owns rows b, b + grid, … < rows likewise; with cache = 1 it
+            // uses row_cache[0..n) floats, which cfg provides. Buffers match the kernel's dtype.
+            unsafe { b.launch(cfg) }.map_err(|e| Error::cuda(name, e))?;
+            let d = x.device();
+            Ok((Tensor::from_storage(y, x.shape(), d), Tensor::from_storage(Storage::CudaF32(mean), &[rows], d), Tensor::from_storage(Storage::CudaF32(rstd), &[rows], d)))
         }
     }
-    let d = x.device();
-    Ok((
-        Tensor::from_storage(Storage::CudaBF16(y), x.shape(), d),
-        Tensor::from_storage(Storage::CudaF32(mean), &[rows], d),
-        Tensor::from_storage(Storage::CudaF32(rstd), &[rows], d),
-    ))
 }
 
 /// dx, and (dγ, dβ) when `params`, from the forward's x, γ, mean and rstd, without recording.

@@ -106,6 +106,29 @@ impl Storage {
     }
 }
 
+/// Pushes a GPU buffer of whatever dtype it holds as a kernel argument: one launch site serves
+/// the f32 and bf16 kernels of an op (the kernel chosen must take that element type).
+pub(crate) fn arg_buffer<'a>(b: &mut cudarc::driver::LaunchArgs<'a>, s: &'a Storage, op: &'static str) -> Result<()> {
+    match s {
+        Storage::CudaF32(v) => b.arg(v),
+        Storage::CudaBF16(v) => b.arg(v),
+        Storage::CudaF16(v) => b.arg(v),
+        other => return Err(Error::DType { op, got: other.dtype(), expected: "a GPU buffer" }),
+    };
+    Ok(())
+}
+
+/// `arg_buffer` for an output.
+pub(crate) fn arg_buffer_mut<'a>(b: &mut cudarc::driver::LaunchArgs<'a>, s: &'a mut Storage, op: &'static str) -> Result<()> {
+    match s {
+        Storage::CudaF32(v) => b.arg(v),
+        Storage::CudaBF16(v) => b.arg(v),
+        Storage::CudaF16(v) => b.arg(v),
+        other => return Err(Error::DType { op, got: other.dtype(), expected: "a GPU buffer" }),
+    };
+    Ok(())
+}
+
 /// A process-unique tensor identity: the tape keys gradients by it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TensorId(u64);
