@@ -42,7 +42,7 @@ use crate::autograd::Tape;
 use crate::error::{Error, Result};
 use crate::ops::elementwise::{bias_grad_raw, cpu as ew_cpu, unary_bwd_raw, Unary};
 use crate::ops::reduce::{reduce_axis_raw, Reduce};
-use crate::tensor::{launch, DType, Device, Storage, Tensor};
+use crate::tensor::{arg_buffer, arg_buffer_mut, launch, DType, Device, Storage, Tensor};
 
 /// The sizes of one batched product, resolved from the operand shapes and the flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -399,28 +399,6 @@ fn linear_act_raw(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Option<Una
         return Ok((super::narrow(&y)?, None));
     }
     match x.device() {
-        Device::Cuda(gpu) if x.dtype() == DType::BF16 => {
-            let cfg = tile_grid(OP, g)?;
-            let len = g.m * g.n;
-            let mut y = gpu.alloc::<bf16>(len)?;
-            if len > 0 {
-                let (code, alpha, beta) = act.map_or((-1, 0.0, 0.0), Unary::code);
-                let (m, n, k) = (g.m as i32, g.n as i32, g.k as i32);
-                let null = 0u64;
-                let (xs, ws, bs) = (x.storage(), w.storage(), bias.map(|b| b.storage()));
-                let f = gpu.function("matmul", "matmul_bias_act_bf16")?;
-                let mut lb = gpu.stream.launch_builder(&f);
-                lb.arg(xs.cuda_bf16(OP)?).arg(ws.cuda_bf16(OP)?);
-                match &bs {
-                    Some(s) => lb.arg(s.cuda_bf16(OP)?),
-                    None => lb.arg(&null),
-                };
-                lb.arg(&mut y).arg(&null).arg(&m).arg(&n).arg(&k).arg(&code).arg(&alpha).arg(&beta);
-                // SAFETY: as matmul_bias_act_f32 with bf16 buffers; pre is null (inference).
-                unsafe { lb.launch(cfg) }.map_err(|e| Error::cuda("matmul_bias_act_bf16", e))?;
-            }
-            Ok((Tensor::from_storage(Storage::CudaBF16(y), &shape, x.device()), None))
-        }
         Device::Cpu => {
             let (xs, ws, bs) = (x.storage(), w.storage(), bias.map(|b| b.storage()));
             let bv = match &bs {
@@ -434,33 +412,45 @@ fn linear_act_raw(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Option<Una
         Device::Cuda(gpu) => {
             let cfg = tile_grid(OP, g)?;
             let len = g.m * g.n;
-            let mut y = gpu.alloc::<f32>(len)?;
-            let mut pre = if keep_pre { Some(gpu.alloc::<f32>(len)?) } else { None };
+            // f32 or bf16 throughout (checked by linear_act); bf16 never keeps the pre-activation.
+            let (bf16, name) = match x.dtype() {
+                DType::BF16 => (true, "matmul_bias_act_bf16"),
+                _ => (false, "matmul_bias_act_f32"),
+            };
+            let alloc = |n: usize| -> Result<Storage> { Ok(if bf16 { Storage::CudaBF16(gpu.alloc::<bf16>(n)?) } else { Storage::CudaF32(gpu.alloc::<f32>(n)?) }) };
+            let mut y = alloc(len)?;
+            let mut pre = if keep_pre && !bf16 { Some(alloc(len)?) } else { None };
             if len > 0 {
                 let (code, alpha, beta) = act.map_or((-1, 0.0, 0.0), Unary::code);
                 let (m, n, k) = (g.m as i32, g.n as i32, g.k as i32);
                 let null = 0u64; // a null device pointer: no bias / no pre-activation output
                 let (xs, ws, bs) = (x.storage(), w.storage(), bias.map(|b| b.storage()));
-                let f = gpu.function("matmul", "matmul_bias_act_f32")?;
+                let f = gpu.function("matmul", name)?;
                 let mut lb = gpu.stream.launch_builder(&f);
-                lb.arg(xs.cuda_f32(OP)?).arg(ws.cuda_f32(OP)?);
+                arg_buffer(&mut lb, &xs, OP)?;
+                arg_buffer(&mut lb, &ws, OP)?;
                 match &bs {
-                    Some(s) => lb.arg(s.cuda_f32(OP)?),
-                    None => lb.arg(&null),
+                    Some(s) => arg_buffer(&mut lb, s, OP)?,
+                    None => {
+                        lb.arg(&null);
+                    }
                 };
-                lb.arg(&mut y);
+                arg_buffer_mut(&mut lb, &mut y, OP)?;
                 match pre.as_mut() {
-                    Some(p) => lb.arg(p),
-                    None => lb.arg(&null),
+                    Some(p) => arg_buffer_mut(&mut lb, p, OP)?,
+                    None => {
+                        lb.arg(&null);
+                    }
                 };
                 lb.arg(&m).arg(&n).arg(&k).arg(&code).arg(&alpha).arg(&beta);
-                // SAFETY: x holds M·K, W N·K and bias N elements (checked by linear_act; null when
-                // absent, never read); the tile reads only m < M, n < N, k < K and writes y[m, n]
-                // (and pre[m, n] when non-null, allocated with M·N elements) for m < M, n < N.
-                unsafe { lb.launch(cfg) }.map_err(|e| Error::cuda("matmul_bias_act_f32", e))?;
+                // SAFETY: x holds M·K, W N·K and bias N elements of the kernel's dtype (checked by
+                // linear_act; null when absent, never read); the tile reads only m < M, n < N,
+                // k < K and writes y[m, n] (and pre[m, n] when non-null, allocated with M·N
+                // elements) for m < M, n < N.
+                unsafe { lb.launch(cfg) }.map_err(|e| Error::cuda(name, e))?;
             }
-            let pre = pre.map(|p| Tensor::from_storage(Storage::CudaF32(p), &shape, x.device()));
-            Ok((Tensor::from_storage(Storage::CudaF32(y), &shape, x.device()), pre))
+            let pre = pre.map(|p| Tensor::from_storage(p, &shape, x.device()));
+            Ok((Tensor::from_storage(y, &shape, x.device()), pre))
         }
     }
 }
