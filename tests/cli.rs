@@ -239,3 +239,35 @@ fn embed_in_bf16_is_close_to_f32() {
     assert!(!out.status.success() && err.contains("--dtype") && !err.contains("panicked"), "{err}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `inspect --augment-sheet` draws each stimulus beside its augmented views as a PNG, the same
+/// views whatever the batch (a sheet of stimuli 1..3 repeats the rows of a sheet of 0..3).
+#[test]
+fn augment_sheet_draws_views_beside_each_stimulus() {
+    let dir = std::env::temp_dir().join(format!("mindreader-cli-augsheet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    let world = dir.join("w.h5");
+    run_ok(&["synth", "--out", &p(&world), "--stimuli", "20", "--voxels", "64", "--seed", "8"]);
+    let sheet = |start: &str, count: &str, name: &str| {
+        let out = dir.join(name);
+        let text = run_ok(&["inspect", &p(&world), "--augment-sheet", &p(&out), "--start", start, "--count", count, "--views", "3"]);
+        assert!(text.contains("3 augmented views each"), "{text}");
+        let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        (info.width as usize, info.height as usize, buf[..info.buffer_size()].to_vec())
+    };
+    let (w3, h3, all) = sheet("0", "3", "a.png");
+    let (w2, h2, tail) = sheet("1", "2", "b.png");
+    assert_eq!(w3, w2, "4 tiles per row either way");
+    assert!(h3 > h2, "3 rows against 2");
+    // The last row (stimulus 2 and its views) is drawn identically in both sheets: compare the
+    // bottom 150 pixel rows (inside the last tile row, which is over 256 px tall).
+    let bottom = |img: &[u8]| img[img.len() - 150 * w3 * 3..].to_vec();
+    assert!(bottom(&all) == bottom(&tail), "stimulus 2's views depend on the sheet's range");
+    let out = mindreader().args(["inspect", &p(&world), "--augment-sheet", &p(&dir.join("c.png")), "--views", "0"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--views"));
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use mindreader::data::sheet::{contact_sheet, Tile};
 use mindreader::data::{AuxData, DatasetFile, Split};
+use mindreader::ops::augment::{to_pil_u8, unit_planar, view_seed, MindReaderAugment};
+use mindreader::{Device, Tensor};
 
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
@@ -23,6 +25,16 @@ pub struct InspectArgs {
     /// Tiles per row on the sheet.
     #[arg(long, default_value_t = 4)]
     pub columns: usize,
+    /// Write a PNG of Mind Reader's training augmentation here: per stimulus (--start, --count)
+    /// a row of the original and --views augmented views, each labelled with its draws. The
+    /// views are those `screen-captions --augment-views` encodes with the same --augment-seed.
+    #[arg(long)]
+    pub augment_sheet: Option<PathBuf>,
+    /// Augmented views per stimulus on --augment-sheet.
+    #[arg(long, default_value_t = 4)]
+    pub views: usize,
+    #[arg(long, default_value_t = 42)]
+    pub augment_seed: u64,
 }
 
 pub fn run(args: InspectArgs) -> Result<()> {
@@ -95,5 +107,41 @@ pub fn run(args: InspectArgs) -> Result<()> {
         let note = if poor.is_some() { " (known-poor captions in red)" } else { "" };
         println!("wrote {}: stimuli {start}..{}{note}", out.display(), start + count);
     }
+    if let Some(out) = &args.augment_sheet {
+        augment_sheet(&file, out, args.start, args.count, args.views, args.augment_seed)?;
+    }
+    Ok(())
+}
+
+/// Rows of (original, view 0, …, view K−1) for stimuli `start ..`, augmented on the CPU.
+fn augment_sheet(file: &DatasetFile, out: &std::path::Path, start: usize, count: usize, views: usize, seed: u64) -> Result<()> {
+    anyhow::ensure!(views >= 1, "--views must be at least 1");
+    let s = file.summary();
+    let [h, w] = s.image_size;
+    let start = start.min(s.stimuli);
+    let count = count.min(s.stimuli - start);
+    anyhow::ensure!(count > 0, "no stimuli from --start {start} ({} in the file)", s.stimuli);
+    let images = file.images_range(start, count)?;
+    let x = Tensor::from_vec(unit_planar(&images, [count, h, w])?, &[count, 3, h, w], &Device::Cpu)?;
+    let aug = MindReaderAugment::default();
+    // view_images[k]: view k of every stimulus, [count, h, w, 3]; labels[k][i] its draws.
+    let mut view_images = Vec::with_capacity(views);
+    let mut labels = Vec::with_capacity(views);
+    for k in 0..views {
+        let vs = view_seed(seed, k);
+        let draws: Vec<_> = (0..count).map(|i| aug.sample(vs, start + i, h, w)).collect();
+        view_images.push(to_pil_u8(&aug.apply_params(&x, &draws)?.to_vec_f32()?, [count, h, w])?);
+        labels.push(draws.iter().map(|d| d.describe(h, w)).collect::<Vec<_>>());
+    }
+    let px = h * w * 3;
+    let mut tiles = Vec::with_capacity(count * (views + 1));
+    for i in 0..count {
+        tiles.push(Tile { image: &images[i * px..][..px], label: format!("#{} original", start + i), captions: Vec::new() });
+        for k in 0..views {
+            tiles.push(Tile { image: &view_images[k][i * px..][..px], label: format!("view {k}"), captions: vec![(labels[k][i].clone(), false)] });
+        }
+    }
+    contact_sheet(&tiles, s.image_size, views + 1).save_png(out).with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {}: stimuli {start}..{} with {views} augmented views each (seed {seed})", out.display(), start + count);
     Ok(())
 }

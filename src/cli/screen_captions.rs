@@ -19,11 +19,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use mindreader::data::dataset::{write_augmented, write_caption_choice, write_target};
-use mindreader::data::rng::{stage, Rng};
 use mindreader::data::{DatasetFile, Target};
 use mindreader::eval::retrieval::unit_rows;
 use mindreader::models::clip::Clip;
-use mindreader::ops::augment::{to_pil_u8, unit_planar, MindReaderAugment};
+use mindreader::ops::augment::{to_pil_u8, unit_planar, view_seed, MindReaderAugment};
 use mindreader::{Device, Tensor};
 
 use super::embed::{bar, embed_images, embed_images_with, embed_texts};
@@ -69,7 +68,7 @@ fn augmented_targets(clip: &Clip, device: &Device, file: &DatasetFile, views: us
     let progress = bar(views * m, "augmented images");
     let mut out = Vec::with_capacity(views * m * d);
     for k in 0..views {
-        let view_seed = Rng::stream(seed, stage::AUGMENT_VIEW, k as u64).next_u64();
+        let view_seed = view_seed(seed, k);
         let e = embed_images_with(clip, device, m, batch, true, &progress, |r| {
             let n = r.len();
             let planar = unit_planar(&file.images_range(r.start, n)?, [n, h, w])?;

@@ -706,6 +706,43 @@ pub struct ImageAugment {
     pub cutout: Option<Cutout>,
 }
 
+/// The seed of augmented view `k` of a dataset under `seed` (`screen-captions --augment-views`
+/// and `inspect --augment-sheet` draw the same views from it).
+pub fn view_seed(seed: u64, k: usize) -> u64 {
+    Rng::stream(seed, stage::AUGMENT_VIEW, k as u64).next_u64()
+}
+
+impl ImageAugment {
+    /// The draws in a few words, for labels: "crop 220×231 @(9,4) flip jitter gray blur σ1.3 cutout".
+    pub fn describe(&self, h: usize, w: usize) -> String {
+        let mut parts = Vec::new();
+        let c = self.crop;
+        if c != Crop::full(h, w) {
+            parts.push(format!("crop {}x{} @({},{})", c.height, c.width, c.top, c.left));
+        }
+        if self.flip {
+            parts.push("flip".into());
+        }
+        if self.jitter.is_some() {
+            parts.push("jitter".into());
+        }
+        if self.gray {
+            parts.push("gray".into());
+        }
+        if let Some(s) = self.blur_sigma {
+            parts.push(format!("blur {s:.1}"));
+        }
+        if self.cutout.is_some() {
+            parts.push("cutout".into());
+        }
+        if parts.is_empty() {
+            "unchanged".into()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
 impl MindReaderAugment {
     /// Draws image `index`'s parameters for an `h × w` image.
     pub fn sample(&self, seed: u64, index: usize, h: usize, w: usize) -> ImageAugment {
