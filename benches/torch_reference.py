@@ -51,6 +51,14 @@ def cases(dev):
     for dt, tag in [(torch.float32, ""), (torch.bfloat16, " bf16")]:
         q, k, v = r(256, 12, 50, 64, dt=dt), r(256, 12, 50, 64, dt=dt), r(256, 12, 50, 64, dt=dt)
         out.append((f"attention{tag} [256,12,50,64]", lambda q=q, k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q, k, v)))
+    # Forward + backward of SDPA (autograd), the baseline of both of mindreader's backward variants.
+    qg, kg, vg, g = [r(64, 12, 50, 64).requires_grad_() for _ in range(3)] + [r(64, 12, 50, 64)]
+    def fwd_bwd():
+        with torch.enable_grad():
+            o = torch.nn.functional.scaled_dot_product_attention(qg, kg, vg)
+            return torch.autograd.grad(o, (qg, kg, vg), g)
+    for variant in ["composed", "fused"]:
+        out.append((f"attention fwd+bwd {variant} [64,12,50,64]", fwd_bwd))
     return out
 
 def clip_cases(dev, r):

@@ -169,6 +169,23 @@ pub fn cases(quick: bool) -> Vec<Case> {
             Ok(Box::new(move || Ok(Some(attention::attention(&mut Tape::inference(), &q, &k, &v, false)?))))
         }));
     }
+    // Attention forward + backward (what a training step through CLIP pays), both GPU backward
+    // variants; validated on dQ, dK and dV together against the CPU twin.
+    let bb = s(64, 2);
+    for kernel in [attention::BackwardKernel::Composed, attention::BackwardKernel::Fused] {
+        // Forward 4·T²·D per head; backward recomputes S and forms dV, dP, dQ, dK: 8·T²·D more.
+        let flops = 12.0 * (bb * 12 * t * t * 64) as f64;
+        out.push(case(format!("attention fwd+bwd {kernel:?} [{bb},12,{t},64]").to_lowercase(), flops, (4 * 9 * bb * 12 * t * 64) as f64, 1e-3, move |d| {
+            let x = |seed| input(&[bb, 12, t, 64], seed, d, DType::F32);
+            let (q, k, v, g) = (x(60)?, x(61)?, x(62)?, x(63)?);
+            Ok(Box::new(move || {
+                let (o, lse) = attention::attention_raw(&q, &k, &v, false)?;
+                let (dq, dk, dv) = attention::attention_bwd_with(kernel, &q, &k, &v, &o, &lse, &g, false)?;
+                let flat = |t: &Tensor| t.reshaped(&[t.numel()]);
+                Ok(Some(crate::ops::concat::concat(&mut Tape::inference(), &[&flat(&dq)?, &flat(&dk)?, &flat(&dv)?], 0)?))
+            }))
+        }));
+    }
     out
 }
 

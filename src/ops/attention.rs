@@ -11,10 +11,15 @@
 //! (bh, 16-query tile), keys/values streamed through shared memory 32 at a time, online softmax;
 //! the T×T score matrix is never written to global memory. f32 or bf16 in and out (bf16: f32
 //! tiles, scores and lse inside; inference only), D ≤ 128.
-//! Backward on the GPU is composed from device ops: `S = Q·Kᵀ` (the tiled matmul), one elementwise
-//! kernel turning S into P with the saved lse, then matmuls and the softmax backward kernel. It
-//! materialises `[BH, T, T]` twice (P and dP): fine for CLIP's T ≤ 257, and the GAN's gradient
-//! through a frozen CLIP needs exactly this once per step.
+//! Backward on the GPU, two variants side by side (`BackwardKernel`, chosen by `BACKWARD`):
+//! - composed from device ops: `S = Q·Kᵀ` (the tiled matmul), one elementwise kernel turning S
+//!   into P with the saved lse, then matmuls and the softmax backward kernel. It materialises
+//!   `[BH, T, T]` twice (P and dP): fine for CLIP's T ≤ 257.
+//! - fused (FlashAttention-2 style): `δ = rowsum(dO ⊙ O)`, then one kernel per 8-key tile that
+//!   streams query tiles and accumulates dK, dV, and one per 8-query tile that streams key tiles
+//!   and accumulates dQ; each recomputes its P tile from q, k and lse. Nothing T×T reaches global
+//!   memory and every output element has one writer (deterministic, no atomics). Not yet run on
+//!   a GPU, so not the default: `fused_backward_cuda_matches_cpu` and the bench decide.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::bf16;
@@ -176,12 +181,45 @@ pub(crate) fn attention_raw(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) ->
     }
 }
 
-/// (dQ, dK, dV) without recording, from the inputs, the forward's lse and dO.
-pub(crate) fn attention_bwd_raw(q: &Tensor, k: &Tensor, v: &Tensor, lse: &Tensor, dout: &Tensor, causal: bool) -> Result<(Tensor, Tensor, Tensor)> {
+/// The two CUDA backward variants, kept side by side until a lent GPU's benchmark picks one
+/// (STYLE.md's kernel lab): `Composed` (matmuls + softmax backward, materialises `[BH, T, T]`
+/// twice; validated on a GPU by earlier parity runs) and `Fused` (`attention_bwd_dkdv_*` +
+/// `attention_bwd_dq_*`: P recomputed in tiles, nothing T×T in memory, no atomics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackwardKernel {
+    Composed,
+    Fused,
+}
+
+/// What `attention`'s backward uses on a GPU. `Composed` until the fused kernels have passed
+/// their GPU parity test (`fused_backward_cuda_matches_cpu`) and won the benchmark.
+pub const BACKWARD: BackwardKernel = BackwardKernel::Composed;
+
+/// Fused backward kernels by the widest head dim they hold: (D, dK/dV kernel, dQ kernel).
+const BWD_KERNELS: [(usize, &str, &str); 3] = [
+    (32, "attention_bwd_dkdv_dc1_f32", "attention_bwd_dq_dc1_f32"),
+    (64, "attention_bwd_dkdv_dc2_f32", "attention_bwd_dq_dc2_f32"),
+    (128, "attention_bwd_dkdv_dc4_f32", "attention_bwd_dq_dc4_f32"),
+];
+/// Keys per dK/dV block and queries per dQ block (`BWD_KPB`, `BWD_QPB` in the .cu file).
+const BWD_TILE: usize = 8;
+
+/// (dQ, dK, dV) without recording, from the inputs, the forward's output and lse, and dO.
+pub(crate) fn attention_bwd_raw(q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, dout: &Tensor, causal: bool) -> Result<(Tensor, Tensor, Tensor)> {
+    attention_bwd_with(BACKWARD, q, k, v, o, lse, dout, causal)
+}
+
+/// `attention_bwd_raw` with the GPU variant chosen (the CPU always runs its twin).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_bwd_with(kernel: BackwardKernel, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, dout: &Tensor, causal: bool) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "attention backward";
     let (bh, t, d) = dims(q, k, v)?;
     super::f32_for_backward(OP, q)?;
     super::same_shape(OP, q, dout)?;
+    super::same_shape(OP, q, o)?;
+    if let (Device::Cuda(gpu), BackwardKernel::Fused) = (q.device(), kernel) {
+        return attention_bwd_fused(gpu, q, k, v, o, lse, dout, causal, (bh, t, d));
+    }
     match q.device() {
         Device::Cpu => {
             let (sq, sk, sv, sg) = (q.storage(), k.storage(), v.storage(), dout.storage());
@@ -212,13 +250,47 @@ pub(crate) fn attention_bwd_raw(q: &Tensor, k: &Tensor, v: &Tensor, lse: &Tensor
     }
 }
 
+/// The fused backward: δ = rowsum(dO ⊙ O), then the dK/dV and dQ kernels.
+#[allow(clippy::too_many_arguments)]
+fn attention_bwd_fused(gpu: &crate::tensor::Gpu, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, dout: &Tensor, causal: bool, (bh, t, d): (usize, usize, usize)) -> Result<(Tensor, Tensor, Tensor)> {
+    const OP: &str = "attention backward";
+    let Some(&(_, dkdv_name, dq_name)) = BWD_KERNELS.iter().find(|f| d <= f.0) else {
+        return Err(Error::shape(OP, format!("head dim {d} is above the CUDA kernel's 128")));
+    };
+    if bh > 65535 || t > u32::MAX as usize / 2 {
+        return Err(Error::shape(OP, format!("{bh} batch·heads (max 65535) or {t} tokens is too many for the CUDA kernel")));
+    }
+    let n = bh * t * d;
+    let (mut dq, mut dk, mut dv, mut delta) = (gpu.alloc::<f32>(n)?, gpu.alloc::<f32>(n)?, gpu.alloc::<f32>(n)?, gpu.alloc::<f32>(bh * t)?);
+    if n > 0 {
+        let (sq, sk, sv, so, sl, sg) = (q.storage(), k.storage(), v.storage(), o.storage(), lse.storage(), dout.storage());
+        let (qs, ks, vs, os, ls, gs) = (sq.cuda_f32(OP)?, sk.cuda_f32(OP)?, sv.cuda_f32(OP)?, so.cuda_f32(OP)?, sl.cuda_f32(OP)?, sg.cuda_f32(OP)?);
+        let (rows, dd) = ((bh * t) as u64, d as u32);
+        // SAFETY: one thread per row r < BH·T reads D of o and dO, writes delta[r].
+        launch!(gpu, "attention", "attention_delta_f32", launch_1d(bh * t), os, gs, &mut delta, &rows, &dd)?;
+        let (tt, scale, c) = (t as u32, 1.0 / (d as f32).sqrt(), causal as i32);
+        let cfg = LaunchConfig { grid_dim: (t.div_ceil(BWD_TILE) as u32, bh as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let f = gpu.function("attention", dkdv_name)?;
+        // SAFETY: block (x, y) reads rows < T of head y of q, k, v, dO, lse, delta and writes
+        // dk/dv rows 8x..8x+8 < T of head y only (one writer per element); d ≤ 32·DC.
+        unsafe { gpu.stream.launch_builder(&f).arg(qs).arg(ks).arg(vs).arg(gs).arg(ls).arg(&delta).arg(&mut dk).arg(&mut dv).arg(&tt).arg(&dd).arg(&scale).arg(&c).launch(cfg) }
+            .map_err(|e| Error::cuda(dkdv_name, e))?;
+        let f = gpu.function("attention", dq_name)?;
+        // SAFETY: as above, writing dq rows 8x..8x+8 < T of head y only.
+        unsafe { gpu.stream.launch_builder(&f).arg(qs).arg(ks).arg(vs).arg(gs).arg(ls).arg(&delta).arg(&mut dq).arg(&tt).arg(&dd).arg(&scale).arg(&c).launch(cfg) }
+            .map_err(|e| Error::cuda(dq_name, e))?;
+    }
+    let (s, dev) = (q.shape(), q.device());
+    Ok((Tensor::from_storage(Storage::CudaF32(dq), s, dev), Tensor::from_storage(Storage::CudaF32(dk), s, dev), Tensor::from_storage(Storage::CudaF32(dv), s, dev)))
+}
+
 /// `softmax(Q·Kᵀ/√D + mask)·V` per head for q, k, v `[B, H, T, D]`; causal masks keys after the
 /// query. Recorded: gradients flow to q, k and v.
 pub fn attention(tape: &mut Tape, q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
     let (o, lse) = attention_raw(q, k, v, causal)?;
-    let (qc, kc, vc) = (q.clone(), k.clone(), v.clone());
+    let (qc, kc, vc, oc) = (q.clone(), k.clone(), v.clone(), o.clone());
     tape.record(&[q, k, v], &o, move |dout| {
-        let (dq, dk, dv) = attention_bwd_raw(&qc, &kc, &vc, &lse, dout, causal)?;
+        let (dq, dk, dv) = attention_bwd_raw(&qc, &kc, &vc, &oc, &lse, dout, causal)?;
         Ok(vec![Some(dq), Some(dk), Some(dv)])
     });
     Ok(o)
@@ -297,9 +369,24 @@ mod tests {
     /// tile); D 32 and 64; causal and not. Forward rtol 1e-5; backward atol scaled by its largest |value|.
     #[test]
     fn attention_cuda_matches_cpu() {
+        cuda_matches_cpu_with(BackwardKernel::Composed);
+    }
+
+    /// The fused backward kernels against the CPU twin, at the same sizes plus D = 24 and 100
+    /// (partial head-dim chunks) and T = 9 (one partial 8-row tile).
+    #[test]
+    fn fused_backward_cuda_matches_cpu() {
+        cuda_matches_cpu_with(BackwardKernel::Fused);
+    }
+
+    fn cuda_matches_cpu_with(kernel: BackwardKernel) {
         let Some(gpu) = gpu() else { return };
-        for t in [1, 7, 50, 77, 257] {
-            for d in [32, 64] {
+        let (ts, ds): (&[usize], &[usize]) = match kernel {
+            BackwardKernel::Composed => (&[1, 7, 50, 77, 257], &[32, 64]),
+            BackwardKernel::Fused => (&[1, 7, 9, 50, 77, 257], &[24, 32, 64, 100]),
+        };
+        for &t in ts {
+            for &d in ds {
                 for causal in [false, true] {
                     let shape = [2, 3, t, d];
                     let n: usize = shape.iter().product();
@@ -309,13 +396,13 @@ mod tests {
                         let x = |v: &[f32]| Tensor::from_slice(v, &shape, dev).unwrap();
                         let (q, k, v, g) = (x(&qv), x(&kv), x(&vv), x(&gv));
                         let (o, lse) = attention_raw(&q, &k, &v, causal).unwrap();
-                        let (dq, dk, dv) = attention_bwd_raw(&q, &k, &v, &lse, &g, causal).unwrap();
+                        let (dq, dk, dv) = attention_bwd_with(kernel, &q, &k, &v, &o, &lse, &g, causal).unwrap();
                         [o, lse, dq, dk, dv].map(|t| t.to_vec_f32().unwrap())
                     };
                     let (c, g) = (run(&Device::Cpu), run(&gpu));
                     for (i, name) in ["o", "lse", "dq", "dk", "dv"].iter().enumerate() {
                         let scale = c[i].iter().fold(0f32, |a, v| a.max(v.abs()));
-                        let what = format!("{name} T={t} D={d} causal={causal}");
+                        let what = format!("{kernel:?} backward: {name} T={t} D={d} causal={causal}");
                         assert_close(&g[i], &c[i], 1e-5, 1e-5 * scale.max(1.0), &what);
                     }
                 }
