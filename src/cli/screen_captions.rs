@@ -9,8 +9,10 @@
 //! With `--augment-views K` it also writes `augmented/clip_image` `[K, M, D]`: each stimulus
 //! through K independent draws of Mind Reader's training augmentation (`ops::augment`, on the
 //! device), quantised to 8 bits as its `ToPILImage` does, then CLIP-encoded, clamped and
-//! normalised like the plain target. The reference augments afresh every time a sample is
-//! loaded; `train-mapper --augmented` draws one of the K stored views per row and epoch, which
+//! normalised like the plain target — the reference's own path (sklin93/mind-reader,
+//! `nsd_utils.NSDwithCLIP.__getitem__`: `get_img_trans(extra_aug)` with its default `toPIL=True`,
+//! CLIP's PIL preprocess, `encode_image`, `thresholding(±1.5)`, L2 norm). It augments afresh
+//! every time a sample is loaded; `train-mapper --augmented` draws one of the K stored views per row and epoch, which
 //! is the same distribution when K ≥ the epoch count and costs K encodings instead of one per
 //! epoch.
 
