@@ -211,6 +211,8 @@ fn augmented_views_are_seeded_and_feed_train_mapper() {
     let out = train(&["--augmented"]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.contains("augmented: 3 views"), "{text}");
+    let text = run_ok(&["inspect", &p(&world)]);
+    assert!(text.contains("augmented   clip_image f32 [3 views, 40, 24]"), "{text}");
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -64,6 +64,9 @@ pub fn run(args: InspectArgs) -> Result<()> {
         let desc = file.target_description(name)?;
         println!("  targets     {name} f32 [{}, {dim}]{}", s.stimuli, if desc.is_empty() { String::new() } else { format!(": {desc}") });
     }
+    for (name, views, dim) in &s.augmented {
+        println!("  augmented   {name} f32 [{views} views, {}, {dim}] (train-mapper --target {name} --augmented)", s.stimuli);
+    }
     if !s.scene.is_empty() {
         let list: Vec<String> = s.scene.iter().map(|(n, shape)| format!("{n} {shape:?}")).collect();
         println!("  scene       {}", list.join(", "));
