@@ -51,6 +51,13 @@ def cases(dev):
     for dt, tag in [(torch.float32, ""), (torch.bfloat16, " bf16")]:
         q, k, v = r(256, 12, 50, 64, dt=dt), r(256, 12, 50, 64, dt=dt), r(256, 12, 50, 64, dt=dt)
         out.append((f"attention{tag} [256,12,50,64]", lambda q=q, k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q, k, v)))
+    # CLIP's MLP fc1 in bf16: linear + bias, then quick_gelu (x·σ(1.702x)), as mindreader fuses it.
+    xl16, wl16, bl16 = r(256 * 50, 768, dt=torch.bfloat16), r(3072, 768, dt=torch.bfloat16), r(3072, dt=torch.bfloat16)
+    def fc1():
+        p = torch.nn.functional.linear(xl16, wl16, bl16)
+        return p * torch.sigmoid(1.702 * p)
+    for variant in ["simt", "tensorcore"]:
+        out.append((f"linear bf16 {variant} [12800x768]·[3072x768]ᵀ+b quick_gelu", fc1))
     # Forward + backward of SDPA (autograd), the baseline of both of mindreader's backward variants.
     qg, kg, vg, g = [r(64, 12, 50, 64).requires_grad_() for _ in range(3)] + [r(64, 12, 50, 64)]
     def fwd_bwd():

@@ -73,3 +73,117 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
                          __nv_bfloat16* __restrict__ Y, __nv_bfloat16* __restrict__ pre, int M, int N, int K, int op, float alpha, float beta) {
     matmul_bias_act(X, W, bias, Y, pre, M, N, K, op, alpha, beta);
 }
+
+// ---- bf16 linear on the tensor cores (variant beside matmul_bias_act_bf16) ----------------------
+// Y = act(X·Wᵀ + bias), X [M, K], W [N, K] (both K-contiguous: mma.sync's row.col layout), bf16
+// in and out, f32 accumulation; K % 8 == 0 (16-byte rows; the host checks and otherwise uses the
+// SIMT kernel). Block tile 128×128×32, 8 warps as 2 (m) × 4 (n), each warp 64×32 = 4×4
+// mma.sync.m16n8k16 tiles. Global → shared by cp.async (16 B per copy, zero-filled past M, N, K),
+// double-buffered; fragments by ldmatrix.x4 from rows padded to 40 bf16 (80 B: the 8 rows of one
+// ldmatrix phase fall on 8 distinct 16-byte bank groups). Shared memory 40 KiB (static).
+// Launch: 256 threads, grid (⌈N/128⌉, ⌈M/128⌉).
+#define TC_BM 128
+#define TC_BN 128
+#define TC_BK 32
+#define TC_LD (TC_BK + 8)
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3, const void* smem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n" : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(s));
+}
+
+// c += a·b for one m16n8k16 tile: a = 4 registers of A (row-major), b = 2 of B (col-major).
+__device__ __forceinline__ void mma_bf16_16816(float* c, const unsigned* a, const unsigned* b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    matmul_bias_act_bf16_tc(const __nv_bfloat16* __restrict__ X, const __nv_bfloat16* __restrict__ W, const __nv_bfloat16* __restrict__ bias,
+                            __nv_bfloat16* __restrict__ Y, int M, int N, int K, int op, float alpha, float beta) {
+    __shared__ __align__(16) __nv_bfloat16 As[2][TC_BM][TC_LD];
+    __shared__ __align__(16) __nv_bfloat16 Bs[2][TC_BN][TC_LD];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
+    const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32;
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+
+    // One k-tile of A and B: 128 rows × 32 = 512 copies of 8 bf16 per operand, 2 per thread.
+    auto load_tile = [&](int buf, int k0) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int chunk = tid + i * 256;
+            const int r = chunk >> 2, c = (chunk & 3) * 8;
+            const int gk = k0 + c;
+            const bool k_in = gk < K;
+            const int gm = m0 + r, gn = n0 + r;
+            cp_async16(&As[buf][r][c], X + (u64)(gm < M ? gm : 0) * K + (k_in ? gk : 0), gm < M && k_in ? 16 : 0);
+            cp_async16(&Bs[buf][r][c], W + (u64)(gn < N ? gn : 0) * K + (k_in ? gk : 0), gn < N && k_in ? 16 : 0);
+        }
+        cp_async_commit();
+    };
+
+    const int ktiles = (K + TC_BK - 1) / TC_BK;
+    if (ktiles > 0) load_tile(0, 0);
+    for (int kt = 0; kt < ktiles; kt++) {
+        const int buf = kt & 1;
+        if (kt + 1 < ktiles) {
+            load_tile(buf ^ 1, (kt + 1) * TC_BK);  // buf ^ 1 was last read before the previous barrier
+            cp_async_wait<1>();                   // tile kt has landed; tile kt + 1 may still be in flight
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < TC_BK; kk += 16) {
+            unsigned a[4][4], b[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+                ldmatrix_x4(a[mi][0], a[mi][1], a[mi][2], a[mi][3], &As[buf][wm + mi * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
+#pragma unroll
+            for (int nj = 0; nj < 2; nj++) {
+                // Matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15) of this pair of n8 tiles.
+                const int row = wn + nj * 16 + (lane & 7) + ((lane >> 4) << 3);
+                ldmatrix_x4(b[2 * nj][0], b[2 * nj][1], b[2 * nj + 1][0], b[2 * nj + 1][1], &Bs[buf][row][kk + ((lane >> 3) & 1) * 8]);
+            }
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                for (int ni = 0; ni < 4; ni++) mma_bf16_16816(acc[mi][ni], a[mi], b[ni]);
+        }
+        __syncthreads();  // every warp is done with buf before the next iteration refills it
+    }
+
+    // Epilogue: accumulator (row g or g + 8, cols 2·(lane % 4) + {0, 1}) of each m16n8 tile.
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = m0 + wm + mi * 16 + (lane >> 2) + (e >> 1) * 8;
+                const int c = n0 + wn + ni * 8 + (lane & 3) * 2 + (e & 1);
+                if (r < M && c < N) {
+                    float v = acc[mi][ni][e];
+                    if (bias) v += to_f32(bias[c]);
+                    Y[(u64)r * N + c] = from_f32<__nv_bfloat16>(op < 0 ? v : unary_fwd(op, v, alpha, beta));
+                }
+            }
+}

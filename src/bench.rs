@@ -169,6 +169,17 @@ pub fn cases(quick: bool) -> Vec<Case> {
             Ok(Box::new(move || Ok(Some(attention::attention(&mut Tape::inference(), &q, &k, &v, false)?))))
         }));
     }
+    // CLIP's MLP fc1 in bf16 (ViT-B/32 at batch 256: 12800 tokens, 768 → 3072, quick_gelu), both
+    // GPU kernels of the bf16 linear.
+    let (lm, lk, ln) = (s(256 * 50, 37), s(768, 40), s(3072, 24));
+    for kernel in [matmul::Bf16Linear::Simt, matmul::Bf16Linear::TensorCore] {
+        let name = format!("linear bf16 {} [{lm}x{lk}]·[{ln}x{lk}]ᵀ+b quick_gelu", format!("{kernel:?}").to_lowercase());
+        out.push(case(name, 2.0 * (lm * ln * lk) as f64, (2 * (lm * lk + ln * lk + lm * ln)) as f64, 3e-2, move |d| {
+            let (x, w, b) = (input(&[lm, lk], 70, d, DType::BF16)?, input(&[ln, lk], 71, d, DType::BF16)?, input(&[ln], 72, d, DType::BF16)?);
+            let g = matmul::Gemm::new(&[lm, lk], &[ln, lk], false, true)?;
+            Ok(Box::new(move || Ok(Some(matmul::linear_act_raw_with(kernel, &x, &w, Some(&b), Some(crate::ops::elementwise::Unary::QuickGelu), &g, false)?.0))))
+        }));
+    }
     // Attention forward + backward (what a training step through CLIP pays), both GPU backward
     // variants; validated on dQ, dK and dV together against the CPU twin.
     let bb = s(64, 2);

@@ -388,11 +388,42 @@ pub fn linear(tape: &mut Tape, x: &Tensor, weight: &Tensor, bias: Option<&Tensor
     }
 }
 
+/// The GPU kernels of a bf16 `linear_act`, kept side by side until a lent GPU's benchmark picks
+/// one: `Simt` (`matmul_bias_act_bf16`, the shared f32-FMA tile; GPU-validated f32 twin) and
+/// `TensorCore` (`matmul_bias_act_bf16_tc`: mma.sync m16n8k16 with cp.async double buffering;
+/// its SASS holds HMMA.16816.F32.BF16, LDSM and LDGSTS.128 and no local memory, but it has not
+/// yet run on a GPU). `TensorCore` needs K % 8 == 0 and falls back to `Simt` otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Linear {
+    Simt,
+    TensorCore,
+}
+
+/// What bf16 `linear_act` uses on a GPU: `Simt` until `bf16_linear_act_cuda_matches_cpu` has
+/// passed for `TensorCore` on a GPU and the bench (`linear bf16 …`) says it wins.
+pub const BF16_LINEAR: Bf16Linear = Bf16Linear::Simt;
+
 /// `y = act(x·Wᵀ + b)` for x `[M, K]`, W `[N, K]` on their device, and the pre-activation
 /// `x·Wᵀ + b` when `keep_pre` (else only y is written).
 fn linear_act_raw(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Option<Unary>, g: &Gemm, keep_pre: bool) -> Result<(Tensor, Option<Tensor>)> {
+    linear_act_raw_with(BF16_LINEAR, x, w, bias, act, g, keep_pre)
+}
+
+/// `linear_act_raw` with the bf16 GPU kernel chosen.
+pub(crate) fn linear_act_raw_with(
+    kernel: Bf16Linear,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    act: Option<Unary>,
+    g: &Gemm,
+    keep_pre: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     const OP: &str = "linear_act";
     let shape = [g.m, g.n];
+    if let (Device::Cuda(gpu), DType::BF16, Bf16Linear::TensorCore, true) = (x.device(), x.dtype(), kernel, g.k % 8 == 0) {
+        return linear_bf16_tensor_core(gpu, x, w, bias, act, g);
+    }
     if super::bf16_on_cpu(x) {
         let b = bias.map(super::widen).transpose()?;
         let (y, _) = linear_act_raw(&super::widen(x)?, &super::widen(w)?, b.as_ref(), act, g, false)?;
@@ -453,6 +484,37 @@ fn linear_act_raw(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Option<Una
             Ok((Tensor::from_storage(y, &shape, x.device()), pre))
         }
     }
+}
+
+/// The tensor-core bf16 linear (`matmul_bias_act_bf16_tc`); the caller checked K % 8 == 0.
+fn linear_bf16_tensor_core(gpu: &crate::tensor::Gpu, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Option<Unary>, g: &Gemm) -> Result<(Tensor, Option<Tensor>)> {
+    const OP: &str = "linear_act";
+    let fits = |v: usize| v < 1 << 30;
+    if !(fits(g.m) && fits(g.n) && fits(g.k)) || g.m.div_ceil(128) > 65535 {
+        return Err(Error::shape(OP, format!("{g:?} is too large for the CUDA kernel (sizes < 2³⁰, M ≤ 65535·128)")));
+    }
+    let len = g.m * g.n;
+    let mut y = gpu.alloc::<bf16>(len)?;
+    if len > 0 {
+        let cfg = LaunchConfig { grid_dim: (g.n.div_ceil(128) as u32, g.m.div_ceil(128) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let (code, alpha, beta) = act.map_or((-1, 0.0, 0.0), Unary::code);
+        let (m, n, k) = (g.m as i32, g.n as i32, g.k as i32);
+        let null = 0u64;
+        let (xs, ws, bs) = (x.storage(), w.storage(), bias.map(|b| b.storage()));
+        let f = gpu.function("matmul", "matmul_bias_act_bf16_tc")?;
+        let mut lb = gpu.stream.launch_builder(&f);
+        lb.arg(xs.cuda_bf16(OP)?).arg(ws.cuda_bf16(OP)?);
+        match &bs {
+            Some(s) => lb.arg(s.cuda_bf16(OP)?),
+            None => lb.arg(&null),
+        };
+        lb.arg(&mut y).arg(&m).arg(&n).arg(&k).arg(&code).arg(&alpha).arg(&beta);
+        // SAFETY: x holds M·K and W N·K bf16 (K % 8 == 0, allocations 256-byte aligned, so every
+        // 16-byte cp.async source is aligned); copies past M, N or K read nothing (zero-fill);
+        // y[m, n] is written for m < M, n < N only; bias (N) is null when absent.
+        unsafe { lb.launch(cfg) }.map_err(|e| Error::cuda("matmul_bias_act_bf16_tc", e))?;
+    }
+    Ok((Tensor::from_storage(Storage::CudaBF16(y), &[g.m, g.n], x.device()), None))
 }
 
 /// `y = act(x·Wᵀ + b)`: `linear` with its bias add and activation fused into the GEMM's store,
@@ -907,14 +969,22 @@ mod tests {
     /// a watched input is refused (no backward in bf16).
     #[test]
     fn bf16_linear_act_cuda_matches_cpu() {
-        for (m, k, n) in [(1, 7, 5), (50, 768, 33), (130, 65, 3072)] {
+        // K 7 and 65 take the SIMT fallback of TensorCore (K % 8 ≠ 0); M 50, 130, 257 and N 33,
+        // 200 leave partial 128-tiles; K 40 ends in a partial 32-wide k-tile.
+        for (m, k, n) in [(1, 7, 5), (50, 768, 33), (130, 65, 3072), (257, 40, 200), (130, 3072, 768)] {
             let x = Tensor::from_vec(random_vec(m * k, 1), &[m, k], &Device::Cpu).unwrap();
             let w = Tensor::from_vec(random_vec(n * k, 2).iter().map(|v| v / (k as f32).sqrt()).collect(), &[n, k], &Device::Cpu).unwrap();
             let b = Tensor::from_vec(random_vec(n, 3), &[n], &Device::Cpu).unwrap();
+            let g = Gemm::new(&[m, k], &[n, k], false, true).unwrap();
             for act in [None, Some(Unary::QuickGelu)] {
-                let what = format!("linear_act {m}×{k}·{k}×{n} {act:?}");
+                for kernel in [Bf16Linear::Simt, Bf16Linear::TensorCore] {
+                    let what = format!("linear_act {kernel:?} {m}×{k}·{k}×{n} {act:?}");
+                    let run = |t: &[Tensor], bias: bool| linear_act_raw_with(kernel, &t[0], &t[1], if bias { Some(&t[2]) } else { None }, act, &g, false).map(|r| r.0);
+                    crate::testing::bf16_parity(&what, &[x.clone(), w.clone(), b.clone()], 2e-2, 1e-2, |t| run(t, true));
+                    crate::testing::bf16_parity(&format!("{what} no bias"), &[x.clone(), w.clone()], 2e-2, 1e-2, |t| run(t, false));
+                }
+                let what = format!("linear_act {m}×{k}·{k}×{n} {act:?} through the tape");
                 crate::testing::bf16_parity(&what, &[x.clone(), w.clone(), b.clone()], 2e-2, 1e-2, |t| linear_act(&mut Tape::inference(), &t[0], &t[1], Some(&t[2]), act));
-                crate::testing::bf16_parity(&format!("{what} no bias"), &[x.clone(), w.clone()], 2e-2, 1e-2, |t| linear_act(&mut Tape::inference(), &t[0], &t[1], None, act));
             }
         }
         let x = Tensor::zeros(&[2, 3], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
