@@ -140,12 +140,15 @@ extern "C" __global__ void attention_probs_f32(float* s, const float* lse, unsig
 #define BWD_KPB 8   // keys per dK/dV block (2 per warp)
 #define BWD_QPB 8   // queries per dQ block (2 per warp)
 
-// δ_i = Σ_d dO[i, d]·O[i, d], one thread per row of [BH·T, D].
+// δ_i = Σ_d dO[i, d]·O[i, d], one warp per row of [BH·T, D] (lanes read consecutive d: coalesced).
 extern "C" __global__ void attention_delta_f32(const float* o, const float* dout, float* delta, u64 rows, unsigned d) {
-    FOR_EACH(r, rows) {
+    const unsigned lane = threadIdx.x & 31;
+    const u64 warps = ((u64)gridDim.x * blockDim.x) >> 5;
+    for (u64 r = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; r < rows; r += warps) {
         float acc = 0.f;
-        for (unsigned c = 0; c < d; c++) acc += o[r * d + c] * dout[r * d + c];
-        delta[r] = acc;
+        for (unsigned c = lane; c < d; c += 32) acc += o[r * d + c] * dout[r * d + c];
+        acc = warp_sum(acc);
+        if (lane == 0) delta[r] = acc;
     }
 }
 

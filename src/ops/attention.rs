@@ -260,14 +260,17 @@ fn attention_bwd_fused(gpu: &crate::tensor::Gpu, q: &Tensor, k: &Tensor, v: &Ten
     if bh > 65535 || t > u32::MAX as usize / 2 {
         return Err(Error::shape(OP, format!("{bh} batch·heads (max 65535) or {t} tokens is too many for the CUDA kernel")));
     }
+    if lse.shape() != [bh, t] {
+        return Err(Error::shape(OP, format!("lse {:?} for {bh} heads of {t} tokens (want [{bh}, {t}])", lse.shape())));
+    }
     let n = bh * t * d;
     let (mut dq, mut dk, mut dv, mut delta) = (gpu.alloc::<f32>(n)?, gpu.alloc::<f32>(n)?, gpu.alloc::<f32>(n)?, gpu.alloc::<f32>(bh * t)?);
     if n > 0 {
         let (sq, sk, sv, so, sl, sg) = (q.storage(), k.storage(), v.storage(), o.storage(), lse.storage(), dout.storage());
         let (qs, ks, vs, os, ls, gs) = (sq.cuda_f32(OP)?, sk.cuda_f32(OP)?, sv.cuda_f32(OP)?, so.cuda_f32(OP)?, sl.cuda_f32(OP)?, sg.cuda_f32(OP)?);
         let (rows, dd) = ((bh * t) as u64, d as u32);
-        // SAFETY: one thread per row r < BH·T reads D of o and dO, writes delta[r].
-        launch!(gpu, "attention", "attention_delta_f32", launch_1d(bh * t), os, gs, &mut delta, &rows, &dd)?;
+        // SAFETY: one warp per row r < BH·T (grid-stride) reads D of o and dO, writes delta[r].
+        launch!(gpu, "attention", "attention_delta_f32", launch_1d(bh * t * 32), os, gs, &mut delta, &rows, &dd)?;
         let (tt, scale, c) = (t as u32, 1.0 / (d as f32).sqrt(), causal as i32);
         let cfg = LaunchConfig { grid_dim: (t.div_ceil(BWD_TILE) as u32, bh as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
         let f = gpu.function("attention", dkdv_name)?;

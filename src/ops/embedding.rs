@@ -58,6 +58,9 @@ pub fn embedding(tape: &mut Tape, weight: &Tensor, ids: &[u32]) -> Result<Tensor
         return Err(Error::shape("embedding", format!("id {bad} out of range for a table of {vocab} rows")));
     }
     let shape = [ids.len(), dim];
+    if weight.dtype() != DType::F32 && tape.needs_grad(&[weight]) {
+        return Err(Error::DType { op: "embedding", got: weight.dtype(), expected: "f32 when gradients are needed (bf16 is inference-only)" });
+    }
     let y = match weight.device() {
         Device::Cpu if weight.dtype() == DType::BF16 => {
             let s = weight.storage();
@@ -154,5 +157,11 @@ mod tests {
         crate::testing::bf16_parity("embedding", std::slice::from_ref(&w), 0.0, 0.0, |x| embedding(&mut Tape::inference(), &x[0], &ids));
         let got = embedding(&mut Tape::inference(), &w.to_dtype(crate::tensor::DType::BF16).unwrap(), &ids).unwrap().to_vec_f32().unwrap();
         assert_eq!(got[..7], w.to_dtype(crate::tensor::DType::BF16).unwrap().to_vec_f32().unwrap()[21..28]);
+        // bf16 has no backward: a watched bf16 table is refused up front.
+        let w16 = w.to_dtype(crate::tensor::DType::BF16).unwrap();
+        let mut tape = Tape::new();
+        tape.watch(&w16);
+        let err = embedding(&mut tape, &w16, &ids).unwrap_err().to_string();
+        assert!(err.contains("inference-only"), "{err}");
     }
 }

@@ -134,7 +134,7 @@ fn block_per_row(rows: usize, smem: usize) -> LaunchConfig {
 
 /// The forward of a tensor with no elements: an empty y, and zero statistics for its rows.
 fn empty_forward(x: &Tensor, rows: usize) -> Result<(Tensor, Tensor, Tensor)> {
-    Ok((Tensor::zeros(x.shape(), x.device())?, Tensor::zeros(&[rows], x.device())?, Tensor::zeros(&[rows], x.device())?))
+    Ok((Tensor::zeros_dtype(x.shape(), x.dtype(), x.device())?, Tensor::zeros(&[rows], x.device())?, Tensor::zeros(&[rows], x.device())?))
 }
 
 /// (y, mean, rstd) without recording; mean and rstd have shape `[rows]`.

@@ -422,7 +422,9 @@ pub(crate) fn linear_act_raw_with(
     const OP: &str = "linear_act";
     let shape = [g.m, g.n];
     if let (Device::Cuda(gpu), DType::BF16, Bf16Linear::TensorCore, true) = (x.device(), x.dtype(), kernel, g.k % 8 == 0) {
-        return linear_bf16_tensor_core(gpu, x, w, bias, act, g);
+        if aligned16(gpu, x)? && aligned16(gpu, w)? {
+            return linear_bf16_tensor_core(gpu, x, w, bias, act, g);
+        }
     }
     if super::bf16_on_cpu(x) {
         let b = bias.map(super::widen).transpose()?;
@@ -486,7 +488,17 @@ pub(crate) fn linear_act_raw_with(
     }
 }
 
-/// The tensor-core bf16 linear (`matmul_bias_act_bf16_tc`); the caller checked K % 8 == 0.
+/// Whether a bf16 GPU buffer starts on a 16-byte boundary (the tensor-core kernel's 16-byte
+/// cp.async copies need it; whole allocations always do, a future view with an offset may not).
+fn aligned16(gpu: &crate::tensor::Gpu, t: &Tensor) -> Result<bool> {
+    use cudarc::driver::DevicePtr;
+    let s = t.storage();
+    let (ptr, _sync) = s.cuda_bf16("linear_act")?.device_ptr(&gpu.stream);
+    Ok(ptr % 16 == 0)
+}
+
+/// The tensor-core bf16 linear (`matmul_bias_act_bf16_tc`); the caller checked K % 8 == 0 and
+/// that x and W start 16-byte aligned.
 fn linear_bf16_tensor_core(gpu: &crate::tensor::Gpu, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Option<Unary>, g: &Gemm) -> Result<(Tensor, Option<Tensor>)> {
     const OP: &str = "linear_act";
     let fits = |v: usize| v < 1 << 30;
