@@ -13,8 +13,12 @@
 #include "common.cuh"
 
 // T = float or __nv_bfloat16 (x, gamma, beta, y); the statistics and all arithmetic are f32.
+// With `res` non-null this is the fused residual add + layer norm (pre-LN transformers' mid-layer
+// step): s = x + res is written to `sum` (rounded to T, as a separate add would store it) and
+// normalised from that rounded value, so fused and unfused agree bit for bit. Traffic: reads x and
+// res, writes s and y (16 B/element in f32) instead of 12 B for the add and 8 B for the norm.
 template <int VPT, typename T>
-__device__ __forceinline__ void layernorm_fwd_warp(const T* x, const T* gamma, const T* beta, T* y, float* mean,
+__device__ __forceinline__ void layernorm_fwd_warp(const T* x, const T* res, T* sum_out, const T* gamma, const T* beta, T* y, float* mean,
                                                    float* rstd, unsigned rows, unsigned n, float eps, int has_gamma, int has_beta) {
     const unsigned lane = threadIdx.x & 31;
     const u64 warps = ((u64)gridDim.x * blockDim.x) >> 5;
@@ -26,7 +30,13 @@ __device__ __forceinline__ void layernorm_fwd_warp(const T* x, const T* gamma, c
 #pragma unroll
         for (int k = 0; k < VPT; k++) {
             unsigned j = lane + 32 * k;
-            v[k] = j < n ? to_f32(xr[j]) : 0.f;
+            if (j < n && res) {
+                const T s = from_f32<T>(to_f32(xr[j]) + to_f32(res[row * n + j]));
+                sum_out[row * n + j] = s;
+                v[k] = to_f32(s);
+            } else {
+                v[k] = j < n ? to_f32(xr[j]) : 0.f;
+            }
             sum += v[k];
         }
         const float mu = warp_sum(sum) / n;
@@ -87,7 +97,14 @@ __device__ __forceinline__ void layernorm_bwd_warp(const float* x, const float* 
     extern "C" __global__ void __launch_bounds__(256)                                                                  \
         layernorm_fwd_w##VPT##_f32(const float* x, const float* gamma, const float* beta, float* y, float* mean,       \
                                    float* rstd, unsigned rows, unsigned n, float eps, int has_gamma, int has_beta) {    \
-        layernorm_fwd_warp<VPT>(x, gamma, beta, y, mean, rstd, rows, n, eps, has_gamma, has_beta);                    \
+        layernorm_fwd_warp<VPT>(x, (const float*)nullptr, (float*)nullptr, gamma, beta, y, mean, rstd, rows, n, eps,   \
+                                has_gamma, has_beta);                                                                  \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256)                                                                  \
+        add_layernorm_fwd_w##VPT##_f32(const float* x, const float* res, float* sum, const float* gamma,               \
+                                       const float* beta, float* y, float* mean, float* rstd, unsigned rows,           \
+                                       unsigned n, float eps, int has_gamma, int has_beta) {                           \
+        layernorm_fwd_warp<VPT>(x, res, sum, gamma, beta, y, mean, rstd, rows, n, eps, has_gamma, has_beta);           \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(256)                                                                  \
         layernorm_bwd_w##VPT##_f32(const float* x, const float* gamma, const float* dy, const float* mean,             \
@@ -101,7 +118,14 @@ __device__ __forceinline__ void layernorm_bwd_warp(const float* x, const float* 
         layernorm_fwd_w##VPT##_bf16(const __nv_bfloat16* x, const __nv_bfloat16* gamma, const __nv_bfloat16* beta,              \
                                     __nv_bfloat16* y, float* mean, float* rstd, unsigned rows, unsigned n, float eps,             \
                                     int has_gamma, int has_beta) {                                                                \
-        layernorm_fwd_warp<VPT>(x, gamma, beta, y, mean, rstd, rows, n, eps, has_gamma, has_beta);                              \
+        layernorm_fwd_warp<VPT>(x, (const __nv_bfloat16*)nullptr, (__nv_bfloat16*)nullptr, gamma, beta, y, mean, rstd, rows, n,  \
+                                eps, has_gamma, has_beta);                                                                \
+    }                                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(256)                                                                            \
+        add_layernorm_fwd_w##VPT##_bf16(const __nv_bfloat16* x, const __nv_bfloat16* res, __nv_bfloat16* sum,                    \
+                                        const __nv_bfloat16* gamma, const __nv_bfloat16* beta, __nv_bfloat16* y, float* mean,      \
+                                        float* rstd, unsigned rows, unsigned n, float eps, int has_gamma, int has_beta) {         \
+        layernorm_fwd_warp<VPT>(x, res, sum, gamma, beta, y, mean, rstd, rows, n, eps, has_gamma, has_beta);                     \
     }
 
 // The row widths 32·VPT these cover are listed in WARP_KERNELS in src/ops/layernorm.rs.

@@ -13,6 +13,10 @@
 //! idle most of its threads on them); longer rows get one 512-thread block each, the row staged in
 //! shared memory when it fits. dγ/dβ: 32×8 blocks over (32 columns × a chunk of rows) write
 //! per-chunk partial sums, coalesced over columns, then one thread per column adds the chunks.
+//!
+//! `add_layer_norm` fuses a pre-LN transformer's residual add with the norm after it:
+//! `s = x + r`, `y = layer_norm(s)`, reading x and r and writing s and y (16 B/element in f32,
+//! against 12 + 8 for the two ops). bf16 (inference): x, γ, β, y in bf16, statistics in f32.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -32,6 +36,17 @@ const WARP_KERNELS: [(usize, &str, &str, &str); 7] = [
     (512, "layernorm_fwd_w16_f32", "layernorm_bwd_w16_f32", "layernorm_fwd_w16_bf16"),
     (768, "layernorm_fwd_w24_f32", "layernorm_bwd_w24_f32", "layernorm_fwd_w24_bf16"),
     (1024, "layernorm_fwd_w32_f32", "layernorm_bwd_w32_f32", "layernorm_fwd_w32_bf16"),
+];
+
+/// The fused residual-add + layer norm warp kernels: (widest row, f32, bf16).
+const ADD_WARP_KERNELS: [(usize, &str, &str); 7] = [
+    (32, "add_layernorm_fwd_w1_f32", "add_layernorm_fwd_w1_bf16"),
+    (64, "add_layernorm_fwd_w2_f32", "add_layernorm_fwd_w2_bf16"),
+    (128, "add_layernorm_fwd_w4_f32", "add_layernorm_fwd_w4_bf16"),
+    (256, "add_layernorm_fwd_w8_f32", "add_layernorm_fwd_w8_bf16"),
+    (512, "add_layernorm_fwd_w16_f32", "add_layernorm_fwd_w16_bf16"),
+    (768, "add_layernorm_fwd_w24_f32", "add_layernorm_fwd_w24_bf16"),
+    (1024, "add_layernorm_fwd_w32_f32", "add_layernorm_fwd_w32_bf16"),
 ];
 
 /// Dynamic shared memory a block-per-row kernel may use to keep its row (under the 48 KiB that
@@ -284,12 +299,76 @@ pub(crate) fn layer_norm_bwd_raw(
 /// each of the last axis's length). Gradients flow to x, γ and β.
 pub fn layer_norm(tape: &mut Tape, x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f32) -> Result<Tensor> {
     let (y, mean, rstd) = layer_norm_raw(x, gamma, beta, eps)?;
+    record_layer_norm(tape, x, gamma, beta, &y, mean, rstd);
+    Ok(y)
+}
+
+/// `(s, y)` with `s = x + r` and `y = layer_norm(s)`: a pre-LN transformer's residual add and
+/// the norm after it in one pass over the rows (`add_layernorm_fwd_*`, rows up to 1024 wide on
+/// the GPU; wider rows and the CPU run the add and the norm one after the other, which is the
+/// same arithmetic: the kernel normalises the stored, rounded s). Recorded as the two ops it
+/// fuses, so gradients reach x, r, γ and β exactly as through `add` then `layer_norm`.
+pub fn add_layer_norm(tape: &mut Tape, x: &Tensor, r: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f32) -> Result<(Tensor, Tensor)> {
+    super::same_shape("add_layer_norm", x, r)?;
+    let (rows, n) = check(x, gamma, beta, eps)?;
+    same_device("add_layer_norm", &[x, r])?;
+    same_dtype("add_layer_norm", &[x, r])?;
+    let fused = match (x.device(), x.numel() > 0) {
+        (Device::Cuda(gpu), true) => ADD_WARP_KERNELS.iter().find(|w| n <= w.0).map(|w| (gpu, w)),
+        _ => None,
+    };
+    let (s, (y, mean, rstd)) = match fused {
+        None => {
+            let s = crate::ops::elementwise::add_raw(x, r)?;
+            let out = layer_norm_raw(&s, gamma, beta, eps)?;
+            (s, out)
+        }
+        Some((gpu, w)) => {
+            let op = "add_layer_norm";
+            let bf16 = match x.dtype() {
+                DType::F32 => false,
+                DType::BF16 => true,
+                other => return Err(Error::DType { op, got: other, expected: "f32 or bf16" }),
+            };
+            let alloc = |len: usize| -> Result<Storage> { Ok(if bf16 { Storage::CudaBF16(gpu.alloc::<bf16>(len)?) } else { Storage::CudaF32(gpu.alloc::<f32>(len)?) }) };
+            let (mut sum, mut y) = (alloc(x.numel())?, alloc(x.numel())?);
+            let (mut mean, mut rstd) = (gpu.alloc::<f32>(rows)?, gpu.alloc::<f32>(rows)?);
+            let (rr, nn, hg, hb) = (rows as u32, n as u32, gamma.is_some() as i32, beta.is_some() as i32);
+            let name = if bf16 { w.2 } else { w.1 };
+            let (xs, rs, gs, bs) = (x.storage(), r.storage(), gamma.map(|t| t.storage()), beta.map(|t| t.storage()));
+            let f = gpu.function("layernorm", name)?;
+            let mut b = gpu.stream.launch_builder(&f);
+            arg_buffer(&mut b, &xs, op)?;
+            arg_buffer(&mut b, &rs, op)?;
+            arg_buffer_mut(&mut b, &mut sum, op)?;
+            arg_buffer(&mut b, gs.as_deref().unwrap_or(&xs), op)?;
+            arg_buffer(&mut b, bs.as_deref().unwrap_or(&xs), op)?;
+            arg_buffer_mut(&mut b, &mut y, op)?;
+            b.arg(&mut mean).arg(&mut rstd).arg(&rr).arg(&nn).arg(&eps).arg(&hg).arg(&hb);
+            // SAFETY: as layernorm_fwd_w*: warp w owns rows w, w + warps, … < rows, reading j < n of
+            // x, r, γ, β and writing j < n of s and y, and mean[row], rstd[row]. Buffers match the
+            // kernel's dtype; absent γ/β are dummies never read.
+            unsafe { b.launch(launch_1d(rows * 32)) }.map_err(|e| Error::cuda(name, e))?;
+            let d = x.device();
+            (
+                Tensor::from_storage(sum, x.shape(), d),
+                (Tensor::from_storage(y, x.shape(), d), Tensor::from_storage(Storage::CudaF32(mean), &[rows], d), Tensor::from_storage(Storage::CudaF32(rstd), &[rows], d)),
+            )
+        }
+    };
+    tape.record(&[x, r], &s, |ds| Ok(vec![Some(ds.clone()), Some(ds.clone())]));
+    record_layer_norm(tape, &s, gamma, beta, &y, mean, rstd);
+    Ok((s, y))
+}
+
+/// Records `y = layer_norm(x)` (from its saved statistics) on the tape.
+fn record_layer_norm(tape: &mut Tape, x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, y: &Tensor, mean: Tensor, rstd: Tensor) {
     let mut inputs = vec![x];
     inputs.extend(gamma);
     inputs.extend(beta);
     let (xc, gc) = (x.clone(), gamma.cloned());
     let (has_gamma, has_beta) = (gamma.is_some(), beta.is_some());
-    tape.record(&inputs, &y, move |dy| {
+    tape.record(&inputs, y, move |dy| {
         let (dx, params) = layer_norm_bwd_raw(&xc, gc.as_ref(), dy, &mean, &rstd, has_gamma || has_beta)?;
         let mut grads = vec![Some(dx)];
         if let Some((dgamma, dbeta)) = params {
@@ -302,7 +381,6 @@ pub fn layer_norm(tape: &mut Tape, x: &Tensor, gamma: Option<&Tensor>, beta: Opt
         }
         Ok(grads)
     });
-    Ok(y)
 }
 
 #[cfg(test)]
@@ -497,5 +575,56 @@ mod tests {
             let b = Tensor::from_vec(random_vec(n, 3), &[n], &Device::Cpu).unwrap();
             crate::testing::bf16_parity(&format!("layer_norm [{rows}, {n}]"), &[x, g, b], 1e-2, 2e-2, |t| layer_norm(&mut Tape::inference(), &t[0], Some(&t[1]), Some(&t[2]), EPS));
         }
+    }
+
+    /// The fused residual add + layer norm equals `add` then `layer_norm` on every device:
+    /// values bit for bit on the CPU (it is the same arithmetic) and to f32 rounding on the GPU,
+    /// and the gradients to x, r, γ and β through the tape; bf16 against the CPU bf16 path.
+    #[test]
+    fn add_layer_norm_equals_add_then_layer_norm() {
+        for n in [7, 33, 768, 1000, 1100] {
+            let rows = 6;
+            let (xv, rv, gv, bv, wv) = (random_vec(rows * n, 1), random_vec(rows * n, 2), gamma_vec(n, 3), random_vec(n, 4), random_vec(rows * n, 5));
+            let run = |device: &Device, fused: bool| {
+                let t = |v: &[f32], shape: &[usize]| Tensor::from_slice(v, shape, device).unwrap();
+                let (x, r, g, b, w) = (t(&xv, &[rows, n]), t(&rv, &[rows, n]), t(&gv, &[n]), t(&bv, &[n]), t(&wv, &[rows, n]));
+                let mut tape = Tape::new();
+                for p in [&x, &r, &g, &b] {
+                    tape.watch(p);
+                }
+                let (s, y) = if fused {
+                    add_layer_norm(&mut tape, &x, &r, Some(&g), Some(&b), EPS).unwrap()
+                } else {
+                    let s = crate::ops::elementwise::add(&mut tape, &x, &r).unwrap();
+                    let y = layer_norm(&mut tape, &s, Some(&g), Some(&b), EPS).unwrap();
+                    (s, y)
+                };
+                // The loss uses both outputs, as a transformer layer does (s feeds the next residual).
+                let ys = crate::ops::elementwise::add(&mut tape, &y, &s).unwrap();
+                let yw = mul(&mut tape, &ys, &w).unwrap();
+                let loss = sum_all(&mut tape, &yw).unwrap();
+                let grads = tape.backward(&loss).unwrap();
+                let mut out = vec![s.to_vec_f32().unwrap(), y.to_vec_f32().unwrap()];
+                out.extend([&x, &r, &g, &b].map(|p| grads.get(p).unwrap().to_vec_f32().unwrap()));
+                out
+            };
+            for device in devices() {
+                let (fused, plain) = (run(&device, true), run(&device, false));
+                for (i, name) in ["s", "y", "dx", "dr", "dgamma", "dbeta"].iter().enumerate() {
+                    let tol = if device.is_cuda() { 1e-5 } else { 0.0 };
+                    assert_close(&fused[i], &plain[i], tol, tol, &format!("add_layer_norm {name} n={n} on {device}"));
+                }
+            }
+            let t = |v: &[f32], shape: &[usize]| Tensor::from_slice(v, shape, &Device::Cpu).unwrap();
+            let inputs = [t(&xv, &[rows, n]), t(&rv, &[rows, n]), t(&gv, &[n]), t(&bv, &[n])];
+            for part in [0, 1] {
+                crate::testing::bf16_parity(&format!("add_layer_norm output {part} n={n}"), &inputs, 1e-2, 2e-2, |p| {
+                    let (s, y) = add_layer_norm(&mut Tape::inference(), &p[0], &p[1], Some(&p[2]), Some(&p[3]), EPS)?;
+                    Ok(if part == 0 { s } else { y })
+                });
+            }
+        }
+        let (a, b) = (Tensor::zeros(&[2, 3], &Device::Cpu).unwrap(), Tensor::zeros(&[3, 2], &Device::Cpu).unwrap());
+        assert!(add_layer_norm(&mut Tape::new(), &a, &b, None, None, EPS).is_err());
     }
 }

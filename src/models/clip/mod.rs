@@ -24,7 +24,7 @@ pub use vision::VisionTransformer;
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
 use crate::nn::{load_safetensors, ParamStore};
-use crate::ops::{attention::attention, elementwise as ew, l2norm::l2_normalize, layernorm::layer_norm, matmul, transpose};
+use crate::ops::{attention::attention, elementwise as ew, l2norm::l2_normalize, layernorm::{add_layer_norm, layer_norm}, matmul, transpose};
 use crate::tensor::{DType, Device, Tensor};
 
 /// Registers zero-filled parameters under `prefix` in a store; `load` fills them by name.
@@ -141,8 +141,9 @@ impl EncoderLayer {
     fn forward(&self, tape: &mut Tape, x: &Tensor, causal: bool) -> Result<Tensor> {
         let h = self.layer_norm1.forward(tape, x)?;
         let h = self.self_attn.forward(tape, &h, causal)?;
-        let x = ew::add(tape, x, &h)?;
-        let h = self.layer_norm2.forward(tape, &x)?;
+        // x = x + attn(…) and layer_norm2(x) in one pass over the rows.
+        let ln2 = &self.layer_norm2;
+        let (x, h) = add_layer_norm(tape, x, &h, Some(&ln2.weight), Some(&ln2.bias), ln2.eps)?;
         let h = self.mlp_fc1.forward_act(tape, &h, ew::Unary::QuickGelu)?;
         let h = self.mlp_fc2.forward(tape, &h)?;
         ew::add(tape, &x, &h)
