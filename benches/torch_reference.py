@@ -40,6 +40,8 @@ def cases(dev):
         out.append((f"softmax {rows}x{cols}", lambda t=t: torch.softmax(t, -1)))
     xl, gl, bl = r(256 * 50, 768), r(768), r(768)
     out.append(("layer_norm 12800x768", lambda: torch.nn.functional.layer_norm(xl, (768,), gl, bl, 1e-5)))
+    rl = r(256 * 50, 768)
+    out.append(("add+layer_norm 12800x768", lambda: torch.nn.functional.layer_norm(xl + rl, (768,), gl, bl, 1e-5)))
     sizes = mapper_param_sizes() * 2
     params = [torch.nn.Parameter(r(n)) for n in sizes]
     for p in params:

@@ -79,6 +79,12 @@ pub fn cases(quick: bool) -> Vec<Case> {
         let (x, g, b) = (input(&[rows, cols], 8, d, DType::F32)?, input(&[cols], 9, d, DType::F32)?, input(&[cols], 10, d, DType::F32)?);
         Ok(Box::new(move || Ok(Some(layernorm::layer_norm(&mut Tape::inference(), &x, Some(&g), Some(&b), 1e-5)?))))
     }));
+    // The residual add fused with the norm after it (CLIP's mid-layer step): reads x, r, writes s, y.
+    out.push(case(format!("add+layer_norm {rows}x{cols}"), 9.0 * (rows * cols) as f64, (16 * rows * cols + 8 * cols) as f64, 1e-4, move |d| {
+        let (x, r) = (input(&[rows, cols], 11, d, DType::F32)?, input(&[rows, cols], 12, d, DType::F32)?);
+        let (g, b) = (input(&[cols], 9, d, DType::F32)?, input(&[cols], 10, d, DType::F32)?);
+        Ok(Box::new(move || Ok(Some(layernorm::add_layer_norm(&mut Tape::inference(), &x, &r, Some(&g), Some(&b), 1e-5)?.1))))
+    }));
     // Adam over the two mappers' parameter shapes (~2 × 1.16M elements in 38 tensors).
     let sizes: Vec<usize> = if quick { vec![7, 300, 33] } else { mapper_param_sizes().into_iter().chain(mapper_param_sizes()).collect() };
     let total: usize = sizes.iter().sum();

@@ -32,11 +32,11 @@ fn info_lists_embedded_kernels_and_devices() {
 fn bench_quick_validates_and_times_every_case() {
     let json = std::env::temp_dir().join(format!("mindreader-bench-{}.jsonl", std::process::id()));
     let text = run_ok(&["bench", "--quick", "--iters", "3", "--warmup", "1", "--json", json.to_str().unwrap()]);
-    for case in ["matmul f32", "matmul bf16", "conv1d k3", "conv1d stem", "softmax", "layer_norm", "adam", "mapper train step", "clip tiny image encode", "clip tiny text encode", "clip tiny image encode bf16", "clip tiny text encode bf16", "attention", "attention bf16", "attention fwd+bwd composed", "attention fwd+bwd fused", "linear bf16 simt", "linear bf16 tensorcore"] {
+    for case in ["matmul f32", "matmul bf16", "conv1d k3", "conv1d stem", "softmax", "layer_norm", "adam", "mapper train step", "clip tiny image encode", "clip tiny text encode", "clip tiny image encode bf16", "clip tiny text encode bf16", "attention", "attention bf16", "attention fwd+bwd composed", "attention fwd+bwd fused", "linear bf16 simt", "linear bf16 tensorcore", "add+layer_norm"] {
         assert!(text.contains(case), "case {case} missing:\n{text}");
     }
     let lines = std::fs::read_to_string(&json).unwrap();
-    assert_eq!(lines.lines().count(), 19, "{lines}");
+    assert_eq!(lines.lines().count(), 20, "{lines}");
     for line in lines.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(v["median_ms"].as_f64().unwrap() > 0.0, "{line}");
