@@ -22,8 +22,13 @@ pub struct Case {
     pub bytes: f64,
     /// Relative tolerance of the validation against the CPU twin.
     pub rtol: f32,
-    setup: Box<dyn Fn(&Device) -> Result<Box<dyn FnMut() -> Result<Option<Tensor>>>>>,
+    setup: Setup,
 }
+
+/// One timed run of a case: its output (for validation), if it has one.
+type Run = Box<dyn FnMut() -> Result<Option<Tensor>>>;
+/// Builds a case's inputs on a device and returns the run to time.
+type Setup = Box<dyn Fn(&Device) -> Result<Run>>;
 
 #[derive(Clone, Debug)]
 pub struct Measurement {
@@ -41,7 +46,7 @@ fn input(shape: &[usize], seed: u64, device: &Device, dtype: DType) -> Result<Te
     Tensor::from_vec(randn_vec(shape.iter().product(), 1.0, seed), shape, device)?.to_dtype(dtype)
 }
 
-fn case(name: String, flops: f64, bytes: f64, rtol: f32, setup: impl Fn(&Device) -> Result<Box<dyn FnMut() -> Result<Option<Tensor>>>> + 'static) -> Case {
+fn case(name: String, flops: f64, bytes: f64, rtol: f32, setup: impl Fn(&Device) -> Result<Run> + 'static) -> Case {
     Case { name, flops, bytes, rtol, setup: Box::new(setup) }
 }
 

@@ -105,7 +105,7 @@ impl ParamStore {
     /// Copies values from a safetensors file into the existing parameters, in place (handles held
     /// by models stay valid). Every parameter must be present with the same shape; tensors in the
     /// file that are not parameters are returned (optimiser state) along with the metadata.
-    pub fn load(&mut self, path: &Path) -> Result<(Vec<(String, Tensor)>, BTreeMap<String, String>)> {
+    pub fn load(&mut self, path: &Path) -> Result<Loaded> {
         let (tensors, metadata) = load_safetensors(path)?;
         let rest = self.assign_from(tensors, "", path)?;
         Ok((rest, metadata))
@@ -154,6 +154,10 @@ fn st_dtype(d: DType) -> StDtype {
     }
 }
 
+
+/// Named tensors and a file's metadata, as a safetensors file holds them.
+pub type Loaded = (Vec<(String, Tensor)>, BTreeMap<String, String>);
+
 /// Writes named tensors (any device, f32/bf16/f16) to `path` via a temp file and rename.
 pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
     let mut bytes: Vec<(String, DType, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
@@ -192,7 +196,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 
 /// Reads every tensor of a safetensors file onto the host (f32, bf16 and f16; other dtypes are
 /// an error naming the tensor), with the file's metadata.
-pub fn load_safetensors(path: &Path) -> Result<(Vec<(String, Tensor)>, BTreeMap<String, String>)> {
+pub fn load_safetensors(path: &Path) -> Result<Loaded> {
     let data = std::fs::read(path).map_err(|e| Error::file(path, format!("reading: {e}")))?;
     let st = safetensors::SafeTensors::deserialize(&data).map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&data).map_err(|e| Error::file(path, format!("bad header: {e}")))?;

@@ -144,7 +144,7 @@ mod tests {
             let sq = crate::ops::elementwise::square(&mut tape, &back).unwrap();
             let loss = crate::ops::reduce::sum_all(&mut tape, &sq).unwrap();
             let g = tape.backward(&loss).unwrap();
-            assert_close(&g.get(&a).unwrap().to_vec_f32().unwrap(), &vec![0.0; 24], 0.0, 0.0, "da");
+            assert_close(&g.get(&a).unwrap().to_vec_f32().unwrap(), &[0.0; 24], 0.0, 0.0, "da");
             let want: Vec<f32> = bv.iter().map(|v| 2.0 * v).collect();
             assert_close(&g.get(&b).unwrap().to_vec_f32().unwrap(), &want, 1e-6, 0.0, &format!("db on {device}"));
         }
