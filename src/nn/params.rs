@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 use crate::ops::elementwise::add_raw;
 use crate::tensor::{DType, Device, Storage, Tensor};
 
+/// Named tensors and a file's metadata, as a safetensors file holds them.
+pub type Loaded = (Vec<(String, Tensor)>, BTreeMap<String, String>);
+
 pub struct Param {
     pub name: String,
     pub value: Tensor,
@@ -153,10 +156,6 @@ fn st_dtype(d: DType) -> StDtype {
         DType::F16 => StDtype::F16,
     }
 }
-
-
-/// Named tensors and a file's metadata, as a safetensors file holds them.
-pub type Loaded = (Vec<(String, Tensor)>, BTreeMap<String, String>);
 
 /// Writes named tensors (any device, f32/bf16/f16) to `path` via a temp file and rename.
 pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
