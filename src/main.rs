@@ -31,6 +31,8 @@ enum Command {
     Predict(cli::predict::PredictArgs),
     /// CLIP image and/or text embeddings (PNG files, a dataset's stimuli, a caption file) as .npy.
     Embed(cli::embed::EmbedArgs),
+    /// Train a small CLIP from scratch on a dataset's stimuli and captions (a CLIP directory for embed / screen-captions).
+    TrainClip(cli::train_clip::TrainClipArgs),
     /// Rank each stimulus' captions with CLIP, keep the best, and write the CLIP targets.
     ScreenCaptions(cli::screen_captions::ScreenCaptionsArgs),
     /// N-way top-1 retrieval (both directions) and mean cosine of predictions, as JSON.
@@ -61,6 +63,7 @@ fn main() {
         Command::TrainMapper(a) => cli::train_mapper::run(a),
         Command::Predict(a) => cli::predict::run(a),
         Command::Embed(a) => cli::embed::run(a),
+        Command::TrainClip(a) => cli::train_clip::run(a),
         Command::ScreenCaptions(a) => cli::screen_captions::run(a),
         Command::EvalRetrieval(a) => cli::eval_retrieval::run(a),
     };

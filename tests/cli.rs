@@ -273,3 +273,24 @@ fn augment_sheet_draws_views_beside_each_stimulus() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--views"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `train-clip` writes a CLIP directory that `screen-captions` uses like a downloaded one, and a
+/// bad shape is a clear error.
+#[test]
+fn train_clip_makes_a_clip_directory_for_screen_captions() {
+    let dir = std::env::temp_dir().join(format!("mindreader-cli-trainclip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    let (world, clip) = (dir.join("w.h5"), dir.join("clip"));
+    run_ok(&["synth", "--out", &p(&world), "--stimuli", "40", "--voxels", "64", "--seed", "9", "--size", "16"]);
+    let text = run_ok(&["train-clip", "--data", &p(&world), "--out", &p(&clip), "--epochs", "2", "--batch", "8", "--width", "16", "--layers", "1", "--context", "16", "--device", "cpu"]);
+    assert!(text.contains("epoch   2:") && text.contains("model.safetensors"), "{text}");
+    assert!(clip.join("config.json").is_file() && clip.join("model.safetensors").is_file());
+    run_ok(&["screen-captions", "--clip", &p(&clip), "--data", &p(&world), "--device", "cpu"]);
+    let file = mindreader::data::DatasetFile::open(&world).unwrap();
+    assert_eq!(file.target("clip_image").unwrap().1, 16);
+    let out = mindreader().args(["train-clip", "--data", &p(&world), "--out", &p(&clip), "--patch", "5", "--device", "cpu"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("multiple of --patch 5") && !err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -10,6 +10,7 @@ pub mod predict;
 pub mod screen_captions;
 pub mod prepare_nsd;
 pub mod synth;
+pub mod train_clip;
 pub mod train_mapper;
 
 use anyhow::Result;

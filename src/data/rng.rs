@@ -33,6 +33,8 @@ pub mod stage {
     pub const AUGMENT_VIEW: u64 = 12;
     /// Which augmented view a training row uses in an epoch (`train-mapper --augmented`).
     pub const VIEW_CHOICE: u64 = 13;
+    /// `train-clip`: the batch order of each epoch and each stimulus' caption per epoch.
+    pub const CLIP_TRAIN: u64 = 14;
 }
 
 #[derive(Clone, Debug)]

@@ -222,6 +222,25 @@ impl Clip {
         Ok(clip)
     }
 
+    /// Fresh weights, the same on every device for a seed: N(0, 0.02²) everywhere but the layer
+    /// norms (gain 1, bias 0) and `logit_scale` (ln(1/0.07), CLIP's initial temperature).
+    pub fn init_random(&mut self, seed: u64) -> Result<()> {
+        for (i, p) in self.store.iter().enumerate() {
+            let is_norm = p.name.contains("layer_norm") || p.name.contains("layrnorm") || p.name.contains("layernorm");
+            let t = if p.name == "logit_scale" {
+                Tensor::full((1.0f32 / 0.07).ln(), p.value.shape(), p.value.device())?
+            } else if is_norm {
+                Tensor::full(if p.name.ends_with("weight") { 1.0 } else { 0.0 }, p.value.shape(), p.value.device())?
+            } else {
+                Tensor::randn(p.value.shape(), 0.02, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (1000 + i as u64), p.value.device())?
+            };
+            let t = t.to_dtype(p.value.dtype())?;
+            let new = std::mem::replace(&mut *t.storage_mut(), crate::tensor::Storage::CpuF32(Vec::new()));
+            *p.value.storage_mut() = new;
+        }
+        Ok(())
+    }
+
     /// The dtype the weights (and so the activations) are in.
     pub fn dtype(&self) -> DType {
         self.logit_scale.dtype()

@@ -1,0 +1,132 @@
+//! `mindreader train-clip`: a small CLIP trained from scratch on a dataset's stimuli and
+//! captions, saved as a Hugging Face CLIP directory for `embed` and `screen-captions`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use mindreader::data::DatasetFile;
+use mindreader::train::clip::{train_clip, ClipData, ClipEpoch, ClipProgress, ClipRunDir, ClipTrainConfig};
+
+#[derive(Args)]
+pub struct TrainClipArgs {
+    /// The prepared dataset (its training stimuli and their captions; the test split validates).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The output directory: config.json + model.safetensors (a CLIP directory), checkpoint.safetensors, metrics.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from OUT/checkpoint.safetensors (refuses if the configuration differs).
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    /// Pairs per contrastive batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f32,
+    /// Width of both towers and of the joint embedding space.
+    #[arg(long, default_value_t = 64)]
+    pub width: usize,
+    /// Transformer layers per tower.
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 2)]
+    pub heads: usize,
+    /// Patch side in pixels (the images' side must be a multiple).
+    #[arg(long, default_value_t = 8)]
+    pub patch: usize,
+    /// Text context in tokens (captions are truncated, keeping the end token).
+    #[arg(long, default_value_t = 32)]
+    pub context: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+struct Bar {
+    bar: ProgressBar,
+    epochs: usize,
+}
+
+impl ClipProgress for Bar {
+    fn on_step(&mut self, epoch: usize, step: usize, steps: usize, loss: f32) -> bool {
+        if step == 0 {
+            self.bar.set_length(steps as u64);
+            self.bar.set_position(0);
+            self.bar.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
+        }
+        self.bar.inc(1);
+        self.bar.set_message(format!("loss {loss:.4}"));
+        true
+    }
+
+    fn on_epoch(&mut self, e: &ClipEpoch) {
+        let line = format!(
+            "epoch {:>3}: train {:.4}  val {:.4}  {}-way top-1 caption←image {:.1}% image←caption {:.1}% (chance {:.2}%)  {:.1} s",
+            e.epoch,
+            e.train_loss,
+            e.val_loss,
+            e.retrieval.way,
+            100.0 * e.retrieval.brain_from_image,
+            100.0 * e.retrieval.image_from_brain,
+            100.0 * e.retrieval.chance,
+            e.seconds
+        );
+        if self.bar.is_hidden() {
+            println!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+}
+
+pub fn run(args: TrainClipArgs) -> Result<()> {
+    let device = super::parse_device(&args.device)?;
+    let file = DatasetFile::open(&args.data)?;
+    let data = ClipData::from_file(&file)?;
+    drop(file);
+    let cfg = ClipTrainConfig {
+        width: args.width,
+        layers: args.layers,
+        heads: args.heads,
+        patch: args.patch,
+        context: args.context,
+        epochs: args.epochs,
+        batch: args.batch,
+        lr: args.lr,
+        weight_decay: args.weight_decay,
+        seed: args.seed,
+    };
+    anyhow::ensure!(cfg.heads > 0 && cfg.width % cfg.heads == 0, "--width {} must be a multiple of --heads {}", cfg.width, cfg.heads);
+    anyhow::ensure!(cfg.patch > 0 && cfg.context >= 2, "--patch must be positive and --context at least 2");
+    println!(
+        "train-clip on {device}: {} training pairs, {} test stimuli from {}; width {}, {} layers, {} heads, patch {}, context {}; {} epochs of batch {}",
+        data.train.len(),
+        data.test.len(),
+        args.data.display(),
+        cfg.width,
+        cfg.layers,
+        cfg.heads,
+        cfg.patch,
+        cfg.context,
+        cfg.epochs,
+        cfg.batch
+    );
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} steps {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let dir = ClipRunDir(args.out.clone());
+    let mut progress = Bar { bar, epochs: cfg.epochs };
+    let (_, history) = train_clip(&cfg, &data, &dir, args.resume, &device, &mut progress)?;
+    progress.bar.finish_and_clear();
+    if let Some(last) = history.last() {
+        println!("final: {}", last.to_json());
+    }
+    println!("wrote {} and {} (a CLIP directory for embed / screen-captions), {}", dir.config().display(), dir.weights().display(), dir.metrics().display());
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! Training a small CLIP from scratch on a dataset's (stimulus, caption) pairs, with CLIP's
+//! symmetric contrastive loss, so a world without a pretrained CLIP (the synthetic one) still gets
+//! a joint image–text space to map brains into. The result is a Hugging Face-layout directory
+//! (`config.json` + `model.safetensors`, HF tensor names) that `embed`, `screen-captions` and
+//! `Clip::load` read like any other CLIP.
+//!
+//! Loss (Radford et al. 2021): `L = exp(logit_scale)·cos(image_i, text_j)` over a batch of B
+//! pairs, `loss = ½·(CE(L, diag) + CE(Lᵀ, diag))`, with every weight and the temperature learned
+//! (AdamW). One step: a batch of training stimuli in a seeded order, each with one of its captions
+//! drawn per (epoch, stimulus); the images through CLIP's own preprocessing. Every epoch ends with
+//! validation on the test stimuli (their first caption: N-way top-1 retrieval both ways) and an
+//! atomic checkpoint (weights, Adam moments, step); `resume` continues bit for bit, as in
+//! `train::mapper`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::autograd::Tape;
+use crate::data::rng::{stage, Rng};
+use crate::data::{DatasetFile, Split};
+use crate::error::{Error, Result};
+use crate::eval::{retrieval, Retrieval};
+use crate::models::clip::{Clip, ClipConfig};
+use crate::models::clip_tokenizer::ClipTokenizer;
+use crate::ops::{elementwise as ew, image::clip_preprocess, reduce::sum_all, softmax::log_softmax, transpose};
+use crate::tensor::{Device, Tensor};
+use crate::train::{Adam, AdamConfig};
+
+/// The shape and the optimisation of a small CLIP run (the checkpoint refuses to resume if any
+/// field changed but `epochs`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClipTrainConfig {
+    /// Width of both towers and of the joint space.
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub patch: usize,
+    /// Text context (tokens, BOS and EOS included); synthetic captions are short.
+    pub context: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub seed: u64,
+}
+
+impl Default for ClipTrainConfig {
+    fn default() -> Self {
+        ClipTrainConfig { width: 64, layers: 2, heads: 2, patch: 8, context: 32, epochs: 10, batch: 64, lr: 1e-3, weight_decay: 0.1, seed: 42 }
+    }
+}
+
+impl ClipTrainConfig {
+    /// The Hugging Face `config.json` of this CLIP for images of `image_size` pixels.
+    pub fn hf_config(&self, image_size: usize) -> serde_json::Value {
+        let tower = |w: usize| serde_json::json!({"hidden_size": w, "intermediate_size": 4 * w, "num_attention_heads": self.heads, "num_hidden_layers": self.layers, "hidden_act": "quick_gelu"});
+        let mut vision = tower(self.width);
+        vision["image_size"] = image_size.into();
+        vision["patch_size"] = self.patch.into();
+        let mut text = tower(self.width);
+        text["max_position_embeddings"] = self.context.into();
+        serde_json::json!({"model_type": "clip", "projection_dim": self.width, "vision_config": vision, "text_config": text})
+    }
+
+    fn fingerprint(&self) -> String {
+        format!("{:?}", ClipTrainConfig { epochs: 0, ..self.clone() })
+    }
+}
+
+/// One epoch's figures.
+#[derive(Clone, Debug)]
+pub struct ClipEpoch {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    /// Image→caption (`image_from_brain` slot: the image's caption among the batch's) and
+    /// caption→image retrieval on the test stimuli.
+    pub retrieval: Retrieval,
+    pub seconds: f64,
+}
+
+impl ClipEpoch {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"epoch": self.epoch, "train_loss": self.train_loss, "val_loss": self.val_loss,
+            "val_top1_caption_from_image": self.retrieval.brain_from_image, "val_top1_image_from_caption": self.retrieval.image_from_brain,
+            "val_way": self.retrieval.way, "seconds": self.seconds})
+    }
+}
+
+/// Called after every step (epoch, step, steps, loss) and every epoch; `on_step` returning false
+/// stops the run without saving (how tests simulate a kill).
+pub trait ClipProgress {
+    fn on_step(&mut self, _epoch: usize, _step: usize, _steps: usize, _loss: f32) -> bool {
+        true
+    }
+    fn on_epoch(&mut self, _e: &ClipEpoch) {}
+}
+
+impl ClipProgress for () {}
+
+/// The pairs a run trains and validates on, read once from a dataset.
+pub struct ClipData {
+    /// `[M, H, W, 3]` u8.
+    pub images: Vec<u8>,
+    pub image_size: [usize; 2],
+    /// Each stimulus' non-empty captions.
+    pub captions: Vec<Vec<String>>,
+    pub train: Vec<u32>,
+    pub test: Vec<u32>,
+}
+
+impl ClipData {
+    pub fn from_file(file: &DatasetFile) -> Result<ClipData> {
+        ClipData::from_parts(file.images()?, file.summary().image_size, file.captions()?, file.split(), file.path())
+    }
+
+    /// From a dataset's arrays (`captions`: C slots per stimulus, "" for empty); `path` names
+    /// the source in errors.
+    pub fn from_parts(images: Vec<u8>, image_size: [usize; 2], captions: Vec<Vec<String>>, split: &[Split], path: &Path) -> Result<ClipData> {
+        let captions: Vec<Vec<String>> = captions.into_iter().map(|row| row.into_iter().filter(|c| !c.trim().is_empty()).collect()).collect();
+        let with_caption = |side: Split| (0..split.len() as u32).filter(|&i| split[i as usize] == side && !captions[i as usize].is_empty()).collect::<Vec<_>>();
+        let (train, test) = (with_caption(Split::Train), with_caption(Split::Test));
+        if train.is_empty() || test.len() < 2 {
+            return Err(Error::dataset(path, "captions", format!("train-clip needs captioned training stimuli and at least 2 captioned test stimuli (have {} and {})", train.len(), test.len())));
+        }
+        Ok(ClipData { images, image_size, captions, train, test })
+    }
+
+    /// `[B, H, W, 3]` pixels of `stimuli`.
+    fn pixels(&self, stimuli: &[u32]) -> Vec<u8> {
+        let px = self.image_size[0] * self.image_size[1] * 3;
+        stimuli.iter().flat_map(|&s| self.images[s as usize * px..][..px].iter().copied()).collect()
+    }
+}
+
+/// CLIP's symmetric contrastive loss of a `[B, B]` logits matrix whose matching pairs are on the
+/// diagonal: `−(Σ_i log_softmax(L)[i, i] + Σ_i log_softmax(Lᵀ)[i, i]) / (2B)`.
+pub fn contrastive_loss(tape: &mut Tape, logits: &Tensor) -> Result<Tensor> {
+    let b = logits.shape()[0];
+    if logits.shape() != [b, b] || b == 0 {
+        return Err(Error::shape("clip contrastive loss", format!("logits must be a non-empty square [B, B], got {:?}", logits.shape())));
+    }
+    let eye = Tensor::from_vec((0..b * b).map(|k| if k / b == k % b { 1.0 } else { 0.0 }).collect(), &[b, b], logits.device())?;
+    let rows = log_softmax(tape, logits)?;
+    let lt = transpose::transpose(tape, logits, 0, 1)?;
+    let cols = log_softmax(tape, &lt)?;
+    let both = ew::add(tape, &rows, &cols)?;
+    let diag = ew::mul(tape, &both, &eye)?;
+    let total = sum_all(tape, &diag)?;
+    ew::scale(tape, &total, -0.5 / b as f32)
+}
+
+/// The stimuli of one epoch in batch order: a pure function of (seed, epoch).
+fn epoch_order(rows: &[u32], seed: u64, epoch: usize) -> Vec<u32> {
+    let mut order = rows.to_vec();
+    Rng::stream(seed, stage::CLIP_TRAIN, epoch as u64).shuffle(&mut order);
+    order
+}
+
+/// One caption per stimulus for `epoch` (its first one for validation, `epoch = None`).
+fn captions_for(data: &ClipData, stimuli: &[u32], seed: u64, epoch: Option<usize>) -> Vec<String> {
+    stimuli
+        .iter()
+        .map(|&s| {
+            let list = &data.captions[s as usize];
+            let k = match epoch {
+                None => 0,
+                Some(e) => Rng::stream(seed, stage::CLIP_TRAIN, ((e as u64 + 1) << 32) | s as u64).below(list.len()),
+            };
+            list[k].clone()
+        })
+        .collect()
+}
+
+/// The loss (and, on an inference tape, nothing else) of one batch.
+fn batch_loss(clip: &Clip, tape: &mut Tape, data: &ClipData, stimuli: &[u32], texts: &[String], device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
+    let [h, w] = data.image_size;
+    let pixels = clip_preprocess(&data.pixels(stimuli), [stimuli.len(), h, w, 3], clip.config.vision.image_size, device)?;
+    let context = clip.config.text.max_position_embeddings;
+    let ids = ClipTokenizer::shared()?.tokenize_batch(texts, context)?;
+    let img = clip.encode_image(tape, &pixels)?;
+    let txt = clip.encode_text(tape, &ids, context)?;
+    let logits = clip.logits_per_image(tape, &img, &txt)?;
+    Ok((contrastive_loss(tape, &logits)?, img, txt))
+}
+
+fn validate(clip: &Clip, data: &ClipData, cfg: &ClipTrainConfig, epoch: usize, device: &Device) -> Result<(f64, Retrieval)> {
+    let (mut total, mut count) = (0.0, 0);
+    let (mut imgs, mut txts) = (Vec::new(), Vec::new());
+    for chunk in data.test.chunks(cfg.batch.max(2)) {
+        let mut tape = Tape::inference();
+        let texts = captions_for(data, chunk, cfg.seed, None);
+        let (loss, img, txt) = batch_loss(clip, &mut tape, data, chunk, &texts, device)?;
+        if chunk.len() > 1 {
+            total += loss.scalar()? as f64 * chunk.len() as f64;
+            count += chunk.len();
+        }
+        imgs.extend(img.to_vec_f32()?);
+        txts.extend(txt.to_vec_f32()?);
+    }
+    // retrieval(pred = captions, target = images): image_from_brain = the image of a caption.
+    let r = retrieval(&txts, &imgs, clip.config.projection_dim, 300, 30, cfg.seed ^ epoch as u64)?;
+    Ok((total / count.max(1) as f64, r))
+}
+
+/// Where a run keeps its files: the HF directory (`config.json`, `model.safetensors`), the
+/// resumable `checkpoint.safetensors` and `metrics.jsonl`.
+pub struct ClipRunDir(pub PathBuf);
+
+impl ClipRunDir {
+    pub fn config(&self) -> PathBuf {
+        self.0.join("config.json")
+    }
+    pub fn weights(&self) -> PathBuf {
+        self.0.join("model.safetensors")
+    }
+    pub fn checkpoint(&self) -> PathBuf {
+        self.0.join("checkpoint.safetensors")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.0.join("metrics.jsonl")
+    }
+}
+
+/// Trains (or resumes) a small CLIP into `dir`; returns this call's epochs.
+pub fn train_clip(cfg: &ClipTrainConfig, data: &ClipData, dir: &ClipRunDir, resume: bool, device: &Device, progress: &mut dyn ClipProgress) -> Result<(Clip, Vec<ClipEpoch>)> {
+    if cfg.batch < 2 || cfg.epochs == 0 {
+        return Err(Error::Invalid("train-clip: --batch must be at least 2 (a contrastive batch) and --epochs positive".into()));
+    }
+    let [h, w] = data.image_size;
+    if h != w || h % cfg.patch != 0 {
+        return Err(Error::Invalid(format!("train-clip: images are {h}×{w}; the small CLIP needs square images whose side is a multiple of --patch {}", cfg.patch)));
+    }
+    std::fs::create_dir_all(&dir.0).map_err(|e| Error::file(&dir.0, format!("creating the run directory: {e}")))?;
+    let json = cfg.hf_config(h);
+    let config = ClipConfig::from_json(&json.to_string(), &dir.config())?;
+    let mut clip = Clip::zeros(config, device)?;
+    clip.init_random(cfg.seed)?;
+    let mut adam = Adam::new(AdamConfig::adamw(cfg.lr, cfg.weight_decay));
+    let mut start = 0;
+    if resume && dir.checkpoint().exists() {
+        // The configuration first: another model shape would otherwise fail on a tensor's shape.
+        let (_, meta) = crate::nn::load_safetensors(&dir.checkpoint())?;
+        if meta.get("train.config").map(String::as_str) != Some(&cfg.fingerprint()) {
+            return Err(Error::file(dir.checkpoint(), format!("was written by a different train-clip configuration; refusing to resume.\n  checkpoint: {}\n  this run:   {}", meta.get("train.config").cloned().unwrap_or_default(), cfg.fingerprint())));
+        }
+        let (rest, meta) = clip.store.load(&dir.checkpoint())?;
+        adam.load_state(&rest, &meta, device)?;
+        start = meta.get("train.epochs_done").and_then(|v| v.parse().ok()).ok_or_else(|| Error::file(dir.checkpoint(), "metadata train.epochs_done is missing"))?;
+    } else if !resume && dir.metrics().exists() {
+        std::fs::remove_file(dir.metrics()).map_err(|e| Error::file(dir.metrics(), format!("removing the previous run's metrics: {e}")))?;
+    }
+    std::fs::write(dir.config(), serde_json::to_string_pretty(&json).unwrap_or_default()).map_err(|e| Error::file(dir.config(), format!("writing: {e}")))?;
+    let mut history = Vec::new();
+    for epoch in start..cfg.epochs {
+        let started = std::time::Instant::now();
+        let order = epoch_order(&data.train, cfg.seed, epoch);
+        // Full batches only: a contrastive loss over a tail of one pair says nothing.
+        let steps = (order.len() / cfg.batch).max(1);
+        let mut total = 0.0;
+        for (step, stimuli) in order.chunks(cfg.batch).take(steps).enumerate() {
+            let mut tape = Tape::new();
+            clip.store.watch_all(&mut tape);
+            let texts = captions_for(data, stimuli, cfg.seed, Some(epoch));
+            let (loss, _, _) = batch_loss(&clip, &mut tape, data, stimuli, &texts, device)?;
+            let grads = tape.backward(&loss)?;
+            clip.store.accumulate(&grads)?;
+            adam.step(&mut clip.store, cfg.lr)?;
+            clip.store.zero_grad();
+            let lv = loss.scalar()?;
+            if !lv.is_finite() {
+                return Err(Error::Invalid(format!("the CLIP loss became {lv} at epoch {} step {step}; lower --lr", epoch + 1)));
+            }
+            total += lv as f64;
+            if !progress.on_step(epoch, step, steps, lv) {
+                return Ok((clip, history));
+            }
+        }
+        let (val_loss, r) = validate(&clip, data, cfg, epoch, device)?;
+        let e = ClipEpoch { epoch: epoch + 1, train_loss: total / steps as f64, val_loss, retrieval: r, seconds: started.elapsed().as_secs_f64() };
+        let (state, mut meta) = adam.state();
+        meta.insert("train.config".into(), cfg.fingerprint());
+        meta.insert("train.epochs_done".into(), (epoch + 1).to_string());
+        clip.store.save(&dir.checkpoint(), &state, &meta)?;
+        append_line(&dir.metrics(), &e.to_json().to_string())?;
+        progress.on_epoch(&e);
+        history.push(e);
+    }
+    clip.store.save(&dir.weights(), &[], &BTreeMap::from([("format".to_string(), "pt".to_string())]))?;
+    Ok((clip, history))
+}
+
+fn append_line(path: &Path, line: &str) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::file(path, format!("opening: {e}")))?;
+    writeln!(f, "{line}").map_err(|e| Error::file(path, format!("writing: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::synth::{self, SynthConfig};
+
+    fn tiny() -> ClipTrainConfig {
+        ClipTrainConfig { width: 16, layers: 1, heads: 2, patch: 8, context: 16, epochs: 3, batch: 8, lr: 3e-3, ..ClipTrainConfig::default() }
+    }
+
+    fn world() -> ClipData {
+        let cfg = SynthConfig { stimuli: 40, voxels: 32, padding: 0, image_size: 16, trials_per_session: 40, seed: 3, ..SynthConfig::default() };
+        let c = synth::generate(&cfg, &indicatif::ProgressBar::hidden()).unwrap();
+        ClipData::from_parts(c.images, c.image_size, c.captions, &c.split, Path::new("world")).unwrap()
+    }
+
+    fn temp(tag: &str) -> ClipRunDir {
+        let d = std::env::temp_dir().join(format!("mindreader-train-clip-{tag}-{}", std::process::id()));
+        std::fs::remove_dir_all(&d).ok();
+        ClipRunDir(d)
+    }
+
+    /// The loss of a perfectly matched batch (identity logits scaled up) is near 0, of uniform
+    /// logits ln B; the gradient pushes the diagonal up.
+    #[test]
+    fn contrastive_loss_is_cross_entropy_on_the_diagonal() {
+        let b = 4;
+        let uniform = Tensor::zeros(&[b, b], &Device::Cpu).unwrap();
+        let l = contrastive_loss(&mut Tape::new(), &uniform).unwrap().scalar().unwrap();
+        assert!((l - (b as f32).ln()).abs() < 1e-6, "{l}");
+        let sharp = Tensor::from_vec((0..b * b).map(|k| if k / b == k % b { 30.0 } else { 0.0 }).collect(), &[b, b], &Device::Cpu).unwrap();
+        assert!(contrastive_loss(&mut Tape::new(), &sharp).unwrap().scalar().unwrap() < 1e-6);
+        let x = Tensor::from_vec(crate::testing::random_vec(b * b, 1), &[b, b], &Device::Cpu).unwrap();
+        let mut tape = Tape::new();
+        tape.watch(&x);
+        let loss = contrastive_loss(&mut tape, &x).unwrap();
+        let g = tape.backward(&loss).unwrap().get(&x).unwrap().to_vec_f32().unwrap();
+        assert!((0..b).all(|i| g[i * b + i] < 0.0), "{g:?}");
+        assert!(contrastive_loss(&mut Tape::new(), &Tensor::zeros(&[2, 3], &Device::Cpu).unwrap()).is_err());
+    }
+
+    /// Three epochs lower the training loss, write a directory `Clip::load` reads back to the same
+    /// embeddings, and a run killed in epoch 2 and resumed ends with the same weights.
+    #[test]
+    fn trains_saves_and_resumes_bit_for_bit() {
+        let (data, cfg) = (world(), tiny());
+        let a = temp("straight");
+        let (clip, hist) = train_clip(&cfg, &data, &a, false, &Device::Cpu, &mut ()).unwrap();
+        assert_eq!(hist.len(), 3);
+        assert!(hist[2].train_loss < hist[0].train_loss, "{hist:?}");
+        let loaded = Clip::load(&a.0, &Device::Cpu).unwrap();
+        let names: Vec<&str> = loaded.store.iter().map(|p| p.name.as_str()).collect();
+        assert!(names.contains(&"text_model.embeddings.token_embedding.weight") && names.contains(&"logit_scale"));
+        for (p, q) in clip.store.iter().zip(loaded.store.iter()) {
+            assert!(p.value.to_vec_f32().unwrap() == q.value.to_vec_f32().unwrap(), "{} differs after loading", p.name);
+        }
+        struct KillAt(usize, usize);
+        impl ClipProgress for KillAt {
+            fn on_step(&mut self, e: usize, s: usize, _: usize, _: f32) -> bool {
+                !(e == self.0 && s == self.1)
+            }
+        }
+        let b = temp("killed");
+        train_clip(&cfg, &data, &b, false, &Device::Cpu, &mut KillAt(1, 1)).unwrap();
+        let (resumed, rest) = train_clip(&cfg, &data, &b, true, &Device::Cpu, &mut ()).unwrap();
+        assert_eq!(rest.len(), 2);
+        for (p, q) in clip.store.iter().zip(resumed.store.iter()) {
+            assert!(p.value.to_vec_f32().unwrap() == q.value.to_vec_f32().unwrap(), "{} differs after resuming", p.name);
+        }
+        let other = ClipTrainConfig { width: 32, ..cfg };
+        let err = train_clip(&other, &data, &b, true, &Device::Cpu, &mut ()).err().unwrap().to_string();
+        assert!(err.contains("refusing to resume"), "{err}");
+        for d in [a, b] {
+            std::fs::remove_dir_all(d.0).ok();
+        }
+    }
+}
