@@ -294,3 +294,18 @@ fn train_clip_makes_a_clip_directory_for_screen_captions() {
     assert!(!out.status.success() && err.contains("multiple of --patch 5") && !err.contains("panicked"), "{err}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `demo --clip` runs the paper's pipeline end to end: a small CLIP of the world, its image
+/// embeddings as targets, the mapper on them, retrieval.
+#[test]
+fn demo_with_clip_maps_into_a_clip_trained_on_the_world() {
+    let out = std::env::temp_dir().join(format!("mindreader-demo-clip-{}", std::process::id()));
+    let text = run_ok(&["demo", "--device", "cpu", "--out", out.to_str().unwrap(), "--stimuli", "200", "--voxels", "256", "--epochs", "2", "--clip", "--clip-epochs", "1"]);
+    assert!(text.contains("[2/5] training a small CLIP") && text.contains("target `clip_image`") && text.contains("[5/5] held-out retrieval"), "{text}");
+    for file in ["clip/config.json", "clip/model.safetensors", "mapper/mapper.safetensors"] {
+        assert!(out.join(file).exists(), "{file} missing");
+    }
+    let file = mindreader::data::DatasetFile::open(out.join("world.h5")).unwrap();
+    assert_eq!(file.target("clip_image").unwrap().1, 64);
+    std::fs::remove_dir_all(out).ok();
+}

@@ -8,6 +8,11 @@
 //! lr 2e-4, 40 epochs). On the CPU the same architecture is scaled down (hidden 16, fc 16, 2
 //! blocks, repeat-averaged rows, lr 3e-3, a 2048-voxel world) so the whole demo fits in a few minutes on two cores;
 //! `--full` asks for Mind Reader's configuration anyway.
+//!
+//! `--clip` runs the pipeline of the paper instead of the world's fixed `scene` target: a small
+//! CLIP is trained from scratch on the world's stimuli and captions (`train-clip`), its image
+//! embeddings become the targets (`screen-captions`: clamped, normalised, best caption kept), and
+//! the mapper learns to predict them from the fMRI.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -44,6 +49,13 @@ pub struct DemoArgs {
     pub lr: Option<f32>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Map into the space of a small CLIP trained here on the world's stimuli and captions
+    /// (targets `clip_image`) instead of the world's fixed `scene` target.
+    #[arg(long)]
+    pub clip: bool,
+    /// Epochs of the small CLIP with --clip.
+    #[arg(long, default_value_t = 20)]
+    pub clip_epochs: usize,
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
@@ -56,14 +68,51 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let world = args.out.join("world.h5");
     let voxels = args.voxels.unwrap_or(if full { 4096 } else { 2048 });
     let cfg = SynthConfig { stimuli: args.stimuli, voxels, seed: args.seed, ..SynthConfig::default() };
-    println!("[1/3] synthesising {} stimuli × {} repeats seen by a simulated subject with {} voxels → {}", cfg.stimuli, cfg.repeats, cfg.voxels, world.display());
+    let steps = if args.clip { 5 } else { 3 };
+    println!("[1/{steps}] synthesising {} stimuli × {} repeats seen by a simulated subject with {} voxels → {}", cfg.stimuli, cfg.repeats, cfg.voxels, world.display());
     let contents = synth::generate(&cfg, &ProgressBar::hidden())?;
     dataset::write(&world, &contents)?;
     drop(contents);
 
+    // 1b. With --clip: a small CLIP of the world, and its embeddings as the targets.
+    let target = if args.clip {
+        let clip_dir = args.out.join("clip");
+        println!("[2/{steps}] training a small CLIP on the world's stimuli and captions → {}", clip_dir.display());
+        super::train_clip::run(super::train_clip::TrainClipArgs {
+            data: world.clone(),
+            out: clip_dir.clone(),
+            resume: false,
+            epochs: args.clip_epochs,
+            batch: 64,
+            lr: 1e-3,
+            weight_decay: 0.1,
+            width: 64,
+            layers: 2,
+            heads: 2,
+            patch: 8,
+            context: 32,
+            seed: args.seed,
+            device: args.device.clone(),
+        })?;
+        println!("[3/{steps}] CLIP targets: image embeddings (clamped ±1.5, normalised) and the best caption of each stimulus");
+        super::screen_captions::run(super::screen_captions::ScreenCaptionsArgs {
+            clip: clip_dir,
+            data: world.clone(),
+            keep: 1,
+            augment_views: 0,
+            augment_seed: args.seed,
+            batch: 64,
+            device: args.device.clone(),
+            dtype: "f32".into(),
+        })?;
+        "clip_image"
+    } else {
+        "scene"
+    };
+
     // 2. The mapper.
     let file = DatasetFile::open(&world)?;
-    let staged = Staged::load(&file, "scene", &device)?;
+    let staged = Staged::load(&file, target, &device)?;
     let (mapper, mode, lr, epochs, batch) = if full {
         (MapperConfig::mind_reader(staged.voxels(), staged.target_dim()), TrialMode::Single, 2e-4, args.epochs.unwrap_or(40), 128)
     } else {
@@ -72,9 +121,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     };
     let lr = args.lr.unwrap_or(lr);
     let data = MapperData::from_staged(&staged, file.trial_stimulus(), file.split(), mode)?;
-    let cfg = TrainConfig { epochs, batch, lr, loss: LossKind::MseCosContrastive, decay_every: 10, ..TrainConfig::mind_reader(mapper, "demo world.h5:scene".into()) };
+    let cfg = TrainConfig { epochs, batch, lr, loss: LossKind::MseCosContrastive, decay_every: 10, ..TrainConfig::mind_reader(mapper, format!("demo world.h5:{target}")) };
     println!(
-        "[2/3] training the {} mapper on {device}: {} rows ({:?} trials), {} epochs, batch {}, lr {}, mse_cos_contrastive",
+        "[{}/{steps}] training the {} mapper on {device} to target `{target}`: {} rows ({:?} trials), {} epochs, batch {}, lr {}, mse_cos_contrastive",
+        steps - 1,
         if full { "Mind Reader" } else { "scaled-down (hidden 16, fc 16, 2 blocks)" },
         data.train_rows.len(),
         mode,
@@ -91,7 +141,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // 3. The figures.
     let last = history.last().context("training ran no epochs")?;
     let r = &last.retrieval;
-    println!("[3/3] held-out retrieval over {} test stimuli ({}-way, {} random batches):", data.val_rows.len(), r.way, r.batches);
+    println!("[{steps}/{steps}] held-out retrieval over {} test stimuli ({}-way, {} random batches):", data.val_rows.len(), r.way, r.batches);
     println!("      image from brain: {:5.1}% top-1   (chance {:.2}%)", 100.0 * r.image_from_brain, 100.0 * r.chance);
     println!("      brain from image: {:5.1}% top-1   (chance {:.2}%)", 100.0 * r.brain_from_image, 100.0 * r.chance);
     println!("      mean cosine(predicted, true): {:.3}", r.mean_cosine);
