@@ -114,22 +114,20 @@ impl ParamStore {
         Ok((rest, metadata))
     }
 
-    /// Assigns every parameter from `tensors` named `<prefix><parameter name>` (in place), and
-    /// returns the tensors that were not used. `source` names where they came from in errors.
     /// Converts every parameter to `dtype` in place: every handle to a parameter (a model's
     /// fields) sees the new storage. Gradients are dropped.
     pub fn convert(&mut self, dtype: DType) -> Result<()> {
         for p in &mut self.params {
             if p.value.dtype() != dtype {
-                let t = p.value.to_dtype(dtype)?;
-                let new = std::mem::replace(&mut *t.storage_mut(), Storage::CpuF32(Vec::new()));
-                *p.value.storage_mut() = new;
+                p.value.set_storage_from(p.value.to_dtype(dtype)?)?;
             }
             p.grad = None;
         }
         Ok(())
     }
 
+    /// Assigns every parameter from `tensors` named `<prefix><parameter name>` (in place), and
+    /// returns the tensors that were not used. `source` names where they came from in errors.
     pub fn assign_from(&mut self, mut tensors: Vec<(String, Tensor)>, prefix: &str, source: &Path) -> Result<Vec<(String, Tensor)>> {
         for p in &self.params {
             let want = format!("{prefix}{}", p.name);
@@ -140,9 +138,7 @@ impl ParamStore {
             if t.shape() != p.value.shape() {
                 return Err(Error::file(source, format!("tensor `{want}` has shape {:?}, expected {:?}", t.shape(), p.value.shape())));
             }
-            let t = t.to_dtype(p.value.dtype())?.to_device(p.value.device())?;
-            let new = std::mem::replace(&mut *t.storage_mut(), Storage::CpuF32(Vec::new()));
-            *p.value.storage_mut() = new;
+            p.value.set_storage_from(t.to_dtype(p.value.dtype())?.to_device(p.value.device())?)?;
         }
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(tensors)

@@ -255,6 +255,22 @@ impl Tensor {
         self.storage.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Puts `src`'s buffer in place of this tensor's, in place: every handle to this tensor (a
+    /// model's field, a parameter store's entry) sees the new values. For weights being loaded,
+    /// converted or reset; ops never do this to their inputs. `src` must have this shape and be a
+    /// tensor of its own (not a handle to this buffer).
+    pub fn set_storage_from(&self, src: Tensor) -> Result<()> {
+        if src.shape() != self.shape() {
+            return Err(Error::shape("set_storage_from", format!("{:?} into {:?}", src.shape(), self.shape())));
+        }
+        if Arc::ptr_eq(&src.storage, &self.storage) {
+            return Ok(());
+        }
+        let new = std::mem::replace(&mut *src.storage_mut(), Storage::CpuF32(Vec::new()));
+        *self.storage_mut() = new;
+        Ok(())
+    }
+
     /// The same buffer under another shape with the same element count (no copy). This is a new
     /// tensor for the tape; record it through `ops::reshape` when gradients must flow.
     pub fn reshaped(&self, shape: &[usize]) -> Result<Tensor> {

@@ -6,7 +6,7 @@
 //!
 //! Loss (Radford et al. 2021): `L = exp(logit_scale)·cos(image_i, text_j)` over a batch of B
 //! pairs, `loss = ½·(CE(L, diag) + CE(Lᵀ, diag))`, with every weight and the temperature learned
-//! (AdamW). One step: a batch of training stimuli in a seeded order, each with one of its captions
+//! (AdamW; the temperature clipped at `logit_scale ≤ ln 100` after each step, as CLIP's training does). One step: a batch of training stimuli in a seeded order, each with one of its captions
 //! drawn per (epoch, stimulus); the images through CLIP's own preprocessing. Every epoch ends with
 //! validation on the test stimuli (their first caption: N-way top-1 retrieval both ways) and an
 //! atomic checkpoint (weights, Adam moments, step); `resume` continues bit for bit, as in
@@ -267,6 +267,7 @@ pub fn train_clip(cfg: &ClipTrainConfig, data: &ClipData, dir: &ClipRunDir, resu
             clip.store.accumulate(&grads)?;
             adam.step(&mut clip.store, cfg.lr)?;
             clip.store.zero_grad();
+            clamp_logit_scale(&clip)?;
             let lv = loss.scalar()?;
             if !lv.is_finite() {
                 return Err(Error::Invalid(format!("the CLIP loss became {lv} at epoch {} step {step}; lower --lr", epoch + 1)));
@@ -288,6 +289,18 @@ pub fn train_clip(cfg: &ClipTrainConfig, data: &ClipData, dir: &ClipRunDir, resu
     }
     clip.store.save(&dir.weights(), &[], &BTreeMap::from([("format".to_string(), "pt".to_string())]))?;
     Ok((clip, history))
+}
+
+/// CLIP's training clips the temperature so logits are scaled by at most 100
+/// (`logit_scale ≤ ln 100`, Radford et al. 2021 §2.5).
+fn clamp_logit_scale(clip: &Clip) -> Result<()> {
+    let max = 100f32.ln();
+    if let Some(p) = clip.store.iter().find(|p| p.name == "logit_scale") {
+        if p.value.scalar()? > max {
+            p.value.set_storage_from(Tensor::full(max, p.value.shape(), p.value.device())?.to_dtype(p.value.dtype())?)?;
+        }
+    }
+    Ok(())
 }
 
 fn append_line(path: &Path, line: &str) -> Result<()> {

@@ -234,9 +234,7 @@ impl Clip {
             } else {
                 Tensor::randn(p.value.shape(), 0.02, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (1000 + i as u64), p.value.device())?
             };
-            let t = t.to_dtype(p.value.dtype())?;
-            let new = std::mem::replace(&mut *t.storage_mut(), crate::tensor::Storage::CpuF32(Vec::new()));
-            *p.value.storage_mut() = new;
+            p.value.set_storage_from(t.to_dtype(p.value.dtype())?)?;
         }
         Ok(())
     }
