@@ -31,6 +31,16 @@ pub fn parse_device(s: &str) -> Result<Device> {
     })
 }
 
+/// Prints a line above a progress bar. A hidden bar (output not a terminal: logs, CI) drops its
+/// own println, and the epoch lines must stay.
+pub fn print_above(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 /// `--dtype` for CLIP: f32 (the reference's precision) or bf16 (weights and activations;
 /// inference only).
 pub fn parse_clip_dtype(s: &str) -> Result<mindreader::tensor::DType> {

@@ -78,11 +78,7 @@ impl ClipProgress for Bar {
             100.0 * e.retrieval.chance,
             e.seconds
         );
-        if self.bar.is_hidden() {
-            println!("{line}");
-        } else {
-            self.bar.println(line);
-        }
+        super::print_above(&self.bar, line);
     }
 }
 

@@ -117,12 +117,7 @@ impl Progress for Bar {
             100.0 * m.retrieval.chance,
             m.samples_per_second
         );
-        // A hidden bar (output not a terminal: logs, CI) drops println; the epoch lines must stay.
-        if self.bar.is_hidden() {
-            println!("{line}");
-        } else {
-            self.bar.println(line);
-        }
+        super::print_above(&self.bar, line);
     }
 }
 
