@@ -389,7 +389,8 @@ pub fn linear(tape: &mut Tape, x: &Tensor, weight: &Tensor, bias: Option<&Tensor
 }
 
 /// The GPU kernels of a bf16 `linear_act`, kept side by side until a lent GPU's benchmark picks
-/// one: `Simt` (`matmul_bias_act_bf16`, the shared f32-FMA tile; GPU-validated f32 twin) and
+/// one: `Simt` (`matmul_bias_act_bf16`, the tile the f32 kernels share, so the better-trodden
+/// path) and
 /// `TensorCore` (`matmul_bias_act_bf16_tc`: mma.sync m16n8k16 with cp.async double buffering;
 /// its SASS holds HMMA.16816.F32.BF16, LDSM and LDGSTS.128 and no local memory, but it has not
 /// yet run on a GPU). `TensorCore` needs K % 8 == 0 and falls back to `Simt` otherwise.
