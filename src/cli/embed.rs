@@ -40,7 +40,7 @@ pub struct EmbedArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// CLIP's precision: f32, or bf16 (weights and activations, f32 arithmetic inside each op;
-    /// faster on a GPU, embeddings within ~1 % of f32).
+    /// for speed on a GPU, embeddings within bf16 precision of f32).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
 }

@@ -11,10 +11,10 @@
 //! device), quantised to 8 bits as its `ToPILImage` does, then CLIP-encoded, clamped and
 //! normalised like the plain target — the reference's own path (sklin93/mind-reader,
 //! `nsd_utils.NSDwithCLIP.__getitem__`: `get_img_trans(extra_aug)` with its default `toPIL=True`,
-//! CLIP's PIL preprocess, `encode_image`, `thresholding(±1.5)`, L2 norm). It augments afresh
-//! every time a sample is loaded; `train-mapper --augmented` draws one of the K stored views per row and epoch, which
-//! is the same distribution when K ≥ the epoch count and costs K encodings instead of one per
-//! epoch.
+//! CLIP's PIL preprocess, `encode_image`, `thresholding(±1.5)`, L2 norm). The reference
+//! augments afresh every time a sample is loaded; `train-mapper --augmented` draws one of the K
+//! stored views per row and epoch, which is the same distribution when K ≥ the epoch count and
+//! costs K encodings instead of one per epoch.
 
 use std::path::PathBuf;
 
@@ -51,7 +51,8 @@ pub struct ScreenCaptionsArgs {
     pub batch: usize,
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// CLIP's precision: f32, or bf16 (faster on a GPU; embeddings within ~1 % of f32).
+    /// CLIP's precision: f32, or bf16 (weights and activations, f32 inside each op; for speed on
+    /// a GPU, embeddings within bf16 precision of f32).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
 }
