@@ -22,6 +22,7 @@ use clap::Args;
 use indicatif::ProgressBar;
 use mindreader::data::{dataset, synth, DatasetFile, Staged, SynthConfig};
 use mindreader::models::MapperConfig;
+use mindreader::train::clip::ClipTrainConfig;
 use mindreader::train::mapper::{train, LossKind, MapperData, RunDir, TrainConfig, TrialMode};
 
 #[derive(Args)]
@@ -78,22 +79,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let target = if args.clip {
         let clip_dir = args.out.join("clip");
         println!("[2/{steps}] training a small CLIP on the world's stimuli and captions → {}", clip_dir.display());
-        super::train_clip::run(super::train_clip::TrainClipArgs {
-            data: world.clone(),
-            out: clip_dir.clone(),
-            resume: false,
-            epochs: args.clip_epochs,
-            batch: 64,
-            lr: 1e-3,
-            weight_decay: 0.1,
-            width: 64,
-            layers: 2,
-            heads: 2,
-            patch: 8,
-            context: 32,
-            seed: args.seed,
-            device: args.device.clone(),
-        })?;
+        let clip_cfg = ClipTrainConfig { epochs: args.clip_epochs, seed: args.seed, ..ClipTrainConfig::default() };
+        super::train_clip::train(&clip_cfg, &world, &clip_dir, false, &args.device)?;
         println!("[3/{steps}] CLIP targets: image embeddings (clamped ±1.5, normalised) and the best caption of each stimulus");
         super::screen_captions::run(super::screen_captions::ScreenCaptionsArgs {
             clip: clip_dir,

@@ -1,7 +1,7 @@
 //! `mindreader train-clip`: a small CLIP trained from scratch on a dataset's stimuli and
 //! captions, saved as a Hugging Face CLIP directory for `embed` and `screen-captions`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
@@ -20,30 +20,30 @@ pub struct TrainClipArgs {
     /// Continue from OUT/checkpoint.safetensors (refuses if the configuration differs).
     #[arg(long)]
     pub resume: bool,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = ClipTrainConfig::default().epochs)]
     pub epochs: usize,
     /// Pairs per contrastive batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = ClipTrainConfig::default().batch)]
     pub batch: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = ClipTrainConfig::default().lr)]
     pub lr: f32,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = ClipTrainConfig::default().weight_decay)]
     pub weight_decay: f32,
     /// Width of both towers and of the joint embedding space.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = ClipTrainConfig::default().width)]
     pub width: usize,
     /// Transformer layers per tower.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = ClipTrainConfig::default().layers)]
     pub layers: usize,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = ClipTrainConfig::default().heads)]
     pub heads: usize,
     /// Patch side in pixels (the images' side must be a multiple).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = ClipTrainConfig::default().patch)]
     pub patch: usize,
     /// Text context in tokens (captions are truncated, keeping the end token).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = ClipTrainConfig::default().context)]
     pub context: usize,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = ClipTrainConfig::default().seed)]
     pub seed: u64,
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -83,10 +83,6 @@ impl ClipProgress for Bar {
 }
 
 pub fn run(args: TrainClipArgs) -> Result<()> {
-    let device = super::parse_device(&args.device)?;
-    let file = DatasetFile::open(&args.data)?;
-    let data = ClipData::from_file(&file)?;
-    drop(file);
     let cfg = ClipTrainConfig {
         width: args.width,
         layers: args.layers,
@@ -99,13 +95,23 @@ pub fn run(args: TrainClipArgs) -> Result<()> {
         weight_decay: args.weight_decay,
         seed: args.seed,
     };
+    train(&cfg, &args.data, &args.out, args.resume, &args.device)
+}
+
+/// Trains `cfg` on the dataset at `data` into `out` with a progress bar and per-epoch lines
+/// (also the first stage of `demo --clip`).
+pub fn train(cfg: &ClipTrainConfig, data_path: &Path, out: &Path, resume: bool, device: &str) -> Result<()> {
+    let device = super::parse_device(device)?;
+    let file = DatasetFile::open(data_path)?;
+    let data = ClipData::from_file(&file)?;
+    drop(file);
     anyhow::ensure!(cfg.heads > 0 && cfg.width % cfg.heads == 0, "--width {} must be a multiple of --heads {}", cfg.width, cfg.heads);
     anyhow::ensure!(cfg.patch > 0 && cfg.context >= 2, "--patch must be positive and --context at least 2");
     println!(
         "train-clip on {device}: {} training pairs, {} test stimuli from {}; width {}, {} layers, {} heads, patch {}, context {}; {} epochs of batch {}",
         data.train.len(),
         data.test.len(),
-        args.data.display(),
+        data_path.display(),
         cfg.width,
         cfg.layers,
         cfg.heads,
@@ -116,9 +122,9 @@ pub fn run(args: TrainClipArgs) -> Result<()> {
     );
     let bar = ProgressBar::new(0);
     bar.set_style(ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} steps {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
-    let dir = ClipRunDir(args.out.clone());
+    let dir = ClipRunDir(out.to_path_buf());
     let mut progress = Bar { bar, epochs: cfg.epochs };
-    let (_, history) = train_clip(&cfg, &data, &dir, args.resume, &device, &mut progress)?;
+    let (_, history) = train_clip(cfg, &data, &dir, resume, &device, &mut progress)?;
     progress.bar.finish_and_clear();
     if let Some(last) = history.last() {
         println!("final: {}", last.to_json());

@@ -22,7 +22,6 @@
 //!   a GPU, so not the default: `fused_backward_cuda_matches_cpu` and the bench decide.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use half::bf16;
 
 use super::Real;
 use crate::autograd::Tape;
@@ -157,7 +156,7 @@ pub(crate) fn attention_raw(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) ->
                 return Err(Error::shape(OP, format!("{bh} batch·heads (max 65535) or {t} tokens is too many for the CUDA kernel")));
             }
             let n = bh * t * d;
-            let mut o = if bf16 { Storage::CudaBF16(gpu.alloc::<bf16>(n)?) } else { Storage::CudaF32(gpu.alloc::<f32>(n)?) };
+            let mut o = crate::tensor::alloc_storage(gpu, q.dtype(), n)?;
             let mut lse = gpu.alloc::<f32>(bh * t)?;
             if n > 0 {
                 // One 128-thread block per (16-query tile, bh); shared memory is static (≤ 40.5 KiB).

@@ -13,12 +13,10 @@
 use cudarc::driver::PushKernelArg;
 use rayon::prelude::*;
 
-use half::bf16;
-
 use super::{bf16_on_cpu, narrow, same_device, same_dtype, same_shape, split_at_axis, widen, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::tensor::{launch, launch_1d, DType, Device, Storage, Tensor};
+use crate::tensor::{alloc_storage, arg_buffer, arg_buffer_mut, kernel_for, launch_1d, Device, Storage, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Unary {
@@ -300,25 +298,21 @@ pub(crate) fn binary_raw(op: Binary, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     match a.device() {
         Device::Cpu => cpu_map("binary", [a, b], |[u, v]| cpu::binary(op, u, v)),
-        Device::Cuda(gpu) if a.dtype() == DType::BF16 => {
-            let n = a.numel();
-            let (sa, sb) = (a.storage(), b.storage());
-            let mut y = gpu.alloc::<bf16>(n)?;
-            let (nn, code) = (n as u64, op as i32);
-            // SAFETY: reads n of a and b, writes n of y.
-            launch!(gpu, "elementwise", "binary_bf16", launch_1d(n), sa.cuda_bf16("binary")?, sb.cuda_bf16("binary")?, &mut y, &nn, &code)?;
-            Ok(Tensor::from_storage(Storage::CudaBF16(y), a.shape(), a.device()))
-        }
         Device::Cuda(gpu) => {
             let n = a.numel();
+            let name = kernel_for("binary", a.dtype(), "binary_f32", "binary_bf16")?;
             let (sa, sb) = (a.storage(), b.storage());
-            let mut y = gpu.alloc::<f32>(n)?;
-            let f = gpu.function("elementwise", "binary_f32")?;
+            let mut y = alloc_storage(gpu, a.dtype(), n)?;
+            let f = gpu.function("elementwise", name)?;
+            let mut lb = gpu.stream.launch_builder(&f);
+            arg_buffer(&mut lb, &sa, "binary")?;
+            arg_buffer(&mut lb, &sb, "binary")?;
+            arg_buffer_mut(&mut lb, &mut y, "binary")?;
             let (nn, code) = (n as u64, op as i32);
-            // SAFETY: reads n of a and b, writes n of y.
-            unsafe { gpu.stream.launch_builder(&f).arg(sa.cuda_f32("binary")?).arg(sb.cuda_f32("binary")?).arg(&mut y).arg(&nn).arg(&code).launch(launch_1d(n)) }
-                .map_err(|e| Error::cuda("binary_f32", e))?;
-            Ok(Tensor::from_storage(Storage::CudaF32(y), a.shape(), a.device()))
+            lb.arg(&nn).arg(&code);
+            // SAFETY: reads n of a and b, writes n of y, all of the kernel's dtype.
+            unsafe { lb.launch(launch_1d(n)) }.map_err(|e| Error::cuda(name, e))?;
+            Ok(Tensor::from_storage(y, a.shape(), a.device()))
         }
     }
 }
@@ -393,15 +387,6 @@ pub(crate) fn bias_add_raw(x: &Tensor, bias: &Tensor, axis: isize) -> Result<Ten
         return narrow(&bias_add_raw(&widen(x)?, &widen(bias)?, axis)?);
     }
     match x.device() {
-        Device::Cuda(gpu) if x.dtype() == DType::BF16 => {
-            let n = x.numel();
-            let (xs, bs) = (x.storage(), bias.storage());
-            let mut y = gpu.alloc::<bf16>(n)?;
-            let (nn, cc, ii) = (n as u64, c as u32, inner.max(1) as u32);
-            // SAFETY: reads n of x and C of bias, writes n of y.
-            launch!(gpu, "elementwise", "bias_add_bf16", launch_1d(n), xs.cuda_bf16("bias_add")?, bs.cuda_bf16("bias_add")?, &mut y, &nn, &cc, &ii)?;
-            Ok(Tensor::from_storage(Storage::CudaBF16(y), x.shape(), x.device()))
-        }
         Device::Cpu => {
             let (xs, bs) = (x.storage(), bias.storage());
             let (xv, bv) = (xs.cpu_f32("bias_add")?, bs.cpu_f32("bias_add")?);
@@ -410,14 +395,19 @@ pub(crate) fn bias_add_raw(x: &Tensor, bias: &Tensor, axis: isize) -> Result<Ten
         }
         Device::Cuda(gpu) => {
             let n = x.numel();
+            let name = kernel_for("bias_add", x.dtype(), "bias_add_f32", "bias_add_bf16")?;
             let (xs, bs) = (x.storage(), bias.storage());
-            let mut y = gpu.alloc::<f32>(n)?;
-            let f = gpu.function("elementwise", "bias_add_f32")?;
+            let mut y = alloc_storage(gpu, x.dtype(), n)?;
+            let f = gpu.function("elementwise", name)?;
+            let mut lb = gpu.stream.launch_builder(&f);
+            arg_buffer(&mut lb, &xs, "bias_add")?;
+            arg_buffer(&mut lb, &bs, "bias_add")?;
+            arg_buffer_mut(&mut lb, &mut y, "bias_add")?;
             let (nn, cc, ii) = (n as u64, c as u32, inner.max(1) as u32);
-            // SAFETY: reads n of x and C of bias, writes n of y.
-            unsafe { gpu.stream.launch_builder(&f).arg(xs.cuda_f32("bias_add")?).arg(bs.cuda_f32("bias_add")?).arg(&mut y).arg(&nn).arg(&cc).arg(&ii).launch(launch_1d(n)) }
-                .map_err(|e| Error::cuda("bias_add_f32", e))?;
-            Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()))
+            lb.arg(&nn).arg(&cc).arg(&ii);
+            // SAFETY: reads n of x and C of bias, writes n of y, all of the kernel's dtype.
+            unsafe { lb.launch(launch_1d(n)) }.map_err(|e| Error::cuda(name, e))?;
+            Ok(Tensor::from_storage(y, x.shape(), x.device()))
         }
     }
 }
@@ -653,7 +643,7 @@ mod tests {
             let bias = Tensor::from_vec(random_vec(3, 3), &[3], &Device::Cpu).unwrap();
             crate::testing::bf16_parity(&format!("bias_add [{n}, 3]"), &[t(4), bias], 1e-2, 1e-3, |x| bias_add(&mut Tape::inference(), &x[0], &x[1], -1));
         }
-        let (a, b) = (Tensor::zeros(&[2], &Device::Cpu).unwrap(), Tensor::zeros(&[2], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap());
+        let (a, b) = (Tensor::zeros(&[2], &Device::Cpu).unwrap(), Tensor::zeros(&[2], &Device::Cpu).unwrap().to_dtype(crate::tensor::DType::BF16).unwrap());
         let err = add(&mut Tape::new(), &a, &b).unwrap_err().to_string();
         assert!(err.contains("f32 and bf16"), "{err}");
     }

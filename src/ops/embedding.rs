@@ -3,17 +3,19 @@
 //! Backward: `dW[v, :] = Σ_{i: ids[i] = v} dy[i, :]` (a scatter-add; atomics on the GPU).
 //! Traffic: reads and writes dim·4 B per id. Kernel: `kernels/embedding.cu`.
 
-use half::bf16;
+use cudarc::driver::PushKernelArg;
 
 use super::Real;
+
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::tensor::{launch, launch_1d, upload, DType, Device, Storage, Tensor};
+use crate::tensor::{alloc_storage, arg_buffer, arg_buffer_mut, kernel_for, launch, launch_1d, upload, DType, Device, Storage, Tensor};
 
 pub mod cpu {
     use super::Real;
 
-    pub fn gather<T: Real>(w: &[T], ids: &[u32], dim: usize) -> Vec<T> {
+    /// Any element type: a bf16 table gathers as bits.
+    pub fn gather<T: Copy>(w: &[T], ids: &[u32], dim: usize) -> Vec<T> {
         ids.iter().flat_map(|&id| w[id as usize * dim..][..dim].iter().copied()).collect()
     }
 
@@ -62,33 +64,29 @@ pub fn embedding(tape: &mut Tape, weight: &Tensor, ids: &[u32]) -> Result<Tensor
         return Err(Error::DType { op: "embedding", got: weight.dtype(), expected: "f32 when gradients are needed (bf16 is inference-only)" });
     }
     let y = match weight.device() {
-        Device::Cpu if weight.dtype() == DType::BF16 => {
-            let s = weight.storage();
-            let Storage::CpuBF16(w) = &*s else { unreachable!("dtype checked") };
-            let rows: Vec<bf16> = ids.iter().flat_map(|&id| w[id as usize * dim..][..dim].iter().copied()).collect();
-            Tensor::from_storage(Storage::CpuBF16(rows), &shape, weight.device())
-        }
-        Device::Cuda(gpu) if weight.dtype() == DType::BF16 => {
-            let s = weight.storage();
-            let ids_dev = upload(gpu, ids)?;
-            let mut y = gpu.alloc::<bf16>(ids.len() * dim)?;
-            let (n, dd) = (ids.len() as u32, dim as u32);
-            // SAFETY: as embedding_fwd_f32, on 2-byte elements.
-            launch!(gpu, "embedding", "embedding_fwd_b16", launch_1d(ids.len() * dim), s.cuda_bf16("embedding")?, &ids_dev, &mut y, &n, &dd)?;
-            Tensor::from_storage(Storage::CudaBF16(y), &shape, weight.device())
-        }
         Device::Cpu => {
             let s = weight.storage();
-            Tensor::from_vec(cpu::gather(s.cpu_f32("embedding")?, ids, dim), &shape, weight.device())?
+            match &*s {
+                Storage::CpuBF16(w) => Tensor::from_storage(Storage::CpuBF16(cpu::gather(w, ids, dim)), &shape, weight.device()),
+                other => Tensor::from_vec(cpu::gather(other.cpu_f32("embedding")?, ids, dim), &shape, weight.device())?,
+            }
         }
         Device::Cuda(gpu) => {
+            // A bf16 table gathers as 2-byte bits.
+            let name = kernel_for("embedding", weight.dtype(), "embedding_fwd_f32", "embedding_fwd_b16")?;
             let s = weight.storage();
             let ids_dev = upload(gpu, ids)?;
-            let mut y = gpu.alloc::<f32>(ids.len() * dim)?;
+            let mut y = alloc_storage(gpu, weight.dtype(), ids.len() * dim)?;
+            let f = gpu.function("embedding", name)?;
+            let mut lb = gpu.stream.launch_builder(&f);
+            arg_buffer(&mut lb, &s, "embedding")?;
+            lb.arg(&ids_dev);
+            arg_buffer_mut(&mut lb, &mut y, "embedding")?;
             let (n, dd) = (ids.len() as u32, dim as u32);
+            lb.arg(&n).arg(&dd);
             // SAFETY: ids < vocab (checked above); writes n·dim outputs.
-            launch!(gpu, "embedding", "embedding_fwd_f32", launch_1d(ids.len() * dim), s.cuda_f32("embedding")?, &ids_dev, &mut y, &n, &dd)?;
-            Tensor::from_storage(Storage::CudaF32(y), &shape, weight.device())
+            unsafe { lb.launch(launch_1d(ids.len() * dim)) }.map_err(|e| Error::cuda(name, e))?;
+            Tensor::from_storage(y, &shape, weight.device())
         }
     };
     let ids = ids.to_vec();

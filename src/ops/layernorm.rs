@@ -20,12 +20,10 @@
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use half::bf16;
-
 use super::{bf16_on_cpu, narrow, same_device, same_dtype, widen, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::tensor::{arg_buffer, arg_buffer_mut, launch, launch_1d, DType, Device, Storage, Tensor};
+use crate::tensor::{alloc_storage, arg_buffer, arg_buffer_mut, launch, launch_1d, DType, Device, Storage, Tensor};
 
 /// The warp-per-row kernels: (widest row, forward, backward dx, bf16 forward).
 const WARP_KERNELS: [(usize, &str, &str, &str); 7] = [
@@ -183,7 +181,7 @@ pub(crate) fn layer_norm_raw(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&T
                 DType::BF16 => true,
                 other => return Err(Error::DType { op, got: other, expected: "f32 or bf16" }),
             };
-            let mut y = if bf16 { Storage::CudaBF16(gpu.alloc::<bf16>(x.numel())?) } else { Storage::CudaF32(gpu.alloc::<f32>(x.numel())?) };
+            let mut y = alloc_storage(gpu, x.dtype(), x.numel())?;
             let (mut mean, mut rstd) = (gpu.alloc::<f32>(rows)?, gpu.alloc::<f32>(rows)?);
             let (r, nn, hg, hb) = (rows as u32, n as u32, gamma.is_some() as i32, beta.is_some() as i32);
             let warp = WARP_KERNELS.iter().find(|w| n <= w.0);
@@ -330,8 +328,7 @@ pub fn add_layer_norm(tape: &mut Tape, x: &Tensor, r: &Tensor, gamma: Option<&Te
                 DType::BF16 => true,
                 other => return Err(Error::DType { op, got: other, expected: "f32 or bf16" }),
             };
-            let alloc = |len: usize| -> Result<Storage> { Ok(if bf16 { Storage::CudaBF16(gpu.alloc::<bf16>(len)?) } else { Storage::CudaF32(gpu.alloc::<f32>(len)?) }) };
-            let (mut sum, mut y) = (alloc(x.numel())?, alloc(x.numel())?);
+            let (mut sum, mut y) = (alloc_storage(gpu, x.dtype(), x.numel())?, alloc_storage(gpu, x.dtype(), x.numel())?);
             let (mut mean, mut rstd) = (gpu.alloc::<f32>(rows)?, gpu.alloc::<f32>(rows)?);
             let (rr, nn, hg, hb) = (rows as u32, n as u32, gamma.is_some() as i32, beta.is_some() as i32);
             let name = if bf16 { w.2 } else { w.1 };

@@ -451,9 +451,8 @@ pub(crate) fn linear_act_raw_with(
                 DType::BF16 => (true, "matmul_bias_act_bf16"),
                 _ => (false, "matmul_bias_act_f32"),
             };
-            let alloc = |n: usize| -> Result<Storage> { Ok(if bf16 { Storage::CudaBF16(gpu.alloc::<bf16>(n)?) } else { Storage::CudaF32(gpu.alloc::<f32>(n)?) }) };
-            let mut y = alloc(len)?;
-            let mut pre = if keep_pre && !bf16 { Some(alloc(len)?) } else { None };
+            let mut y = crate::tensor::alloc_storage(gpu, x.dtype(), len)?;
+            let mut pre = if keep_pre && !bf16 { Some(crate::tensor::alloc_storage(gpu, x.dtype(), len)?) } else { None };
             if len > 0 {
                 let (code, alpha, beta) = act.map_or((-1, 0.0, 0.0), Unary::code);
                 let (m, n, k) = (g.m as i32, g.n as i32, g.k as i32);

@@ -5,12 +5,13 @@
 //! Traffic: transpose reads and writes every element once (8 B/element in f32); reshape moves
 //! nothing. Kernel: `kernels/transpose.cu`, one thread per output element (coalesced writes).
 
-use half::bf16;
+use cudarc::driver::PushKernelArg;
 
 use super::{bf16_on_cpu, narrow, widen, Real};
+
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::tensor::{launch, launch_1d, DType, Device, Storage, Tensor};
+use crate::tensor::{alloc_storage, arg_buffer, arg_buffer_mut, kernel_for, launch_1d, Device, Tensor};
 
 pub mod cpu {
     use super::Real;
@@ -68,27 +69,25 @@ pub(crate) fn transpose_raw(x: &Tensor, axis0: usize, axis1: usize) -> Result<Te
         return narrow(&transpose_raw(&widen(x)?, axis0, axis1)?);
     }
     match x.device() {
-        Device::Cuda(gpu) if x.dtype() == DType::BF16 => {
-            let n = x.numel();
-            let s = x.storage();
-            let mut y = gpu.alloc::<bf16>(n)?;
-            let d = [a as u32, ni as u32, b as u32, nj as u32, c as u32];
-            // SAFETY: as transpose_f32, on 2-byte elements (the kernel copies bits).
-            launch!(gpu, "transpose", "transpose_b16", launch_1d(n), s.cuda_bf16("transpose")?, &mut y, &d[0], &d[1], &d[2], &d[3], &d[4])?;
-            Ok(Tensor::from_storage(Storage::CudaBF16(y), &shape, x.device()))
-        }
         Device::Cpu => {
             let s = x.storage();
             Tensor::from_vec(cpu::transpose(s.cpu_f32("transpose")?, a, ni, b, nj, c), &shape, x.device())
         }
         Device::Cuda(gpu) => {
             let n = x.numel();
+            // bf16 moves as 2-byte bits.
+            let name = kernel_for("transpose", x.dtype(), "transpose_f32", "transpose_b16")?;
             let s = x.storage();
-            let mut y = gpu.alloc::<f32>(n)?;
+            let mut y = alloc_storage(gpu, x.dtype(), n)?;
+            let f = gpu.function("transpose", name)?;
+            let mut lb = gpu.stream.launch_builder(&f);
+            arg_buffer(&mut lb, &s, "transpose")?;
+            arg_buffer_mut(&mut lb, &mut y, "transpose")?;
             let d = [a as u32, ni as u32, b as u32, nj as u32, c as u32];
+            lb.arg(&d[0]).arg(&d[1]).arg(&d[2]).arg(&d[3]).arg(&d[4]);
             // SAFETY: one thread per output element; the source index is a permutation within n.
-            launch!(gpu, "transpose", "transpose_f32", launch_1d(n), s.cuda_f32("transpose")?, &mut y, &d[0], &d[1], &d[2], &d[3], &d[4])?;
-            Ok(Tensor::from_storage(Storage::CudaF32(y), &shape, x.device()))
+            unsafe { lb.launch(launch_1d(n)) }.map_err(|e| Error::cuda(name, e))?;
+            Ok(Tensor::from_storage(y, &shape, x.device()))
         }
     }
 }

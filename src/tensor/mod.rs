@@ -98,12 +98,6 @@ impl Storage {
         }
     }
 
-    pub fn cuda_bf16_mut(&mut self, op: &'static str) -> Result<&mut CudaSlice<bf16>> {
-        match self {
-            Storage::CudaBF16(v) => Ok(v),
-            other => Err(Error::DType { op, got: other.dtype(), expected: "bf16 on a GPU" }),
-        }
-    }
 }
 
 /// Pushes a GPU buffer of whatever dtype it holds as a kernel argument: one launch site serves
@@ -116,6 +110,25 @@ pub(crate) fn arg_buffer<'a>(b: &mut cudarc::driver::LaunchArgs<'a>, s: &'a Stor
         other => return Err(Error::DType { op, got: other.dtype(), expected: "a GPU buffer" }),
     };
     Ok(())
+}
+
+/// A GPU buffer of `n` elements of `dtype` (poisoned in tests, like `Gpu::alloc`): the output of
+/// an op whose f32 and bf16 kernels share one launch site.
+pub(crate) fn alloc_storage(gpu: &Gpu, dtype: DType, n: usize) -> Result<Storage> {
+    Ok(match dtype {
+        DType::F32 => Storage::CudaF32(gpu.alloc::<f32>(n)?),
+        DType::BF16 => Storage::CudaBF16(gpu.alloc::<bf16>(n)?),
+        DType::F16 => Storage::CudaF16(gpu.alloc::<f16>(n)?),
+    })
+}
+
+/// The kernel of an op's f32/bf16 pair for `dtype`; other dtypes are an error naming the op.
+pub(crate) fn kernel_for(op: &'static str, dtype: DType, f32_kernel: &'static str, bf16_kernel: &'static str) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok(f32_kernel),
+        DType::BF16 => Ok(bf16_kernel),
+        other => Err(Error::DType { op, got: other, expected: "f32 or bf16" }),
+    }
 }
 
 /// `arg_buffer` for an output.

@@ -283,7 +283,7 @@ pub fn train_clip(cfg: &ClipTrainConfig, data: &ClipData, dir: &ClipRunDir, resu
         meta.insert("train.config".into(), cfg.fingerprint());
         meta.insert("train.epochs_done".into(), (epoch + 1).to_string());
         clip.store.save(&dir.checkpoint(), &state, &meta)?;
-        append_line(&dir.metrics(), &e.to_json().to_string())?;
+        crate::train::mapper::append_json_line(&dir.metrics(), &e.to_json())?;
         progress.on_epoch(&e);
         history.push(e);
     }
@@ -292,21 +292,13 @@ pub fn train_clip(cfg: &ClipTrainConfig, data: &ClipData, dir: &ClipRunDir, resu
 }
 
 /// CLIP's training clips the temperature so logits are scaled by at most 100
-/// (`logit_scale ≤ ln 100`, Radford et al. 2021 §2.5).
+/// (`logit_scale ≤ ln 100`, Radford et al. 2021 §2.5). A clamp kernel on the device: no read back
+/// to the host inside the step.
 fn clamp_logit_scale(clip: &Clip) -> Result<()> {
-    let max = 100f32.ln();
     if let Some(p) = clip.store.iter().find(|p| p.name == "logit_scale") {
-        if p.value.scalar()? > max {
-            p.value.set_storage_from(Tensor::full(max, p.value.shape(), p.value.device())?.to_dtype(p.value.dtype())?)?;
-        }
+        p.value.set_storage_from(ew::unary_raw(ew::Unary::Clamp { min: f32::NEG_INFINITY, max: 100f32.ln() }, &p.value)?)?;
     }
     Ok(())
-}
-
-fn append_line(path: &Path, line: &str) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::file(path, format!("opening: {e}")))?;
-    writeln!(f, "{line}").map_err(|e| Error::file(path, format!("writing: {e}")))
 }
 
 #[cfg(test)]
@@ -347,6 +339,18 @@ mod tests {
         let g = tape.backward(&loss).unwrap().get(&x).unwrap().to_vec_f32().unwrap();
         assert!((0..b).all(|i| g[i * b + i] < 0.0), "{g:?}");
         assert!(contrastive_loss(&mut Tape::new(), &Tensor::zeros(&[2, 3], &Device::Cpu).unwrap()).is_err());
+    }
+
+    #[test]
+    fn logit_scale_is_clipped_at_ln_100_and_left_alone_below() {
+        let json = tiny().hf_config(16).to_string();
+        let clip = Clip::zeros(ClipConfig::from_json(&json, Path::new("c.json")).unwrap(), &Device::Cpu).unwrap();
+        let scale = clip.store.iter().find(|p| p.name == "logit_scale").unwrap().value.clone();
+        for (set, want) in [(10.0f32, 100f32.ln()), (2.0, 2.0)] {
+            scale.set_storage_from(Tensor::full(set, &[], &Device::Cpu).unwrap()).unwrap();
+            clamp_logit_scale(&clip).unwrap();
+            assert_eq!(scale.scalar().unwrap(), want);
+        }
     }
 
     /// Three epochs lower the training loss, write a directory `Clip::load` reads back to the same

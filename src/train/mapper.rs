@@ -374,7 +374,7 @@ pub fn train(cfg: &TrainConfig, data: &MapperData, dir: &RunDir, resume: bool, d
             samples_per_second: order.len() as f64 / seconds.max(1e-9),
         };
         save_checkpoint(cfg, &store, &adam, dir, epoch + 1)?;
-        append_metrics(&dir.metrics(), &m)?;
+        append_json_line(&dir.metrics(), &m.to_json())?;
         progress.on_epoch(&m);
         history.push(m);
     }
@@ -417,9 +417,10 @@ fn save_checkpoint(cfg: &TrainConfig, store: &ParamStore, adam: &Adam, dir: &Run
     store.save(&dir.checkpoint(), &state, &meta)
 }
 
-fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<()> {
+/// Appends one JSON value as a line of a `metrics.jsonl` (both training loops write one per epoch).
+pub(crate) fn append_json_line(path: &Path, value: &serde_json::Value) -> Result<()> {
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::file(path, format!("opening: {e}")))?;
-    writeln!(f, "{}", m.to_json()).map_err(|e| Error::file(path, format!("writing: {e}")))
+    writeln!(f, "{value}").map_err(|e| Error::file(path, format!("writing: {e}")))
 }
 
 /// Reads `metrics.jsonl` back: (epoch, train loss, val loss) per line.
