@@ -6,6 +6,14 @@
 
 typedef unsigned long long u64;
 
+// Dynamic shared memory (the launch's shared_mem_bytes): `extern __shared__` under nvcc, the
+// simulated block's buffer in the CUDA simulator (sim/), which cannot spell it that way.
+#ifdef MINDREADER_SIM
+#define DYNAMIC_SMEM(T, name) T* name = static_cast<T*>(sim_dynamic_smem())
+#else
+#define DYNAMIC_SMEM(T, name) extern __shared__ T name[]
+#endif
+
 // Grid-stride loop over [0, n): launches cap the grid, so every kernel must loop.
 #define FOR_EACH(i, n) for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)blockDim.x * gridDim.x)
 

@@ -89,7 +89,7 @@ L2NORM_WARP_KERNELS(32)
 // One block per row (grid-stride over rows); cache != 0 needs n floats of dynamic shared memory.
 extern "C" __global__ void __launch_bounds__(512)
     l2norm_fwd_block_f32(const float* x, float* y, float* norm, unsigned rows, unsigned n, float eps, int cache) {
-    extern __shared__ float row_cache[];
+    DYNAMIC_SMEM(float, row_cache);
     __shared__ float scratch[32];
     for (unsigned row = blockIdx.x; row < rows; row += gridDim.x) {
         const float* xr = x + (u64)row * n;
@@ -110,7 +110,7 @@ extern "C" __global__ void __launch_bounds__(512)
 // One block per row; cache != 0 needs 2n floats of dynamic shared memory (y, then dy).
 extern "C" __global__ void __launch_bounds__(512) l2norm_bwd_block_f32(const float* y, const float* dy, const float* norm, float* dx,
                                                                        unsigned rows, unsigned n, float eps, int cache) {
-    extern __shared__ float row_cache[];
+    DYNAMIC_SMEM(float, row_cache);
     __shared__ float scratch[32];
     for (unsigned row = blockIdx.x; row < rows; row += gridDim.x) {
         const float* yr = y + (u64)row * n;

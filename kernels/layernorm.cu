@@ -148,7 +148,7 @@ LAYERNORM_WARP_BF16_KERNEL(32)
 template <typename T>
 __device__ __forceinline__ void layernorm_fwd_block(const T* x, const T* gamma, const T* beta, T* y, float* mean, float* rstd,
                                                     unsigned rows, unsigned n, float eps, int has_gamma, int has_beta, int cache) {
-    extern __shared__ float row_cache[];
+    DYNAMIC_SMEM(float, row_cache);
     __shared__ float scratch[32];
     for (unsigned row = blockIdx.x; row < rows; row += gridDim.x) {
         const T* xr = x + (u64)row * n;
@@ -193,7 +193,7 @@ extern "C" __global__ void __launch_bounds__(512)
 extern "C" __global__ void __launch_bounds__(512)
     layernorm_bwd_block_f32(const float* x, const float* gamma, const float* dy, const float* mean, const float* rstd,
                             float* dx, unsigned rows, unsigned n, int has_gamma, int cache) {
-    extern __shared__ float row_cache[];
+    DYNAMIC_SMEM(float, row_cache);
     __shared__ float scratch[32];
     for (unsigned row = blockIdx.x; row < rows; row += gridDim.x) {
         const float* xr = x + (u64)row * n;

@@ -8,6 +8,7 @@
 // broadcast over the batch (shared weights), M·K / K·N otherwise.
 #include "activations.cuh"
 #include "gemm_tile.cuh"
+#include "ptx.cuh"
 
 template <typename T>
 __device__ __forceinline__ void matmul_body(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C, int batch, int M, int N,
@@ -86,28 +87,6 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
 #define TC_BN 128
 #define TC_BK 32
 #define TC_LD (TC_BK + 8)
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3, const void* smem) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n" : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(s));
-}
-
-// c += a·b for one m16n8k16 tile: a = 4 registers of A (row-major), b = 2 of B (col-major).
-__device__ __forceinline__ void mma_bf16_16816(float* c, const unsigned* a, const unsigned* b) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 
 extern "C" __global__ void __launch_bounds__(256)
     matmul_bias_act_bf16_tc(const __nv_bfloat16* __restrict__ X, const __nv_bfloat16* __restrict__ W, const __nv_bfloat16* __restrict__ bias,

@@ -103,7 +103,7 @@ SOFTMAX_WARP_KERNELS(32)
 // One block per row (grid-stride over rows); cache != 0 needs n floats of dynamic shared memory.
 extern "C" __global__ void __launch_bounds__(512)
     softmax_fwd_block_f32(const float* x, float* y, unsigned rows, unsigned n, int log_out, int cache) {
-    extern __shared__ float row_cache[];
+    DYNAMIC_SMEM(float, row_cache);
     __shared__ float scratch[32];
     for (unsigned row = blockIdx.x; row < rows; row += gridDim.x) {
         const float* xr = x + (u64)row * n;
@@ -129,7 +129,7 @@ extern "C" __global__ void __launch_bounds__(512)
 // One block per row; cache != 0 needs 2n floats of dynamic shared memory (y, then dy).
 extern "C" __global__ void __launch_bounds__(512)
     softmax_bwd_block_f32(const float* y, const float* dy, float* dx, unsigned rows, unsigned n, int log_out, int cache) {
-    extern __shared__ float row_cache[];
+    DYNAMIC_SMEM(float, row_cache);
     __shared__ float scratch[32];
     for (unsigned row = blockIdx.x; row < rows; row += gridDim.x) {
         const float* yr = y + (u64)row * n;
