@@ -1,0 +1,4 @@
+// The simulator's stand-in for CUDA's cuda_fp16.h: __half and its conversions live in
+// sim/cuda_sim.h (force-included before every kernel file).
+#pragma once
+#include "../cuda_sim.h"

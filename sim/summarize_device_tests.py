@@ -1,0 +1,25 @@
+#!/usr/bin/env python3
+"""Counts the device tests of a run from $MINDREADER_DEVICE_LOG (written by testing::gpu()):
+how many ran, on which device, and how many were skipped and why."""
+import collections
+import sys
+
+path = sys.argv[1]
+try:
+    lines = open(path).read().splitlines()
+except FileNotFoundError:
+    print(f"device tests: none ran ({path} was not written)")
+    sys.exit(0)
+outcome = {}
+for line in lines:
+    kind, test, detail = (line.split("\t") + ["", ""])[:3]
+    # A test that skipped anywhere counts as skipped (the simulator's own tests on a real GPU).
+    if kind == "skipped" or test not in outcome:
+        outcome[test] = (kind, detail)
+ran = collections.Counter(d for k, d in outcome.values() if k == "ran")
+skipped = collections.Counter(d for k, d in outcome.values() if k == "skipped")
+print(f"device tests: {sum(ran.values())} ran, {sum(skipped.values())} skipped")
+for device, n in ran.most_common():
+    print(f"  ran on {device}: {n}")
+for why, n in skipped.most_common():
+    print(f"  skipped ({why}): {n}")
