@@ -45,7 +45,9 @@ extern "C" __global__ void grayscale_f32(const float* x, float* y, const int* gr
         float* dst = y + b * 3 * hw + p;
         float r = src[0], g = src[hw], bl = src[2 * hw];
         if (gray[b]) {
-            float l = l0 * r + l1 * g + l2 * bl;
+            // Each product rounded, then the sums, as torchvision (and the CPU twin) compute it:
+            // nvcc would otherwise fuse these into FMAs and land an ulp away.
+            float l = __fadd_rn(__fadd_rn(__fmul_rn(l0, r), __fmul_rn(l1, g)), __fmul_rn(l2, bl));
             r = g = bl = l;
         }
         dst[0] = r;

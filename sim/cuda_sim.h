@@ -152,6 +152,10 @@ __forceinline__ float __frcp_rn(float x) { return 1.f / x; }
 __forceinline__ float __fsqrt_rn(float x) { return sqrtf(x); }
 __forceinline__ float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 __forceinline__ float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+// Never fused into an FMA (on a GPU nor here: kernels are built with -march=native, so the host
+// compiler contracts a·b + c as nvcc does; a call it cannot see into keeps these two roundings).
+__noinline__ inline float __fmul_rn(float a, float b) { return a * b; }
+__noinline__ inline float __fadd_rn(float a, float b) { return a + b; }
 __forceinline__ unsigned __float_as_uint(float x) { return sim_from_bits<unsigned>(sim_to_bits(x)); }
 __forceinline__ int __float_as_int(float x) { return sim_from_bits<int>(sim_to_bits(x)); }
 __forceinline__ float __uint_as_float(unsigned x) { return sim_from_bits<float>(sim_to_bits(x)); }

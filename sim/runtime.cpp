@@ -77,6 +77,7 @@ std::string sim_family_list() {
 namespace {
 constexpr uint64_t kPage = 4096;
 constexpr uint64_t kHeapBytes = 1ull << 38;  // 256 GiB of address space, reserved, not committed
+constexpr size_t kMaxAllocations = 1 << 24;
 struct Allocation {
     uint64_t base, size;
     uint64_t id;
@@ -85,7 +86,10 @@ struct Allocation {
 struct Heap {
     uint64_t lo = 0, hi = 0, next = 0;
     uint32_t* owner = nullptr;  // per page: allocation index + 1, 0 for none
-    std::vector<Allocation> allocs;
+    // A fixed array, never reallocated: kernels running on one thread read it while another
+    // thread allocates.
+    Allocation* allocs = nullptr;
+    size_t count = 0;
     size_t in_use = 0;
     std::mutex mu;
 
@@ -97,9 +101,15 @@ struct Heap {
             fprintf(stderr, "mindreader-sim: could not reserve the simulated device's address space\n");
             abort();
         }
+        void* a = mmap(nullptr, kMaxAllocations * sizeof(Allocation), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (a == MAP_FAILED) {
+            fprintf(stderr, "mindreader-sim: could not reserve the allocation table\n");
+            abort();
+        }
         lo = next = (uint64_t)p;
         hi = lo + kHeapBytes;
         owner = (uint32_t*)t;
+        allocs = (Allocation*)a;
     }
     const Allocation* find(uint64_t addr) const {
         if (addr < lo || addr >= hi) return nullptr;
@@ -115,12 +125,12 @@ uint64_t sim_mem_alloc(size_t bytes) {
     g_heap.init();
     const uint64_t pages = std::max<uint64_t>(1, (bytes + kPage - 1) / kPage);
     const uint64_t span = (pages + 2) * kPage;
-    if (g_heap.next + span > g_heap.hi) return 0;
+    if (g_heap.next + span > g_heap.hi || g_heap.count >= kMaxAllocations) return 0;
     const uint64_t start = g_heap.next;
     const uint64_t base = start + kPage;
     if (mprotect((void*)base, pages * kPage, PROT_READ | PROT_WRITE) != 0) return 0;
-    g_heap.allocs.push_back(Allocation{base, bytes, g_heap.allocs.size() + 1, true});
-    const uint32_t idx = (uint32_t)g_heap.allocs.size();
+    g_heap.allocs[g_heap.count] = Allocation{base, bytes, g_heap.count + 1, true};
+    const uint32_t idx = (uint32_t)++g_heap.count;
     for (uint64_t p = 0; p < pages + 2; p++) g_heap.owner[(start - g_heap.lo) / kPage + p] = idx;
     g_heap.next += span;
     g_heap.in_use += bytes;
@@ -304,7 +314,11 @@ Launch g_launch;
 bool g_in_kernel = false;
 uint32_t g_epoch = 1;        // advances at every block start and every barrier
 uint32_t g_block_epoch = 1;  // g_epoch when the running block started
-bool g_racecheck = true;
+bool g_racecheck = true;       // MINDREADER_SIM_RACECHECK=0 turns the race check off
+bool g_racecheck_all = false;  // MINDREADER_SIM_RACECHECK=all checks every block of a big grid
+bool g_race_this_block = true;
+constexpr unsigned kRaceCheckedBlocks = 64;  // per launch beyond the grid's edge blocks
+uintptr_t g_touched_lo = UINTPTR_MAX, g_touched_hi = 0;  // shared bytes touched by unchecked blocks
 uint64_t g_seed = 0x5eed;
 uint64_t g_launches = 0;
 // MINDREADER_SIM_STATS=1: totals printed at exit, to see where simulated time goes.
@@ -332,7 +346,7 @@ uint64_t next_random(uint64_t& s) {  // splitmix64: small, seeded, good enough t
 std::string where(const SimThread* t) {
     char buf[200];
     const Launch& L = g_launch;
-    snprintf(buf, sizeof buf, "kernel %s (kernels/%s.cu), block (%u,%u,%u), thread (%u,%u,%u)", L.kernel->name.c_str(), L.kernel->family.c_str(),
+    snprintf(buf, sizeof buf, "kernel %s (%s), block (%u,%u,%u), thread (%u,%u,%u)", L.kernel->name.c_str(), L.kernel->family.c_str(),
              L.block_idx.x, L.block_idx.y, L.block_idx.z, t ? t->idx.x : 0, t ? t->idx.y : 0, t ? t->idx.z : 0);
     return buf;
 }
@@ -534,6 +548,9 @@ __attribute__((noinline)) void complete_collective(Warp& w, unsigned lanes) {
             for (int m = 0; m < 4; m++) {
                 const unsigned src = 8 * m + (l >> 2);
                 const uintptr_t row = (uintptr_t)w.in[src][0];
+                if (row - g_win_lo >= g_win_span) {
+                    fail(SIM_ILLEGAL_ADDRESS, "ldmatrix: lane " + std::to_string(src) + " gives a row address outside shared memory; " + where(&L.threads[w.in[src][11]]));
+                }
                 if (row % 16) {
                     fail(SIM_LAUNCH_FAILED, "ldmatrix: lane " + std::to_string(src) + " gives a row address that is not 16-byte aligned; " +
                                                 where(&L.threads[w.in[src][11]]));
@@ -666,7 +683,7 @@ void check_device(SimThread* t, uintptr_t a, size_t n, bool write) {
     if (al && al->live && a >= al->base && a + n <= al->base + al->size) return;
     std::string why;
     describe_bad_access(a, n, &why);
-    fail(SIM_ILLEGAL_ADDRESS, std::string("out-of-bounds device ") + (write ? "write" : "read") + " of " + std::to_string(n) + " bytes: " + why + "; " + where(t));
+    fail(SIM_ILLEGAL_ADDRESS, std::string("out-of-bounds device ") + (write ? "write" : "read") + " of " + std::to_string(n) + (n == 1 ? " byte: " : " bytes: ") + why + "; " + where(t));
 }
 
 bool ordered(unsigned other_tid1, uint16_t other_sync, const SimThread* t) {
@@ -697,32 +714,41 @@ void shared_access(SimThread* t, uintptr_t a, size_t n, bool write) {
             fail(SIM_ILLEGAL_ADDRESS, buf + where(t));
         }
     }
-    if (!g_racecheck) return;  // (then run_block poisons the whole window up front)
+    if (!g_race_this_block) {  // (then run_block poisons what earlier blocks touched)
+        g_touched_lo = std::min(g_touched_lo, a);
+        g_touched_hi = std::max(g_touched_hi, (uintptr_t)(a + n));
+        return;
+    }
     const uint16_t me = (uint16_t)(t->tid + 1);
     const uint16_t sync = g_launch.warps[t->warp].syncs;
-    for (size_t i = 0; i < n; i++) {
-        Shadow& s = g_shadow[a + i - g_win_lo];
+    // One shadow entry per 2-byte granule (bf16 is the narrowest shared element the kernels use;
+    // two threads writing the two bytes of one granule would be reported as a race).
+    const size_t first = (a - g_win_lo) >> 1, last = (a + n - 1 - g_win_lo) >> 1;
+    for (size_t gi = first; gi <= last; gi++) {
+        Shadow& s = g_shadow[gi];
         if (s.epoch != g_epoch) {
             // First touch in this block: shared memory starts as NaN bytes (0xFF), like a kernel
             // output in the parity tests, so a read before any write cannot pass by luck.
-            if (s.epoch < g_block_epoch) *(unsigned char*)(a + i) = 0xff;
+            if (s.epoch < g_block_epoch) memset((void*)(g_win_lo + 2 * gi), 0xff, 2);
             s = Shadow{g_epoch, 0, 0, 0, 0, 0, 0};
         }
+        const uintptr_t at = g_win_lo + 2 * gi;
         if (write) {
-            if (s.writer && s.writer != me && !ordered(s.writer, s.writer_sync, t)) race(t, true, s.writer, true, a + i);
-            if (s.reader && s.reader != me && !ordered(s.reader, s.reader_sync, t)) race(t, true, s.reader, false, a + i);
+            if (s.writer && s.writer != me && !ordered(s.writer, s.writer_sync, t)) race(t, true, s.writer, true, at);
+            if (s.reader && s.reader != me && !ordered(s.reader, s.reader_sync, t)) race(t, true, s.reader, false, at);
             if (s.many_readers && (s.readers_mixed_warps || (unsigned)(s.reader - 1) / 32 != t->tid / 32 || !ordered(s.reader, s.reader_sync, t)))
-                race(t, true, s.reader, false, a + i);
+                race(t, true, s.reader, false, at);
             s.writer = me;
             s.writer_sync = sync;
             s.reader = 0;
             s.many_readers = s.readers_mixed_warps = 0;
         } else {
-            if (s.writer && s.writer != me && !ordered(s.writer, s.writer_sync, t)) race(t, false, s.writer, true, a + i);
+            if (s.writer && s.writer != me && !ordered(s.writer, s.writer_sync, t)) race(t, false, s.writer, true, at);
+            if (s.reader == me || s.readers_mixed_warps) continue;  // nothing new to record
             if (!s.reader) {
                 s.reader = me;
                 s.reader_sync = sync;
-            } else if (s.reader != me) {
+            } else {
                 s.many_readers = 1;
                 if ((unsigned)(s.reader - 1) / 32 != t->tid / 32) s.readers_mixed_warps = 1;
             }
@@ -892,7 +918,7 @@ bool setup_thread(std::string* error) {
     }
     g_win_lo = w.lo;
     g_win_span = w.span;
-    if (g_shadow.size() < g_win_span) g_shadow.assign(g_win_span, Shadow{0, 0, 0, 0, 0, 0, 0});
+    if (g_shadow.size() < g_win_span / 2 + 1) g_shadow.assign(g_win_span / 2 + 1, Shadow{0, 0, 0, 0, 0, 0, 0});
     return true;
 }
 
@@ -905,8 +931,13 @@ void run_block(Launch& L) {
     L.ready_pos.assign(L.warps.size(), -1);
     g_block_epoch = ++g_epoch;
     // Shared memory starts as NaN (0xFF bytes) in every block: the race check poisons each byte
-    // at its first touch in the block; without it, the whole window is poisoned here.
-    if (!g_racecheck) memset((void*)g_win_lo, 0xff, g_win_span);
+    // at its first touch in the block; a block without it gets the bytes earlier blocks touched
+    // poisoned here (and the whole window when the race check is off).
+    if (!g_racecheck) {
+        memset((void*)g_win_lo, 0xff, g_win_span);
+    } else if (!g_race_this_block && g_touched_hi > g_touched_lo) {
+        memset((void*)g_touched_lo, 0xff, g_touched_hi - g_touched_lo);
+    }
     for (auto& w : L.warps) {
         w.arrived = 0;
         w.done = 0;
@@ -979,7 +1010,10 @@ int sim_launch(SimKernel* k, SimDim grid, SimDim block, unsigned smem, void** ar
     if (!env_read) {
         env_read = true;
         if (const char* s = getenv("MINDREADER_SIM_SEED")) g_seed = strtoull(s, nullptr, 0);
-        if (const char* r = getenv("MINDREADER_SIM_RACECHECK")) g_racecheck = strcmp(r, "0") != 0;
+        if (const char* r = getenv("MINDREADER_SIM_RACECHECK")) {
+            g_racecheck = strcmp(r, "0") != 0;
+            g_racecheck_all = strcmp(r, "all") == 0;
+        }
         if (const char* st = getenv("MINDREADER_SIM_STATS"); st && strcmp(st, "1") == 0) atexit(print_stats);
     }
 
@@ -1019,10 +1053,21 @@ int sim_launch(SimKernel* k, SimDim grid, SimDim block, unsigned smem, void** ar
     while (nblocks > 1 && std::__gcd(step, nblocks) != 1) step += 2;
     const uint64_t offset = nblocks ? next_random(L.rng) % nblocks : 0;
     g_in_kernel = true;
+    g_touched_lo = UINTPTR_MAX;
+    g_touched_hi = 0;
+    uint64_t checked = 0;
     if (sigsetjmp(g_fault_jmp, 1) == 0) {
         for (uint64_t i = 0; i < nblocks && !L.failed; i++) {
             const uint64_t b = (offset + i * step) % nblocks;
             L.block_idx = {(unsigned)(b % grid.x), (unsigned)((b / grid.x) % grid.y), (unsigned)(b / ((uint64_t)grid.x * grid.y))};
+            // The race check (a shadow update per shared access) covers every block of a small
+            // grid; in a big one, the first blocks run (a seeded random sample: blocks run in
+            // random order) and the blocks on the grid's far edges (where partial tiles are), up
+            // to 4·kRaceCheckedBlocks. Bounds are checked in every block.
+            const sim_uint3& bi = L.block_idx;
+            const bool edge = (grid.x > 1 && bi.x == grid.x - 1) || (grid.y > 1 && bi.y == grid.y - 1) || (grid.z > 1 && bi.z == grid.z - 1);
+            g_race_this_block = g_racecheck && (g_racecheck_all || i < kRaceCheckedBlocks || (edge && checked < 4 * kRaceCheckedBlocks));
+            checked += g_race_this_block;
             run_block(L);
         }
     } else {

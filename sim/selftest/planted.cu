@@ -28,8 +28,7 @@ extern "C" __global__ void __launch_bounds__(256) selftest_block_reverse(const f
     const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
     s[threadIdx.x] = i < n ? x[i] : 0.f;
     if (!missing_barrier) __syncthreads();
-    const unsigned j = blockIdx.x * blockDim.x + (blockDim.x - 1 - threadIdx.x);
-    if (j < n) y[j] = s[threadIdx.x];
+    if (i < n) y[i] = s[blockDim.x - 1 - threadIdx.x];
 }
 
 // y[i] = 2·x[i]. The bug: the loop runs to i <= n, one element past the end of y.
