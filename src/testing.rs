@@ -1,16 +1,22 @@
 //! The test harness shared by every op's tests: devices to run one test body on, seeded random
 //! data, tolerance checks and an f64 finite-difference gradient check.
 //!
-//! GPU tests skip with a printed reason when no GPU is usable, unless `MINDREADER_REQUIRE_GPU=1`
-//! (set by `scripts/gpu-check` on the GPU machine), which makes a missing GPU a failure.
+//! A device test needs a CUDA device: a GPU, or the CUDA simulator (`sim/`, a stand-in libcuda
+//! that runs the kernels on the CPU; `scripts/test` builds it and puts it on the library path).
+//! With neither, a device test fails, unless `MINDREADER_ALLOW_DEVICE_SKIP=1` lets it skip.
+//! `MINDREADER_REQUIRE_GPU=1` (set by `scripts/gpu-check` on the GPU machine) also refuses the
+//! simulator. When `MINDREADER_DEVICE_LOG` names a file, every device test appends one line to
+//! it (`ran`/`skipped`, the test, the device or the reason), which `scripts/test` counts.
 
-use std::sync::OnceLock;
+use std::io::Write as _;
+use std::sync::{Mutex, OnceLock};
 
 use rand::{Rng, SeedableRng};
 
 use crate::tensor::{set_poison_outputs, Device};
 
-/// The GPU for parity tests, with kernel outputs poisoned (NaN-filled) before every launch.
+/// The CUDA device for device tests, with kernel outputs poisoned (NaN-filled) before every
+/// launch. Panics when there is none, unless skipping is allowed (then None, after logging it).
 pub fn gpu() -> Option<Device> {
     static GPU: OnceLock<Result<Device, String>> = OnceLock::new();
     let found = GPU.get_or_init(|| {
@@ -19,22 +25,70 @@ pub fn gpu() -> Option<Device> {
         }
         Device::cuda(0).map_err(|e| e.to_string())
     });
+    let require_gpu = std::env::var("MINDREADER_REQUIRE_GPU").is_ok_and(|v| v == "1");
     match found {
         Ok(d) => {
+            if require_gpu && d.is_simulated() {
+                panic!("MINDREADER_REQUIRE_GPU=1 but cuda:0 is the CUDA simulator ({}), not a GPU", d.name());
+            }
             set_poison_outputs(true);
+            log_device_test("ran", &d.name());
             Some(d.clone())
         }
         Err(why) => {
-            if std::env::var("MINDREADER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+            if require_gpu {
                 panic!("MINDREADER_REQUIRE_GPU=1 but no GPU: {why}");
             }
-            eprintln!("skipping the CUDA half of this test: {why}");
+            if !std::env::var("MINDREADER_ALLOW_DEVICE_SKIP").is_ok_and(|v| v == "1") {
+                panic!(
+                    "this device test needs a CUDA device and there is none: {why}. Build the CUDA simulator \
+                     (`python3 sim/build.py`) and run with LD_LIBRARY_PATH=target/sim, as scripts/test does, \
+                     or set MINDREADER_ALLOW_DEVICE_SKIP=1 to skip device tests (they are counted as skipped)"
+                );
+            }
+            eprintln!("skipping the CUDA half of this test (MINDREADER_ALLOW_DEVICE_SKIP=1): {why}");
+            log_device_test("skipped", why);
             None
         }
     }
 }
 
-/// The CPU, then the GPU when there is one: run the same test body on each.
+/// The CUDA simulator, for the tests of the simulator itself (`tests/simulator.rs`): None, logged
+/// as a skip, when cuda:0 is a real GPU (the planted-bug kernels exist only in the simulator);
+/// otherwise as [`gpu`] (no device fails unless skipping is allowed).
+pub fn simulator() -> Option<Device> {
+    let d = gpu()?;
+    if d.is_simulated() {
+        return Some(d);
+    }
+    eprintln!("skipping: cuda:0 is a real GPU ({}); this test checks the CUDA simulator", d.name());
+    log_device_test("skipped", "a real GPU, not the simulator");
+    None
+}
+
+/// One line per device test (the test's name is its libtest thread's name) in
+/// `$MINDREADER_DEVICE_LOG`, when set: `ran|skipped <TAB> test <TAB> device or reason`.
+fn log_device_test(outcome: &str, detail: &str) {
+    static LOG: Mutex<()> = Mutex::new(());
+    let Some(path) = std::env::var_os("MINDREADER_DEVICE_LOG") else {
+        return;
+    };
+    let test = std::thread::current().name().unwrap_or("main").to_string();
+    let binary = std::env::args().next().unwrap_or_default();
+    let binary = std::path::Path::new(&binary).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let _guard = LOG.lock().unwrap_or_else(|p| p.into_inner());
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{outcome}\t{binary}::{test}\t{detail}");
+    }
+}
+
+/// True when device tests run on the CUDA simulator: the few tests whose full sizes would take
+/// minutes there use smaller ones that still cross every tile edge.
+pub fn on_simulator() -> bool {
+    gpu().is_some_and(|d| d.is_simulated())
+}
+
+/// The CPU, then the CUDA device (a GPU or the simulator): run the same test body on each.
 pub fn devices() -> Vec<Device> {
     let mut d = vec![Device::Cpu];
     d.extend(gpu());
@@ -97,7 +151,8 @@ pub fn fixtures_dir() -> std::path::PathBuf {
 /// the CPU (the f32 twin between a widening and one rounding) and, when there is a GPU, on the
 /// same bf16 values there (the bf16 kernels). Both outputs must be bf16, and close: each is one
 /// rounding of an f32 result that differs only in summation order, so they agree to a bf16 ulp
-/// (2⁻⁸ relative) where the sums do. Returns false (after printing why) when there is no GPU.
+/// (2⁻⁸ relative) where the sums do. Returns false when device tests are allowed to skip and
+/// there is no CUDA device.
 pub fn bf16_parity(what: &str, inputs: &[crate::Tensor], rtol: f32, atol: f32, op: impl Fn(&[crate::Tensor]) -> crate::Result<crate::Tensor>) -> bool {
     use crate::tensor::DType;
     let cpu: Vec<crate::Tensor> = inputs.iter().map(|t| t.to_dtype(DType::BF16).unwrap()).collect();

@@ -32,7 +32,27 @@ fn info_lists_embedded_kernels_and_devices() {
 fn bench_quick_validates_and_times_every_case() {
     let json = std::env::temp_dir().join(format!("mindreader-bench-{}.jsonl", std::process::id()));
     let text = run_ok(&["bench", "--quick", "--iters", "3", "--warmup", "1", "--json", json.to_str().unwrap()]);
-    for case in ["matmul f32", "matmul bf16", "conv1d k3", "conv1d stem", "softmax", "layer_norm", "adam", "mapper train step", "clip tiny image encode", "clip tiny text encode", "clip tiny image encode bf16", "clip tiny text encode bf16", "attention", "attention bf16", "attention fwd+bwd composed", "attention fwd+bwd fused", "linear bf16 simt", "linear bf16 tensorcore", "add+layer_norm"] {
+    for case in [
+        "matmul f32",
+        "matmul bf16",
+        "conv1d k3",
+        "conv1d stem",
+        "softmax",
+        "layer_norm",
+        "adam",
+        "mapper train step",
+        "clip tiny image encode",
+        "clip tiny text encode",
+        "clip tiny image encode bf16",
+        "clip tiny text encode bf16",
+        "attention",
+        "attention bf16",
+        "attention fwd+bwd composed",
+        "attention fwd+bwd fused",
+        "linear bf16 simt",
+        "linear bf16 tensorcore",
+        "add+layer_norm",
+    ] {
         assert!(text.contains(case), "case {case} missing:\n{text}");
     }
     let lines = std::fs::read_to_string(&json).unwrap();
@@ -65,6 +85,46 @@ fn demo_learns_far_above_chance() {
     std::fs::remove_dir_all(out).ok();
 }
 
+/// The per-epoch (train, validation) losses of a run's metrics.jsonl.
+fn epoch_losses(metrics: &std::path::Path) -> Vec<(f64, f64)> {
+    let text = std::fs::read_to_string(metrics).unwrap_or_else(|e| panic!("{}: {e}", metrics.display()));
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v.get("train_loss")?.as_f64()?, v.get("val_loss")?.as_f64()?)))
+        .collect()
+}
+
+/// `demo --device cuda:0` on the CUDA simulator runs the product's GPU path (every kernel of the
+/// mapper's training step, from the kernels' own source) and ends with the CPU run's losses.
+#[test]
+fn demo_on_the_simulated_device_matches_the_cpu_run() {
+    if mindreader::testing::simulator().is_none() {
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("mindreader-demo-sim-{}", std::process::id()));
+    let args = ["--stimuli", "150", "--voxels", "256", "--epochs", "2"];
+    let mut losses = Vec::new();
+    for device in ["cpu", "cuda:0"] {
+        let out = base.join(device.replace(':', ""));
+        let text = run_ok(&[&["demo", "--device", device, "--out", out.to_str().unwrap()][..], &args[..]].concat());
+        if device != "cpu" {
+            assert!(text.contains("cuda:0 (simulated)"), "{text}");
+        }
+        losses.push(epoch_losses(&out.join("mapper/metrics.jsonl")));
+    }
+    assert_eq!(losses[0].len(), 2, "{losses:?}");
+    for (epoch, (c, s)) in losses[0].iter().zip(&losses[1]).enumerate() {
+        for (name, a, b) in [("train", c.0, s.0), ("validation", c.1, s.1)] {
+            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "epoch {}: {name} loss {a} on the CPU, {b} on the simulator", epoch + 1);
+        }
+    }
+    let out = mindreader().args(["bench", "--device", "cuda:0", "--quick"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("CUDA simulator") && err.contains("not GPU times"), "{err}");
+    assert!(run_ok(&["info"]).contains("SIMULATED"));
+    std::fs::remove_dir_all(base).ok();
+}
+
 #[test]
 fn train_mapper_predict_and_eval_retrieval_from_the_command_line() {
     let dir = std::env::temp_dir().join(format!("mindreader-cli-mapper-{}", std::process::id()));
@@ -73,7 +133,25 @@ fn train_mapper_predict_and_eval_retrieval_from_the_command_line() {
     let run = dir.join("run");
     let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
     run_ok(&["synth", "--out", &p(&world), "--stimuli", "300", "--voxels", "256", "--seed", "3"]);
-    let base = ["train-mapper", "--data", &p(&world), "--target", "scene", "--out", &p(&run), "--device", "cpu", "--hidden", "8", "--batch", "32", "--lr", "3e-3", "--trials", "average"];
+    let base = [
+        "train-mapper",
+        "--data",
+        &p(&world),
+        "--target",
+        "scene",
+        "--out",
+        &p(&run),
+        "--device",
+        "cpu",
+        "--hidden",
+        "8",
+        "--batch",
+        "32",
+        "--lr",
+        "3e-3",
+        "--trials",
+        "average",
+    ];
     let text = run_ok(&[&base[..], &["--epochs", "2"]].concat());
     assert!(text.contains("final:"), "{text}");
     // Resume to 3 epochs: the metrics gain exactly one line.
@@ -117,16 +195,38 @@ fn prepare_nsd_output_is_inspected_and_trained_on() {
     let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
     let file = dir.join("subj01.h5");
     let root = mindreader::testing::fixtures_dir().join("nsd");
-    let text = run_ok(&["prepare-nsd", "--nsd-root", &p(&root), "--subject", "1", "--roi", "nsdgeneral", "--out", &p(&file), "--size", "16", "--pad-multiple", "16"]);
+    let text =
+        run_ok(&["prepare-nsd", "--nsd-root", &p(&root), "--subject", "1", "--roi", "nsdgeneral", "--out", &p(&file), "--size", "16", "--pad-multiple", "16"]);
     assert!(text.contains("24 trials × 16 voxels"), "{text}");
     let text = run_ok(&["inspect", &p(&file)]);
     assert!(text.contains("source      nsd, subject subj01, roi nsdgeneral") && text.contains("test 3 stimuli"), "{text}");
     let data = mindreader::testing::random_vec(10 * 8, 6);
     write_target(&file, &Target { name: "stand_in".into(), dim: 8, data, description: "random stand-in for a CLIP target".into() }).unwrap();
-    let text = run_ok(&["train-mapper", "--data", &p(&file), "--target", "stand_in", "--out", &p(&dir.join("run")), "--device", "cpu", "--epochs", "1", "--hidden", "4", "--fc-hidden", "8", "--res-blocks", "1", "--batch", "8"]);
+    let text = run_ok(&[
+        "train-mapper",
+        "--data",
+        &p(&file),
+        "--target",
+        "stand_in",
+        "--out",
+        &p(&dir.join("run")),
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--hidden",
+        "4",
+        "--fc-hidden",
+        "8",
+        "--res-blocks",
+        "1",
+        "--batch",
+        "8",
+    ]);
     assert!(text.contains("final:"), "{text}");
     // A session that is not there fails before anything is written.
-    let out = mindreader().args(["prepare-nsd", "--nsd-root", &p(&root), "--subject", "1", "--out", &p(&dir.join("x.h5")), "--sessions", "1-4"]).output().unwrap();
+    let out =
+        mindreader().args(["prepare-nsd", "--nsd-root", &p(&root), "--subject", "1", "--out", &p(&dir.join("x.h5")), "--sessions", "1-4"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("betas_session04.hdf5") && !err.contains("panicked"), "{err}");
     assert!(!dir.join("x.h5").exists());
@@ -165,7 +265,27 @@ fn screen_captions_picks_clip_best_caption_and_feeds_train_mapper() {
     let best = (0..tshape[0]).max_by(|&a, &b| cos(a).total_cmp(&cos(b))).unwrap();
     assert_eq!(best as u32, chosen[0], "stored caption slot vs recomputed best");
     drop(file);
-    let text = run_ok(&["train-mapper", "--data", &p(&world), "--target", "clip_caption", "--out", &p(&dir.join("run")), "--device", "cpu", "--hidden", "4", "--fc-hidden", "4", "--res-blocks", "1", "--epochs", "1", "--batch", "16"]);
+    let text = run_ok(&[
+        "train-mapper",
+        "--data",
+        &p(&world),
+        "--target",
+        "clip_caption",
+        "--out",
+        &p(&dir.join("run")),
+        "--device",
+        "cpu",
+        "--hidden",
+        "4",
+        "--fc-hidden",
+        "4",
+        "--res-blocks",
+        "1",
+        "--epochs",
+        "1",
+        "--batch",
+        "16",
+    ]);
     assert!(text.contains("target `clip_caption` (24-d)") || text.contains("clip_caption"), "{text}");
     std::fs::remove_dir_all(dir).ok();
 }
@@ -283,7 +403,25 @@ fn train_clip_makes_a_clip_directory_for_screen_captions() {
     let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
     let (world, clip) = (dir.join("w.h5"), dir.join("clip"));
     run_ok(&["synth", "--out", &p(&world), "--stimuli", "40", "--voxels", "64", "--seed", "9", "--size", "16"]);
-    let text = run_ok(&["train-clip", "--data", &p(&world), "--out", &p(&clip), "--epochs", "2", "--batch", "8", "--width", "16", "--layers", "1", "--context", "16", "--device", "cpu"]);
+    let text = run_ok(&[
+        "train-clip",
+        "--data",
+        &p(&world),
+        "--out",
+        &p(&clip),
+        "--epochs",
+        "2",
+        "--batch",
+        "8",
+        "--width",
+        "16",
+        "--layers",
+        "1",
+        "--context",
+        "16",
+        "--device",
+        "cpu",
+    ]);
     assert!(text.contains("epoch   2:") && text.contains("model.safetensors"), "{text}");
     assert!(clip.join("config.json").is_file() && clip.join("model.safetensors").is_file());
     run_ok(&["screen-captions", "--clip", &p(&clip), "--data", &p(&world), "--device", "cpu"]);
@@ -300,7 +438,22 @@ fn train_clip_makes_a_clip_directory_for_screen_captions() {
 #[test]
 fn demo_with_clip_maps_into_a_clip_trained_on_the_world() {
     let out = std::env::temp_dir().join(format!("mindreader-demo-clip-{}", std::process::id()));
-    let text = run_ok(&["demo", "--device", "cpu", "--out", out.to_str().unwrap(), "--stimuli", "200", "--voxels", "256", "--epochs", "2", "--clip", "--clip-epochs", "1"]);
+    let text = run_ok(&[
+        "demo",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+        "--stimuli",
+        "200",
+        "--voxels",
+        "256",
+        "--epochs",
+        "2",
+        "--clip",
+        "--clip-epochs",
+        "1",
+    ]);
     assert!(text.contains("[2/5] training a small CLIP") && text.contains("target `clip_image`") && text.contains("[5/5] held-out retrieval"), "{text}");
     for file in ["clip/config.json", "clip/model.safetensors", "mapper/mapper.safetensors"] {
         assert!(out.join(file).exists(), "{file} missing");

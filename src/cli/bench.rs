@@ -31,7 +31,9 @@ pub struct BenchArgs {
 
 /// FP32 CUDA-core peak from the device's attributes (SMs × 128 lanes × 2 FLOP × clock).
 fn fp32_peak_tflops(device: &Device) -> Option<f64> {
-    let Device::Cuda(gpu) = device else { return None };
+    let Device::Cuda(gpu) = device else {
+        return None;
+    };
     use cudarc::driver::sys::CUdevice_attribute as A;
     let sms = gpu.ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).ok()? as f64;
     let khz = gpu.ctx.attribute(A::CU_DEVICE_ATTRIBUTE_CLOCK_RATE).ok()? as f64;
@@ -41,6 +43,12 @@ fn fp32_peak_tflops(device: &Device) -> Option<f64> {
 pub fn run(args: BenchArgs) -> Result<()> {
     anyhow::ensure!(args.iters > 0, "--iters must be positive");
     let device = super::parse_device(&args.device)?;
+    anyhow::ensure!(
+        !device.is_simulated(),
+        "{device} is the CUDA simulator ({}): it runs kernels on the CPU, so its times are not GPU times and bench will not \
+         report them. Kernel parity on the simulator is what scripts/test runs; use --device cpu to time the CPU twins",
+        device.name()
+    );
     let peak_bw = measure_copy_bandwidth(&device)?;
     let peak_flops = fp32_peak_tflops(&device);
     let name = match &device {
@@ -67,7 +75,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let m = run_case(&case, &device, args.warmup, args.iters).with_context(|| format!("bench case `{}`", case.name))?;
         let pct = |v: f64, peak: Option<f64>| peak.map(|p| format!("{:.1}", 100.0 * v / p)).unwrap_or_else(|| "-".into());
         let err = m.max_rel_err.map(|e| format!("{e:.1e}")).unwrap_or_else(|| "-".into());
-        println!("| {} | {:.4} | {:.4} | {:.2} | {:.1} | {} | {} | {err} |", m.name, m.median_ms, m.min_ms, m.tflops, m.gbps, pct(m.gbps, peak_bw), pct(m.tflops, peak_flops));
+        println!(
+            "| {} | {:.4} | {:.4} | {:.2} | {:.1} | {} | {} | {err} |",
+            m.name,
+            m.median_ms,
+            m.min_ms,
+            m.tflops,
+            m.gbps,
+            pct(m.gbps, peak_bw),
+            pct(m.tflops, peak_flops)
+        );
         if let Some(f) = json.as_mut() {
             let line = serde_json::json!({"case": m.name, "device": m.device, "device_name": name, "median_ms": m.median_ms, "min_ms": m.min_ms, "tflops": m.tflops, "gbps": m.gbps, "max_rel_err": m.max_rel_err});
             writeln!(f, "{line}")?;

@@ -30,7 +30,9 @@ pub struct DemoArgs {
     /// Where the world, the trained mapper, metrics and plots go.
     #[arg(long, default_value = "mindreader-demo")]
     pub out: PathBuf,
-    /// auto (GPU when usable), cpu, cuda or cuda:N.
+    /// auto (GPU when usable), cpu, cuda or cuda:N. cuda:0 is the CUDA simulator when its
+    /// libcuda is on the library path (LD_LIBRARY_PATH=target/sim; see sim/README.md): the same
+    /// kernels, run on the CPU and checked, with the scaled-down mapper.
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Stimuli in the synthetic world.
@@ -61,7 +63,8 @@ pub struct DemoArgs {
 
 pub fn run(args: DemoArgs) -> Result<()> {
     let device = super::parse_device(&args.device)?;
-    let full = args.full || device.is_cuda();
+    // The CUDA simulator runs the GPU path at CPU speed or below: it gets the scaled-down mapper.
+    let full = args.full || (device.is_cuda() && !device.is_simulated());
     let started = Instant::now();
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
 
@@ -70,7 +73,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let voxels = args.voxels.unwrap_or(if full { 4096 } else { 2048 });
     let cfg = SynthConfig { stimuli: args.stimuli, voxels, seed: args.seed, ..SynthConfig::default() };
     let steps = if args.clip { 5 } else { 3 };
-    println!("[1/{steps}] synthesising {} stimuli × {} repeats seen by a simulated subject with {} voxels → {}", cfg.stimuli, cfg.repeats, cfg.voxels, world.display());
+    println!(
+        "[1/{steps}] synthesising {} stimuli × {} repeats seen by a simulated subject with {} voxels → {}",
+        cfg.stimuli,
+        cfg.repeats,
+        cfg.voxels,
+        world.display()
+    );
     let contents = synth::generate(&cfg, &ProgressBar::hidden())?;
     dataset::write(&world, &contents)?;
     drop(contents);
@@ -108,7 +117,14 @@ pub fn run(args: DemoArgs) -> Result<()> {
     };
     let lr = args.lr.unwrap_or(lr);
     let data = MapperData::from_staged(&staged, file.trial_stimulus(), file.split(), mode)?;
-    let cfg = TrainConfig { epochs, batch, lr, loss: LossKind::MseCosContrastive, decay_every: 10, ..TrainConfig::mind_reader(mapper, format!("demo world.h5:{target}")) };
+    let cfg = TrainConfig {
+        epochs,
+        batch,
+        lr,
+        loss: LossKind::MseCosContrastive,
+        decay_every: 10,
+        ..TrainConfig::mind_reader(mapper, format!("demo world.h5:{target}"))
+    };
     println!(
         "[{}/{steps}] training the {} mapper on {device} to target `{target}`: {} rows ({:?} trials), {} epochs, batch {}, lr {}, mse_cos_contrastive",
         steps - 1,

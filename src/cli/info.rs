@@ -36,6 +36,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
             let count = cudarc::driver::CudaContext::device_count().unwrap_or(0);
             for ordinal in 0..count as usize {
                 match Gpu::open(ordinal) {
+                    Ok(gpu) if gpu.is_simulated() => {
+                        println!("gpu cuda:{ordinal}: SIMULATED — {} (sim/): every kernel runs on the CPU from its own source, with bounds and race checks; no times from it are GPU figures", gpu.name());
+                    }
                     Ok(gpu) => {
                         let mem = gpu.ctx.total_mem().map(|b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)).unwrap_or_else(|e| e.to_string());
                         let sms = gpu.ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(0);

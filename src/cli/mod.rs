@@ -7,8 +7,8 @@ pub mod eval_retrieval;
 pub mod info;
 pub mod inspect;
 pub mod predict;
-pub mod screen_captions;
 pub mod prepare_nsd;
+pub mod screen_captions;
 pub mod synth;
 pub mod train_clip;
 pub mod train_mapper;
@@ -18,7 +18,8 @@ use mindreader::eval::plot::{line_chart, Series};
 use mindreader::train::mapper::{read_loss_history, RunDir};
 use mindreader::Device;
 
-/// `--device` values: `auto` (GPU when usable), `cpu`, `cuda` or `cuda:N`.
+/// `--device` values: `auto` (GPU when usable), `cpu`, `cuda` or `cuda:N` (the CUDA simulator is
+/// `cuda:0` when its libcuda is on the library path; `auto` never picks it).
 pub fn parse_device(s: &str) -> Result<Device> {
     Ok(match s {
         "auto" => Device::best(),

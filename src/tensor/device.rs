@@ -22,16 +22,33 @@ impl Device {
         Ok(Device::Cuda(Gpu::open(ordinal)?))
     }
 
-    /// The first GPU when one is usable and this binary holds kernels for it, else the CPU.
+    /// The first GPU when one is usable and this binary holds kernels for it, else the CPU. The
+    /// CUDA simulator is never picked here (it is slower than the CPU twins): ask for it by name.
     pub fn best() -> Device {
         if crate::kernels::KERNELS.is_empty() {
             return Device::Cpu;
         }
-        Device::cuda(0).unwrap_or(Device::Cpu)
+        match Device::cuda(0) {
+            Ok(d) if !d.is_simulated() => d,
+            _ => Device::Cpu,
+        }
     }
 
     pub fn is_cuda(&self) -> bool {
         matches!(self, Device::Cuda(_))
+    }
+
+    /// True on the CUDA simulator (`sim/`): kernels run on the CPU, its times are not GPU times.
+    pub fn is_simulated(&self) -> bool {
+        matches!(self, Device::Cuda(g) if g.is_simulated())
+    }
+
+    /// What the device is: "cpu", the GPU's name, or the simulator's.
+    pub fn name(&self) -> String {
+        match self {
+            Device::Cpu => "cpu".into(),
+            Device::Cuda(g) => g.name(),
+        }
     }
 
     pub fn same(&self, other: &Device) -> bool {
@@ -55,6 +72,7 @@ impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(g) if g.is_simulated() => write!(f, "cuda:{} (simulated)", g.ordinal),
             Device::Cuda(g) => write!(f, "cuda:{}", g.ordinal),
         }
     }
@@ -65,6 +83,9 @@ impl fmt::Debug for Device {
         fmt::Display::fmt(self, f)
     }
 }
+
+/// How the CUDA simulator's stand-in driver names its device (sim/driver.cpp).
+pub const SIMULATOR_NAME: &str = "mindreader CUDA simulator";
 
 /// Set by the parity tests: every kernel output buffer is filled with NaN before the kernel
 /// runs, so a kernel that forgets to write an element cannot pass by luck.
@@ -79,6 +100,7 @@ pub struct Gpu {
     pub ordinal: usize,
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
+    simulated: bool,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
 }
@@ -108,11 +130,17 @@ impl Gpu {
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| Error::NoGpu(format!("creating a context on cuda:{ordinal}: {e}")))?;
         let stream = ctx.default_stream();
-        Ok(Arc::new(Gpu { ordinal, ctx, stream, modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) }))
+        let simulated = ctx.name().is_ok_and(|n| n.starts_with(SIMULATOR_NAME));
+        Ok(Arc::new(Gpu { ordinal, ctx, stream, simulated, modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) }))
     }
 
     pub fn name(&self) -> String {
         self.ctx.name().unwrap_or_else(|e| format!("unknown ({e})"))
+    }
+
+    /// True when the driver library is mindreader's CUDA simulator (`sim/`), which names itself so.
+    pub fn is_simulated(&self) -> bool {
+        self.simulated
     }
 
     /// The kernel `name` from `kernels/<family>.cu`, loading the family's module on first use.
@@ -164,8 +192,7 @@ impl Gpu {
         let b = byte as u32;
         let cfg = launch_1d(n_bytes);
         // SAFETY: fill_bytes(u8* p, u64 n, u32 byte) writes n bytes inside buf.
-        unsafe { self.stream.launch_builder(&f).arg(buf).arg(&n).arg(&b).launch(cfg) }
-            .map_err(|e| Error::cuda("fill_bytes", e))?;
+        unsafe { self.stream.launch_builder(&f).arg(buf).arg(&n).arg(&b).launch(cfg) }.map_err(|e| Error::cuda("fill_bytes", e))?;
         Ok(())
     }
 }
