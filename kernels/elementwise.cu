@@ -56,9 +56,6 @@ extern "C" __global__ void fill_bytes(unsigned char* p, u64 n, unsigned byte) {
     FOR_EACH(i, n) p[i] = (unsigned char)byte;
 }
 
-extern "C" __global__ void fill_f32(float* p, u64 n, float v) {
-    FOR_EACH(i, n) p[i] = v;
-}
 
 extern "C" __global__ void cast_f32_bf16(const float* x, __nv_bfloat16* y, u64 n) { FOR_EACH(i, n) y[i] = __float2bfloat16(x[i]); }
 extern "C" __global__ void cast_f32_f16(const float* x, __half* y, u64 n) { FOR_EACH(i, n) y[i] = __float2half(x[i]); }

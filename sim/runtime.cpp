@@ -168,12 +168,12 @@ static bool describe_bad_access(uint64_t addr, size_t n, std::string* why) {
         snprintf(buf, sizeof buf, "address 0x%llx is in allocation #%llu (%llu bytes at 0x%llx), which was freed", (unsigned long long)addr,
                  (unsigned long long)a->id, (unsigned long long)a->size, (unsigned long long)a->base);
     } else if (addr < a->base) {
-        snprintf(buf, sizeof buf, "address 0x%llx is %llu bytes before the start of allocation #%llu (%llu bytes at 0x%llx)",
-                 (unsigned long long)addr, (unsigned long long)(a->base - addr), (unsigned long long)a->id, (unsigned long long)a->size,
+        snprintf(buf, sizeof buf, "address 0x%llx is %llu byte%s before the start of allocation #%llu (%llu bytes at 0x%llx)",
+                 (unsigned long long)addr, (unsigned long long)(a->base - addr), a->base - addr == 1 ? "" : "s", (unsigned long long)a->id, (unsigned long long)a->size,
                  (unsigned long long)a->base);
     } else if (addr + n > a->base + a->size) {
-        snprintf(buf, sizeof buf, "address 0x%llx is %llu bytes past the end of allocation #%llu (%llu bytes at 0x%llx; offset %llu)",
-                 (unsigned long long)addr, (unsigned long long)(addr + n - (a->base + a->size)), (unsigned long long)a->id,
+        snprintf(buf, sizeof buf, "address 0x%llx is %llu byte%s past the end of allocation #%llu (%llu bytes at 0x%llx; offset %llu)",
+                 (unsigned long long)addr, (unsigned long long)(addr + n - (a->base + a->size)), addr + n - (a->base + a->size) == 1 ? "" : "s", (unsigned long long)a->id,
                  (unsigned long long)a->size, (unsigned long long)a->base, (unsigned long long)(addr - a->base));
     } else {
         return false;
@@ -323,6 +323,15 @@ uint64_t g_seed = 0x5eed;
 uint64_t g_launches = 0;
 // MINDREADER_SIM_STATS=1: totals printed at exit, to see where simulated time goes.
 uint64_t g_stat_blocks = 0, g_stat_threads = 0, g_stat_switches = 0, g_stat_collectives = 0, g_stat_barriers = 0;
+// MINDREADER_SIM_COVERAGE=FILE: at exit, one line per registered kernel appended to FILE
+// ("launched" or "registered", the source file, the kernel), for a suite-wide coverage count.
+std::string g_coverage_path;
+void write_coverage() {
+    FILE* f = fopen(g_coverage_path.c_str(), "a");
+    if (!f) return;
+    for (auto& kv : registry()) fprintf(f, "%s\t%s\t%s\n", kv.second->launched ? "launched" : "registered", kv.second->family.c_str(), kv.first.c_str());
+    fclose(f);
+}
 void print_stats() {
     fprintf(stderr, "mindreader-sim: %llu launches, %llu blocks, %llu threads, %llu barriers, %llu warp collectives, %llu fiber switches\n",
             (unsigned long long)g_launches, (unsigned long long)g_stat_blocks, (unsigned long long)g_stat_threads, (unsigned long long)g_stat_barriers,
@@ -1015,9 +1024,14 @@ int sim_launch(SimKernel* k, SimDim grid, SimDim block, unsigned smem, void** ar
             g_racecheck_all = strcmp(r, "all") == 0;
         }
         if (const char* st = getenv("MINDREADER_SIM_STATS"); st && strcmp(st, "1") == 0) atexit(print_stats);
+        if (const char* cov = getenv("MINDREADER_SIM_COVERAGE"); cov && *cov) {
+            g_coverage_path = cov;
+            atexit(write_coverage);
+        }
     }
 
     Launch& L = g_launch;
+    k->launched = true;
     L.kernel = k;
     L.args = args;
     L.grid = {grid.x, grid.y, grid.z};

@@ -12,6 +12,7 @@ struct SimKernel {
     sim_trampoline call;
     unsigned max_threads;  // __launch_bounds__, 0 when the kernel declares none
     unsigned max_dynamic_smem = 48 * 1024;  // raised by cuFuncSetAttribute, as on a GPU
+    bool launched = false;                  // for MINDREADER_SIM_COVERAGE
 };
 
 struct SimDim {

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Counts the device tests of a run from $MINDREADER_DEVICE_LOG (written by testing::gpu()):
-how many ran, on which device, and how many were skipped and why."""
+how many ran, on which device, and how many were skipped and why. With a second argument, the
+simulator's coverage file ($MINDREADER_SIM_COVERAGE): how many of its kernels were launched, and
+which never were (sim/selftest kernels aside); a kernel that no test launched fails the run."""
 import collections
 import sys
 
@@ -23,3 +25,19 @@ for device, n in ran.most_common():
     print(f"  ran on {device}: {n}")
 for why, n in skipped.most_common():
     print(f"  skipped ({why}): {n}")
+
+if len(sys.argv) > 2:
+    try:
+        cov = [l.split("\t") for l in open(sys.argv[2]).read().splitlines()]
+    except FileNotFoundError:
+        cov = []
+    kernels = {(src, name) for _, src, name in cov if src.startswith("kernels/")}
+    launched = {(src, name) for kind, src, name in cov if kind == "launched"}
+    if kernels:
+        never = sorted(kernels - launched)
+        print(f"kernels launched on the simulator: {len(kernels) - len(never)} of {len(kernels)}")
+        for src, name in never:
+            print(f"  never launched: {name} ({src})")
+        if never:
+            print("every kernel must run in some device test (its parity test against the CPU twin): add one, or delete the dead kernel")
+            sys.exit(1)

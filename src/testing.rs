@@ -100,6 +100,13 @@ pub fn parity_sizes() -> [usize; 5] {
     [1, 7, 33, 1000, 4097]
 }
 
+/// Row lengths for the row-wise kernels (softmax, layer norm, L2 normalisation): the awkward
+/// parity sizes plus one length in each width class of their warp-per-row variants (≤ 128, 256,
+/// 512, 768 values per row), so every variant runs in its parity test.
+pub fn row_sizes() -> Vec<usize> {
+    vec![1, 7, 33, 100, 200, 500, 700, 1000, 4097]
+}
+
 /// `n` values uniform in [-1, 1) from a seed.
 pub fn random_vec(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

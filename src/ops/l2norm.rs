@@ -201,7 +201,7 @@ pub fn l2_normalize(tape: &mut Tape, x: &Tensor, eps: f32) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::ops::{elementwise::mul, reduce::sum_all};
-    use crate::testing::{assert_close, devices, gpu, gradcheck, parity_sizes, random_vec};
+    use crate::testing::{assert_close, devices, gpu, gradcheck, random_vec};
 
     fn f64s(v: &[f32]) -> Vec<f64> {
         v.iter().map(|&x| x as f64).collect()
@@ -267,7 +267,7 @@ mod tests {
     #[test]
     fn l2_normalize_cuda_matches_cpu() {
         let Some(gpu) = gpu() else { return };
-        let cols: Vec<usize> = parity_sizes().into_iter().chain([6000, 20000]).collect();
+        let cols: Vec<usize> = crate::testing::row_sizes().into_iter().chain([6000, 20000]).collect();
         for &n in &cols {
             for rows in [1, 3, 65] {
                 let mut xv = random_vec(rows * n, (rows * n) as u64);

@@ -421,3 +421,28 @@ pub fn randn_vec(n: usize, std: f32, seed: u64) -> Vec<f32> {
     out.truncate(n);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{gpu, random_vec};
+
+    /// f32 → bf16 / f16 → f32 on the GPU (the cast kernels) is bit for bit the CPU's conversion
+    /// (the `half` crate; both round to nearest even), specials included: ±0, ±inf, f16's
+    /// overflow to inf and its subnormals, at an awkward length.
+    #[test]
+    fn dtype_casts_cuda_match_cpu() {
+        let Some(gpu) = gpu() else { return };
+        let mut v: Vec<f32> = random_vec(4097, 7).iter().map(|x| x * 3000.0).collect();
+        v.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, 65504.0, 65520.0, -1e6, 6e-8, 3e-8, 1e-40, 1.0 + 1.0 / 512.0]);
+        for dtype in [DType::BF16, DType::F16] {
+            let cpu = Tensor::from_slice(&v, &[v.len()], &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let dev = Tensor::from_slice(&v, &[v.len()], &gpu).unwrap().to_dtype(dtype).unwrap();
+            assert_eq!(dev.dtype(), dtype);
+            let (want, got) = (cpu.to_vec_f32().unwrap(), dev.to_dtype(DType::F32).unwrap().to_vec_f32().unwrap());
+            for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} of {}: cpu {a}, {gpu} {b}", v[i]);
+            }
+        }
+    }
+}
