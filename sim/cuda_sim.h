@@ -109,36 +109,17 @@ __forceinline__ int __all_sync(unsigned mask, int pred) { return (int)sim_vote(m
 __forceinline__ unsigned __activemask() { return sim_vote(0xffffffffu, 1, 0); }
 
 // ---- atomics: fibers of a launch run on one OS thread, so a plain read-modify-write is atomic ----
-template <typename T> __forceinline__ T atomicAdd(T* p, T v) {
+template <typename T, typename F> __forceinline__ T sim_atomic(T* p, F update) {
     sim_check_atomic(p, sizeof(T));
-    T old = *p;
-    *p = old + v;
+    const T old = *p;
+    *p = update(old);
     return old;
 }
-template <typename T> __forceinline__ T atomicMax(T* p, T v) {
-    sim_check_atomic(p, sizeof(T));
-    T old = *p;
-    *p = old > v ? old : v;
-    return old;
-}
-template <typename T> __forceinline__ T atomicMin(T* p, T v) {
-    sim_check_atomic(p, sizeof(T));
-    T old = *p;
-    *p = old < v ? old : v;
-    return old;
-}
-template <typename T> __forceinline__ T atomicExch(T* p, T v) {
-    sim_check_atomic(p, sizeof(T));
-    T old = *p;
-    *p = v;
-    return old;
-}
-template <typename T> __forceinline__ T atomicCAS(T* p, T compare, T v) {
-    sim_check_atomic(p, sizeof(T));
-    T old = *p;
-    if (old == compare) *p = v;
-    return old;
-}
+template <typename T> __forceinline__ T atomicAdd(T* p, T v) { return sim_atomic(p, [v](T o) { return o + v; }); }
+template <typename T> __forceinline__ T atomicMax(T* p, T v) { return sim_atomic(p, [v](T o) { return o > v ? o : v; }); }
+template <typename T> __forceinline__ T atomicMin(T* p, T v) { return sim_atomic(p, [v](T o) { return o < v ? o : v; }); }
+template <typename T> __forceinline__ T atomicExch(T* p, T v) { return sim_atomic(p, [v](T) { return v; }); }
+template <typename T> __forceinline__ T atomicCAS(T* p, T compare, T v) { return sim_atomic(p, [=](T o) { return o == compare ? v : o; }); }
 
 // ---- math intrinsics ----------------------------------------------------------------------------
 __forceinline__ float rsqrtf(float x) { return 1.f / sqrtf(x); }
