@@ -16,7 +16,8 @@ use std::process::Command;
 const ARCH_FLAGS: &[&str] = &["-gencode=arch=compute_90,code=[sm_90,compute_90]"];
 
 fn main() {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let kernel_dir = manifest.join("kernels");
     println!("cargo:rerun-if-changed=kernels");
@@ -38,9 +39,10 @@ fn main() {
     let status;
     match find_nvcc(&manifest) {
         None => {
-            status = "built without nvcc: no kernels embedded (CPU only). Run `scripts/install-nvcc` \
+            status =
+                "built without nvcc: no kernels embedded (CPU only). Run `scripts/install-nvcc` \
                       (pinned PyPI nvcc into .venv-nvcc) or set NVCC / CUDA_HOME, then rebuild."
-                .to_string();
+                    .to_string();
             if require {
                 panic!("MINDREADER_REQUIRE_KERNELS=1 but nvcc was not found (looked in $NVCC, $CUDA_HOME/bin, PATH, .venv-nvcc). Run scripts/install-nvcc.");
             }
@@ -57,12 +59,27 @@ fn main() {
                         let out_dir = &out_dir;
                         let kernel_dir = &kernel_dir;
                         s.spawn(move || {
-                            let name = src.file_stem().unwrap_or_default().to_string_lossy().into_owned();
-                            (name.clone(), compile(nvcc, src, kernel_dir, &out_dir.join(format!("{name}.fatbin"))))
+                            let name = src
+                                .file_stem()
+                                .unwrap_or_default()
+                                .to_string_lossy()
+                                .into_owned();
+                            (
+                                name.clone(),
+                                compile(
+                                    nvcc,
+                                    src,
+                                    kernel_dir,
+                                    &out_dir.join(format!("{name}.fatbin")),
+                                ),
+                            )
                         })
                     })
                     .collect();
-                handles.into_iter().map(|h| h.join().expect("nvcc thread")).collect()
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("nvcc thread"))
+                    .collect()
             });
             let mut failures = String::new();
             for (name, res) in &results {
@@ -84,7 +101,10 @@ fn main() {
             if !failures.is_empty() {
                 panic!("nvcc failed to compile kernels:\n{failures}");
             }
-            status = format!("compiled by {} ({version}) for sm_90 + compute_90 PTX", nvcc.display());
+            status = format!(
+                "compiled by {} ({version}) for sm_90 + compute_90 PTX",
+                nvcc.display()
+            );
         }
     }
     let generated = format!(
@@ -125,7 +145,14 @@ fn nvcc_version(nvcc: &Path) -> String {
 /// Returns ptxas's resource report on success, nvcc's output on failure.
 fn compile(nvcc: &Path, src: &Path, include: &Path, out: &Path) -> Result<String, String> {
     let output = Command::new(nvcc)
-        .args(["--fatbin", "-O3", "-std=c++17", "-lineinfo", "-Xptxas", "-v"])
+        .args([
+            "--fatbin",
+            "-O3",
+            "-std=c++17",
+            "-lineinfo",
+            "-Xptxas",
+            "-v",
+        ])
         .args(ARCH_FLAGS)
         .arg("-I")
         .arg(include)
@@ -134,7 +161,11 @@ fn compile(nvcc: &Path, src: &Path, include: &Path, out: &Path) -> Result<String
         .arg(src)
         .output()
         .map_err(|e| format!("could not run {}: {e}", nvcc.display()))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     if output.status.success() {
         Ok(text)
     } else {

@@ -7,9 +7,9 @@
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::nn::ParamStore;
 use crate::models::clip::{Clip, ClipConfig};
 use crate::models::{Mapper, MapperConfig};
+use crate::nn::ParamStore;
 use crate::ops::{attention, conv1d, layernorm, loss, matmul, softmax};
 use crate::tensor::{randn_vec, DType, Device, Tensor};
 use crate::train::{Adam, AdamConfig};
@@ -46,8 +46,20 @@ fn input(shape: &[usize], seed: u64, device: &Device, dtype: DType) -> Result<Te
     Tensor::from_vec(randn_vec(shape.iter().product(), 1.0, seed), shape, device)?.to_dtype(dtype)
 }
 
-fn case(name: String, flops: f64, bytes: f64, rtol: f32, setup: impl Fn(&Device) -> Result<Run> + 'static) -> Case {
-    Case { name, flops, bytes, rtol, setup: Box::new(setup) }
+fn case(
+    name: String,
+    flops: f64,
+    bytes: f64,
+    rtol: f32,
+    setup: impl Fn(&Device) -> Result<Run> + 'static,
+) -> Case {
+    Case {
+        name,
+        flops,
+        bytes,
+        rtol,
+        setup: Box::new(setup),
+    }
 }
 
 /// The cases `mindreader bench` runs; `quick` shrinks them for smoke tests on a CPU.
@@ -56,177 +68,416 @@ pub fn cases(quick: bool) -> Vec<Case> {
     let mut out = Vec::new();
     for (dtype, tag) in [(DType::F32, "f32"), (DType::BF16, "bf16")] {
         let (m, n, k) = (s(4096, 96), s(4096, 80), s(4096, 72));
-        out.push(case(format!("matmul {tag} {m}x{n}x{k}"), 2.0 * (m * n * k) as f64, ((m * k + k * n + m * n) * dtype.size()) as f64, if dtype == DType::F32 { 1e-3 } else { 3e-2 }, move |d| {
-            let (a, b) = (input(&[m, k], 1, d, dtype)?, input(&[k, n], 2, d, dtype)?);
-            Ok(Box::new(move || Ok(Some(matmul::matmul(&mut Tape::inference(), &a, &b, false, false)?))))
-        }));
+        out.push(case(
+            format!("matmul {tag} {m}x{n}x{k}"),
+            2.0 * (m * n * k) as f64,
+            ((m * k + k * n + m * n) * dtype.size()) as f64,
+            if dtype == DType::F32 { 1e-3 } else { 3e-2 },
+            move |d| {
+                let (a, b) = (input(&[m, k], 1, d, dtype)?, input(&[k, n], 2, d, dtype)?);
+                Ok(Box::new(move || {
+                    Ok(Some(matmul::matmul(
+                        &mut Tape::inference(),
+                        &a,
+                        &b,
+                        false,
+                        false,
+                    )?))
+                }))
+            },
+        ));
     }
     // The mapper's residual conv: [B, 64, V/2] with k3 p1, V = 15744.
     let (b, c, l) = (s(128, 2), s(64, 8), s(7872, 50));
-    out.push(case(format!("conv1d k3 [{b},{c},{l}]"), 2.0 * (b * c * l * c * 3) as f64, (4 * (2 * b * c * l + c * c * 3)) as f64, 1e-3, move |d| {
-        let (x, w) = (input(&[b, c, l], 3, d, DType::F32)?, input(&[c, c, 3], 4, d, DType::F32)?);
-        Ok(Box::new(move || Ok(Some(conv1d::conv1d(&mut Tape::inference(), &x, &w, None, 1, 1)?))))
-    }));
+    out.push(case(
+        format!("conv1d k3 [{b},{c},{l}]"),
+        2.0 * (b * c * l * c * 3) as f64,
+        (4 * (2 * b * c * l + c * c * 3)) as f64,
+        1e-3,
+        move |d| {
+            let (x, w) = (
+                input(&[b, c, l], 3, d, DType::F32)?,
+                input(&[c, c, 3], 4, d, DType::F32)?,
+            );
+            Ok(Box::new(move || {
+                Ok(Some(conv1d::conv1d(
+                    &mut Tape::inference(),
+                    &x,
+                    &w,
+                    None,
+                    1,
+                    1,
+                )?))
+            }))
+        },
+    ));
     // The mapper's stem: [B, 1, V] → [B, 64, V/2] with k4 s2 p1.
     let (v, co) = (s(15744, 64), s(64, 8));
-    out.push(case(format!("conv1d stem k4s2 [{b},1,{v}]"), 2.0 * (b * co * (v / 2) * 4) as f64, (4 * (b * v + b * co * v / 2)) as f64, 1e-3, move |d| {
-        let (x, w) = (input(&[b, 1, v], 5, d, DType::F32)?, input(&[co, 1, 4], 6, d, DType::F32)?);
-        Ok(Box::new(move || Ok(Some(conv1d::conv1d(&mut Tape::inference(), &x, &w, None, 2, 1)?))))
-    }));
+    out.push(case(
+        format!("conv1d stem k4s2 [{b},1,{v}]"),
+        2.0 * (b * co * (v / 2) * 4) as f64,
+        (4 * (b * v + b * co * v / 2)) as f64,
+        1e-3,
+        move |d| {
+            let (x, w) = (
+                input(&[b, 1, v], 5, d, DType::F32)?,
+                input(&[co, 1, 4], 6, d, DType::F32)?,
+            );
+            Ok(Box::new(move || {
+                Ok(Some(conv1d::conv1d(
+                    &mut Tape::inference(),
+                    &x,
+                    &w,
+                    None,
+                    2,
+                    1,
+                )?))
+            }))
+        },
+    ));
     for (rows, cols) in [(s(4096, 17), s(4096, 33)), (s(128 * 12 * 50, 30), 50)] {
-        out.push(case(format!("softmax {rows}x{cols}"), 5.0 * (rows * cols) as f64, (8 * rows * cols) as f64, 1e-4, move |d| {
-            let x = input(&[rows, cols], 7, d, DType::F32)?;
-            Ok(Box::new(move || Ok(Some(softmax::softmax(&mut Tape::inference(), &x)?))))
-        }));
+        out.push(case(
+            format!("softmax {rows}x{cols}"),
+            5.0 * (rows * cols) as f64,
+            (8 * rows * cols) as f64,
+            1e-4,
+            move |d| {
+                let x = input(&[rows, cols], 7, d, DType::F32)?;
+                Ok(Box::new(move || {
+                    Ok(Some(softmax::softmax(&mut Tape::inference(), &x)?))
+                }))
+            },
+        ));
     }
     let (rows, cols) = (s(256 * 50, 19), s(768, 40));
-    out.push(case(format!("layer_norm {rows}x{cols}"), 8.0 * (rows * cols) as f64, (8 * rows * cols + 8 * cols) as f64, 1e-4, move |d| {
-        let (x, g, b) = (input(&[rows, cols], 8, d, DType::F32)?, input(&[cols], 9, d, DType::F32)?, input(&[cols], 10, d, DType::F32)?);
-        Ok(Box::new(move || Ok(Some(layernorm::layer_norm(&mut Tape::inference(), &x, Some(&g), Some(&b), 1e-5)?))))
-    }));
+    out.push(case(
+        format!("layer_norm {rows}x{cols}"),
+        8.0 * (rows * cols) as f64,
+        (8 * rows * cols + 8 * cols) as f64,
+        1e-4,
+        move |d| {
+            let (x, g, b) = (
+                input(&[rows, cols], 8, d, DType::F32)?,
+                input(&[cols], 9, d, DType::F32)?,
+                input(&[cols], 10, d, DType::F32)?,
+            );
+            Ok(Box::new(move || {
+                Ok(Some(layernorm::layer_norm(
+                    &mut Tape::inference(),
+                    &x,
+                    Some(&g),
+                    Some(&b),
+                    1e-5,
+                )?))
+            }))
+        },
+    ));
     // The residual add fused with the norm after it (CLIP's mid-layer step): reads x, r, writes s, y.
-    out.push(case(format!("add+layer_norm {rows}x{cols}"), 9.0 * (rows * cols) as f64, (16 * rows * cols + 8 * cols) as f64, 1e-4, move |d| {
-        let (x, r) = (input(&[rows, cols], 11, d, DType::F32)?, input(&[rows, cols], 12, d, DType::F32)?);
-        let (g, b) = (input(&[cols], 9, d, DType::F32)?, input(&[cols], 10, d, DType::F32)?);
-        Ok(Box::new(move || Ok(Some(layernorm::add_layer_norm(&mut Tape::inference(), &x, &r, Some(&g), Some(&b), 1e-5)?.1))))
-    }));
+    out.push(case(
+        format!("add+layer_norm {rows}x{cols}"),
+        9.0 * (rows * cols) as f64,
+        (16 * rows * cols + 8 * cols) as f64,
+        1e-4,
+        move |d| {
+            let (x, r) = (
+                input(&[rows, cols], 11, d, DType::F32)?,
+                input(&[rows, cols], 12, d, DType::F32)?,
+            );
+            let (g, b) = (
+                input(&[cols], 9, d, DType::F32)?,
+                input(&[cols], 10, d, DType::F32)?,
+            );
+            Ok(Box::new(move || {
+                Ok(Some(
+                    layernorm::add_layer_norm(
+                        &mut Tape::inference(),
+                        &x,
+                        &r,
+                        Some(&g),
+                        Some(&b),
+                        1e-5,
+                    )?
+                    .1,
+                ))
+            }))
+        },
+    ));
     // Adam over the two mappers' parameter shapes (~2 × 1.16M elements in 38 tensors).
-    let sizes: Vec<usize> = if quick { vec![7, 300, 33] } else { mapper_param_sizes().into_iter().chain(mapper_param_sizes()).collect() };
+    let sizes: Vec<usize> = if quick {
+        vec![7, 300, 33]
+    } else {
+        mapper_param_sizes()
+            .into_iter()
+            .chain(mapper_param_sizes())
+            .collect()
+    };
     let total: usize = sizes.iter().sum();
-    out.push(case(format!("adam {} tensors {total} params", sizes.len()), 12.0 * total as f64, 28.0 * total as f64, 1e-4, move |d| {
-        let mut store = ParamStore::new();
-        for (i, &n) in sizes.iter().enumerate() {
-            let p = store.insert(&format!("p{i}"), input(&[n], 20 + i as u64, d, DType::F32)?)?;
-            let _ = p;
-        }
-        for (i, p) in store.iter_mut().enumerate() {
-            p.grad = Some(input(p.value.shape(), 500 + i as u64, d, DType::F32)?);
-        }
-        let mut adam = Adam::new(AdamConfig::adam(1e-4, 1e-5));
-        // Adam updates in place: validation compares the first step's parameters.
-        Ok(Box::new(move || {
-            adam.step(&mut store, 1e-4)?;
-            Ok(store.iter().next().map(|p| p.value.clone()))
-        }))
-    }));
+    out.push(case(
+        format!("adam {} tensors {total} params", sizes.len()),
+        12.0 * total as f64,
+        28.0 * total as f64,
+        1e-4,
+        move |d| {
+            let mut store = ParamStore::new();
+            for (i, &n) in sizes.iter().enumerate() {
+                let p =
+                    store.insert(&format!("p{i}"), input(&[n], 20 + i as u64, d, DType::F32)?)?;
+                let _ = p;
+            }
+            for (i, p) in store.iter_mut().enumerate() {
+                p.grad = Some(input(p.value.shape(), 500 + i as u64, d, DType::F32)?);
+            }
+            let mut adam = Adam::new(AdamConfig::adam(1e-4, 1e-5));
+            // Adam updates in place: validation compares the first step's parameters.
+            Ok(Box::new(move || {
+                adam.step(&mut store, 1e-4)?;
+                Ok(store.iter().next().map(|p| p.value.clone()))
+            }))
+        },
+    ));
     // One Mind Reader mapper training step: forward, mse_cos loss, backward, Adam (f32).
     let (batch, voxels) = (s(128, 4), s(15744, 64));
     let mcfg = MapperConfig::mind_reader(voxels, 512);
     let flops = 3.0 * batch as f64 * mapper_forward_flops(&mcfg);
-    out.push(case(format!("mapper train step f32 B={batch} V={voxels}"), flops, 4.0 * (batch * voxels) as f64, 2e-3, move |d| {
-        let mut store = ParamStore::new();
-        let mapper = Mapper::new(mcfg, &mut store, 42, d)?;
-        let mut adam = Adam::new(AdamConfig::adam(2e-4, 1e-5));
-        let (x, t) = (input(&[batch, voxels], 30, d, DType::F32)?, input(&[batch, 512], 31, d, DType::F32)?);
-        Ok(Box::new(move || {
-            let mut tape = Tape::new();
-            store.watch_all(&mut tape);
-            let y = mapper.forward(&mut tape, &x)?;
-            let l = loss::mse_cos(&mut tape, &y, &t, 0.6)?;
-            let g = tape.backward(&l)?;
-            store.accumulate(&g)?;
-            adam.step(&mut store, 2e-4)?;
-            store.zero_grad();
-            Ok(Some(l))
-        }))
-    }));
+    out.push(case(
+        format!("mapper train step f32 B={batch} V={voxels}"),
+        flops,
+        4.0 * (batch * voxels) as f64,
+        2e-3,
+        move |d| {
+            let mut store = ParamStore::new();
+            let mapper = Mapper::new(mcfg, &mut store, 42, d)?;
+            let mut adam = Adam::new(AdamConfig::adam(2e-4, 1e-5));
+            let (x, t) = (
+                input(&[batch, voxels], 30, d, DType::F32)?,
+                input(&[batch, 512], 31, d, DType::F32)?,
+            );
+            Ok(Box::new(move || {
+                let mut tape = Tape::new();
+                store.watch_all(&mut tape);
+                let y = mapper.forward(&mut tape, &x)?;
+                let l = loss::mse_cos(&mut tape, &y, &t, 0.6)?;
+                let g = tape.backward(&l)?;
+                store.accumulate(&g)?;
+                adam.step(&mut store, 2e-4)?;
+                store.zero_grad();
+                Ok(Some(l))
+            }))
+        },
+    ));
     // CLIP ViT-B/32 (Hugging Face default config, random weights): image and text encoding, f32.
     // Quick mode: a tiny CLIP of the same structure, so smoke tests stay fast on a CPU.
     let tiny = r#"{"projection_dim": 16, "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
         "num_hidden_layers": 2, "image_size": 64, "patch_size": 32}, "text_config": {"hidden_size": 32, "intermediate_size": 64,
         "num_attention_heads": 2, "num_hidden_layers": 2}}"#;
-    let (json, tag) = if quick { (tiny, "tiny") } else { ("{}", "vit-b/32") };
+    let (json, tag) = if quick {
+        (tiny, "tiny")
+    } else {
+        ("{}", "vit-b/32")
+    };
     if let Ok(cfg) = ClipConfig::from_json(json, std::path::Path::new("<bench CLIP config>")) {
         let (bi, bt) = (s(64, 2), s(64, 2));
         let side = cfg.vision.image_size;
         let (img_flops, txt_flops) = clip_flops(&cfg);
         let c1 = cfg.clone();
-        out.push(case(format!("clip {tag} image encode f32 B={bi}"), bi as f64 * img_flops, (4 * bi * 3 * side * side) as f64, 2e-3, move |d| {
-            let clip = random_clip(&c1, d)?;
-            let x = input(&[bi, 3, side, side], 40, d, DType::F32)?;
-            Ok(Box::new(move || Ok(Some(clip.encode_image(&mut Tape::inference(), &x)?))))
-        }));
+        out.push(case(
+            format!("clip {tag} image encode f32 B={bi}"),
+            bi as f64 * img_flops,
+            (4 * bi * 3 * side * side) as f64,
+            2e-3,
+            move |d| {
+                let clip = random_clip(&c1, d)?;
+                let x = input(&[bi, 3, side, side], 40, d, DType::F32)?;
+                Ok(Box::new(move || {
+                    Ok(Some(clip.encode_image(&mut Tape::inference(), &x)?))
+                }))
+            },
+        ));
         let c2 = cfg.clone();
-        out.push(case(format!("clip {tag} text encode f32 B={bt}"), bt as f64 * txt_flops, (4 * bt * 77) as f64, 2e-3, move |d| {
-            let clip = random_clip(&c2, d)?;
-            let ids = bench_ids(bt);
-            Ok(Box::new(move || Ok(Some(clip.encode_text(&mut Tape::inference(), &ids, 77)?))))
-        }));
+        out.push(case(
+            format!("clip {tag} text encode f32 B={bt}"),
+            bt as f64 * txt_flops,
+            (4 * bt * 77) as f64,
+            2e-3,
+            move |d| {
+                let clip = random_clip(&c2, d)?;
+                let ids = bench_ids(bt);
+                Ok(Box::new(move || {
+                    Ok(Some(clip.encode_text(&mut Tape::inference(), &ids, 77)?))
+                }))
+            },
+        ));
         // bf16 (weights and activations; f32 inside each op) at the issue's batch 256. The GPU and
         // the CPU twin round at different points through 12 layers, so validation is loose; the
         // table reports the error measured.
         let b16 = s(256, 2);
         let c3 = cfg.clone();
-        out.push(case(format!("clip {tag} image encode bf16 B={b16}"), b16 as f64 * img_flops, (2 * b16 * 3 * side * side) as f64, 0.25, move |d| {
-            let mut clip = random_clip(&c3, d)?;
-            clip.store.convert(DType::BF16)?;
-            let x = input(&[b16, 3, side, side], 40, d, DType::BF16)?;
-            Ok(Box::new(move || Ok(Some(clip.encode_image(&mut Tape::inference(), &x)?))))
-        }));
+        out.push(case(
+            format!("clip {tag} image encode bf16 B={b16}"),
+            b16 as f64 * img_flops,
+            (2 * b16 * 3 * side * side) as f64,
+            0.25,
+            move |d| {
+                let mut clip = random_clip(&c3, d)?;
+                clip.store.convert(DType::BF16)?;
+                let x = input(&[b16, 3, side, side], 40, d, DType::BF16)?;
+                Ok(Box::new(move || {
+                    Ok(Some(clip.encode_image(&mut Tape::inference(), &x)?))
+                }))
+            },
+        ));
         let c4 = cfg.clone();
-        out.push(case(format!("clip {tag} text encode bf16 B={b16}"), b16 as f64 * txt_flops, (4 * b16 * 77) as f64, 0.25, move |d| {
-            let mut clip = random_clip(&c4, d)?;
-            clip.store.convert(DType::BF16)?;
-            let ids = bench_ids(b16);
-            Ok(Box::new(move || Ok(Some(clip.encode_text(&mut Tape::inference(), &ids, 77)?))))
-        }));
+        out.push(case(
+            format!("clip {tag} text encode bf16 B={b16}"),
+            b16 as f64 * txt_flops,
+            (4 * b16 * 77) as f64,
+            0.25,
+            move |d| {
+                let mut clip = random_clip(&c4, d)?;
+                clip.store.convert(DType::BF16)?;
+                let ids = bench_ids(b16);
+                Ok(Box::new(move || {
+                    Ok(Some(clip.encode_text(&mut Tape::inference(), &ids, 77)?))
+                }))
+            },
+        ));
     }
     // Attention alone at CLIP-vision shapes: [B, 12 heads, 50 tokens, 64].
     let (ba, t) = (s(256, 2), s(50, 7));
     for (dtype, tag, rtol) in [(DType::F32, "", 1e-3), (DType::BF16, " bf16", 3e-2)] {
         let bytes = (4 * ba * 12 * t * 64 * dtype.size()) as f64;
-        out.push(case(format!("attention{tag} [{ba},12,{t},64]"), 4.0 * (ba * 12 * t * t * 64) as f64, bytes, rtol, move |d| {
-            let (q, k, v) = (input(&[ba, 12, t, 64], 50, d, dtype)?, input(&[ba, 12, t, 64], 51, d, dtype)?, input(&[ba, 12, t, 64], 52, d, dtype)?);
-            Ok(Box::new(move || Ok(Some(attention::attention(&mut Tape::inference(), &q, &k, &v, false)?))))
-        }));
+        out.push(case(
+            format!("attention{tag} [{ba},12,{t},64]"),
+            4.0 * (ba * 12 * t * t * 64) as f64,
+            bytes,
+            rtol,
+            move |d| {
+                let (q, k, v) = (
+                    input(&[ba, 12, t, 64], 50, d, dtype)?,
+                    input(&[ba, 12, t, 64], 51, d, dtype)?,
+                    input(&[ba, 12, t, 64], 52, d, dtype)?,
+                );
+                Ok(Box::new(move || {
+                    Ok(Some(attention::attention(
+                        &mut Tape::inference(),
+                        &q,
+                        &k,
+                        &v,
+                        false,
+                    )?))
+                }))
+            },
+        ));
     }
     // CLIP's MLP fc1 in bf16 (ViT-B/32 at batch 256: 12800 tokens, 768 → 3072, quick_gelu), both
     // GPU kernels of the bf16 linear.
     let (lm, lk, ln) = (s(256 * 50, 37), s(768, 40), s(3072, 24));
     for kernel in [matmul::Bf16Linear::Simt, matmul::Bf16Linear::TensorCore] {
-        let name = format!("linear bf16 {} [{lm}x{lk}]·[{ln}x{lk}]ᵀ+b quick_gelu", format!("{kernel:?}").to_lowercase());
-        out.push(case(name, 2.0 * (lm * ln * lk) as f64, (2 * (lm * lk + ln * lk + lm * ln)) as f64, 3e-2, move |d| {
-            let (x, w, b) = (input(&[lm, lk], 70, d, DType::BF16)?, input(&[ln, lk], 71, d, DType::BF16)?, input(&[ln], 72, d, DType::BF16)?);
-            let g = matmul::Gemm::new(&[lm, lk], &[ln, lk], false, true)?;
-            Ok(Box::new(move || Ok(Some(matmul::linear_act_raw_with(kernel, &x, &w, Some(&b), Some(crate::ops::elementwise::Unary::QuickGelu), &g, false)?.0))))
-        }));
+        let name = format!(
+            "linear bf16 {} [{lm}x{lk}]·[{ln}x{lk}]ᵀ+b quick_gelu",
+            format!("{kernel:?}").to_lowercase()
+        );
+        out.push(case(
+            name,
+            2.0 * (lm * ln * lk) as f64,
+            (2 * (lm * lk + ln * lk + lm * ln)) as f64,
+            3e-2,
+            move |d| {
+                let (x, w, b) = (
+                    input(&[lm, lk], 70, d, DType::BF16)?,
+                    input(&[ln, lk], 71, d, DType::BF16)?,
+                    input(&[ln], 72, d, DType::BF16)?,
+                );
+                let g = matmul::Gemm::new(&[lm, lk], &[ln, lk], false, true)?;
+                Ok(Box::new(move || {
+                    Ok(Some(
+                        matmul::linear_act_raw_with(
+                            kernel,
+                            &x,
+                            &w,
+                            Some(&b),
+                            Some(crate::ops::elementwise::Unary::QuickGelu),
+                            &g,
+                            false,
+                        )?
+                        .0,
+                    ))
+                }))
+            },
+        ));
     }
     // Attention forward + backward (what a training step through CLIP pays), both GPU backward
     // variants; validated on dQ, dK and dV together against the CPU twin.
     let bb = s(64, 2);
-    for kernel in [attention::BackwardKernel::Composed, attention::BackwardKernel::Fused] {
+    for kernel in [
+        attention::BackwardKernel::Composed,
+        attention::BackwardKernel::Fused,
+    ] {
         // Forward 4·T²·D per head; backward recomputes S and forms dV, dP, dQ, dK: 8·T²·D more.
         let flops = 12.0 * (bb * 12 * t * t * 64) as f64;
-        out.push(case(format!("attention fwd+bwd {kernel:?} [{bb},12,{t},64]").to_lowercase(), flops, (4 * 9 * bb * 12 * t * 64) as f64, 1e-3, move |d| {
-            let x = |seed| input(&[bb, 12, t, 64], seed, d, DType::F32);
-            let (q, k, v, g) = (x(60)?, x(61)?, x(62)?, x(63)?);
-            Ok(Box::new(move || {
-                let (o, lse) = attention::attention_raw(&q, &k, &v, false)?;
-                let (dq, dk, dv) = attention::attention_bwd_with(kernel, &q, &k, &v, &o, &lse, &g, false)?;
-                let flat = |t: &Tensor| t.reshaped(&[t.numel()]);
-                Ok(Some(crate::ops::concat::concat(&mut Tape::inference(), &[&flat(&dq)?, &flat(&dk)?, &flat(&dv)?], 0)?))
-            }))
-        }));
+        out.push(case(
+            format!("attention fwd+bwd {kernel:?} [{bb},12,{t},64]").to_lowercase(),
+            flops,
+            (4 * 9 * bb * 12 * t * 64) as f64,
+            1e-3,
+            move |d| {
+                let x = |seed| input(&[bb, 12, t, 64], seed, d, DType::F32);
+                let (q, k, v, g) = (x(60)?, x(61)?, x(62)?, x(63)?);
+                Ok(Box::new(move || {
+                    let (o, lse) = attention::attention_raw(&q, &k, &v, false)?;
+                    let (dq, dk, dv) =
+                        attention::attention_bwd_with(kernel, &q, &k, &v, &o, &lse, &g, false)?;
+                    let flat = |t: &Tensor| t.reshaped(&[t.numel()]);
+                    Ok(Some(crate::ops::concat::concat(
+                        &mut Tape::inference(),
+                        &[&flat(&dq)?, &flat(&dk)?, &flat(&dv)?],
+                        0,
+                    )?))
+                }))
+            },
+        ));
     }
     out
 }
 
 /// `b` 77-token texts of pseudo-random ids, each ending in the EOS id (the highest).
 fn bench_ids(b: usize) -> Vec<u32> {
-    (0..b * 77).map(|k| if k % 77 == 76 { 49407 } else { ((k * 7919) % 49000) as u32 }).collect()
+    (0..b * 77)
+        .map(|k| {
+            if k % 77 == 76 {
+                49407
+            } else {
+                ((k * 7919) % 49000) as u32
+            }
+        })
+        .collect()
 }
 
 /// FLOPs of one image and one 77-token text through CLIP (2 per multiply-add): per layer and
 /// token 24·d² for the projections and MLP (4× width), plus 4·T·d for attention.
 pub fn clip_flops(c: &ClipConfig) -> (f64, f64) {
-    let tower = |t: f64, d: f64, layers: f64, mlp: f64| layers * (t * (8.0 * d * d + 4.0 * d * mlp) + 4.0 * t * t * d);
+    let tower = |t: f64, d: f64, layers: f64, mlp: f64| {
+        layers * (t * (8.0 * d * d + 4.0 * d * mlp) + 4.0 * t * t * d)
+    };
     let v = &c.vision;
     let grid = (v.image_size / v.patch_size) as f64;
     let dv = v.tower.hidden_size as f64;
     let patches = 2.0 * grid * grid * (3 * v.patch_size * v.patch_size) as f64 * dv;
-    let img = patches + tower(grid * grid + 1.0, dv, v.tower.num_hidden_layers as f64, v.tower.intermediate_size as f64) + 2.0 * dv * c.projection_dim as f64;
+    let img = patches
+        + tower(
+            grid * grid + 1.0,
+            dv,
+            v.tower.num_hidden_layers as f64,
+            v.tower.intermediate_size as f64,
+        )
+        + 2.0 * dv * c.projection_dim as f64;
     let tc = &c.text.tower;
-    let txt = tower(77.0, tc.hidden_size as f64, tc.num_hidden_layers as f64, tc.intermediate_size as f64) + 2.0 * tc.hidden_size as f64 * c.projection_dim as f64;
+    let txt = tower(
+        77.0,
+        tc.hidden_size as f64,
+        tc.num_hidden_layers as f64,
+        tc.intermediate_size as f64,
+    ) + 2.0 * tc.hidden_size as f64 * c.projection_dim as f64;
     (img, txt)
 }
 
@@ -258,7 +509,16 @@ fn mapper_param_sizes() -> Vec<usize> {
 }
 
 fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
-    got.iter().zip(want).map(|(g, w)| if g.is_finite() { (g - w).abs() / (w.abs() + 1e-3) } else { f32::INFINITY }).fold(0.0, f32::max)
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| {
+            if g.is_finite() {
+                (g - w).abs() / (w.abs() + 1e-3)
+            } else {
+                f32::INFINITY
+            }
+        })
+        .fold(0.0, f32::max)
 }
 
 /// Validates `case` on `device` against the CPU, then times `iters` runs after `warmup`.
@@ -285,11 +545,21 @@ pub fn run_case(case: &Case, device: &Device, warmup: usize, iters: usize) -> Re
         Device::Cuda(gpu) => {
             let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
             for _ in 0..iters {
-                let start = gpu.stream.record_event(flags).map_err(|e| Error::cuda("event", e))?;
+                let start = gpu
+                    .stream
+                    .record_event(flags)
+                    .map_err(|e| Error::cuda("event", e))?;
                 f()?;
-                let end = gpu.stream.record_event(flags).map_err(|e| Error::cuda("event", e))?;
+                let end = gpu
+                    .stream
+                    .record_event(flags)
+                    .map_err(|e| Error::cuda("event", e))?;
                 end.synchronize().map_err(|e| Error::cuda("event", e))?;
-                times.push(start.elapsed_ms(&end).map_err(|e| Error::cuda("event", e))? as f64);
+                times.push(
+                    start
+                        .elapsed_ms(&end)
+                        .map_err(|e| Error::cuda("event", e))? as f64,
+                );
             }
         }
         Device::Cpu => {
@@ -315,21 +585,37 @@ pub fn run_case(case: &Case, device: &Device, warmup: usize, iters: usize) -> Re
 
 /// Device-to-device copy bandwidth (GB/s, read + write counted): the practical memory peak.
 pub fn measure_copy_bandwidth(device: &Device) -> Result<Option<f64>> {
-    let Device::Cuda(gpu) = device else { return Ok(None) };
+    let Device::Cuda(gpu) = device else {
+        return Ok(None);
+    };
     let n = 256 << 20; // 1 GiB of f32
     let src = gpu.zeros::<f32>(n)?;
     let mut dst = gpu.zeros::<f32>(n)?;
     let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
     let mut times = Vec::new();
     for _ in 0..12 {
-        let start = gpu.stream.record_event(flags).map_err(|e| Error::cuda("event", e))?;
-        gpu.stream.memcpy_dtod(&src, &mut dst).map_err(|e| Error::cuda("copy", e))?;
-        let end = gpu.stream.record_event(flags).map_err(|e| Error::cuda("event", e))?;
+        let start = gpu
+            .stream
+            .record_event(flags)
+            .map_err(|e| Error::cuda("event", e))?;
+        gpu.stream
+            .memcpy_dtod(&src, &mut dst)
+            .map_err(|e| Error::cuda("copy", e))?;
+        let end = gpu
+            .stream
+            .record_event(flags)
+            .map_err(|e| Error::cuda("event", e))?;
         end.synchronize().map_err(|e| Error::cuda("event", e))?;
-        times.push(start.elapsed_ms(&end).map_err(|e| Error::cuda("event", e))? as f64);
+        times.push(
+            start
+                .elapsed_ms(&end)
+                .map_err(|e| Error::cuda("event", e))? as f64,
+        );
     }
     times.sort_by(|a, b| a.total_cmp(b));
-    Ok(Some(2.0 * 4.0 * n as f64 / (times[times.len() / 2] * 1e-3) / 1e9))
+    Ok(Some(
+        2.0 * 4.0 * n as f64 / (times[times.len() / 2] * 1e-3) / 1e9,
+    ))
 }
 
 #[cfg(test)]
@@ -341,7 +627,11 @@ mod tests {
         for device in crate::testing::devices() {
             for c in cases(true) {
                 let m = run_case(&c, &device, 1, 3).unwrap();
-                assert!(m.median_ms >= 0.0 && m.median_ms.is_finite(), "{}: {m:?}", c.name);
+                assert!(
+                    m.median_ms >= 0.0 && m.median_ms.is_finite(),
+                    "{}: {m:?}",
+                    c.name
+                );
                 assert!(m.gbps > 0.0, "{}: {m:?}", c.name);
             }
         }

@@ -32,7 +32,11 @@ pub fn resource_usage(kernel: &Kernel) -> Vec<(String, u32, u32)> {
                 .filter_map(|part| part.trim().split(' ').next()?.parse::<u32>().ok())
                 .sum();
         } else if let (Some(name), Some(rest)) = (current.as_ref(), line.split("Used ").nth(1)) {
-            let regs = rest.split(' ').next().and_then(|r| r.parse().ok()).unwrap_or(0);
+            let regs = rest
+                .split(' ')
+                .next()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
             rows.push((name.clone(), regs, spill));
             current = None;
         }

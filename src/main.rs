@@ -5,7 +5,11 @@ mod cli;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "mindreader", version, about = "Reconstruct seen images from fMRI (Mind Reader) on hand-written CUDA kernels with CPU twins")]
+#[command(
+    name = "mindreader",
+    version,
+    about = "Reconstruct seen images from fMRI (Mind Reader) on hand-written CUDA kernels with CPU twins"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,

@@ -21,7 +21,10 @@ pub fn gpu() -> Option<Device> {
     static GPU: OnceLock<Result<Device, String>> = OnceLock::new();
     let found = GPU.get_or_init(|| {
         if crate::kernels::KERNELS.is_empty() {
-            return Err(format!("this binary holds no kernels ({})", crate::kernels::NVCC_STATUS));
+            return Err(format!(
+                "this binary holds no kernels ({})",
+                crate::kernels::NVCC_STATUS
+            ));
         }
         Device::cuda(0).map_err(|e| e.to_string())
     });
@@ -29,7 +32,10 @@ pub fn gpu() -> Option<Device> {
     match found {
         Ok(d) => {
             if require_gpu && d.is_simulated() {
-                panic!("MINDREADER_REQUIRE_GPU=1 but cuda:0 is the CUDA simulator ({}), not a GPU", d.name());
+                panic!(
+                    "MINDREADER_REQUIRE_GPU=1 but cuda:0 is the CUDA simulator ({}), not a GPU",
+                    d.name()
+                );
             }
             set_poison_outputs(true);
             log_device_test("ran", &d.name());
@@ -46,7 +52,9 @@ pub fn gpu() -> Option<Device> {
                      or set MINDREADER_ALLOW_DEVICE_SKIP=1 to skip device tests (they are counted as skipped)"
                 );
             }
-            eprintln!("skipping the CUDA half of this test (MINDREADER_ALLOW_DEVICE_SKIP=1): {why}");
+            eprintln!(
+                "skipping the CUDA half of this test (MINDREADER_ALLOW_DEVICE_SKIP=1): {why}"
+            );
             log_device_test("skipped", why);
             None
         }
@@ -61,7 +69,10 @@ pub fn simulator() -> Option<Device> {
     if d.is_simulated() {
         return Some(d);
     }
-    eprintln!("skipping: cuda:0 is a real GPU ({}); this test checks the CUDA simulator", d.name());
+    eprintln!(
+        "skipping: cuda:0 is a real GPU ({}); this test checks the CUDA simulator",
+        d.name()
+    );
     log_device_test("skipped", "a real GPU, not the simulator");
     None
 }
@@ -75,9 +86,16 @@ fn log_device_test(outcome: &str, detail: &str) {
     };
     let test = std::thread::current().name().unwrap_or("main").to_string();
     let binary = std::env::args().next().unwrap_or_default();
-    let binary = std::path::Path::new(&binary).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let binary = std::path::Path::new(&binary)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let _guard = LOG.lock().unwrap_or_else(|p| p.into_inner());
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
         let _ = writeln!(f, "{outcome}\t{binary}::{test}\t{detail}");
     }
 }
@@ -115,12 +133,21 @@ pub fn random_vec(n: usize, seed: u64) -> Vec<f32> {
 
 /// Asserts |got − want| ≤ atol + rtol·|want| everywhere (and no NaN), naming the first offender.
 pub fn assert_close(got: &[f32], want: &[f32], rtol: f32, atol: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: length {} vs {}",
+        got.len(),
+        want.len()
+    );
     let mut worst = (0usize, 0f32);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs();
         let bad = !g.is_finite() && w.is_finite() || err > atol + rtol * w.abs();
-        assert!(!bad, "{what}: element {i}: got {g}, want {w} (|err| {err}, rtol {rtol}, atol {atol})");
+        assert!(
+            !bad,
+            "{what}: element {i}: got {g}, want {w} (|err| {err}, rtol {rtol}, atol {atol})"
+        );
         if err > worst.1 {
             worst = (i, err);
         }
@@ -151,7 +178,9 @@ pub fn gradcheck(name: &str, f: impl Fn(&[f64]) -> f64, x: &[f64], analytic: &[f
 /// Where fixtures live: `$MINDREADER_FIXTURES`, else `tests/fixtures` under the working directory
 /// (never a compiled-in path: test binaries also run on the GPU machine).
 pub fn fixtures_dir() -> std::path::PathBuf {
-    std::env::var_os("MINDREADER_FIXTURES").map(Into::into).unwrap_or_else(|| "tests/fixtures".into())
+    std::env::var_os("MINDREADER_FIXTURES")
+        .map(Into::into)
+        .unwrap_or_else(|| "tests/fixtures".into())
 }
 
 /// bf16 parity of one op: `inputs` (f32, on the CPU) are rounded to bf16; `op` runs on them on
@@ -160,15 +189,38 @@ pub fn fixtures_dir() -> std::path::PathBuf {
 /// rounding of an f32 result that differs only in summation order, so they agree to a bf16 ulp
 /// (2⁻⁸ relative) where the sums do. Returns false when device tests are allowed to skip and
 /// there is no CUDA device.
-pub fn bf16_parity(what: &str, inputs: &[crate::Tensor], rtol: f32, atol: f32, op: impl Fn(&[crate::Tensor]) -> crate::Result<crate::Tensor>) -> bool {
+pub fn bf16_parity(
+    what: &str,
+    inputs: &[crate::Tensor],
+    rtol: f32,
+    atol: f32,
+    op: impl Fn(&[crate::Tensor]) -> crate::Result<crate::Tensor>,
+) -> bool {
     use crate::tensor::DType;
-    let cpu: Vec<crate::Tensor> = inputs.iter().map(|t| t.to_dtype(DType::BF16).unwrap()).collect();
+    let cpu: Vec<crate::Tensor> = inputs
+        .iter()
+        .map(|t| t.to_dtype(DType::BF16).unwrap())
+        .collect();
     let want = op(&cpu).unwrap_or_else(|e| panic!("{what} on the CPU: {e}"));
-    assert_eq!(want.dtype(), DType::BF16, "{what}: the CPU output is not bf16");
+    assert_eq!(
+        want.dtype(),
+        DType::BF16,
+        "{what}: the CPU output is not bf16"
+    );
     let Some(g) = gpu() else { return false };
     let on_gpu: Vec<crate::Tensor> = cpu.iter().map(|t| t.to_device(&g).unwrap()).collect();
     let got = op(&on_gpu).unwrap_or_else(|e| panic!("{what} on {g}: {e}"));
-    assert_eq!((got.dtype(), got.shape()), (DType::BF16, want.shape()), "{what} on {g}");
-    assert_close(&got.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap(), rtol, atol, &format!("bf16 {what} on {g}"));
+    assert_eq!(
+        (got.dtype(), got.shape()),
+        (DType::BF16, want.shape()),
+        "{what} on {g}"
+    );
+    assert_close(
+        &got.to_vec_f32().unwrap(),
+        &want.to_vec_f32().unwrap(),
+        rtol,
+        atol,
+        &format!("bf16 {what} on {g}"),
+    );
     true
 }

@@ -15,14 +15,22 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let path = fixtures_dir().join("augment").join("augment.safetensors");
-    let (tensors, meta) = load_safetensors(&path).unwrap_or_else(|e| panic!("{e} (run tests from the repository root or set MINDREADER_FIXTURES)"));
-    let params = serde_json::from_str(meta.get("params").expect("fixture metadata lacks params")).unwrap();
+    let (tensors, meta) = load_safetensors(&path).unwrap_or_else(|e| {
+        panic!("{e} (run tests from the repository root or set MINDREADER_FIXTURES)")
+    });
+    let params =
+        serde_json::from_str(meta.get("params").expect("fixture metadata lacks params")).unwrap();
     Fixture { tensors, params }
 }
 
 impl Fixture {
     fn get(&self, name: &str) -> &Tensor {
-        &self.tensors.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("fixture lacks {name}")).1
+        &self
+            .tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("fixture lacks {name}"))
+            .1
     }
 
     fn sizes(&self) -> Vec<String> {
@@ -31,13 +39,26 @@ impl Fixture {
 
     /// Per-image parameters of `op` for image size `size`.
     fn per_image(&self, size: &str, op: &str) -> Vec<Value> {
-        self.params[size][op].as_array().unwrap_or_else(|| panic!("no {op} parameters for {size}")).clone()
+        self.params[size][op]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {op} parameters for {size}"))
+            .clone()
     }
 }
 
 fn crop(v: &Value) -> Crop {
-    let c: Vec<usize> = v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
-    Crop { top: c[0], left: c[1], height: c[2], width: c[3] }
+    let c: Vec<usize> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect();
+    Crop {
+        top: c[0],
+        left: c[1],
+        height: c[2],
+        width: c[3],
+    }
 }
 
 fn jitter(v: &Value) -> Option<Jitter> {
@@ -45,8 +66,19 @@ fn jitter(v: &Value) -> Option<Jitter> {
         return None;
     }
     let f = |k: &str| v[k].as_f64().unwrap() as f32;
-    let o: Vec<u8> = v["order"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u8).collect();
-    Some(Jitter { order: [o[0], o[1], o[2], o[3]], brightness: f("brightness"), contrast: f("contrast"), saturation: f("saturation"), hue: f("hue") })
+    let o: Vec<u8> = v["order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u8)
+        .collect();
+    Some(Jitter {
+        order: [o[0], o[1], o[2], o[3]],
+        brightness: f("brightness"),
+        contrast: f("contrast"),
+        saturation: f("saturation"),
+        hue: f("hue"),
+    })
 }
 
 fn sigma(v: &Value) -> Option<f32> {
@@ -55,12 +87,23 @@ fn sigma(v: &Value) -> Option<f32> {
 
 fn cutout(v: &Value, h: usize, w: usize) -> Option<Cutout> {
     let c = v.as_array()?;
-    Some(Cutout::at(c[0].as_f64().unwrap(), c[1].as_f64().unwrap(), h, w, 0.3))
+    Some(Cutout::at(
+        c[0].as_f64().unwrap(),
+        c[1].as_f64().unwrap(),
+        h,
+        w,
+        0.3,
+    ))
 }
 
 /// Runs `op(images, size)` on every device for every image size and compares with torchvision's
 /// `<name>.<size>` at (rtol, atol).
-fn check(name: &str, rtol: f32, atol: f32, op: impl Fn(&Fixture, &Tensor, &str, usize, usize) -> Tensor) {
+fn check(
+    name: &str,
+    rtol: f32,
+    atol: f32,
+    op: impl Fn(&Fixture, &Tensor, &str, usize, usize) -> Tensor,
+) {
     let fx = fixture();
     for size in fx.sizes() {
         let images = fx.get(&format!("image.{size}"));
@@ -70,7 +113,13 @@ fn check(name: &str, rtol: f32, atol: f32, op: impl Fn(&Fixture, &Tensor, &str, 
             let x = images.to_device(&device).unwrap();
             let got = op(&fx, &x, &size, h, w);
             assert_eq!(got.shape(), images.shape(), "{name} {size}");
-            assert_close(&got.to_vec_f32().unwrap(), &want, rtol, atol, &format!("{name} {size} on {device}"));
+            assert_close(
+                &got.to_vec_f32().unwrap(),
+                &want,
+                rtol,
+                atol,
+                &format!("{name} {size} on {device}"),
+            );
         }
     }
 }
@@ -87,7 +136,11 @@ fn resized_crop_matches_torchvision() {
 #[test]
 fn hflip_matches_torchvision() {
     check("flip", 0.0, 0.0, |fx, x, size, _, _| {
-        let flags: Vec<bool> = fx.per_image(size, "flip").iter().map(|v| v.as_bool().unwrap()).collect();
+        let flags: Vec<bool> = fx
+            .per_image(size, "flip")
+            .iter()
+            .map(|v| v.as_bool().unwrap())
+            .collect();
         augment::hflip(x, &flags).unwrap()
     });
 }
@@ -104,7 +157,11 @@ fn color_jitter_matches_torchvision() {
 #[test]
 fn grayscale_matches_torchvision() {
     check("gray", 0.0, 1e-7, |fx, x, size, _, _| {
-        let flags: Vec<bool> = fx.per_image(size, "gray").iter().map(|v| v.as_bool().unwrap()).collect();
+        let flags: Vec<bool> = fx
+            .per_image(size, "gray")
+            .iter()
+            .map(|v| v.as_bool().unwrap())
+            .collect();
         augment::grayscale(x, &flags).unwrap()
     });
 }
@@ -121,7 +178,11 @@ fn gaussian_blur_matches_torchvision() {
 #[test]
 fn cutout_matches_mind_readers_random_mask() {
     check("cutout", 0.0, 0.0, |fx, x, size, h, w| {
-        let rects: Vec<Option<Cutout>> = fx.per_image(size, "cutout").iter().map(|v| cutout(v, h, w)).collect();
+        let rects: Vec<Option<Cutout>> = fx
+            .per_image(size, "cutout")
+            .iter()
+            .map(|v| cutout(v, h, w))
+            .collect();
         augment::cutout(x, &rects).unwrap()
     });
 }
@@ -130,7 +191,14 @@ fn cutout_matches_mind_readers_random_mask() {
 fn the_whole_chain_matches_torchvision() {
     check("chain", 0.0, 2e-5, |fx, x, size, h, w| {
         let at = |op: &str| fx.per_image(size, op);
-        let (crops, flips, jitters, grays, blurs, cuts) = (at("crop"), at("flip"), at("jitter"), at("gray"), at("blur"), at("cutout"));
+        let (crops, flips, jitters, grays, blurs, cuts) = (
+            at("crop"),
+            at("flip"),
+            at("jitter"),
+            at("gray"),
+            at("blur"),
+            at("cutout"),
+        );
         let params: Vec<ImageAugment> = (0..x.shape()[0])
             .map(|i| ImageAugment {
                 crop: crop(&crops[i]),
@@ -141,7 +209,9 @@ fn the_whole_chain_matches_torchvision() {
                 cutout: cutout(&cuts[i], h, w),
             })
             .collect();
-        MindReaderAugment::default().apply_params(x, &params).unwrap()
+        MindReaderAugment::default()
+            .apply_params(x, &params)
+            .unwrap()
     });
 }
 
@@ -151,7 +221,10 @@ fn the_fixture_exercises_every_branch() {
     let mut on = [0usize; 6];
     let mut off = [0usize; 6];
     for size in fx.sizes() {
-        for (k, op) in ["crop", "flip", "jitter", "gray", "blur", "cutout"].iter().enumerate() {
+        for (k, op) in ["crop", "flip", "jitter", "gray", "blur", "cutout"]
+            .iter()
+            .enumerate()
+        {
             for v in fx.per_image(&size, op) {
                 let active = !(v.is_null() || v == Value::Bool(false));
                 if active {
@@ -162,5 +235,8 @@ fn the_fixture_exercises_every_branch() {
             }
         }
     }
-    assert!(on.iter().all(|&n| n > 0) && off[1..].iter().all(|&n| n > 0), "on {on:?} off {off:?}");
+    assert!(
+        on.iter().all(|&n| n > 0) && off[1..].iter().all(|&n| n > 0),
+        "on {on:?} off {off:?}"
+    );
 }

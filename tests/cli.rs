@@ -4,13 +4,18 @@ use std::process::Command;
 
 /// The binary under test: `$MINDREADER_BIN` (the GPU bundle sets it), else cargo's build.
 fn mindreader() -> Command {
-    let path = std::env::var("MINDREADER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mindreader").to_string());
+    let path = std::env::var("MINDREADER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_mindreader").to_string());
     Command::new(path)
 }
 
 fn run_ok(args: &[&str]) -> String {
     let out = mindreader().args(args).output().expect("run mindreader");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "mindreader {args:?} failed:\n{text}");
     text
 }
@@ -21,8 +26,18 @@ fn info_lists_embedded_kernels_and_devices() {
     assert!(text.contains("kernels:"), "{text}");
     assert!(text.contains("gpu"), "{text}");
     if std::env::var("MINDREADER_REQUIRE_KERNELS").is_ok_and(|v| v == "1") {
-        for family in ["elementwise", "matmul", "conv1d", "softmax", "layernorm", "adam"] {
-            assert!(text.contains(family), "kernel family {family} missing:\n{text}");
+        for family in [
+            "elementwise",
+            "matmul",
+            "conv1d",
+            "softmax",
+            "layernorm",
+            "adam",
+        ] {
+            assert!(
+                text.contains(family),
+                "kernel family {family} missing:\n{text}"
+            );
         }
         assert!(text.contains("registers"), "{text}");
     }
@@ -31,7 +46,16 @@ fn info_lists_embedded_kernels_and_devices() {
 #[test]
 fn bench_quick_validates_and_times_every_case() {
     let json = std::env::temp_dir().join(format!("mindreader-bench-{}.jsonl", std::process::id()));
-    let text = run_ok(&["bench", "--quick", "--iters", "3", "--warmup", "1", "--json", json.to_str().unwrap()]);
+    let text = run_ok(&[
+        "bench",
+        "--quick",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     for case in [
         "matmul f32",
         "matmul bf16",
@@ -66,20 +90,47 @@ fn bench_quick_validates_and_times_every_case() {
 
 /// Percentages on the demo's "image from brain:  13.5% top-1   (chance 0.50%)" lines.
 fn demo_figures(text: &str, what: &str) -> (f32, f32) {
-    let line = text.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("no `{what}` line:\n{text}"));
-    let nums: Vec<f32> = line.split(|c: char| !(c.is_ascii_digit() || c == '.')).filter_map(|t| t.parse().ok()).collect();
+    let line = text
+        .lines()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no `{what}` line:\n{text}"));
+    let nums: Vec<f32> = line
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|t| t.parse().ok())
+        .collect();
     (nums[0], nums[1])
 }
 
 #[test]
 fn demo_learns_far_above_chance() {
     let out = std::env::temp_dir().join(format!("mindreader-demo-{}", std::process::id()));
-    let text = run_ok(&["demo", "--device", "cpu", "--out", out.to_str().unwrap(), "--stimuli", "600", "--voxels", "512", "--epochs", "8"]);
+    let text = run_ok(&[
+        "demo",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+        "--stimuli",
+        "600",
+        "--voxels",
+        "512",
+        "--epochs",
+        "8",
+    ]);
     for what in ["image from brain", "brain from image"] {
         let (top1, chance) = demo_figures(&text, what);
-        assert!(top1 > 4.0 * chance, "{what}: top-1 {top1}% is not far above chance {chance}%:\n{text}");
+        assert!(
+            top1 > 4.0 * chance,
+            "{what}: top-1 {top1}% is not far above chance {chance}%:\n{text}"
+        );
     }
-    for file in ["world.h5", "mapper/mapper.safetensors", "mapper/metrics.jsonl", "mapper/loss.png", "mapper/checkpoint.safetensors"] {
+    for file in [
+        "world.h5",
+        "mapper/mapper.safetensors",
+        "mapper/metrics.jsonl",
+        "mapper/loss.png",
+        "mapper/checkpoint.safetensors",
+    ] {
         assert!(out.join(file).exists(), "{file} missing");
     }
     std::fs::remove_dir_all(out).ok();
@@ -87,7 +138,8 @@ fn demo_learns_far_above_chance() {
 
 /// The per-epoch (train, validation) losses of a run's metrics.jsonl.
 fn epoch_losses(metrics: &std::path::Path) -> Vec<(f64, f64)> {
-    let text = std::fs::read_to_string(metrics).unwrap_or_else(|e| panic!("{}: {e}", metrics.display()));
+    let text =
+        std::fs::read_to_string(metrics).unwrap_or_else(|e| panic!("{}: {e}", metrics.display()));
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| Some((v.get("train_loss")?.as_f64()?, v.get("val_loss")?.as_f64()?)))
@@ -106,7 +158,13 @@ fn demo_on_the_simulated_device_matches_the_cpu_run() {
     let mut losses = Vec::new();
     for device in ["cpu", "cuda:0"] {
         let out = base.join(device.replace(':', ""));
-        let text = run_ok(&[&["demo", "--device", device, "--out", out.to_str().unwrap()][..], &args[..]].concat());
+        let text = run_ok(
+            &[
+                &["demo", "--device", device, "--out", out.to_str().unwrap()][..],
+                &args[..],
+            ]
+            .concat(),
+        );
         if device != "cpu" {
             assert!(text.contains("cuda:0 (simulated)"), "{text}");
         }
@@ -115,12 +173,22 @@ fn demo_on_the_simulated_device_matches_the_cpu_run() {
     assert_eq!(losses[0].len(), 2, "{losses:?}");
     for (epoch, (c, s)) in losses[0].iter().zip(&losses[1]).enumerate() {
         for (name, a, b) in [("train", c.0, s.0), ("validation", c.1, s.1)] {
-            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "epoch {}: {name} loss {a} on the CPU, {b} on the simulator", epoch + 1);
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                "epoch {}: {name} loss {a} on the CPU, {b} on the simulator",
+                epoch + 1
+            );
         }
     }
-    let out = mindreader().args(["bench", "--device", "cuda:0", "--quick"]).output().unwrap();
+    let out = mindreader()
+        .args(["bench", "--device", "cuda:0", "--quick"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("CUDA simulator") && err.contains("not GPU times"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("CUDA simulator") && err.contains("not GPU times"),
+        "{err}"
+    );
     assert!(run_ok(&["info"]).contains("SIMULATED"));
     std::fs::remove_dir_all(base).ok();
 }
@@ -132,7 +200,17 @@ fn train_mapper_predict_and_eval_retrieval_from_the_command_line() {
     let world = dir.join("w.h5");
     let run = dir.join("run");
     let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
-    run_ok(&["synth", "--out", &p(&world), "--stimuli", "300", "--voxels", "256", "--seed", "3"]);
+    run_ok(&[
+        "synth",
+        "--out",
+        &p(&world),
+        "--stimuli",
+        "300",
+        "--voxels",
+        "256",
+        "--seed",
+        "3",
+    ]);
     let base = [
         "train-mapper",
         "--data",
@@ -160,24 +238,74 @@ fn train_mapper_predict_and_eval_retrieval_from_the_command_line() {
     assert_eq!(lines.lines().count(), 3, "{lines}");
     assert!(run.join("loss.png").exists());
     let npy = dir.join("pred.npy");
-    run_ok(&["predict", "--mapper", &p(&run), "--data", &p(&world), "--split", "test", "--out", &p(&npy), "--device", "cpu"]);
-    let json = run_ok(&["eval-retrieval", "--data", &p(&world), "--target", "scene", "--pred", &p(&npy)]);
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    run_ok(&[
+        "predict",
+        "--mapper",
+        &p(&run),
+        "--data",
+        &p(&world),
+        "--split",
+        "test",
+        "--out",
+        &p(&npy),
+        "--device",
+        "cpu",
+    ]);
+    let json = run_ok(&[
+        "eval-retrieval",
+        "--data",
+        &p(&world),
+        "--target",
+        "scene",
+        "--pred",
+        &p(&npy),
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
     assert_eq!(v["way"].as_u64(), Some(30), "{json}");
-    assert!(v["top1_image_from_brain"].as_f64().unwrap() >= 0.0 && v["mean_cosine"].as_f64().unwrap().is_finite(), "{json}");
+    assert!(
+        v["top1_image_from_brain"].as_f64().unwrap() >= 0.0
+            && v["mean_cosine"].as_f64().unwrap().is_finite(),
+        "{json}"
+    );
     // A target that does not exist, and a resume with a different configuration, are clear errors.
-    let out = mindreader().args(["train-mapper", "--data", &p(&world), "--target", "clip_image", "--out", &p(&run), "--device", "cpu"]).output().unwrap();
+    let out = mindreader()
+        .args([
+            "train-mapper",
+            "--data",
+            &p(&world),
+            "--target",
+            "clip_image",
+            "--out",
+            &p(&run),
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("clip_image") && !err.contains("panicked"), "{err}");
-    let out = mindreader().args([&base[..], &["--epochs", "4", "--resume", "--seed", "7"]].concat()).output().unwrap();
+    assert!(
+        !out.status.success() && err.contains("clip_image") && !err.contains("panicked"),
+        "{err}"
+    );
+    let out = mindreader()
+        .args([&base[..], &["--epochs", "4", "--resume", "--seed", "7"]].concat())
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("refusing to resume"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("refusing to resume"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn bad_arguments_are_clear_errors() {
-    let out = mindreader().args(["demo", "--device", "tpu"]).output().unwrap();
+    let out = mindreader()
+        .args(["demo", "--device", "tpu"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown device `tpu`"), "{err}");
@@ -195,13 +323,39 @@ fn prepare_nsd_output_is_inspected_and_trained_on() {
     let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
     let file = dir.join("subj01.h5");
     let root = mindreader::testing::fixtures_dir().join("nsd");
-    let text =
-        run_ok(&["prepare-nsd", "--nsd-root", &p(&root), "--subject", "1", "--roi", "nsdgeneral", "--out", &p(&file), "--size", "16", "--pad-multiple", "16"]);
+    let text = run_ok(&[
+        "prepare-nsd",
+        "--nsd-root",
+        &p(&root),
+        "--subject",
+        "1",
+        "--roi",
+        "nsdgeneral",
+        "--out",
+        &p(&file),
+        "--size",
+        "16",
+        "--pad-multiple",
+        "16",
+    ]);
     assert!(text.contains("24 trials × 16 voxels"), "{text}");
     let text = run_ok(&["inspect", &p(&file)]);
-    assert!(text.contains("source      nsd, subject subj01, roi nsdgeneral") && text.contains("test 3 stimuli"), "{text}");
+    assert!(
+        text.contains("source      nsd, subject subj01, roi nsdgeneral")
+            && text.contains("test 3 stimuli"),
+        "{text}"
+    );
     let data = mindreader::testing::random_vec(10 * 8, 6);
-    write_target(&file, &Target { name: "stand_in".into(), dim: 8, data, description: "random stand-in for a CLIP target".into() }).unwrap();
+    write_target(
+        &file,
+        &Target {
+            name: "stand_in".into(),
+            dim: 8,
+            data,
+            description: "random stand-in for a CLIP target".into(),
+        },
+    )
+    .unwrap();
     let text = run_ok(&[
         "train-mapper",
         "--data",
@@ -225,10 +379,25 @@ fn prepare_nsd_output_is_inspected_and_trained_on() {
     ]);
     assert!(text.contains("final:"), "{text}");
     // A session that is not there fails before anything is written.
-    let out =
-        mindreader().args(["prepare-nsd", "--nsd-root", &p(&root), "--subject", "1", "--out", &p(&dir.join("x.h5")), "--sessions", "1-4"]).output().unwrap();
+    let out = mindreader()
+        .args([
+            "prepare-nsd",
+            "--nsd-root",
+            &p(&root),
+            "--subject",
+            "1",
+            "--out",
+            &p(&dir.join("x.h5")),
+            "--sessions",
+            "1-4",
+        ])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("betas_session04.hdf5") && !err.contains("panicked"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("betas_session04.hdf5") && !err.contains("panicked"),
+        "{err}"
+    );
     assert!(!dir.join("x.h5").exists());
     std::fs::remove_dir_all(dir).ok();
 }
@@ -241,29 +410,74 @@ fn screen_captions_picks_clip_best_caption_and_feeds_train_mapper() {
     std::fs::create_dir_all(&dir).unwrap();
     let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
     let world = dir.join("w.h5");
-    let clip = mindreader::testing::fixtures_dir().join("clip").join("tiny");
-    run_ok(&["synth", "--out", &p(&world), "--stimuli", "40", "--voxels", "64", "--seed", "5"]);
-    run_ok(&["screen-captions", "--clip", &p(&clip), "--data", &p(&world), "--device", "cpu", "--keep", "2"]);
-    let (chosen, keep) = dataset::read_caption_choice(&world).unwrap().expect("screening stored");
+    let clip = mindreader::testing::fixtures_dir()
+        .join("clip")
+        .join("tiny");
+    run_ok(&[
+        "synth",
+        "--out",
+        &p(&world),
+        "--stimuli",
+        "40",
+        "--voxels",
+        "64",
+        "--seed",
+        "5",
+    ]);
+    run_ok(&[
+        "screen-captions",
+        "--clip",
+        &p(&clip),
+        "--data",
+        &p(&world),
+        "--device",
+        "cpu",
+        "--keep",
+        "2",
+    ]);
+    let (chosen, keep) = dataset::read_caption_choice(&world)
+        .unwrap()
+        .expect("screening stored");
     assert_eq!((chosen.len(), keep), (80, 2));
     let file = DatasetFile::open(&world).unwrap();
     let (image_target, d) = file.target("clip_image").unwrap();
     for row in image_target.chunks_exact(d) {
         let n: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        assert!((n - 1.0).abs() < 1e-4, "clip_image rows are unit vectors, got norm {n}");
+        assert!(
+            (n - 1.0).abs() < 1e-4,
+            "clip_image rows are unit vectors, got norm {n}"
+        );
     }
     // Recompute stimulus 0's ranking with `embed`: the best caption by cosine must be the stored one.
     let captions = file.captions().unwrap();
     let text = dir.join("c.txt");
     std::fs::write(&text, captions[0].join("\n")).unwrap();
-    run_ok(&["embed", "--clip", &p(&clip), "--data", &p(&world), "--text", &p(&text), "--out", &p(&dir.join("e.npy")), "--normalize", "--device", "cpu"]);
+    run_ok(&[
+        "embed",
+        "--clip",
+        &p(&clip),
+        "--data",
+        &p(&world),
+        "--text",
+        &p(&text),
+        "--out",
+        &p(&dir.join("e.npy")),
+        "--normalize",
+        "--device",
+        "cpu",
+    ]);
     let (img, shape) = npy::read_f32(&dir.join("e.npy")).unwrap();
     assert_eq!(shape, [40, d]);
     let (txt, tshape) = npy::read_f32(&dir.join("e_text.npy")).unwrap();
     assert_eq!(tshape, [captions[0].len(), d]);
     let cos = |k: usize| (0..d).map(|j| img[j] * txt[k * d + j]).sum::<f32>();
-    let best = (0..tshape[0]).max_by(|&a, &b| cos(a).total_cmp(&cos(b))).unwrap();
-    assert_eq!(best as u32, chosen[0], "stored caption slot vs recomputed best");
+    let best = (0..tshape[0])
+        .max_by(|&a, &b| cos(a).total_cmp(&cos(b)))
+        .unwrap();
+    assert_eq!(
+        best as u32, chosen[0],
+        "stored caption slot vs recomputed best"
+    );
     drop(file);
     let text = run_ok(&[
         "train-mapper",
@@ -286,7 +500,10 @@ fn screen_captions_picks_clip_best_caption_and_feeds_train_mapper() {
         "--batch",
         "16",
     ]);
-    assert!(text.contains("target `clip_caption` (24-d)") || text.contains("clip_caption"), "{text}");
+    assert!(
+        text.contains("target `clip_caption` (24-d)") || text.contains("clip_caption"),
+        "{text}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -298,41 +515,130 @@ fn augmented_views_are_seeded_and_feed_train_mapper() {
     let dir = std::env::temp_dir().join(format!("mindreader-cli-views-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
-    let (world, clip) = (dir.join("w.h5"), mindreader::testing::fixtures_dir().join("clip").join("tiny"));
-    run_ok(&["synth", "--out", &p(&world), "--stimuli", "40", "--voxels", "64", "--seed", "6"]);
+    let (world, clip) = (
+        dir.join("w.h5"),
+        mindreader::testing::fixtures_dir()
+            .join("clip")
+            .join("tiny"),
+    );
+    run_ok(&[
+        "synth",
+        "--out",
+        &p(&world),
+        "--stimuli",
+        "40",
+        "--voxels",
+        "64",
+        "--seed",
+        "6",
+    ]);
     let train = |extra: &[&str]| {
-        let mut args = vec!["train-mapper", "--data", world.to_str().unwrap(), "--target", "clip_image", "--out"];
+        let mut args = vec![
+            "train-mapper",
+            "--data",
+            world.to_str().unwrap(),
+            "--target",
+            "clip_image",
+            "--out",
+        ];
         let run = p(&dir.join("run"));
-        args.extend([run.as_str(), "--device", "cpu", "--hidden", "4", "--fc-hidden", "4", "--res-blocks", "1", "--epochs", "2", "--batch", "16"]);
+        args.extend([
+            run.as_str(),
+            "--device",
+            "cpu",
+            "--hidden",
+            "4",
+            "--fc-hidden",
+            "4",
+            "--res-blocks",
+            "1",
+            "--epochs",
+            "2",
+            "--batch",
+            "16",
+        ]);
         args.extend(extra);
         mindreader().args(&args).output().expect("run mindreader")
     };
-    run_ok(&["screen-captions", "--clip", &p(&clip), "--data", &p(&world), "--device", "cpu"]);
+    run_ok(&[
+        "screen-captions",
+        "--clip",
+        &p(&clip),
+        "--data",
+        &p(&world),
+        "--device",
+        "cpu",
+    ]);
     let out = train(&["--augmented"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("w.h5") && err.contains("--augment-views") && !err.contains("panicked"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("w.h5")
+            && err.contains("--augment-views")
+            && !err.contains("panicked"),
+        "{err}"
+    );
 
     let views_with = |seed: &str| {
-        run_ok(&["screen-captions", "--clip", &p(&clip), "--data", &p(&world), "--device", "cpu", "--augment-views", "3", "--augment-seed", seed]);
+        run_ok(&[
+            "screen-captions",
+            "--clip",
+            &p(&clip),
+            "--data",
+            &p(&world),
+            "--device",
+            "cpu",
+            "--augment-views",
+            "3",
+            "--augment-seed",
+            seed,
+        ]);
         let file = DatasetFile::open(&world).unwrap();
-        (file.augmented("clip_image").unwrap(), file.target("clip_image").unwrap().0)
+        (
+            file.augmented("clip_image").unwrap(),
+            file.target("clip_image").unwrap().0,
+        )
     };
     let ((views, k, d), plain) = views_with("7");
     assert_eq!((k, d, views.len()), (3, 24, 3 * 40 * 24));
     for row in views.chunks_exact(d) {
         let n: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        assert!((n - 1.0).abs() < 1e-4, "augmented rows are unit vectors, got norm {n}");
+        assert!(
+            (n - 1.0).abs() < 1e-4,
+            "augmented rows are unit vectors, got norm {n}"
+        );
     }
     let block = 40 * d;
-    assert!(views[..block] != plain[..] && views[..block] != views[block..2 * block], "augmentation changed nothing");
-    assert_eq!(views_with("7").0 .0, views, "the same seed must give the same views");
-    assert_ne!(views_with("8").0 .0, views, "another seed must give other views");
+    assert!(
+        views[..block] != plain[..] && views[..block] != views[block..2 * block],
+        "augmentation changed nothing"
+    );
+    assert_eq!(
+        views_with("7").0 .0,
+        views,
+        "the same seed must give the same views"
+    );
+    assert_ne!(
+        views_with("8").0 .0,
+        views,
+        "another seed must give other views"
+    );
 
     let out = train(&["--augmented"]);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && text.contains("augmented: 3 views"), "{text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("augmented: 3 views"),
+        "{text}"
+    );
     let text = run_ok(&["inspect", &p(&world)]);
-    assert!(text.contains("augmented   clip_image f32 [3 views, 40, 24]"), "{text}");
+    assert!(
+        text.contains("augmented   clip_image f32 [3 views, 40, 24]"),
+        "{text}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -343,22 +649,67 @@ fn embed_in_bf16_is_close_to_f32() {
     let dir = std::env::temp_dir().join(format!("mindreader-cli-bf16-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
-    let (world, clip) = (dir.join("w.h5"), mindreader::testing::fixtures_dir().join("clip").join("tiny"));
-    run_ok(&["synth", "--out", &p(&world), "--stimuli", "12", "--voxels", "64", "--seed", "7"]);
+    let (world, clip) = (
+        dir.join("w.h5"),
+        mindreader::testing::fixtures_dir()
+            .join("clip")
+            .join("tiny"),
+    );
+    run_ok(&[
+        "synth",
+        "--out",
+        &p(&world),
+        "--stimuli",
+        "12",
+        "--voxels",
+        "64",
+        "--seed",
+        "7",
+    ]);
     let embed = |dtype: &str| {
         let out = dir.join(format!("{dtype}.npy"));
-        run_ok(&["embed", "--clip", &p(&clip), "--data", &p(&world), "--out", &p(&out), "--normalize", "--device", "cpu", "--dtype", dtype]);
+        run_ok(&[
+            "embed",
+            "--clip",
+            &p(&clip),
+            "--data",
+            &p(&world),
+            "--out",
+            &p(&out),
+            "--normalize",
+            "--device",
+            "cpu",
+            "--dtype",
+            dtype,
+        ]);
         npy::read_f32(&out).unwrap()
     };
     let ((f32s, shape), (bf16s, shape16)) = (embed("f32"), embed("bf16"));
     assert_eq!(shape, shape16);
     for (a, b) in f32s.chunks(shape[1]).zip(bf16s.chunks(shape[1])) {
         let cos: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-        assert!(cos > 0.999, "bf16 embedding has cosine {cos} with the f32 one");
+        assert!(
+            cos > 0.999,
+            "bf16 embedding has cosine {cos} with the f32 one"
+        );
     }
-    let out = mindreader().args(["embed", "--clip", &p(&clip), "--data", &p(&world), "--dtype", "f8"]).output().unwrap();
+    let out = mindreader()
+        .args([
+            "embed",
+            "--clip",
+            &p(&clip),
+            "--data",
+            &p(&world),
+            "--dtype",
+            "f8",
+        ])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("--dtype") && !err.contains("panicked"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("--dtype") && !err.contains("panicked"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -370,16 +721,42 @@ fn augment_sheet_draws_views_beside_each_stimulus() {
     std::fs::create_dir_all(&dir).unwrap();
     let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
     let world = dir.join("w.h5");
-    run_ok(&["synth", "--out", &p(&world), "--stimuli", "20", "--voxels", "64", "--seed", "8"]);
+    run_ok(&[
+        "synth",
+        "--out",
+        &p(&world),
+        "--stimuli",
+        "20",
+        "--voxels",
+        "64",
+        "--seed",
+        "8",
+    ]);
     let sheet = |start: &str, count: &str, name: &str| {
         let out = dir.join(name);
-        let text = run_ok(&["inspect", &p(&world), "--augment-sheet", &p(&out), "--start", start, "--count", count, "--views", "3"]);
+        let text = run_ok(&[
+            "inspect",
+            &p(&world),
+            "--augment-sheet",
+            &p(&out),
+            "--start",
+            start,
+            "--count",
+            count,
+            "--views",
+            "3",
+        ]);
         assert!(text.contains("3 augmented views each"), "{text}");
-        let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()));
+        let decoder =
+            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()));
         let mut reader = decoder.read_info().unwrap();
         let mut buf = vec![0; reader.output_buffer_size().unwrap()];
         let info = reader.next_frame(&mut buf).unwrap();
-        (info.width as usize, info.height as usize, buf[..info.buffer_size()].to_vec())
+        (
+            info.width as usize,
+            info.height as usize,
+            buf[..info.buffer_size()].to_vec(),
+        )
     };
     let (w3, h3, all) = sheet("0", "3", "a.png");
     let (w2, h2, tail) = sheet("1", "2", "b.png");
@@ -388,8 +765,21 @@ fn augment_sheet_draws_views_beside_each_stimulus() {
     // The last row (stimulus 2 and its views) is drawn identically in both sheets: compare the
     // bottom 150 pixel rows (inside the last tile row, which is over 256 px tall).
     let bottom = |img: &[u8]| img[img.len() - 150 * w3 * 3..].to_vec();
-    assert!(bottom(&all) == bottom(&tail), "stimulus 2's views depend on the sheet's range");
-    let out = mindreader().args(["inspect", &p(&world), "--augment-sheet", &p(&dir.join("c.png")), "--views", "0"]).output().unwrap();
+    assert!(
+        bottom(&all) == bottom(&tail),
+        "stimulus 2's views depend on the sheet's range"
+    );
+    let out = mindreader()
+        .args([
+            "inspect",
+            &p(&world),
+            "--augment-sheet",
+            &p(&dir.join("c.png")),
+            "--views",
+            "0",
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--views"));
     std::fs::remove_dir_all(dir).ok();
 }
@@ -402,7 +792,19 @@ fn train_clip_makes_a_clip_directory_for_screen_captions() {
     std::fs::create_dir_all(&dir).unwrap();
     let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
     let (world, clip) = (dir.join("w.h5"), dir.join("clip"));
-    run_ok(&["synth", "--out", &p(&world), "--stimuli", "40", "--voxels", "64", "--seed", "9", "--size", "16"]);
+    run_ok(&[
+        "synth",
+        "--out",
+        &p(&world),
+        "--stimuli",
+        "40",
+        "--voxels",
+        "64",
+        "--seed",
+        "9",
+        "--size",
+        "16",
+    ]);
     let text = run_ok(&[
         "train-clip",
         "--data",
@@ -422,14 +824,41 @@ fn train_clip_makes_a_clip_directory_for_screen_captions() {
         "--device",
         "cpu",
     ]);
-    assert!(text.contains("epoch   2:") && text.contains("model.safetensors"), "{text}");
+    assert!(
+        text.contains("epoch   2:") && text.contains("model.safetensors"),
+        "{text}"
+    );
     assert!(clip.join("config.json").is_file() && clip.join("model.safetensors").is_file());
-    run_ok(&["screen-captions", "--clip", &p(&clip), "--data", &p(&world), "--device", "cpu"]);
+    run_ok(&[
+        "screen-captions",
+        "--clip",
+        &p(&clip),
+        "--data",
+        &p(&world),
+        "--device",
+        "cpu",
+    ]);
     let file = mindreader::data::DatasetFile::open(&world).unwrap();
     assert_eq!(file.target("clip_image").unwrap().1, 16);
-    let out = mindreader().args(["train-clip", "--data", &p(&world), "--out", &p(&clip), "--patch", "5", "--device", "cpu"]).output().unwrap();
+    let out = mindreader()
+        .args([
+            "train-clip",
+            "--data",
+            &p(&world),
+            "--out",
+            &p(&clip),
+            "--patch",
+            "5",
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("multiple of --patch 5") && !err.contains("panicked"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("multiple of --patch 5") && !err.contains("panicked"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -454,8 +883,17 @@ fn demo_with_clip_maps_into_a_clip_trained_on_the_world() {
         "--clip-epochs",
         "1",
     ]);
-    assert!(text.contains("[2/5] training a small CLIP") && text.contains("target `clip_image`") && text.contains("[5/5] held-out retrieval"), "{text}");
-    for file in ["clip/config.json", "clip/model.safetensors", "mapper/mapper.safetensors"] {
+    assert!(
+        text.contains("[2/5] training a small CLIP")
+            && text.contains("target `clip_image`")
+            && text.contains("[5/5] held-out retrieval"),
+        "{text}"
+    );
+    for file in [
+        "clip/config.json",
+        "clip/model.safetensors",
+        "mapper/mapper.safetensors",
+    ] {
         assert!(out.join(file).exists(), "{file} missing");
     }
     let file = mindreader::data::DatasetFile::open(out.join("world.h5")).unwrap();

@@ -16,11 +16,19 @@ fn tiny_dir() -> PathBuf {
 /// The fixture's inputs and transformers' outputs by name.
 fn io() -> Vec<(String, Tensor)> {
     let path = fixtures_dir().join("clip").join("tiny_io.safetensors");
-    load_safetensors(&path).unwrap_or_else(|e| panic!("{e} (run tests from the repository root or set MINDREADER_FIXTURES)")).0
+    load_safetensors(&path)
+        .unwrap_or_else(|e| {
+            panic!("{e} (run tests from the repository root or set MINDREADER_FIXTURES)")
+        })
+        .0
 }
 
 fn get(io: &[(String, Tensor)], name: &str) -> Tensor {
-    io.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("fixture lacks {name}")).1.clone()
+    io.iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("fixture lacks {name}"))
+        .1
+        .clone()
 }
 
 /// A scratch directory holding a copy of the tiny CLIP with `edit` applied to its tensors.
@@ -37,7 +45,12 @@ fn edited_copy(tag: &str, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> Path
 #[test]
 fn clip_forward_matches_transformers() {
     let io = io();
-    let ids: Vec<u32> = get(&io, "input_ids").to_vec_f32().unwrap().iter().map(|&v| v as u32).collect();
+    let ids: Vec<u32> = get(&io, "input_ids")
+        .to_vec_f32()
+        .unwrap()
+        .iter()
+        .map(|&v| v as u32)
+        .collect();
     let context = get(&io, "input_ids").shape()[1];
     for device in devices() {
         let clip = Clip::load(&tiny_dir(), &device).unwrap();
@@ -47,15 +60,35 @@ fn clip_forward_matches_transformers() {
         let txt = clip.encode_text(&mut tape, &ids, context).unwrap();
         let logits = clip.logits_per_image(&mut tape, &img, &txt).unwrap();
         // f32 on the CPU: 1e-4 relative; the GPU's summation order differs, so a little looser.
-        let (rtol, atol) = if device.is_cuda() { (1e-3, 1e-4) } else { (1e-4, 1e-5) };
-        for (got, name) in [(&img, "image_features"), (&txt, "text_features"), (&logits, "logits_per_image")] {
+        let (rtol, atol) = if device.is_cuda() {
+            (1e-3, 1e-4)
+        } else {
+            (1e-4, 1e-5)
+        };
+        for (got, name) in [
+            (&img, "image_features"),
+            (&txt, "text_features"),
+            (&logits, "logits_per_image"),
+        ] {
             let want = get(&io, name);
             assert_eq!(got.shape(), want.shape(), "{name} shape");
-            assert_close(&got.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap(), rtol, atol, &format!("{name} on {device}"));
+            assert_close(
+                &got.to_vec_f32().unwrap(),
+                &want.to_vec_f32().unwrap(),
+                rtol,
+                atol,
+                &format!("{name} on {device}"),
+            );
         }
         for (x, name) in [(&img, "image_embeds"), (&txt, "text_embeds")] {
             let n = mindreader::ops::l2norm::l2_normalize(&mut tape, x, 1e-12).unwrap();
-            assert_close(&n.to_vec_f32().unwrap(), &get(&io, name).to_vec_f32().unwrap(), rtol, atol, &format!("{name} on {device}"));
+            assert_close(
+                &n.to_vec_f32().unwrap(),
+                &get(&io, name).to_vec_f32().unwrap(),
+                rtol,
+                atol,
+                &format!("{name} on {device}"),
+            );
         }
     }
 }
@@ -79,18 +112,34 @@ fn gradient_reaches_the_pixels() {
     };
     let mut tape = Tape::new();
     let (x, loss) = loss_of(&px, &mut tape, true);
-    let grad = tape.backward(&loss).unwrap().get(&x).expect("a gradient for the pixels").to_vec_f32().unwrap();
-    assert!(grad.iter().all(|g| g.is_finite()) && grad.iter().filter(|&&g| g != 0.0).count() > grad.len() / 2);
+    let grad = tape
+        .backward(&loss)
+        .unwrap()
+        .get(&x)
+        .expect("a gradient for the pixels")
+        .to_vec_f32()
+        .unwrap();
+    assert!(
+        grad.iter().all(|g| g.is_finite())
+            && grad.iter().filter(|&&g| g != 0.0).count() > grad.len() / 2
+    );
     for i in [5, 2 * 3 * 32 * 32 - 77] {
         let eps = 1e-2;
         let at = |d: f32| {
             let mut p = px.clone();
             p[i] += d;
-            loss_of(&p, &mut Tape::inference(), false).1.scalar().unwrap() as f64
+            loss_of(&p, &mut Tape::inference(), false)
+                .1
+                .scalar()
+                .unwrap() as f64
         };
         let numeric = (at(eps) - at(-eps)) / (2.0 * eps as f64);
         let err = (numeric - grad[i] as f64).abs();
-        assert!(err <= 1e-3 + 2e-2 * numeric.abs(), "pixel {i}: analytic {} vs finite difference {numeric}", grad[i]);
+        assert!(
+            err <= 1e-3 + 2e-2 * numeric.abs(),
+            "pixel {i}: analytic {} vs finite difference {numeric}",
+            grad[i]
+        );
     }
 }
 
@@ -102,7 +151,10 @@ fn missing_files_are_named() {
     assert!(err.contains("config.json"), "{err}");
     std::fs::copy(tiny_dir().join("config.json"), empty.join("config.json")).unwrap();
     let err = Clip::load(&empty, &Device::Cpu).err().unwrap().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("missing"),
+        "{err}"
+    );
     std::fs::remove_dir_all(empty).ok();
 }
 
@@ -111,7 +163,10 @@ fn missing_or_misshapen_tensors_are_named() {
     let name = "text_model.encoder.layers.1.mlp.fc2.weight";
     let dir = edited_copy("missing", |t| t.retain(|(n, _)| n != name));
     let err = Clip::load(&dir, &Device::Cpu).err().unwrap().to_string();
-    assert!(err.contains(name) && err.contains("missing tensor") && err.contains("model.safetensors"), "{err}");
+    assert!(
+        err.contains(name) && err.contains("missing tensor") && err.contains("model.safetensors"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).ok();
 
     let name = "vision_model.embeddings.position_embedding.weight";
@@ -120,7 +175,10 @@ fn missing_or_misshapen_tensors_are_named() {
         slot.1 = Tensor::zeros(&[16, 48], &Device::Cpu).unwrap();
     });
     let err = Clip::load(&dir, &Device::Cpu).err().unwrap().to_string();
-    assert!(err.contains(name) && err.contains("[16, 48]") && err.contains("[17, 48]"), "{err}");
+    assert!(
+        err.contains(name) && err.contains("[16, 48]") && err.contains("[17, 48]"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -128,10 +186,16 @@ fn missing_or_misshapen_tensors_are_named() {
 fn unsupported_config_is_an_error() {
     let dir = edited_copy("gelu", |_| {});
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let config = config.replace("\"hidden_size\": 48,", "\"hidden_size\": 48, \"hidden_act\": \"gelu\",");
+    let config = config.replace(
+        "\"hidden_size\": 48,",
+        "\"hidden_size\": 48, \"hidden_act\": \"gelu\",",
+    );
     std::fs::write(dir.join("config.json"), config).unwrap();
     let err = Clip::load(&dir, &Device::Cpu).err().unwrap().to_string();
-    assert!(err.contains("unsupported config") && err.contains("vision_config.hidden_act"), "{err}");
+    assert!(
+        err.contains("unsupported config") && err.contains("vision_config.hidden_act"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -139,10 +203,18 @@ fn unsupported_config_is_an_error() {
 fn bad_inputs_are_errors() {
     let clip = Clip::load(&tiny_dir(), &Device::Cpu).unwrap();
     let wrong = Tensor::zeros(&[1, 3, 224, 224], &Device::Cpu).unwrap();
-    let err = clip.encode_image(&mut Tape::inference(), &wrong).err().unwrap().to_string();
+    let err = clip
+        .encode_image(&mut Tape::inference(), &wrong)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("[batch, 3, 32, 32]"), "{err}");
-    assert!(clip.encode_text(&mut Tape::inference(), &[49406, 49408], 2).is_err());
-    assert!(clip.encode_text(&mut Tape::inference(), &[1; 78], 78).is_err());
+    assert!(clip
+        .encode_text(&mut Tape::inference(), &[49406, 49408], 2)
+        .is_err());
+    assert!(clip
+        .encode_text(&mut Tape::inference(), &[1; 78], 78)
+        .is_err());
 }
 
 /// Training a small CLIP needs a gradient for every weight, the temperature `logit_scale` included:
@@ -151,10 +223,17 @@ fn bad_inputs_are_errors() {
 fn gradients_reach_every_weight() {
     let clip = Clip::load(&tiny_dir(), &Device::Cpu).unwrap();
     let io = io();
-    let ids: Vec<u32> = get(&io, "input_ids").to_vec_f32().unwrap().iter().map(|&v| v as u32).collect();
+    let ids: Vec<u32> = get(&io, "input_ids")
+        .to_vec_f32()
+        .unwrap()
+        .iter()
+        .map(|&v| v as u32)
+        .collect();
     let mut tape = Tape::new();
     clip.store.watch_all(&mut tape);
-    let img = clip.encode_image(&mut tape, &get(&io, "pixel_values")).unwrap();
+    let img = clip
+        .encode_image(&mut tape, &get(&io, "pixel_values"))
+        .unwrap();
     let txt = clip.encode_text(&mut tape, &ids, 77).unwrap();
     let logits = clip.logits_per_image(&mut tape, &img, &txt).unwrap();
     let w = Tensor::from_vec(random_vec(6, 9), &[2, 3], &Device::Cpu).unwrap();
@@ -162,13 +241,24 @@ fn gradients_reach_every_weight() {
     let loss = sum_all(&mut tape, &lw).unwrap();
     let g = tape.backward(&loss).unwrap();
     for p in clip.store.iter() {
-        let grad = g.get(&p.value).unwrap_or_else(|| panic!("no gradient for {}", p.name)).to_vec_f32().unwrap();
-        assert!(grad.iter().all(|v| v.is_finite()) && grad.iter().any(|&v| v != 0.0), "{}", p.name);
+        let grad = g
+            .get(&p.value)
+            .unwrap_or_else(|| panic!("no gradient for {}", p.name))
+            .to_vec_f32()
+            .unwrap();
+        assert!(
+            grad.iter().all(|v| v.is_finite()) && grad.iter().any(|&v| v != 0.0),
+            "{}",
+            p.name
+        );
     }
     let scale = clip.store.iter().find(|p| p.name == "logit_scale").unwrap();
     let got = g.get(&scale.value).unwrap().scalar().unwrap();
     let want: f32 = lw.to_vec_f32().unwrap().iter().sum();
-    assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "d/d logit_scale {got} vs Σ w ⊙ logits {want}");
+    assert!(
+        (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+        "d/d logit_scale {got} vs Σ w ⊙ logits {want}"
+    );
 }
 
 /// A bf16 CLIP (weights and activations bf16, f32 arithmetic inside each op) stays within bf16
@@ -177,7 +267,12 @@ fn gradients_reach_every_weight() {
 fn bf16_forward_is_within_bf16_tolerance_of_transformers() {
     use mindreader::tensor::DType;
     let io = io();
-    let ids: Vec<u32> = get(&io, "input_ids").to_vec_f32().unwrap().iter().map(|&v| v as u32).collect();
+    let ids: Vec<u32> = get(&io, "input_ids")
+        .to_vec_f32()
+        .unwrap()
+        .iter()
+        .map(|&v| v as u32)
+        .collect();
     for device in devices() {
         let clip = Clip::load_as(&tiny_dir(), &device, DType::BF16).unwrap();
         assert_eq!(clip.dtype(), DType::BF16);
@@ -188,17 +283,34 @@ fn bf16_forward_is_within_bf16_tolerance_of_transformers() {
         assert_eq!((img.dtype(), txt.dtype()), (DType::BF16, DType::BF16));
         let logits = clip.logits_per_image(&mut tape, &img, &txt).unwrap();
         for (got, name, d) in [(&img, "image_features", 24), (&txt, "text_features", 24)] {
-            let (got, want) = (got.to_vec_f32().unwrap(), get(&io, name).to_vec_f32().unwrap());
+            let (got, want) = (
+                got.to_vec_f32().unwrap(),
+                get(&io, name).to_vec_f32().unwrap(),
+            );
             for (g, w) in got.chunks(d).zip(want.chunks(d)) {
                 let dot: f32 = g.iter().zip(w).map(|(a, b)| a * b).sum();
                 let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
                 let cos = dot / (norm(g) * norm(w));
-                let err = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / norm(w);
+                let err = g
+                    .iter()
+                    .zip(w)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max)
+                    / norm(w);
                 // bf16 keeps 8 bits of mantissa (relative step 2⁻⁸ ≈ 0.4 %), rounded once per op over
                 // 3 layers (measured on the CPU: cosine ≥ 0.99998, max error ≤ 0.25 % of the norm).
-                assert!(cos > 0.9995 && err < 0.02, "{name} on {device}: cosine {cos}, max error {err} of the norm");
+                assert!(
+                    cos > 0.9995 && err < 0.02,
+                    "{name} on {device}: cosine {cos}, max error {err} of the norm"
+                );
             }
         }
-        assert_close(&logits.to_vec_f32().unwrap(), &get(&io, "logits_per_image").to_vec_f32().unwrap(), 0.05, 0.05, &format!("bf16 logits on {device}"));
+        assert_close(
+            &logits.to_vec_f32().unwrap(),
+            &get(&io, "logits_per_image").to_vec_f32().unwrap(),
+            0.05,
+            0.05,
+            &format!("bf16 logits on {device}"),
+        );
     }
 }

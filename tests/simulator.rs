@@ -12,7 +12,12 @@ use mindreader::testing::{random_vec, simulator};
 /// A kernel of `sim/selftest/planted.cu`, found by name as the driver finds any kernel.
 fn planted(gpu: &Gpu, name: &str) -> CudaFunction {
     // The simulated driver takes any module image: a function is looked up by its name.
-    let module = gpu.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(b"sim/selftest/planted.cu".to_vec())).unwrap();
+    let module = gpu
+        .ctx
+        .load_module(cudarc::nvrtc::Ptx::from_binary(
+            b"sim/selftest/planted.cu".to_vec(),
+        ))
+        .unwrap();
     module.load_function(name).unwrap()
 }
 
@@ -24,10 +29,20 @@ fn sim() -> Option<Arc<Gpu>> {
 }
 
 fn transpose(gpu: &Gpu, rows: u32, cols: u32, off_by_one: i32) -> Result<Vec<f32>, String> {
-    let x = gpu.stream.clone_htod(&random_vec((rows * cols) as usize, 1)).unwrap();
-    let mut y = gpu.stream.alloc_zeros::<f32>((rows * cols) as usize).unwrap();
+    let x = gpu
+        .stream
+        .clone_htod(&random_vec((rows * cols) as usize, 1))
+        .unwrap();
+    let mut y = gpu
+        .stream
+        .alloc_zeros::<f32>((rows * cols) as usize)
+        .unwrap();
     let f = planted(gpu, "selftest_transpose");
-    let cfg = LaunchConfig { grid_dim: (cols.div_ceil(32), rows.div_ceil(32), 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig {
+        grid_dim: (cols.div_ceil(32), rows.div_ceil(32), 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    };
     let mut b = gpu.stream.launch_builder(&f);
     b.arg(&x).arg(&mut y).arg(&rows).arg(&cols).arg(&off_by_one);
     unsafe { b.launch(cfg) }.map_err(|e| e.to_string())?;
@@ -47,9 +62,20 @@ fn an_off_by_one_at_a_tile_edge_is_an_out_of_bounds_read() {
     }
     let err = transpose(&gpu, rows, cols, 1).expect_err("the planted off-by-one must be caught");
     eprintln!("{err}");
-    assert!(err.contains("out-of-bounds device read of 4 bytes"), "{err}");
-    assert!(err.contains("0 bytes past the end") || err.contains("bytes past the end of allocation"), "{err}");
-    assert!(err.contains("kernel selftest_transpose") && err.contains("block (") && err.contains("thread ("), "{err}");
+    assert!(
+        err.contains("out-of-bounds device read of 4 bytes"),
+        "{err}"
+    );
+    assert!(
+        err.contains("0 bytes past the end") || err.contains("bytes past the end of allocation"),
+        "{err}"
+    );
+    assert!(
+        err.contains("kernel selftest_transpose")
+            && err.contains("block (")
+            && err.contains("thread ("),
+        "{err}"
+    );
 }
 
 #[test]
@@ -61,7 +87,11 @@ fn a_missing_barrier_is_a_shared_memory_race() {
     let f = planted(&gpu, "selftest_block_reverse");
     let run = |missing: i32| -> Result<Vec<f32>, String> {
         let mut y = gpu.stream.alloc_zeros::<f32>(n as usize).unwrap();
-        let cfg = LaunchConfig { grid_dim: (n.div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&x).arg(&mut y).arg(&n).arg(&missing);
         unsafe { b.launch(cfg) }.map_err(|e| e.to_string())?;
@@ -71,12 +101,22 @@ fn a_missing_barrier_is_a_shared_memory_race() {
     for (i, v) in y.iter().enumerate() {
         let (block, t) = (i / 256, i % 256);
         let src = block * 256 + (255 - t);
-        assert_eq!(*v, if src < n as usize { xv[src] } else { 0.0 }, "element {i}");
+        assert_eq!(
+            *v,
+            if src < n as usize { xv[src] } else { 0.0 },
+            "element {i}"
+        );
     }
     let err = run(1).expect_err("the missing barrier must be caught");
     eprintln!("{err}");
-    assert!(err.contains("racecheck:") && err.contains("hazard on static shared memory"), "{err}");
-    assert!(err.contains("Read-after-Write") || err.contains("Write-after-Read"), "{err}");
+    assert!(
+        err.contains("racecheck:") && err.contains("hazard on static shared memory"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Read-after-Write") || err.contains("Write-after-Read"),
+        "{err}"
+    );
     assert!(err.contains("kernel selftest_block_reverse"), "{err}");
 }
 
@@ -90,13 +130,26 @@ fn a_write_past_the_end_is_caught_before_it_lands() {
     let launch = |y: &mut cudarc::driver::CudaSlice<f32>, past_end: i32| {
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&x).arg(y).arg(&n).arg(&past_end);
-        unsafe { b.launch(LaunchConfig { grid_dim: (4, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }) }.map_err(|e| e.to_string())
+        unsafe {
+            b.launch(LaunchConfig {
+                grid_dim: (4, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            })
+        }
+        .map_err(|e| e.to_string())
     };
     launch(&mut y, 0).expect("the correct kernel");
     let err = launch(&mut y, 1).expect_err("the write past the end must be caught");
     eprintln!("{err}");
-    assert!(err.contains("out-of-bounds device write of 4 bytes"), "{err}");
-    assert!(err.contains("4 bytes past the end of allocation") && err.contains("(16388 bytes"), "{err}");
+    assert!(
+        err.contains("out-of-bounds device write of 4 bytes"),
+        "{err}"
+    );
+    assert!(
+        err.contains("4 bytes past the end of allocation") && err.contains("(16388 bytes"),
+        "{err}"
+    );
     assert!(err.contains("kernel selftest_scale"), "{err}");
 }
 
@@ -107,20 +160,37 @@ fn warp_shuffles_and_ballots_follow_their_definitions() {
     let xv = random_vec(n as usize, 4);
     let x = gpu.stream.clone_htod(&xv).unwrap();
     let mut sums = gpu.stream.alloc_zeros::<f32>(n as usize).unwrap();
-    let mut ballots = gpu.stream.alloc_zeros::<u32>(n.div_ceil(32) as usize).unwrap();
+    let mut ballots = gpu
+        .stream
+        .alloc_zeros::<u32>(n.div_ceil(32) as usize)
+        .unwrap();
     let f = planted(&gpu, "selftest_warp_ops");
     let mut b = gpu.stream.launch_builder(&f);
     b.arg(&x).arg(&mut sums).arg(&mut ballots).arg(&n);
-    unsafe { b.launch(LaunchConfig { grid_dim: (4, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }) }.unwrap();
+    unsafe {
+        b.launch(LaunchConfig {
+            grid_dim: (4, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+    .unwrap();
     let sums = gpu.stream.clone_dtoh(&sums).unwrap();
     let ballots = gpu.stream.clone_dtoh(&ballots).unwrap();
     for w in 0..n.div_ceil(32) as usize {
         let lanes = &xv[w * 32..((w + 1) * 32).min(n as usize)];
         let want: f32 = lanes.iter().sum();
-        let ballot = lanes.iter().enumerate().fold(0u32, |m, (l, &v)| if v > 0.0 { m | 1 << l } else { m });
+        let ballot = lanes
+            .iter()
+            .enumerate()
+            .fold(0u32, |m, (l, &v)| if v > 0.0 { m | 1 << l } else { m });
         assert_eq!(ballots[w], ballot, "warp {w}");
         for l in 0..lanes.len() {
-            assert!((sums[w * 32 + l] - want).abs() < 1e-5, "warp {w} lane {l}: {} vs {want}", sums[w * 32 + l]);
+            assert!(
+                (sums[w * 32 + l] - want).abs() < 1e-5,
+                "warp {w} lane {l}: {} vs {want}",
+                sums[w * 32 + l]
+            );
         }
     }
 }

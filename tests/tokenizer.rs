@@ -12,14 +12,29 @@ struct Row {
 
 fn corpus() -> Vec<Row> {
     let path = fixtures_dir().join("tokenizer").join("expected.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run tests from the repository root or set MINDREADER_FIXTURES)", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run tests from the repository root or set MINDREADER_FIXTURES)",
+            path.display()
+        )
+    });
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let ids = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
+    let ids = |v: &serde_json::Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect::<Vec<_>>()
+    };
     json["rows"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| Row { text: r["text"].as_str().unwrap().to_string(), openai: ids(&r["openai"]), hf: ids(&r["hf"]) })
+        .map(|r| Row {
+            text: r["text"].as_str().unwrap().to_string(),
+            openai: ids(&r["openai"]),
+            hf: ids(&r["hf"]),
+        })
         .collect()
 }
 
@@ -32,19 +47,40 @@ fn every_corpus_line_matches_openai() {
     for row in &rows {
         let got = tok.tokenize(&row.text, CONTEXT).unwrap();
         if got != row.openai {
-            failures.push(format!("{:?}\n  cleaned {:?}\n  got  {:?}\n  want {:?}", row.text, tok.clean(&row.text), got, row.openai));
+            failures.push(format!(
+                "{:?}\n  cleaned {:?}\n  got  {:?}\n  want {:?}",
+                row.text,
+                tok.clean(&row.text),
+                got,
+                row.openai
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} lines differ from OpenAI:\n{}", failures.len(), rows.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} lines differ from OpenAI:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn matches_hugging_face_where_the_references_agree() {
     let tok = ClipTokenizer::new().unwrap();
     let agreeing: Vec<_> = corpus().into_iter().filter(|r| r.openai == r.hf).collect();
-    assert!(agreeing.len() >= 25, "only {} lines where OpenAI and HF agree", agreeing.len());
+    assert!(
+        agreeing.len() >= 25,
+        "only {} lines where OpenAI and HF agree",
+        agreeing.len()
+    );
     for row in agreeing {
-        assert_eq!(tok.tokenize(&row.text, CONTEXT).unwrap(), row.hf, "{:?}", row.text);
+        assert_eq!(
+            tok.tokenize(&row.text, CONTEXT).unwrap(),
+            row.hf,
+            "{:?}",
+            row.text
+        );
     }
 }
 
@@ -56,7 +92,9 @@ fn truncation_keeps_end_of_text_last() {
     assert_eq!(ids.len(), CONTEXT);
     assert_eq!(ids[0], START_OF_TEXT);
     assert_eq!(ids[CONTEXT - 1], END_OF_TEXT);
-    assert!(ids[1..CONTEXT - 1].iter().all(|&i| i != 0 && i < START_OF_TEXT));
+    assert!(ids[1..CONTEXT - 1]
+        .iter()
+        .all(|&i| i != 0 && i < START_OF_TEXT));
     // The untruncated encoding starts with the same tokens.
     assert_eq!(&tok.encode(&long)[..CONTEXT - 2], &ids[1..CONTEXT - 1]);
 }
@@ -78,6 +116,9 @@ fn batch_rows_are_single_tokenizations() {
     let batch = tok.tokenize_batch(&texts, CONTEXT).unwrap();
     assert_eq!(batch.len(), 2 * CONTEXT);
     for (i, t) in texts.iter().enumerate() {
-        assert_eq!(&batch[i * CONTEXT..(i + 1) * CONTEXT], tok.tokenize(t, CONTEXT).unwrap().as_slice());
+        assert_eq!(
+            &batch[i * CONTEXT..(i + 1) * CONTEXT],
+            tok.tokenize(t, CONTEXT).unwrap().as_slice()
+        );
     }
 }

@@ -36,12 +36,20 @@ impl Default for Tape {
 impl Tape {
     /// A tape that records ops whose inputs are watched or derived from watched tensors.
     pub fn new() -> Tape {
-        Tape { recording: true, tracked: HashSet::new(), watched: HashSet::new(), nodes: Vec::new() }
+        Tape {
+            recording: true,
+            tracked: HashSet::new(),
+            watched: HashSet::new(),
+            nodes: Vec::new(),
+        }
     }
 
     /// A tape that never records: the inference path.
     pub fn inference() -> Tape {
-        Tape { recording: false, ..Tape::new() }
+        Tape {
+            recording: false,
+            ..Tape::new()
+        }
     }
 
     /// Marks a leaf (a parameter, or an input whose gradient is wanted).
@@ -57,7 +65,12 @@ impl Tape {
 
     /// Records `output = op(inputs)` with its backward, if any input is tracked.
     /// `backward` receives d(loss)/d(output) and returns one entry per input, in order.
-    pub fn record(&mut self, inputs: &[&Tensor], output: &Tensor, backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + 'static) {
+    pub fn record(
+        &mut self,
+        inputs: &[&Tensor],
+        output: &Tensor,
+        backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + 'static,
+    ) {
         if !self.needs_grad(inputs) {
             return;
         }
@@ -95,7 +108,10 @@ impl Tape {
     /// Consumes the records (the tape can be reused for the next step; watches are kept).
     pub fn backward(&mut self, loss: &Tensor) -> Result<Gradients> {
         if loss.numel() != 1 {
-            return Err(Error::shape("backward", format!("the loss must be a scalar, got shape {:?}", loss.shape())));
+            return Err(Error::shape(
+                "backward",
+                format!("the loss must be a scalar, got shape {:?}", loss.shape()),
+            ));
         }
         let seed = Tensor::full(1.0, loss.shape(), loss.device())?;
         self.backward_with(loss, seed)
@@ -104,16 +120,32 @@ impl Tape {
     /// Backward from any output with an explicit output gradient (e.g. vector–Jacobian products).
     pub fn backward_with(&mut self, output: &Tensor, grad_output: Tensor) -> Result<Gradients> {
         if grad_output.shape() != output.shape() {
-            return Err(Error::shape("backward", format!("gradient {:?} for output {:?}", grad_output.shape(), output.shape())));
+            return Err(Error::shape(
+                "backward",
+                format!(
+                    "gradient {:?} for output {:?}",
+                    grad_output.shape(),
+                    output.shape()
+                ),
+            ));
         }
         let nodes = std::mem::take(&mut self.nodes);
         self.tracked = self.watched.clone();
         let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
         grads.insert(output.id(), grad_output);
         for node in nodes.into_iter().rev() {
-            let Some(dy) = grads.remove(&node.output) else { continue };
+            let Some(dy) = grads.remove(&node.output) else {
+                continue;
+            };
             if dy.shape() != node.output_shape.as_slice() {
-                return Err(Error::shape("backward", format!("gradient {:?} for an output of shape {:?}", dy.shape(), node.output_shape)));
+                return Err(Error::shape(
+                    "backward",
+                    format!(
+                        "gradient {:?} for an output of shape {:?}",
+                        dy.shape(),
+                        node.output_shape
+                    ),
+                ));
             }
             let dxs = (node.backward)(&dy)?;
             for (id, dx) in node.inputs.iter().zip(dxs) {

@@ -35,7 +35,10 @@ fn fp32_peak_tflops(device: &Device) -> Option<f64> {
         return None;
     };
     use cudarc::driver::sys::CUdevice_attribute as A;
-    let sms = gpu.ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).ok()? as f64;
+    let sms = gpu
+        .ctx
+        .attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .ok()? as f64;
     let khz = gpu.ctx.attribute(A::CU_DEVICE_ATTRIBUTE_CLOCK_RATE).ok()? as f64;
     Some(sms * 128.0 * 2.0 * khz * 1e3 / 1e12)
 }
@@ -53,7 +56,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let peak_flops = fp32_peak_tflops(&device);
     let name = match &device {
         Device::Cuda(g) => g.name(),
-        Device::Cpu => format!("CPU twins, {} threads (wall-clock timing)", rayon::current_num_threads()),
+        Device::Cpu => format!(
+            "CPU twins, {} threads (wall-clock timing)",
+            rayon::current_num_threads()
+        ),
     };
     println!("device: {device} ({name})");
     if let Some(bw) = peak_bw {
@@ -65,16 +71,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("\n| case | median ms | min ms | TFLOP/s | GB/s | % of copy BW | % of FP32 peak | max rel err vs CPU |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut json = match &args.json {
-        Some(p) => Some(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
+        Some(p) => {
+            Some(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
+        }
         None => None,
     };
     for case in cases(args.quick) {
-        if args.filter.as_ref().is_some_and(|f| !case.name.contains(f.as_str())) {
+        if args
+            .filter
+            .as_ref()
+            .is_some_and(|f| !case.name.contains(f.as_str()))
+        {
             continue;
         }
-        let m = run_case(&case, &device, args.warmup, args.iters).with_context(|| format!("bench case `{}`", case.name))?;
-        let pct = |v: f64, peak: Option<f64>| peak.map(|p| format!("{:.1}", 100.0 * v / p)).unwrap_or_else(|| "-".into());
-        let err = m.max_rel_err.map(|e| format!("{e:.1e}")).unwrap_or_else(|| "-".into());
+        let m = run_case(&case, &device, args.warmup, args.iters)
+            .with_context(|| format!("bench case `{}`", case.name))?;
+        let pct = |v: f64, peak: Option<f64>| {
+            peak.map(|p| format!("{:.1}", 100.0 * v / p))
+                .unwrap_or_else(|| "-".into())
+        };
+        let err = m
+            .max_rel_err
+            .map(|e| format!("{e:.1e}"))
+            .unwrap_or_else(|| "-".into());
         println!(
             "| {} | {:.4} | {:.4} | {:.2} | {:.1} | {} | {} | {err} |",
             m.name,

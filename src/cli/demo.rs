@@ -66,12 +66,18 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // The CUDA simulator runs the GPU path at CPU speed or below: it gets the scaled-down mapper.
     let full = args.full || (device.is_cuda() && !device.is_simulated());
     let started = Instant::now();
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
 
     // 1. The world.
     let world = args.out.join("world.h5");
     let voxels = args.voxels.unwrap_or(if full { 4096 } else { 2048 });
-    let cfg = SynthConfig { stimuli: args.stimuli, voxels, seed: args.seed, ..SynthConfig::default() };
+    let cfg = SynthConfig {
+        stimuli: args.stimuli,
+        voxels,
+        seed: args.seed,
+        ..SynthConfig::default()
+    };
     let steps = if args.clip { 5 } else { 3 };
     println!(
         "[1/{steps}] synthesising {} stimuli × {} repeats seen by a simulated subject with {} voxels → {}",
@@ -87,8 +93,15 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // 1b. With --clip: a small CLIP of the world, and its embeddings as the targets.
     let target = if args.clip {
         let clip_dir = args.out.join("clip");
-        println!("[2/{steps}] training a small CLIP on the world's stimuli and captions → {}", clip_dir.display());
-        let clip_cfg = ClipTrainConfig { epochs: args.clip_epochs, seed: args.seed, ..ClipTrainConfig::default() };
+        println!(
+            "[2/{steps}] training a small CLIP on the world's stimuli and captions → {}",
+            clip_dir.display()
+        );
+        let clip_cfg = ClipTrainConfig {
+            epochs: args.clip_epochs,
+            seed: args.seed,
+            ..ClipTrainConfig::default()
+        };
         super::train_clip::train(&clip_cfg, &world, &clip_dir, false, &args.device)?;
         println!("[3/{steps}] CLIP targets: image embeddings (clamped ±1.5, normalised) and the best caption of each stimulus");
         super::screen_captions::run(super::screen_captions::ScreenCaptionsArgs {
@@ -110,9 +123,20 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let file = DatasetFile::open(&world)?;
     let staged = Staged::load(&file, target, &device)?;
     let (mapper, mode, lr, epochs, batch) = if full {
-        (MapperConfig::mind_reader(staged.voxels(), staged.target_dim()), TrialMode::Single, 2e-4, args.epochs.unwrap_or(40), 128)
+        (
+            MapperConfig::mind_reader(staged.voxels(), staged.target_dim()),
+            TrialMode::Single,
+            2e-4,
+            args.epochs.unwrap_or(40),
+            128,
+        )
     } else {
-        let m = MapperConfig { hidden: 16, fc_hidden: 16, res_blocks: 2, ..MapperConfig::mind_reader(staged.voxels(), staged.target_dim()) };
+        let m = MapperConfig {
+            hidden: 16,
+            fc_hidden: 16,
+            res_blocks: 2,
+            ..MapperConfig::mind_reader(staged.voxels(), staged.target_dim())
+        };
         (m, TrialMode::Average, 3e-3, args.epochs.unwrap_or(12), 64)
     };
     let lr = args.lr.unwrap_or(lr);
@@ -144,9 +168,22 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // 3. The figures.
     let last = history.last().context("training ran no epochs")?;
     let r = &last.retrieval;
-    println!("[{steps}/{steps}] held-out retrieval over {} test stimuli ({}-way, {} random batches):", data.val_rows.len(), r.way, r.batches);
-    println!("      image from brain: {:5.1}% top-1   (chance {:.2}%)", 100.0 * r.image_from_brain, 100.0 * r.chance);
-    println!("      brain from image: {:5.1}% top-1   (chance {:.2}%)", 100.0 * r.brain_from_image, 100.0 * r.chance);
+    println!(
+        "[{steps}/{steps}] held-out retrieval over {} test stimuli ({}-way, {} random batches):",
+        data.val_rows.len(),
+        r.way,
+        r.batches
+    );
+    println!(
+        "      image from brain: {:5.1}% top-1   (chance {:.2}%)",
+        100.0 * r.image_from_brain,
+        100.0 * r.chance
+    );
+    println!(
+        "      brain from image: {:5.1}% top-1   (chance {:.2}%)",
+        100.0 * r.brain_from_image,
+        100.0 * r.chance
+    );
     println!("      mean cosine(predicted, true): {:.3}", r.mean_cosine);
     println!(
         "done in {:.0} s. Files: {} (world), {} (weights), {} (per-epoch metrics), {} (loss curve)",

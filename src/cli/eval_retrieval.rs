@@ -46,24 +46,47 @@ pub fn run(args: EvalRetrievalArgs) -> Result<()> {
     let file = DatasetFile::open(&args.data)?;
     let (targets, dim) = file.target(&args.target)?;
     let stimuli = file.split().len();
-    let rows: Vec<u32> = (0..stimuli as u32).filter(|&s| file.split()[s as usize] == split).collect();
+    let rows: Vec<u32> = (0..stimuli as u32)
+        .filter(|&s| file.split()[s as usize] == split)
+        .collect();
     let pred = match (&args.mapper, &args.pred) {
         (Some(m), _) => {
             let device = super::parse_device(&args.device)?;
             let mapper = super::predict::load_mapper(m, &device)?;
             let voxels = file.summary().voxels;
-            anyhow::ensure!(voxels == mapper.config.voxels, "{} has {voxels} voxels but the mapper expects {}", args.data.display(), mapper.config.voxels);
-            let x = Tensor::from_vec(average_repeats(&file.fmri()?, voxels, file.trial_stimulus(), stimuli), &[stimuli, voxels], &Device::Cpu)?.to_device(&device)?;
+            anyhow::ensure!(
+                voxels == mapper.config.voxels,
+                "{} has {voxels} voxels but the mapper expects {}",
+                args.data.display(),
+                mapper.config.voxels
+            );
+            let x = Tensor::from_vec(
+                average_repeats(&file.fmri()?, voxels, file.trial_stimulus(), stimuli),
+                &[stimuli, voxels],
+                &Device::Cpu,
+            )?
+            .to_device(&device)?;
             predict_rows(&mapper, &x, &rows, 128)?
         }
         (None, Some(p)) => {
             let (v, shape) = npy::read_f32(p)?;
-            anyhow::ensure!(shape == [rows.len(), dim], "{}: shape {shape:?}, expected [{}, {dim}] (the {} split of {} with target {})", p.display(), rows.len(), args.split, args.data.display(), args.target);
+            anyhow::ensure!(
+                shape == [rows.len(), dim],
+                "{}: shape {shape:?}, expected [{}, {dim}] (the {} split of {} with target {})",
+                p.display(),
+                rows.len(),
+                args.split,
+                args.data.display(),
+                args.target
+            );
             v
         }
         (None, None) => anyhow::bail!("give --mapper DIR or --pred FILE.npy"),
     };
-    let want: Vec<f32> = rows.iter().flat_map(|&r| targets[r as usize * dim..][..dim].iter().copied()).collect();
+    let want: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| targets[r as usize * dim..][..dim].iter().copied())
+        .collect();
     let r = retrieval(&pred, &want, dim, args.way, args.batches, args.seed)?;
     let json = serde_json::json!({
         "data": args.data.display().to_string(), "target": args.target, "split": args.split, "stimuli": rows.len(),
@@ -73,7 +96,8 @@ pub fn run(args: EvalRetrievalArgs) -> Result<()> {
     let text = serde_json::to_string_pretty(&json)?;
     println!("{text}");
     if let Some(out) = &args.out {
-        std::fs::write(out, format!("{text}\n")).with_context(|| format!("writing {}", out.display()))?;
+        std::fs::write(out, format!("{text}\n"))
+            .with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())
 }

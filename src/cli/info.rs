@@ -24,7 +24,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
             for k in KERNELS {
                 for (name, regs, spill) in kernels::resource_usage(k) {
                     let warn = if spill > 0 { "  <- spills" } else { "" };
-                    println!("  {:<14} {:<34} {:>3} registers {:>5} B spilled{warn}", k.family, name, regs, spill);
+                    println!(
+                        "  {:<14} {:<34} {:>3} registers {:>5} B spilled{warn}",
+                        k.family, name, regs, spill
+                    );
                 }
             }
         }
@@ -40,7 +43,11 @@ pub fn run(args: InfoArgs) -> Result<()> {
                         println!("gpu cuda:{ordinal}: SIMULATED — {} (sim/): every kernel runs on the CPU from its own source, with bounds and race checks; no times from it are GPU figures", gpu.name());
                     }
                     Ok(gpu) => {
-                        let mem = gpu.ctx.total_mem().map(|b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)).unwrap_or_else(|e| e.to_string());
+                        let mem = gpu
+                            .ctx
+                            .total_mem()
+                            .map(|b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64))
+                            .unwrap_or_else(|e| e.to_string());
                         let sms = gpu.ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(0);
                         let (major, minor) = gpu.ctx.compute_capability().unwrap_or((0, 0));
                         println!("gpu cuda:{ordinal}: {}, {mem}, {sms} SMs, compute capability {major}.{minor}", gpu.name());

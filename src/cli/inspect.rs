@@ -42,13 +42,26 @@ pub fn run(args: InspectArgs) -> Result<()> {
     let s = file.summary();
     let m = &s.meta;
     println!("{}", args.file.display());
-    println!("  schema      version {} (this build reads ≤ {})", s.schema_version, mindreader::data::SCHEMA_VERSION);
-    println!("  source      {}, subject {}, roi {}", m.source.name(), m.subject, m.roi);
+    println!(
+        "  schema      version {} (this build reads ≤ {})",
+        s.schema_version,
+        mindreader::data::SCHEMA_VERSION
+    );
+    println!(
+        "  source      {}, subject {}, roi {}",
+        m.source.name(),
+        m.subject,
+        m.roi
+    );
     println!(
         "  fmri        f32 [{} trials, {} voxels] = {} unpadded + padding [{}, {}]; {} sessions; all values finite",
         s.trials, s.voxels, m.voxels_unpadded, m.padding[0], m.padding[1], s.sessions
     );
-    let reps = if s.repeats.0 == s.repeats.1 { format!("{}", s.repeats.0) } else { format!("{}–{}", s.repeats.0, s.repeats.1) };
+    let reps = if s.repeats.0 == s.repeats.1 {
+        format!("{}", s.repeats.0)
+    } else {
+        format!("{}–{}", s.repeats.0, s.repeats.1)
+    };
     println!(
         "  stimuli     {} images u8 [{}, {}, {}, 3]; {} captions each; {reps} trials per stimulus",
         s.stimuli, s.stimuli, s.image_size[0], s.image_size[1], s.captions_per_stimulus
@@ -62,18 +75,37 @@ pub fn run(args: InspectArgs) -> Result<()> {
     }
     for (name, dim) in &s.targets {
         let desc = file.target_description(name)?;
-        println!("  targets     {name} f32 [{}, {dim}]{}", s.stimuli, if desc.is_empty() { String::new() } else { format!(": {desc}") });
+        println!(
+            "  targets     {name} f32 [{}, {dim}]{}",
+            s.stimuli,
+            if desc.is_empty() {
+                String::new()
+            } else {
+                format!(": {desc}")
+            }
+        );
     }
     for (name, views, dim) in &s.augmented {
         println!("  augmented   {name} f32 [{views} views, {}, {dim}] (train-mapper --target {name} --augmented)", s.stimuli);
     }
     if !s.scene.is_empty() {
-        let list: Vec<String> = s.scene.iter().map(|(n, shape)| format!("{n} {shape:?}")).collect();
+        let list: Vec<String> = s
+            .scene
+            .iter()
+            .map(|(n, shape)| format!("{n} {shape:?}"))
+            .collect();
         println!("  scene       {}", list.join(", "));
     }
     let captions = file.captions()?;
     if let Some(first) = captions.first() {
-        println!("  captions[0] {}", first.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(" | "));
+        println!(
+            "  captions[0] {}",
+            first
+                .iter()
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
     }
 
     if let Some(out) = &args.sheet {
@@ -93,7 +125,11 @@ pub fn run(args: InspectArgs) -> Result<()> {
         let tiles: Vec<Tile> = (0..count)
             .map(|k| {
                 let i = start + k;
-                let side = if file.split()[i] == Split::Test { "test" } else { "train" };
+                let side = if file.split()[i] == Split::Test {
+                    "test"
+                } else {
+                    "train"
+                };
                 Tile {
                     image: &images[k * h * w * 3..][..h * w * 3],
                     label: format!("#{i} {side}"),
@@ -106,45 +142,96 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 }
             })
             .collect();
-        contact_sheet(&tiles, s.image_size, args.columns).save_png(out).with_context(|| format!("writing {}", out.display()))?;
-        let note = if poor.is_some() { " (known-poor captions in red)" } else { "" };
-        println!("wrote {}: stimuli {start}..{}{note}", out.display(), start + count);
+        contact_sheet(&tiles, s.image_size, args.columns)
+            .save_png(out)
+            .with_context(|| format!("writing {}", out.display()))?;
+        let note = if poor.is_some() {
+            " (known-poor captions in red)"
+        } else {
+            ""
+        };
+        println!(
+            "wrote {}: stimuli {start}..{}{note}",
+            out.display(),
+            start + count
+        );
     }
     if let Some(out) = &args.augment_sheet {
-        augment_sheet(&file, out, args.start, args.count, args.views, args.augment_seed)?;
+        augment_sheet(
+            &file,
+            out,
+            args.start,
+            args.count,
+            args.views,
+            args.augment_seed,
+        )?;
     }
     Ok(())
 }
 
 /// Rows of (original, view 0, …, view K−1) for stimuli `start ..`, augmented on the CPU.
-fn augment_sheet(file: &DatasetFile, out: &std::path::Path, start: usize, count: usize, views: usize, seed: u64) -> Result<()> {
+fn augment_sheet(
+    file: &DatasetFile,
+    out: &std::path::Path,
+    start: usize,
+    count: usize,
+    views: usize,
+    seed: u64,
+) -> Result<()> {
     anyhow::ensure!(views >= 1, "--views must be at least 1");
     let s = file.summary();
     let [h, w] = s.image_size;
     let start = start.min(s.stimuli);
     let count = count.min(s.stimuli - start);
-    anyhow::ensure!(count > 0, "no stimuli from --start {start} ({} in the file)", s.stimuli);
+    anyhow::ensure!(
+        count > 0,
+        "no stimuli from --start {start} ({} in the file)",
+        s.stimuli
+    );
     let images = file.images_range(start, count)?;
-    let x = Tensor::from_vec(unit_planar(&images, [count, h, w])?, &[count, 3, h, w], &Device::Cpu)?;
+    let x = Tensor::from_vec(
+        unit_planar(&images, [count, h, w])?,
+        &[count, 3, h, w],
+        &Device::Cpu,
+    )?;
     let aug = MindReaderAugment::default();
     // view_images[k]: view k of every stimulus, [count, h, w, 3]; labels[k][i] its draws.
     let mut view_images = Vec::with_capacity(views);
     let mut labels = Vec::with_capacity(views);
     for k in 0..views {
         let vs = view_seed(seed, k);
-        let draws: Vec<_> = (0..count).map(|i| aug.sample(vs, start + i, h, w)).collect();
-        view_images.push(to_pil_u8(&aug.apply_params(&x, &draws)?.to_vec_f32()?, [count, h, w])?);
+        let draws: Vec<_> = (0..count)
+            .map(|i| aug.sample(vs, start + i, h, w))
+            .collect();
+        view_images.push(to_pil_u8(
+            &aug.apply_params(&x, &draws)?.to_vec_f32()?,
+            [count, h, w],
+        )?);
         labels.push(draws.iter().map(|d| d.describe(h, w)).collect::<Vec<_>>());
     }
     let px = h * w * 3;
     let mut tiles = Vec::with_capacity(count * (views + 1));
     for i in 0..count {
-        tiles.push(Tile { image: &images[i * px..][..px], label: format!("#{} original", start + i), captions: Vec::new() });
+        tiles.push(Tile {
+            image: &images[i * px..][..px],
+            label: format!("#{} original", start + i),
+            captions: Vec::new(),
+        });
         for k in 0..views {
-            tiles.push(Tile { image: &view_images[k][i * px..][..px], label: format!("view {k}"), captions: vec![(labels[k][i].clone(), false)] });
+            tiles.push(Tile {
+                image: &view_images[k][i * px..][..px],
+                label: format!("view {k}"),
+                captions: vec![(labels[k][i].clone(), false)],
+            });
         }
     }
-    contact_sheet(&tiles, s.image_size, views + 1).save_png(out).with_context(|| format!("writing {}", out.display()))?;
-    println!("wrote {}: stimuli {start}..{} with {views} augmented views each (seed {seed})", out.display(), start + count);
+    contact_sheet(&tiles, s.image_size, views + 1)
+        .save_png(out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "wrote {}: stimuli {start}..{} with {views} augmented views each (seed {seed})",
+        out.display(),
+        start + count
+    );
     Ok(())
 }

@@ -56,8 +56,22 @@ pub fn parse_clip_dtype(s: &str) -> Result<mindreader::tensor::DType> {
 /// Draws `loss.png` (train and validation loss per epoch) from a run's `metrics.jsonl`.
 pub fn plot_losses(dir: &RunDir) -> Result<()> {
     let h = read_loss_history(&dir.metrics())?;
-    let train = Series { name: "train", points: h.iter().map(|&(e, t, _)| (e as f64, t)).collect(), colour: [31, 119, 180] };
-    let val = Series { name: "validation", points: h.iter().map(|&(e, _, v)| (e as f64, v)).collect(), colour: [214, 39, 40] };
-    line_chart(&dir.loss_curve(), "mapper loss per epoch", "epoch", "loss", &[train, val])?;
+    let train = Series {
+        name: "train",
+        points: h.iter().map(|&(e, t, _)| (e as f64, t)).collect(),
+        colour: [31, 119, 180],
+    };
+    let val = Series {
+        name: "validation",
+        points: h.iter().map(|&(e, _, v)| (e as f64, v)).collect(),
+        colour: [214, 39, 40],
+    };
+    line_chart(
+        &dir.loss_curve(),
+        "mapper loss per epoch",
+        "epoch",
+        "loss",
+        &[train, val],
+    )?;
     Ok(())
 }

@@ -6,11 +6,11 @@ use anyhow::Result;
 use clap::Args;
 use mindreader::data::loader::average_repeats;
 use mindreader::data::{DatasetFile, Split};
-use mindreader::{Device, Tensor};
 use mindreader::eval::npy;
 use mindreader::models::Mapper;
 use mindreader::nn::{load_safetensors, ParamStore};
 use mindreader::train::mapper::{mapper_config_from, predict_rows, RunDir};
+use mindreader::{Device, Tensor};
 
 #[derive(Args)]
 pub struct PredictArgs {
@@ -36,7 +36,11 @@ pub struct PredictArgs {
 
 /// Builds the mapper stored at `path` (a run directory or a weights file) on `device`.
 pub fn load_mapper(path: &std::path::Path, device: &mindreader::Device) -> Result<Mapper> {
-    let weights = if path.is_dir() { RunDir(path.to_path_buf()).weights() } else { path.to_path_buf() };
+    let weights = if path.is_dir() {
+        RunDir(path.to_path_buf()).weights()
+    } else {
+        path.to_path_buf()
+    };
     let (tensors, meta) = load_safetensors(&weights)?;
     let config = mapper_config_from(&meta, &weights)?;
     let mut store = ParamStore::new();
@@ -69,14 +73,27 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let stimuli = file.split().len();
     let averaged = average_repeats(&file.fmri()?, voxels, file.trial_stimulus(), stimuli);
     let x = Tensor::from_vec(averaged, &[stimuli, voxels], &Device::Cpu)?.to_device(&device)?;
-    let rows: Vec<u32> = (0..stimuli as u32).filter(|&s| file.split()[s as usize] == split).collect();
-    anyhow::ensure!(!rows.is_empty(), "{} has no {} stimuli", args.data.display(), args.split);
+    let rows: Vec<u32> = (0..stimuli as u32)
+        .filter(|&s| file.split()[s as usize] == split)
+        .collect();
+    anyhow::ensure!(
+        !rows.is_empty(),
+        "{} has no {} stimuli",
+        args.data.display(),
+        args.split
+    );
     let pred = predict_rows(&mapper, &x, &rows, args.batch)?;
     npy::write_f32(&args.out, &pred, &[rows.len(), mapper.config.out_dim])?;
     if let Some(p) = &args.index_out {
         let idx: Vec<f32> = rows.iter().map(|&r| r as f32).collect();
         npy::write_f32(p, &idx, &[rows.len()])?;
     }
-    println!("wrote {} ({} × {}) for the {} split", args.out.display(), rows.len(), mapper.config.out_dim, args.split);
+    println!(
+        "wrote {} ({} × {}) for the {} split",
+        args.out.display(),
+        rows.len(),
+        mapper.config.out_dim,
+        args.split
+    );
     Ok(())
 }

@@ -49,7 +49,11 @@ pub struct PrepareNsdArgs {
 fn parse_sessions(s: &str) -> Result<Vec<usize>> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let num = |x: &str| x.trim().parse::<usize>().with_context(|| format!("--sessions: `{x}` is not a session number"));
+        let num = |x: &str| {
+            x.trim()
+                .parse::<usize>()
+                .with_context(|| format!("--sessions: `{x}` is not a session number"))
+        };
         match part.split_once('-') {
             Some((a, b)) => out.extend(num(a)?..=num(b)?),
             None => out.push(num(part)?),
@@ -83,18 +87,35 @@ pub fn run(args: PrepareNsdArgs) -> Result<()> {
     let cfg = args.config()?;
     let start = Instant::now();
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:40}] {human_pos}/{human_len} {per_sec} eta {eta}").context("progress style")?.progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>10} [{bar:40}] {human_pos}/{human_len} {per_sec} eta {eta}",
+        )
+        .context("progress style")?
+        .progress_chars("=> "),
     );
-    let contents = nsd::prepare(&cfg, &bar).with_context(|| format!("preparing NSD subject {} from {}", cfg.subject, cfg.root.display()))?;
+    let contents = nsd::prepare(&cfg, &bar).with_context(|| {
+        format!(
+            "preparing NSD subject {} from {}",
+            cfg.subject,
+            cfg.root.display()
+        )
+    })?;
     bar.finish_and_clear();
 
     let bytes = (contents.fmri.len() * 4 + contents.images.len()) as u64;
     let bar = ProgressBar::new(bytes).with_style(
-        ProgressStyle::with_template("   writing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}").context("progress style")?.progress_chars("=> "),
+        ProgressStyle::with_template("   writing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .context("progress style")?
+            .progress_chars("=> "),
     );
-    dataset::write_with_progress(&args.out, &contents, &mut |n| bar.inc(n)).with_context(|| format!("writing {}", args.out.display()))?;
+    dataset::write_with_progress(&args.out, &contents, &mut |n| bar.inc(n))
+        .with_context(|| format!("writing {}", args.out.display()))?;
     bar.finish_and_clear();
-    let test = contents.split.iter().filter(|s| **s == dataset::Split::Test).count();
+    let test = contents
+        .split
+        .iter()
+        .filter(|s| **s == dataset::Split::Test)
+        .count();
     println!(
         "wrote {}: {} {} × {} voxels ({} in {} + padding {:?}), {} stimuli ({} test) at {}×{} px, sessions {:?}, in {:.1} s",
         args.out.display(),

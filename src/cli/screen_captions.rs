@@ -64,7 +64,14 @@ fn image_target(embeddings: &[f32], d: usize) -> Vec<f32> {
 }
 
 /// `views` augmented image targets of every stimulus, `[views, M, D]`.
-fn augmented_targets(clip: &Clip, device: &Device, file: &DatasetFile, views: usize, seed: u64, batch: usize) -> Result<Vec<f32>> {
+fn augmented_targets(
+    clip: &Clip,
+    device: &Device,
+    file: &DatasetFile,
+    views: usize,
+    seed: u64,
+    batch: usize,
+) -> Result<Vec<f32>> {
     let (m, [h, w]) = (file.summary().stimuli, file.summary().image_size);
     let d = clip.config.projection_dim;
     let aug = MindReaderAugment::default();
@@ -93,8 +100,14 @@ pub fn run(args: ScreenCaptionsArgs) -> Result<()> {
     let file = DatasetFile::open(&args.data)?;
     let (m, [h, w]) = (file.summary().stimuli, file.summary().image_size);
     let captions = file.captions()?;
-    println!("screen-captions: {m} stimuli of {} with CLIP from {} on {device}", args.data.display(), args.clip.display());
-    let images = embed_images(&clip, &device, m, args.batch, true, |r| Ok((file.images_range(r.start, r.len())?, [r.len(), h, w, 3])))?;
+    println!(
+        "screen-captions: {m} stimuli of {} with CLIP from {} on {device}",
+        args.data.display(),
+        args.clip.display()
+    );
+    let images = embed_images(&clip, &device, m, args.batch, true, |r| {
+        Ok((file.images_range(r.start, r.len())?, [r.len(), h, w, 3]))
+    })?;
     // Every non-empty caption, flattened, with its (stimulus, slot).
     let mut texts = Vec::new();
     let mut owner = Vec::new();
@@ -107,7 +120,18 @@ pub fn run(args: ScreenCaptionsArgs) -> Result<()> {
         }
     }
     let text_emb = embed_texts(&clip, &texts, args.batch, true)?;
-    let views = if args.augment_views > 0 { Some(augmented_targets(&clip, &device, &file, args.augment_views, args.augment_seed, args.batch)?) } else { None };
+    let views = if args.augment_views > 0 {
+        Some(augmented_targets(
+            &clip,
+            &device,
+            &file,
+            args.augment_views,
+            args.augment_seed,
+            args.batch,
+        )?)
+    } else {
+        None
+    };
     drop(file);
     let mut scored: Vec<Vec<(f32, usize, usize)>> = vec![Vec::new(); m];
     for (k, &(s, slot)) in owner.iter().enumerate() {
@@ -118,7 +142,11 @@ pub fn run(args: ScreenCaptionsArgs) -> Result<()> {
     let mut chosen = Vec::with_capacity(m * args.keep);
     let mut caption_target = vec![0f32; m * d];
     for (s, list) in scored.iter_mut().enumerate() {
-        anyhow::ensure!(!list.is_empty(), "{}: stimulus {s} has no captions to screen", args.data.display());
+        anyhow::ensure!(
+            !list.is_empty(),
+            "{}: stimulus {s} has no captions to screen",
+            args.data.display()
+        );
         list.sort_by(|a, b| b.0.total_cmp(&a.0));
         let row = &mut caption_target[s * d..][..d];
         for i in 0..args.keep {
@@ -133,15 +161,42 @@ pub fn run(args: ScreenCaptionsArgs) -> Result<()> {
     let caption_target = unit_rows(&caption_target, d);
     let image_target = image_target(&images, d);
     let model = args.clip.display().to_string();
-    write_caption_choice(&args.data, &chosen, args.keep, &format!("caption slots ranked by CLIP image-text cosine ({model}), best first"))?;
-    write_target(&args.data, &Target { name: "clip_image".into(), dim: d, data: image_target, description: format!("CLIP image embedding ({model}), clamped to ±1.5, L2-normalised") })?;
-    write_target(&args.data, &Target { name: "clip_caption".into(), dim: d, data: caption_target, description: format!("mean CLIP text embedding of the {} screened caption(s) ({model}), L2-normalised", args.keep) })?;
+    write_caption_choice(
+        &args.data,
+        &chosen,
+        args.keep,
+        &format!("caption slots ranked by CLIP image-text cosine ({model}), best first"),
+    )?;
+    write_target(
+        &args.data,
+        &Target {
+            name: "clip_image".into(),
+            dim: d,
+            data: image_target,
+            description: format!("CLIP image embedding ({model}), clamped to ±1.5, L2-normalised"),
+        },
+    )?;
+    write_target(
+        &args.data,
+        &Target {
+            name: "clip_caption".into(),
+            dim: d,
+            data: caption_target,
+            description: format!(
+                "mean CLIP text embedding of the {} screened caption(s) ({model}), L2-normalised",
+                args.keep
+            ),
+        },
+    )?;
     if let Some(views) = &views {
         let k = args.augment_views;
         write_augmented(&args.data, "clip_image", k, d, views, &format!("{k} views of each stimulus through Mind Reader's training augmentation (seed {}), CLIP image embedding ({model}), clamped to ±1.5, L2-normalised", args.augment_seed))?;
         println!("wrote augmented/clip_image [{k}, {m}, {d}]");
     }
-    let agree = scored.iter().filter(|l| l.len() > 1 && l[0].0 > l[l.len() - 1].0).count();
+    let agree = scored
+        .iter()
+        .filter(|l| l.len() > 1 && l[0].0 > l[l.len() - 1].0)
+        .count();
     println!("wrote screening/caption_index [{m}, {}], targets/clip_image and targets/clip_caption [{m}, {d}] into {} ({agree} stimuli had a strict best caption)", args.keep, args.data.display());
     Ok(())
 }

@@ -50,7 +50,11 @@ pub struct SynthArgs {
 
 impl SynthArgs {
     pub fn config(&self) -> SynthConfig {
-        let base = if self.nsd_like { SynthConfig::nsd_like() } else { SynthConfig::default() };
+        let base = if self.nsd_like {
+            SynthConfig::nsd_like()
+        } else {
+            SynthConfig::default()
+        };
         SynthConfig {
             stimuli: self.stimuli.unwrap_or(base.stimuli),
             voxels: self.voxels.unwrap_or(base.voxels),
@@ -71,9 +75,11 @@ pub fn run(args: SynthArgs) -> Result<()> {
     let cfg = args.config();
     let start = Instant::now();
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:40}] {human_pos}/{human_len} {per_sec} eta {eta}")
-            .context("progress style")?
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>10} [{bar:40}] {human_pos}/{human_len} {per_sec} eta {eta}",
+        )
+        .context("progress style")?
+        .progress_chars("=> "),
     );
     let world = synth::generate(&cfg, &bar).context("generating the synthetic world")?;
     bar.finish_and_clear();
@@ -81,9 +87,12 @@ pub fn run(args: SynthArgs) -> Result<()> {
 
     let bytes = (world.fmri.len() * 4 + world.images.len()) as u64;
     let bar = ProgressBar::new(bytes).with_style(
-        ProgressStyle::with_template("   writing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}").context("progress style")?.progress_chars("=> "),
+        ProgressStyle::with_template("   writing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .context("progress style")?
+            .progress_chars("=> "),
     );
-    dataset::write_with_progress(&args.out, &world, &mut |n| bar.inc(n)).with_context(|| format!("writing {}", args.out.display()))?;
+    dataset::write_with_progress(&args.out, &world, &mut |n| bar.inc(n))
+        .with_context(|| format!("writing {}", args.out.display()))?;
     bar.finish_and_clear();
 
     let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);

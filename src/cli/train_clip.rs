@@ -7,7 +7,9 @@ use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use mindreader::data::DatasetFile;
-use mindreader::train::clip::{train_clip, ClipData, ClipEpoch, ClipProgress, ClipRunDir, ClipTrainConfig};
+use mindreader::train::clip::{
+    train_clip, ClipData, ClipEpoch, ClipProgress, ClipRunDir, ClipTrainConfig,
+};
 
 #[derive(Args)]
 pub struct TrainClipArgs {
@@ -59,7 +61,8 @@ impl ClipProgress for Bar {
         if step == 0 {
             self.bar.set_length(steps as u64);
             self.bar.set_position(0);
-            self.bar.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
+            self.bar
+                .set_prefix(format!("{}/{}", epoch + 1, self.epochs));
         }
         self.bar.inc(1);
         self.bar.set_message(format!("loss {loss:.4}"));
@@ -100,13 +103,27 @@ pub fn run(args: TrainClipArgs) -> Result<()> {
 
 /// Trains `cfg` on the dataset at `data` into `out` with a progress bar and per-epoch lines
 /// (also the first stage of `demo --clip`).
-pub fn train(cfg: &ClipTrainConfig, data_path: &Path, out: &Path, resume: bool, device: &str) -> Result<()> {
+pub fn train(
+    cfg: &ClipTrainConfig,
+    data_path: &Path,
+    out: &Path,
+    resume: bool,
+    device: &str,
+) -> Result<()> {
     let device = super::parse_device(device)?;
     let file = DatasetFile::open(data_path)?;
     let data = ClipData::from_file(&file)?;
     drop(file);
-    anyhow::ensure!(cfg.heads > 0 && cfg.width % cfg.heads == 0, "--width {} must be a multiple of --heads {}", cfg.width, cfg.heads);
-    anyhow::ensure!(cfg.patch > 0 && cfg.context >= 2, "--patch must be positive and --context at least 2");
+    anyhow::ensure!(
+        cfg.heads > 0 && cfg.width % cfg.heads == 0,
+        "--width {} must be a multiple of --heads {}",
+        cfg.width,
+        cfg.heads
+    );
+    anyhow::ensure!(
+        cfg.patch > 0 && cfg.context >= 2,
+        "--patch must be positive and --context at least 2"
+    );
     println!(
         "train-clip on {device}: {} training pairs, {} test stimuli from {}; width {}, {} layers, {} heads, patch {}, context {}; {} epochs of batch {}",
         data.train.len(),
@@ -121,14 +138,25 @@ pub fn train(cfg: &ClipTrainConfig, data_path: &Path, out: &Path, resume: bool, 
         cfg.batch
     );
     let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} steps {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} steps {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let dir = ClipRunDir(out.to_path_buf());
-    let mut progress = Bar { bar, epochs: cfg.epochs };
+    let mut progress = Bar {
+        bar,
+        epochs: cfg.epochs,
+    };
     let (_, history) = train_clip(cfg, &data, &dir, resume, &device, &mut progress)?;
     progress.bar.finish_and_clear();
     if let Some(last) = history.last() {
         println!("final: {}", last.to_json());
     }
-    println!("wrote {} and {} (a CLIP directory for embed / screen-captions), {}", dir.config().display(), dir.weights().display(), dir.metrics().display());
+    println!(
+        "wrote {} and {} (a CLIP directory for embed / screen-captions), {}",
+        dir.config().display(),
+        dir.weights().display(),
+        dir.metrics().display()
+    );
     Ok(())
 }

@@ -8,7 +8,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mindreader::data::{DatasetFile, Staged};
 use mindreader::models::MapperConfig;
 use mindreader::ops::loss::LossConfig;
-use mindreader::train::mapper::{train, EpochMetrics, LossKind, MapperData, Progress, RunDir, TrainConfig, TrialMode};
+use mindreader::train::mapper::{
+    train, EpochMetrics, LossKind, MapperData, Progress, RunDir, TrainConfig, TrialMode,
+};
 
 #[derive(Args)]
 pub struct TrainMapperArgs {
@@ -80,7 +82,10 @@ pub struct Bar {
 impl Bar {
     pub fn new(epochs: usize, batch: usize) -> Bar {
         let bar = ProgressBar::new(0);
-        bar.set_style(ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} steps {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} steps {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         Bar { bar, epochs, batch }
     }
 }
@@ -96,12 +101,15 @@ impl Progress for Bar {
         if step == 0 {
             self.bar.set_length(steps as u64);
             self.bar.set_position(0);
-            self.bar.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
+            self.bar
+                .set_prefix(format!("{}/{}", epoch + 1, self.epochs));
             self.bar.reset_elapsed();
         }
         self.bar.inc(1);
-        let rate = (step + 1) as f64 * self.batch as f64 / self.bar.elapsed().as_secs_f64().max(1e-9);
-        self.bar.set_message(format!("loss {loss:.4}  {rate:.0} samples/s"));
+        let rate =
+            (step + 1) as f64 * self.batch as f64 / self.bar.elapsed().as_secs_f64().max(1e-9);
+        self.bar
+            .set_message(format!("loss {loss:.4}  {rate:.0} samples/s"));
         true
     }
 
@@ -131,13 +139,25 @@ pub fn run(args: TrainMapperArgs) -> Result<()> {
         other => anyhow::bail!("--trials must be single or average, got `{other}`"),
     };
     let mut data = MapperData::from_staged(&staged, file.trial_stimulus(), file.split(), mode)?;
-    let mut data_id = format!("{}:{}", args.data.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(), args.target);
+    let mut data_id = format!(
+        "{}:{}",
+        args.data
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        args.target
+    );
     if args.augmented {
         let (views, count, _) = file.augmented(&args.target)?;
         data = data.with_views(views, count, file.trial_stimulus(), mode)?;
         data_id.push_str(&format!(" augmented ×{count}"));
     }
-    let mapper = MapperConfig { hidden: args.hidden, fc_hidden: args.fc_hidden, res_blocks: args.res_blocks, ..MapperConfig::mind_reader(staged.voxels(), staged.target_dim()) };
+    let mapper = MapperConfig {
+        hidden: args.hidden,
+        fc_hidden: args.fc_hidden,
+        res_blocks: args.res_blocks,
+        ..MapperConfig::mind_reader(staged.voxels(), staged.target_dim())
+    };
     let cfg = TrainConfig {
         epochs: args.epochs,
         batch: args.batch,
@@ -147,7 +167,11 @@ pub fn run(args: TrainMapperArgs) -> Result<()> {
         decay_gamma: args.decay_gamma,
         seed: args.seed,
         loss: LossKind::parse(&args.loss)?,
-        loss_cfg: LossConfig { cos_weight: args.cos_weight, temperature: args.temperature, ..LossConfig::default() },
+        loss_cfg: LossConfig {
+            cos_weight: args.cos_weight,
+            temperature: args.temperature,
+            ..LossConfig::default()
+        },
         ..TrainConfig::mind_reader(mapper, data_id)
     };
     println!(
@@ -170,6 +194,11 @@ pub fn run(args: TrainMapperArgs) -> Result<()> {
     if let Some(last) = history.last() {
         println!("final: {}", last.to_json());
     }
-    println!("wrote {} (weights), {} and {}", dir.weights().display(), dir.metrics().display(), dir.loss_curve().display());
+    println!(
+        "wrote {} (weights), {} and {}",
+        dir.weights().display(),
+        dir.metrics().display(),
+        dir.loss_curve().display()
+    );
     Ok(())
 }

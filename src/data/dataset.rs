@@ -164,27 +164,48 @@ impl Contents {
         let (t, v, m) = (self.trials(), self.voxels, self.stimuli());
         let bad = |name: &str, msg: String| Err(Error::dataset(path, name, msg));
         if self.fmri.len() != t * v {
-            return bad("fmri", format!("{} values for [{t} trials, {v} voxels]", self.fmri.len()));
+            return bad(
+                "fmri",
+                format!("{} values for [{t} trials, {v} voxels]", self.fmri.len()),
+            );
         }
         if self.trial_session.len() != t {
-            return bad("trial_session", format!("{} entries for {t} trials", self.trial_session.len()));
+            return bad(
+                "trial_session",
+                format!("{} entries for {t} trials", self.trial_session.len()),
+            );
         }
         let [h, w] = self.image_size;
         if self.images.len() != m * h * w * 3 {
-            return bad("images", format!("{} bytes for [{m}, {h}, {w}, 3]", self.images.len()));
+            return bad(
+                "images",
+                format!("{} bytes for [{m}, {h}, {w}, 3]", self.images.len()),
+            );
         }
         if self.captions.len() != m {
-            return bad("captions", format!("{} rows for {m} stimuli", self.captions.len()));
+            return bad(
+                "captions",
+                format!("{} rows for {m} stimuli", self.captions.len()),
+            );
         }
         let c = self.captions.first().map_or(0, |r| r.len());
         if c == 0 {
             return bad("captions", "no caption slots per stimulus".into());
         }
         if let Some(i) = self.captions.iter().position(|r| r.len() != c) {
-            return bad("captions", format!("stimulus {i} has {} captions, stimulus 0 has {c}", self.captions[i].len()));
+            return bad(
+                "captions",
+                format!(
+                    "stimulus {i} has {} captions, stimulus 0 has {c}",
+                    self.captions[i].len()
+                ),
+            );
         }
         if self.stimulus_id.len() != m {
-            return bad("stimulus_id", format!("{} entries for {m} stimuli", self.stimulus_id.len()));
+            return bad(
+                "stimulus_id",
+                format!("{} entries for {m} stimuli", self.stimulus_id.len()),
+            );
         }
         check_meta(path, &self.meta, v)?;
         check_trials(path, &self.trial_stimulus, m)?;
@@ -194,7 +215,14 @@ impl Contents {
             let name = format!("targets/{}", tg.name);
             check_name(path, &name, &tg.name)?;
             if tg.dim == 0 || tg.data.len() != m * tg.dim {
-                return bad(&name, format!("{} values for [{m} stimuli, {} dims]", tg.data.len(), tg.dim));
+                return bad(
+                    &name,
+                    format!(
+                        "{} values for [{m} stimuli, {} dims]",
+                        tg.data.len(),
+                        tg.dim
+                    ),
+                );
             }
             check_finite(path, &name, &tg.data, tg.dim, 0)?;
         }
@@ -207,7 +235,13 @@ impl Contents {
                 AuxData::F32(d) => d.len(),
             };
             if a.shape.first() != Some(&m) || n != len {
-                return bad(&name, format!("shape {:?} with {len} values; the first axis must be the {m} stimuli", a.shape));
+                return bad(
+                    &name,
+                    format!(
+                        "shape {:?} with {len} values; the first axis must be the {m} stimuli",
+                        a.shape
+                    ),
+                );
             }
         }
         Ok(())
@@ -217,7 +251,11 @@ impl Contents {
 /// Checks for one name component of `targets/<name>` or `scene/<name>`.
 fn check_name(path: &Path, full: &str, name: &str) -> Result<()> {
     if name.is_empty() || name.contains('/') || name.contains('\0') {
-        return Err(Error::dataset(path, full, "names must be non-empty and contain no '/' or NUL"));
+        return Err(Error::dataset(
+            path,
+            full,
+            "names must be non-empty and contain no '/' or NUL",
+        ));
     }
     Ok(())
 }
@@ -228,7 +266,10 @@ fn check_meta(path: &Path, meta: &Meta, voxels: usize) -> Result<()> {
         return Err(Error::dataset(
             path,
             "/",
-            format!("attributes voxels_unpadded {} + padding [{a}, {b}] ≠ the {voxels} columns of fmri", meta.voxels_unpadded),
+            format!(
+                "attributes voxels_unpadded {} + padding [{a}, {b}] ≠ the {voxels} columns of fmri",
+                meta.voxels_unpadded
+            ),
         ));
     }
     Ok(())
@@ -239,8 +280,16 @@ fn check_trials(path: &Path, trial_stimulus: &[u32], stimuli: usize) -> Result<(
     if trial_stimulus.is_empty() {
         return Err(Error::dataset(path, "trial_stimulus", "no trials"));
     }
-    if let Some((t, &s)) = trial_stimulus.iter().enumerate().find(|(_, &s)| s as usize >= stimuli) {
-        return Err(Error::dataset(path, "trial_stimulus", format!("trial {t} shows stimulus {s}, out of range for {stimuli} stimuli")));
+    if let Some((t, &s)) = trial_stimulus
+        .iter()
+        .enumerate()
+        .find(|(_, &s)| s as usize >= stimuli)
+    {
+        return Err(Error::dataset(
+            path,
+            "trial_stimulus",
+            format!("trial {t} shows stimulus {s}, out of range for {stimuli} stimuli"),
+        ));
     }
     Ok(())
 }
@@ -253,9 +302,21 @@ fn check_split(path: &Path, split: &[Split], trial_stimulus: &[u32]) -> Result<(
         has_trials[s as usize] = true;
     }
     for side in [Split::Train, Split::Test] {
-        let n = split.iter().zip(&has_trials).filter(|(&s, &h)| s == side && h).count();
+        let n = split
+            .iter()
+            .zip(&has_trials)
+            .filter(|(&s, &h)| s == side && h)
+            .count();
         if n == 0 {
-            return Err(Error::dataset(path, "split", format!("the {} split is empty (no stimulus with trials is marked {})", side.name(), side.code())));
+            return Err(Error::dataset(
+                path,
+                "split",
+                format!(
+                    "the {} split is empty (no stimulus with trials is marked {})",
+                    side.name(),
+                    side.code()
+                ),
+            ));
         }
     }
     Ok(())
@@ -266,9 +327,17 @@ fn check_split(path: &Path, split: &[Split], trial_stimulus: &[u32]) -> Result<(
 fn check_finite(path: &Path, dataset: &str, data: &[f32], width: usize, row0: usize) -> Result<()> {
     if let Some(i) = data.iter().position(|x| !x.is_finite()) {
         let what = if data[i].is_nan() { "NaN" } else { "Inf" };
-        let (row, col) = if dataset == "fmri" { ("trial", "voxel") } else { ("stimulus", "dim") };
+        let (row, col) = if dataset == "fmri" {
+            ("trial", "voxel")
+        } else {
+            ("stimulus", "dim")
+        };
         let (r, c) = (row0 + i / width.max(1), i % width.max(1));
-        return Err(Error::dataset(path, dataset, format!("{what} at {row} {r}, {col} {c}")));
+        return Err(Error::dataset(
+            path,
+            dataset,
+            format!("{what} at {row} {r}, {col} {c}"),
+        ));
     }
     Ok(())
 }
@@ -280,29 +349,42 @@ pub fn write(path: &Path, contents: &Contents) -> Result<()> {
 }
 
 /// [`write`], calling `progress(bytes)` as blocks of the large arrays reach the file.
-pub fn write_with_progress(path: &Path, contents: &Contents, progress: &mut dyn FnMut(u64)) -> Result<()> {
+pub fn write_with_progress(
+    path: &Path,
+    contents: &Contents,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
     contents.check(path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, format!("creating directory: {e}")))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::file(dir, format!("creating directory: {e}")))?;
     }
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
     let result = write_file(&tmp, path, contents, progress);
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
         return result;
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, format!("renaming {} into place: {e}", tmp.display())))
+    std::fs::rename(&tmp, path)
+        .map_err(|e| Error::file(path, format!("renaming {} into place: {e}", tmp.display())))
 }
 
 fn write_file(tmp: &Path, path: &Path, c: &Contents, progress: &mut dyn FnMut(u64)) -> Result<()> {
-    let file = hdf5::File::create(tmp).map_err(|e| Error::file(path, format!("creating {}: {e}", tmp.display())))?;
+    let file = hdf5::File::create(tmp)
+        .map_err(|e| Error::file(path, format!("creating {}: {e}", tmp.display())))?;
     let w = Writer { path, root: &file };
     w.attr_u32("schema_version", SCHEMA_VERSION)?;
     w.attr_str("subject", &c.meta.subject)?;
     w.attr_str("source", c.meta.source.name())?;
     w.attr_u32("voxels_unpadded", c.meta.voxels_unpadded as u32)?;
     let pad = ndarray::arr1(&[c.meta.padding[0] as u32, c.meta.padding[1] as u32]);
-    file.new_attr_builder().with_data(&pad).create("padding").map_err(|e| w.err("/", "padding", e))?;
+    file.new_attr_builder()
+        .with_data(&pad)
+        .create("padding")
+        .map_err(|e| w.err("/", "padding", e))?;
     w.attr_str("roi", &c.meta.roi)?;
 
     let (t, m) = (c.trials(), c.stimuli());
@@ -316,7 +398,10 @@ fn write_file(tmp: &Path, path: &Path, c: &Contents, progress: &mut dyn FnMut(u6
         .captions
         .iter()
         .flatten()
-        .map(|s| s.parse::<VarLenUnicode>().map_err(|e| Error::dataset(path, "captions", format!("caption {s:?}: {e}"))))
+        .map(|s| {
+            s.parse::<VarLenUnicode>()
+                .map_err(|e| Error::dataset(path, "captions", format!("caption {s:?}: {e}")))
+        })
         .collect::<Result<_>>()?;
     w.array("captions", &caps, &[m, c_per])?;
     let split: Vec<u8> = c.split.iter().map(|s| s.code()).collect();
@@ -340,13 +425,23 @@ fn write_file(tmp: &Path, path: &Path, c: &Contents, progress: &mut dyn FnMut(u6
             AuxData::F32(d) => w.array(&name, d, &a.shape)?,
         };
         if !a.columns.is_empty() {
-            let cols: Vec<VarLenUnicode> = a.columns.iter().map(|s| s.parse().unwrap_or_default()).collect();
-            ds.new_attr_builder().with_data(&ndarray::Array1::from(cols)).create("columns").map_err(|e| w.err(&name, "columns", e))?;
+            let cols: Vec<VarLenUnicode> = a
+                .columns
+                .iter()
+                .map(|s| s.parse().unwrap_or_default())
+                .collect();
+            ds.new_attr_builder()
+                .with_data(&ndarray::Array1::from(cols))
+                .create("columns")
+                .map_err(|e| w.err(&name, "columns", e))?;
         }
     }
-    file.close().map_err(|e| Error::file(path, format!("closing {}: {e}", tmp.display())))?;
+    file.close()
+        .map_err(|e| Error::file(path, format!("closing {}: {e}", tmp.display())))?;
     // The rename is only atomic if the data reached the disk first.
-    std::fs::File::open(tmp).and_then(|f| f.sync_all()).map_err(|e| Error::file(path, format!("syncing {}: {e}", tmp.display())))
+    std::fs::File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::file(path, format!("syncing {}: {e}", tmp.display())))
 }
 
 /// The file being written and the name errors should report (the final path, not the temp).
@@ -361,32 +456,73 @@ impl Writer<'_> {
     }
 
     fn attr_u32(&self, name: &str, v: u32) -> Result<()> {
-        self.root.new_attr::<u32>().create(name).and_then(|a| a.write_scalar(&v)).map_err(|e| self.err("/", name, e))
+        self.root
+            .new_attr::<u32>()
+            .create(name)
+            .and_then(|a| a.write_scalar(&v))
+            .map_err(|e| self.err("/", name, e))
     }
 
     fn attr_str(&self, name: &str, v: &str) -> Result<()> {
-        let s: VarLenUnicode = v.parse().map_err(|e| Error::dataset(self.path, "/", format!("attribute {name} = {v:?}: {e}")))?;
-        self.root.new_attr::<VarLenUnicode>().create(name).and_then(|a| a.write_scalar(&s)).map_err(|e| self.err("/", name, e))
+        let s: VarLenUnicode = v.parse().map_err(|e| {
+            Error::dataset(self.path, "/", format!("attribute {name} = {v:?}: {e}"))
+        })?;
+        self.root
+            .new_attr::<VarLenUnicode>()
+            .create(name)
+            .and_then(|a| a.write_scalar(&s))
+            .map_err(|e| self.err("/", name, e))
     }
 
     fn attr_str_on(&self, ds: &hdf5::Dataset, dataset: &str, name: &str, v: &str) -> Result<()> {
-        let s: VarLenUnicode = v.parse().map_err(|e| Error::dataset(self.path, dataset, format!("attribute {name} = {v:?}: {e}")))?;
-        ds.new_attr::<VarLenUnicode>().create(name).and_then(|a| a.write_scalar(&s)).map_err(|e| self.err(dataset, name, e))
+        let s: VarLenUnicode = v.parse().map_err(|e| {
+            Error::dataset(self.path, dataset, format!("attribute {name} = {v:?}: {e}"))
+        })?;
+        ds.new_attr::<VarLenUnicode>()
+            .create(name)
+            .and_then(|a| a.write_scalar(&s))
+            .map_err(|e| self.err(dataset, name, e))
     }
 
     /// A group without modification times, so the same contents give the same bytes.
     fn group(&self, name: &str) -> Result<()> {
-        self.root.create_group_builder().obj_track_times(false).create(name).map(|_| ()).map_err(|e| self.err(name, "the group", e))
+        self.root
+            .create_group_builder()
+            .obj_track_times(false)
+            .create(name)
+            .map(|_| ())
+            .map_err(|e| self.err(name, "the group", e))
     }
 
-    fn array<T: hdf5::H5Type>(&self, name: &str, data: &[T], shape: &[usize]) -> Result<hdf5::Dataset> {
-        let view = ArrayViewD::from_shape(IxDyn(shape), data).map_err(|e| Error::dataset(self.path, name, format!("shape {shape:?}: {e}")))?;
-        self.root.new_dataset_builder().with_data(&view).create(name).map_err(|e| self.err(name, "data", e))
+    fn array<T: hdf5::H5Type>(
+        &self,
+        name: &str,
+        data: &[T],
+        shape: &[usize],
+    ) -> Result<hdf5::Dataset> {
+        let view = ArrayViewD::from_shape(IxDyn(shape), data)
+            .map_err(|e| Error::dataset(self.path, name, format!("shape {shape:?}: {e}")))?;
+        self.root
+            .new_dataset_builder()
+            .with_data(&view)
+            .create(name)
+            .map_err(|e| self.err(name, "data", e))
     }
 
     /// A large array written in row blocks (first axis) of about `BLOCK_BYTES`.
-    fn blocks<T: hdf5::H5Type>(&self, name: &str, data: &[T], shape: &[usize], progress: &mut dyn FnMut(u64)) -> Result<()> {
-        let ds = self.root.new_dataset::<T>().shape(shape).create(name).map_err(|e| self.err(name, "the dataset", e))?;
+    fn blocks<T: hdf5::H5Type>(
+        &self,
+        name: &str,
+        data: &[T],
+        shape: &[usize],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        let ds = self
+            .root
+            .new_dataset::<T>()
+            .shape(shape)
+            .create(name)
+            .map_err(|e| self.err(name, "the dataset", e))?;
         let row: usize = shape[1..].iter().product();
         let step = (BLOCK_BYTES / (row * std::mem::size_of::<T>()).max(1)).max(1);
         let mut r0 = 0;
@@ -394,8 +530,10 @@ impl Writer<'_> {
             let r1 = (r0 + step).min(shape[0]);
             let mut bshape = shape.to_vec();
             bshape[0] = r1 - r0;
-            let view = ArrayViewD::from_shape(IxDyn(&bshape), &data[r0 * row..r1 * row]).map_err(|e| Error::dataset(self.path, name, format!("{e}")))?;
-            ds.write_slice(&view, rows(r0..r1, shape.len())).map_err(|e| self.err(name, &format!("rows {r0}..{r1}"), e))?;
+            let view = ArrayViewD::from_shape(IxDyn(&bshape), &data[r0 * row..r1 * row])
+                .map_err(|e| Error::dataset(self.path, name, format!("{e}")))?;
+            ds.write_slice(&view, rows(r0..r1, shape.len()))
+                .map_err(|e| self.err(name, &format!("rows {r0}..{r1}"), e))?;
             progress(((r1 - r0) * row * std::mem::size_of::<T>()) as u64);
             r0 = r1;
         }
@@ -412,22 +550,33 @@ pub fn write_target(path: &Path, target: &Target) -> Result<()> {
     let name = format!("targets/{}", target.name);
     check_name(path, &name, &target.name)?;
     if target.dim == 0 || target.data.len() != stimuli * target.dim {
-        return Err(Error::dataset(path, &name, format!("{} values for [{stimuli} stimuli, {} dims]", target.data.len(), target.dim)));
+        return Err(Error::dataset(
+            path,
+            &name,
+            format!(
+                "{} values for [{stimuli} stimuli, {} dims]",
+                target.data.len(),
+                target.dim
+            ),
+        ));
     }
     check_finite(path, &name, &target.data, target.dim, 0)?;
     {
-        let file = hdf5::File::open_rw(path).map_err(|e| Error::file(path, format!("opening for writing: {e}")))?;
+        let file = hdf5::File::open_rw(path)
+            .map_err(|e| Error::file(path, format!("opening for writing: {e}")))?;
         let w = Writer { path, root: &file };
         if !file.link_exists("targets") {
             w.group("targets")?;
         }
         if file.link_exists(&name) {
-            file.unlink(&name).map_err(|e| w.err(&name, "the old dataset", e))?;
+            file.unlink(&name)
+                .map_err(|e| w.err(&name, "the old dataset", e))?;
         }
         // Views of the old target describe another embedding: they go with it.
         let views = format!("augmented/{}", target.name);
         if file.link_exists(&views) {
-            file.unlink(&views).map_err(|e| w.err(&views, "the old views", e))?;
+            file.unlink(&views)
+                .map_err(|e| w.err(&views, "the old views", e))?;
         }
         let ds = w.array(&name, &target.data, &[stimuli, target.dim])?;
         w.attr_str_on(&ds, &name, "description", &target.description)?;
@@ -438,28 +587,50 @@ pub fn write_target(path: &Path, target: &Target) -> Result<()> {
 /// Adds `augmented/<name>` `[views, M, dim]` (view k of stimulus s at row `k·M + s`) beside an
 /// existing `targets/<name>` of width `dim`, replacing one of the same name; edits in place and
 /// validates before and after, like `write_target`.
-pub fn write_augmented(path: &Path, name: &str, views: usize, dim: usize, data: &[f32], description: &str) -> Result<()> {
+pub fn write_augmented(
+    path: &Path,
+    name: &str,
+    views: usize,
+    dim: usize,
+    data: &[f32],
+    description: &str,
+) -> Result<()> {
     let info = DatasetFile::open(path)?;
     let stimuli = info.summary().stimuli;
     let full = format!("augmented/{name}");
     check_name(path, &full, name)?;
     match info.summary().targets.iter().find(|(n, _)| n == name) {
         Some(&(_, d)) if d == dim => {}
-        _ => return Err(Error::dataset(path, &full, format!("needs a {dim}-d targets/{name} to augment; write it first"))),
+        _ => {
+            return Err(Error::dataset(
+                path,
+                &full,
+                format!("needs a {dim}-d targets/{name} to augment; write it first"),
+            ))
+        }
     }
     drop(info);
     if views == 0 || data.len() != views * stimuli * dim {
-        return Err(Error::dataset(path, &full, format!("{} values for [{views} views, {stimuli} stimuli, {dim} dims]", data.len())));
+        return Err(Error::dataset(
+            path,
+            &full,
+            format!(
+                "{} values for [{views} views, {stimuli} stimuli, {dim} dims]",
+                data.len()
+            ),
+        ));
     }
     check_finite(path, &full, data, dim, 0)?;
     {
-        let file = hdf5::File::open_rw(path).map_err(|e| Error::file(path, format!("opening for writing: {e}")))?;
+        let file = hdf5::File::open_rw(path)
+            .map_err(|e| Error::file(path, format!("opening for writing: {e}")))?;
         let w = Writer { path, root: &file };
         if !file.link_exists("augmented") {
             w.group("augmented")?;
         }
         if file.link_exists(&full) {
-            file.unlink(&full).map_err(|e| w.err(&full, "the old dataset", e))?;
+            file.unlink(&full)
+                .map_err(|e| w.err(&full, "the old dataset", e))?;
         }
         let ds = w.array(&full, data, &[views, stimuli, dim])?;
         w.attr_str_on(&ds, &full, "description", description)?;
@@ -471,23 +642,39 @@ pub fn write_augmented(path: &Path, name: &str, views: usize, dim: usize, data: 
 /// slots of each stimulus ranked best first by `method` (a description stored as an attribute).
 pub fn write_caption_choice(path: &Path, chosen: &[u32], keep: usize, method: &str) -> Result<()> {
     let file_info = DatasetFile::open(path)?;
-    let (stimuli, per) = (file_info.summary().stimuli, file_info.summary().captions_per_stimulus);
+    let (stimuli, per) = (
+        file_info.summary().stimuli,
+        file_info.summary().captions_per_stimulus,
+    );
     drop(file_info);
     let name = "screening/caption_index";
     if keep == 0 || chosen.len() != stimuli * keep {
-        return Err(Error::dataset(path, name, format!("{} values for [{stimuli} stimuli, {keep} kept]", chosen.len())));
+        return Err(Error::dataset(
+            path,
+            name,
+            format!(
+                "{} values for [{stimuli} stimuli, {keep} kept]",
+                chosen.len()
+            ),
+        ));
     }
     if let Some(bad) = chosen.iter().find(|&&c| c as usize >= per) {
-        return Err(Error::dataset(path, name, format!("caption slot {bad} out of range for {per} captions per stimulus")));
+        return Err(Error::dataset(
+            path,
+            name,
+            format!("caption slot {bad} out of range for {per} captions per stimulus"),
+        ));
     }
     {
-        let file = hdf5::File::open_rw(path).map_err(|e| Error::file(path, format!("opening for writing: {e}")))?;
+        let file = hdf5::File::open_rw(path)
+            .map_err(|e| Error::file(path, format!("opening for writing: {e}")))?;
         let w = Writer { path, root: &file };
         if !file.link_exists("screening") {
             w.group("screening")?;
         }
         if file.link_exists(name) {
-            file.unlink(name).map_err(|e| w.err(name, "the old dataset", e))?;
+            file.unlink(name)
+                .map_err(|e| w.err(name, "the old dataset", e))?;
         }
         let ds = w.array(name, chosen, &[stimuli, keep])?;
         w.attr_str_on(&ds, name, "description", method)?;
@@ -502,9 +689,13 @@ pub fn read_caption_choice(path: &Path) -> Result<Option<(Vec<u32>, usize)>> {
     if !file.link_exists(name) {
         return Ok(None);
     }
-    let ds = file.dataset(name).map_err(|e| Error::dataset(path, name, e.to_string()))?;
+    let ds = file
+        .dataset(name)
+        .map_err(|e| Error::dataset(path, name, e.to_string()))?;
     let shape = ds.shape();
-    let data: Vec<u32> = ds.read_raw().map_err(|e| Error::dataset(path, name, e.to_string()))?;
+    let data: Vec<u32> = ds
+        .read_raw()
+        .map_err(|e| Error::dataset(path, name, e.to_string()))?;
     Ok(Some((data, shape.get(1).copied().unwrap_or(1))))
 }
 
@@ -559,8 +750,12 @@ impl DatasetFile {
         if !path.exists() {
             return Err(Error::file(&path, "no such file"));
         }
-        let file = hdf5::File::open(&path).map_err(|e| Error::file(&path, format!("not a readable HDF5 file: {e}")))?;
-        let r = Reader { path: &path, file: &file };
+        let file = hdf5::File::open(&path)
+            .map_err(|e| Error::file(&path, format!("not a readable HDF5 file: {e}")))?;
+        let r = Reader {
+            path: &path,
+            file: &file,
+        };
 
         // The version first: a newer layout may differ in ways that would make later checks lie.
         let version = r.attr_uint("schema_version")?;
@@ -572,11 +767,20 @@ impl DatasetFile {
             ));
         }
         if version == 0 {
-            return Err(Error::dataset(&path, "/", "schema version 0 is not a valid version"));
+            return Err(Error::dataset(
+                &path,
+                "/",
+                "schema version 0 is not a valid version",
+            ));
         }
         let source_name = r.attr_str("source")?;
-        let source = Source::parse(&source_name)
-            .ok_or_else(|| Error::dataset(&path, "/", format!("attribute source is {source_name:?}; expected \"synthetic\" or \"nsd\"")))?;
+        let source = Source::parse(&source_name).ok_or_else(|| {
+            Error::dataset(
+                &path,
+                "/",
+                format!("attribute source is {source_name:?}; expected \"synthetic\" or \"nsd\""),
+            )
+        })?;
         let padding = r.attr_uint_vec("padding", 2)?;
         let meta = Meta {
             subject: r.attr_str("subject")?,
@@ -592,7 +796,11 @@ impl DatasetFile {
         let ishape = images.shape();
         let stimuli = ishape[0];
         if ishape[3] != 3 {
-            return Err(Error::dataset(&path, "images", format!("shape {ishape:?}: the last axis must be 3 (RGB)")));
+            return Err(Error::dataset(
+                &path,
+                "images",
+                format!("shape {ishape:?}: the last axis must be 3 (RGB)"),
+            ));
         }
         let trial_stimulus = r.indices("trial_stimulus", trials)?;
         let trial_session = r.indices("trial_session", trials)?;
@@ -600,7 +808,14 @@ impl DatasetFile {
         r.rows("captions", &captions, stimuli)?;
         let split_codes = r.indices("split", usize::MAX)?;
         if split_codes.len() != stimuli {
-            return Err(Error::dataset(&path, "split", format!("{} entries for the {stimuli} stimuli of images", split_codes.len())));
+            return Err(Error::dataset(
+                &path,
+                "split",
+                format!(
+                    "{} entries for the {stimuli} stimuli of images",
+                    split_codes.len()
+                ),
+            ));
         }
         let split = split_codes
             .iter()
@@ -608,7 +823,11 @@ impl DatasetFile {
             .map(|(i, &c)| match c {
                 0 => Ok(Split::Train),
                 1 => Ok(Split::Test),
-                _ => Err(Error::dataset(&path, "split", format!("stimulus {i} has split {c}; expected 0 (train) or 1 (test)"))),
+                _ => Err(Error::dataset(
+                    &path,
+                    "split",
+                    format!("stimulus {i} has split {c}; expected 0 (train) or 1 (test)"),
+                )),
             })
             .collect::<Result<Vec<_>>>()?;
         let ids = r.dataset("stimulus_id", Kind::Int, 1)?;
@@ -620,7 +839,11 @@ impl DatasetFile {
 
         // `targets` may be absent (a freshly ingested NSD file before any `embed`).
         let mut targets = Vec::new();
-        for name in if file.link_exists("targets") { r.members("targets")? } else { Vec::new() } {
+        for name in if file.link_exists("targets") {
+            r.members("targets")?
+        } else {
+            Vec::new()
+        } {
             let full = format!("targets/{name}");
             let ds = r.dataset(&full, Kind::F32, 2)?;
             r.rows(&full, &ds, stimuli)?;
@@ -648,8 +871,20 @@ impl DatasetFile {
                 }
                 match targets.iter().find(|(n, _)| *n == name) {
                     Some(&(_, d)) if d == shape[2] => {}
-                    Some(&(_, d)) => return Err(Error::dataset(&path, &full, format!("views are {}-d but targets/{name} is {d}-d", shape[2]))),
-                    None => return Err(Error::dataset(&path, &full, format!("augmented views without their un-augmented targets/{name}"))),
+                    Some(&(_, d)) => {
+                        return Err(Error::dataset(
+                            &path,
+                            &full,
+                            format!("views are {}-d but targets/{name} is {d}-d", shape[2]),
+                        ))
+                    }
+                    None => {
+                        return Err(Error::dataset(
+                            &path,
+                            &full,
+                            format!("augmented views without their un-augmented targets/{name}"),
+                        ))
+                    }
                 }
                 augmented.push((name, shape[0], shape[2]));
             }
@@ -660,7 +895,12 @@ impl DatasetFile {
             per_stim[s as usize] += 1;
         }
         let count = |side: Split| split.iter().filter(|&&s| s == side).count();
-        let trials_in = |side: Split| trial_stimulus.iter().filter(|&&s| split[s as usize] == side).count();
+        let trials_in = |side: Split| {
+            trial_stimulus
+                .iter()
+                .filter(|&&s| split[s as usize] == side)
+                .count()
+        };
         let mut sessions: Vec<u32> = trial_session.clone();
         sessions.sort_unstable();
         sessions.dedup();
@@ -677,12 +917,22 @@ impl DatasetFile {
             test_stimuli: count(Split::Test),
             train_trials: trials_in(Split::Train),
             test_trials: trials_in(Split::Test),
-            repeats: (per_stim.iter().copied().min().unwrap_or(0), per_stim.iter().copied().max().unwrap_or(0)),
+            repeats: (
+                per_stim.iter().copied().min().unwrap_or(0),
+                per_stim.iter().copied().max().unwrap_or(0),
+            ),
             targets,
             scene,
             augmented,
         };
-        let this = DatasetFile { path, file, summary, trial_stimulus, trial_session, split };
+        let this = DatasetFile {
+            path,
+            file,
+            summary,
+            trial_stimulus,
+            trial_session,
+            split,
+        };
         this.scan_fmri()?;
         Ok(this)
     }
@@ -705,7 +955,9 @@ impl DatasetFile {
 
     /// Streams `fmri` block by block, failing on the first NaN or Inf.
     fn scan_fmri(&self) -> Result<()> {
-        self.read_blocks::<f32>("fmri", &mut |row0, block, width| check_finite(&self.path, "fmri", block, width, row0))
+        self.read_blocks::<f32>("fmri", &mut |row0, block, width| {
+            check_finite(&self.path, "fmri", block, width, row0)
+        })
     }
 
     /// The whole `[T, V]` fmri matrix, row-major.
@@ -734,10 +986,19 @@ impl DatasetFile {
     pub fn images_range(&self, start: usize, count: usize) -> Result<Vec<u8>> {
         let m = self.summary.stimuli;
         if start + count > m {
-            return Err(Error::dataset(&self.path, "images", format!("rows {start}..{} out of range for {m} stimuli", start + count)));
+            return Err(Error::dataset(
+                &self.path,
+                "images",
+                format!(
+                    "rows {start}..{} out of range for {m} stimuli",
+                    start + count
+                ),
+            ));
         }
         let ds = self.open_ds("images")?;
-        let a: ArrayD<u8> = ds.read_slice(rows(start..start + count, 4)).map_err(|e| self.read_err("images", e))?;
+        let a: ArrayD<u8> = ds
+            .read_slice(rows(start..start + count, 4))
+            .map_err(|e| self.read_err("images", e))?;
         Ok(a.into_raw_vec_and_offset().0)
     }
 
@@ -759,8 +1020,17 @@ impl DatasetFile {
     /// `targets/<name>` as `(data [M, D], D)`; a missing name is an error listing those present.
     pub fn target(&self, name: &str) -> Result<(Vec<f32>, usize)> {
         let Some(&(_, dim)) = self.summary.targets.iter().find(|(n, _)| n == name) else {
-            let have: Vec<&str> = self.summary.targets.iter().map(|(n, _)| n.as_str()).collect();
-            return Err(Error::dataset(&self.path, format!("targets/{name}"), format!("no such target; the file has [{}]", have.join(", "))));
+            let have: Vec<&str> = self
+                .summary
+                .targets
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect();
+            return Err(Error::dataset(
+                &self.path,
+                format!("targets/{name}"),
+                format!("no such target; the file has [{}]", have.join(", ")),
+            ));
         };
         let full = format!("targets/{name}");
         let ds = self.open_ds(&full)?;
@@ -773,7 +1043,8 @@ impl DatasetFile {
     /// target (view k of stimulus s at row `k·M + s`). A missing name is an error.
     pub fn augmented(&self, name: &str) -> Result<(Vec<f32>, usize, usize)> {
         let full = format!("augmented/{name}");
-        let Some(&(_, views, dim)) = self.summary.augmented.iter().find(|(n, _, _)| n == name) else {
+        let Some(&(_, views, dim)) = self.summary.augmented.iter().find(|(n, _, _)| n == name)
+        else {
             return Err(Error::dataset(&self.path, full, format!("no augmented views of targets/{name}; write them with `screen-captions --augment-views K`")));
         };
         let ds = self.open_ds(&full)?;
@@ -785,26 +1056,49 @@ impl DatasetFile {
     /// The `description` attribute of `targets/<name>`, or "" when it has none.
     pub fn target_description(&self, name: &str) -> Result<String> {
         let ds = self.open_ds(&format!("targets/{name}"))?;
-        Ok(ds.attr("description").and_then(|a| a.read_scalar::<VarLenUnicode>()).map(|s| s.as_str().to_owned()).unwrap_or_default())
+        Ok(ds
+            .attr("description")
+            .and_then(|a| a.read_scalar::<VarLenUnicode>())
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default())
     }
 
     /// `scene/<name>`, with its column names when it has them.
     pub fn scene_array(&self, name: &str) -> Result<AuxArray> {
         let full = format!("scene/{name}");
         let Some((_, shape)) = self.summary.scene.iter().find(|(n, _)| n == name) else {
-            return Err(Error::dataset(&self.path, &full, "no such scene array (only synthetic worlds have scene parameters)"));
+            return Err(Error::dataset(
+                &self.path,
+                &full,
+                "no such scene array (only synthetic worlds have scene parameters)",
+            ));
         };
         let ds = self.open_ds(&full)?;
-        let td = ds.dtype().and_then(|t| t.to_descriptor()).map_err(|e| self.read_err(&full, e))?;
+        let td = ds
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .map_err(|e| self.read_err(&full, e))?;
         let data = match td {
-            TypeDescriptor::Unsigned(hdf5::types::IntSize::U1) => AuxData::U8(ds.read_raw().map_err(|e| self.read_err(&full, e))?),
+            TypeDescriptor::Unsigned(hdf5::types::IntSize::U1) => {
+                AuxData::U8(ds.read_raw().map_err(|e| self.read_err(&full, e))?)
+            }
             _ => AuxData::F32(ds.read_raw().map_err(|e| self.read_err(&full, e))?),
         };
         let columns = match ds.attr("columns") {
-            Ok(a) => a.read_raw::<VarLenUnicode>().map_err(|e| self.read_err(&full, e))?.iter().map(|s| s.as_str().to_owned()).collect(),
+            Ok(a) => a
+                .read_raw::<VarLenUnicode>()
+                .map_err(|e| self.read_err(&full, e))?
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect(),
             Err(_) => Vec::new(),
         };
-        Ok(AuxArray { name: name.to_owned(), shape: shape.clone(), data, columns })
+        Ok(AuxArray {
+            name: name.to_owned(),
+            shape: shape.clone(),
+            data,
+            columns,
+        })
     }
 
     /// Everything, in memory.
@@ -813,9 +1107,18 @@ impl DatasetFile {
         let mut targets = Vec::new();
         for (name, _) in &s.targets {
             let (data, dim) = self.target(name)?;
-            targets.push(Target { name: name.clone(), dim, data, description: self.target_description(name)? });
+            targets.push(Target {
+                name: name.clone(),
+                dim,
+                data,
+                description: self.target_description(name)?,
+            });
         }
-        let scene = s.scene.iter().map(|(n, _)| self.scene_array(n)).collect::<Result<_>>()?;
+        let scene = s
+            .scene
+            .iter()
+            .map(|(n, _)| self.scene_array(n))
+            .collect::<Result<_>>()?;
         Ok(Contents {
             meta: s.meta.clone(),
             voxels: s.voxels,
@@ -849,7 +1152,9 @@ impl DatasetFile {
         let mut r0 = 0;
         while r0 < shape[0] {
             let r1 = (r0 + step).min(shape[0]);
-            let a: ArrayD<T> = ds.read_slice(rows(r0..r1, shape.len())).map_err(|e| self.read_err(name, e))?;
+            let a: ArrayD<T> = ds
+                .read_slice(rows(r0..r1, shape.len()))
+                .map_err(|e| self.read_err(name, e))?;
             let (v, _) = a.into_raw_vec_and_offset();
             f(r0, &v, row)?;
             r0 = r1;
@@ -892,7 +1197,10 @@ impl Kind {
             Kind::U8 => matches!(td, TypeDescriptor::Unsigned(IntSize::U1)),
             Kind::Int => matches!(td, TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_)),
             Kind::Str => matches!(td, TypeDescriptor::VarLenUnicode),
-            Kind::U8OrF32 => matches!(td, TypeDescriptor::Unsigned(IntSize::U1) | TypeDescriptor::Float(FloatSize::U4)),
+            Kind::U8OrF32 => matches!(
+                td,
+                TypeDescriptor::Unsigned(IntSize::U1) | TypeDescriptor::Float(FloatSize::U4)
+            ),
         }
     }
 }
@@ -905,7 +1213,11 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn missing_attr(&self, name: &str) -> Error {
-        Error::dataset(self.path, "/", format!("attribute {name} is missing (is this a mindreader prepared dataset?)"))
+        Error::dataset(
+            self.path,
+            "/",
+            format!("attribute {name} is missing (is this a mindreader prepared dataset?)"),
+        )
     }
 
     fn attr(&self, name: &str) -> Result<hdf5::Attribute> {
@@ -914,50 +1226,118 @@ impl Reader<'_> {
 
     fn attr_uint(&self, name: &str) -> Result<u64> {
         let a = self.attr(name)?;
-        let td = a.dtype().and_then(|t| t.to_descriptor()).map_err(|e| Error::dataset(self.path, "/", format!("attribute {name}: {e}")))?;
+        let td = a
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .map_err(|e| Error::dataset(self.path, "/", format!("attribute {name}: {e}")))?;
         if !Kind::Int.accepts(&td) || !a.is_scalar() {
-            return Err(Error::dataset(self.path, "/", format!("attribute {name} is {td} {:?}; expected a scalar integer", a.shape())));
+            return Err(Error::dataset(
+                self.path,
+                "/",
+                format!(
+                    "attribute {name} is {td} {:?}; expected a scalar integer",
+                    a.shape()
+                ),
+            ));
         }
-        let v: i64 = a.read_scalar().map_err(|e| Error::dataset(self.path, "/", format!("attribute {name}: {e}")))?;
-        u64::try_from(v).map_err(|_| Error::dataset(self.path, "/", format!("attribute {name} is {v}; expected ≥ 0")))
+        let v: i64 = a
+            .read_scalar()
+            .map_err(|e| Error::dataset(self.path, "/", format!("attribute {name}: {e}")))?;
+        u64::try_from(v).map_err(|_| {
+            Error::dataset(
+                self.path,
+                "/",
+                format!("attribute {name} is {v}; expected ≥ 0"),
+            )
+        })
     }
 
     fn attr_uint_vec(&self, name: &str, n: usize) -> Result<Vec<u64>> {
         let a = self.attr(name)?;
-        let td = a.dtype().and_then(|t| t.to_descriptor()).map_err(|e| Error::dataset(self.path, "/", format!("attribute {name}: {e}")))?;
+        let td = a
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .map_err(|e| Error::dataset(self.path, "/", format!("attribute {name}: {e}")))?;
         if !Kind::Int.accepts(&td) || a.shape() != [n] {
-            return Err(Error::dataset(self.path, "/", format!("attribute {name} is {td} {:?}; expected {n} integers", a.shape())));
+            return Err(Error::dataset(
+                self.path,
+                "/",
+                format!(
+                    "attribute {name} is {td} {:?}; expected {n} integers",
+                    a.shape()
+                ),
+            ));
         }
-        let v: Vec<i64> = a.read_raw().map_err(|e| Error::dataset(self.path, "/", format!("attribute {name}: {e}")))?;
+        let v: Vec<i64> = a
+            .read_raw()
+            .map_err(|e| Error::dataset(self.path, "/", format!("attribute {name}: {e}")))?;
         v.into_iter()
-            .map(|x| u64::try_from(x).map_err(|_| Error::dataset(self.path, "/", format!("attribute {name} holds {x}; expected ≥ 0"))))
+            .map(|x| {
+                u64::try_from(x).map_err(|_| {
+                    Error::dataset(
+                        self.path,
+                        "/",
+                        format!("attribute {name} holds {x}; expected ≥ 0"),
+                    )
+                })
+            })
             .collect()
     }
 
     fn attr_str(&self, name: &str) -> Result<String> {
         let a = self.attr(name)?;
-        let td = a.dtype().and_then(|t| t.to_descriptor()).map_err(|e| Error::dataset(self.path, "/", format!("attribute {name}: {e}")))?;
+        let td = a
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .map_err(|e| Error::dataset(self.path, "/", format!("attribute {name}: {e}")))?;
         if !Kind::Str.accepts(&td) || !a.is_scalar() {
-            return Err(Error::dataset(self.path, "/", format!("attribute {name} is {td} {:?}; expected a UTF-8 string", a.shape())));
+            return Err(Error::dataset(
+                self.path,
+                "/",
+                format!(
+                    "attribute {name} is {td} {:?}; expected a UTF-8 string",
+                    a.shape()
+                ),
+            ));
         }
-        let s: VarLenUnicode = a.read_scalar().map_err(|e| Error::dataset(self.path, "/", format!("attribute {name}: {e}")))?;
+        let s: VarLenUnicode = a
+            .read_scalar()
+            .map_err(|e| Error::dataset(self.path, "/", format!("attribute {name}: {e}")))?;
         Ok(s.as_str().to_owned())
     }
 
     /// Opens `name` and checks its element kind and rank.
     fn dataset(&self, name: &str, kind: Kind, rank: usize) -> Result<hdf5::Dataset> {
-        let ds = self.file.dataset(name).map_err(|_| Error::dataset(self.path, name, "missing"))?;
+        let ds = self
+            .file
+            .dataset(name)
+            .map_err(|_| Error::dataset(self.path, name, "missing"))?;
         let td = ds.dtype().and_then(|t| t.to_descriptor());
         let ok = td.as_ref().is_ok_and(|td| kind.accepts(td));
         if !ok {
             let got = td.map_or_else(|e| format!("an unsupported type ({e})"), |t| t.to_string());
-            return Err(Error::dataset(self.path, name, format!("dtype is {got}; expected {}", kind.expected())));
+            return Err(Error::dataset(
+                self.path,
+                name,
+                format!("dtype is {got}; expected {}", kind.expected()),
+            ));
         }
         let shape = ds.shape();
         // `scene/*` may have any rank ≥ 1; everything else exactly its rank.
-        let rank_ok = if matches!(kind, Kind::U8OrF32) { shape.len() >= rank } else { shape.len() == rank };
+        let rank_ok = if matches!(kind, Kind::U8OrF32) {
+            shape.len() >= rank
+        } else {
+            shape.len() == rank
+        };
         if !rank_ok {
-            return Err(Error::dataset(self.path, name, format!("rank {} (shape {shape:?}); expected rank {rank}", shape.len())));
+            return Err(Error::dataset(
+                self.path,
+                name,
+                format!(
+                    "rank {} (shape {shape:?}); expected rank {rank}",
+                    shape.len()
+                ),
+            ));
         }
         Ok(ds)
     }
@@ -966,7 +1346,11 @@ impl Reader<'_> {
     fn rows(&self, name: &str, ds: &hdf5::Dataset, rows: usize) -> Result<()> {
         let shape = ds.shape();
         if shape[0] != rows {
-            return Err(Error::dataset(self.path, name, format!("shape {shape:?}: the first axis must be the {rows} stimuli of images")));
+            return Err(Error::dataset(
+                self.path,
+                name,
+                format!("shape {shape:?}: the first axis must be the {rows} stimuli of images"),
+            ));
         }
         Ok(())
     }
@@ -976,19 +1360,38 @@ impl Reader<'_> {
         let ds = self.dataset(name, Kind::Int, 1)?;
         let n = ds.shape()[0];
         if len != usize::MAX && n != len {
-            return Err(Error::dataset(self.path, name, format!("{n} entries; expected one per trial ({len})")));
+            return Err(Error::dataset(
+                self.path,
+                name,
+                format!("{n} entries; expected one per trial ({len})"),
+            ));
         }
-        let v: Vec<i64> = ds.read_raw().map_err(|e| Error::dataset(self.path, name, format!("reading: {e}")))?;
+        let v: Vec<i64> = ds
+            .read_raw()
+            .map_err(|e| Error::dataset(self.path, name, format!("reading: {e}")))?;
         v.iter()
             .enumerate()
-            .map(|(i, &x)| u32::try_from(x).map_err(|_| Error::dataset(self.path, name, format!("entry {i} is {x}; expected 0..2^32"))))
+            .map(|(i, &x)| {
+                u32::try_from(x).map_err(|_| {
+                    Error::dataset(
+                        self.path,
+                        name,
+                        format!("entry {i} is {x}; expected 0..2^32"),
+                    )
+                })
+            })
             .collect()
     }
 
     /// Names inside a group; the group itself must exist.
     fn members(&self, group: &str) -> Result<Vec<String>> {
-        let g = self.file.group(group).map_err(|_| Error::dataset(self.path, group, "missing group"))?;
-        let mut names = g.member_names().map_err(|e| Error::dataset(self.path, group, format!("listing: {e}")))?;
+        let g = self
+            .file
+            .group(group)
+            .map_err(|_| Error::dataset(self.path, group, "missing group"))?;
+        let mut names = g
+            .member_names()
+            .map_err(|e| Error::dataset(self.path, group, format!("listing: {e}")))?;
         names.sort();
         Ok(names)
     }

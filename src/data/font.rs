@@ -146,7 +146,11 @@ pub fn wrap(text: &str, width: usize) -> Vec<String> {
             lines.push(word.drain(..width).collect());
         }
         let word: String = word.into_iter().collect();
-        let need = if line.is_empty() { word.chars().count() } else { line.chars().count() + 1 + word.chars().count() };
+        let need = if line.is_empty() {
+            word.chars().count()
+        } else {
+            line.chars().count() + 1 + word.chars().count()
+        };
         if need > width && !line.is_empty() {
             lines.push(std::mem::take(&mut line));
         }
@@ -167,7 +171,10 @@ mod tests {
 
     #[test]
     fn wrapping_respects_the_width() {
-        assert_eq!(wrap("a small red circle left of a large blue square", 12), vec!["a small red", "circle left", "of a large", "blue square"]);
+        assert_eq!(
+            wrap("a small red circle left of a large blue square", 12),
+            vec!["a small red", "circle left", "of a large", "blue square"]
+        );
         assert_eq!(wrap("abcdefghij", 4), vec!["abcd", "efgh", "ij"]);
         assert_eq!(wrap("", 4), vec![""]);
     }

@@ -45,11 +45,29 @@ pub struct LoaderConfig {
 impl LoaderConfig {
     /// Shuffled, repeat-averaged stimuli: the Mind Reader training setting.
     pub fn train(batch_size: usize, seed: u64) -> LoaderConfig {
-        LoaderConfig { split: Split::Train, sampling: Sampling::Stimuli { average_repeats: true }, batch_size, shuffle: true, drop_last: false, seed }
+        LoaderConfig {
+            split: Split::Train,
+            sampling: Sampling::Stimuli {
+                average_repeats: true,
+            },
+            batch_size,
+            shuffle: true,
+            drop_last: false,
+            seed,
+        }
     }
     /// Test stimuli, repeats averaged, in order.
     pub fn test(batch_size: usize) -> LoaderConfig {
-        LoaderConfig { split: Split::Test, sampling: Sampling::Stimuli { average_repeats: true }, batch_size, shuffle: false, drop_last: false, seed: 0 }
+        LoaderConfig {
+            split: Split::Test,
+            sampling: Sampling::Stimuli {
+                average_repeats: true,
+            },
+            batch_size,
+            shuffle: false,
+            drop_last: false,
+            seed: 0,
+        }
     }
 }
 
@@ -76,7 +94,17 @@ impl Staged {
         let s = file.summary();
         let (targets, dim) = file.target(target)?;
         let fmri = file.fmri()?;
-        Staged::from_parts(file.path(), fmri, s.voxels, file.trial_stimulus().to_vec(), file.split().to_vec(), targets, dim, target, device)
+        Staged::from_parts(
+            file.path(),
+            fmri,
+            s.voxels,
+            file.trial_stimulus().to_vec(),
+            file.split().to_vec(),
+            targets,
+            dim,
+            target,
+            device,
+        )
     }
 
     /// Stages data already in memory (`fmri` `[T, V]`, `targets` `[M, dim]`); `path` only
@@ -99,12 +127,26 @@ impl Staged {
         }
         let mut trials_of = vec![Vec::new(); m];
         for (k, &s) in trial_stimulus.iter().enumerate() {
-            let list = trials_of.get_mut(s as usize).ok_or_else(|| Error::dataset(path, "trial_stimulus", format!("trial {k} shows stimulus {s} of {m}")))?;
+            let list = trials_of.get_mut(s as usize).ok_or_else(|| {
+                Error::dataset(
+                    path,
+                    "trial_stimulus",
+                    format!("trial {k} shows stimulus {s} of {m}"),
+                )
+            })?;
             list.push(k as u32);
         }
         let averaged = average_repeats(&fmri, voxels, &trial_stimulus, m);
         let host = Device::Cpu;
-        let stage = |data: Vec<f32>, shape: &[usize]| Tensor::from_vec(data, shape, &host).and_then(|t| if device.is_cuda() { t.to_device(device) } else { Ok(t) });
+        let stage = |data: Vec<f32>, shape: &[usize]| {
+            Tensor::from_vec(data, shape, &host).and_then(|t| {
+                if device.is_cuda() {
+                    t.to_device(device)
+                } else {
+                    Ok(t)
+                }
+            })
+        };
         Ok(Arc::new(Staged {
             path: path.to_path_buf(),
             device: device.clone(),
@@ -149,7 +191,9 @@ pub fn average_repeats(fmri: &[f32], voxels: usize, trial_stimulus: &[u32], m: u
     let mut averaged = vec![0f32; m * voxels];
     let mut counts = vec![0usize; m];
     for (k, &s) in trial_stimulus.iter().enumerate() {
-        let Some(acc) = averaged.get_mut(s as usize * voxels..(s as usize + 1) * voxels) else { continue };
+        let Some(acc) = averaged.get_mut(s as usize * voxels..(s as usize + 1) * voxels) else {
+            continue;
+        };
         for (a, &x) in acc.iter_mut().zip(&fmri[k * voxels..][..voxels]) {
             *a += x;
         }
@@ -186,11 +230,22 @@ impl Loader {
             return Err(Error::Invalid("loader: batch size must be ≥ 1".into()));
         }
         let items: Vec<u32> = match cfg.sampling {
-            Sampling::Trials => (0..staged.trial_stimulus.len() as u32).filter(|&k| staged.split[staged.trial_stimulus[k as usize] as usize] == cfg.split).collect(),
-            Sampling::Stimuli { .. } => (0..staged.split.len() as u32).filter(|&s| staged.split[s as usize] == cfg.split && !staged.trials_of[s as usize].is_empty()).collect(),
+            Sampling::Trials => (0..staged.trial_stimulus.len() as u32)
+                .filter(|&k| staged.split[staged.trial_stimulus[k as usize] as usize] == cfg.split)
+                .collect(),
+            Sampling::Stimuli { .. } => (0..staged.split.len() as u32)
+                .filter(|&s| {
+                    staged.split[s as usize] == cfg.split
+                        && !staged.trials_of[s as usize].is_empty()
+                })
+                .collect(),
         };
         if items.is_empty() {
-            return Err(Error::dataset(&staged.path, "split", format!("the {} split has nothing to load", cfg.split.name())));
+            return Err(Error::dataset(
+                &staged.path,
+                "split",
+                format!("the {} split has nothing to load", cfg.split.name()),
+            ));
         }
         if cfg.drop_last && items.len() < cfg.batch_size {
             return Err(Error::Invalid(format!(
@@ -228,7 +283,12 @@ impl Loader {
         if self.cfg.shuffle {
             Rng::stream(self.cfg.seed, stage::LOADER_ORDER, epoch).shuffle(&mut order);
         }
-        Epoch { loader: self, order, next: 0, epoch }
+        Epoch {
+            loader: self,
+            order,
+            next: 0,
+            epoch,
+        }
     }
 
     /// Builds the batch for these items (trial or stimulus indices, as `items`).
@@ -237,25 +297,54 @@ impl Loader {
         let mut tape = Tape::inference();
         let (fmri, stimuli, trials) = match self.cfg.sampling {
             Sampling::Trials => {
-                let stimuli: Vec<u32> = items.iter().map(|&k| st.trial_stimulus[k as usize]).collect();
-                (embedding(&mut tape, &st.fmri, items)?, stimuli, items.to_vec())
+                let stimuli: Vec<u32> = items
+                    .iter()
+                    .map(|&k| st.trial_stimulus[k as usize])
+                    .collect();
+                (
+                    embedding(&mut tape, &st.fmri, items)?,
+                    stimuli,
+                    items.to_vec(),
+                )
             }
-            Sampling::Stimuli { average_repeats: true } => (embedding(&mut tape, &st.averaged, items)?, items.to_vec(), Vec::new()),
-            Sampling::Stimuli { average_repeats: false } => {
+            Sampling::Stimuli {
+                average_repeats: true,
+            } => (
+                embedding(&mut tape, &st.averaged, items)?,
+                items.to_vec(),
+                Vec::new(),
+            ),
+            Sampling::Stimuli {
+                average_repeats: false,
+            } => {
                 // Each stimulus's repeat for this epoch, from its own stream: independent of
                 // batch size and of the shuffle.
                 let trials: Vec<u32> = items
                     .iter()
                     .map(|&s| {
                         let rows = &st.trials_of[s as usize];
-                        rows[Rng::stream(self.cfg.seed, stage::LOADER_REPEAT, (epoch << 32) | s as u64).below(rows.len())]
+                        rows[Rng::stream(
+                            self.cfg.seed,
+                            stage::LOADER_REPEAT,
+                            (epoch << 32) | s as u64,
+                        )
+                        .below(rows.len())]
                     })
                     .collect();
-                (embedding(&mut tape, &st.fmri, &trials)?, items.to_vec(), trials)
+                (
+                    embedding(&mut tape, &st.fmri, &trials)?,
+                    items.to_vec(),
+                    trials,
+                )
             }
         };
         let target = embedding(&mut tape, &st.targets, &stimuli)?;
-        Ok(Batch { fmri, target, stimuli, trials })
+        Ok(Batch {
+            fmri,
+            target,
+            stimuli,
+            trials,
+        })
     }
 }
 
@@ -293,22 +382,53 @@ mod tests {
         let fmri: Vec<f32> = (0..10).flat_map(|k| [k as f32, k as f32]).collect();
         let split = vec![Split::Train, Split::Train, Split::Test, Split::Test];
         let targets: Vec<f32> = (0..4).flat_map(|s| [s as f32 * 10.0; 3]).collect();
-        Staged::from_parts(Path::new("mem"), fmri, 2, trial_stimulus, split, targets, 3, "t", &Device::Cpu).unwrap()
+        Staged::from_parts(
+            Path::new("mem"),
+            fmri,
+            2,
+            trial_stimulus,
+            split,
+            targets,
+            3,
+            "t",
+            &Device::Cpu,
+        )
+        .unwrap()
     }
 
     #[test]
     fn averaged_rows_are_the_mean_of_repeats() {
-        let l = Loader::new(staged(), LoaderConfig { batch_size: 8, ..LoaderConfig::test(8) }).unwrap();
+        let l = Loader::new(
+            staged(),
+            LoaderConfig {
+                batch_size: 8,
+                ..LoaderConfig::test(8)
+            },
+        )
+        .unwrap();
         let b = l.epoch(0).next().unwrap().unwrap();
         assert_eq!(b.stimuli, vec![2, 3]);
         // Stimulus 2: trials 2, 6, 9 → mean 17/3; stimulus 3: trials 3, 7 → 5.
-        crate::testing::assert_close(&b.fmri.to_vec_f32().unwrap(), &[17.0 / 3.0, 17.0 / 3.0, 5.0, 5.0], 1e-6, 1e-6, "averages");
-        assert_eq!(b.target.to_vec_f32().unwrap(), vec![20.0, 20.0, 20.0, 30.0, 30.0, 30.0]);
+        crate::testing::assert_close(
+            &b.fmri.to_vec_f32().unwrap(),
+            &[17.0 / 3.0, 17.0 / 3.0, 5.0, 5.0],
+            1e-6,
+            1e-6,
+            "averages",
+        );
+        assert_eq!(
+            b.target.to_vec_f32().unwrap(),
+            vec![20.0, 20.0, 20.0, 30.0, 30.0, 30.0]
+        );
     }
 
     #[test]
     fn trial_sampling_serves_every_trial_of_the_split_once() {
-        let cfg = LoaderConfig { sampling: Sampling::Trials, batch_size: 2, ..LoaderConfig::train(2, 5) };
+        let cfg = LoaderConfig {
+            sampling: Sampling::Trials,
+            batch_size: 2,
+            ..LoaderConfig::train(2, 5)
+        };
         let l = Loader::new(staged(), cfg).unwrap();
         let mut seen: Vec<u32> = l.epoch(3).flat_map(|b| b.unwrap().trials).collect();
         seen.sort();
@@ -318,22 +438,36 @@ mod tests {
 
     #[test]
     fn single_trial_rows_are_real_trials_of_their_stimulus() {
-        let cfg = LoaderConfig { sampling: Sampling::Stimuli { average_repeats: false }, ..LoaderConfig::train(1, 9) };
+        let cfg = LoaderConfig {
+            sampling: Sampling::Stimuli {
+                average_repeats: false,
+            },
+            ..LoaderConfig::train(1, 9)
+        };
         let l = Loader::new(staged(), cfg).unwrap();
         for e in 0..5 {
             for b in l.epoch(e) {
                 let b = b.unwrap();
                 let row = b.fmri.to_vec_f32().unwrap();
                 assert_eq!(row[0], b.trials[0] as f32);
-                assert_eq!([0, 1, 2, 3, 0, 1, 2, 3, 0, 2][b.trials[0] as usize], b.stimuli[0]);
+                assert_eq!(
+                    [0, 1, 2, 3, 0, 1, 2, 3, 0, 2][b.trials[0] as usize],
+                    b.stimuli[0]
+                );
             }
         }
     }
 
     #[test]
     fn drop_last_and_empty_batches() {
-        let cfg = LoaderConfig { drop_last: true, ..LoaderConfig::train(3, 1) };
-        assert!(Loader::new(staged(), cfg).is_err(), "2 train stimuli cannot fill a batch of 3");
+        let cfg = LoaderConfig {
+            drop_last: true,
+            ..LoaderConfig::train(3, 1)
+        };
+        assert!(
+            Loader::new(staged(), cfg).is_err(),
+            "2 train stimuli cannot fill a batch of 3"
+        );
         assert!(Loader::new(staged(), LoaderConfig::train(0, 1)).is_err());
     }
 }

@@ -10,6 +10,8 @@ pub mod rng;
 pub mod sheet;
 pub mod synth;
 
-pub use dataset::{AuxArray, AuxData, Contents, DatasetFile, Meta, Source, Split, Summary, Target, SCHEMA_VERSION};
+pub use dataset::{
+    AuxArray, AuxData, Contents, DatasetFile, Meta, Source, Split, Summary, Target, SCHEMA_VERSION,
+};
 pub use loader::{Batch, Loader, LoaderConfig, Sampling, Staged};
 pub use synth::SynthConfig;

@@ -104,25 +104,38 @@ impl NsdConfig {
         format!("subj{:02}", self.subject)
     }
     pub fn betas_dir(&self) -> PathBuf {
-        self.root.join("nsddata_betas/ppdata").join(self.subj()).join("func1pt8mm/betas_fithrf_GLMdenoise_RR")
+        self.root
+            .join("nsddata_betas/ppdata")
+            .join(self.subj())
+            .join("func1pt8mm/betas_fithrf_GLMdenoise_RR")
     }
     pub fn session_path(&self, session: usize) -> PathBuf {
-        self.betas_dir().join(format!("betas_session{session:02}.hdf5"))
+        self.betas_dir()
+            .join(format!("betas_session{session:02}.hdf5"))
     }
     pub fn mask_path(&self) -> PathBuf {
-        self.root.join("nsddata/ppdata").join(self.subj()).join("func1pt8mm/roi").join(format!("{}.nii.gz", self.roi))
+        self.root
+            .join("nsddata/ppdata")
+            .join(self.subj())
+            .join("func1pt8mm/roi")
+            .join(format!("{}.nii.gz", self.roi))
     }
     pub fn design_path(&self) -> PathBuf {
         self.root.join("nsddata/experiments/nsd/nsd_expdesign.mat")
     }
     pub fn stim_info_path(&self) -> PathBuf {
-        self.root.join("nsddata/experiments/nsd/nsd_stim_info_merged.csv")
+        self.root
+            .join("nsddata/experiments/nsd/nsd_stim_info_merged.csv")
     }
     pub fn stimuli_path(&self) -> PathBuf {
-        self.root.join("nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5")
+        self.root
+            .join("nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5")
     }
     pub fn captions_path(&self, coco_split: &str) -> PathBuf {
-        let dir = self.coco_dir.clone().unwrap_or_else(|| self.root.join("coco/annotations"));
+        let dir = self
+            .coco_dir
+            .clone()
+            .unwrap_or_else(|| self.root.join("coco/annotations"));
         dir.join(format!("captions_{coco_split}.json"))
     }
 
@@ -130,20 +143,31 @@ impl NsdConfig {
     pub fn resolve_sessions(&self) -> Result<Vec<usize>> {
         if let Some(s) = &self.sessions {
             if s.is_empty() || s.contains(&0) {
-                return Err(Error::Invalid(format!("sessions {s:?}: give at least one, numbered from 1")));
+                return Err(Error::Invalid(format!(
+                    "sessions {s:?}: give at least one, numbered from 1"
+                )));
             }
             return Ok(s.clone());
         }
         let dir = self.betas_dir();
-        let entries = std::fs::read_dir(&dir).map_err(|e| Error::file(&dir, format!("reading the betas directory: {e}")))?;
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| Error::file(&dir, format!("reading the betas directory: {e}")))?;
         let last = entries
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                name.strip_prefix("betas_session")?.strip_suffix(".hdf5")?.parse::<usize>().ok()
+                name.strip_prefix("betas_session")?
+                    .strip_suffix(".hdf5")?
+                    .parse::<usize>()
+                    .ok()
             })
             .max()
-            .ok_or_else(|| Error::file(&dir, "no betas_sessionSS.hdf5 files (expected betas_session01.hdf5 onwards)"))?;
+            .ok_or_else(|| {
+                Error::file(
+                    &dir,
+                    "no betas_sessionSS.hdf5 files (expected betas_session01.hdf5 onwards)",
+                )
+            })?;
         Ok((1..=last).collect())
     }
 }
@@ -162,14 +186,22 @@ pub struct Mask {
 pub fn read_mask(path: &Path) -> Result<Mask> {
     use nifti::{NiftiObject, NiftiVolume, RandomAccessNiftiVolume};
     if !path.exists() {
-        return Err(Error::file(path, "missing: expected the ROI mask (NIfTI, (X, Y, Z), 1 inside the ROI)"));
+        return Err(Error::file(
+            path,
+            "missing: expected the ROI mask (NIfTI, (X, Y, Z), 1 inside the ROI)",
+        ));
     }
-    let obj = nifti::ReaderOptions::new().read_file(path).map_err(|e| Error::file(path, format!("not a readable NIfTI file: {e}")))?;
+    let obj = nifti::ReaderOptions::new()
+        .read_file(path)
+        .map_err(|e| Error::file(path, format!("not a readable NIfTI file: {e}")))?;
     let vol = obj.volume();
     let dim = vol.dim();
     // Trailing singleton axes (a 4-D file with one volume) are harmless.
     if dim.len() < 3 || dim[3..].iter().any(|&d| d != 1) {
-        return Err(Error::file(path, format!("mask has shape {dim:?}; expected a 3-D volume (X, Y, Z)")));
+        return Err(Error::file(
+            path,
+            format!("mask has shape {dim:?}; expected a 3-D volume (X, Y, Z)"),
+        ));
     }
     let (nx, ny, nz) = (dim[0] as usize, dim[1] as usize, dim[2] as usize);
     let mut inside = Vec::new();
@@ -178,7 +210,9 @@ pub fn read_mask(path: &Path) -> Result<Mask> {
         for y in 0..ny {
             for x in 0..nx {
                 coords[..3].copy_from_slice(&[x as u16, y as u16, z as u16]);
-                let v = vol.get_f64(&coords).map_err(|e| Error::file(path, format!("voxel ({x}, {y}, {z}): {e}")))?;
+                let v = vol
+                    .get_f64(&coords)
+                    .map_err(|e| Error::file(path, format!("voxel ({x}, {y}, {z}): {e}")))?;
                 if v > 0.5 {
                     inside.push((z * ny + y) * nx + x);
                 }
@@ -186,9 +220,15 @@ pub fn read_mask(path: &Path) -> Result<Mask> {
         }
     }
     if inside.is_empty() {
-        return Err(Error::file(path, "the mask selects no voxels (expected some with value 1)"));
+        return Err(Error::file(
+            path,
+            "the mask selects no voxels (expected some with value 1)",
+        ));
     }
-    Ok(Mask { betas_shape: [nz, ny, nx], inside })
+    Ok(Mask {
+        betas_shape: [nz, ny, nx],
+        inside,
+    })
 }
 
 /// The parts of `nsd_expdesign.mat` that map trials to images, converted to 0-based.
@@ -203,14 +243,24 @@ pub struct Design {
 }
 
 pub fn read_design(path: &Path) -> Result<Design> {
-    let file = std::fs::File::open(path).map_err(|e| Error::file(path, format!("cannot open the experimental design (nsd_expdesign.mat): {e}")))?;
+    let file = std::fs::File::open(path).map_err(|e| {
+        Error::file(
+            path,
+            format!("cannot open the experimental design (nsd_expdesign.mat): {e}"),
+        )
+    })?;
     let mat = matfile::MatFile::parse(std::io::BufReader::new(file)).map_err(|e| Error::file(path, format!("not a readable MATLAB v5/v7 .mat file ({e}); v7.3 files are HDF5 and not read here")))?;
     // (rows, cols, column-major values) of a numeric variable holding 1-based indices.
     let get = |name: &str| -> Result<(usize, usize, Vec<usize>)> {
-        let a = mat.find_by_name(name).ok_or_else(|| Error::file(path, format!("variable `{name}` is missing")))?;
+        let a = mat
+            .find_by_name(name)
+            .ok_or_else(|| Error::file(path, format!("variable `{name}` is missing")))?;
         let size = a.size();
         if size.len() != 2 {
-            return Err(Error::file(path, format!("variable `{name}` has shape {size:?}; expected a matrix")));
+            return Err(Error::file(
+                path,
+                format!("variable `{name}` has shape {size:?}; expected a matrix"),
+            ));
         }
         // MATLAB saves indices as double; accept any real numeric class.
         let vals: Vec<f64> = match a.data() {
@@ -232,7 +282,10 @@ pub fn read_design(path: &Path) -> Result<Design> {
                 if v >= 1.0 && v.fract() == 0.0 {
                     Ok(v as usize - 1)
                 } else {
-                    Err(Error::file(path, format!("variable `{name}` entry {i} is {v}; expected a 1-based index")))
+                    Err(Error::file(
+                        path,
+                        format!("variable `{name}` entry {i} is {v}; expected a 1-based index"),
+                    ))
                 }
             })
             .collect::<Result<Vec<usize>>>()?;
@@ -240,9 +293,15 @@ pub fn read_design(path: &Path) -> Result<Design> {
     };
     let (_, _, masterordering) = get("masterordering")?;
     let (subjects, per_subject, im) = get("subjectim")?;
-    let subjectim = (0..subjects).map(|s| (0..per_subject).map(|k| im[s + subjects * k]).collect()).collect();
+    let subjectim = (0..subjects)
+        .map(|s| (0..per_subject).map(|k| im[s + subjects * k]).collect())
+        .collect();
     let (_, _, shared) = get("sharedix")?;
-    Ok(Design { masterordering, subjectim, sharedix: shared.into_iter().collect() })
+    Ok(Design {
+        masterordering,
+        subjectim,
+        sharedix: shared.into_iter().collect(),
+    })
 }
 
 /// One session's masked betas: `[trials, V]` in f32 (divided by 300, z-scored per voxel when asked).
@@ -250,8 +309,11 @@ pub fn read_session(path: &Path, mask: &Mask, zscore: bool) -> Result<(Vec<f32>,
     if !path.exists() {
         return Err(Error::file(path, "missing: expected this session's betas (HDF5 dataset `betas`, [trials, Z, Y, X] int16)"));
     }
-    let file = hdf5::File::open(path).map_err(|e| Error::file(path, format!("not a readable HDF5 file: {e}")))?;
-    let ds = file.dataset("betas").map_err(|e| Error::dataset(path, "betas", format!("missing: {e}")))?;
+    let file = hdf5::File::open(path)
+        .map_err(|e| Error::file(path, format!("not a readable HDF5 file: {e}")))?;
+    let ds = file
+        .dataset("betas")
+        .map_err(|e| Error::dataset(path, "betas", format!("missing: {e}")))?;
     let shape = ds.shape();
     let [nz, ny, nx] = mask.betas_shape;
     if shape.len() != 4 || shape[1..] != mask.betas_shape {
@@ -273,9 +335,17 @@ pub fn read_session(path: &Path, mask: &Mask, zscore: bool) -> Result<(Vec<f32>,
     let mut t0 = 0;
     while t0 < trials {
         let t1 = (t0 + step).min(trials);
-        let block: ArrayD<i16> = ds.read_slice(rows(t0..t1, 4)).map_err(|e| Error::dataset(path, "betas", format!("reading trials {t0}..{t1} as int16: {e}")))?;
+        let block: ArrayD<i16> = ds.read_slice(rows(t0..t1, 4)).map_err(|e| {
+            Error::dataset(
+                path,
+                "betas",
+                format!("reading trials {t0}..{t1} as int16: {e}"),
+            )
+        })?;
         let block = block.as_standard_layout();
-        let flat = block.as_slice().ok_or_else(|| Error::dataset(path, "betas", "block is not contiguous"))?;
+        let flat = block
+            .as_slice()
+            .ok_or_else(|| Error::dataset(path, "betas", "block is not contiguous"))?;
         for t in t0..t1 {
             let vol = &flat[(t - t0) * volume..(t - t0 + 1) * volume];
             let row = &mut out[t * v..(t + 1) * v];
@@ -308,28 +378,53 @@ pub fn zscore_columns(x: &mut [f32], rows: usize, cols: usize) {
             *s += (v as f64 - m).powi(2);
         }
     }
-    let sd: Vec<f64> = var.iter().map(|s| (s / rows.max(1) as f64).sqrt()).collect();
+    let sd: Vec<f64> = var
+        .iter()
+        .map(|s| (s / rows.max(1) as f64).sqrt())
+        .collect();
     for r in 0..rows {
         for ((v, &m), &s) in x[r * cols..(r + 1) * cols].iter_mut().zip(&mean).zip(&sd) {
-            *v = if s > 0.0 { ((*v as f64 - m) / s) as f32 } else { 0.0 };
+            *v = if s > 0.0 {
+                ((*v as f64 - m) / s) as f32
+            } else {
+                0.0
+            };
         }
     }
 }
 
 /// `nsd_stim_info_merged.csv`: 0-based nsdId → (cocoId, COCO split such as `train2017`).
 pub fn read_stim_info(path: &Path) -> Result<HashMap<usize, (u64, String)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read the stimulus info CSV (nsd_stim_info_merged.csv): {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::file(
+            path,
+            format!("cannot read the stimulus info CSV (nsd_stim_info_merged.csv): {e}"),
+        )
+    })?;
     let mut lines = text.lines();
     let header = split_csv_line(lines.next().unwrap_or(""));
-    let col = |name: &str| header.iter().position(|h| h == name).ok_or_else(|| Error::file(path, format!("no `{name}` column (expected nsdId, cocoId, cocoSplit)")));
+    let col = |name: &str| {
+        header.iter().position(|h| h == name).ok_or_else(|| {
+            Error::file(
+                path,
+                format!("no `{name}` column (expected nsdId, cocoId, cocoSplit)"),
+            )
+        })
+    };
     let (c_nsd, c_coco, c_split) = (col("nsdId")?, col("cocoId")?, col("cocoSplit")?);
     let mut map = HashMap::new();
     for (n, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let f = split_csv_line(line);
         let bad = |what: &str| Error::file(path, format!("line {}: {what}", n + 2));
         let field = |c: usize| f.get(c).ok_or_else(|| bad("too few fields"));
-        let nsd: usize = field(c_nsd)?.trim().parse().map_err(|_| bad("nsdId is not an integer"))?;
-        let coco: u64 = field(c_coco)?.trim().parse().map_err(|_| bad("cocoId is not an integer"))?;
+        let nsd: usize = field(c_nsd)?
+            .trim()
+            .parse()
+            .map_err(|_| bad("nsdId is not an integer"))?;
+        let coco: u64 = field(c_coco)?
+            .trim()
+            .parse()
+            .map_err(|_| bad("cocoId is not an integer"))?;
         map.insert(nsd, (coco, field(c_split)?.trim().to_owned()));
     }
     Ok(map)
@@ -357,20 +452,44 @@ fn split_csv_line(line: &str) -> Vec<String> {
 
 /// COCO captions of the wanted images from one `captions_*.json`, each image's in annotation-id
 /// order (the order COCO's ids give is stable across copies of the file).
-pub fn read_coco_captions(path: &Path, wanted: &BTreeSet<u64>) -> Result<HashMap<u64, Vec<String>>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::file(path, format!("cannot open the COCO captions: {e}")))?;
-    let json: serde_json::Value =
-        serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| Error::file(path, format!("not valid JSON: {e}")))?;
-    let anns = json.get("annotations").and_then(|a| a.as_array()).ok_or_else(|| Error::file(path, "no `annotations` array (expected a COCO captions file)"))?;
+pub fn read_coco_captions(
+    path: &Path,
+    wanted: &BTreeSet<u64>,
+) -> Result<HashMap<u64, Vec<String>>> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::file(path, format!("cannot open the COCO captions: {e}")))?;
+    let json: serde_json::Value = serde_json::from_reader(std::io::BufReader::new(file))
+        .map_err(|e| Error::file(path, format!("not valid JSON: {e}")))?;
+    let anns = json
+        .get("annotations")
+        .and_then(|a| a.as_array())
+        .ok_or_else(|| {
+            Error::file(
+                path,
+                "no `annotations` array (expected a COCO captions file)",
+            )
+        })?;
     let mut found: HashMap<u64, Vec<(u64, String)>> = HashMap::new();
     for (i, a) in anns.iter().enumerate() {
-        let image = a.get("image_id").and_then(|v| v.as_u64()).ok_or_else(|| Error::file(path, format!("annotation {i}: no integer `image_id`")))?;
+        let image = a
+            .get("image_id")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| Error::file(path, format!("annotation {i}: no integer `image_id`")))?;
         if !wanted.contains(&image) {
             continue;
         }
-        let id = a.get("id").and_then(|v| v.as_u64()).ok_or_else(|| Error::file(path, format!("annotation {i}: no integer `id`")))?;
-        let caption = a.get("caption").and_then(|v| v.as_str()).ok_or_else(|| Error::file(path, format!("annotation {i}: no string `caption`")))?;
-        found.entry(image).or_default().push((id, caption.trim().to_owned()));
+        let id = a
+            .get("id")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| Error::file(path, format!("annotation {i}: no integer `id`")))?;
+        let caption = a
+            .get("caption")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| Error::file(path, format!("annotation {i}: no string `caption`")))?;
+        found
+            .entry(image)
+            .or_default()
+            .push((id, caption.trim().to_owned()));
     }
     Ok(found
         .into_iter()
@@ -403,7 +522,10 @@ pub fn resize_area(img: &[u8], h: usize, w: usize, size: usize) -> Vec<u8> {
     for (j, taps) in wy.iter().enumerate() {
         for x in 0..size {
             for c in 0..3 {
-                let v: f64 = taps.iter().map(|&(i, wt)| wt * tmp[(i * size + x) * 3 + c]).sum();
+                let v: f64 = taps
+                    .iter()
+                    .map(|&(i, wt)| wt * tmp[(i * size + x) * 3 + c])
+                    .sum();
                 out[(j * size + x) * 3 + c] = (v + 0.5).floor().clamp(0.0, 255.0) as u8;
             }
         }
@@ -432,7 +554,10 @@ fn area_weights(n: usize, m: usize) -> Vec<Vec<(usize, f64)>> {
 /// `data::dataset::write_with_progress`). `progress` counts sessions, then stimuli.
 pub fn prepare(cfg: &NsdConfig, progress: &ProgressBar) -> Result<Contents> {
     if !(1..=8).contains(&cfg.subject) {
-        return Err(Error::Invalid(format!("subject {} does not exist: NSD has subjects 1 to 8", cfg.subject)));
+        return Err(Error::Invalid(format!(
+            "subject {} does not exist: NSD has subjects 1 to 8",
+            cfg.subject
+        )));
     }
     if cfg.image_size == 0 {
         return Err(Error::Invalid("image size must be at least 1 pixel".into()));
@@ -440,15 +565,27 @@ pub fn prepare(cfg: &NsdConfig, progress: &ProgressBar) -> Result<Contents> {
     let sessions = cfg.resolve_sessions()?;
     // Every requested session must be there before hours of reading start.
     if let Some(s) = sessions.iter().find(|&&s| !cfg.session_path(s).exists()) {
-        return Err(Error::file(cfg.session_path(*s), format!("missing: session {s} of {} was requested (sessions {sessions:?})", cfg.subj())));
+        return Err(Error::file(
+            cfg.session_path(*s),
+            format!(
+                "missing: session {s} of {} was requested (sessions {sessions:?})",
+                cfg.subj()
+            ),
+        ));
     }
     let mask = read_mask(&cfg.mask_path())?;
     let design_path = cfg.design_path();
     let design = read_design(&design_path)?;
-    let images_of_subject = design
-        .subjectim
-        .get(cfg.subject - 1)
-        .ok_or_else(|| Error::file(&design_path, format!("`subjectim` has {} rows; subject {} has none", design.subjectim.len(), cfg.subject)))?;
+    let images_of_subject = design.subjectim.get(cfg.subject - 1).ok_or_else(|| {
+        Error::file(
+            &design_path,
+            format!(
+                "`subjectim` has {} rows; subject {} has none",
+                design.subjectim.len(),
+                cfg.subject
+            ),
+        )
+    })?;
 
     // Sessions: masked rows and each trial's 0-based 73k id.
     progress.set_length(sessions.len() as u64);
@@ -464,7 +601,11 @@ pub fn prepare(cfg: &NsdConfig, progress: &ProgressBar) -> Result<Contents> {
         let (x, n) = read_session(&path, &mask, cfg.zscore)?;
         let expected = *per_session.get_or_insert(n);
         if n != expected {
-            return Err(Error::dataset(&path, "betas", format!("{n} trials; earlier sessions have {expected}")));
+            return Err(Error::dataset(
+                &path,
+                "betas",
+                format!("{n} trials; earlier sessions have {expected}"),
+            ));
         }
         for t in 0..n {
             let g = (s - 1) * n + t;
@@ -487,22 +628,47 @@ pub fn prepare(cfg: &NsdConfig, progress: &ProgressBar) -> Result<Contents> {
     }
 
     // Stimuli: every image the selected trials showed, by ascending 73k id.
-    let ids: Vec<usize> = trial_73k.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
-    let index: HashMap<usize, u32> = ids.iter().enumerate().map(|(m, &id)| (id, m as u32)).collect();
+    let ids: Vec<usize> = trial_73k
+        .iter()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let index: HashMap<usize, u32> = ids
+        .iter()
+        .enumerate()
+        .map(|(m, &id)| (id, m as u32))
+        .collect();
     let mut trial_stimulus: Vec<u32> = trial_73k.iter().map(|id| index[id]).collect();
     if cfg.average_repeats {
-        let (avg, first_session) = average_rows(&fmri, width, &trial_stimulus, &trial_session, ids.len());
+        let (avg, first_session) =
+            average_rows(&fmri, width, &trial_stimulus, &trial_session, ids.len());
         fmri = avg;
         trial_session = first_session;
         trial_stimulus = (0..ids.len() as u32).collect();
     }
-    let split = ids.iter().map(|id| if design.sharedix.contains(id) { Split::Test } else { Split::Train }).collect();
+    let split = ids
+        .iter()
+        .map(|id| {
+            if design.sharedix.contains(id) {
+                Split::Test
+            } else {
+                Split::Train
+            }
+        })
+        .collect();
 
     let captions = read_captions(cfg, &ids)?;
     let images = read_images(cfg, &ids, progress)?;
 
     Ok(Contents {
-        meta: Meta { subject: cfg.subj(), source: Source::Nsd, voxels_unpadded: v, padding: pad, roi: cfg.roi.clone() },
+        meta: Meta {
+            subject: cfg.subj(),
+            source: Source::Nsd,
+            voxels_unpadded: v,
+            padding: pad,
+            roi: cfg.roi.clone(),
+        },
         voxels: width,
         fmri,
         trial_stimulus,
@@ -518,19 +684,32 @@ pub fn prepare(cfg: &NsdConfig, progress: &ProgressBar) -> Result<Contents> {
 }
 
 /// One row per stimulus, the mean of its trials' rows, and the session of its first trial.
-fn average_rows(x: &[f32], v: usize, trial_stimulus: &[u32], trial_session: &[u32], stimuli: usize) -> (Vec<f32>, Vec<u32>) {
+fn average_rows(
+    x: &[f32],
+    v: usize,
+    trial_stimulus: &[u32],
+    trial_session: &[u32],
+    stimuli: usize,
+) -> (Vec<f32>, Vec<u32>) {
     let mut sum = vec![0f64; stimuli * v];
     let mut count = vec![0usize; stimuli];
     let mut first = vec![None; stimuli];
     for (t, &m) in trial_stimulus.iter().enumerate() {
         let m = m as usize;
-        for (s, &a) in sum[m * v..(m + 1) * v].iter_mut().zip(&x[t * v..(t + 1) * v]) {
+        for (s, &a) in sum[m * v..(m + 1) * v]
+            .iter_mut()
+            .zip(&x[t * v..(t + 1) * v])
+        {
             *s += a as f64;
         }
         count[m] += 1;
         first[m].get_or_insert(trial_session[t]);
     }
-    let avg = sum.chunks(v.max(1)).zip(&count).flat_map(|(row, &c)| row.iter().map(move |&s| (s / c.max(1) as f64) as f32)).collect();
+    let avg = sum
+        .chunks(v.max(1))
+        .zip(&count)
+        .flat_map(|(row, &c)| row.iter().map(move |&s| (s / c.max(1) as f64) as f32))
+        .collect();
     (avg, first.into_iter().map(|s| s.unwrap_or(0)).collect())
 }
 
@@ -540,7 +719,15 @@ fn read_captions(cfg: &NsdConfig, ids: &[usize]) -> Result<Vec<Vec<String>>> {
     let info = read_stim_info(&info_path)?;
     let mut by_split: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
     for id in ids {
-        let (coco, split) = info.get(id).ok_or_else(|| Error::file(&info_path, format!("no row for nsdId {id} (a stimulus subject {} saw)", cfg.subject)))?;
+        let (coco, split) = info.get(id).ok_or_else(|| {
+            Error::file(
+                &info_path,
+                format!(
+                    "no row for nsdId {id} (a stimulus subject {} saw)",
+                    cfg.subject
+                ),
+            )
+        })?;
         by_split.entry(split.as_str()).or_default().insert(*coco);
     }
     let mut found: HashMap<(&str, u64), Vec<String>> = HashMap::new();
@@ -552,9 +739,18 @@ fn read_captions(cfg: &NsdConfig, ids: &[usize]) -> Result<Vec<Vec<String>>> {
     let mut rows = Vec::with_capacity(ids.len());
     for id in ids {
         let (coco, split) = &info[id];
-        let caps = found.get(&(split.as_str(), *coco)).filter(|c| !c.is_empty()).ok_or_else(|| {
-            Error::file(cfg.captions_path(split), format!("no captions for cocoId {coco} (nsdId {id}, a stimulus subject {} saw)", cfg.subject))
-        })?;
+        let caps = found
+            .get(&(split.as_str(), *coco))
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| {
+                Error::file(
+                    cfg.captions_path(split),
+                    format!(
+                        "no captions for cocoId {coco} (nsdId {id}, a stimulus subject {} saw)",
+                        cfg.subject
+                    ),
+                )
+            })?;
         rows.push(caps.clone());
     }
     let width = rows.iter().map(|r| r.len()).max().unwrap_or(1);
@@ -568,11 +764,18 @@ fn read_images(cfg: &NsdConfig, ids: &[usize], progress: &ProgressBar) -> Result
     if !path.exists() {
         return Err(Error::file(&path, "missing: expected the NSD stimuli (HDF5 dataset `imgBrick`, [73000, 425, 425, 3] uint8)"));
     }
-    let file = hdf5::File::open(&path).map_err(|e| Error::file(&path, format!("not a readable HDF5 file: {e}")))?;
-    let ds = file.dataset("imgBrick").map_err(|e| Error::dataset(&path, "imgBrick", format!("missing: {e}")))?;
+    let file = hdf5::File::open(&path)
+        .map_err(|e| Error::file(&path, format!("not a readable HDF5 file: {e}")))?;
+    let ds = file
+        .dataset("imgBrick")
+        .map_err(|e| Error::dataset(&path, "imgBrick", format!("missing: {e}")))?;
     let shape = ds.shape();
     if shape.len() != 4 || shape[3] != 3 {
-        return Err(Error::dataset(&path, "imgBrick", format!("shape {shape:?}; expected [images, height, width, 3]")));
+        return Err(Error::dataset(
+            &path,
+            "imgBrick",
+            format!("shape {shape:?}; expected [images, height, width, 3]"),
+        ));
     }
     let (h, w) = (shape[1], shape[2]);
     let size = cfg.image_size;
@@ -582,11 +785,26 @@ fn read_images(cfg: &NsdConfig, ids: &[usize], progress: &ProgressBar) -> Result
     let mut out = Vec::with_capacity(ids.len() * size * size * 3);
     for &id in ids {
         if id >= shape[0] {
-            return Err(Error::dataset(&path, "imgBrick", format!("image {id} (0-based) is out of range for {} images", shape[0])));
+            return Err(Error::dataset(
+                &path,
+                "imgBrick",
+                format!(
+                    "image {id} (0-based) is out of range for {} images",
+                    shape[0]
+                ),
+            ));
         }
-        let img: ArrayD<u8> = ds.read_slice(rows(id..id + 1, 4)).map_err(|e| Error::dataset(&path, "imgBrick", format!("reading image {id} as uint8: {e}")))?;
+        let img: ArrayD<u8> = ds.read_slice(rows(id..id + 1, 4)).map_err(|e| {
+            Error::dataset(
+                &path,
+                "imgBrick",
+                format!("reading image {id} as uint8: {e}"),
+            )
+        })?;
         let img = img.as_standard_layout();
-        let flat = img.as_slice().ok_or_else(|| Error::dataset(&path, "imgBrick", "image is not contiguous"))?;
+        let flat = img
+            .as_slice()
+            .ok_or_else(|| Error::dataset(&path, "imgBrick", "image is not contiguous"))?;
         out.extend(resize_area(flat, h, w, size));
         progress.inc(1);
     }
@@ -624,11 +842,18 @@ mod tests {
         let mut x = vec![1.0, 5.0, 2.0, 5.0, 3.0, 5.0];
         zscore_columns(&mut x, 3, 2);
         let s = (2.0f32 / 3.0).sqrt();
-        approx::assert_abs_diff_eq!(&x[..], &[-1.0 / s, 0.0, 0.0, 0.0, 1.0 / s, 0.0][..], epsilon = 1e-6);
+        approx::assert_abs_diff_eq!(
+            &x[..],
+            &[-1.0 / s, 0.0, 0.0, 0.0, 1.0 / s, 0.0][..],
+            epsilon = 1e-6
+        );
     }
 
     #[test]
     fn csv_fields_keep_quoted_commas() {
-        assert_eq!(split_csv_line(r#"0,532481,val2017,"(0, 0.1)",x,"a ""b"""#), vec!["0", "532481", "val2017", "(0, 0.1)", "x", "a \"b\""]);
+        assert_eq!(
+            split_csv_line(r#"0,532481,val2017,"(0, 0.1)",x,"a ""b"""#),
+            vec!["0", "532481", "val2017", "(0, 0.1)", "x", "a \"b\""]
+        );
     }
 }

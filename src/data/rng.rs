@@ -45,7 +45,14 @@ pub struct Rng {
 impl Rng {
     pub fn new(seed: u64) -> Rng {
         let mut x = seed;
-        Rng { s: [splitmix(&mut x), splitmix(&mut x), splitmix(&mut x), splitmix(&mut x)] }
+        Rng {
+            s: [
+                splitmix(&mut x),
+                splitmix(&mut x),
+                splitmix(&mut x),
+                splitmix(&mut x),
+            ],
+        }
     }
 
     /// The independent stream for item `index` of `stage` under `seed`.
@@ -131,11 +138,22 @@ mod tests {
 
     #[test]
     fn streams_are_reproducible_and_distinct() {
-        let a: Vec<u64> = (0..4).map(|_| Rng::stream(7, stage::SCENE, 3).next_u64()).collect();
+        let a: Vec<u64> = (0..4)
+            .map(|_| Rng::stream(7, stage::SCENE, 3).next_u64())
+            .collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
-        assert_ne!(Rng::stream(7, stage::SCENE, 3).next_u64(), Rng::stream(7, stage::SCENE, 4).next_u64());
-        assert_ne!(Rng::stream(7, stage::SCENE, 3).next_u64(), Rng::stream(7, stage::VOXEL, 3).next_u64());
-        assert_ne!(Rng::stream(7, stage::SCENE, 3).next_u64(), Rng::stream(8, stage::SCENE, 3).next_u64());
+        assert_ne!(
+            Rng::stream(7, stage::SCENE, 3).next_u64(),
+            Rng::stream(7, stage::SCENE, 4).next_u64()
+        );
+        assert_ne!(
+            Rng::stream(7, stage::SCENE, 3).next_u64(),
+            Rng::stream(7, stage::VOXEL, 3).next_u64()
+        );
+        assert_ne!(
+            Rng::stream(7, stage::SCENE, 3).next_u64(),
+            Rng::stream(8, stage::SCENE, 3).next_u64()
+        );
     }
 
     #[test]
@@ -145,12 +163,18 @@ mod tests {
         let n = v.len() as f64;
         let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
         let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
-        assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.02, "mean {mean} var {var}");
+        assert!(
+            mean.abs() < 0.01 && (var - 1.0).abs() < 0.02,
+            "mean {mean} var {var}"
+        );
         let mut r = Rng::new(2);
         let w: Vec<f64> = (0..100_000).map(|_| r.normal() as f64).collect();
         let m2 = w.iter().sum::<f64>() / w.len() as f64;
         let v2 = w.iter().map(|x| (x - m2).powi(2)).sum::<f64>() / w.len() as f64;
-        assert!(m2.abs() < 0.02 && (v2 - 1.0).abs() < 0.03, "mean {m2} var {v2}");
+        assert!(
+            m2.abs() < 0.02 && (v2 - 1.0).abs() < 0.03,
+            "mean {m2} var {v2}"
+        );
     }
 
     #[test]

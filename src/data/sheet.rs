@@ -16,7 +16,16 @@ pub struct Canvas {
 
 impl Canvas {
     pub fn new(width: usize, height: usize, fill: [u8; 3]) -> Canvas {
-        Canvas { width, height, pixels: fill.iter().copied().cycle().take(width * height * 3).collect() }
+        Canvas {
+            width,
+            height,
+            pixels: fill
+                .iter()
+                .copied()
+                .cycle()
+                .take(width * height * 3)
+                .collect(),
+        }
     }
 
     pub fn put(&mut self, x: usize, y: usize, c: [u8; 3]) {
@@ -47,8 +56,11 @@ impl Canvas {
             let mut enc = png::Encoder::new(&mut bytes, self.width as u32, self.height as u32);
             enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
-            let mut w = enc.write_header().map_err(|e| Error::file(path, format!("encoding PNG: {e}")))?;
-            w.write_image_data(&self.pixels).map_err(|e| Error::file(path, format!("encoding PNG: {e}")))?;
+            let mut w = enc
+                .write_header()
+                .map_err(|e| Error::file(path, format!("encoding PNG: {e}")))?;
+            w.write_image_data(&self.pixels)
+                .map_err(|e| Error::file(path, format!("encoding PNG: {e}")))?;
         }
         crate::nn::params::write_atomic(path, &bytes)
     }
@@ -86,14 +98,28 @@ pub fn contact_sheet(tiles: &[Tile], image_size: [usize; 2], columns: usize) -> 
                 .iter()
                 .enumerate()
                 .flat_map(|(i, (c, poor))| {
-                    font::wrap(c, chars - 2).into_iter().enumerate().map(move |(j, l)| (if j == 0 { format!("{} {l}", i + 1) } else { format!("  {l}") }, *poor))
+                    font::wrap(c, chars - 2)
+                        .into_iter()
+                        .enumerate()
+                        .map(move |(j, l)| {
+                            (
+                                if j == 0 {
+                                    format!("{} {l}", i + 1)
+                                } else {
+                                    format!("  {l}")
+                                },
+                                *poor,
+                            )
+                        })
                 })
                 .collect()
         })
         .collect();
     let rows: Vec<usize> = lines
         .chunks(columns)
-        .map(|row| font::LINE + h * scale + 4 + row.iter().map(|l| l.len()).max().unwrap_or(0) * font::LINE)
+        .map(|row| {
+            font::LINE + h * scale + 4 + row.iter().map(|l| l.len()).max().unwrap_or(0) * font::LINE
+        })
         .collect();
     let width = MARGIN + columns * (tile_w + MARGIN);
     let height = MARGIN + rows.iter().map(|r| r + MARGIN).sum::<usize>();
@@ -101,10 +127,19 @@ pub fn contact_sheet(tiles: &[Tile], image_size: [usize; 2], columns: usize) -> 
     let mut y = MARGIN;
     for (r, row_h) in rows.iter().enumerate() {
         for c in 0..columns {
-            let Some(tile) = tiles.get(r * columns + c) else { break };
+            let Some(tile) = tiles.get(r * columns + c) else {
+                break;
+            };
             let x = MARGIN + c * (tile_w + MARGIN);
             canvas.text(x, y, &tile.label, INK);
-            canvas.blit(tile.image, w, h, x + (tile_w - w * scale) / 2, y + font::LINE, scale);
+            canvas.blit(
+                tile.image,
+                w,
+                h,
+                x + (tile_w - w * scale) / 2,
+                y + font::LINE,
+                scale,
+            );
             let mut ty = y + font::LINE + h * scale + 4;
             for (line, poor) in &lines[r * columns + c] {
                 canvas.text(x, ty, line, if *poor { POOR } else { INK });
@@ -123,13 +158,23 @@ mod tests {
     #[test]
     fn a_sheet_holds_its_images_and_writes_a_png() {
         let img = vec![200u8; 8 * 8 * 3];
-        let tiles: Vec<Tile> = (0..3).map(|i| Tile { image: &img, label: format!("#{i}"), captions: vec![("a red circle".into(), false), ("vague".into(), true)] }).collect();
+        let tiles: Vec<Tile> = (0..3)
+            .map(|i| Tile {
+                image: &img,
+                label: format!("#{i}"),
+                captions: vec![("a red circle".into(), false), ("vague".into(), true)],
+            })
+            .collect();
         let sheet = contact_sheet(&tiles, [8, 8], 2);
         assert_eq!(sheet.width, MARGIN + 2 * (TILE_WIDTH + MARGIN));
         // The first image, scaled 33×, starts one text line below the top margin.
         let (x, y) = (MARGIN, MARGIN + font::LINE);
-        assert_eq!(&sheet.pixels[(y * sheet.width + x) * 3..][..3], &[200, 200, 200]);
-        let path = std::env::temp_dir().join(format!("mindreader-sheet-{}.png", std::process::id()));
+        assert_eq!(
+            &sheet.pixels[(y * sheet.width + x) * 3..][..3],
+            &[200, 200, 200]
+        );
+        let path =
+            std::env::temp_dir().join(format!("mindreader-sheet-{}.png", std::process::id()));
         sheet.save_png(&path).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");

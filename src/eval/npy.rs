@@ -10,10 +10,17 @@ use crate::nn::params::write_atomic;
 pub fn write_f32(path: &Path, data: &[f32], shape: &[usize]) -> Result<()> {
     let n: usize = shape.iter().product();
     if n != data.len() {
-        return Err(Error::file(path, format!("{} values for shape {shape:?}", data.len())));
+        return Err(Error::file(
+            path,
+            format!("{} values for shape {shape:?}", data.len()),
+        ));
     }
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let tuple = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let tuple = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {tuple}, }}");
     // Magic (6) + version (2) + header length (2) + header + '\n' is padded to a multiple of 64.
     let pad = 64 - (10 + header.len() + 1) % 64;
@@ -35,30 +42,64 @@ pub fn read_f32(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
     }
     let (hlen, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         v => return Err(Error::file(path, format!("unsupported .npy version {v}"))),
     };
-    let header = bytes.get(start..start + hlen).ok_or_else(|| Error::file(path, "truncated .npy header"))?;
-    let header = std::str::from_utf8(header).map_err(|_| Error::file(path, "the .npy header is not text"))?;
+    let header = bytes
+        .get(start..start + hlen)
+        .ok_or_else(|| Error::file(path, "truncated .npy header"))?;
+    let header = std::str::from_utf8(header)
+        .map_err(|_| Error::file(path, "the .npy header is not text"))?;
     if !header.contains("'descr': '<f4'") {
-        return Err(Error::file(path, format!("expected little-endian float32 ('<f4'), header is {}", header.trim())));
+        return Err(Error::file(
+            path,
+            format!(
+                "expected little-endian float32 ('<f4'), header is {}",
+                header.trim()
+            ),
+        ));
     }
     if header.contains("'fortran_order': True") {
-        return Err(Error::file(path, "Fortran-order arrays are not supported; save with np.ascontiguousarray"));
+        return Err(Error::file(
+            path,
+            "Fortran-order arrays are not supported; save with np.ascontiguousarray",
+        ));
     }
-    let shape_txt = header.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).ok_or_else(|| Error::file(path, "no shape in the .npy header"))?;
+    let shape_txt = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| Error::file(path, "no shape in the .npy header"))?;
     let shape: Vec<usize> = shape_txt
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| Error::file(path, format!("bad shape entry `{s}` in the .npy header"))))
+        .map(|s| {
+            s.parse()
+                .map_err(|_| Error::file(path, format!("bad shape entry `{s}` in the .npy header")))
+        })
         .collect::<Result<_>>()?;
     let n: usize = shape.iter().product();
     let body = &bytes[start + hlen..];
     if body.len() != 4 * n {
-        return Err(Error::file(path, format!("shape {shape:?} needs {} bytes of data, found {}", 4 * n, body.len())));
+        return Err(Error::file(
+            path,
+            format!(
+                "shape {shape:?} needs {} bytes of data, found {}",
+                4 * n,
+                body.len()
+            ),
+        ));
     }
-    Ok((body.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(), shape))
+    Ok((
+        body.chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        shape,
+    ))
 }
 
 #[cfg(test)]
@@ -75,7 +116,10 @@ mod tests {
         assert_eq!((10 + hlen) % 64, 0);
         assert_eq!(read_f32(&path).unwrap(), (data, vec![3, 4]));
         std::fs::write(&path, b"garbage").unwrap();
-        assert!(read_f32(&path).unwrap_err().to_string().contains("bad magic"));
+        assert!(read_f32(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("bad magic"));
         std::fs::remove_file(path).ok();
     }
 }

@@ -34,27 +34,57 @@ pub fn unit_rows(x: &[f32], d: usize) -> Vec<f32> {
 }
 
 /// Retrieval over `n` rows of `pred` and `target` (both `[n, d]`).
-pub fn retrieval(pred: &[f32], target: &[f32], d: usize, way: usize, batches: usize, seed: u64) -> Result<Retrieval> {
+pub fn retrieval(
+    pred: &[f32],
+    target: &[f32],
+    d: usize,
+    way: usize,
+    batches: usize,
+    seed: u64,
+) -> Result<Retrieval> {
     if d == 0 || pred.len() != target.len() || pred.len() % d != 0 {
-        return Err(Error::shape("retrieval", format!("predictions ({} values) and targets ({} values) must both be [n, {d}]", pred.len(), target.len())));
+        return Err(Error::shape(
+            "retrieval",
+            format!(
+                "predictions ({} values) and targets ({} values) must both be [n, {d}]",
+                pred.len(),
+                target.len()
+            ),
+        ));
     }
     let n = pred.len() / d;
     if n < 2 {
-        return Err(Error::Invalid(format!("retrieval needs at least 2 stimuli, got {n}")));
+        return Err(Error::Invalid(format!(
+            "retrieval needs at least 2 stimuli, got {n}"
+        )));
     }
     let way = way.min(n);
     let (p, t) = (unit_rows(pred, d), unit_rows(target, d));
-    let cos = |i: usize, j: usize| -> f32 { p[i * d..][..d].iter().zip(&t[j * d..][..d]).map(|(a, b)| a * b).sum() };
+    let cos = |i: usize, j: usize| -> f32 {
+        p[i * d..][..d]
+            .iter()
+            .zip(&t[j * d..][..d])
+            .map(|(a, b)| a * b)
+            .sum()
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut all: Vec<usize> = (0..n).collect();
     let (mut fwd, mut bwd, mut total) = (0usize, 0usize, 0usize);
     for _ in 0..batches.max(1) {
         all.shuffle(&mut rng);
         let set = &all[..way];
-        let sim: Vec<f32> = set.iter().flat_map(|&i| set.iter().map(move |&j| (i, j))).map(|(i, j)| cos(i, j)).collect();
+        let sim: Vec<f32> = set
+            .iter()
+            .flat_map(|&i| set.iter().map(move |&j| (i, j)))
+            .map(|(i, j)| cos(i, j))
+            .collect();
         for a in 0..way {
-            let row_best = (0..way).max_by(|&x, &y| sim[a * way + x].total_cmp(&sim[a * way + y])).unwrap_or(0);
-            let col_best = (0..way).max_by(|&x, &y| sim[x * way + a].total_cmp(&sim[y * way + a])).unwrap_or(0);
+            let row_best = (0..way)
+                .max_by(|&x, &y| sim[a * way + x].total_cmp(&sim[a * way + y]))
+                .unwrap_or(0);
+            let col_best = (0..way)
+                .max_by(|&x, &y| sim[x * way + a].total_cmp(&sim[y * way + a]))
+                .unwrap_or(0);
             fwd += (row_best == a) as usize;
             bwd += (col_best == a) as usize;
         }
@@ -81,11 +111,17 @@ mod tests {
         let (n, d) = (400, 32);
         let t = random_vec(n * d, 1);
         let r = retrieval(&t, &t, d, 300, 30, 7).unwrap();
-        assert_eq!((r.way, r.image_from_brain, r.brain_from_image), (300, 1.0, 1.0));
+        assert_eq!(
+            (r.way, r.image_from_brain, r.brain_from_image),
+            (300, 1.0, 1.0)
+        );
         assert!((r.mean_cosine - 1.0).abs() < 1e-5);
         let noise = random_vec(n * d, 2);
         let r = retrieval(&noise, &t, d, 300, 30, 7).unwrap();
-        assert!(r.image_from_brain < 0.02 && r.brain_from_image < 0.02, "{r:?}");
+        assert!(
+            r.image_from_brain < 0.02 && r.brain_from_image < 0.02,
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -73,11 +73,29 @@ fn parse_tables() -> std::result::Result<Tables, String> {
         width: HashMap::new(),
         control: Default::default(),
     };
-    let hex_char = |h: &str| u32::from_str_radix(h, 16).ok().and_then(char::from_u32).ok_or(format!("bad code point {h:?}"));
-    for (n, line) in TABLES_TXT.lines().enumerate().filter(|(_, l)| !l.starts_with('#') && !l.is_empty()) {
+    let hex_char = |h: &str| {
+        u32::from_str_radix(h, 16)
+            .ok()
+            .and_then(char::from_u32)
+            .ok_or(format!("bad code point {h:?}"))
+    };
+    for (n, line) in TABLES_TXT
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.starts_with('#') && !l.is_empty())
+    {
         let mut parts = line.split('\t');
-        let (kind, key, value) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let value: String = value.split(' ').filter(|h| !h.is_empty()).map(hex_char).collect::<std::result::Result<_, _>>().map_err(|e| format!("line {}: {e}", n + 1))?;
+        let (kind, key, value) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
+        let value: String = value
+            .split(' ')
+            .filter(|h| !h.is_empty())
+            .map(hex_char)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| format!("line {}: {e}", n + 1))?;
         match kind {
             "E" => {
                 if key.ends_with(';') {
@@ -121,12 +139,17 @@ pub struct ClipTokenizer {
 impl ClipTokenizer {
     /// The tokenizer with OpenAI's vocabulary (embedded in the binary: no file, no network).
     pub fn new() -> Result<ClipTokenizer> {
-        let re = |p: &str| Regex::new(p).map_err(|e| Error::Invalid(format!("clip tokenizer regex: {e}")));
+        let re = |p: &str| {
+            Regex::new(p).map_err(|e| Error::Invalid(format!("clip tokenizer regex: {e}")))
+        };
         Ok(ClipTokenizer {
             bpe: instant_clip_tokenizer::Tokenizer::new(),
-            tables: parse_tables().map_err(|e| Error::Invalid(format!("assets/clip_text_tables.txt: {e}")))?,
+            tables: parse_tables()
+                .map_err(|e| Error::Invalid(format!("assets/clip_text_tables.txt: {e}")))?,
             // OpenAI's pattern (re.IGNORECASE is moot: the text is lower-cased first).
-            words: re(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+")?,
+            words: re(
+                r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+",
+            )?,
             whitespace: re(r"\s+")?,
             // Python's html._charref.
             html_charref: re(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")?,
@@ -140,7 +163,10 @@ impl ClipTokenizer {
     /// One shared tokenizer for the process.
     pub fn shared() -> Result<&'static ClipTokenizer> {
         static SHARED: OnceLock<std::result::Result<ClipTokenizer, String>> = OnceLock::new();
-        SHARED.get_or_init(|| ClipTokenizer::new().map_err(|e| e.to_string())).as_ref().map_err(|e| Error::Invalid(e.clone()))
+        SHARED
+            .get_or_init(|| ClipTokenizer::new().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| Error::Invalid(e.clone()))
     }
 
     /// OpenAI's cleaning: `whitespace_clean(basic_clean(text)).lower()`.
@@ -173,7 +199,9 @@ impl ClipTokenizer {
     /// `[SOT] + encode(text) + [EOT]`, cut to `context` keeping EOT last, zero-padded to `context`.
     pub fn tokenize(&self, text: &str, context: usize) -> Result<Vec<u32>> {
         if context < 2 {
-            return Err(Error::Invalid(format!("clip tokenizer: context {context} cannot hold <|startoftext|> and <|endoftext|>")));
+            return Err(Error::Invalid(format!(
+                "clip tokenizer: context {context} cannot hold <|startoftext|> and <|endoftext|>"
+            )));
         }
         let mut ids = Vec::with_capacity(context);
         ids.push(START_OF_TEXT);
@@ -274,7 +302,9 @@ impl ClipTokenizer {
         if !s.contains('&') {
             return s.to_string();
         }
-        self.html_charref.replace_all(s, |c: &Captures| self.charref(&c[1])).into_owned()
+        self.html_charref
+            .replace_all(s, |c: &Captures| self.charref(&c[1]))
+            .into_owned()
     }
 
     fn charref(&self, s: &str) -> String {
@@ -300,11 +330,14 @@ impl ClipTokenizer {
             if (0xD800..=0xDFFF).contains(&n) || n > 0x10FFFF {
                 return "\u{fffd}".into();
             }
-            let invalid = matches!(n, 0x1..=0x8 | 0xb | 0xe..=0x1f | 0x7f..=0x9f | 0xfdd0..=0xfdef) || (n & 0xfffe) == 0xfffe;
+            let invalid = matches!(n, 0x1..=0x8 | 0xb | 0xe..=0x1f | 0x7f..=0x9f | 0xfdd0..=0xfdef)
+                || (n & 0xfffe) == 0xfffe;
             if invalid {
                 return String::new();
             }
-            return char::from_u32(n as u32).map(String::from).unwrap_or_else(|| "\u{fffd}".into());
+            return char::from_u32(n as u32)
+                .map(String::from)
+                .unwrap_or_else(|| "\u{fffd}".into());
         }
         if let Some(v) = self.tables.html5.get(s) {
             return v.clone();
@@ -346,7 +379,10 @@ mod tests {
     #[test]
     fn clean_collapses_whitespace_and_lowercases() {
         let t = ClipTokenizer::new().unwrap();
-        assert_eq!(t.clean("  Hello\t\nWORLD  &amp;amp; ﬁne “Q”  "), "hello world & fine \"q\"");
+        assert_eq!(
+            t.clean("  Hello\t\nWORLD  &amp;amp; ﬁne “Q”  "),
+            "hello world & fine \"q\""
+        );
         assert_eq!(t.clean(""), "");
     }
 

@@ -29,7 +29,13 @@ pub struct MapperConfig {
 impl MapperConfig {
     /// Mind Reader's mapper for `voxels` inputs and `out_dim` outputs.
     pub fn mind_reader(voxels: usize, out_dim: usize) -> MapperConfig {
-        MapperConfig { voxels, hidden: 64, fc_hidden: 128, out_dim, res_blocks: 4 }
+        MapperConfig {
+            voxels,
+            hidden: 64,
+            fc_hidden: 128,
+            out_dim,
+            res_blocks: 4,
+        }
     }
 
     /// Length after the stride-2 stem: ⌊(V + 2 − 4)/2⌋ + 1 = ⌊V/2⌋.
@@ -45,14 +51,34 @@ struct Conv {
 
 impl Conv {
     /// PyTorch's default Conv1d init: U(−1/√fan_in, 1/√fan_in) for weight and bias.
-    fn new(store: &mut ParamStore, name: &str, c_out: usize, c_in: usize, k: usize, seed: u64, device: &Device) -> Result<Conv> {
+    fn new(
+        store: &mut ParamStore,
+        name: &str,
+        c_out: usize,
+        c_in: usize,
+        k: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Conv> {
         let bound = 1.0 / ((c_in * k) as f32).sqrt();
-        let weight = store.insert(&format!("{name}.weight"), Tensor::rand_uniform(&[c_out, c_in, k], -bound, bound, seed, device)?)?;
-        let bias = store.insert(&format!("{name}.bias"), Tensor::rand_uniform(&[c_out], -bound, bound, seed + 1, device)?)?;
+        let weight = store.insert(
+            &format!("{name}.weight"),
+            Tensor::rand_uniform(&[c_out, c_in, k], -bound, bound, seed, device)?,
+        )?;
+        let bias = store.insert(
+            &format!("{name}.bias"),
+            Tensor::rand_uniform(&[c_out], -bound, bound, seed + 1, device)?,
+        )?;
         Ok(Conv { weight, bias })
     }
 
-    fn forward(&self, tape: &mut Tape, x: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    fn forward(
+        &self,
+        tape: &mut Tape,
+        x: &Tensor,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Tensor> {
         conv1d(tape, x, &self.weight, Some(&self.bias), stride, padding)
     }
 }
@@ -74,9 +100,17 @@ pub struct Mapper {
 
 impl Mapper {
     /// A freshly initialised mapper whose parameters are registered in `store`.
-    pub fn new(config: MapperConfig, store: &mut ParamStore, seed: u64, device: &Device) -> Result<Mapper> {
+    pub fn new(
+        config: MapperConfig,
+        store: &mut ParamStore,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Mapper> {
         if config.voxels < 4 {
-            return Err(Error::Invalid(format!("the mapper needs at least 4 voxels, got {}", config.voxels)));
+            return Err(Error::Invalid(format!(
+                "the mapper needs at least 4 voxels, got {}",
+                config.voxels
+            )));
         }
         let h = config.hidden;
         let stem = Conv::new(store, "encoder.0.0", h, 1, 4, seed, device)?;
@@ -90,17 +124,47 @@ impl Mapper {
                 net_4: Conv::new(store, &name(4), h, h, 1, s + 4, device)?,
             });
         }
-        let proj = Conv::new(store, &format!("encoder.{}", config.res_blocks + 1), config.out_dim, h, 1, seed + 100, device)?;
-        let fc_1 = Conv::new(store, "fc.1", config.fc_hidden, config.length(), 1, seed + 200, device)?;
+        let proj = Conv::new(
+            store,
+            &format!("encoder.{}", config.res_blocks + 1),
+            config.out_dim,
+            h,
+            1,
+            seed + 100,
+            device,
+        )?;
+        let fc_1 = Conv::new(
+            store,
+            "fc.1",
+            config.fc_hidden,
+            config.length(),
+            1,
+            seed + 200,
+            device,
+        )?;
         let fc_3 = Conv::new(store, "fc.3", 1, config.fc_hidden, 1, seed + 300, device)?;
-        Ok(Mapper { config, stem, blocks, proj, fc_1, fc_3 })
+        Ok(Mapper {
+            config,
+            stem,
+            blocks,
+            proj,
+            fc_1,
+            fc_3,
+        })
     }
 
     /// `[B, V]` voxels → `[B, out_dim]`.
     pub fn forward(&self, tape: &mut Tape, fmri: &Tensor) -> Result<Tensor> {
         let c = &self.config;
         if fmri.rank() != 2 || fmri.shape()[1] != c.voxels {
-            return Err(Error::shape("mapper", format!("expected fMRI of shape [batch, {}], got {:?}", c.voxels, fmri.shape())));
+            return Err(Error::shape(
+                "mapper",
+                format!(
+                    "expected fMRI of shape [batch, {}], got {:?}",
+                    c.voxels,
+                    fmri.shape()
+                ),
+            ));
         }
         let b = fmri.shape()[0];
         let x = transpose::reshape(tape, fmri, &[b, 1, c.voxels])?;
@@ -133,10 +197,23 @@ mod tests {
     #[test]
     fn parameter_names_and_count_match_the_reference() {
         let mut store = ParamStore::new();
-        Mapper::new(MapperConfig::mind_reader(15744, 512), &mut store, 0, &Device::Cpu).unwrap();
+        Mapper::new(
+            MapperConfig::mind_reader(15744, 512),
+            &mut store,
+            0,
+            &Device::Cpu,
+        )
+        .unwrap();
         assert_eq!(store.num_elements(), 1_156_929);
         let names: Vec<&str> = store.iter().map(|p| p.name.as_str()).collect();
-        for n in ["encoder.0.0.weight", "encoder.1.net.0.weight", "encoder.4.net.4.bias", "encoder.5.weight", "fc.1.weight", "fc.3.bias"] {
+        for n in [
+            "encoder.0.0.weight",
+            "encoder.1.net.0.weight",
+            "encoder.4.net.4.bias",
+            "encoder.5.weight",
+            "fc.1.weight",
+            "fc.3.bias",
+        ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
         assert_eq!(store.get("fc.1.weight").unwrap().shape(), &[128, 7872, 1]);
@@ -145,10 +222,29 @@ mod tests {
     #[test]
     fn forward_shape_and_bad_input() {
         let mut store = ParamStore::new();
-        let m = Mapper::new(MapperConfig { voxels: 37, hidden: 8, fc_hidden: 5, out_dim: 6, res_blocks: 2 }, &mut store, 1, &Device::Cpu).unwrap();
+        let m = Mapper::new(
+            MapperConfig {
+                voxels: 37,
+                hidden: 8,
+                fc_hidden: 5,
+                out_dim: 6,
+                res_blocks: 2,
+            },
+            &mut store,
+            1,
+            &Device::Cpu,
+        )
+        .unwrap();
         let x = Tensor::from_vec(random_vec(3 * 37, 2), &[3, 37], &Device::Cpu).unwrap();
-        assert_eq!(m.forward(&mut Tape::inference(), &x).unwrap().shape(), &[3, 6]);
+        assert_eq!(
+            m.forward(&mut Tape::inference(), &x).unwrap().shape(),
+            &[3, 6]
+        );
         let bad = Tensor::zeros(&[3, 36], &Device::Cpu).unwrap();
-        assert!(m.forward(&mut Tape::inference(), &bad).unwrap_err().to_string().contains("[batch, 37]"));
+        assert!(m
+            .forward(&mut Tape::inference(), &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("[batch, 37]"));
     }
 }

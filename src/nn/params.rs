@@ -42,12 +42,19 @@ impl ParamStore {
             return Err(Error::Invalid(format!("parameter `{name}` defined twice")));
         }
         self.index.insert(name.to_string(), self.params.len());
-        self.params.push(Param { name: name.to_string(), value: value.clone(), grad: None });
+        self.params.push(Param {
+            name: name.to_string(),
+            value: value.clone(),
+            grad: None,
+        });
         Ok(value)
     }
 
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.index.get(name).map(|&i| &self.params[i].value).ok_or_else(|| Error::Invalid(format!("no parameter named `{name}`")))
+        self.index
+            .get(name)
+            .map(|&i| &self.params[i].value)
+            .ok_or_else(|| Error::Invalid(format!("no parameter named `{name}`")))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Param> {
@@ -99,8 +106,17 @@ impl ParamStore {
 
     /// Writes every parameter (plus `extra` tensors, e.g. optimiser state) to a safetensors file,
     /// atomically.
-    pub fn save(&self, path: &Path, extra: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
-        let mut all: Vec<(String, Tensor)> = self.params.iter().map(|p| (p.name.clone(), p.value.clone())).collect();
+    pub fn save(
+        &self,
+        path: &Path,
+        extra: &[(String, Tensor)],
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let mut all: Vec<(String, Tensor)> = self
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.value.clone()))
+            .collect();
         all.extend(extra.iter().cloned());
         save_safetensors(path, &all, metadata)
     }
@@ -128,17 +144,36 @@ impl ParamStore {
 
     /// Assigns every parameter from `tensors` named `<prefix><parameter name>` (in place), and
     /// returns the tensors that were not used. `source` names where they came from in errors.
-    pub fn assign_from(&mut self, mut tensors: Vec<(String, Tensor)>, prefix: &str, source: &Path) -> Result<Vec<(String, Tensor)>> {
+    pub fn assign_from(
+        &mut self,
+        mut tensors: Vec<(String, Tensor)>,
+        prefix: &str,
+        source: &Path,
+    ) -> Result<Vec<(String, Tensor)>> {
         for p in &self.params {
             let want = format!("{prefix}{}", p.name);
             let Some(pos) = tensors.iter().position(|(n, _)| *n == want) else {
-                return Err(Error::file(source, format!("missing tensor `{want}` (expected shape {:?})", p.value.shape())));
+                return Err(Error::file(
+                    source,
+                    format!(
+                        "missing tensor `{want}` (expected shape {:?})",
+                        p.value.shape()
+                    ),
+                ));
             };
             let (_, t) = tensors.swap_remove(pos);
             if t.shape() != p.value.shape() {
-                return Err(Error::file(source, format!("tensor `{want}` has shape {:?}, expected {:?}", t.shape(), p.value.shape())));
+                return Err(Error::file(
+                    source,
+                    format!(
+                        "tensor `{want}` has shape {:?}, expected {:?}",
+                        t.shape(),
+                        p.value.shape()
+                    ),
+                ));
             }
-            p.value.set_storage_from(t.to_dtype(p.value.dtype())?.to_device(p.value.device())?)?;
+            p.value
+                .set_storage_from(t.to_dtype(p.value.dtype())?.to_device(p.value.device())?)?;
         }
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(tensors)
@@ -154,7 +189,11 @@ fn st_dtype(d: DType) -> StDtype {
 }
 
 /// Writes named tensors (any device, f32/bf16/f16) to `path` via a temp file and rename.
-pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     let mut bytes: Vec<(String, DType, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let host = t.to_device(&Device::Cpu)?;
@@ -169,11 +208,17 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: &BT
     }
     let views: Vec<(String, TensorView)> = bytes
         .iter()
-        .map(|(n, d, shape, raw)| TensorView::new(st_dtype(*d), shape.clone(), raw).map(|v| (n.clone(), v)))
+        .map(|(n, d, shape, raw)| {
+            TensorView::new(st_dtype(*d), shape.clone(), raw).map(|v| (n.clone(), v))
+        })
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| Error::file(path, format!("building safetensors: {e}")))?;
-    let meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let data = safetensors::serialize(views, &Some(meta)).map_err(|e| Error::file(path, format!("serialising: {e}")))?;
+    let meta: HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let data = safetensors::serialize(views, &Some(meta))
+        .map_err(|e| Error::file(path, format!("serialising: {e}")))?;
     write_atomic(path, &data)
 }
 
@@ -181,31 +226,68 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: &BT
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, format!("creating directory: {e}")))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::file(dir, format!("creating directory: {e}")))?;
     }
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::file(&tmp, format!("creating: {e}")))?;
-    f.write_all(data).and_then(|_| f.sync_all()).map_err(|e| Error::file(&tmp, format!("writing: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, format!("renaming {} into place: {e}", tmp.display())))
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let mut f =
+        std::fs::File::create(&tmp).map_err(|e| Error::file(&tmp, format!("creating: {e}")))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::file(&tmp, format!("writing: {e}")))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| Error::file(path, format!("renaming {} into place: {e}", tmp.display())))
 }
 
 /// Reads every tensor of a safetensors file onto the host (f32, bf16 and f16; other dtypes are
 /// an error naming the tensor), with the file's metadata.
 pub fn load_safetensors(path: &Path) -> Result<Loaded> {
     let data = std::fs::read(path).map_err(|e| Error::file(path, format!("reading: {e}")))?;
-    let st = safetensors::SafeTensors::deserialize(&data).map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&data).map_err(|e| Error::file(path, format!("bad header: {e}")))?;
-    let metadata: BTreeMap<String, String> = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+    let st = safetensors::SafeTensors::deserialize(&data)
+        .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&data)
+        .map_err(|e| Error::file(path, format!("bad header: {e}")))?;
+    let metadata: BTreeMap<String, String> = meta
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
         let raw = view.data();
         let storage = match view.dtype() {
-            StDtype::F32 => Storage::CpuF32(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
-            StDtype::BF16 => Storage::CpuBF16(raw.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]])).collect()),
-            StDtype::F16 => Storage::CpuF16(raw.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect()),
-            other => return Err(Error::file(path, format!("tensor `{name}` has dtype {other:?}; only F32, BF16 and F16 are supported"))),
+            StDtype::F32 => Storage::CpuF32(
+                raw.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            StDtype::BF16 => Storage::CpuBF16(
+                raw.chunks_exact(2)
+                    .map(|b| bf16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
+            StDtype::F16 => Storage::CpuF16(
+                raw.chunks_exact(2)
+                    .map(|b| f16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
+            other => {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "tensor `{name}` has dtype {other:?}; only F32, BF16 and F16 are supported"
+                    ),
+                ))
+            }
         };
-        out.push((name, Tensor::from_storage(storage, view.shape(), &Device::Cpu)));
+        out.push((
+            name,
+            Tensor::from_storage(storage, view.shape(), &Device::Cpu),
+        ));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((out, metadata))
@@ -218,8 +300,16 @@ mod tests {
 
     fn store() -> ParamStore {
         let mut s = ParamStore::new();
-        s.insert("conv.weight", Tensor::from_vec(random_vec(12, 1), &[4, 3], &Device::Cpu).unwrap()).unwrap();
-        s.insert("conv.bias", Tensor::from_vec(random_vec(4, 2), &[4], &Device::Cpu).unwrap()).unwrap();
+        s.insert(
+            "conv.weight",
+            Tensor::from_vec(random_vec(12, 1), &[4, 3], &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        s.insert(
+            "conv.bias",
+            Tensor::from_vec(random_vec(4, 2), &[4], &Device::Cpu).unwrap(),
+        )
+        .unwrap();
         s
     }
 
@@ -228,14 +318,23 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mindreader-params-{}", std::process::id()));
         let path = dir.join("ckpt.safetensors");
         let a = store();
-        let extra = vec![("adam.m.conv.bias".to_string(), Tensor::full(0.5, &[4], &Device::Cpu).unwrap())];
+        let extra = vec![(
+            "adam.m.conv.bias".to_string(),
+            Tensor::full(0.5, &[4], &Device::Cpu).unwrap(),
+        )];
         let meta = BTreeMap::from([("epoch".to_string(), "3".to_string())]);
         a.save(&path, &extra, &meta).unwrap();
         let mut b = ParamStore::new();
-        let handle = b.insert("conv.weight", Tensor::zeros(&[4, 3], &Device::Cpu).unwrap()).unwrap();
-        b.insert("conv.bias", Tensor::zeros(&[4], &Device::Cpu).unwrap()).unwrap();
+        let handle = b
+            .insert("conv.weight", Tensor::zeros(&[4, 3], &Device::Cpu).unwrap())
+            .unwrap();
+        b.insert("conv.bias", Tensor::zeros(&[4], &Device::Cpu).unwrap())
+            .unwrap();
         let (rest, meta2) = b.load(&path).unwrap();
-        assert_eq!(handle.to_vec_f32().unwrap(), a.get("conv.weight").unwrap().to_vec_f32().unwrap());
+        assert_eq!(
+            handle.to_vec_f32().unwrap(),
+            a.get("conv.weight").unwrap().to_vec_f32().unwrap()
+        );
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].0, "adam.m.conv.bias");
         assert_eq!(meta2.get("epoch").map(String::as_str), Some("3"));
@@ -245,19 +344,34 @@ mod tests {
 
     #[test]
     fn load_names_the_missing_or_misshapen_tensor() {
-        let dir = std::env::temp_dir().join(format!("mindreader-params-bad-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("mindreader-params-bad-{}", std::process::id()));
         let path = dir.join("ckpt.safetensors");
         store().save(&path, &[], &BTreeMap::new()).unwrap();
         let mut wrong = ParamStore::new();
-        wrong.insert("conv.weight", Tensor::zeros(&[3, 4], &Device::Cpu).unwrap()).unwrap();
+        wrong
+            .insert("conv.weight", Tensor::zeros(&[3, 4], &Device::Cpu).unwrap())
+            .unwrap();
         let err = wrong.load(&path).unwrap_err().to_string();
-        assert!(err.contains("conv.weight") && err.contains("[4, 3]"), "{err}");
+        assert!(
+            err.contains("conv.weight") && err.contains("[4, 3]"),
+            "{err}"
+        );
         let mut missing = ParamStore::new();
-        missing.insert("fc.weight", Tensor::zeros(&[1], &Device::Cpu).unwrap()).unwrap();
+        missing
+            .insert("fc.weight", Tensor::zeros(&[1], &Device::Cpu).unwrap())
+            .unwrap();
         let err = missing.load(&path).unwrap_err().to_string();
-        assert!(err.contains("missing tensor `fc.weight`") && err.contains("ckpt.safetensors"), "{err}");
+        assert!(
+            err.contains("missing tensor `fc.weight`") && err.contains("ckpt.safetensors"),
+            "{err}"
+        );
         std::fs::write(&path, b"not a safetensors file").unwrap();
-        assert!(store().load(&path).unwrap_err().to_string().contains("not a valid safetensors"));
+        assert!(store()
+            .load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("not a valid safetensors"));
         std::fs::remove_dir_all(dir).ok();
     }
 

@@ -66,58 +66,84 @@ pub mod cpu {
     }
 
     /// O = softmax(scale·Q·Kᵀ + mask)·V, and lse `[BH, T]`.
-    pub fn attention<T: Real>(q: &[T], k: &[T], v: &[T], bh: usize, t: usize, d: usize, causal: bool) -> (Vec<T>, Vec<T>) {
+    pub fn attention<T: Real>(
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        bh: usize,
+        t: usize,
+        d: usize,
+        causal: bool,
+    ) -> (Vec<T>, Vec<T>) {
         let mut o = vec![T::zero(); bh * t * d];
         let mut lse = vec![T::zero(); bh * t];
         if t * d == 0 {
             return (o, lse);
         }
-        o.par_chunks_mut(t * d).zip(lse.par_chunks_mut(t)).enumerate().for_each(|(z, (oz, lz))| {
-            let r = z * t * d..(z + 1) * t * d;
-            let (p, l) = probs(&q[r.clone()], &k[r.clone()], t, d, causal);
-            lz.copy_from_slice(&l);
-            let vz = &v[r];
-            for i in 0..t {
-                for c in 0..d {
-                    oz[i * d + c] = (0..t).map(|j| p[i * t + j] * vz[j * d + c]).sum();
+        o.par_chunks_mut(t * d)
+            .zip(lse.par_chunks_mut(t))
+            .enumerate()
+            .for_each(|(z, (oz, lz))| {
+                let r = z * t * d..(z + 1) * t * d;
+                let (p, l) = probs(&q[r.clone()], &k[r.clone()], t, d, causal);
+                lz.copy_from_slice(&l);
+                let vz = &v[r];
+                for i in 0..t {
+                    for c in 0..d {
+                        oz[i * d + c] = (0..t).map(|j| p[i * t + j] * vz[j * d + c]).sum();
+                    }
                 }
-            }
-        });
+            });
         (o, lse)
     }
 
     /// (dQ, dK, dV) given dO, recomputing P from Q and K.
     #[allow(clippy::too_many_arguments)]
-    pub fn attention_bwd<T: Real>(q: &[T], k: &[T], v: &[T], dout: &[T], bh: usize, t: usize, d: usize, causal: bool) -> (Vec<T>, Vec<T>, Vec<T>) {
+    pub fn attention_bwd<T: Real>(
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        dout: &[T],
+        bh: usize,
+        t: usize,
+        d: usize,
+        causal: bool,
+    ) -> (Vec<T>, Vec<T>, Vec<T>) {
         let n = bh * t * d;
         let (mut dq, mut dk, mut dv) = (vec![T::zero(); n], vec![T::zero(); n], vec![T::zero(); n]);
         if t * d == 0 {
             return (dq, dk, dv);
         }
         let scale = T::c(1.0 / (d as f64).sqrt());
-        dq.par_chunks_mut(t * d).zip(dk.par_chunks_mut(t * d)).zip(dv.par_chunks_mut(t * d)).enumerate().for_each(|(z, ((dqz, dkz), dvz))| {
-            let r = z * t * d..(z + 1) * t * d;
-            let (qz, kz, vz, gz) = (&q[r.clone()], &k[r.clone()], &v[r.clone()], &dout[r]);
-            let (p, _) = probs(qz, kz, t, d, causal);
-            // dP = dO·Vᵀ, then dS = P ⊙ (dP − Σ_j dP·P) in place.
-            let mut ds = vec![T::zero(); t * t];
-            for i in 0..t {
-                for j in 0..t {
-                    ds[i * t + j] = (0..d).map(|c| gz[i * d + c] * vz[j * d + c]).sum();
+        dq.par_chunks_mut(t * d)
+            .zip(dk.par_chunks_mut(t * d))
+            .zip(dv.par_chunks_mut(t * d))
+            .enumerate()
+            .for_each(|(z, ((dqz, dkz), dvz))| {
+                let r = z * t * d..(z + 1) * t * d;
+                let (qz, kz, vz, gz) = (&q[r.clone()], &k[r.clone()], &v[r.clone()], &dout[r]);
+                let (p, _) = probs(qz, kz, t, d, causal);
+                // dP = dO·Vᵀ, then dS = P ⊙ (dP − Σ_j dP·P) in place.
+                let mut ds = vec![T::zero(); t * t];
+                for i in 0..t {
+                    for j in 0..t {
+                        ds[i * t + j] = (0..d).map(|c| gz[i * d + c] * vz[j * d + c]).sum();
+                    }
+                    let delta: T = (0..t).map(|j| ds[i * t + j] * p[i * t + j]).sum();
+                    for j in 0..t {
+                        ds[i * t + j] = p[i * t + j] * (ds[i * t + j] - delta);
+                    }
                 }
-                let delta: T = (0..t).map(|j| ds[i * t + j] * p[i * t + j]).sum();
-                for j in 0..t {
-                    ds[i * t + j] = p[i * t + j] * (ds[i * t + j] - delta);
+                for i in 0..t {
+                    for c in 0..d {
+                        dqz[i * d + c] =
+                            (0..t).map(|j| ds[i * t + j] * kz[j * d + c]).sum::<T>() * scale;
+                        dkz[i * d + c] =
+                            (0..t).map(|j| ds[j * t + i] * qz[j * d + c]).sum::<T>() * scale;
+                        dvz[i * d + c] = (0..t).map(|j| p[j * t + i] * gz[j * d + c]).sum();
+                    }
                 }
-            }
-            for i in 0..t {
-                for c in 0..d {
-                    dqz[i * d + c] = (0..t).map(|j| ds[i * t + j] * kz[j * d + c]).sum::<T>() * scale;
-                    dkz[i * d + c] = (0..t).map(|j| ds[j * t + i] * qz[j * d + c]).sum::<T>() * scale;
-                    dvz[i * d + c] = (0..t).map(|j| p[j * t + i] * gz[j * d + c]).sum();
-                }
-            }
-        });
+            });
         (dq, dk, dv)
     }
 }
@@ -126,31 +152,63 @@ pub mod cpu {
 fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(usize, usize, usize)> {
     super::same_device("attention", &[q, k, v])?;
     if q.rank() != 4 || q.shape() != k.shape() || q.shape() != v.shape() {
-        return Err(Error::shape("attention", format!("q, k, v must share a [B, H, T, D] shape, got {:?}, {:?}, {:?}", q.shape(), k.shape(), v.shape())));
+        return Err(Error::shape(
+            "attention",
+            format!(
+                "q, k, v must share a [B, H, T, D] shape, got {:?}, {:?}, {:?}",
+                q.shape(),
+                k.shape(),
+                v.shape()
+            ),
+        ));
     }
     let s = q.shape();
     Ok((s[0] * s[1], s[2], s[3]))
 }
 
 /// (O, lse) without recording.
-pub(crate) fn attention_raw(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<(Tensor, Tensor)> {
+pub(crate) fn attention_raw(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+) -> Result<(Tensor, Tensor)> {
     const OP: &str = "attention";
     let (bh, t, d) = dims(q, k, v)?;
     super::same_dtype(OP, &[q, k, v])?;
     if super::bf16_on_cpu(q) {
-        let (o, lse) = attention_raw(&super::widen(q)?, &super::widen(k)?, &super::widen(v)?, causal)?;
+        let (o, lse) = attention_raw(
+            &super::widen(q)?,
+            &super::widen(k)?,
+            &super::widen(v)?,
+            causal,
+        )?;
         return Ok((super::narrow(&o)?, lse));
     }
     let bf16 = q.dtype() == crate::tensor::DType::BF16;
     let (sq, sk, sv) = (q.storage(), k.storage(), v.storage());
     match q.device() {
         Device::Cpu => {
-            let (o, lse) = cpu::attention(sq.cpu_f32(OP)?, sk.cpu_f32(OP)?, sv.cpu_f32(OP)?, bh, t, d, causal);
-            Ok((Tensor::from_vec(o, q.shape(), q.device())?, Tensor::from_vec(lse, &[bh, t], q.device())?))
+            let (o, lse) = cpu::attention(
+                sq.cpu_f32(OP)?,
+                sk.cpu_f32(OP)?,
+                sv.cpu_f32(OP)?,
+                bh,
+                t,
+                d,
+                causal,
+            );
+            Ok((
+                Tensor::from_vec(o, q.shape(), q.device())?,
+                Tensor::from_vec(lse, &[bh, t], q.device())?,
+            ))
         }
         Device::Cuda(gpu) => {
             let Some(&(_, name_f32, name_bf16)) = FWD_KERNELS.iter().find(|f| d <= f.0) else {
-                return Err(Error::shape(OP, format!("head dim {d} is above the CUDA kernel's 128")));
+                return Err(Error::shape(
+                    OP,
+                    format!("head dim {d} is above the CUDA kernel's 128"),
+                ));
             };
             if bh > 65535 || t > u32::MAX as usize / 2 {
                 return Err(Error::shape(OP, format!("{bh} batch·heads (max 65535) or {t} tokens is too many for the CUDA kernel")));
@@ -160,14 +218,27 @@ pub(crate) fn attention_raw(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) ->
             let mut lse = gpu.alloc::<f32>(bh * t)?;
             if n > 0 {
                 // One 128-thread block per (16-query tile, bh); shared memory is static (≤ 40.5 KiB).
-                let cfg = LaunchConfig { grid_dim: (t.div_ceil(Q_TILE) as u32, bh as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+                let cfg = LaunchConfig {
+                    grid_dim: (t.div_ceil(Q_TILE) as u32, bh as u32, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                };
                 let name = if bf16 { name_bf16 } else { name_f32 };
                 let f = gpu.function("attention", name)?;
-                let (tt, dd, scale, c) = (t as u32, d as u32, 1.0 / (d as f32).sqrt(), causal as i32);
+                let (tt, dd, scale, c) =
+                    (t as u32, d as u32, 1.0 / (d as f32).sqrt(), causal as i32);
                 let mut b = gpu.stream.launch_builder(&f);
                 match &mut o {
-                    Storage::CudaBF16(out) => b.arg(sq.cuda_bf16(OP)?).arg(sk.cuda_bf16(OP)?).arg(sv.cuda_bf16(OP)?).arg(out),
-                    out => b.arg(sq.cuda_f32(OP)?).arg(sk.cuda_f32(OP)?).arg(sv.cuda_f32(OP)?).arg(out.cuda_f32_mut(OP)?),
+                    Storage::CudaBF16(out) => b
+                        .arg(sq.cuda_bf16(OP)?)
+                        .arg(sk.cuda_bf16(OP)?)
+                        .arg(sv.cuda_bf16(OP)?)
+                        .arg(out),
+                    out => b
+                        .arg(sq.cuda_f32(OP)?)
+                        .arg(sk.cuda_f32(OP)?)
+                        .arg(sv.cuda_f32(OP)?)
+                        .arg(out.cuda_f32_mut(OP)?),
                 };
                 b.arg(&mut lse).arg(&tt).arg(&dd).arg(&scale).arg(&c);
                 // SAFETY: q, k, v hold BH·T·D elements of the kernel's dtype and o too, lse BH·T
@@ -175,7 +246,10 @@ pub(crate) fn attention_raw(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) ->
                 // q0..q0+16 < T of head y; d ≤ 32·DC.
                 unsafe { b.launch(cfg) }.map_err(|e| Error::cuda(name, e))?;
             }
-            Ok((Tensor::from_storage(o, q.shape(), q.device()), Tensor::from_storage(Storage::CudaF32(lse), &[bh, t], q.device())))
+            Ok((
+                Tensor::from_storage(o, q.shape(), q.device()),
+                Tensor::from_storage(Storage::CudaF32(lse), &[bh, t], q.device()),
+            ))
         }
     }
 }
@@ -199,13 +273,25 @@ pub const BACKWARD: BackwardKernel = BackwardKernel::Composed;
 const BWD_KERNELS: [(usize, &str, &str); 3] = [
     (32, "attention_bwd_dkdv_dc1_f32", "attention_bwd_dq_dc1_f32"),
     (64, "attention_bwd_dkdv_dc2_f32", "attention_bwd_dq_dc2_f32"),
-    (128, "attention_bwd_dkdv_dc4_f32", "attention_bwd_dq_dc4_f32"),
+    (
+        128,
+        "attention_bwd_dkdv_dc4_f32",
+        "attention_bwd_dq_dc4_f32",
+    ),
 ];
 /// Keys per dK/dV block and queries per dQ block (`BWD_KPB`, `BWD_QPB` in the .cu file).
 const BWD_TILE: usize = 8;
 
 /// (dQ, dK, dV) without recording, from the inputs, the forward's output and lse, and dO.
-pub(crate) fn attention_bwd_raw(q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, dout: &Tensor, causal: bool) -> Result<(Tensor, Tensor, Tensor)> {
+pub(crate) fn attention_bwd_raw(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    causal: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
     attention_bwd_with(BACKWARD, q, k, v, o, lse, dout, causal)
 }
 
@@ -232,20 +318,45 @@ pub(crate) fn attention_bwd_with(
     match q.device() {
         Device::Cpu => {
             let (sq, sk, sv, sg) = (q.storage(), k.storage(), v.storage(), dout.storage());
-            let (dq, dk, dv) = cpu::attention_bwd(sq.cpu_f32(OP)?, sk.cpu_f32(OP)?, sv.cpu_f32(OP)?, sg.cpu_f32(OP)?, bh, t, d, causal);
+            let (dq, dk, dv) = cpu::attention_bwd(
+                sq.cpu_f32(OP)?,
+                sk.cpu_f32(OP)?,
+                sv.cpu_f32(OP)?,
+                sg.cpu_f32(OP)?,
+                bh,
+                t,
+                d,
+                causal,
+            );
             let s = q.shape();
-            Ok((Tensor::from_vec(dq, s, q.device())?, Tensor::from_vec(dk, s, q.device())?, Tensor::from_vec(dv, s, q.device())?))
+            Ok((
+                Tensor::from_vec(dq, s, q.device())?,
+                Tensor::from_vec(dk, s, q.device())?,
+                Tensor::from_vec(dv, s, q.device())?,
+            ))
         }
         Device::Cuda(gpu) => {
             let view = |x: &Tensor| x.reshaped(&[bh, t, d]);
             let (q3, k3, v3, g3) = (view(q)?, view(k)?, view(v)?, view(dout)?);
             let p = matmul_raw(&q3, &k3, false, true)?; // S = Q·Kᵀ, [BH, T, T]
             if bh * t > 0 {
-                let (b, tt, scale, c) = (bh as u32, t as u32, 1.0 / (d as f32).sqrt(), causal as i32);
+                let (b, tt, scale, c) =
+                    (bh as u32, t as u32, 1.0 / (d as f32).sqrt(), causal as i32);
                 let mut sp = p.storage_mut();
                 let ls = lse.storage();
                 // SAFETY: p holds BH·T·T floats (fresh, owned here), lse BH·T; one thread per element.
-                launch!(gpu, "attention", "attention_probs_f32", launch_1d(bh * t * t), sp.cuda_f32_mut(OP)?, ls.cuda_f32(OP)?, &b, &tt, &scale, &c)?;
+                launch!(
+                    gpu,
+                    "attention",
+                    "attention_probs_f32",
+                    launch_1d(bh * t * t),
+                    sp.cuda_f32_mut(OP)?,
+                    ls.cuda_f32(OP)?,
+                    &b,
+                    &tt,
+                    &scale,
+                    &c
+                )?;
             }
             let dv = matmul_raw(&p, &g3, true, false)?; // Pᵀ·dO
             let dp = matmul_raw(&g3, &v3, false, true)?; // dO·Vᵀ
@@ -274,24 +385,69 @@ fn attention_bwd_fused(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "attention backward";
     let Some(&(_, dkdv_name, dq_name)) = BWD_KERNELS.iter().find(|f| d <= f.0) else {
-        return Err(Error::shape(OP, format!("head dim {d} is above the CUDA kernel's 128")));
+        return Err(Error::shape(
+            OP,
+            format!("head dim {d} is above the CUDA kernel's 128"),
+        ));
     };
     if bh > 65535 || t > u32::MAX as usize / 2 {
-        return Err(Error::shape(OP, format!("{bh} batch·heads (max 65535) or {t} tokens is too many for the CUDA kernel")));
+        return Err(Error::shape(
+            OP,
+            format!("{bh} batch·heads (max 65535) or {t} tokens is too many for the CUDA kernel"),
+        ));
     }
     if lse.shape() != [bh, t] {
-        return Err(Error::shape(OP, format!("lse {:?} for {bh} heads of {t} tokens (want [{bh}, {t}])", lse.shape())));
+        return Err(Error::shape(
+            OP,
+            format!(
+                "lse {:?} for {bh} heads of {t} tokens (want [{bh}, {t}])",
+                lse.shape()
+            ),
+        ));
     }
     let n = bh * t * d;
-    let (mut dq, mut dk, mut dv, mut delta) = (gpu.alloc::<f32>(n)?, gpu.alloc::<f32>(n)?, gpu.alloc::<f32>(n)?, gpu.alloc::<f32>(bh * t)?);
+    let (mut dq, mut dk, mut dv, mut delta) = (
+        gpu.alloc::<f32>(n)?,
+        gpu.alloc::<f32>(n)?,
+        gpu.alloc::<f32>(n)?,
+        gpu.alloc::<f32>(bh * t)?,
+    );
     if n > 0 {
-        let (sq, sk, sv, so, sl, sg) = (q.storage(), k.storage(), v.storage(), o.storage(), lse.storage(), dout.storage());
-        let (qs, ks, vs, os, ls, gs) = (sq.cuda_f32(OP)?, sk.cuda_f32(OP)?, sv.cuda_f32(OP)?, so.cuda_f32(OP)?, sl.cuda_f32(OP)?, sg.cuda_f32(OP)?);
+        let (sq, sk, sv, so, sl, sg) = (
+            q.storage(),
+            k.storage(),
+            v.storage(),
+            o.storage(),
+            lse.storage(),
+            dout.storage(),
+        );
+        let (qs, ks, vs, os, ls, gs) = (
+            sq.cuda_f32(OP)?,
+            sk.cuda_f32(OP)?,
+            sv.cuda_f32(OP)?,
+            so.cuda_f32(OP)?,
+            sl.cuda_f32(OP)?,
+            sg.cuda_f32(OP)?,
+        );
         let (rows, dd) = ((bh * t) as u64, d as u32);
         // SAFETY: one warp per row r < BH·T (grid-stride) reads D of o and dO, writes delta[r].
-        launch!(gpu, "attention", "attention_delta_f32", launch_1d(bh * t * 32), os, gs, &mut delta, &rows, &dd)?;
+        launch!(
+            gpu,
+            "attention",
+            "attention_delta_f32",
+            launch_1d(bh * t * 32),
+            os,
+            gs,
+            &mut delta,
+            &rows,
+            &dd
+        )?;
         let (tt, scale, c) = (t as u32, 1.0 / (d as f32).sqrt(), causal as i32);
-        let cfg = LaunchConfig { grid_dim: (t.div_ceil(BWD_TILE) as u32, bh as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (t.div_ceil(BWD_TILE) as u32, bh as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let f = gpu.function("attention", dkdv_name)?;
         // SAFETY: block (x, y) reads rows < T of head y of q, k, v, dO, lse, delta and writes
         // dk/dv rows 8x..8x+8 < T of head y only (one writer per element); d ≤ 32·DC.
@@ -316,7 +472,20 @@ fn attention_bwd_fused(
         let f = gpu.function("attention", dq_name)?;
         // SAFETY: as above, writing dq rows 8x..8x+8 < T of head y only.
         unsafe {
-            gpu.stream.launch_builder(&f).arg(qs).arg(ks).arg(vs).arg(gs).arg(ls).arg(&delta).arg(&mut dq).arg(&tt).arg(&dd).arg(&scale).arg(&c).launch(cfg)
+            gpu.stream
+                .launch_builder(&f)
+                .arg(qs)
+                .arg(ks)
+                .arg(vs)
+                .arg(gs)
+                .arg(ls)
+                .arg(&delta)
+                .arg(&mut dq)
+                .arg(&tt)
+                .arg(&dd)
+                .arg(&scale)
+                .arg(&c)
+                .launch(cfg)
         }
         .map_err(|e| Error::cuda(dq_name, e))?;
     }
@@ -330,7 +499,13 @@ fn attention_bwd_fused(
 
 /// `softmax(Q·Kᵀ/√D + mask)·V` per head for q, k, v `[B, H, T, D]`; causal masks keys after the
 /// query. Recorded: gradients flow to q, k and v.
-pub fn attention(tape: &mut Tape, q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
+pub fn attention(
+    tape: &mut Tape,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+) -> Result<Tensor> {
     let (o, lse) = attention_raw(q, k, v, causal)?;
     let (qc, kc, vc, oc) = (q.clone(), k.clone(), v.clone(), o.clone());
     tape.record(&[q, k, v], &o, move |dout| {
@@ -354,14 +529,33 @@ mod tests {
     fn attention_gradients_match_finite_differences() {
         let (bh, t, d) = (2, 5, 3);
         let n = bh * t * d;
-        let (q, k, v) = (f64s(&random_vec(n, 1)), f64s(&random_vec(n, 2)), f64s(&random_vec(n, 3)));
+        let (q, k, v) = (
+            f64s(&random_vec(n, 1)),
+            f64s(&random_vec(n, 2)),
+            f64s(&random_vec(n, 3)),
+        );
         let w = f64s(&random_vec(n, 4));
         for causal in [false, true] {
             let (dq, dk, dv) = cpu::attention_bwd(&q, &k, &v, &w, bh, t, d, causal);
             let dot = |o: Vec<f64>| o.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>();
-            gradcheck("attention dq", |x| dot(cpu::attention(x, &k, &v, bh, t, d, causal).0), &q, &dq);
-            gradcheck("attention dk", |x| dot(cpu::attention(&q, x, &v, bh, t, d, causal).0), &k, &dk);
-            gradcheck("attention dv", |x| dot(cpu::attention(&q, &k, x, bh, t, d, causal).0), &v, &dv);
+            gradcheck(
+                "attention dq",
+                |x| dot(cpu::attention(x, &k, &v, bh, t, d, causal).0),
+                &q,
+                &dq,
+            );
+            gradcheck(
+                "attention dk",
+                |x| dot(cpu::attention(&q, x, &v, bh, t, d, causal).0),
+                &k,
+                &dk,
+            );
+            gradcheck(
+                "attention dv",
+                |x| dot(cpu::attention(&q, &k, x, bh, t, d, causal).0),
+                &v,
+                &dv,
+            );
         }
     }
 
@@ -374,9 +568,13 @@ mod tests {
         assert_close(&o[..2], &v[..2], 1e-6, 1e-7, "row 0");
         // Non-causal row 1 by hand.
         let (o, _) = cpu::attention(&q, &k, &v, 1, t, d, false);
-        let s: Vec<f32> = (0..t).map(|j| (q[2] * k[2 * j] + q[3] * k[2 * j + 1]) / (d as f32).sqrt()).collect();
+        let s: Vec<f32> = (0..t)
+            .map(|j| (q[2] * k[2 * j] + q[3] * k[2 * j + 1]) / (d as f32).sqrt())
+            .collect();
         let z: f32 = s.iter().map(|x| x.exp()).sum();
-        let want: Vec<f32> = (0..d).map(|c| (0..t).map(|j| s[j].exp() / z * v[2 * j + c]).sum()).collect();
+        let want: Vec<f32> = (0..d)
+            .map(|c| (0..t).map(|j| s[j].exp() / z * v[2 * j + c]).sum())
+            .collect();
         assert_close(&o[2..4], &want, 1e-5, 1e-6, "row 1");
     }
 
@@ -384,7 +582,12 @@ mod tests {
     fn attention_through_tape_on_every_device() {
         let shape = [2, 3, 7, 8];
         let n: usize = shape.iter().product();
-        let (qv, kv, vv, wv) = (random_vec(n, 11), random_vec(n, 12), random_vec(n, 13), random_vec(n, 14));
+        let (qv, kv, vv, wv) = (
+            random_vec(n, 11),
+            random_vec(n, 12),
+            random_vec(n, 13),
+            random_vec(n, 14),
+        );
         for device in devices() {
             for causal in [false, true] {
                 let what = format!("attention causal={causal} on {device}");
@@ -401,9 +604,21 @@ mod tests {
                 let (bh, tt, d) = (6, 7, 8);
                 let (wo, _) = cpu::attention(&qv, &kv, &vv, bh, tt, d, causal);
                 let (wq, wk, wvv) = cpu::attention_bwd(&qv, &kv, &vv, &wv, bh, tt, d, causal);
-                assert_close(&o.to_vec_f32().unwrap(), &wo, 1e-5, 1e-6, &format!("{what}: forward"));
+                assert_close(
+                    &o.to_vec_f32().unwrap(),
+                    &wo,
+                    1e-5,
+                    1e-6,
+                    &format!("{what}: forward"),
+                );
                 for (x, want, name) in [(&q, &wq, "dq"), (&k, &wk, "dk"), (&v, &wvv, "dv")] {
-                    assert_close(&g.get(x).unwrap().to_vec_f32().unwrap(), want, 1e-4, 1e-5, &format!("{what}: {name}"));
+                    assert_close(
+                        &g.get(x).unwrap().to_vec_f32().unwrap(),
+                        want,
+                        1e-4,
+                        1e-5,
+                        &format!("{what}: {name}"),
+                    );
                 }
             }
         }
@@ -427,7 +642,11 @@ mod tests {
         let Some(gpu) = gpu() else { return };
         // T = 257 crosses the 32-key tiles eight times; on the simulator (T² warp reductions) 130
         // still crosses them four times and ends mid-tile.
-        let long = if crate::testing::on_simulator() { 130 } else { 257 };
+        let long = if crate::testing::on_simulator() {
+            130
+        } else {
+            257
+        };
         let (ts, ds): (&[usize], &[usize]) = match kernel {
             BackwardKernel::Composed => (&[1, 7, 50, 77, long], &[32, 64]),
             BackwardKernel::Fused => (&[1, 7, 9, 50, 77, long], &[24, 32, 64, 100]),
@@ -438,18 +657,25 @@ mod tests {
                     let shape = [2, 3, t, d];
                     let n: usize = shape.iter().product();
                     let seed = (t * 1000 + d) as u64;
-                    let (qv, kv, vv, gv) = (random_vec(n, seed), random_vec(n, seed + 1), random_vec(n, seed + 2), random_vec(n, seed + 3));
+                    let (qv, kv, vv, gv) = (
+                        random_vec(n, seed),
+                        random_vec(n, seed + 1),
+                        random_vec(n, seed + 2),
+                        random_vec(n, seed + 3),
+                    );
                     let run = |dev: &Device| {
                         let x = |v: &[f32]| Tensor::from_slice(v, &shape, dev).unwrap();
                         let (q, k, v, g) = (x(&qv), x(&kv), x(&vv), x(&gv));
                         let (o, lse) = attention_raw(&q, &k, &v, causal).unwrap();
-                        let (dq, dk, dv) = attention_bwd_with(kernel, &q, &k, &v, &o, &lse, &g, causal).unwrap();
+                        let (dq, dk, dv) =
+                            attention_bwd_with(kernel, &q, &k, &v, &o, &lse, &g, causal).unwrap();
                         [o, lse, dq, dk, dv].map(|t| t.to_vec_f32().unwrap())
                     };
                     let (c, g) = (run(&Device::Cpu), run(&gpu));
                     for (i, name) in ["o", "lse", "dq", "dk", "dv"].iter().enumerate() {
                         let scale = c[i].iter().fold(0f32, |a, v| a.max(v.abs()));
-                        let what = format!("{kernel:?} backward: {name} T={t} D={d} causal={causal}");
+                        let what =
+                            format!("{kernel:?} backward: {name} T={t} D={d} causal={causal}");
                         assert_close(&g[i], &c[i], 1e-5, 1e-5 * scale.max(1.0), &what);
                     }
                 }
@@ -461,7 +687,9 @@ mod tests {
     fn bad_shapes_are_errors() {
         let a = Tensor::zeros(&[1, 2, 3, 4], &Device::Cpu).unwrap();
         let b = Tensor::zeros(&[1, 2, 4, 4], &Device::Cpu).unwrap();
-        let err = attention(&mut Tape::new(), &a, &b, &a, false).unwrap_err().to_string();
+        let err = attention(&mut Tape::new(), &a, &b, &a, false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("[B, H, T, D]"), "{err}");
         let r3 = Tensor::zeros(&[2, 3, 4], &Device::Cpu).unwrap();
         assert!(attention(&mut Tape::new(), &r3, &r3, &r3, true).is_err());
@@ -475,9 +703,13 @@ mod tests {
                 let shape = [2, 3, t, d];
                 let n = 2 * 3 * t * d;
                 let r = |seed| Tensor::from_vec(random_vec(n, seed), &shape, &Device::Cpu).unwrap();
-                crate::testing::bf16_parity(&format!("attention T {t} D {d} causal {causal}"), &[r(1), r(2), r(3)], 2e-2, 1e-2, |x| {
-                    attention(&mut Tape::inference(), &x[0], &x[1], &x[2], causal)
-                });
+                crate::testing::bf16_parity(
+                    &format!("attention T {t} D {d} causal {causal}"),
+                    &[r(1), r(2), r(3)],
+                    2e-2,
+                    1e-2,
+                    |x| attention(&mut Tape::inference(), &x[0], &x[1], &x[2], causal),
+                );
             }
         }
     }

@@ -89,21 +89,38 @@ mod tag {
 fn image_dims(op: &'static str, x: &Tensor) -> Result<[usize; 3]> {
     match *x.shape() {
         [b, 3, h, w] if h > 0 && w > 0 => Ok([b, h, w]),
-        _ => Err(Error::shape(op, format!("images must be f32 [B, 3, H, W] with H, W ≥ 1, got {:?}", x.shape()))),
+        _ => Err(Error::shape(
+            op,
+            format!(
+                "images must be f32 [B, 3, H, W] with H, W ≥ 1, got {:?}",
+                x.shape()
+            ),
+        )),
     }
 }
 
 /// Errors unless there is one parameter per image.
 fn one_per_image(op: &'static str, params: usize, batch: usize) -> Result<()> {
     if params != batch {
-        return Err(Error::shape(op, format!("{params} per-image parameters for a batch of {batch} images")));
+        return Err(Error::shape(
+            op,
+            format!("{params} per-image parameters for a batch of {batch} images"),
+        ));
     }
     Ok(())
 }
 
 /// Draws one value per image, each from its own stream of `seed`.
 fn per_image<T>(seed: u64, tag: u64, batch: usize, mut draw: impl FnMut(&mut Rng) -> T) -> Vec<T> {
-    (0..batch).map(|b| draw(&mut Rng::stream(seed, stage::AUGMENT, ((b as u64) << 8) | tag))).collect()
+    (0..batch)
+        .map(|b| {
+            draw(&mut Rng::stream(
+                seed,
+                stage::AUGMENT,
+                ((b as u64) << 8) | tag,
+            ))
+        })
+        .collect()
 }
 
 /// torchvision's luma weights for `rgb_to_grayscale` on tensors.
@@ -124,12 +141,28 @@ impl Jitter {
     /// torchvision's `ColorJitter(brightness, contrast, saturation, hue).get_params`: a random
     /// order, then factors `U(max(0, 1 − b), 1 + b)`, likewise contrast and saturation, and
     /// `U(−hue, hue)`.
-    pub fn sample(rng: &mut Rng, brightness: f32, contrast: f32, saturation: f32, hue: f32) -> Jitter {
+    pub fn sample(
+        rng: &mut Rng,
+        brightness: f32,
+        contrast: f32,
+        saturation: f32,
+        hue: f32,
+    ) -> Jitter {
         let mut order = [0, 1, 2, 3];
         rng.shuffle(&mut order);
         let mut around_one = |d: f32| rng.uniform((1.0 - d).max(0.0), 1.0 + d);
-        let (brightness, contrast, saturation) = (around_one(brightness), around_one(contrast), around_one(saturation));
-        Jitter { order, brightness, contrast, saturation, hue: rng.uniform(-hue, hue) }
+        let (brightness, contrast, saturation) = (
+            around_one(brightness),
+            around_one(contrast),
+            around_one(saturation),
+        );
+        Jitter {
+            order,
+            brightness,
+            contrast,
+            saturation,
+            hue: rng.uniform(-hue, hue),
+        }
     }
 
     /// The factor of adjustment `op`.
@@ -143,7 +176,17 @@ impl Jitter {
             None => [0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 2.0, 3.0],
             Some(j) => {
                 let o = j.order.map(f32::from);
-                [1.0, j.brightness, j.contrast, j.saturation, j.hue, o[0], o[1], o[2], o[3]]
+                [
+                    1.0,
+                    j.brightness,
+                    j.contrast,
+                    j.saturation,
+                    j.hue,
+                    o[0],
+                    o[1],
+                    o[2],
+                    o[3],
+                ]
             }
         }
     }
@@ -152,7 +195,9 @@ impl Jitter {
 /// torchvision's 1-D Gaussian kernel of odd size `k` and standard deviation `sigma`.
 pub fn gaussian_kernel(k: usize, sigma: f32) -> Vec<f32> {
     let half = (k as f64 - 1.0) * 0.5;
-    let pdf: Vec<f64> = (0..k).map(|i| (-0.5 * ((i as f64 - half) / sigma as f64).powi(2)).exp()).collect();
+    let pdf: Vec<f64> = (0..k)
+        .map(|i| (-0.5 * ((i as f64 - half) / sigma as f64).powi(2)).exp())
+        .collect();
     let sum: f64 = pdf.iter().sum();
     pdf.iter().map(|p| (p / sum) as f32).collect()
 }
@@ -196,7 +241,12 @@ impl Cutout {
             (start, end.max(start))
         };
         let ((top, bottom), (left, right)) = (span(cy, h), span(cx, w));
-        Cutout { top, bottom, left, right }
+        Cutout {
+            top,
+            bottom,
+            left,
+            right,
+        }
     }
 
     fn contains(&self, i: usize, j: usize) -> bool {
@@ -216,7 +266,12 @@ pub struct Crop {
 impl Crop {
     /// The whole `h × w` image.
     pub fn full(h: usize, w: usize) -> Crop {
-        Crop { top: 0, left: 0, height: h, width: w }
+        Crop {
+            top: 0,
+            left: 0,
+            height: h,
+            width: w,
+        }
     }
 
     /// torchvision's `RandomResizedCrop.get_params(img, scale, ratio)` for an `h × w` image.
@@ -231,7 +286,12 @@ impl Crop {
             if 0 < cw && cw <= w && 0 < ch && ch <= h {
                 let top = rng.below(h - ch + 1);
                 let left = rng.below(w - cw + 1);
-                return Crop { top, left, height: ch, width: cw };
+                return Crop {
+                    top,
+                    left,
+                    height: ch,
+                    width: cw,
+                };
             }
         }
         let in_ratio = w as f64 / h as f64;
@@ -243,7 +303,12 @@ impl Crop {
             (h, w)
         };
         let (ch, cw) = (ch.clamp(1, h), cw.clamp(1, w));
-        Crop { top: (h - ch) / 2, left: (w - cw) / 2, height: ch, width: cw }
+        Crop {
+            top: (h - ch) / 2,
+            left: (w - cw) / 2,
+            height: ch,
+            width: cw,
+        }
     }
 }
 
@@ -366,16 +431,24 @@ pub mod cpu {
         for &op in &j.order {
             let f = j.factor(op);
             match op {
-                0 => r.iter_mut().chain(g.iter_mut()).chain(b.iter_mut()).for_each(|v| *v = blend(*v, 0.0, f)),
+                0 => r
+                    .iter_mut()
+                    .chain(g.iter_mut())
+                    .chain(b.iter_mut())
+                    .for_each(|v| *v = blend(*v, 0.0, f)),
                 1 => {
                     let sum: f64 = (0..hw).map(|p| luma(r[p], g[p], b[p]) as f64).sum();
                     let mean = (sum / hw as f64) as f32;
-                    r.iter_mut().chain(g.iter_mut()).chain(b.iter_mut()).for_each(|v| *v = blend(*v, mean, f));
+                    r.iter_mut()
+                        .chain(g.iter_mut())
+                        .chain(b.iter_mut())
+                        .for_each(|v| *v = blend(*v, mean, f));
                 }
                 2 => {
                     for p in 0..hw {
                         let l = luma(r[p], g[p], b[p]);
-                        (r[p], g[p], b[p]) = (blend(r[p], l, f), blend(g[p], l, f), blend(b[p], l, f));
+                        (r[p], g[p], b[p]) =
+                            (blend(r[p], l, f), blend(g[p], l, f), blend(b[p], l, f));
                     }
                 }
                 _ => {
@@ -390,31 +463,33 @@ pub mod cpu {
     /// Separable blur of the images with weights (`weights[b]` = Some(k taps)), reflect padding.
     pub fn blur(x: &[f32], weights: &[Option<Vec<f32>>], [_, h, w]: [usize; 3]) -> Vec<f32> {
         let mut y = x.to_vec();
-        y.par_chunks_mut(3 * h * w).zip(weights).for_each(|(img, k)| {
-            let Some(k) = k else { return };
-            let half = (k.len() / 2) as i64;
-            for plane in img.chunks_mut(h * w) {
-                let mut tmp = vec![0f32; h * w];
-                for i in 0..h {
-                    for j in 0..w {
-                        let mut acc = 0f32;
-                        for (t, &kt) in k.iter().enumerate() {
-                            acc += kt * plane[i * w + reflect(j as i64 + t as i64 - half, w)];
+        y.par_chunks_mut(3 * h * w)
+            .zip(weights)
+            .for_each(|(img, k)| {
+                let Some(k) = k else { return };
+                let half = (k.len() / 2) as i64;
+                for plane in img.chunks_mut(h * w) {
+                    let mut tmp = vec![0f32; h * w];
+                    for i in 0..h {
+                        for j in 0..w {
+                            let mut acc = 0f32;
+                            for (t, &kt) in k.iter().enumerate() {
+                                acc += kt * plane[i * w + reflect(j as i64 + t as i64 - half, w)];
+                            }
+                            tmp[i * w + j] = acc;
                         }
-                        tmp[i * w + j] = acc;
+                    }
+                    for i in 0..h {
+                        for j in 0..w {
+                            let mut acc = 0f32;
+                            for (t, &kt) in k.iter().enumerate() {
+                                acc += kt * tmp[reflect(i as i64 + t as i64 - half, h) * w + j];
+                            }
+                            plane[i * w + j] = acc;
+                        }
                     }
                 }
-                for i in 0..h {
-                    for j in 0..w {
-                        let mut acc = 0f32;
-                        for (t, &kt) in k.iter().enumerate() {
-                            acc += kt * tmp[reflect(i as i64 + t as i64 - half, h) * w + j];
-                        }
-                        plane[i * w + j] = acc;
-                    }
-                }
-            }
-        });
+            });
         y
     }
 
@@ -441,21 +516,38 @@ pub mod cpu {
     }
 
     /// Bilinear resample of each image's crop (as tap tables) back to `h × w`.
-    pub(super) fn resized_crop(x: &[f32], rows: &Taps, cols: &Taps, [_, h, w]: [usize; 3]) -> Vec<f32> {
+    pub(super) fn resized_crop(
+        x: &[f32],
+        rows: &Taps,
+        cols: &Taps,
+        [_, h, w]: [usize; 3],
+    ) -> Vec<f32> {
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(3 * h * w).zip(x.par_chunks(3 * h * w)).enumerate().for_each(|(b, (out, img))| {
-            for (out, plane) in out.chunks_mut(h * w).zip(img.chunks(h * w)) {
-                for i in 0..h {
-                    let r = b * h + i;
-                    let (r0, r1, fy) = (rows.i0[r] as usize * w, rows.i1[r] as usize * w, rows.f[r]);
-                    for j in 0..w {
-                        let k = b * w + j;
-                        let (c0, c1, fx) = (cols.i0[k] as usize, cols.i1[k] as usize, cols.f[k]);
-                        out[i * w + j] = bilinear(plane[r0 + c0], plane[r0 + c1], plane[r1 + c0], plane[r1 + c1], fy, fx);
+        y.par_chunks_mut(3 * h * w)
+            .zip(x.par_chunks(3 * h * w))
+            .enumerate()
+            .for_each(|(b, (out, img))| {
+                for (out, plane) in out.chunks_mut(h * w).zip(img.chunks(h * w)) {
+                    for i in 0..h {
+                        let r = b * h + i;
+                        let (r0, r1, fy) =
+                            (rows.i0[r] as usize * w, rows.i1[r] as usize * w, rows.f[r]);
+                        for j in 0..w {
+                            let k = b * w + j;
+                            let (c0, c1, fx) =
+                                (cols.i0[k] as usize, cols.i1[k] as usize, cols.f[k]);
+                            out[i * w + j] = bilinear(
+                                plane[r0 + c0],
+                                plane[r0 + c1],
+                                plane[r1 + c0],
+                                plane[r1 + c1],
+                                fy,
+                                fx,
+                            );
+                        }
                     }
                 }
-            }
-        });
+            });
         y
     }
 }
@@ -466,7 +558,11 @@ pub fn hflip(x: &Tensor, flip: &[bool]) -> Result<Tensor> {
     one_per_image("hflip", flip.len(), b)?;
     let s = x.storage();
     match x.device() {
-        Device::Cpu => Tensor::from_vec(cpu::hflip(s.cpu_f32("hflip")?, flip, dims), x.shape(), x.device()),
+        Device::Cpu => Tensor::from_vec(
+            cpu::hflip(s.cpu_f32("hflip")?, flip, dims),
+            x.shape(),
+            x.device(),
+        ),
         Device::Cuda(gpu) => {
             let n = x.numel();
             let flags = upload(gpu, &flip.iter().map(|&f| f as i32).collect::<Vec<_>>())?;
@@ -474,8 +570,23 @@ pub fn hflip(x: &Tensor, flip: &[bool]) -> Result<Tensor> {
             let (bb, hh, ww) = (b as u32, h as u32, w as u32);
             // SAFETY: writes the n = B·3·H·W elements of y; reads x at the same row, column W−1−j
             // or j < W, and one flag per image.
-            launch!(gpu, "augment", "hflip_f32", launch_1d(n), s.cuda_f32("hflip")?, &mut y, &flags, &bb, &hh, &ww)?;
-            Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()))
+            launch!(
+                gpu,
+                "augment",
+                "hflip_f32",
+                launch_1d(n),
+                s.cuda_f32("hflip")?,
+                &mut y,
+                &flags,
+                &bb,
+                &hh,
+                &ww
+            )?;
+            Ok(Tensor::from_storage(
+                Storage::CudaF32(y),
+                x.shape(),
+                x.device(),
+            ))
         }
     }
 }
@@ -491,24 +602,61 @@ pub fn random_hflip(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
 pub fn resized_crop(x: &Tensor, crops: &[Crop]) -> Result<Tensor> {
     let dims @ [b, h, w] = image_dims("resized_crop", x)?;
     one_per_image("resized_crop", crops.len(), b)?;
-    if let Some(c) = crops.iter().find(|c| c.height == 0 || c.width == 0 || c.top + c.height > h || c.left + c.width > w) {
-        return Err(Error::Invalid(format!("resized_crop: window {c:?} is empty or outside a {h}×{w} image")));
+    if let Some(c) = crops
+        .iter()
+        .find(|c| c.height == 0 || c.width == 0 || c.top + c.height > h || c.left + c.width > w)
+    {
+        return Err(Error::Invalid(format!(
+            "resized_crop: window {c:?} is empty or outside a {h}×{w} image"
+        )));
     }
     let (rows, cols) = crop_taps(crops, h, w);
     let s = x.storage();
     match x.device() {
-        Device::Cpu => Tensor::from_vec(cpu::resized_crop(s.cpu_f32("resized_crop")?, &rows, &cols, dims), x.shape(), x.device()),
+        Device::Cpu => Tensor::from_vec(
+            cpu::resized_crop(s.cpu_f32("resized_crop")?, &rows, &cols, dims),
+            x.shape(),
+            x.device(),
+        ),
         Device::Cuda(gpu) => {
             let n = x.numel();
             let op = "resized_crop";
-            let (r0, r1, rf) = (upload(gpu, &rows.i0)?, upload(gpu, &rows.i1)?, upload(gpu, &rows.f)?);
-            let (c0, c1, cf) = (upload(gpu, &cols.i0)?, upload(gpu, &cols.i1)?, upload(gpu, &cols.f)?);
+            let (r0, r1, rf) = (
+                upload(gpu, &rows.i0)?,
+                upload(gpu, &rows.i1)?,
+                upload(gpu, &rows.f)?,
+            );
+            let (c0, c1, cf) = (
+                upload(gpu, &cols.i0)?,
+                upload(gpu, &cols.i1)?,
+                upload(gpu, &cols.f)?,
+            );
             let mut y = gpu.alloc::<f32>(n)?;
             let (bb, hh, ww) = (b as u32, h as u32, w as u32);
             // SAFETY: writes the n = B·3·H·W elements of y; the B·H row and B·W column tables
             // hold indices < H and < W (checked windows), so every tap lies in its own plane.
-            launch!(gpu, "augment", "resized_crop_f32", launch_1d(n), s.cuda_f32(op)?, &mut y, &r0, &r1, &rf, &c0, &c1, &cf, &bb, &hh, &ww)?;
-            Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()))
+            launch!(
+                gpu,
+                "augment",
+                "resized_crop_f32",
+                launch_1d(n),
+                s.cuda_f32(op)?,
+                &mut y,
+                &r0,
+                &r1,
+                &rf,
+                &c0,
+                &c1,
+                &cf,
+                &bb,
+                &hh,
+                &ww
+            )?;
+            Ok(Tensor::from_storage(
+                Storage::CudaF32(y),
+                x.shape(),
+                x.device(),
+            ))
         }
     }
 }
@@ -519,7 +667,11 @@ pub fn grayscale(x: &Tensor, gray: &[bool]) -> Result<Tensor> {
     one_per_image("grayscale", gray.len(), b)?;
     let s = x.storage();
     match x.device() {
-        Device::Cpu => Tensor::from_vec(cpu::grayscale(s.cpu_f32("grayscale")?, gray, dims), x.shape(), x.device()),
+        Device::Cpu => Tensor::from_vec(
+            cpu::grayscale(s.cpu_f32("grayscale")?, gray, dims),
+            x.shape(),
+            x.device(),
+        ),
         Device::Cuda(gpu) => {
             let flags = upload(gpu, &gray.iter().map(|&g| g as i32).collect::<Vec<_>>())?;
             let mut y = gpu.alloc::<f32>(x.numel())?;
@@ -527,8 +679,26 @@ pub fn grayscale(x: &Tensor, gray: &[bool]) -> Result<Tensor> {
             let [l0, l1, l2] = LUMA;
             // SAFETY: one thread per pixel of the B·H·W; each reads and writes its own 3 channels
             // of image b < B, and one flag per image.
-            launch!(gpu, "augment", "grayscale_f32", launch_1d(b * h * w), s.cuda_f32("grayscale")?, &mut y, &flags, &bb, &hh, &ww, &l0, &l1, &l2)?;
-            Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()))
+            launch!(
+                gpu,
+                "augment",
+                "grayscale_f32",
+                launch_1d(b * h * w),
+                s.cuda_f32("grayscale")?,
+                &mut y,
+                &flags,
+                &bb,
+                &hh,
+                &ww,
+                &l0,
+                &l1,
+                &l2
+            )?;
+            Ok(Tensor::from_storage(
+                Storage::CudaF32(y),
+                x.shape(),
+                x.device(),
+            ))
         }
     }
 }
@@ -549,42 +719,82 @@ pub fn color_jitter(x: &Tensor, jitter: &[Option<Jitter>]) -> Result<Tensor> {
         seen.sort_unstable();
         seen != [0, 1, 2, 3]
     }) {
-        return Err(Error::Invalid(format!("color_jitter: order {:?} is not a permutation of 0..4", j.order)));
+        return Err(Error::Invalid(format!(
+            "color_jitter: order {:?} is not a permutation of 0..4",
+            j.order
+        )));
     }
     let s = x.storage();
     match x.device() {
         Device::Cpu => {
             let mut y = s.cpu_f32("color_jitter")?.to_vec();
-            y.par_chunks_mut(3 * h * w).zip(jitter).for_each(|(img, j)| {
-                if let Some(j) = j {
-                    cpu::jitter_image(img, j)
-                }
-            });
+            y.par_chunks_mut(3 * h * w)
+                .zip(jitter)
+                .for_each(|(img, j)| {
+                    if let Some(j) = j {
+                        cpu::jitter_image(img, j)
+                    }
+                });
             Tensor::from_vec(y, x.shape(), x.device())
         }
         Device::Cuda(gpu) => {
             let mut y = gpu.alloc::<f32>(x.numel())?;
             if b == 0 {
-                return Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()));
+                return Ok(Tensor::from_storage(
+                    Storage::CudaF32(y),
+                    x.shape(),
+                    x.device(),
+                ));
             }
-            let params: Vec<f32> = jitter.iter().flat_map(|j| Jitter::packed(j.as_ref())).collect();
+            let params: Vec<f32> = jitter
+                .iter()
+                .flat_map(|j| Jitter::packed(j.as_ref()))
+                .collect();
             let params = upload(gpu, &params)?;
             let (hh, ww) = (h as u32, w as u32);
             // One block per image: the contrast step reduces over the whole image.
-            let cfg = cudarc::driver::LaunchConfig { grid_dim: (b as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            let cfg = cudarc::driver::LaunchConfig {
+                grid_dim: (b as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
             // SAFETY: block b < B reads and writes only image b's 3·H·W elements of x and y, and
             // its 9 parameters; orders are checked permutations of 0..4.
-            launch!(gpu, "augment", "color_jitter_f32", cfg, s.cuda_f32("color_jitter")?, &mut y, &params, &hh, &ww)?;
-            Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()))
+            launch!(
+                gpu,
+                "augment",
+                "color_jitter_f32",
+                cfg,
+                s.cuda_f32("color_jitter")?,
+                &mut y,
+                &params,
+                &hh,
+                &ww
+            )?;
+            Ok(Tensor::from_storage(
+                Storage::CudaF32(y),
+                x.shape(),
+                x.device(),
+            ))
         }
     }
 }
 
 /// torchvision's `RandomApply([ColorJitter(brightness, contrast, saturation, hue)], p)`, each
 /// image independently; Mind Reader uses p = 0.4 with (0.4, 0.4, 0.2, 0.1).
-pub fn random_color_jitter(x: &Tensor, p: f32, [bf, cf, sf, hf]: [f32; 4], seed: u64) -> Result<Tensor> {
+pub fn random_color_jitter(
+    x: &Tensor,
+    p: f32,
+    [bf, cf, sf, hf]: [f32; 4],
+    seed: u64,
+) -> Result<Tensor> {
     let [b, _, _] = image_dims("random_color_jitter", x)?;
-    color_jitter(x, &per_image(seed, tag::JITTER, b, |r| r.chance(p).then(|| Jitter::sample(r, bf, cf, sf, hf))))
+    color_jitter(
+        x,
+        &per_image(seed, tag::JITTER, b, |r| {
+            r.chance(p).then(|| Jitter::sample(r, bf, cf, sf, hf))
+        }),
+    )
 }
 
 /// Gaussian blur with a `kernel`-tap (odd) kernel of each image's σ (`sigma.len()` = B; `None`
@@ -593,61 +803,144 @@ pub fn gaussian_blur(x: &Tensor, kernel: usize, sigma: &[Option<f32>]) -> Result
     let dims @ [b, h, w] = image_dims("gaussian_blur", x)?;
     one_per_image("gaussian_blur", sigma.len(), b)?;
     if kernel % 2 == 0 || sigma.iter().flatten().any(|&s| !(s > 0.0 && s.is_finite())) {
-        return Err(Error::Invalid(format!("gaussian_blur: kernel size {kernel} must be odd and every σ positive")));
+        return Err(Error::Invalid(format!(
+            "gaussian_blur: kernel size {kernel} must be odd and every σ positive"
+        )));
     }
-    let weights: Vec<Option<Vec<f32>>> = sigma.iter().map(|s| s.map(|s| gaussian_kernel(kernel, s))).collect();
+    let weights: Vec<Option<Vec<f32>>> = sigma
+        .iter()
+        .map(|s| s.map(|s| gaussian_kernel(kernel, s)))
+        .collect();
     let s = x.storage();
     match x.device() {
-        Device::Cpu => Tensor::from_vec(cpu::blur(s.cpu_f32("gaussian_blur")?, &weights, dims), x.shape(), x.device()),
+        Device::Cpu => Tensor::from_vec(
+            cpu::blur(s.cpu_f32("gaussian_blur")?, &weights, dims),
+            x.shape(),
+            x.device(),
+        ),
         Device::Cuda(gpu) => {
             let n = x.numel();
             let op = "gaussian_blur";
             let on: Vec<i32> = weights.iter().map(|k| k.is_some() as i32).collect();
-            let table: Vec<f32> = weights.iter().flat_map(|k| k.clone().unwrap_or_else(|| vec![0.0; kernel])).collect();
+            let table: Vec<f32> = weights
+                .iter()
+                .flat_map(|k| k.clone().unwrap_or_else(|| vec![0.0; kernel]))
+                .collect();
             let (on, table) = (upload(gpu, &on)?, upload(gpu, &table)?);
             let mut tmp = gpu.alloc::<f32>(n)?;
             let mut y = gpu.alloc::<f32>(n)?;
             let (bb, hh, ww, kk) = (b as u32, h as u32, w as u32, kernel as u32);
             // SAFETY: writes the n = B·3·H·W elements of tmp; reads x within each plane (reflected
             // column indices < W) and B·kernel weights, one flag per image.
-            launch!(gpu, "augment", "blur_h_f32", launch_1d(n), s.cuda_f32(op)?, &mut tmp, &table, &on, &bb, &hh, &ww, &kk)?;
+            launch!(
+                gpu,
+                "augment",
+                "blur_h_f32",
+                launch_1d(n),
+                s.cuda_f32(op)?,
+                &mut tmp,
+                &table,
+                &on,
+                &bb,
+                &hh,
+                &ww,
+                &kk
+            )?;
             // SAFETY: writes the n elements of y; reads tmp within each plane (reflected rows < H).
-            launch!(gpu, "augment", "blur_v_f32", launch_1d(n), &tmp, &mut y, &table, &on, &bb, &hh, &ww, &kk)?;
-            Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()))
+            launch!(
+                gpu,
+                "augment",
+                "blur_v_f32",
+                launch_1d(n),
+                &tmp,
+                &mut y,
+                &table,
+                &on,
+                &bb,
+                &hh,
+                &ww,
+                &kk
+            )?;
+            Ok(Tensor::from_storage(
+                Storage::CudaF32(y),
+                x.shape(),
+                x.device(),
+            ))
         }
     }
 }
 
 /// torchvision's `RandomApply([GaussianBlur(kernel, sigma)], p)` with `σ ∈ U(sigma)`, each image
 /// independently; Mind Reader uses p = 0.5, kernel 23 and torchvision's default σ ∈ (0.1, 2.0).
-pub fn random_gaussian_blur(x: &Tensor, p: f32, kernel: usize, sigma: (f32, f32), seed: u64) -> Result<Tensor> {
+pub fn random_gaussian_blur(
+    x: &Tensor,
+    p: f32,
+    kernel: usize,
+    sigma: (f32, f32),
+    seed: u64,
+) -> Result<Tensor> {
     let [b, _, _] = image_dims("random_gaussian_blur", x)?;
-    gaussian_blur(x, kernel, &per_image(seed, tag::BLUR, b, |r| r.chance(p).then(|| r.uniform(sigma.0, sigma.1))))
+    gaussian_blur(
+        x,
+        kernel,
+        &per_image(seed, tag::BLUR, b, |r| {
+            r.chance(p).then(|| r.uniform(sigma.0, sigma.1))
+        }),
+    )
 }
 
 /// Zeroes each image's rectangle (`rects.len()` = B; `None` leaves an image as is).
 pub fn cutout(x: &Tensor, rects: &[Option<Cutout>]) -> Result<Tensor> {
     let dims @ [b, h, w] = image_dims("cutout", x)?;
     one_per_image("cutout", rects.len(), b)?;
-    if let Some(r) = rects.iter().flatten().find(|r| r.top > r.bottom || r.left > r.right || r.bottom > h || r.right > w) {
-        return Err(Error::Invalid(format!("cutout: rectangle {r:?} is not inside a {h}×{w} image")));
+    if let Some(r) = rects
+        .iter()
+        .flatten()
+        .find(|r| r.top > r.bottom || r.left > r.right || r.bottom > h || r.right > w)
+    {
+        return Err(Error::Invalid(format!(
+            "cutout: rectangle {r:?} is not inside a {h}×{w} image"
+        )));
     }
     let s = x.storage();
     match x.device() {
-        Device::Cpu => Tensor::from_vec(cpu::cutout(s.cpu_f32("cutout")?, rects, dims), x.shape(), x.device()),
+        Device::Cpu => Tensor::from_vec(
+            cpu::cutout(s.cpu_f32("cutout")?, rects, dims),
+            x.shape(),
+            x.device(),
+        ),
         Device::Cuda(gpu) => {
             let n = x.numel();
             let table: Vec<i32> = rects
                 .iter()
-                .flat_map(|r| r.map_or([0; 4], |r| [r.top, r.bottom, r.left, r.right].map(|v| v as i32)))
+                .flat_map(|r| {
+                    r.map_or([0; 4], |r| {
+                        [r.top, r.bottom, r.left, r.right].map(|v| v as i32)
+                    })
+                })
                 .collect();
             let table = upload(gpu, &table)?;
             let mut y = gpu.alloc::<f32>(n)?;
             let (bb, hh, ww) = (b as u32, h as u32, w as u32);
             // SAFETY: writes the n = B·3·H·W elements of y, reads the same element of x and the
             // 4 bounds of its image.
-            launch!(gpu, "augment", "cutout_f32", launch_1d(n), s.cuda_f32("cutout")?, &mut y, &table, &bb, &hh, &ww)?;
-            Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()))
+            launch!(
+                gpu,
+                "augment",
+                "cutout_f32",
+                launch_1d(n),
+                s.cuda_f32("cutout")?,
+                &mut y,
+                &table,
+                &bb,
+                &hh,
+                &ww
+            )?;
+            Ok(Tensor::from_storage(
+                Storage::CudaF32(y),
+                x.shape(),
+                x.device(),
+            ))
         }
     }
 }
@@ -656,7 +949,12 @@ pub fn cutout(x: &Tensor, rects: &[Option<Cutout>]) -> Result<Tensor> {
 /// Mind Reader uses ratio 0.3 and applies it to every augmented image (p = 1).
 pub fn random_cutout(x: &Tensor, p: f32, ratio: f32, seed: u64) -> Result<Tensor> {
     let [b, h, w] = image_dims("random_cutout", x)?;
-    cutout(x, &per_image(seed, tag::CUTOUT, b, |r| r.chance(p).then(|| Cutout::sample(r, h, w, ratio))))
+    cutout(
+        x,
+        &per_image(seed, tag::CUTOUT, b, |r| {
+            r.chance(p).then(|| Cutout::sample(r, h, w, ratio))
+        }),
+    )
 }
 
 /// Mind Reader's augmentation parameters (`nsd_utils.get_img_trans` defaults).
@@ -718,7 +1016,10 @@ impl ImageAugment {
         let mut parts = Vec::new();
         let c = self.crop;
         if c != Crop::full(h, w) {
-            parts.push(format!("crop {}x{} @({},{})", c.height, c.width, c.top, c.left));
+            parts.push(format!(
+                "crop {}x{} @({},{})",
+                c.height, c.width, c.top, c.left
+            ));
         }
         if self.flip {
             parts.push("flip".into());
@@ -748,16 +1049,34 @@ impl MindReaderAugment {
     pub fn sample(&self, seed: u64, index: usize, h: usize, w: usize) -> ImageAugment {
         let r = &mut Rng::stream(seed, stage::AUGMENT, (index as u64) << 8);
         if !r.chance(self.p_augment) {
-            return ImageAugment { crop: Crop::full(h, w), flip: false, jitter: None, gray: false, blur_sigma: None, cutout: None };
+            return ImageAugment {
+                crop: Crop::full(h, w),
+                flip: false,
+                jitter: None,
+                gray: false,
+                blur_sigma: None,
+                cutout: None,
+            };
         }
         let crop = Crop::sample(r, h, w, self.crop_scale, self.crop_ratio);
         let flip = r.chance(self.p_flip);
         let [bf, cf, sf, hf] = self.jitter;
-        let jitter = r.chance(self.p_jitter).then(|| Jitter::sample(r, bf, cf, sf, hf));
+        let jitter = r
+            .chance(self.p_jitter)
+            .then(|| Jitter::sample(r, bf, cf, sf, hf));
         let gray = r.chance(self.p_gray);
-        let blur_sigma = r.chance(self.p_blur).then(|| r.uniform(self.blur_sigma.0, self.blur_sigma.1));
+        let blur_sigma = r
+            .chance(self.p_blur)
+            .then(|| r.uniform(self.blur_sigma.0, self.blur_sigma.1));
         let cutout = Some(Cutout::sample(r, h, w, self.cutout_ratio));
-        ImageAugment { crop, flip, jitter, gray, blur_sigma, cutout }
+        ImageAugment {
+            crop,
+            flip,
+            jitter,
+            gray,
+            blur_sigma,
+            cutout,
+        }
     }
 
     /// Applies the chain to `[0, 1]` images `[B, 3, H, W]` on their device.
@@ -781,7 +1100,11 @@ impl MindReaderAugment {
         let x = hflip(&x, &p.iter().map(|a| a.flip).collect::<Vec<_>>())?;
         let x = color_jitter(&x, &p.iter().map(|a| a.jitter).collect::<Vec<_>>())?;
         let x = grayscale(&x, &p.iter().map(|a| a.gray).collect::<Vec<_>>())?;
-        let x = gaussian_blur(&x, self.blur_kernel, &p.iter().map(|a| a.blur_sigma).collect::<Vec<_>>())?;
+        let x = gaussian_blur(
+            &x,
+            self.blur_kernel,
+            &p.iter().map(|a| a.blur_sigma).collect::<Vec<_>>(),
+        )?;
         cutout(&x, &p.iter().map(|a| a.cutout).collect::<Vec<_>>())
     }
 }
@@ -789,17 +1112,22 @@ impl MindReaderAugment {
 /// torchvision's `ToTensor` on 8-bit `[B, H, W, 3]` pixels: planar f32 `[B, 3, H, W]`, `v / 255`.
 pub fn unit_planar(pixels: &[u8], [b, h, w]: [usize; 3]) -> Result<Vec<f32>> {
     if pixels.len() != b * h * w * 3 {
-        return Err(Error::shape("unit_planar", format!("{} bytes for [{b}, {h}, {w}, 3] pixels", pixels.len())));
+        return Err(Error::shape(
+            "unit_planar",
+            format!("{} bytes for [{b}, {h}, {w}, 3] pixels", pixels.len()),
+        ));
     }
     let hw = h * w;
     let mut out = vec![0f32; pixels.len()];
-    out.par_chunks_mut(3 * hw).zip(pixels.par_chunks(3 * hw)).for_each(|(planes, px)| {
-        for (p, rgb) in px.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                planes[c * hw + p] = rgb[c] as f32 / 255.0;
+    out.par_chunks_mut(3 * hw)
+        .zip(pixels.par_chunks(3 * hw))
+        .for_each(|(planes, px)| {
+            for (p, rgb) in px.chunks_exact(3).enumerate() {
+                for c in 0..3 {
+                    planes[c * hw + p] = rgb[c] as f32 / 255.0;
+                }
             }
-        }
-    });
+        });
     Ok(out)
 }
 
@@ -808,18 +1136,23 @@ pub fn unit_planar(pixels: &[u8], [b, h, w]: [usize; 3]) -> Result<Vec<f32>> {
 /// hands CLIP a PIL image, so the augmented pixels pass through exactly this quantisation.
 pub fn to_pil_u8(planar: &[f32], [b, h, w]: [usize; 3]) -> Result<Vec<u8>> {
     if planar.len() != b * 3 * h * w {
-        return Err(Error::shape("to_pil_u8", format!("{} values for [{b}, 3, {h}, {w}] images", planar.len())));
+        return Err(Error::shape(
+            "to_pil_u8",
+            format!("{} values for [{b}, 3, {h}, {w}] images", planar.len()),
+        ));
     }
     let hw = h * w;
     let mut out = vec![0u8; planar.len()];
-    out.par_chunks_mut(3 * hw).zip(planar.par_chunks(3 * hw)).for_each(|(px, planes)| {
-        for (p, rgb) in px.chunks_exact_mut(3).enumerate() {
-            for c in 0..3 {
-                // `as u8` saturates (NaN → 0), like a clamp to [0, 255] then truncation.
-                rgb[c] = (planes[c * hw + p] * 255.0) as u8;
+    out.par_chunks_mut(3 * hw)
+        .zip(planar.par_chunks(3 * hw))
+        .for_each(|(px, planes)| {
+            for (p, rgb) in px.chunks_exact_mut(3).enumerate() {
+                for c in 0..3 {
+                    // `as u8` saturates (NaN → 0), like a clamp to [0, 255] then truncation.
+                    rgb[c] = (planes[c * hw + p] * 255.0) as u8;
+                }
             }
-        }
-    });
+        });
     Ok(out)
 }
 
@@ -831,12 +1164,25 @@ pub fn mind_reader_augment(images: &Tensor, seed: u64, device: &Device) -> Resul
 
 /// torchvision's `RandomResizedCrop((H, W), scale, ratio)` with bilinear resampling, each image
 /// its own window; Mind Reader uses scale (0.8, 1) and torchvision's default ratio (3/4, 4/3).
-pub fn random_resized_crop(x: &Tensor, scale: (f32, f32), ratio: (f32, f32), seed: u64) -> Result<Tensor> {
+pub fn random_resized_crop(
+    x: &Tensor,
+    scale: (f32, f32),
+    ratio: (f32, f32),
+    seed: u64,
+) -> Result<Tensor> {
     let [b, h, w] = image_dims("random_resized_crop", x)?;
-    if !(0.0 < scale.0 && scale.0 <= scale.1 && scale.1 <= 1.0 && 0.0 < ratio.0 && ratio.0 <= ratio.1) {
+    if !(0.0 < scale.0
+        && scale.0 <= scale.1
+        && scale.1 <= 1.0
+        && 0.0 < ratio.0
+        && ratio.0 <= ratio.1)
+    {
         return Err(Error::Invalid(format!("random_resized_crop: need 0 < scale {scale:?} ≤ 1 and 0 < ratio {ratio:?}, each (lo, hi) ordered")));
     }
-    resized_crop(x, &per_image(seed, tag::CROP, b, |r| Crop::sample(r, h, w, scale, ratio)))
+    resized_crop(
+        x,
+        &per_image(seed, tag::CROP, b, |r| Crop::sample(r, h, w, scale, ratio)),
+    )
 }
 
 #[cfg(test)]
@@ -845,11 +1191,20 @@ mod tests {
     use crate::testing::{assert_close, devices, gpu, random_vec};
 
     /// Awkward image sizes for parity: odd, prime, single-pixel, wider and taller than a block.
-    const PARITY_SHAPES: [[usize; 4]; 5] = [[1, 3, 1, 1], [3, 3, 7, 33], [2, 3, 33, 7], [5, 3, 37, 53], [2, 3, 67, 129]];
+    const PARITY_SHAPES: [[usize; 4]; 5] = [
+        [1, 3, 1, 1],
+        [3, 3, 7, 33],
+        [2, 3, 33, 7],
+        [5, 3, 37, 53],
+        [2, 3, 67, 129],
+    ];
 
     /// [0, 1) images from a seed.
     fn unit_images(shape: [usize; 4], seed: u64) -> Vec<f32> {
-        random_vec(shape.iter().product(), seed).into_iter().map(|v| 0.5 * v + 0.5).collect()
+        random_vec(shape.iter().product(), seed)
+            .into_iter()
+            .map(|v| 0.5 * v + 0.5)
+            .collect()
     }
 
     fn tensor(v: Vec<f32>, shape: [usize; 4], device: &Device) -> Tensor {
@@ -857,12 +1212,23 @@ mod tests {
     }
 
     /// Runs `op` on the CPU and the GPU (when there is one) over the parity shapes.
-    fn cuda_matches_cpu(name: &str, rtol: f32, atol: f32, op: impl Fn(&Tensor, u64) -> Result<Tensor>) {
+    fn cuda_matches_cpu(
+        name: &str,
+        rtol: f32,
+        atol: f32,
+        op: impl Fn(&Tensor, u64) -> Result<Tensor>,
+    ) {
         let Some(gpu) = gpu() else { return };
         for (k, shape) in PARITY_SHAPES.into_iter().enumerate() {
             let v = unit_images(shape, 100 + k as u64);
-            let want = op(&tensor(v.clone(), shape, &Device::Cpu), k as u64).unwrap().to_vec_f32().unwrap();
-            let got = op(&tensor(v, shape, &gpu), k as u64).unwrap().to_vec_f32().unwrap();
+            let want = op(&tensor(v.clone(), shape, &Device::Cpu), k as u64)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
+            let got = op(&tensor(v, shape, &gpu), k as u64)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
             assert_close(&got, &want, rtol, atol, &format!("{name} {shape:?}"));
         }
     }
@@ -882,7 +1248,10 @@ mod tests {
         for d in devices() {
             let shape = [2, 3, 2, 3];
             let x: Vec<f32> = (0..36).map(|v| v as f32).collect();
-            let y = hflip(&tensor(x.clone(), shape, &d), &[true, false]).unwrap().to_vec_f32().unwrap();
+            let y = hflip(&tensor(x.clone(), shape, &d), &[true, false])
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
             assert_eq!(&y[..6], &[2.0, 1.0, 0.0, 5.0, 4.0, 3.0], "{d}");
             assert_eq!(&y[15..18], &[17.0, 16.0, 15.0], "{d}");
             assert_eq!(&y[18..], &x[18..], "{d}: the second image is not flipped");
@@ -895,13 +1264,17 @@ mod tests {
             for shape in [[2, 3, 5, 5], [1, 3, 4, 7]] {
                 let v = unit_images(shape, 3);
                 let crops = vec![Crop::full(shape[2], shape[3]); shape[0]];
-                let y = resized_crop(&tensor(v.clone(), shape, &d), &crops).unwrap().to_vec_f32().unwrap();
+                let y = resized_crop(&tensor(v.clone(), shape, &d), &crops)
+                    .unwrap()
+                    .to_vec_f32()
+                    .unwrap();
                 assert_eq!(y, v, "{d} {shape:?}");
             }
             // Scale 1 and ratio 1 on a square image can only draw the whole image.
             let shape = [4, 3, 6, 6];
             let v = unit_images(shape, 4);
-            let y = random_resized_crop(&tensor(v.clone(), shape, &d), (1.0, 1.0), (1.0, 1.0), 9).unwrap();
+            let y = random_resized_crop(&tensor(v.clone(), shape, &d), (1.0, 1.0), (1.0, 1.0), 9)
+                .unwrap();
             assert_eq!(y.to_vec_f32().unwrap(), v, "{d}");
         }
     }
@@ -912,7 +1285,16 @@ mod tests {
         // columns 1 + max((j + ½)/2 − ½, 0) = 1, 1.25, 1.75, 2 (align_corners = False).
         let shape = [1, 3, 4, 4];
         let v: Vec<f32> = (0..48).map(|k| (k % 4) as f32).collect();
-        let y = resized_crop(&tensor(v, shape, &Device::Cpu), &[Crop { top: 1, left: 1, height: 2, width: 2 }]).unwrap();
+        let y = resized_crop(
+            &tensor(v, shape, &Device::Cpu),
+            &[Crop {
+                top: 1,
+                left: 1,
+                height: 2,
+                width: 2,
+            }],
+        )
+        .unwrap();
         let y = y.to_vec_f32().unwrap();
         for i in 0..4 {
             assert_eq!(&y[i * 4..i * 4 + 4], &[1.0, 1.25, 1.75, 2.0]);
@@ -925,13 +1307,31 @@ mod tests {
         for _ in 0..2000 {
             let (h, w) = (37, 53);
             let c = Crop::sample(&mut rng, h, w, (0.8, 1.0), (0.75, 4.0 / 3.0));
-            assert!(c.top + c.height <= h && c.left + c.width <= w && c.height > 0 && c.width > 0, "{c:?}");
+            assert!(
+                c.top + c.height <= h && c.left + c.width <= w && c.height > 0 && c.width > 0,
+                "{c:?}"
+            );
             let area = (c.height * c.width) as f64 / (h * w) as f64;
             assert!((0.75..=1.0).contains(&area), "{c:?}: area {area}");
         }
-        assert!(random_resized_crop(&tensor(vec![0.0; 12], [1, 3, 2, 2], &Device::Cpu), (0.8, 1.5), (0.75, 1.3), 0).is_err());
+        assert!(random_resized_crop(
+            &tensor(vec![0.0; 12], [1, 3, 2, 2], &Device::Cpu),
+            (0.8, 1.5),
+            (0.75, 1.3),
+            0
+        )
+        .is_err());
         let x = tensor(vec![0.0; 12], [1, 3, 2, 2], &Device::Cpu);
-        assert!(resized_crop(&x, &[Crop { top: 1, left: 0, height: 2, width: 2 }]).is_err());
+        assert!(resized_crop(
+            &x,
+            &[Crop {
+                top: 1,
+                left: 0,
+                height: 2,
+                width: 2
+            }]
+        )
+        .is_err());
     }
 
     #[test]
@@ -941,17 +1341,30 @@ mod tests {
 
     #[test]
     fn resized_crop_cuda_matches_cpu() {
-        cuda_matches_cpu("resized_crop", 1e-6, 1e-6, |x, s| random_resized_crop(x, (0.8, 1.0), (0.75, 4.0 / 3.0), s));
+        cuda_matches_cpu("resized_crop", 1e-6, 1e-6, |x, s| {
+            random_resized_crop(x, (0.8, 1.0), (0.75, 4.0 / 3.0), s)
+        });
     }
 
     #[test]
     fn grayscale_channels_equal_the_luma() {
         for d in devices() {
             let shape = [2, 3, 1, 2];
-            let x = vec![1.0, 0.0, 0.0, 1.0, 0.0, 0.5, /* image 2 */ 0.1, 0.2, 0.3, 0.4, 0.5, 0.6];
-            let y = grayscale(&tensor(x.clone(), shape, &d), &[true, false]).unwrap().to_vec_f32().unwrap();
+            let x = vec![
+                1.0, 0.0, 0.0, 1.0, 0.0, 0.5, /* image 2 */ 0.1, 0.2, 0.3, 0.4, 0.5, 0.6,
+            ];
+            let y = grayscale(&tensor(x.clone(), shape, &d), &[true, false])
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
             let (l0, l1) = (0.2989, 0.587 + 0.114 * 0.5);
-            assert_close(&y[..6], &[l0, l1, l0, l1, l0, l1], 1e-6, 0.0, &d.to_string());
+            assert_close(
+                &y[..6],
+                &[l0, l1, l0, l1, l0, l1],
+                1e-6,
+                0.0,
+                &d.to_string(),
+            );
             assert_eq!(&y[6..], &x[6..], "{d}: the second image keeps its colours");
         }
     }
@@ -968,7 +1381,13 @@ mod tests {
 
     /// A jitter doing only `op` with factor `f` first (the others at identity after it).
     fn only(op: u8, f: f32) -> Jitter {
-        let mut j = Jitter { order: [op, (op + 1) % 4, (op + 2) % 4, (op + 3) % 4], brightness: 1.0, contrast: 1.0, saturation: 1.0, hue: 0.0 };
+        let mut j = Jitter {
+            order: [op, (op + 1) % 4, (op + 2) % 4, (op + 3) % 4],
+            brightness: 1.0,
+            contrast: 1.0,
+            saturation: 1.0,
+            hue: 0.0,
+        };
         match op {
             0 => j.brightness = f,
             1 => j.contrast = f,
@@ -995,13 +1414,22 @@ mod tests {
         ];
         for d in devices() {
             for (j, want) in &cases {
-                let y = color_jitter(&tensor(x.clone(), [1, 3, 1, 2], &d), &[Some(*j)]).unwrap().to_vec_f32().unwrap();
+                let y = color_jitter(&tensor(x.clone(), [1, 3, 1, 2], &d), &[Some(*j)])
+                    .unwrap()
+                    .to_vec_f32()
+                    .unwrap();
                 assert_close(&y, want, 1e-5, 1e-6, &format!("{d} {j:?}"));
             }
-            let y = color_jitter(&tensor(x.clone(), [1, 3, 1, 2], &d), &[None]).unwrap().to_vec_f32().unwrap();
+            let y = color_jitter(&tensor(x.clone(), [1, 3, 1, 2], &d), &[None])
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
             assert_eq!(y, x, "{d}: no jitter");
         }
-        let bad = Jitter { order: [0, 0, 1, 2], ..only(0, 1.0) };
+        let bad = Jitter {
+            order: [0, 0, 1, 2],
+            ..only(0, 1.0)
+        };
         assert!(color_jitter(&tensor(x, [1, 3, 1, 2], &Device::Cpu), &[Some(bad)]).is_err());
     }
 
@@ -1010,8 +1438,14 @@ mod tests {
         let mut rng = Rng::new(4);
         for _ in 0..1000 {
             let j = Jitter::sample(&mut rng, 0.4, 0.4, 0.2, 0.1);
-            assert!((0.6..1.4).contains(&j.brightness) && (0.6..1.4).contains(&j.contrast), "{j:?}");
-            assert!((0.8..1.2).contains(&j.saturation) && (-0.1..0.1).contains(&j.hue), "{j:?}");
+            assert!(
+                (0.6..1.4).contains(&j.brightness) && (0.6..1.4).contains(&j.contrast),
+                "{j:?}"
+            );
+            assert!(
+                (0.8..1.2).contains(&j.saturation) && (-0.1..0.1).contains(&j.hue),
+                "{j:?}"
+            );
             let mut o = j.order;
             o.sort_unstable();
             assert_eq!(o, [0, 1, 2, 3]);
@@ -1025,7 +1459,9 @@ mod tests {
 
     #[test]
     fn color_jitter_cuda_matches_cpu() {
-        cuda_matches_cpu("color_jitter", 1e-5, 1e-5, |x, s| random_color_jitter(x, 0.8, [0.4, 0.4, 0.2, 0.1], s));
+        cuda_matches_cpu("color_jitter", 1e-5, 1e-5, |x, s| {
+            random_color_jitter(x, 0.8, [0.4, 0.4, 0.2, 0.1], s)
+        });
     }
 
     #[test]
@@ -1034,23 +1470,49 @@ mod tests {
         assert!((k.iter().sum::<f32>() - 1.0).abs() < 1e-6 && k[0] == k[22] && k[11] > k[10]);
         for d in devices() {
             let shape = [2, 3, 5, 30];
-            let y = gaussian_blur(&tensor(vec![0.7; 900], shape, &d), 23, &[Some(0.1), Some(2.0)]).unwrap();
-            assert_close(&y.to_vec_f32().unwrap(), &[0.7; 900], 1e-6, 0.0, &format!("{d}: constant"));
+            let y = gaussian_blur(
+                &tensor(vec![0.7; 900], shape, &d),
+                23,
+                &[Some(0.1), Some(2.0)],
+            )
+            .unwrap();
+            assert_close(
+                &y.to_vec_f32().unwrap(),
+                &[0.7; 900],
+                1e-6,
+                0.0,
+                &format!("{d}: constant"),
+            );
             // A point in the middle of a 25×25 image (no padding reached) becomes k ⊗ k.
             let mut x = vec![0.0; 3 * 625];
             x[12 * 25 + 12] = 1.0;
-            let y = gaussian_blur(&tensor(x.clone(), [1, 3, 25, 25], &d), 23, &[Some(1.0)]).unwrap().to_vec_f32().unwrap();
+            let y = gaussian_blur(&tensor(x.clone(), [1, 3, 25, 25], &d), 23, &[Some(1.0)])
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
             let k = gaussian_kernel(23, 1.0);
             for (i, j) in [(12, 12), (1, 12), (12, 23), (5, 17)] {
-                assert!((y[i * 25 + j] - k[i - 1] * k[j - 1]).abs() < 1e-7, "{d}: ({i}, {j})");
+                assert!(
+                    (y[i * 25 + j] - k[i - 1] * k[j - 1]).abs() < 1e-7,
+                    "{d}: ({i}, {j})"
+                );
             }
-            let y = gaussian_blur(&tensor(x.clone(), [1, 3, 25, 25], &d), 23, &[None]).unwrap().to_vec_f32().unwrap();
+            let y = gaussian_blur(&tensor(x.clone(), [1, 3, 25, 25], &d), 23, &[None])
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
             assert_eq!(y, x, "{d}: no blur");
         }
-        assert_eq!([-1, -2, 0, 4, 5, 6, 13].map(|i| reflect(i, 5)), [1, 2, 0, 4, 3, 2, 3]);
+        assert_eq!(
+            [-1, -2, 0, 4, 5, 6, 13].map(|i| reflect(i, 5)),
+            [1, 2, 0, 4, 3, 2, 3]
+        );
         assert_eq!(reflect(-7, 1), 0);
         let x = tensor(vec![0.0; 12], [1, 3, 2, 2], &Device::Cpu);
-        assert!(gaussian_blur(&x, 22, &[Some(1.0)]).is_err() && gaussian_blur(&x, 23, &[Some(0.0)]).is_err());
+        assert!(
+            gaussian_blur(&x, 22, &[Some(1.0)]).is_err()
+                && gaussian_blur(&x, 23, &[Some(0.0)]).is_err()
+        );
     }
 
     #[test]
@@ -1060,28 +1522,58 @@ mod tests {
 
     #[test]
     fn gaussian_blur_cuda_matches_cpu() {
-        cuda_matches_cpu("gaussian_blur", 1e-5, 1e-6, |x, s| random_gaussian_blur(x, 0.8, 23, (0.1, 2.0), s));
+        cuda_matches_cpu("gaussian_blur", 1e-5, 1e-6, |x, s| {
+            random_gaussian_blur(x, 0.8, 23, (0.1, 2.0), s)
+        });
     }
 
     #[test]
     fn cutout_zeroes_its_rectangle_only() {
         for d in devices() {
             let shape = [1, 3, 4, 5];
-            let r = Cutout { top: 1, bottom: 3, left: 2, right: 4 };
-            let y = cutout(&tensor(vec![0.5; 60], shape, &d), &[Some(r)]).unwrap().to_vec_f32().unwrap();
+            let r = Cutout {
+                top: 1,
+                bottom: 3,
+                left: 2,
+                right: 4,
+            };
+            let y = cutout(&tensor(vec![0.5; 60], shape, &d), &[Some(r)])
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
             for (k, &v) in y.iter().enumerate() {
                 let (i, j) = ((k / 5) % 4, k % 5);
-                assert_eq!(v, if (1..3).contains(&i) && (2..4).contains(&j) { 0.0 } else { 0.5 }, "{d} ({i}, {j})");
+                assert_eq!(
+                    v,
+                    if (1..3).contains(&i) && (2..4).contains(&j) {
+                        0.0
+                    } else {
+                        0.5
+                    },
+                    "{d} ({i}, {j})"
+                );
             }
         }
         // Sides at most 30 % of the image sides; the last row and column are never masked.
         let mut rng = Rng::new(8);
         for _ in 0..1000 {
             let c = Cutout::sample(&mut rng, 100, 60, 0.3);
-            assert!(c.bottom - c.top <= 30 && c.right - c.left <= 18 && c.bottom <= 99 && c.right <= 59, "{c:?}");
+            assert!(
+                c.bottom - c.top <= 30 && c.right - c.left <= 18 && c.bottom <= 99 && c.right <= 59,
+                "{c:?}"
+            );
         }
         let x = tensor(vec![0.0; 12], [1, 3, 2, 2], &Device::Cpu);
-        assert!(cutout(&x, &[Some(Cutout { top: 0, bottom: 3, left: 0, right: 1 })]).is_err());
+        assert!(cutout(
+            &x,
+            &[Some(Cutout {
+                top: 0,
+                bottom: 3,
+                left: 0,
+                right: 1
+            })]
+        )
+        .is_err());
     }
 
     #[test]
@@ -1099,10 +1591,17 @@ mod tests {
         let cfg = MindReaderAugment::default();
         let n = 20_000;
         let draws: Vec<ImageAugment> = (0..n).map(|i| cfg.sample(3, i, 64, 64)).collect();
-        let frac = |f: &dyn Fn(&ImageAugment) -> bool| draws.iter().filter(|a| f(a)).count() as f64 / n as f64;
+        let frac = |f: &dyn Fn(&ImageAugment) -> bool| {
+            draws.iter().filter(|a| f(a)).count() as f64 / n as f64
+        };
         let augmented = frac(&|a| a.cutout.is_some());
         assert!((augmented - 0.9).abs() < 0.01, "augmented {augmented}");
-        for (got, want) in [(frac(&|a| a.flip), 0.45), (frac(&|a| a.jitter.is_some()), 0.36), (frac(&|a| a.gray), 0.18), (frac(&|a| a.blur_sigma.is_some()), 0.45)] {
+        for (got, want) in [
+            (frac(&|a| a.flip), 0.45),
+            (frac(&|a| a.jitter.is_some()), 0.36),
+            (frac(&|a| a.gray), 0.18),
+            (frac(&|a| a.blur_sigma.is_some()), 0.45),
+        ] {
             assert!((got - want).abs() < 0.015, "{got} vs {want}");
         }
         assert_eq!(cfg.sample(3, 7, 64, 64), draws[7]);
@@ -1112,13 +1611,24 @@ mod tests {
     fn mind_reader_augment_is_seeded_and_stays_in_range() {
         seeded(|x, s| mind_reader_augment(x, s, &Device::Cpu));
         let shape = [8, 3, 24, 24];
-        let y = mind_reader_augment(&tensor(unit_images(shape, 2), shape, &Device::Cpu), 5, &Device::Cpu).unwrap();
-        assert!(y.to_vec_f32().unwrap().iter().all(|v| (0.0..=1.0).contains(v)));
+        let y = mind_reader_augment(
+            &tensor(unit_images(shape, 2), shape, &Device::Cpu),
+            5,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert!(y
+            .to_vec_f32()
+            .unwrap()
+            .iter()
+            .all(|v| (0.0..=1.0).contains(v)));
     }
 
     #[test]
     fn mind_reader_augment_cuda_matches_cpu() {
-        cuda_matches_cpu("mind_reader_augment", 1e-4, 1e-5, |x, s| mind_reader_augment(x, s, x.device()));
+        cuda_matches_cpu("mind_reader_augment", 1e-4, 1e-5, |x, s| {
+            mind_reader_augment(x, s, x.device())
+        });
     }
 
     #[test]
@@ -1130,8 +1640,16 @@ mod tests {
         let half = 3 * 9 * 11 * 2;
         let xv = x.to_vec_f32().unwrap();
         let second = tensor(xv[half..].to_vec(), [2, 3, 9, 11], &Device::Cpu);
-        let tail = aug.apply_indexed(&second, seed, 2).unwrap().to_vec_f32().unwrap();
-        assert_eq!(&whole[half..], &tail[..], "images 2 and 3 drew other parameters in a batch of their own");
+        let tail = aug
+            .apply_indexed(&second, seed, 2)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        assert_eq!(
+            &whole[half..],
+            &tail[..],
+            "images 2 and 3 drew other parameters in a batch of their own"
+        );
     }
 
     #[test]
@@ -1143,9 +1661,15 @@ mod tests {
         assert_eq!(to_pil_u8(&planar, [2, 5, 3]).unwrap(), px);
         // Every level survives v/255·255 in f32 and the truncation.
         let levels: Vec<u8> = (0..=255).flat_map(|v| [v, v, v]).collect();
-        assert_eq!(to_pil_u8(&unit_planar(&levels, [1, 1, 256]).unwrap(), [1, 1, 256]).unwrap(), levels);
+        assert_eq!(
+            to_pil_u8(&unit_planar(&levels, [1, 1, 256]).unwrap(), [1, 1, 256]).unwrap(),
+            levels
+        );
         // ToPILImage truncates: 0.5·255 = 127.5 becomes 127.
-        assert_eq!(to_pil_u8(&[0.5, 1.0, 0.0], [1, 1, 1]).unwrap(), vec![127, 255, 0]);
+        assert_eq!(
+            to_pil_u8(&[0.5, 1.0, 0.0], [1, 1, 1]).unwrap(),
+            vec![127, 255, 0]
+        );
         assert!(unit_planar(&px, [2, 5, 4]).is_err());
         assert!(to_pil_u8(&planar, [1, 5, 3]).is_err());
     }

@@ -14,7 +14,17 @@ pub mod cpu {
 
     /// `copy_axis` for any copyable element (bf16 rows move as bits).
     #[allow(clippy::too_many_arguments)]
-    pub fn copy_axis_bits<T: Copy>(src: &[T], dst: &mut [T], outer: usize, n_src: usize, n_dst: usize, inner: usize, src_off: usize, dst_off: usize, len: usize) {
+    pub fn copy_axis_bits<T: Copy>(
+        src: &[T],
+        dst: &mut [T],
+        outer: usize,
+        n_src: usize,
+        n_dst: usize,
+        inner: usize,
+        src_off: usize,
+        dst_off: usize,
+        len: usize,
+    ) {
         for o in 0..outer {
             let s = &src[(o * n_src + src_off) * inner..][..len * inner];
             dst[(o * n_dst + dst_off) * inner..][..len * inner].copy_from_slice(s);
@@ -23,14 +33,31 @@ pub mod cpu {
 
     /// `dst[o, dst_off + i, r] = src[o, src_off + i, r]` for `i < len`.
     #[allow(clippy::too_many_arguments)]
-    pub fn copy_axis<T: Real>(src: &[T], dst: &mut [T], outer: usize, n_src: usize, n_dst: usize, inner: usize, src_off: usize, dst_off: usize, len: usize) {
+    pub fn copy_axis<T: Real>(
+        src: &[T],
+        dst: &mut [T],
+        outer: usize,
+        n_src: usize,
+        n_dst: usize,
+        inner: usize,
+        src_off: usize,
+        dst_off: usize,
+        len: usize,
+    ) {
         copy_axis_bits(src, dst, outer, n_src, n_dst, inner, src_off, dst_off, len)
     }
 }
 
 /// Copies `len` rows of `src` (from `src_off` along `axis`) into `dst` at `dst_off`.
 /// `dst` must be a fresh tensor that no one else has seen yet (outputs under construction).
-fn copy_axis_into(src: &Tensor, dst: &Tensor, axis: usize, src_off: usize, dst_off: usize, len: usize) -> Result<()> {
+fn copy_axis_into(
+    src: &Tensor,
+    dst: &Tensor,
+    axis: usize,
+    src_off: usize,
+    dst_off: usize,
+    len: usize,
+) -> Result<()> {
     let (outer, n_src, inner) = split_at_axis(src.shape(), axis);
     let n_dst = dst.shape()[axis];
     if outer * len * inner == 0 {
@@ -39,20 +66,64 @@ fn copy_axis_into(src: &Tensor, dst: &Tensor, axis: usize, src_off: usize, dst_o
     let s = src.storage();
     let mut d = dst.storage_mut();
     if s.dtype() != d.dtype() {
-        return Err(Error::Invalid(format!("concat: inputs are {} and {}: convert one so all have the same dtype", d.dtype(), s.dtype())));
+        return Err(Error::Invalid(format!(
+            "concat: inputs are {} and {}: convert one so all have the same dtype",
+            d.dtype(),
+            s.dtype()
+        )));
     }
     match (src.device(), &*s, &mut *d) {
-        (Device::Cpu, Storage::CpuBF16(sv), Storage::CpuBF16(dv)) => cpu::copy_axis_bits(sv, dv, outer, n_src, n_dst, inner, src_off, dst_off, len),
-        (Device::Cpu, _, _) => cpu::copy_axis(s.cpu_f32("concat")?, d.cpu_f32_mut("concat")?, outer, n_src, n_dst, inner, src_off, dst_off, len),
+        (Device::Cpu, Storage::CpuBF16(sv), Storage::CpuBF16(dv)) => {
+            cpu::copy_axis_bits(sv, dv, outer, n_src, n_dst, inner, src_off, dst_off, len)
+        }
+        (Device::Cpu, _, _) => cpu::copy_axis(
+            s.cpu_f32("concat")?,
+            d.cpu_f32_mut("concat")?,
+            outer,
+            n_src,
+            n_dst,
+            inner,
+            src_off,
+            dst_off,
+            len,
+        ),
         (Device::Cuda(gpu), Storage::CudaBF16(sv), Storage::CudaBF16(dv)) => {
             let a = [outer, n_src, n_dst, inner, src_off, dst_off, len].map(|v| v as u32);
             // SAFETY: as copy_axis_f32, on 2-byte elements.
-            launch!(gpu, "concat", "copy_axis_b16", launch_1d(outer * len * inner), sv, dv, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6])?;
+            launch!(
+                gpu,
+                "concat",
+                "copy_axis_b16",
+                launch_1d(outer * len * inner),
+                sv,
+                dv,
+                &a[0],
+                &a[1],
+                &a[2],
+                &a[3],
+                &a[4],
+                &a[5],
+                &a[6]
+            )?;
         }
         (Device::Cuda(gpu), _, _) => {
             let a = [outer, n_src, n_dst, inner, src_off, dst_off, len].map(|v| v as u32);
             // SAFETY: offsets + len lie within n_src and n_dst (checked by callers).
-            launch!(gpu, "concat", "copy_axis_f32", launch_1d(outer * len * inner), s.cuda_f32("concat")?, d.cuda_f32_mut("concat")?, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6])?;
+            launch!(
+                gpu,
+                "concat",
+                "copy_axis_f32",
+                launch_1d(outer * len * inner),
+                s.cuda_f32("concat")?,
+                d.cuda_f32_mut("concat")?,
+                &a[0],
+                &a[1],
+                &a[2],
+                &a[3],
+                &a[4],
+                &a[5],
+                &a[6]
+            )?;
         }
     }
     Ok(())
@@ -60,7 +131,14 @@ fn copy_axis_into(src: &Tensor, dst: &Tensor, axis: usize, src_off: usize, dst_o
 
 pub(crate) fn slice_raw(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor> {
     if start + len > x.shape()[axis] {
-        return Err(Error::shape("slice", format!("rows {start}..{} of axis {axis} of {:?}", start + len, x.shape())));
+        return Err(Error::shape(
+            "slice",
+            format!(
+                "rows {start}..{} of axis {axis} of {:?}",
+                start + len,
+                x.shape()
+            ),
+        ));
     }
     let mut shape = x.shape().to_vec();
     shape[axis] = len;
@@ -84,15 +162,25 @@ pub fn slice(tape: &mut Tape, x: &Tensor, axis: isize, start: usize, len: usize)
 
 /// Joins tensors along `axis`; all other dimensions must agree.
 pub fn concat(tape: &mut Tape, xs: &[&Tensor], axis: isize) -> Result<Tensor> {
-    let first = xs.first().ok_or_else(|| Error::Invalid("concat of no tensors".into()))?;
+    let first = xs
+        .first()
+        .ok_or_else(|| Error::Invalid("concat of no tensors".into()))?;
     same_device("concat", xs)?;
     let a = first.axis(axis)?;
     let mut shape = first.shape().to_vec();
     shape[a] = 0;
     for x in xs {
-        let ok = x.rank() == first.rank() && x.shape().iter().zip(first.shape()).enumerate().all(|(k, (p, q))| k == a || p == q);
+        let ok = x.rank() == first.rank()
+            && x.shape()
+                .iter()
+                .zip(first.shape())
+                .enumerate()
+                .all(|(k, (p, q))| k == a || p == q);
         if !ok {
-            return Err(Error::shape("concat", format!("{:?} and {:?} along axis {a}", first.shape(), x.shape())));
+            return Err(Error::shape(
+                "concat",
+                format!("{:?} and {:?} along axis {a}", first.shape(), x.shape()),
+            ));
         }
         shape[a] += x.shape()[a];
     }
@@ -104,7 +192,12 @@ pub fn concat(tape: &mut Tape, xs: &[&Tensor], axis: isize) -> Result<Tensor> {
         offsets.push((off, x.shape()[a]));
         off += x.shape()[a];
     }
-    tape.record(xs, &y, move |dy| offsets.iter().map(|&(o, n)| slice_raw(dy, a, o, n).map(Some)).collect());
+    tape.record(xs, &y, move |dy| {
+        offsets
+            .iter()
+            .map(|&(o, n)| slice_raw(dy, a, o, n).map(Some))
+            .collect()
+    });
     Ok(y)
 }
 
@@ -140,13 +233,31 @@ mod tests {
             let c = concat(&mut tape, &[&a, &b], 1).unwrap();
             assert_eq!(c.shape(), &[2, 8, 4]);
             let back = slice(&mut tape, &c, 1, 3, 5).unwrap();
-            assert_close(&back.to_vec_f32().unwrap(), &bv, 0.0, 0.0, "slice of concat");
+            assert_close(
+                &back.to_vec_f32().unwrap(),
+                &bv,
+                0.0,
+                0.0,
+                "slice of concat",
+            );
             let sq = crate::ops::elementwise::square(&mut tape, &back).unwrap();
             let loss = crate::ops::reduce::sum_all(&mut tape, &sq).unwrap();
             let g = tape.backward(&loss).unwrap();
-            assert_close(&g.get(&a).unwrap().to_vec_f32().unwrap(), &[0.0; 24], 0.0, 0.0, "da");
+            assert_close(
+                &g.get(&a).unwrap().to_vec_f32().unwrap(),
+                &[0.0; 24],
+                0.0,
+                0.0,
+                "da",
+            );
             let want: Vec<f32> = bv.iter().map(|v| 2.0 * v).collect();
-            assert_close(&g.get(&b).unwrap().to_vec_f32().unwrap(), &want, 1e-6, 0.0, &format!("db on {device}"));
+            assert_close(
+                &g.get(&b).unwrap().to_vec_f32().unwrap(),
+                &want,
+                1e-6,
+                0.0,
+                &format!("db on {device}"),
+            );
         }
     }
 
@@ -163,7 +274,13 @@ mod tests {
                 out.extend(slice_raw(&c, 1, n / 2, n).unwrap().to_vec_f32().unwrap());
                 out
             };
-            assert_close(&run(&gpu), &run(&Device::Cpu), 0.0, 0.0, &format!("concat n={n}"));
+            assert_close(
+                &run(&gpu),
+                &run(&Device::Cpu),
+                0.0,
+                0.0,
+                &format!("concat n={n}"),
+            );
         }
     }
 
@@ -179,9 +296,20 @@ mod tests {
     /// bf16 concat and slice move bits: identical on both devices.
     #[test]
     fn bf16_concat_and_slice_cuda_match_cpu() {
-        let t = |shape: &[usize], seed| Tensor::from_vec(random_vec(shape.iter().product(), seed), shape, &Device::Cpu).unwrap();
+        let t = |shape: &[usize], seed| {
+            Tensor::from_vec(
+                random_vec(shape.iter().product(), seed),
+                shape,
+                &Device::Cpu,
+            )
+            .unwrap()
+        };
         let (a, b) = (t(&[2, 3, 5], 1), t(&[2, 4, 5], 2));
-        crate::testing::bf16_parity("concat axis 1", &[a.clone(), b], 0.0, 0.0, |x| concat(&mut Tape::inference(), &[&x[0], &x[1]], 1));
-        crate::testing::bf16_parity("slice axis 2", &[a], 0.0, 0.0, |x| slice(&mut Tape::inference(), &x[0], 2, 1, 3));
+        crate::testing::bf16_parity("concat axis 1", &[a.clone(), b], 0.0, 0.0, |x| {
+            concat(&mut Tape::inference(), &[&x[0], &x[1]], 1)
+        });
+        crate::testing::bf16_parity("slice axis 2", &[a], 0.0, 0.0, |x| {
+            slice(&mut Tape::inference(), &x[0], 2, 1, 3)
+        });
     }
 }

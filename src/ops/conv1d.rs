@@ -54,19 +54,34 @@ impl Conv1d {
             return err(format!("x must be [B, Cin, L], got shape {x:?}"));
         };
         let &[cout, wcin, ksize] = weight else {
-            return err(format!("weight must be [Cout, Cin, K], got shape {weight:?}"));
+            return err(format!(
+                "weight must be [Cout, Cin, K], got shape {weight:?}"
+            ));
         };
         if wcin != cin {
-            return err(format!("weight {weight:?} expects {wcin} input channels but x {x:?} has {cin}"));
+            return err(format!(
+                "weight {weight:?} expects {wcin} input channels but x {x:?} has {cin}"
+            ));
         }
         if ksize == 0 || stride == 0 {
-            return err(format!("kernel size {ksize} and stride {stride} must be at least 1"));
+            return err(format!(
+                "kernel size {ksize} and stride {stride} must be at least 1"
+            ));
         }
         let padded = len + 2 * padding;
         if ksize > padded {
             return err(format!("kernel of size {ksize} is longer than the padded input (L {len} + 2·padding {padding} = {padded})"));
         }
-        Ok(Conv1d { batch, cin, len, cout, ksize, stride, padding, lout: (padded - ksize) / stride + 1 })
+        Ok(Conv1d {
+            batch,
+            cin,
+            len,
+            cout,
+            ksize,
+            stride,
+            padding,
+            lout: (padded - ksize) / stride + 1,
+        })
     }
 
     pub fn x_len(&self) -> usize {
@@ -88,7 +103,9 @@ impl Conv1d {
 
     /// The x position that output l, tap k reads, or None in the padding.
     fn src(&self, l: usize, k: usize) -> Option<usize> {
-        (l * self.stride + k).checked_sub(self.padding).filter(|&pos| pos < self.len)
+        (l * self.stride + k)
+            .checked_sub(self.padding)
+            .filter(|&pos| pos < self.len)
     }
 }
 
@@ -102,7 +119,10 @@ pub mod cpu {
 
     fn check(what: &str, got: usize, want: usize) -> Result<()> {
         if got != want {
-            return Err(Error::shape("conv1d", format!("{what} holds {got} elements, expected {want}")));
+            return Err(Error::shape(
+                "conv1d",
+                format!("{what} holds {got} elements, expected {want}"),
+            ));
         }
         Ok(())
     }
@@ -164,17 +184,26 @@ pub mod cpu {
         }
         let kk = d.cin * d.ksize;
         let wv = ArrayView2::from_shape((d.cout, kk), w).map_err(view_err)?;
-        y.par_chunks_mut(d.cout * d.lout).enumerate().try_for_each(|(b, yb)| -> Result<()> {
-            let cols = cols_of(&x[b * d.cin * d.len..][..d.cin * d.len], d);
-            let cv = ArrayView2::from_shape((kk, d.lout), &cols[..]).map_err(view_err)?;
-            general_mat_mul(T::one(), &wv, &cv, T::zero(), &mut ArrayViewMut2::from_shape((d.cout, d.lout), &mut yb[..]).map_err(view_err)?);
-            if let Some(bias) = bias {
-                for (row, &bc) in yb.chunks_mut(d.lout).zip(bias) {
-                    row.iter_mut().for_each(|v| *v = *v + bc);
+        y.par_chunks_mut(d.cout * d.lout)
+            .enumerate()
+            .try_for_each(|(b, yb)| -> Result<()> {
+                let cols = cols_of(&x[b * d.cin * d.len..][..d.cin * d.len], d);
+                let cv = ArrayView2::from_shape((kk, d.lout), &cols[..]).map_err(view_err)?;
+                general_mat_mul(
+                    T::one(),
+                    &wv,
+                    &cv,
+                    T::zero(),
+                    &mut ArrayViewMut2::from_shape((d.cout, d.lout), &mut yb[..])
+                        .map_err(view_err)?,
+                );
+                if let Some(bias) = bias {
+                    for (row, &bc) in yb.chunks_mut(d.lout).zip(bias) {
+                        row.iter_mut().for_each(|v| *v = *v + bc);
+                    }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })?;
         Ok(y)
     }
 
@@ -188,18 +217,38 @@ pub mod cpu {
         }
         let kk = d.cin * d.ksize;
         let wv = ArrayView2::from_shape((d.cout, kk), w).map_err(view_err)?;
-        dx.par_chunks_mut(d.cin * d.len).enumerate().try_for_each(|(b, dxb)| -> Result<()> {
-            let dyv = ArrayView2::from_shape((d.cout, d.lout), &dy[b * d.cout * d.lout..][..d.cout * d.lout]).map_err(view_err)?;
-            if pointwise(d) {
-                // dx_b = Wᵀ · dy_b directly: col2im of a pointwise conv is the identity.
-                general_mat_mul(T::one(), &wv.t(), &dyv, T::zero(), &mut ArrayViewMut2::from_shape((kk, d.lout), &mut dxb[..]).map_err(view_err)?);
-                return Ok(());
-            }
-            let mut dcols = vec![T::zero(); kk * d.lout];
-            general_mat_mul(T::one(), &wv.t(), &dyv, T::zero(), &mut ArrayViewMut2::from_shape((kk, d.lout), &mut dcols[..]).map_err(view_err)?);
-            col2im(&dcols, d, dxb);
-            Ok(())
-        })?;
+        dx.par_chunks_mut(d.cin * d.len)
+            .enumerate()
+            .try_for_each(|(b, dxb)| -> Result<()> {
+                let dyv = ArrayView2::from_shape(
+                    (d.cout, d.lout),
+                    &dy[b * d.cout * d.lout..][..d.cout * d.lout],
+                )
+                .map_err(view_err)?;
+                if pointwise(d) {
+                    // dx_b = Wᵀ · dy_b directly: col2im of a pointwise conv is the identity.
+                    general_mat_mul(
+                        T::one(),
+                        &wv.t(),
+                        &dyv,
+                        T::zero(),
+                        &mut ArrayViewMut2::from_shape((kk, d.lout), &mut dxb[..])
+                            .map_err(view_err)?,
+                    );
+                    return Ok(());
+                }
+                let mut dcols = vec![T::zero(); kk * d.lout];
+                general_mat_mul(
+                    T::one(),
+                    &wv.t(),
+                    &dyv,
+                    T::zero(),
+                    &mut ArrayViewMut2::from_shape((kk, d.lout), &mut dcols[..])
+                        .map_err(view_err)?,
+                );
+                col2im(&dcols, d, dxb);
+                Ok(())
+            })?;
         Ok(dx)
     }
 
@@ -216,11 +265,16 @@ pub mod cpu {
             .par_iter()
             .map(|&b0| -> Result<Vec<T>> {
                 let mut acc = vec![T::zero(); d.cout * kk];
-                let mut av = ArrayViewMut2::from_shape((d.cout, kk), &mut acc[..]).map_err(view_err)?;
+                let mut av =
+                    ArrayViewMut2::from_shape((d.cout, kk), &mut acc[..]).map_err(view_err)?;
                 for b in b0..(b0 + ITEMS).min(d.batch) {
                     let cols = cols_of(&x[b * d.cin * d.len..][..d.cin * d.len], d);
                     let cv = ArrayView2::from_shape((kk, d.lout), &cols[..]).map_err(view_err)?;
-                    let dyv = ArrayView2::from_shape((d.cout, d.lout), &dy[b * d.cout * d.lout..][..d.cout * d.lout]).map_err(view_err)?;
+                    let dyv = ArrayView2::from_shape(
+                        (d.cout, d.lout),
+                        &dy[b * d.cout * d.lout..][..d.cout * d.lout],
+                    )
+                    .map_err(view_err)?;
                     general_mat_mul(T::one(), &dyv, &cv.t(), T::one(), &mut av);
                 }
                 Ok(acc)
@@ -246,17 +300,39 @@ pub mod cpu {
 fn kernel_ints(d: &Conv1d) -> Result<[i32; 8]> {
     // Below 2³⁰, so index sums in the kernels (k + 16, l·s + k) stay inside an int.
     let fits = |v: usize| v < 1 << 30;
-    let products = [d.len + 2 * d.padding, d.cin * d.ksize, d.cout * d.ksize, d.batch * d.lout, d.stride];
-    if !products.iter().all(|&v| fits(v)) || d.cin.div_ceil(64) > 65535 || d.cout.div_ceil(64) > 65535 {
-        return Err(Error::shape("conv1d", format!("{d:?} is too large for the CUDA kernels (sizes < 2³⁰, channels ≤ 65535·64)")));
+    let products = [
+        d.len + 2 * d.padding,
+        d.cin * d.ksize,
+        d.cout * d.ksize,
+        d.batch * d.lout,
+        d.stride,
+    ];
+    if !products.iter().all(|&v| fits(v))
+        || d.cin.div_ceil(64) > 65535
+        || d.cout.div_ceil(64) > 65535
+    {
+        return Err(Error::shape(
+            "conv1d",
+            format!("{d:?} is too large for the CUDA kernels (sizes < 2³⁰, channels ≤ 65535·64)"),
+        ));
     }
-    let v = [d.batch, d.cin, d.len, d.cout, d.ksize, d.stride, d.padding, d.lout];
+    let v = [
+        d.batch, d.cin, d.len, d.cout, d.ksize, d.stride, d.padding, d.lout,
+    ];
     Ok(v.map(|x| x as i32))
 }
 
 /// 256-thread blocks, one per 64×64 tile of the `m × n` output, `z` on grid z (blocks loop past 65535).
 fn tile_grid(m: usize, n: usize, z: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (n.div_ceil(64) as u32, m.div_ceil(64) as u32, z.clamp(1, 65535) as u32), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (
+            n.div_ceil(64) as u32,
+            m.div_ceil(64) as u32,
+            z.clamp(1, 65535) as u32,
+        ),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// How dW's k = B·Lout is cut for split-K: `(chunk, splits)`, chunk a multiple of 16. Enough
@@ -266,7 +342,10 @@ pub(crate) fn dw_split(d: &Conv1d) -> (usize, usize) {
     let k = d.batch * d.lout;
     let n_w = d.cout * d.cin * d.ksize;
     let tiles = d.cout.div_ceil(64) * (d.cin * d.ksize).div_ceil(64);
-    let want = (1024 / tiles.max(1)).min(k.div_ceil(256)).min((1 << 24) / n_w.max(1)).max(1);
+    let want = (1024 / tiles.max(1))
+        .min(k.div_ceil(256))
+        .min((1 << 24) / n_w.max(1))
+        .max(1);
     let chunk = (k.div_ceil(want).div_ceil(16) * 16).max(16);
     (chunk, k.div_ceil(chunk).max(1))
 }
@@ -277,7 +356,11 @@ fn conv1d_raw(x: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
     same_device(OP, &[x, w])?;
     let (sx, sw) = (x.storage(), w.storage());
     match x.device() {
-        Device::Cpu => Tensor::from_vec(cpu::conv1d(sx.cpu_f32(OP)?, sw.cpu_f32(OP)?, None, d)?, &d.y_shape(), x.device()),
+        Device::Cpu => Tensor::from_vec(
+            cpu::conv1d(sx.cpu_f32(OP)?, sw.cpu_f32(OP)?, None, d)?,
+            &d.y_shape(),
+            x.device(),
+        ),
         Device::Cuda(gpu) => {
             let (xs, ws) = (sx.cuda_f32(OP)?, sw.cuda_f32(OP)?);
             let [b, cin, len, cout, ks, stride, pad, lout] = kernel_ints(d)?;
@@ -285,9 +368,29 @@ fn conv1d_raw(x: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
             if d.y_len() > 0 {
                 // SAFETY: x, w hold B·Cin·L and Cout·Cin·K floats (shapes checked by Conv1d::new); the
                 // loaders read x only at 0 ≤ pos < L, and the tile writes y[b, co, l] for co < Cout, l < Lout.
-                launch!(gpu, "conv1d", "conv1d_fwd_f32", tile_grid(d.cout, d.lout, d.batch), xs, ws, &mut y, &b, &cin, &len, &cout, &ks, &stride, &pad, &lout)?;
+                launch!(
+                    gpu,
+                    "conv1d",
+                    "conv1d_fwd_f32",
+                    tile_grid(d.cout, d.lout, d.batch),
+                    xs,
+                    ws,
+                    &mut y,
+                    &b,
+                    &cin,
+                    &len,
+                    &cout,
+                    &ks,
+                    &stride,
+                    &pad,
+                    &lout
+                )?;
             }
-            Ok(Tensor::from_storage(Storage::CudaF32(y), &d.y_shape(), x.device()))
+            Ok(Tensor::from_storage(
+                Storage::CudaF32(y),
+                &d.y_shape(),
+                x.device(),
+            ))
         }
     }
 }
@@ -298,7 +401,11 @@ fn conv1d_dx_raw(dy: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
     let (sdy, sw) = (dy.storage(), w.storage());
     let shape = [d.batch, d.cin, d.len];
     match dy.device() {
-        Device::Cpu => Tensor::from_vec(cpu::conv1d_dx(sdy.cpu_f32(OP)?, sw.cpu_f32(OP)?, d)?, &shape, dy.device()),
+        Device::Cpu => Tensor::from_vec(
+            cpu::conv1d_dx(sdy.cpu_f32(OP)?, sw.cpu_f32(OP)?, d)?,
+            &shape,
+            dy.device(),
+        ),
         Device::Cuda(gpu) => {
             let (dys, ws) = (sdy.cuda_f32(OP)?, sw.cuda_f32(OP)?);
             let [b, cin, len, cout, ks, stride, pad, lout] = kernel_ints(d)?;
@@ -306,9 +413,29 @@ fn conv1d_dx_raw(dy: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
             if d.x_len() > 0 {
                 // SAFETY: dy holds B·Cout·Lout floats, read only at 0 ≤ l < Lout; w as in the forward;
                 // the tile writes every dx[b, ci, j], ci < Cin, j < L.
-                launch!(gpu, "conv1d", "conv1d_dx_f32", tile_grid(d.cin, d.len, d.batch), dys, ws, &mut dx, &b, &cin, &len, &cout, &ks, &stride, &pad, &lout)?;
+                launch!(
+                    gpu,
+                    "conv1d",
+                    "conv1d_dx_f32",
+                    tile_grid(d.cin, d.len, d.batch),
+                    dys,
+                    ws,
+                    &mut dx,
+                    &b,
+                    &cin,
+                    &len,
+                    &cout,
+                    &ks,
+                    &stride,
+                    &pad,
+                    &lout
+                )?;
             }
-            Ok(Tensor::from_storage(Storage::CudaF32(dx), &shape, dy.device()))
+            Ok(Tensor::from_storage(
+                Storage::CudaF32(dx),
+                &shape,
+                dy.device(),
+            ))
         }
     }
 }
@@ -319,7 +446,11 @@ fn conv1d_dw_raw(dy: &Tensor, x: &Tensor, d: &Conv1d) -> Result<Tensor> {
     let (sdy, sx) = (dy.storage(), x.storage());
     let shape = [d.cout, d.cin, d.ksize];
     match dy.device() {
-        Device::Cpu => Tensor::from_vec(cpu::conv1d_dw(sdy.cpu_f32(OP)?, sx.cpu_f32(OP)?, d)?, &shape, dy.device()),
+        Device::Cpu => Tensor::from_vec(
+            cpu::conv1d_dw(sdy.cpu_f32(OP)?, sx.cpu_f32(OP)?, d)?,
+            &shape,
+            dy.device(),
+        ),
         Device::Cuda(gpu) => {
             let (dys, xs) = (sdy.cuda_f32(OP)?, sx.cuda_f32(OP)?);
             let [b, cin, len, cout, ks, stride, pad, lout] = kernel_ints(d)?;
@@ -350,8 +481,13 @@ fn conv1d_dw_raw(dy: &Tensor, x: &Tensor, d: &Conv1d) -> Result<Tensor> {
                     &splits_i
                 )?;
             }
-            let partial = Tensor::from_storage(Storage::CudaF32(partial), &[splits, n_w], dy.device());
-            let dw = if splits == 1 { partial } else { reduce_axis_raw(&partial, 0, Reduce::Sum, 1.0)? };
+            let partial =
+                Tensor::from_storage(Storage::CudaF32(partial), &[splits, n_w], dy.device());
+            let dw = if splits == 1 {
+                partial
+            } else {
+                reduce_axis_raw(&partial, 0, Reduce::Sum, 1.0)?
+            };
             dw.reshaped(&shape)
         }
     }
@@ -359,11 +495,26 @@ fn conv1d_dw_raw(dy: &Tensor, x: &Tensor, d: &Conv1d) -> Result<Tensor> {
 
 /// `y = conv1d(x, weight) + bias`: x `[B, Cin, L]`, weight `[Cout, Cin, K]`, bias `[Cout]`,
 /// y `[B, Cout, (L + 2·padding − K)/stride + 1]`, as PyTorch's `nn.Conv1d`. Recorded.
-pub fn conv1d(tape: &mut Tape, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+pub fn conv1d(
+    tape: &mut Tape,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
     let d = Conv1d::new(x.shape(), weight.shape(), stride, padding)?;
     if let Some(b) = bias {
         if b.shape() != [d.cout] {
-            return Err(Error::shape("conv1d", format!("bias {:?} for {} output channels (want [{}])", b.shape(), d.cout, d.cout)));
+            return Err(Error::shape(
+                "conv1d",
+                format!(
+                    "bias {:?} for {} output channels (want [{}])",
+                    b.shape(),
+                    d.cout,
+                    d.cout
+                ),
+            ));
         }
         same_device("conv1d", &[x, b])?;
     }
@@ -379,11 +530,23 @@ pub fn conv1d(tape: &mut Tape, x: &Tensor, weight: &Tensor, bias: Option<&Tensor
     let (xc, wc) = (x.clone(), weight.clone());
     let inputs: Vec<&Tensor> = [x, weight].into_iter().chain(bias).collect();
     tape.record(&inputs, &y, move |dy| {
-        let dx = if need_x { Some(conv1d_dx_raw(dy, &wc, &d)?) } else { None };
-        let dw = if need_w { Some(conv1d_dw_raw(dy, &xc, &d)?) } else { None };
+        let dx = if need_x {
+            Some(conv1d_dx_raw(dy, &wc, &d)?)
+        } else {
+            None
+        };
+        let dw = if need_w {
+            Some(conv1d_dw_raw(dy, &xc, &d)?)
+        } else {
+            None
+        };
         let mut grads = vec![dx, dw];
         if let Some(nb) = need_b {
-            grads.push(if nb { Some(bias_grad_raw(dy, d.batch, d.cout, d.lout)?) } else { None });
+            grads.push(if nb {
+                Some(bias_grad_raw(dy, d.batch, d.cout, d.lout)?)
+            } else {
+                None
+            });
         }
         Ok(grads)
     });
@@ -396,7 +559,8 @@ mod tests {
     use crate::testing::{assert_close, devices, gpu, gradcheck, random_vec};
 
     /// (K, stride, padding) of the mapper's layers, and two with gaps (stride > K) and no padding.
-    const GEOMETRIES: [(usize, usize, usize); 5] = [(1, 1, 0), (3, 1, 1), (4, 2, 1), (2, 3, 2), (3, 2, 0)];
+    const GEOMETRIES: [(usize, usize, usize); 5] =
+        [(1, 1, 0), (3, 1, 1), (4, 2, 1), (2, 3, 2), (3, 2, 0)];
 
     fn f64s(v: &[f32]) -> Vec<f64> {
         v.iter().map(|&x| x as f64).collect()
@@ -406,7 +570,13 @@ mod tests {
         v.iter().map(|&x| x as f32).collect()
     }
 
-    fn dims(b: usize, cin: usize, len: usize, cout: usize, (k, s, p): (usize, usize, usize)) -> Result<Conv1d> {
+    fn dims(
+        b: usize,
+        cin: usize,
+        len: usize,
+        cout: usize,
+        (k, s, p): (usize, usize, usize),
+    ) -> Result<Conv1d> {
         Conv1d::new(&[b, cin, len], &[cout, cin, k], s, p)
     }
 
@@ -431,7 +601,8 @@ mod tests {
                         for k in 0..d.ksize {
                             let pos = (l * d.stride + k) as isize - d.padding as isize;
                             if pos >= 0 && (pos as usize) < d.len {
-                                acc += w[(co * d.cin + ci) * d.ksize + k] * x[(b * d.cin + ci) * d.len + pos as usize];
+                                acc += w[(co * d.cin + ci) * d.ksize + k]
+                                    * x[(b * d.cin + ci) * d.len + pos as usize];
                             }
                         }
                     }
@@ -450,7 +621,13 @@ mod tests {
                 assert_eq!(d.lout, (len + 2 * geo.2 - geo.0) / geo.1 + 1);
                 let (x, w, bias, _) = inputs(&d, 1);
                 let got = cpu::conv1d(&x, &w, Some(&bias), &d).unwrap();
-                assert_close(&f32s(&got), &f32s(&naive(&x, &w, &bias, &d)), 1e-12, 1e-12, &format!("{d:?}"));
+                assert_close(
+                    &f32s(&got),
+                    &f32s(&naive(&x, &w, &bias, &d)),
+                    1e-12,
+                    1e-12,
+                    &format!("{d:?}"),
+                );
             }
         }
     }
@@ -461,11 +638,33 @@ mod tests {
             for len in [7, 9] {
                 let d = dims(2, 3, len, 2, geo).unwrap();
                 let (x, w, bias, g) = inputs(&d, 5);
-                let loss = |x: &[f64], w: &[f64], bias: &[f64]| cpu::conv1d(x, w, Some(bias), &d).unwrap().iter().zip(&g).map(|(y, g)| y * g).sum::<f64>();
+                let loss = |x: &[f64], w: &[f64], bias: &[f64]| {
+                    cpu::conv1d(x, w, Some(bias), &d)
+                        .unwrap()
+                        .iter()
+                        .zip(&g)
+                        .map(|(y, g)| y * g)
+                        .sum::<f64>()
+                };
                 let what = format!("{d:?}");
-                gradcheck(&format!("dx {what}"), |v| loss(v, &w, &bias), &x, &cpu::conv1d_dx(&g, &w, &d).unwrap());
-                gradcheck(&format!("dW {what}"), |v| loss(&x, v, &bias), &w, &cpu::conv1d_dw(&g, &x, &d).unwrap());
-                gradcheck(&format!("db {what}"), |v| loss(&x, &w, v), &bias, &cpu::conv1d_db(&g, &d));
+                gradcheck(
+                    &format!("dx {what}"),
+                    |v| loss(v, &w, &bias),
+                    &x,
+                    &cpu::conv1d_dx(&g, &w, &d).unwrap(),
+                );
+                gradcheck(
+                    &format!("dW {what}"),
+                    |v| loss(&x, v, &bias),
+                    &w,
+                    &cpu::conv1d_dw(&g, &x, &d).unwrap(),
+                );
+                gradcheck(
+                    &format!("db {what}"),
+                    |v| loss(&x, &w, v),
+                    &bias,
+                    &cpu::conv1d_db(&g, &d),
+                );
             }
         }
     }
@@ -490,10 +689,34 @@ mod tests {
                 let loss = crate::ops::reduce::sum_all(&mut tape, &yg).unwrap();
                 let grads = tape.backward(&loss).unwrap();
                 let what = format!("{d:?} on {device}");
-                assert_close(&y.to_vec_f32().unwrap(), &f32s(&cpu::conv1d(&xv, &wv, Some(&bv), &d).unwrap()), 1e-5, 1e-5, &format!("y {what}"));
-                assert_close(&grads.get(&x).unwrap().to_vec_f32().unwrap(), &f32s(&cpu::conv1d_dx(&gv, &wv, &d).unwrap()), 1e-5, 1e-5, &format!("dx {what}"));
-                assert_close(&grads.get(&w).unwrap().to_vec_f32().unwrap(), &f32s(&cpu::conv1d_dw(&gv, &xv, &d).unwrap()), 1e-5, 1e-5, &format!("dW {what}"));
-                assert_close(&grads.get(&bias).unwrap().to_vec_f32().unwrap(), &f32s(&cpu::conv1d_db(&gv, &d)), 1e-5, 1e-5, &format!("db {what}"));
+                assert_close(
+                    &y.to_vec_f32().unwrap(),
+                    &f32s(&cpu::conv1d(&xv, &wv, Some(&bv), &d).unwrap()),
+                    1e-5,
+                    1e-5,
+                    &format!("y {what}"),
+                );
+                assert_close(
+                    &grads.get(&x).unwrap().to_vec_f32().unwrap(),
+                    &f32s(&cpu::conv1d_dx(&gv, &wv, &d).unwrap()),
+                    1e-5,
+                    1e-5,
+                    &format!("dx {what}"),
+                );
+                assert_close(
+                    &grads.get(&w).unwrap().to_vec_f32().unwrap(),
+                    &f32s(&cpu::conv1d_dw(&gv, &xv, &d).unwrap()),
+                    1e-5,
+                    1e-5,
+                    &format!("dW {what}"),
+                );
+                assert_close(
+                    &grads.get(&bias).unwrap().to_vec_f32().unwrap(),
+                    &f32s(&cpu::conv1d_db(&gv, &d)),
+                    1e-5,
+                    1e-5,
+                    &format!("db {what}"),
+                );
                 assert_eq!(grads.get(&w).unwrap().shape(), w.shape());
             }
         }
@@ -524,20 +747,50 @@ mod tests {
         let what = format!("{d:?} (dW split {:?})", dw_split(d));
         // Rounding grows with the length of each sum: allow ~√k f32 ulps of slack on top of rtol.
         let atol = |k: usize| 1e-5 * (k.max(1) as f32).sqrt();
-        let y = conv1d(&mut Tape::inference(), &x, &w, Some(&bias), d.stride, d.padding).unwrap();
-        assert_close(&y.to_vec_f32().unwrap(), &f32s(&cpu::conv1d(&xv, &wv, Some(&bv), d).unwrap()), 1e-4, atol(d.cin * d.ksize), &format!("y {what}"));
+        let y = conv1d(
+            &mut Tape::inference(),
+            &x,
+            &w,
+            Some(&bias),
+            d.stride,
+            d.padding,
+        )
+        .unwrap();
+        assert_close(
+            &y.to_vec_f32().unwrap(),
+            &f32s(&cpu::conv1d(&xv, &wv, Some(&bv), d).unwrap()),
+            1e-4,
+            atol(d.cin * d.ksize),
+            &format!("y {what}"),
+        );
         let dx = conv1d_dx_raw(&dy, &w, d).unwrap();
-        assert_close(&dx.to_vec_f32().unwrap(), &f32s(&cpu::conv1d_dx(&gv, &wv, d).unwrap()), 1e-4, atol(d.cout * d.ksize), &format!("dx {what}"));
+        assert_close(
+            &dx.to_vec_f32().unwrap(),
+            &f32s(&cpu::conv1d_dx(&gv, &wv, d).unwrap()),
+            1e-4,
+            atol(d.cout * d.ksize),
+            &format!("dx {what}"),
+        );
         let dw = conv1d_dw_raw(&dy, &x, d).unwrap();
         assert_eq!(dw.shape(), &[d.cout, d.cin, d.ksize]);
-        assert_close(&dw.to_vec_f32().unwrap(), &f32s(&cpu::conv1d_dw(&gv, &xv, d).unwrap()), 1e-4, atol(d.batch * d.lout), &format!("dW {what}"));
+        assert_close(
+            &dw.to_vec_f32().unwrap(),
+            &f32s(&cpu::conv1d_dw(&gv, &xv, d).unwrap()),
+            1e-4,
+            atol(d.batch * d.lout),
+            &format!("dW {what}"),
+        );
     }
 
     #[test]
     fn conv1d_cuda_matches_cpu() {
         let Some(gpu) = gpu() else { return };
         // On the simulator 130 stands in for 1000: both cross the 64-wide tiles more than once.
-        let long = if crate::testing::on_simulator() { 130 } else { 1000 };
+        let long = if crate::testing::on_simulator() {
+            130
+        } else {
+            1000
+        };
         for len in [1, 7, 33, long] {
             for batch in [1, 3] {
                 for (cin, cout) in [(1, 64), (5, 5), (64, 1), (64, 64), (3, 70)] {
@@ -560,11 +813,22 @@ mod tests {
         // the widening k1 conv, and the voxel-mixing k1 conv on the transposed activations. On the
         // simulator (minutes at full size) the lengths shrink ~15× and keep their shapes' kinds:
         // the stem's split-k dW, the k3 halo, the 512-wide k1, the long-K voxel mixing.
-        let shapes: [(usize, usize, usize, (usize, usize, usize)); 4] = if crate::testing::on_simulator() {
-            [(1, 64, 1037, (4, 2, 1)), (64, 64, 518, (3, 1, 1)), (64, 512, 518, (1, 1, 0)), (518, 128, 100, (1, 1, 0))]
-        } else {
-            [(1, 64, 15744, (4, 2, 1)), (64, 64, 7872, (3, 1, 1)), (64, 512, 7872, (1, 1, 0)), (7872, 128, 512, (1, 1, 0))]
-        };
+        let shapes: [(usize, usize, usize, (usize, usize, usize)); 4] =
+            if crate::testing::on_simulator() {
+                [
+                    (1, 64, 1037, (4, 2, 1)),
+                    (64, 64, 518, (3, 1, 1)),
+                    (64, 512, 518, (1, 1, 0)),
+                    (518, 128, 100, (1, 1, 0)),
+                ]
+            } else {
+                [
+                    (1, 64, 15744, (4, 2, 1)),
+                    (64, 64, 7872, (3, 1, 1)),
+                    (64, 512, 7872, (1, 1, 0)),
+                    (7872, 128, 512, (1, 1, 0)),
+                ]
+            };
         for (cin, cout, len, geo) in shapes {
             check_cuda(&gpu, &dims(2, cin, len, cout, geo).unwrap(), 42);
         }
@@ -572,15 +836,24 @@ mod tests {
 
     #[test]
     fn dw_split_covers_k_in_chunks_of_whole_slabs() {
-        for (batch, len, cin, cout, geo) in
-            [(1, 1, 1, 1, (1, 1, 0)), (3, 1000, 5, 5, (3, 1, 1)), (128, 15744, 1, 64, (4, 2, 1)), (128, 512, 7872, 128, (1, 1, 0))]
-        {
+        for (batch, len, cin, cout, geo) in [
+            (1, 1, 1, 1, (1, 1, 0)),
+            (3, 1000, 5, 5, (3, 1, 1)),
+            (128, 15744, 1, 64, (4, 2, 1)),
+            (128, 512, 7872, 128, (1, 1, 0)),
+        ] {
             let d = dims(batch, cin, len, cout, geo).unwrap();
             let (chunk, splits) = dw_split(&d);
             let k = d.batch * d.lout;
             assert_eq!(chunk % 16, 0, "{d:?}");
-            assert!(splits * chunk >= k && (splits - 1) * chunk < k, "{d:?}: {splits} × {chunk} for k = {k}");
-            assert!(splits * d.w_len() <= 1 << 24 || splits == 1, "{d:?}: partial buffer too big");
+            assert!(
+                splits * chunk >= k && (splits - 1) * chunk < k,
+                "{d:?}: {splits} × {chunk} for k = {k}"
+            );
+            assert!(
+                splits * d.w_len() <= 1 << 24 || splits == 1,
+                "{d:?}: partial buffer too big"
+            );
         }
         // The mapper's first layer has few output tiles and a long k: it must split.
         assert!(dw_split(&dims(128, 1, 15744, 64, (4, 2, 1)).unwrap()).1 > 100);
@@ -591,9 +864,16 @@ mod tests {
         let t = |s: &[usize]| Tensor::zeros(s, &Device::Cpu).unwrap();
         let mut tape = Tape::new();
         let x = t(&[2, 3, 8]);
-        let err = conv1d(&mut tape, &x, &t(&[4, 2, 3]), None, 1, 1).unwrap_err().to_string();
-        assert!(err.contains("expects 2 input channels") && err.contains("has 3"), "{err}");
-        let err = conv1d(&mut tape, &x, &t(&[4, 3, 11]), None, 1, 1).unwrap_err().to_string();
+        let err = conv1d(&mut tape, &x, &t(&[4, 2, 3]), None, 1, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("expects 2 input channels") && err.contains("has 3"),
+            "{err}"
+        );
+        let err = conv1d(&mut tape, &x, &t(&[4, 3, 11]), None, 1, 1)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("longer than the padded input"), "{err}");
         assert!(conv1d(&mut tape, &x, &t(&[4, 3, 10]), None, 1, 1).is_ok());
         assert!(conv1d(&mut tape, &x, &t(&[4, 3]), None, 1, 1).is_err());
@@ -601,7 +881,9 @@ mod tests {
         assert!(conv1d(&mut tape, &x, &t(&[4, 3, 3]), None, 0, 1).is_err());
         assert!(conv1d(&mut tape, &x, &t(&[4, 3, 3]), Some(&t(&[3])), 1, 1).is_err());
         let x16 = x.to_dtype(crate::tensor::DType::BF16).unwrap();
-        let err = conv1d(&mut tape, &x16, &t(&[4, 3, 3]), None, 1, 1).unwrap_err().to_string();
+        let err = conv1d(&mut tape, &x16, &t(&[4, 3, 3]), None, 1, 1)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bf16"), "{err}");
     }
 
@@ -615,7 +897,13 @@ mod tests {
             let b = Tensor::from_slice(&[0.5], &[1], &device).unwrap();
             let y = conv1d(&mut Tape::new(), &x, &w, Some(&b), 2, 1).unwrap();
             assert_eq!(y.shape(), &[1, 1, 3]);
-            assert_close(&y.to_vec_f32().unwrap(), &[-1.5, -1.5, 4.5], 1e-6, 1e-6, &format!("on {device}"));
+            assert_close(
+                &y.to_vec_f32().unwrap(),
+                &[-1.5, -1.5, 4.5],
+                1e-6,
+                1e-6,
+                &format!("on {device}"),
+            );
         }
     }
 }

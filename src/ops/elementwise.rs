@@ -16,7 +16,9 @@ use rayon::prelude::*;
 use super::{bf16_on_cpu, narrow, same_device, same_dtype, same_shape, split_at_axis, widen, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::tensor::{alloc_storage, arg_buffer, arg_buffer_mut, kernel_for, launch_1d, Device, Storage, Tensor};
+use crate::tensor::{
+    alloc_storage, arg_buffer, arg_buffer_mut, kernel_for, launch_1d, Device, Storage, Tensor,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Unary {
@@ -77,7 +79,13 @@ pub mod cpu {
         let c = T::c;
         match op {
             Unary::Relu => x.max(T::zero()),
-            Unary::LeakyRelu { slope, gain } => (if x > T::zero() { x } else { c(slope as f64) * x }) * c(gain as f64),
+            Unary::LeakyRelu { slope, gain } => {
+                (if x > T::zero() {
+                    x
+                } else {
+                    c(slope as f64) * x
+                }) * c(gain as f64)
+            }
             Unary::Gelu => c(0.5) * x * (T::one() + (x * c(std::f64::consts::FRAC_1_SQRT_2)).erf()),
             Unary::QuickGelu => x * sigmoid(c(1.702) * x),
             Unary::Sigmoid => sigmoid(x),
@@ -110,7 +118,14 @@ pub mod cpu {
                     T::zero()
                 }
             }
-            Unary::LeakyRelu { slope, gain } => dy * c(gain as f64) * if x > T::zero() { T::one() } else { c(slope as f64) },
+            Unary::LeakyRelu { slope, gain } => {
+                dy * c(gain as f64)
+                    * if x > T::zero() {
+                        T::one()
+                    } else {
+                        c(slope as f64)
+                    }
+            }
             Unary::Gelu => {
                 let cdf = c(0.5) * (T::one() + (x * c(std::f64::consts::FRAC_1_SQRT_2)).erf());
                 let pdf = c(0.398_942_280_401_432_7) * (c(-0.5) * x * x).exp();
@@ -168,13 +183,29 @@ pub mod cpu {
 
 /// Applies `f` to every element of f32 CPU slices in parallel (zipped slices: no per-element
 /// bounds checks or indexing through a table of slices).
-fn cpu_map<const N: usize>(op: &'static str, xs: [&Tensor; N], f: impl Fn([f32; N]) -> f32 + Sync + Send) -> Result<Tensor> {
+fn cpu_map<const N: usize>(
+    op: &'static str,
+    xs: [&Tensor; N],
+    f: impl Fn([f32; N]) -> f32 + Sync + Send,
+) -> Result<Tensor> {
     let guards: Vec<_> = xs.iter().map(|t| t.storage()).collect();
-    let s: Vec<&[f32]> = guards.iter().map(|g| g.cpu_f32(op)).collect::<Result<_>>()?;
+    let s: Vec<&[f32]> = guards
+        .iter()
+        .map(|g| g.cpu_f32(op))
+        .collect::<Result<_>>()?;
     const GRAIN: usize = 1 << 14;
     let y: Vec<f32> = match N {
-        1 => s[0].par_iter().with_min_len(GRAIN).map(|&a| f(std::array::from_fn(|_| a))).collect(),
-        2 => s[0].par_iter().zip(s[1]).with_min_len(GRAIN).map(|(&a, &b)| f(std::array::from_fn(|k| if k == 0 { a } else { b }))).collect(),
+        1 => s[0]
+            .par_iter()
+            .with_min_len(GRAIN)
+            .map(|&a| f(std::array::from_fn(|_| a)))
+            .collect(),
+        2 => s[0]
+            .par_iter()
+            .zip(s[1])
+            .with_min_len(GRAIN)
+            .map(|(&a, &b)| f(std::array::from_fn(|k| if k == 0 { a } else { b })))
+            .collect(),
         _ => s[0]
             .par_iter()
             .zip(s[1])
@@ -198,9 +229,23 @@ pub(crate) fn unary_raw(op: Unary, x: &Tensor) -> Result<Tensor> {
             let f = gpu.function("elementwise", "unary_fwd_f32")?;
             let nn = n as u64;
             // SAFETY: reads n inputs, writes n outputs.
-            unsafe { gpu.stream.launch_builder(&f).arg(xs.cuda_f32("unary")?).arg(&mut y).arg(&nn).arg(&code).arg(&a).arg(&b).launch(launch_1d(n)) }
-                .map_err(|e| crate::error::Error::cuda("unary_fwd_f32", e))?;
-            Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()))
+            unsafe {
+                gpu.stream
+                    .launch_builder(&f)
+                    .arg(xs.cuda_f32("unary")?)
+                    .arg(&mut y)
+                    .arg(&nn)
+                    .arg(&code)
+                    .arg(&a)
+                    .arg(&b)
+                    .launch(launch_1d(n))
+            }
+            .map_err(|e| crate::error::Error::cuda("unary_fwd_f32", e))?;
+            Ok(Tensor::from_storage(
+                Storage::CudaF32(y),
+                x.shape(),
+                x.device(),
+            ))
         }
     }
 }
@@ -208,7 +253,9 @@ pub(crate) fn unary_raw(op: Unary, x: &Tensor) -> Result<Tensor> {
 /// `dx = f'(x)·dy` without recording.
 pub(crate) fn unary_bwd_raw(op: Unary, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     match x.device() {
-        Device::Cpu => cpu_map("unary backward", [x, y, dy], |[xv, yv, g]| cpu::unary_bwd(op, xv, yv, g)),
+        Device::Cpu => cpu_map("unary backward", [x, y, dy], |[xv, yv, g]| {
+            cpu::unary_bwd(op, xv, yv, g)
+        }),
         Device::Cuda(gpu) => {
             let n = x.numel();
             let (code, a, b) = op.code();
@@ -232,7 +279,11 @@ pub(crate) fn unary_bwd_raw(op: Unary, x: &Tensor, y: &Tensor, dy: &Tensor) -> R
                     .launch(launch_1d(n))
             }
             .map_err(|e| Error::cuda("unary_bwd_f32", e))?;
-            Ok(Tensor::from_storage(Storage::CudaF32(dx), x.shape(), x.device()))
+            Ok(Tensor::from_storage(
+                Storage::CudaF32(dx),
+                x.shape(),
+                x.device(),
+            ))
         }
     }
 }
@@ -241,7 +292,9 @@ pub(crate) fn unary_bwd_raw(op: Unary, x: &Tensor, y: &Tensor, dy: &Tensor) -> R
 pub fn unary(tape: &mut Tape, op: Unary, x: &Tensor) -> Result<Tensor> {
     let y = unary_raw(op, x)?;
     let (xc, yc) = (x.clone(), y.clone());
-    tape.record(&[x], &y, move |dy| Ok(vec![Some(unary_bwd_raw(op, &xc, &yc, dy)?)]));
+    tape.record(&[x], &y, move |dy| {
+        Ok(vec![Some(unary_bwd_raw(op, &xc, &yc, dy)?)])
+    });
     Ok(y)
 }
 
@@ -332,14 +385,18 @@ pub(crate) fn scale_raw(x: &Tensor, s: f32) -> Result<Tensor> {
 /// `y = a + b` (same shape).
 pub fn add(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let y = binary_raw(Binary::Add, a, b)?;
-    tape.record(&[a, b], &y, |dy| Ok(vec![Some(dy.clone()), Some(dy.clone())]));
+    tape.record(&[a, b], &y, |dy| {
+        Ok(vec![Some(dy.clone()), Some(dy.clone())])
+    });
     Ok(y)
 }
 
 /// `y = a − b` (same shape).
 pub fn sub(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let y = binary_raw(Binary::Sub, a, b)?;
-    tape.record(&[a, b], &y, |dy| Ok(vec![Some(dy.clone()), Some(scale_raw(dy, -1.0)?)]));
+    tape.record(&[a, b], &y, |dy| {
+        Ok(vec![Some(dy.clone()), Some(scale_raw(dy, -1.0)?)])
+    });
     Ok(y)
 }
 
@@ -347,7 +404,9 @@ pub fn sub(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn mul(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let y = binary_raw(Binary::Mul, a, b)?;
     let (ac, bc) = (a.clone(), b.clone());
-    tape.record(&[a, b], &y, move |dy| Ok(vec![Some(mul_raw(dy, &bc)?), Some(mul_raw(dy, &ac)?)]));
+    tape.record(&[a, b], &y, move |dy| {
+        Ok(vec![Some(mul_raw(dy, &bc)?), Some(mul_raw(dy, &ac)?)])
+    });
     Ok(y)
 }
 
@@ -358,7 +417,10 @@ pub fn mul(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn scale_by(tape: &mut Tape, x: &Tensor, s: &Tensor) -> Result<Tensor> {
     same_device("scale_by", &[x, s])?;
     if s.numel() != 1 {
-        return Err(Error::shape("scale_by", format!("the scale must have one element, got {:?}", s.shape())));
+        return Err(Error::shape(
+            "scale_by",
+            format!("the scale must have one element, got {:?}", s.shape()),
+        ));
     }
     let y = scale_raw(x, s.scalar()?)?;
     let (xc, sc) = (x.clone(), s.clone());
@@ -374,7 +436,10 @@ fn bias_layout(x: &Tensor, bias: &Tensor, axis: isize) -> Result<(usize, usize, 
     let axis = x.axis(axis)?;
     let (outer, c, inner) = split_at_axis(x.shape(), axis);
     if bias.numel() != c || bias.rank() != 1 {
-        return Err(Error::shape("bias_add", format!("bias {:?} for axis {axis} of {:?}", bias.shape(), x.shape())));
+        return Err(Error::shape(
+            "bias_add",
+            format!("bias {:?} for axis {axis} of {:?}", bias.shape(), x.shape()),
+        ));
     }
     Ok((outer, c, inner))
 }
@@ -390,7 +455,12 @@ pub(crate) fn bias_add_raw(x: &Tensor, bias: &Tensor, axis: isize) -> Result<Ten
         Device::Cpu => {
             let (xs, bs) = (x.storage(), bias.storage());
             let (xv, bv) = (xs.cpu_f32("bias_add")?, bs.cpu_f32("bias_add")?);
-            let y: Vec<f32> = xv.par_iter().enumerate().with_min_len(4096).map(|(i, v)| v + bv[(i / inner) % c]).collect();
+            let y: Vec<f32> = xv
+                .par_iter()
+                .enumerate()
+                .with_min_len(4096)
+                .map(|(i, v)| v + bv[(i / inner) % c])
+                .collect();
             Tensor::from_vec(y, x.shape(), x.device())
         }
         Device::Cuda(gpu) => {
@@ -417,18 +487,39 @@ pub(crate) fn bias_grad_raw(dy: &Tensor, outer: usize, c: usize, inner: usize) -
     match dy.device() {
         Device::Cpu => {
             let s = dy.storage();
-            Tensor::from_vec(cpu::bias_grad(s.cpu_f32("bias_add backward")?, outer, c, inner), &[c], dy.device())
+            Tensor::from_vec(
+                cpu::bias_grad(s.cpu_f32("bias_add backward")?, outer, c, inner),
+                &[c],
+                dy.device(),
+            )
         }
         Device::Cuda(gpu) => {
             let s = dy.storage();
             let mut db = gpu.alloc::<f32>(c)?;
             let f = gpu.function("elementwise", "bias_grad_f32")?;
             let (o, cc, ii) = (outer as u32, c as u32, inner as u32);
-            let cfg = cudarc::driver::LaunchConfig { grid_dim: (c.max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            let cfg = cudarc::driver::LaunchConfig {
+                grid_dim: (c.max(1) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
             // SAFETY: one block per channel reads its outer×inner slice of dy, writes db[c].
-            unsafe { gpu.stream.launch_builder(&f).arg(s.cuda_f32("bias_add backward")?).arg(&mut db).arg(&o).arg(&cc).arg(&ii).launch(cfg) }
-                .map_err(|e| Error::cuda("bias_grad_f32", e))?;
-            Ok(Tensor::from_storage(Storage::CudaF32(db), &[c], dy.device()))
+            unsafe {
+                gpu.stream
+                    .launch_builder(&f)
+                    .arg(s.cuda_f32("bias_add backward")?)
+                    .arg(&mut db)
+                    .arg(&o)
+                    .arg(&cc)
+                    .arg(&ii)
+                    .launch(cfg)
+            }
+            .map_err(|e| Error::cuda("bias_grad_f32", e))?;
+            Ok(Tensor::from_storage(
+                Storage::CudaF32(db),
+                &[c],
+                dy.device(),
+            ))
         }
     }
 }
@@ -437,7 +528,12 @@ pub(crate) fn bias_grad_raw(dy: &Tensor, outer: usize, c: usize, inner: usize) -
 pub fn bias_add(tape: &mut Tape, x: &Tensor, bias: &Tensor, axis: isize) -> Result<Tensor> {
     let y = bias_add_raw(x, bias, axis)?;
     let (outer, c, inner) = bias_layout(x, bias, axis)?;
-    tape.record(&[x, bias], &y, move |dy| Ok(vec![Some(dy.clone()), Some(bias_grad_raw(dy, outer, c, inner)?)]));
+    tape.record(&[x, bias], &y, move |dy| {
+        Ok(vec![
+            Some(dy.clone()),
+            Some(bias_grad_raw(dy, outer, c, inner)?),
+        ])
+    });
     Ok(y)
 }
 
@@ -448,7 +544,10 @@ mod tests {
 
     const ALL: [Unary; 14] = [
         Unary::Relu,
-        Unary::LeakyRelu { slope: 0.2, gain: std::f32::consts::SQRT_2 },
+        Unary::LeakyRelu {
+            slope: 0.2,
+            gain: std::f32::consts::SQRT_2,
+        },
         Unary::Gelu,
         Unary::QuickGelu,
         Unary::Sigmoid,
@@ -457,7 +556,10 @@ mod tests {
         Unary::Log,
         Unary::Sqrt,
         Unary::Rsqrt,
-        Unary::Clamp { min: -0.5, max: 0.7 },
+        Unary::Clamp {
+            min: -0.5,
+            max: 0.7,
+        },
         Unary::Scale(-1.5),
         Unary::AddScalar(0.25),
         Unary::Square,
@@ -487,12 +589,33 @@ mod tests {
     #[test]
     fn unary_gradients_match_finite_differences() {
         for op in ALL {
-            let x: Vec<f64> = domain_inputs(op, 37, 1).iter().map(|&v| v as f64 * 3.0).collect();
-            let x: Vec<f64> = x.iter().map(|&v| if matches!(op, Unary::Log | Unary::Sqrt | Unary::Rsqrt) { v.abs() + 0.2 } else { v }).collect();
+            let x: Vec<f64> = domain_inputs(op, 37, 1)
+                .iter()
+                .map(|&v| v as f64 * 3.0)
+                .collect();
+            let x: Vec<f64> = x
+                .iter()
+                .map(|&v| {
+                    if matches!(op, Unary::Log | Unary::Sqrt | Unary::Rsqrt) {
+                        v.abs() + 0.2
+                    } else {
+                        v
+                    }
+                })
+                .collect();
             let w: Vec<f64> = random_vec(37, 2).iter().map(|&v| v as f64).collect();
             // loss = Σ w ⊙ f(x)
-            let loss = |x: &[f64]| x.iter().zip(&w).map(|(&xi, &wi)| wi * cpu::unary_fwd(op, xi)).sum::<f64>();
-            let analytic: Vec<f64> = x.iter().zip(&w).map(|(&xi, &wi)| cpu::unary_bwd(op, xi, cpu::unary_fwd(op, xi), wi)).collect();
+            let loss = |x: &[f64]| {
+                x.iter()
+                    .zip(&w)
+                    .map(|(&xi, &wi)| wi * cpu::unary_fwd(op, xi))
+                    .sum::<f64>()
+            };
+            let analytic: Vec<f64> = x
+                .iter()
+                .zip(&w)
+                .map(|(&xi, &wi)| cpu::unary_bwd(op, xi, cpu::unary_fwd(op, xi), wi))
+                .collect();
             gradcheck(&format!("{op:?}"), loss, &x, &analytic);
         }
     }
@@ -511,7 +634,11 @@ mod tests {
                 let loss = crate::ops::reduce::sum_all(&mut tape, &yw).unwrap();
                 let g = tape.backward(&loss).unwrap();
                 let got = g.get(&x).unwrap().to_vec_f32().unwrap();
-                let want: Vec<f32> = xv.iter().zip(w.to_vec_f32().unwrap()).map(|(&xi, wi)| cpu::unary_bwd(op, xi, cpu::unary_fwd(op, xi), wi)).collect();
+                let want: Vec<f32> = xv
+                    .iter()
+                    .zip(w.to_vec_f32().unwrap())
+                    .map(|(&xi, wi)| cpu::unary_bwd(op, xi, cpu::unary_fwd(op, xi), wi))
+                    .collect();
                 assert_close(&got, &want, 1e-5, 1e-6, &format!("{op:?} on {device}"));
             }
         }
@@ -559,11 +686,37 @@ mod tests {
             let g = tape.backward(&loss).unwrap();
             let da: Vec<f32> = av.iter().zip(&bv).map(|(a, b)| 2.0 * a - b).collect();
             let db: Vec<f32> = av.iter().map(|a| 1.0 - a).collect();
-            assert_close(&g.get(&a).unwrap().to_vec_f32().unwrap(), &da, 1e-5, 1e-6, "da");
-            assert_close(&g.get(&b).unwrap().to_vec_f32().unwrap(), &db, 1e-5, 1e-6, "db");
-            assert_close(&g.get(&bias).unwrap().to_vec_f32().unwrap(), &[15.0; 4], 1e-5, 1e-6, "dbias");
-            let want_y: Vec<f32> = (0..60).map(|i| (av[i] - bv[i]) * av[i] + bv[i] + biasv[(i / 5) % 4]).collect();
-            assert_close(&y.to_vec_f32().unwrap(), &want_y, 1e-5, 1e-6, "bias_add forward");
+            assert_close(
+                &g.get(&a).unwrap().to_vec_f32().unwrap(),
+                &da,
+                1e-5,
+                1e-6,
+                "da",
+            );
+            assert_close(
+                &g.get(&b).unwrap().to_vec_f32().unwrap(),
+                &db,
+                1e-5,
+                1e-6,
+                "db",
+            );
+            assert_close(
+                &g.get(&bias).unwrap().to_vec_f32().unwrap(),
+                &[15.0; 4],
+                1e-5,
+                1e-6,
+                "dbias",
+            );
+            let want_y: Vec<f32> = (0..60)
+                .map(|i| (av[i] - bv[i]) * av[i] + bv[i] + biasv[(i / 5) % 4])
+                .collect();
+            assert_close(
+                &y.to_vec_f32().unwrap(),
+                &want_y,
+                1e-5,
+                1e-6,
+                "bias_add forward",
+            );
         }
     }
 
@@ -585,7 +738,13 @@ mod tests {
                 out.extend(bias_grad_raw(&a, n, 3, 1).unwrap().to_vec_f32().unwrap());
                 out
             };
-            assert_close(&run(&gpu), &run(&Device::Cpu), 1e-5, 1e-5, &format!("binary/bias n={n}"));
+            assert_close(
+                &run(&gpu),
+                &run(&Device::Cpu),
+                1e-5,
+                1e-5,
+                &format!("binary/bias n={n}"),
+            );
         }
     }
 
@@ -594,7 +753,9 @@ mod tests {
     #[test]
     fn scale_by_gradients_match_central_differences() {
         let (xv, rv) = (random_vec(37, 1), random_vec(37, 2));
-        let loss = |x: &[f32], s: f32| -> f64 { x.iter().zip(&rv).map(|(&x, &r)| (s * x * r) as f64).sum() };
+        let loss = |x: &[f32], s: f32| -> f64 {
+            x.iter().zip(&rv).map(|(&x, &r)| (s * x * r) as f64).sum()
+        };
         for device in devices() {
             let x = Tensor::from_slice(&xv, &[37], &device).unwrap();
             let s = Tensor::from_vec(vec![1.7], &[], &device).unwrap();
@@ -609,18 +770,27 @@ mod tests {
             let ds = grads.get(&s).unwrap().scalar().unwrap() as f64;
             let e = 1e-2;
             let want = (loss(&xv, 1.7 + e) - loss(&xv, 1.7 - e)) / (2.0 * e as f64);
-            assert!((ds - want).abs() <= 1e-4 * want.abs().max(1.0), "ds {ds} vs {want} on {device}");
+            assert!(
+                (ds - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "ds {ds} vs {want} on {device}"
+            );
             let dx = grads.get(&x).unwrap().to_vec_f32().unwrap();
             for i in [0, 17, 36] {
                 let (mut up, mut down) = (xv.clone(), xv.clone());
                 up[i] += e;
                 down[i] -= e;
                 let want = (loss(&up, 1.7) - loss(&down, 1.7)) / (2.0 * e as f64);
-                assert!((dx[i] as f64 - want).abs() <= 1e-4 * want.abs().max(1.0), "dx[{i}] {} vs {want} on {device}", dx[i]);
+                assert!(
+                    (dx[i] as f64 - want).abs() <= 1e-4 * want.abs().max(1.0),
+                    "dx[{i}] {} vs {want} on {device}",
+                    dx[i]
+                );
             }
         }
         let two = Tensor::zeros(&[2], &Device::Cpu).unwrap();
-        let err = scale_by(&mut Tape::new(), &two, &two).unwrap_err().to_string();
+        let err = scale_by(&mut Tape::new(), &two, &two)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("one element"), "{err}");
     }
 
@@ -638,12 +808,27 @@ mod tests {
     #[test]
     fn bf16_add_and_bias_add_cuda_match_cpu() {
         for n in parity_sizes() {
-            let t = |seed| Tensor::from_vec(random_vec(n * 3, seed), &[n, 3], &Device::Cpu).unwrap();
-            crate::testing::bf16_parity(&format!("add [{n}, 3]"), &[t(1), t(2)], 1e-2, 1e-3, |x| add(&mut Tape::inference(), &x[0], &x[1]));
+            let t =
+                |seed| Tensor::from_vec(random_vec(n * 3, seed), &[n, 3], &Device::Cpu).unwrap();
+            crate::testing::bf16_parity(&format!("add [{n}, 3]"), &[t(1), t(2)], 1e-2, 1e-3, |x| {
+                add(&mut Tape::inference(), &x[0], &x[1])
+            });
             let bias = Tensor::from_vec(random_vec(3, 3), &[3], &Device::Cpu).unwrap();
-            crate::testing::bf16_parity(&format!("bias_add [{n}, 3]"), &[t(4), bias], 1e-2, 1e-3, |x| bias_add(&mut Tape::inference(), &x[0], &x[1], -1));
+            crate::testing::bf16_parity(
+                &format!("bias_add [{n}, 3]"),
+                &[t(4), bias],
+                1e-2,
+                1e-3,
+                |x| bias_add(&mut Tape::inference(), &x[0], &x[1], -1),
+            );
         }
-        let (a, b) = (Tensor::zeros(&[2], &Device::Cpu).unwrap(), Tensor::zeros(&[2], &Device::Cpu).unwrap().to_dtype(crate::tensor::DType::BF16).unwrap());
+        let (a, b) = (
+            Tensor::zeros(&[2], &Device::Cpu).unwrap(),
+            Tensor::zeros(&[2], &Device::Cpu)
+                .unwrap()
+                .to_dtype(crate::tensor::DType::BF16)
+                .unwrap(),
+        );
         let err = add(&mut Tape::new(), &a, &b).unwrap_err().to_string();
         assert!(err.contains("f32 and bf16"), "{err}");
     }

@@ -9,20 +9,28 @@ use super::Real;
 
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::tensor::{alloc_storage, arg_buffer, arg_buffer_mut, kernel_for, launch, launch_1d, upload, DType, Device, Storage, Tensor};
+use crate::tensor::{
+    alloc_storage, arg_buffer, arg_buffer_mut, kernel_for, launch, launch_1d, upload, DType,
+    Device, Storage, Tensor,
+};
 
 pub mod cpu {
     use super::Real;
 
     /// Any element type: a bf16 table gathers as bits.
     pub fn gather<T: Copy>(w: &[T], ids: &[u32], dim: usize) -> Vec<T> {
-        ids.iter().flat_map(|&id| w[id as usize * dim..][..dim].iter().copied()).collect()
+        ids.iter()
+            .flat_map(|&id| w[id as usize * dim..][..dim].iter().copied())
+            .collect()
     }
 
     pub fn scatter_add<T: Real>(dy: &[T], ids: &[u32], vocab: usize, dim: usize) -> Vec<T> {
         let mut dw = vec![T::zero(); vocab * dim];
         for (i, &id) in ids.iter().enumerate() {
-            for (acc, &g) in dw[id as usize * dim..][..dim].iter_mut().zip(&dy[i * dim..][..dim]) {
+            for (acc, &g) in dw[id as usize * dim..][..dim]
+                .iter_mut()
+                .zip(&dy[i * dim..][..dim])
+            {
                 *acc = *acc + g;
             }
         }
@@ -34,7 +42,11 @@ fn scatter_add_raw(dy: &Tensor, ids: &[u32], vocab: usize, dim: usize) -> Result
     match dy.device() {
         Device::Cpu => {
             let s = dy.storage();
-            Tensor::from_vec(cpu::scatter_add(s.cpu_f32("embedding backward")?, ids, vocab, dim), &[vocab, dim], dy.device())
+            Tensor::from_vec(
+                cpu::scatter_add(s.cpu_f32("embedding backward")?, ids, vocab, dim),
+                &[vocab, dim],
+                dy.device(),
+            )
         }
         Device::Cuda(gpu) => {
             let dw = Tensor::zeros(&[vocab, dim], dy.device())?;
@@ -43,7 +55,17 @@ fn scatter_add_raw(dy: &Tensor, ids: &[u32], vocab: usize, dim: usize) -> Result
                 let ids_dev = upload(gpu, ids)?;
                 let (n, dd) = (ids.len() as u32, dim as u32);
                 // SAFETY: ids were checked < vocab in the forward; dw holds vocab·dim.
-                launch!(gpu, "embedding", "embedding_bwd_f32", launch_1d(ids.len() * dim), s.cuda_f32("embedding backward")?, &ids_dev, d.cuda_f32_mut("embedding backward")?, &n, &dd)?;
+                launch!(
+                    gpu,
+                    "embedding",
+                    "embedding_bwd_f32",
+                    launch_1d(ids.len() * dim),
+                    s.cuda_f32("embedding backward")?,
+                    &ids_dev,
+                    d.cuda_f32_mut("embedding backward")?,
+                    &n,
+                    &dd
+                )?;
             }
             Ok(dw)
         }
@@ -53,27 +75,50 @@ fn scatter_add_raw(dy: &Tensor, ids: &[u32], vocab: usize, dim: usize) -> Result
 /// Rows of `weight` (`[vocab, dim]`) for each id: `[ids.len(), dim]`. An id ≥ vocab is an error.
 pub fn embedding(tape: &mut Tape, weight: &Tensor, ids: &[u32]) -> Result<Tensor> {
     if weight.rank() != 2 {
-        return Err(Error::shape("embedding", format!("table must be [vocab, dim], got {:?}", weight.shape())));
+        return Err(Error::shape(
+            "embedding",
+            format!("table must be [vocab, dim], got {:?}", weight.shape()),
+        ));
     }
     let (vocab, dim) = (weight.shape()[0], weight.shape()[1]);
     if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-        return Err(Error::shape("embedding", format!("id {bad} out of range for a table of {vocab} rows")));
+        return Err(Error::shape(
+            "embedding",
+            format!("id {bad} out of range for a table of {vocab} rows"),
+        ));
     }
     let shape = [ids.len(), dim];
     if weight.dtype() != DType::F32 && tape.needs_grad(&[weight]) {
-        return Err(Error::DType { op: "embedding", got: weight.dtype(), expected: "f32 when gradients are needed (bf16 is inference-only)" });
+        return Err(Error::DType {
+            op: "embedding",
+            got: weight.dtype(),
+            expected: "f32 when gradients are needed (bf16 is inference-only)",
+        });
     }
     let y = match weight.device() {
         Device::Cpu => {
             let s = weight.storage();
             match &*s {
-                Storage::CpuBF16(w) => Tensor::from_storage(Storage::CpuBF16(cpu::gather(w, ids, dim)), &shape, weight.device()),
-                other => Tensor::from_vec(cpu::gather(other.cpu_f32("embedding")?, ids, dim), &shape, weight.device())?,
+                Storage::CpuBF16(w) => Tensor::from_storage(
+                    Storage::CpuBF16(cpu::gather(w, ids, dim)),
+                    &shape,
+                    weight.device(),
+                ),
+                other => Tensor::from_vec(
+                    cpu::gather(other.cpu_f32("embedding")?, ids, dim),
+                    &shape,
+                    weight.device(),
+                )?,
             }
         }
         Device::Cuda(gpu) => {
             // A bf16 table gathers as 2-byte bits.
-            let name = kernel_for("embedding", weight.dtype(), "embedding_fwd_f32", "embedding_fwd_b16")?;
+            let name = kernel_for(
+                "embedding",
+                weight.dtype(),
+                "embedding_fwd_f32",
+                "embedding_fwd_b16",
+            )?;
             let s = weight.storage();
             let ids_dev = upload(gpu, ids)?;
             let mut y = alloc_storage(gpu, weight.dtype(), ids.len() * dim)?;
@@ -90,7 +135,9 @@ pub fn embedding(tape: &mut Tape, weight: &Tensor, ids: &[u32]) -> Result<Tensor
         }
     };
     let ids = ids.to_vec();
-    tape.record(&[weight], &y, move |dy| Ok(vec![Some(scatter_add_raw(dy, &ids, vocab, dim)?)]));
+    tape.record(&[weight], &y, move |dy| {
+        Ok(vec![Some(scatter_add_raw(dy, &ids, vocab, dim)?)])
+    });
     Ok(y)
 }
 
@@ -104,8 +151,19 @@ mod tests {
         let (vocab, dim, ids) = (5, 3, [4u32, 0, 4, 2]);
         let w: Vec<f64> = random_vec(15, 1).iter().map(|&v| v as f64).collect();
         let r: Vec<f64> = random_vec(12, 2).iter().map(|&v| v as f64).collect();
-        let loss = |w: &[f64]| cpu::gather(w, &ids, dim).iter().zip(&r).map(|(a, b)| a * b).sum::<f64>();
-        gradcheck("embedding", loss, &w, &cpu::scatter_add(&r, &ids, vocab, dim));
+        let loss = |w: &[f64]| {
+            cpu::gather(w, &ids, dim)
+                .iter()
+                .zip(&r)
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+        };
+        gradcheck(
+            "embedding",
+            loss,
+            &w,
+            &cpu::scatter_add(&r, &ids, vocab, dim),
+        );
     }
 
     #[test]
@@ -116,10 +174,28 @@ mod tests {
             let mut tape = Tape::new();
             tape.watch(&w);
             let y = embedding(&mut tape, &w, &[1, 1, 3]).unwrap();
-            assert_close(&y.to_vec_f32().unwrap(), &[&wv[3..6], &wv[3..6], &wv[9..12]].concat(), 0.0, 0.0, "gather");
+            assert_close(
+                &y.to_vec_f32().unwrap(),
+                &[&wv[3..6], &wv[3..6], &wv[9..12]].concat(),
+                0.0,
+                0.0,
+                "gather",
+            );
             let loss = crate::ops::reduce::sum_all(&mut tape, &y).unwrap();
-            let g = tape.backward(&loss).unwrap().get(&w).unwrap().to_vec_f32().unwrap();
-            assert_close(&g, &[0., 0., 0., 2., 2., 2., 0., 0., 0., 1., 1., 1.], 0.0, 0.0, &format!("scatter on {device}"));
+            let g = tape
+                .backward(&loss)
+                .unwrap()
+                .get(&w)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
+            assert_close(
+                &g,
+                &[0., 0., 0., 2., 2., 2., 0., 0., 0., 1., 1., 1.],
+                0.0,
+                0.0,
+                &format!("scatter on {device}"),
+            );
         }
     }
 
@@ -131,19 +207,35 @@ mod tests {
             let (wv, dyv) = (random_vec(37 * 5, 1), random_vec(n * 5, 2));
             let run = |d: &Device| {
                 let w = Tensor::from_slice(&wv, &[37, 5], d).unwrap();
-                let mut out = embedding(&mut Tape::inference(), &w, &ids).unwrap().to_vec_f32().unwrap();
+                let mut out = embedding(&mut Tape::inference(), &w, &ids)
+                    .unwrap()
+                    .to_vec_f32()
+                    .unwrap();
                 let dy = Tensor::from_slice(&dyv, &[n, 5], d).unwrap();
-                out.extend(scatter_add_raw(&dy, &ids, 37, 5).unwrap().to_vec_f32().unwrap());
+                out.extend(
+                    scatter_add_raw(&dy, &ids, 37, 5)
+                        .unwrap()
+                        .to_vec_f32()
+                        .unwrap(),
+                );
                 out
             };
-            assert_close(&run(&gpu), &run(&Device::Cpu), 1e-5, 1e-5, &format!("embedding n={n}"));
+            assert_close(
+                &run(&gpu),
+                &run(&Device::Cpu),
+                1e-5,
+                1e-5,
+                &format!("embedding n={n}"),
+            );
         }
     }
 
     #[test]
     fn out_of_range_id_is_an_error() {
         let w = Tensor::zeros(&[4, 3], &Device::Cpu).unwrap();
-        let err = embedding(&mut Tape::new(), &w, &[4]).unwrap_err().to_string();
+        let err = embedding(&mut Tape::new(), &w, &[4])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("id 4 out of range"), "{err}");
     }
 
@@ -152,9 +244,24 @@ mod tests {
     fn bf16_gather_cuda_matches_cpu() {
         let w = Tensor::from_vec(random_vec(11 * 7, 1), &[11, 7], &Device::Cpu).unwrap();
         let ids = [3, 0, 10, 3, 7];
-        crate::testing::bf16_parity("embedding", std::slice::from_ref(&w), 0.0, 0.0, |x| embedding(&mut Tape::inference(), &x[0], &ids));
-        let got = embedding(&mut Tape::inference(), &w.to_dtype(crate::tensor::DType::BF16).unwrap(), &ids).unwrap().to_vec_f32().unwrap();
-        assert_eq!(got[..7], w.to_dtype(crate::tensor::DType::BF16).unwrap().to_vec_f32().unwrap()[21..28]);
+        crate::testing::bf16_parity("embedding", std::slice::from_ref(&w), 0.0, 0.0, |x| {
+            embedding(&mut Tape::inference(), &x[0], &ids)
+        });
+        let got = embedding(
+            &mut Tape::inference(),
+            &w.to_dtype(crate::tensor::DType::BF16).unwrap(),
+            &ids,
+        )
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+        assert_eq!(
+            got[..7],
+            w.to_dtype(crate::tensor::DType::BF16)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap()[21..28]
+        );
         // bf16 has no backward: a watched bf16 table is refused up front.
         let w16 = w.to_dtype(crate::tensor::DType::BF16).unwrap();
         let mut tape = Tape::new();

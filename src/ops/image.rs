@@ -72,19 +72,30 @@ impl Taps {
         let filterscale = scale.max(1.0);
         let support = 2.0 * filterscale;
         let ksize = support.ceil() as usize * 2 + 1;
-        let mut t = Taps { ksize, start: Vec::with_capacity(n), count: Vec::with_capacity(n), weights: vec![0; n * ksize] };
+        let mut t = Taps {
+            ksize,
+            start: Vec::with_capacity(n),
+            count: Vec::with_capacity(n),
+            weights: vec![0; n * ksize],
+        };
         for (o, xx) in (first..first + n).enumerate() {
             let center = (xx as f64 + 0.5) * scale;
             // `(int)` in C truncates toward zero.
             let xmin = ((center - support + 0.5) as i64).max(0);
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
             let ss = 1.0 / filterscale;
-            let w: Vec<f64> = (0..xmax).map(|x| bicubic((x as f64 + xmin as f64 - center + 0.5) * ss)).collect();
+            let w: Vec<f64> = (0..xmax)
+                .map(|x| bicubic((x as f64 + xmin as f64 - center + 0.5) * ss))
+                .collect();
             let ww: f64 = w.iter().sum();
             for (x, &wx) in w.iter().enumerate() {
                 let k = if ww != 0.0 { wx / ww } else { wx };
                 let fixed = k * (1u32 << PRECISION_BITS) as f64;
-                t.weights[o * ksize + x] = if k < 0.0 { (-0.5 + fixed) as i32 } else { (0.5 + fixed) as i32 };
+                t.weights[o * ksize + x] = if k < 0.0 {
+                    (-0.5 + fixed) as i32
+                } else {
+                    (0.5 + fixed) as i32
+                };
             }
             t.start.push(xmin as i32);
             t.count.push(xmax.max(0) as i32);
@@ -136,24 +147,47 @@ impl Plan {
     fn new(shape: [usize; 4], n: usize, pixels: usize) -> Result<Plan> {
         let [batch, h, w, c] = shape;
         if c != 3 || h == 0 || w == 0 {
-            return Err(Error::shape("clip_preprocess", format!("images must be u8 [B, H, W, 3] with H, W ≥ 1, got {shape:?}")));
+            return Err(Error::shape(
+                "clip_preprocess",
+                format!("images must be u8 [B, H, W, 3] with H, W ≥ 1, got {shape:?}"),
+            ));
         }
         if pixels != batch * h * w * 3 {
-            return Err(Error::shape("clip_preprocess", format!("{pixels} bytes for images of shape {shape:?}")));
+            return Err(Error::shape(
+                "clip_preprocess",
+                format!("{pixels} bytes for images of shape {shape:?}"),
+            ));
         }
         if n == 0 {
-            return Err(Error::Invalid("clip_preprocess: output size must be at least 1".into()));
+            return Err(Error::Invalid(
+                "clip_preprocess: output size must be at least 1".into(),
+            ));
         }
         let (rh, rw) = resized_size(h, w, n);
         let (top, left) = (half_round_even(rh - n), half_round_even(rw - n));
         let horizontal = Taps::pil(w, rw, left, n);
         let mut vertical = Taps::pil(h, rh, top, n);
         let row0 = *vertical.start.iter().min().unwrap_or(&0) as usize;
-        let row_end = vertical.start.iter().zip(&vertical.count).map(|(s, c)| (s + c) as usize).max().unwrap_or(row0);
+        let row_end = vertical
+            .start
+            .iter()
+            .zip(&vertical.count)
+            .map(|(s, c)| (s + c) as usize)
+            .max()
+            .unwrap_or(row0);
         for s in vertical.start.iter_mut() {
             *s -= row0 as i32;
         }
-        Ok(Plan { batch, h, w, n, row0, rows: row_end - row0, horizontal, vertical })
+        Ok(Plan {
+            batch,
+            h,
+            w,
+            n,
+            row0,
+            rows: row_end - row0,
+            horizontal,
+            vertical,
+        })
     }
 }
 
@@ -164,39 +198,44 @@ pub mod cpu {
     pub(super) fn preprocess(images: &[u8], p: &Plan) -> Vec<f32> {
         let (n, w, rows) = (p.n, p.w, p.rows);
         let mut out = vec![0f32; p.batch * 3 * n * n];
-        out.par_chunks_mut(3 * n * n).enumerate().for_each(|(b, out)| {
-            let img = &images[b * p.h * w * 3..(b + 1) * p.h * w * 3];
-            // Horizontal pass: [rows, n, 3] u8.
-            let mut tmp = vec![0u8; rows * n * 3];
-            for r in 0..rows {
-                let src = &img[(p.row0 + r) * w * 3..][..w * 3];
-                for j in 0..n {
-                    let (s, cnt) = (p.horizontal.start[j] as usize, p.horizontal.count[j] as usize);
-                    let k = &p.horizontal.weights[j * p.horizontal.ksize..][..cnt];
-                    for c in 0..3 {
-                        let mut ss = 1i32 << (PRECISION_BITS - 1);
-                        for (x, &kx) in k.iter().enumerate() {
-                            ss += src[(s + x) * 3 + c] as i32 * kx;
+        out.par_chunks_mut(3 * n * n)
+            .enumerate()
+            .for_each(|(b, out)| {
+                let img = &images[b * p.h * w * 3..(b + 1) * p.h * w * 3];
+                // Horizontal pass: [rows, n, 3] u8.
+                let mut tmp = vec![0u8; rows * n * 3];
+                for r in 0..rows {
+                    let src = &img[(p.row0 + r) * w * 3..][..w * 3];
+                    for j in 0..n {
+                        let (s, cnt) = (
+                            p.horizontal.start[j] as usize,
+                            p.horizontal.count[j] as usize,
+                        );
+                        let k = &p.horizontal.weights[j * p.horizontal.ksize..][..cnt];
+                        for c in 0..3 {
+                            let mut ss = 1i32 << (PRECISION_BITS - 1);
+                            for (x, &kx) in k.iter().enumerate() {
+                                ss += src[(s + x) * 3 + c] as i32 * kx;
+                            }
+                            tmp[(r * n + j) * 3 + c] = clip8(ss);
                         }
-                        tmp[(r * n + j) * 3 + c] = clip8(ss);
                     }
                 }
-            }
-            // Vertical pass, then scale and normalise into planar [3, n, n].
-            for i in 0..n {
-                let (s, cnt) = (p.vertical.start[i] as usize, p.vertical.count[i] as usize);
-                let k = &p.vertical.weights[i * p.vertical.ksize..][..cnt];
-                for j in 0..n {
-                    for c in 0..3 {
-                        let mut ss = 1i32 << (PRECISION_BITS - 1);
-                        for (y, &ky) in k.iter().enumerate() {
-                            ss += tmp[((s + y) * n + j) * 3 + c] as i32 * ky;
+                // Vertical pass, then scale and normalise into planar [3, n, n].
+                for i in 0..n {
+                    let (s, cnt) = (p.vertical.start[i] as usize, p.vertical.count[i] as usize);
+                    let k = &p.vertical.weights[i * p.vertical.ksize..][..cnt];
+                    for j in 0..n {
+                        for c in 0..3 {
+                            let mut ss = 1i32 << (PRECISION_BITS - 1);
+                            for (y, &ky) in k.iter().enumerate() {
+                                ss += tmp[((s + y) * n + j) * 3 + c] as i32 * ky;
+                            }
+                            out[(c * n + i) * n + j] = normalize(clip8(ss), c);
                         }
-                        out[(c * n + i) * n + j] = normalize(clip8(ss), c);
                     }
                 }
-            }
-        });
+            });
         out
     }
 
@@ -209,7 +248,12 @@ pub mod cpu {
 
 /// CLIP's preprocessing of u8 RGB images `[B, H, W, 3]` (row-major, as the dataset stores
 /// `/images`) to normalised f32 `[B, 3, size, size]` on `device`. CLIP ViT-B/32 uses size 224.
-pub fn clip_preprocess(images: &[u8], shape: [usize; 4], size: usize, device: &Device) -> Result<Tensor> {
+pub fn clip_preprocess(
+    images: &[u8],
+    shape: [usize; 4],
+    size: usize,
+    device: &Device,
+) -> Result<Tensor> {
     let p = Plan::new(shape, size, images.len())?;
     let n = p.n;
     let out_shape = [p.batch, 3, n, n];
@@ -217,11 +261,26 @@ pub fn clip_preprocess(images: &[u8], shape: [usize; 4], size: usize, device: &D
         Device::Cpu => Tensor::from_vec(cpu::preprocess(images, &p), &out_shape, device),
         Device::Cuda(gpu) => {
             let img = upload(gpu, images)?;
-            let (hs, hc, hw) = (upload(gpu, &p.horizontal.start)?, upload(gpu, &p.horizontal.count)?, upload(gpu, &p.horizontal.weights)?);
-            let (vs, vc, vw) = (upload(gpu, &p.vertical.start)?, upload(gpu, &p.vertical.count)?, upload(gpu, &p.vertical.weights)?);
+            let (hs, hc, hw) = (
+                upload(gpu, &p.horizontal.start)?,
+                upload(gpu, &p.horizontal.count)?,
+                upload(gpu, &p.horizontal.weights)?,
+            );
+            let (vs, vc, vw) = (
+                upload(gpu, &p.vertical.start)?,
+                upload(gpu, &p.vertical.count)?,
+                upload(gpu, &p.vertical.weights)?,
+            );
             let tmp_len = p.batch * p.rows * n * 3;
             let mut tmp = gpu.alloc::<u8>(tmp_len)?;
-            let (b, h, w, row0, rows, nn) = (p.batch as u32, p.h as u32, p.w as u32, p.row0 as u32, p.rows as u32, n as u32);
+            let (b, h, w, row0, rows, nn) = (
+                p.batch as u32,
+                p.h as u32,
+                p.w as u32,
+                p.row0 as u32,
+                p.rows as u32,
+                n as u32,
+            );
             let (hk, vk) = (p.horizontal.ksize as u32, p.vertical.ksize as u32);
             let f = gpu.function("image", "resize_h_u8")?;
             // SAFETY: writes B·rows·n·3 bytes of tmp; reads image rows row0..row0+rows < H of each
@@ -272,7 +331,11 @@ pub fn clip_preprocess(images: &[u8], shape: [usize; 4], size: usize, device: &D
                     .launch(launch_1d(out_len))
             }
             .map_err(|e| Error::cuda("resize_v_normalize_f32", e))?;
-            Ok(Tensor::from_storage(Storage::CudaF32(out), &out_shape, device))
+            Ok(Tensor::from_storage(
+                Storage::CudaF32(out),
+                &out_shape,
+                device,
+            ))
         }
     }
 }
@@ -285,7 +348,9 @@ mod tests {
 
     fn random_images(shape: [usize; 4], seed: u64) -> Vec<u8> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        (0..shape.iter().product::<usize>()).map(|_| rng.gen()).collect()
+        (0..shape.iter().product::<usize>())
+            .map(|_| rng.gen())
+            .collect()
     }
 
     #[test]
@@ -301,7 +366,10 @@ mod tests {
     fn same_size_is_the_identity_resample() {
         let shape = [1, 6, 6, 3];
         let img = random_images(shape, 1);
-        let y = clip_preprocess(&img, shape, 6, &Device::Cpu).unwrap().to_vec_f32().unwrap();
+        let y = clip_preprocess(&img, shape, 6, &Device::Cpu)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
         for c in 0..3 {
             for i in 0..36 {
                 assert_eq!(y[c * 36 + i], cpu::normalize(img[i * 3 + c], c));
@@ -315,7 +383,10 @@ mod tests {
             let t = Taps::pil(inn, out, 0, out);
             for o in 0..out {
                 let s: i32 = t.weights[o * t.ksize..][..t.count[o] as usize].iter().sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() <= t.ksize as i32, "{inn}→{out} output {o}: {s}");
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= t.ksize as i32,
+                    "{inn}→{out} output {o}: {s}"
+                );
             }
         }
     }
@@ -331,10 +402,23 @@ mod tests {
     #[test]
     fn clip_preprocess_cuda_matches_cpu() {
         let Some(gpu) = gpu() else { return };
-        for (shape, n) in [([1, 37, 53, 3], 224), ([3, 64, 64, 3], 224), ([2, 300, 200, 3], 224), ([1, 251, 317, 3], 32), ([2, 5, 3, 3], 8), ([1, 1, 1, 3], 1)] {
+        for (shape, n) in [
+            ([1, 37, 53, 3], 224),
+            ([3, 64, 64, 3], 224),
+            ([2, 300, 200, 3], 224),
+            ([1, 251, 317, 3], 32),
+            ([2, 5, 3, 3], 8),
+            ([1, 1, 1, 3], 1),
+        ] {
             let img = random_images(shape, n as u64);
-            let want = clip_preprocess(&img, shape, n, &Device::Cpu).unwrap().to_vec_f32().unwrap();
-            let got = clip_preprocess(&img, shape, n, &gpu).unwrap().to_vec_f32().unwrap();
+            let want = clip_preprocess(&img, shape, n, &Device::Cpu)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
+            let got = clip_preprocess(&img, shape, n, &gpu)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
             // Integer passes on shared weights, the same f32 normalisation: identical up to rounding of the division.
             assert_close(&got, &want, 1e-6, 1e-6, &format!("{shape:?} → {n}"));
         }

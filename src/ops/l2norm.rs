@@ -69,12 +69,19 @@ pub mod cpu {
         if n == 0 {
             return dx;
         }
-        dx.par_chunks_mut(n).zip(y.par_chunks(n).zip(dy.par_chunks(n))).zip(norm.par_iter()).for_each(|((dxr, (yr, gr)), &nrm)| {
-            let dot: T = gr.iter().zip(yr).map(|(&g, &v)| g * v).sum();
-            for ((d, &v), &g) in dxr.iter_mut().zip(yr).zip(gr) {
-                *d = if nrm > eps { (g - v * dot) / nrm } else { g / eps };
-            }
-        });
+        dx.par_chunks_mut(n)
+            .zip(y.par_chunks(n).zip(dy.par_chunks(n)))
+            .zip(norm.par_iter())
+            .for_each(|((dxr, (yr, gr)), &nrm)| {
+                let dot: T = gr.iter().zip(yr).map(|(&g, &v)| g * v).sum();
+                for ((d, &v), &g) in dxr.iter_mut().zip(yr).zip(gr) {
+                    *d = if nrm > eps {
+                        (g - v * dot) / nrm
+                    } else {
+                        g / eps
+                    };
+                }
+            });
         dx
     }
 }
@@ -82,14 +89,22 @@ pub mod cpu {
 /// (rows, n) after checking x and eps.
 fn check(op: &'static str, x: &Tensor, eps: f32) -> Result<(usize, usize)> {
     let Some((&n, lead)) = x.shape().split_last() else {
-        return Err(Error::shape(op, "needs at least one axis (the last is normalised), got a scalar"));
+        return Err(Error::shape(
+            op,
+            "needs at least one axis (the last is normalised), got a scalar",
+        ));
     };
     let rows: usize = lead.iter().product();
     if rows > u32::MAX as usize || n > u32::MAX as usize {
-        return Err(Error::shape(op, format!("{:?} has more than 2³² rows or columns", x.shape())));
+        return Err(Error::shape(
+            op,
+            format!("{:?} has more than 2³² rows or columns", x.shape()),
+        ));
     }
     if !(eps >= 0.0 && eps.is_finite()) {
-        return Err(Error::Invalid(format!("{op}: eps must be finite and ≥ 0, got {eps}")));
+        return Err(Error::Invalid(format!(
+            "{op}: eps must be finite and ≥ 0, got {eps}"
+        )));
     }
     Ok((rows, n))
 }
@@ -101,7 +116,11 @@ fn warp_kernels(n: usize) -> Option<(&'static str, &'static str)> {
 
 /// One 512-thread block per row (grid-stride beyond the cap) with `smem` bytes of row cache.
 fn block_per_row(rows: usize, smem: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.clamp(1, 65535 * 8) as u32, 1, 1), block_dim: (512, 1, 1), shared_mem_bytes: smem as u32 }
+    LaunchConfig {
+        grid_dim: (rows.clamp(1, 65535 * 8) as u32, 1, 1),
+        block_dim: (512, 1, 1),
+        shared_mem_bytes: smem as u32,
+    }
 }
 
 /// (y, ‖x‖ of shape `[rows]`) without recording.
@@ -114,7 +133,10 @@ pub(crate) fn l2_normalize_raw(x: &Tensor, eps: f32) -> Result<(Tensor, Tensor)>
         Device::Cpu => {
             let (y, norm) = cpu::l2_normalize(s.cpu_f32(op)?, n, eps);
             let norm = if n == 0 { vec![0.0; rows] } else { norm };
-            Ok((Tensor::from_vec(y, x.shape(), d)?, Tensor::from_vec(norm, &[rows], d)?))
+            Ok((
+                Tensor::from_vec(y, x.shape(), d)?,
+                Tensor::from_vec(norm, &[rows], d)?,
+            ))
         }
         Device::Cuda(gpu) => {
             let xb = s.cuda_f32(op)?;
@@ -127,7 +149,12 @@ pub(crate) fn l2_normalize_raw(x: &Tensor, eps: f32) -> Result<(Tensor, Tensor)>
                 Some((name, _)) => {
                     let f = gpu.function("l2norm", name)?;
                     let mut b = gpu.stream.launch_builder(&f);
-                    b.arg(xb).arg(&mut y).arg(&mut norm).arg(&r).arg(&nn).arg(&eps);
+                    b.arg(xb)
+                        .arg(&mut y)
+                        .arg(&mut norm)
+                        .arg(&r)
+                        .arg(&nn)
+                        .arg(&eps);
                     // SAFETY: warp w owns rows w, w + warps, … < rows: reads j < n of x, writes
                     // j < n of y and norm[row] (length rows).
                     unsafe { b.launch(launch_1d(rows * 32)) }.map_err(|e| Error::cuda(name, e))?;
@@ -138,27 +165,54 @@ pub(crate) fn l2_normalize_raw(x: &Tensor, eps: f32) -> Result<(Tensor, Tensor)>
                     let c = cache as i32;
                     // SAFETY: block b owns rows b, b + grid, … < rows, touching j < n of x and y and
                     // norm[row]; with cache = 1 it uses row_cache[0..n), which the launch provides.
-                    launch!(gpu, "l2norm", "l2norm_fwd_block_f32", cfg, xb, &mut y, &mut norm, &r, &nn, &eps, &c)?;
+                    launch!(
+                        gpu,
+                        "l2norm",
+                        "l2norm_fwd_block_f32",
+                        cfg,
+                        xb,
+                        &mut y,
+                        &mut norm,
+                        &r,
+                        &nn,
+                        &eps,
+                        &c
+                    )?;
                 }
             }
-            Ok((Tensor::from_storage(Storage::CudaF32(y), x.shape(), d), Tensor::from_storage(Storage::CudaF32(norm), &[rows], d)))
+            Ok((
+                Tensor::from_storage(Storage::CudaF32(y), x.shape(), d),
+                Tensor::from_storage(Storage::CudaF32(norm), &[rows], d),
+            ))
         }
     }
 }
 
 /// dx from the forward's y and ‖x‖ and dy, without recording.
-pub(crate) fn l2_normalize_bwd_raw(y: &Tensor, dy: &Tensor, norm: &Tensor, eps: f32) -> Result<Tensor> {
+pub(crate) fn l2_normalize_bwd_raw(
+    y: &Tensor,
+    dy: &Tensor,
+    norm: &Tensor,
+    eps: f32,
+) -> Result<Tensor> {
     let op = "l2_normalize backward";
     let (rows, n) = check(op, y, eps)?;
     same_shape(op, y, dy)?;
     same_device(op, &[y, dy, norm])?;
     if norm.shape() != [rows] {
-        return Err(Error::shape(op, format!("norm {:?} for {rows} rows", norm.shape())));
+        return Err(Error::shape(
+            op,
+            format!("norm {:?} for {rows} rows", norm.shape()),
+        ));
     }
     let (ys, gs, ns) = (y.storage(), dy.storage(), norm.storage());
     let d = y.device();
     match d {
-        Device::Cpu => Tensor::from_vec(cpu::l2_normalize_bwd(ys.cpu_f32(op)?, gs.cpu_f32(op)?, ns.cpu_f32(op)?, n, eps), y.shape(), d),
+        Device::Cpu => Tensor::from_vec(
+            cpu::l2_normalize_bwd(ys.cpu_f32(op)?, gs.cpu_f32(op)?, ns.cpu_f32(op)?, n, eps),
+            y.shape(),
+            d,
+        ),
         Device::Cuda(gpu) => {
             let (yb, gb, nb) = (ys.cuda_f32(op)?, gs.cuda_f32(op)?, ns.cuda_f32(op)?);
             if y.numel() == 0 {
@@ -170,7 +224,13 @@ pub(crate) fn l2_normalize_bwd_raw(y: &Tensor, dy: &Tensor, norm: &Tensor, eps: 
                 Some((_, name)) => {
                     let f = gpu.function("l2norm", name)?;
                     let mut b = gpu.stream.launch_builder(&f);
-                    b.arg(yb).arg(gb).arg(nb).arg(&mut dx).arg(&r).arg(&nn).arg(&eps);
+                    b.arg(yb)
+                        .arg(gb)
+                        .arg(nb)
+                        .arg(&mut dx)
+                        .arg(&r)
+                        .arg(&nn)
+                        .arg(&eps);
                     // SAFETY: warp w owns rows w, w + warps, … < rows: reads j < n of y and dy and
                     // norm[row] (length rows), writes j < n of dx.
                     unsafe { b.launch(launch_1d(rows * 32)) }.map_err(|e| Error::cuda(name, e))?;
@@ -181,7 +241,20 @@ pub(crate) fn l2_normalize_bwd_raw(y: &Tensor, dy: &Tensor, norm: &Tensor, eps: 
                     let c = cache as i32;
                     // SAFETY: block b owns rows b, b + grid, … < rows, touching j < n of y, dy, dx and
                     // norm[row]; with cache = 1 it uses row_cache[0..2n), which the launch provides.
-                    launch!(gpu, "l2norm", "l2norm_bwd_block_f32", cfg, yb, gb, nb, &mut dx, &r, &nn, &eps, &c)?;
+                    launch!(
+                        gpu,
+                        "l2norm",
+                        "l2norm_bwd_block_f32",
+                        cfg,
+                        yb,
+                        gb,
+                        nb,
+                        &mut dx,
+                        &r,
+                        &nn,
+                        &eps,
+                        &c
+                    )?;
                 }
             }
             Ok(Tensor::from_storage(Storage::CudaF32(dx), y.shape(), d))
@@ -193,7 +266,9 @@ pub(crate) fn l2_normalize_bwd_raw(y: &Tensor, dy: &Tensor, norm: &Tensor, eps: 
 pub fn l2_normalize(tape: &mut Tape, x: &Tensor, eps: f32) -> Result<Tensor> {
     let (y, norm) = l2_normalize_raw(x, eps)?;
     let yc = y.clone();
-    tape.record(&[x], &y, move |dy| Ok(vec![Some(l2_normalize_bwd_raw(&yc, dy, &norm, eps)?)]));
+    tape.record(&[x], &y, move |dy| {
+        Ok(vec![Some(l2_normalize_bwd_raw(&yc, dy, &norm, eps)?)])
+    });
     Ok(y)
 }
 
@@ -211,7 +286,10 @@ mod tests {
     fn l2_normalize_gradients_match_finite_differences() {
         let n = 5;
         // Rows: two ordinary, one with ‖x‖ ≈ 1e-5 < eps, one of zeros (both on the y = x/eps side).
-        let mut x: Vec<f64> = f64s(&random_vec(4 * n, 1)).iter().map(|v| 2.0 * v).collect();
+        let mut x: Vec<f64> = f64s(&random_vec(4 * n, 1))
+            .iter()
+            .map(|v| 2.0 * v)
+            .collect();
         for v in &mut x[2 * n..3 * n] {
             *v *= 1e-5;
         }
@@ -219,13 +297,25 @@ mod tests {
         let w = f64s(&random_vec(4 * n, 2));
         for eps in [1e-3, DEFAULT_EPS as f64] {
             // loss = Σ w ⊙ l2_normalize(x)
-            let loss = |x: &[f64]| cpu::l2_normalize(x, n, eps).0.iter().zip(&w).map(|(y, w)| y * w).sum::<f64>();
+            let loss = |x: &[f64]| {
+                cpu::l2_normalize(x, n, eps)
+                    .0
+                    .iter()
+                    .zip(&w)
+                    .map(|(y, w)| y * w)
+                    .sum::<f64>()
+            };
             let (y, norm) = cpu::l2_normalize(&x, n, eps);
             let analytic = cpu::l2_normalize_bwd(&y, &w, &norm, n, eps);
             // At eps 1e-12 the last two rows sit where a 1e-6 finite-difference step crosses the
             // kink at ‖x‖ = eps or spans a curvature of 1/‖x‖²: check the ordinary rows only.
             let rows = if eps == 1e-3 { 4 } else { 2 };
-            gradcheck(&format!("l2_normalize eps {eps}"), loss, &x[..rows * n], &analytic[..rows * n]);
+            gradcheck(
+                &format!("l2_normalize eps {eps}"),
+                loss,
+                &x[..rows * n],
+                &analytic[..rows * n],
+            );
         }
     }
 
@@ -244,19 +334,43 @@ mod tests {
             let y = l2_normalize(&mut tape, &x, eps).unwrap();
             let yw = mul(&mut tape, &y, &w).unwrap();
             let loss = sum_all(&mut tape, &yw).unwrap();
-            let dx = tape.backward(&loss).unwrap().get(&x).unwrap().to_vec_f32().unwrap();
+            let dx = tape
+                .backward(&loss)
+                .unwrap()
+                .get(&x)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
 
             // Forward straight from the definition, in f64.
             let mut want = Vec::new();
             for row in xv.chunks(n) {
                 let norm = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
-                want.extend(row.iter().map(|&v| (v as f64 / norm.max(eps as f64)) as f32));
+                want.extend(
+                    row.iter()
+                        .map(|&v| (v as f64 / norm.max(eps as f64)) as f32),
+                );
             }
             let yv = y.to_vec_f32().unwrap();
             assert_close(&yv, &want, 1e-6, 1e-7, &format!("forward on {device}"));
-            let norms: Vec<f32> = xv.chunks(n).map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt()).collect();
-            assert_close(&dx, &cpu::l2_normalize_bwd(&yv, &wv, &norms, n, eps), 1e-5, 1e-6, &format!("backward on {device}"));
-            assert_close(&dx[4..8], &wv[4..8].iter().map(|w| w / eps).collect::<Vec<_>>(), 1e-6, 0.0, "zero row");
+            let norms: Vec<f32> = xv
+                .chunks(n)
+                .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
+                .collect();
+            assert_close(
+                &dx,
+                &cpu::l2_normalize_bwd(&yv, &wv, &norms, n, eps),
+                1e-5,
+                1e-6,
+                &format!("backward on {device}"),
+            );
+            assert_close(
+                &dx[4..8],
+                &wv[4..8].iter().map(|w| w / eps).collect::<Vec<_>>(),
+                1e-6,
+                0.0,
+                "zero row",
+            );
         }
     }
 
@@ -267,7 +381,10 @@ mod tests {
     #[test]
     fn l2_normalize_cuda_matches_cpu() {
         let Some(gpu) = gpu() else { return };
-        let cols: Vec<usize> = crate::testing::row_sizes().into_iter().chain([6000, 20000]).collect();
+        let cols: Vec<usize> = crate::testing::row_sizes()
+            .into_iter()
+            .chain([6000, 20000])
+            .collect();
         for &n in &cols {
             for rows in [1, 3, 65] {
                 let mut xv = random_vec(rows * n, (rows * n) as u64);
@@ -298,7 +415,9 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors() {
         let x = Tensor::zeros(&[2, 4], &Device::Cpu).unwrap();
-        let err = l2_normalize(&mut Tape::new(), &x, -1.0).unwrap_err().to_string();
+        let err = l2_normalize(&mut Tape::new(), &x, -1.0)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("eps must be finite and ≥ 0"), "{err}");
         assert!(l2_normalize(&mut Tape::new(), &x, f32::INFINITY).is_err());
         let scalar = Tensor::full(1.0, &[], &Device::Cpu).unwrap();

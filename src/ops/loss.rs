@@ -39,7 +39,12 @@ pub struct LossConfig {
 
 impl Default for LossConfig {
     fn default() -> Self {
-        LossConfig { cos_weight: 0.6, temperature: 0.5, lambda: 0.5, contrastive_weight: 0.5 }
+        LossConfig {
+            cos_weight: 0.6,
+            temperature: 0.5,
+            lambda: 0.5,
+            contrastive_weight: 0.5,
+        }
     }
 }
 
@@ -63,7 +68,8 @@ pub mod cpu {
             let cos = dot / denom;
             loss = loss + (T::one() - w) * sq / n + w * (T::one() - cos) / bb;
             for j in 0..d {
-                dx[r * d + j] = (T::one() - w) * c(2.0) * (xr[j] - yr[j]) / n - (w / bb) * (yr[j] / denom - cos * xr[j] / m1);
+                dx[r * d + j] = (T::one() - w) * c(2.0) * (xr[j] - yr[j]) / n
+                    - (w / bb) * (yr[j] / denom - cos * xr[j] / m1);
             }
         }
         (loss, dx)
@@ -84,7 +90,9 @@ pub mod cpu {
             for j in 0..b {
                 let v = s[i * b + j];
                 let delta = if i == j { T::one() } else { T::zero() };
-                ds[i * b + j] = -(lam * (delta - (v - row[i]).exp()) + (T::one() - lam) * (delta - (v - col[j]).exp())) / bb;
+                ds[i * b + j] = -(lam * (delta - (v - row[i]).exp())
+                    + (T::one() - lam) * (delta - (v - col[j]).exp()))
+                    / bb;
             }
             let v = s[i * b + i];
             loss = loss - (lam * (v - row[i]) + (T::one() - lam) * (v - col[i])) / bb;
@@ -97,7 +105,12 @@ pub mod cpu {
         let mut y = x.to_vec();
         let mut norms = Vec::with_capacity(b);
         for r in 0..b {
-            let n = x[r * d..][..d].iter().map(|&a| a * a).sum::<T>().sqrt().max(eps);
+            let n = x[r * d..][..d]
+                .iter()
+                .map(|&a| a * a)
+                .sum::<T>()
+                .sqrt()
+                .max(eps);
             y[r * d..][..d].iter_mut().for_each(|v| *v = *v / n);
             norms.push(n);
         }
@@ -105,7 +118,14 @@ pub mod cpu {
     }
 
     /// (loss, dL/dx) of the contrastive loss, written out in full (the oracle for the composed op).
-    pub fn contrastive<T: Real>(x: &[T], y: &[T], b: usize, d: usize, tau: T, lam: T) -> (T, Vec<T>) {
+    pub fn contrastive<T: Real>(
+        x: &[T],
+        y: &[T],
+        b: usize,
+        d: usize,
+        tau: T,
+        lam: T,
+    ) -> (T, Vec<T>) {
         let eps = T::c(1e-8);
         let (xh, xn) = normalize_rows(x, b, d, eps);
         let (yh, _) = normalize_rows(y, b, d, eps);
@@ -118,7 +138,9 @@ pub mod cpu {
         let (loss, ds) = infonce_from_sim(&s, b, lam);
         let mut dx = vec![T::zero(); b * d];
         for i in 0..b {
-            let dxh: Vec<T> = (0..d).map(|k| (0..b).map(|j| ds[i * b + j] * yh[j * d + k]).sum::<T>() / tau).collect();
+            let dxh: Vec<T> = (0..d)
+                .map(|k| (0..b).map(|j| ds[i * b + j] * yh[j * d + k]).sum::<T>() / tau)
+                .collect();
             let proj: T = (0..d).map(|k| dxh[k] * xh[i * d + k]).sum();
             for k in 0..d {
                 dx[i * d + k] = (dxh[k] - xh[i * d + k] * proj) / xn[i];
@@ -132,7 +154,13 @@ fn check_pair(op: &'static str, pred: &Tensor, target: &Tensor) -> Result<(usize
     same_device(op, &[pred, target])?;
     same_shape(op, pred, target)?;
     if pred.rank() != 2 || pred.shape()[0] == 0 {
-        return Err(Error::shape(op, format!("expected [batch, dim] with batch ≥ 1, got {:?}", pred.shape())));
+        return Err(Error::shape(
+            op,
+            format!(
+                "expected [batch, dim] with batch ≥ 1, got {:?}",
+                pred.shape()
+            ),
+        ));
     }
     Ok((pred.shape()[0], pred.shape()[1]))
 }
@@ -150,15 +178,30 @@ fn scale_by_scalar(g: &Tensor, dy: &Tensor) -> Result<Tensor> {
             let mut dx = gpu.alloc::<f32>(n)?;
             let nn = n as u64;
             // SAFETY: reads n of g and dy[0], writes n of dx.
-            launch!(gpu, "loss", "scale_by_scalar_f32", launch_1d(n), gs.cuda_f32("loss backward")?, ds.cuda_f32("loss backward")?, &mut dx, &nn)?;
-            Ok(Tensor::from_storage(Storage::CudaF32(dx), g.shape(), g.device()))
+            launch!(
+                gpu,
+                "loss",
+                "scale_by_scalar_f32",
+                launch_1d(n),
+                gs.cuda_f32("loss backward")?,
+                ds.cuda_f32("loss backward")?,
+                &mut dx,
+                &nn
+            )?;
+            Ok(Tensor::from_storage(
+                Storage::CudaF32(dx),
+                g.shape(),
+                g.device(),
+            ))
         }
     }
 }
 
 /// Records a fused loss whose gradient with respect to `pred` was computed in the forward.
 fn record_fused(tape: &mut Tape, pred: &Tensor, loss: &Tensor, grad: Tensor) {
-    tape.record(&[pred], loss, move |dy| Ok(vec![Some(scale_by_scalar(&grad, dy)?)]));
+    tape.record(&[pred], loss, move |dy| {
+        Ok(vec![Some(scale_by_scalar(&grad, dy)?)])
+    });
 }
 
 /// (1−w)·MSE + w·(1 − cos); w = 0 is plain MSE, w = 1 the cosine loss.
@@ -168,18 +211,40 @@ pub fn mse_cos(tape: &mut Tape, pred: &Tensor, target: &Tensor, w: f32) -> Resul
         Device::Cpu => {
             let (ps, ts) = (pred.storage(), target.storage());
             let (l, g) = cpu::mse_cos(ps.cpu_f32("mse_cos")?, ts.cpu_f32("mse_cos")?, b, d, w);
-            (Tensor::from_vec(vec![l], &[], pred.device())?, Tensor::from_vec(g, pred.shape(), pred.device())?)
+            (
+                Tensor::from_vec(vec![l], &[], pred.device())?,
+                Tensor::from_vec(g, pred.shape(), pred.device())?,
+            )
         }
         Device::Cuda(gpu) => {
             let (ps, ts) = (pred.storage(), target.storage());
             let mut dx = gpu.alloc::<f32>(b * d)?;
             let mut rows = gpu.alloc::<f32>(b)?;
-            let cfg = LaunchConfig { grid_dim: (b as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            let cfg = LaunchConfig {
+                grid_dim: (b as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
             let (bb, dd) = (b as u32, d as u32);
             // SAFETY: block r reads row r of x and y (d each), writes row r of dx and rows[r].
-            launch!(gpu, "loss", "mse_cos_f32", cfg, ps.cuda_f32("mse_cos")?, ts.cuda_f32("mse_cos")?, &mut dx, &mut rows, &bb, &dd, &w)?;
+            launch!(
+                gpu,
+                "loss",
+                "mse_cos_f32",
+                cfg,
+                ps.cuda_f32("mse_cos")?,
+                ts.cuda_f32("mse_cos")?,
+                &mut dx,
+                &mut rows,
+                &bb,
+                &dd,
+                &w
+            )?;
             let rows = Tensor::from_storage(Storage::CudaF32(rows), &[b], pred.device());
-            (reduce::sum_all_raw(&rows, 1.0)?, Tensor::from_storage(Storage::CudaF32(dx), pred.shape(), pred.device()))
+            (
+                reduce::sum_all_raw(&rows, 1.0)?,
+                Tensor::from_storage(Storage::CudaF32(dx), pred.shape(), pred.device()),
+            )
         }
     };
     record_fused(tape, pred, &loss, grad);
@@ -201,32 +266,80 @@ fn infonce_raw(s: &Tensor, lam: f32) -> Result<(Tensor, Tensor)> {
         Device::Cpu => {
             let st = s.storage();
             let (l, ds) = cpu::infonce_from_sim(st.cpu_f32("contrastive")?, b, lam);
-            Ok((Tensor::from_vec(vec![l], &[], s.device())?, Tensor::from_vec(ds, s.shape(), s.device())?))
+            Ok((
+                Tensor::from_vec(vec![l], &[], s.device())?,
+                Tensor::from_vec(ds, s.shape(), s.device())?,
+            ))
         }
         Device::Cuda(gpu) => {
             let st = s.storage();
             let sv = st.cuda_f32("contrastive")?;
             let (mut row, mut col) = (gpu.alloc::<f32>(b)?, gpu.alloc::<f32>(b)?);
-            let cfg = LaunchConfig { grid_dim: (b as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            let cfg = LaunchConfig {
+                grid_dim: (b as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
             let bb = b as u32;
             // SAFETY: block k reads row (or column) k of the b×b matrix, writes lse[k].
-            launch!(gpu, "loss", "logsumexp_axis_f32", cfg, sv, &mut row, &bb, &0i32)?;
-            launch!(gpu, "loss", "logsumexp_axis_f32", cfg, sv, &mut col, &bb, &1i32)?;
+            launch!(
+                gpu,
+                "loss",
+                "logsumexp_axis_f32",
+                cfg,
+                sv,
+                &mut row,
+                &bb,
+                &0i32
+            )?;
+            launch!(
+                gpu,
+                "loss",
+                "logsumexp_axis_f32",
+                cfg,
+                sv,
+                &mut col,
+                &bb,
+                &1i32
+            )?;
             let mut ds = gpu.alloc::<f32>(b * b)?;
             let mut diag = gpu.alloc::<f32>(b)?;
             // SAFETY: one thread per matrix entry; diagonal threads write diag[i].
-            launch!(gpu, "loss", "infonce_grad_f32", launch_1d(b * b), sv, &row, &col, &mut ds, &mut diag, &bb, &lam)?;
+            launch!(
+                gpu,
+                "loss",
+                "infonce_grad_f32",
+                launch_1d(b * b),
+                sv,
+                &row,
+                &col,
+                &mut ds,
+                &mut diag,
+                &bb,
+                &lam
+            )?;
             let diag = Tensor::from_storage(Storage::CudaF32(diag), &[b], s.device());
-            Ok((reduce::sum_all_raw(&diag, 1.0)?, Tensor::from_storage(Storage::CudaF32(ds), s.shape(), s.device())))
+            Ok((
+                reduce::sum_all_raw(&diag, 1.0)?,
+                Tensor::from_storage(Storage::CudaF32(ds), s.shape(), s.device()),
+            ))
         }
     }
 }
 
 /// The batch InfoNCE loss between predictions and targets (Mind Reader's `contrastive_loss`).
-pub fn contrastive(tape: &mut Tape, pred: &Tensor, target: &Tensor, tau: f32, lam: f32) -> Result<Tensor> {
+pub fn contrastive(
+    tape: &mut Tape,
+    pred: &Tensor,
+    target: &Tensor,
+    tau: f32,
+    lam: f32,
+) -> Result<Tensor> {
     check_pair("contrastive", pred, target)?;
     if tau <= 0.0 {
-        return Err(Error::Invalid(format!("contrastive: temperature must be positive, got {tau}")));
+        return Err(Error::Invalid(format!(
+            "contrastive: temperature must be positive, got {tau}"
+        )));
     }
     // The similarity matrix is built on an inner tape so its backward gives dL/dpred from dL/dS.
     let mut inner = Tape::new();
@@ -236,13 +349,22 @@ pub fn contrastive(tape: &mut Tape, pred: &Tensor, target: &Tensor, tau: f32, la
     let sim = matmul::matmul(&mut inner, &p_hat, &t_hat, false, true)?;
     let s = ew::scale(&mut inner, &sim, 1.0 / tau)?;
     let (loss, ds) = infonce_raw(&s, lam)?;
-    let grad = inner.backward_with(&s, ds)?.get(pred).cloned().ok_or_else(|| Error::Invalid("contrastive: no gradient reached the prediction".into()))?;
+    let grad = inner
+        .backward_with(&s, ds)?
+        .get(pred)
+        .cloned()
+        .ok_or_else(|| Error::Invalid("contrastive: no gradient reached the prediction".into()))?;
     record_fused(tape, pred, &loss, grad);
     Ok(loss)
 }
 
 /// (1−p)·mse_cos(w) + p·contrastive(τ, λ) with `cfg`'s weights.
-pub fn mse_cos_contrastive(tape: &mut Tape, pred: &Tensor, target: &Tensor, cfg: &LossConfig) -> Result<Tensor> {
+pub fn mse_cos_contrastive(
+    tape: &mut Tape,
+    pred: &Tensor,
+    target: &Tensor,
+    cfg: &LossConfig,
+) -> Result<Tensor> {
     let a = mse_cos(tape, pred, target, cfg.cos_weight)?;
     let b = contrastive(tape, pred, target, cfg.temperature, cfg.lambda)?;
     let a = ew::scale(tape, &a, 1.0 - cfg.contrastive_weight)?;
@@ -265,7 +387,12 @@ mod tests {
         let (x, y) = (f64s(random_vec(b * d, 1)), f64s(random_vec(b * d, 2)));
         for w in [0.0, 0.6, 1.0] {
             let (_, g) = cpu::mse_cos(&x, &y, b, d, w);
-            gradcheck(&format!("mse_cos w={w}"), |x| cpu::mse_cos(x, &y, b, d, w).0, &x, &g);
+            gradcheck(
+                &format!("mse_cos w={w}"),
+                |x| cpu::mse_cos(x, &y, b, d, w).0,
+                &x,
+                &g,
+            );
         }
     }
 
@@ -275,7 +402,12 @@ mod tests {
         let (x, y) = (f64s(random_vec(b * d, 3)), f64s(random_vec(b * d, 4)));
         for (tau, lam) in [(0.5, 0.5), (0.1, 1.0), (1.0, 0.0)] {
             let (_, g) = cpu::contrastive(&x, &y, b, d, tau, lam);
-            gradcheck(&format!("contrastive τ={tau} λ={lam}"), |x| cpu::contrastive(x, &y, b, d, tau, lam).0, &x, &g);
+            gradcheck(
+                &format!("contrastive τ={tau} λ={lam}"),
+                |x| cpu::contrastive(x, &y, b, d, tau, lam).0,
+                &x,
+                &g,
+            );
         }
     }
 
@@ -299,15 +431,31 @@ mod tests {
         let (l1, g1) = cpu::mse_cos(&xv, &yv, b, d, cfg.cos_weight);
         let (l2, g2) = cpu::contrastive(&xv, &yv, b, d, cfg.temperature, cfg.lambda);
         let want_loss = (1.0 - cfg.contrastive_weight) * l1 + cfg.contrastive_weight * l2;
-        let want_grad: Vec<f32> = g1.iter().zip(&g2).map(|(a, c)| (1.0 - cfg.contrastive_weight) * a + cfg.contrastive_weight * c).collect();
+        let want_grad: Vec<f32> = g1
+            .iter()
+            .zip(&g2)
+            .map(|(a, c)| (1.0 - cfg.contrastive_weight) * a + cfg.contrastive_weight * c)
+            .collect();
         for device in devices() {
             let x = Tensor::from_slice(&xv, &[b, d], &device).unwrap();
             let y = Tensor::from_slice(&yv, &[b, d], &device).unwrap();
             let mut tape = Tape::new();
             tape.watch(&x);
             let loss = mse_cos_contrastive(&mut tape, &x, &y, &cfg).unwrap();
-            assert_close(&[loss.scalar().unwrap()], &[want_loss], 1e-5, 1e-6, &format!("loss on {device}"));
-            let g = tape.backward(&loss).unwrap().get(&x).unwrap().to_vec_f32().unwrap();
+            assert_close(
+                &[loss.scalar().unwrap()],
+                &[want_loss],
+                1e-5,
+                1e-6,
+                &format!("loss on {device}"),
+            );
+            let g = tape
+                .backward(&loss)
+                .unwrap()
+                .get(&x)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
             assert_close(&g, &want_grad, 1e-4, 1e-6, &format!("grad on {device}"));
         }
     }
@@ -324,13 +472,30 @@ mod tests {
                 for f in [0usize, 1] {
                     let mut tape = Tape::new();
                     tape.watch(&x);
-                    let l = if f == 0 { mse_cos(&mut tape, &x, &y, 0.6).unwrap() } else { contrastive(&mut tape, &x, &y, 0.5, 0.5).unwrap() };
+                    let l = if f == 0 {
+                        mse_cos(&mut tape, &x, &y, 0.6).unwrap()
+                    } else {
+                        contrastive(&mut tape, &x, &y, 0.5, 0.5).unwrap()
+                    };
                     out.push(l.scalar().unwrap());
-                    out.extend(tape.backward(&l).unwrap().get(&x).unwrap().to_vec_f32().unwrap());
+                    out.extend(
+                        tape.backward(&l)
+                            .unwrap()
+                            .get(&x)
+                            .unwrap()
+                            .to_vec_f32()
+                            .unwrap(),
+                    );
                 }
                 out
             };
-            assert_close(&run(&gpu), &run(&Device::Cpu), 1e-4, 1e-6, &format!("losses b={b} d={d}"));
+            assert_close(
+                &run(&gpu),
+                &run(&Device::Cpu),
+                1e-4,
+                1e-6,
+                &format!("losses b={b} d={d}"),
+            );
         }
     }
 

@@ -86,7 +86,10 @@ impl Gemm {
             match *s {
                 [r, c] => Ok((1, r, c)),
                 [z, r, c] => Ok((z, r, c)),
-                _ => Err(Error::shape("matmul", format!("{name} must have rank 2 or 3, got shape {s:?}"))),
+                _ => Err(Error::shape(
+                    "matmul",
+                    format!("{name} must have rank 2 or 3, got shape {s:?}"),
+                )),
             }
         };
         let (batch_a, ra, ca) = split("A", a)?;
@@ -104,14 +107,30 @@ impl Gemm {
             ));
         }
         if batch_a != batch_b && batch_a != 1 && batch_b != 1 {
-            return Err(Error::shape("matmul", format!("batch sizes differ: A {a:?}, B {b:?} (one of them may be 1 to broadcast)")));
+            return Err(Error::shape(
+                "matmul",
+                format!("batch sizes differ: A {a:?}, B {b:?} (one of them may be 1 to broadcast)"),
+            ));
         }
-        Ok(Gemm { batch: batch_a.max(batch_b), batch_a, batch_b, m, n, k: ka, trans_a, trans_b })
+        Ok(Gemm {
+            batch: batch_a.max(batch_b),
+            batch_a,
+            batch_b,
+            m,
+            n,
+            k: ka,
+            trans_a,
+            trans_b,
+        })
     }
 
     /// Elements of A, B and C.
     fn lens(&self) -> (usize, usize, usize) {
-        (self.batch_a * self.m * self.k, self.batch_b * self.k * self.n, self.batch * self.m * self.n)
+        (
+            self.batch_a * self.m * self.k,
+            self.batch_b * self.k * self.n,
+            self.batch * self.m * self.n,
+        )
     }
 
     /// FLOPs of the product (multiply and add counted separately).
@@ -121,42 +140,139 @@ impl Gemm {
 
     /// dA as a product of {B, dC}.
     fn grad_a(&self) -> GradPlan {
-        let Gemm { batch, batch_b, m, n, k, trans_a, trans_b, .. } = *self;
+        let Gemm {
+            batch,
+            batch_b,
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+            ..
+        } = *self;
         let sum_batch = self.batch_a != batch;
         if !trans_a {
             // dA [M, K] = dC [M, N] · opBᵀ, opBᵀ = B when trans_b (B is [N, K]), else Bᵀ.
-            let gemm = Gemm { batch, batch_a: batch, batch_b, m, n: k, k: n, trans_a: false, trans_b: !trans_b };
-            GradPlan { lhs: Operand::Dc, rhs: Operand::B, gemm, sum_batch }
+            let gemm = Gemm {
+                batch,
+                batch_a: batch,
+                batch_b,
+                m,
+                n: k,
+                k: n,
+                trans_a: false,
+                trans_b: !trans_b,
+            };
+            GradPlan {
+                lhs: Operand::Dc,
+                rhs: Operand::B,
+                gemm,
+                sum_batch,
+            }
         } else {
             // dA [K, M] = opB [K, N] · dCᵀ.
-            let gemm = Gemm { batch, batch_a: batch_b, batch_b: batch, m: k, n: m, k: n, trans_a: trans_b, trans_b: true };
-            GradPlan { lhs: Operand::B, rhs: Operand::Dc, gemm, sum_batch }
+            let gemm = Gemm {
+                batch,
+                batch_a: batch_b,
+                batch_b: batch,
+                m: k,
+                n: m,
+                k: n,
+                trans_a: trans_b,
+                trans_b: true,
+            };
+            GradPlan {
+                lhs: Operand::B,
+                rhs: Operand::Dc,
+                gemm,
+                sum_batch,
+            }
         }
     }
 
     /// dB as a product of {A, dC}.
     fn grad_b(&self) -> GradPlan {
-        let Gemm { batch, batch_a, m, n, k, trans_a, trans_b, .. } = *self;
+        let Gemm {
+            batch,
+            batch_a,
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+            ..
+        } = *self;
         let broadcast = self.batch_b != batch;
         if broadcast && !trans_a {
             // Σ_z over [M, K]/[M, N] items = one product over the stacked rows [batch·M, ·].
-            let folded = Gemm { batch: 1, batch_a: 1, batch_b: 1, m: 0, n: 0, k: batch * m, trans_a: true, trans_b: false };
+            let folded = Gemm {
+                batch: 1,
+                batch_a: 1,
+                batch_b: 1,
+                m: 0,
+                n: 0,
+                k: batch * m,
+                trans_a: true,
+                trans_b: false,
+            };
             return if !trans_b {
                 // dB [K, N] = A2ᵀ · dC2.
-                GradPlan { lhs: Operand::A, rhs: Operand::Dc, gemm: Gemm { m: k, n, ..folded }, sum_batch: false }
+                GradPlan {
+                    lhs: Operand::A,
+                    rhs: Operand::Dc,
+                    gemm: Gemm { m: k, n, ..folded },
+                    sum_batch: false,
+                }
             } else {
                 // dB [N, K] = dC2ᵀ · A2.
-                GradPlan { lhs: Operand::Dc, rhs: Operand::A, gemm: Gemm { m: n, n: k, ..folded }, sum_batch: false }
+                GradPlan {
+                    lhs: Operand::Dc,
+                    rhs: Operand::A,
+                    gemm: Gemm {
+                        m: n,
+                        n: k,
+                        ..folded
+                    },
+                    sum_batch: false,
+                }
             };
         }
         if !trans_b {
             // dB [K, N] = opAᵀ · dC, opAᵀ = A when trans_a (A is [K, M]), else Aᵀ.
-            let gemm = Gemm { batch, batch_a, batch_b: batch, m: k, n, k: m, trans_a: !trans_a, trans_b: false };
-            GradPlan { lhs: Operand::A, rhs: Operand::Dc, gemm, sum_batch: broadcast }
+            let gemm = Gemm {
+                batch,
+                batch_a,
+                batch_b: batch,
+                m: k,
+                n,
+                k: m,
+                trans_a: !trans_a,
+                trans_b: false,
+            };
+            GradPlan {
+                lhs: Operand::A,
+                rhs: Operand::Dc,
+                gemm,
+                sum_batch: broadcast,
+            }
         } else {
             // dB [N, K] = dCᵀ · opA.
-            let gemm = Gemm { batch, batch_a: batch, batch_b: batch_a, m: n, n: k, k: m, trans_a: true, trans_b: trans_a };
-            GradPlan { lhs: Operand::Dc, rhs: Operand::A, gemm, sum_batch: broadcast }
+            let gemm = Gemm {
+                batch,
+                batch_a: batch,
+                batch_b: batch_a,
+                m: n,
+                n: k,
+                k: m,
+                trans_a: true,
+                trans_b: trans_a,
+            };
+            GradPlan {
+                lhs: Operand::Dc,
+                rhs: Operand::A,
+                gemm,
+                sum_batch: broadcast,
+            }
         }
     }
 }
@@ -169,7 +285,10 @@ pub mod cpu {
     pub fn matmul<T: Real>(a: &[T], b: &[T], g: &Gemm) -> Result<Vec<T>> {
         let (a_len, b_len, c_len) = g.lens();
         if a.len() != a_len || b.len() != b_len {
-            return Err(Error::shape("matmul", format!("buffers of {} and {} elements for {g:?}", a.len(), b.len())));
+            return Err(Error::shape(
+                "matmul",
+                format!("buffers of {} and {} elements for {g:?}", a.len(), b.len()),
+            ));
         }
         let mut c = vec![T::zero(); c_len];
         if c_len == 0 {
@@ -179,17 +298,21 @@ pub mod cpu {
         let a_dims = if g.trans_a { (k, m) } else { (m, k) };
         let b_dims = if g.trans_b { (n, k) } else { (k, n) };
         let view_err = |e: ndarray::ShapeError| Error::shape("matmul", e.to_string());
-        c.par_chunks_mut(m * n).enumerate().try_for_each(|(z, cz)| -> Result<()> {
-            let za = if g.batch_a == 1 { 0 } else { z };
-            let zb = if g.batch_b == 1 { 0 } else { z };
-            let av = ArrayView2::from_shape(a_dims, &a[za * m * k..][..m * k]).map_err(view_err)?;
-            let bv = ArrayView2::from_shape(b_dims, &b[zb * k * n..][..k * n]).map_err(view_err)?;
-            let av = if g.trans_a { av.t() } else { av };
-            let bv = if g.trans_b { bv.t() } else { bv };
-            let mut cv = ArrayViewMut2::from_shape((m, n), cz).map_err(view_err)?;
-            general_mat_mul(T::one(), &av, &bv, T::zero(), &mut cv);
-            Ok(())
-        })?;
+        c.par_chunks_mut(m * n)
+            .enumerate()
+            .try_for_each(|(z, cz)| -> Result<()> {
+                let za = if g.batch_a == 1 { 0 } else { z };
+                let zb = if g.batch_b == 1 { 0 } else { z };
+                let av =
+                    ArrayView2::from_shape(a_dims, &a[za * m * k..][..m * k]).map_err(view_err)?;
+                let bv =
+                    ArrayView2::from_shape(b_dims, &b[zb * k * n..][..k * n]).map_err(view_err)?;
+                let av = if g.trans_a { av.t() } else { av };
+                let bv = if g.trans_b { bv.t() } else { bv };
+                let mut cv = ArrayViewMut2::from_shape((m, n), cz).map_err(view_err)?;
+                general_mat_mul(T::one(), &av, &bv, T::zero(), &mut cv);
+                Ok(())
+            })?;
         Ok(c)
     }
 
@@ -216,14 +339,23 @@ pub mod cpu {
     /// `(dA, dB)` given `dC`, each laid out like its operand (summed over the batch if broadcast).
     pub fn matmul_bwd<T: Real>(a: &[T], b: &[T], dc: &[T], g: &Gemm) -> Result<(Vec<T>, Vec<T>)> {
         if dc.len() != g.lens().2 {
-            return Err(Error::shape("matmul backward", format!("dC of {} elements for {g:?}", dc.len())));
+            return Err(Error::shape(
+                "matmul backward",
+                format!("dC of {} elements for {g:?}", dc.len()),
+            ));
         }
         Ok((grad(g.grad_a(), a, b, dc)?, grad(g.grad_b(), a, b, dc)?))
     }
 
     /// `linear_act`'s forward for x `[M, K]`, W `[N, K]` (`g` is `[M, K]·[N, K]ᵀ`): the matmul
     /// twin, then the bias, then the activation. Returns `(pre, y)`, `pre = x·Wᵀ + b`, `y = act(pre)`.
-    pub fn linear_act<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, act: Option<Unary>, g: &Gemm) -> Result<(Vec<T>, Vec<T>)> {
+    pub fn linear_act<T: Real>(
+        x: &[T],
+        w: &[T],
+        bias: Option<&[T]>,
+        act: Option<Unary>,
+        g: &Gemm,
+    ) -> Result<(Vec<T>, Vec<T>)> {
         let mut pre = matmul(x, w, g)?;
         if let Some(b) = bias {
             for row in pre.chunks_mut(g.n.max(1)) {
@@ -241,9 +373,22 @@ pub mod cpu {
 
     /// `(dx, dW, db)` of `linear_act` given dy: `dpre = act'(pre)·dy`, then the matmul backward
     /// and `db[n] = Σ_m dpre[m, n]`.
-    pub fn linear_act_bwd<T: Real>(x: &[T], w: &[T], pre: &[T], y: &[T], dy: &[T], act: Option<Unary>, g: &Gemm) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+    pub fn linear_act_bwd<T: Real>(
+        x: &[T],
+        w: &[T],
+        pre: &[T],
+        y: &[T],
+        dy: &[T],
+        act: Option<Unary>,
+        g: &Gemm,
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
         let dpre: Vec<T> = match act {
-            Some(op) => pre.iter().zip(y).zip(dy).map(|((&p, &yv), &d)| ew_cpu::unary_bwd(op, p, yv, d)).collect(),
+            Some(op) => pre
+                .iter()
+                .zip(y)
+                .zip(dy)
+                .map(|((&p, &yv), &d)| ew_cpu::unary_bwd(op, p, yv, d))
+                .collect(),
             None => dy.to_vec(),
         };
         let (dx, dw) = matmul_bwd(x, w, &dpre, g)?;
@@ -258,9 +403,16 @@ fn tile_grid(op: &'static str, g: &Gemm) -> Result<LaunchConfig> {
     let fits = |v: usize| v < 1 << 30;
     let (tiles_n, tiles_m) = (g.n.div_ceil(64), g.m.div_ceil(64));
     if !(fits(g.m) && fits(g.n) && fits(g.k) && fits(g.batch)) || tiles_m > 65535 {
-        return Err(Error::shape(op, format!("{g:?} is too large for the CUDA kernel (sizes < 2³⁰, M ≤ 65535·64)")));
+        return Err(Error::shape(
+            op,
+            format!("{g:?} is too large for the CUDA kernel (sizes < 2³⁰, M ≤ 65535·64)"),
+        ));
     }
-    Ok(LaunchConfig { grid_dim: (tiles_n as u32, tiles_m as u32, g.batch.min(65535) as u32), block_dim: (256, 1, 1), shared_mem_bytes: 0 })
+    Ok(LaunchConfig {
+        grid_dim: (tiles_n as u32, tiles_m as u32, g.batch.min(65535) as u32),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    })
 }
 
 /// `C = op(A) · op(B)` for an already checked `g`, into a tensor of shape `out_shape`.
@@ -269,23 +421,38 @@ fn gemm_raw(a: &Tensor, b: &Tensor, g: &Gemm, out_shape: &[usize]) -> Result<Ten
     same_device(OP, &[a, b])?;
     let (a_len, b_len, c_len) = g.lens();
     if a.numel() != a_len || b.numel() != b_len || out_shape.iter().product::<usize>() != c_len {
-        return Err(Error::shape(OP, format!("A {:?} and B {:?} do not hold {g:?}", a.shape(), b.shape())));
+        return Err(Error::shape(
+            OP,
+            format!("A {:?} and B {:?} do not hold {g:?}", a.shape(), b.shape()),
+        ));
     }
     if a.dtype() != b.dtype() {
-        return Err(Error::Invalid(format!("matmul: A is {} but B is {}: convert one so both have the same dtype", a.dtype(), b.dtype())));
+        return Err(Error::Invalid(format!(
+            "matmul: A is {} but B is {}: convert one so both have the same dtype",
+            a.dtype(),
+            b.dtype()
+        )));
     }
     match a.device() {
         Device::Cpu => {
             let (sa, sb) = (a.storage(), b.storage());
             let storage = match (&*sa, &*sb) {
-                (Storage::CpuF32(av), Storage::CpuF32(bv)) => Storage::CpuF32(cpu::matmul(av, bv, g)?),
+                (Storage::CpuF32(av), Storage::CpuF32(bv)) => {
+                    Storage::CpuF32(cpu::matmul(av, bv, g)?)
+                }
                 (Storage::CpuBF16(av), Storage::CpuBF16(bv)) => {
                     // f32 accumulation over the exact bf16 values, one rounding at the end (as on the GPU).
                     let widen = |v: &[bf16]| v.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
                     let c = cpu::matmul(&widen(av), &widen(bv), g)?;
                     Storage::CpuBF16(c.into_iter().map(bf16::from_f32).collect())
                 }
-                (other, _) => return Err(Error::DType { op: OP, got: other.dtype(), expected: "f32 or bf16" }),
+                (other, _) => {
+                    return Err(Error::DType {
+                        op: OP,
+                        got: other.dtype(),
+                        expected: "f32 or bf16",
+                    })
+                }
             };
             Ok(Tensor::from_storage(storage, out_shape, a.device()))
         }
@@ -301,24 +468,70 @@ fn gemm_raw(a: &Tensor, b: &Tensor, g: &Gemm, out_shape: &[usize]) -> Result<Ten
                 return Ok(Tensor::from_storage(storage, out_shape, a.device()));
             }
             let (batch, m, n, k) = (g.batch as i32, g.m as i32, g.n as i32, g.k as i32);
-            let stride_a = if g.batch_a == 1 { 0u64 } else { (g.m * g.k) as u64 };
-            let stride_b = if g.batch_b == 1 { 0u64 } else { (g.k * g.n) as u64 };
+            let stride_a = if g.batch_a == 1 {
+                0u64
+            } else {
+                (g.m * g.k) as u64
+            };
+            let stride_b = if g.batch_b == 1 {
+                0u64
+            } else {
+                (g.k * g.n) as u64
+            };
             let (ta, tb) = (g.trans_a as i32, g.trans_b as i32);
             let storage = match (&*sa, &*sb) {
                 (Storage::CudaF32(av), Storage::CudaF32(bv)) => {
                     let mut c = gpu.alloc::<f32>(c_len)?;
                     // SAFETY: A holds batch_a·M·K and B batch_b·K·N elements (checked above, stride 0 when
                     // broadcast); the tile reads only m < M, n < N, k < K and writes C[z, m, n], z < batch.
-                    launch!(gpu, "matmul", "matmul_f32", cfg, av, bv, &mut c, &batch, &m, &n, &k, &stride_a, &stride_b, &ta, &tb)?;
+                    launch!(
+                        gpu,
+                        "matmul",
+                        "matmul_f32",
+                        cfg,
+                        av,
+                        bv,
+                        &mut c,
+                        &batch,
+                        &m,
+                        &n,
+                        &k,
+                        &stride_a,
+                        &stride_b,
+                        &ta,
+                        &tb
+                    )?;
                     Storage::CudaF32(c)
                 }
                 (Storage::CudaBF16(av), Storage::CudaBF16(bv)) => {
                     let mut c = gpu.alloc::<bf16>(c_len)?;
                     // SAFETY: as for matmul_f32, with 2-byte elements.
-                    launch!(gpu, "matmul", "matmul_bf16", cfg, av, bv, &mut c, &batch, &m, &n, &k, &stride_a, &stride_b, &ta, &tb)?;
+                    launch!(
+                        gpu,
+                        "matmul",
+                        "matmul_bf16",
+                        cfg,
+                        av,
+                        bv,
+                        &mut c,
+                        &batch,
+                        &m,
+                        &n,
+                        &k,
+                        &stride_a,
+                        &stride_b,
+                        &ta,
+                        &tb
+                    )?;
                     Storage::CudaBF16(c)
                 }
-                (other, _) => return Err(Error::DType { op: OP, got: other.dtype(), expected: "f32 or bf16" }),
+                (other, _) => {
+                    return Err(Error::DType {
+                        op: OP,
+                        got: other.dtype(),
+                        expected: "f32 or bf16",
+                    })
+                }
             };
             Ok(Tensor::from_storage(storage, out_shape, a.device()))
         }
@@ -350,12 +563,22 @@ fn grad_raw(plan: GradPlan, a: &Tensor, b: &Tensor, dc: &Tensor, like: &Tensor) 
     };
     let g = plan.gemm;
     let full = gemm_raw(pick(plan.lhs), pick(plan.rhs), &g, &[g.batch, g.m, g.n])?;
-    let grad = if plan.sum_batch { reduce_axis_raw(&full, 0, Reduce::Sum, 1.0)? } else { full };
+    let grad = if plan.sum_batch {
+        reduce_axis_raw(&full, 0, Reduce::Sum, 1.0)?
+    } else {
+        full
+    };
     grad.reshaped(like.shape())
 }
 
 /// `C = op(A) · op(B)`, batched, recorded. See the module doc for shapes and broadcasting.
-pub fn matmul(tape: &mut Tape, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+pub fn matmul(
+    tape: &mut Tape,
+    a: &Tensor,
+    b: &Tensor,
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<Tensor> {
     let g = Gemm::new(a.shape(), b.shape(), trans_a, trans_b)?;
     let c = gemm_raw(a, b, &g, &out_shape(a, b, &g))?;
     // Only the gradients some watched tensor depends on are computed.
@@ -364,11 +587,23 @@ pub fn matmul(tape: &mut Tape, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: b
     tape.record(&[a, b], &c, move |dc| {
         for t in [&ac, &bc, dc] {
             if t.dtype() != DType::F32 {
-                return Err(Error::DType { op: "matmul backward", got: t.dtype(), expected: "f32 (bf16 matmul has no backward yet)" });
+                return Err(Error::DType {
+                    op: "matmul backward",
+                    got: t.dtype(),
+                    expected: "f32 (bf16 matmul has no backward yet)",
+                });
             }
         }
-        let da = if need_a { Some(grad_raw(g.grad_a(), &ac, &bc, dc, &ac)?) } else { None };
-        let db = if need_b { Some(grad_raw(g.grad_b(), &ac, &bc, dc, &bc)?) } else { None };
+        let da = if need_a {
+            Some(grad_raw(g.grad_a(), &ac, &bc, dc, &ac)?)
+        } else {
+            None
+        };
+        let db = if need_b {
+            Some(grad_raw(g.grad_b(), &ac, &bc, dc, &bc)?)
+        } else {
+            None
+        };
         Ok(vec![da, db])
     });
     Ok(c)
@@ -376,10 +611,22 @@ pub fn matmul(tape: &mut Tape, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: b
 
 /// PyTorch's `nn.Linear`: `y = x · Wᵀ + b` for x `[N, in]` (or `[batch, N, in]`), weight
 /// `[out, in]`, bias `[out]`; y is `[N, out]` (`[batch, N, out]`).
-pub fn linear(tape: &mut Tape, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+pub fn linear(
+    tape: &mut Tape,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     let (x_in, w_in) = (x.shape().last().copied(), weight.shape().get(1).copied());
     if weight.rank() != 2 || !matches!(x.rank(), 2 | 3) || x_in != w_in {
-        return Err(Error::shape("linear", format!("x {:?} (want [N, in] or [batch, N, in]) and weight {:?} (want [out, in])", x.shape(), weight.shape())));
+        return Err(Error::shape(
+            "linear",
+            format!(
+                "x {:?} (want [N, in] or [batch, N, in]) and weight {:?} (want [out, in])",
+                x.shape(),
+                weight.shape()
+            ),
+        ));
     }
     let y = matmul(tape, x, weight, false, true)?;
     match bias {
@@ -406,7 +653,14 @@ pub const BF16_LINEAR: Bf16Linear = Bf16Linear::Simt;
 
 /// `y = act(x·Wᵀ + b)` for x `[M, K]`, W `[N, K]` on their device, and the pre-activation
 /// `x·Wᵀ + b` when `keep_pre` (else only y is written).
-fn linear_act_raw(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Option<Unary>, g: &Gemm, keep_pre: bool) -> Result<(Tensor, Option<Tensor>)> {
+fn linear_act_raw(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    act: Option<Unary>,
+    g: &Gemm,
+    keep_pre: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     linear_act_raw_with(BF16_LINEAR, x, w, bias, act, g, keep_pre)
 }
 
@@ -422,14 +676,23 @@ pub(crate) fn linear_act_raw_with(
 ) -> Result<(Tensor, Option<Tensor>)> {
     const OP: &str = "linear_act";
     let shape = [g.m, g.n];
-    if let (Device::Cuda(gpu), DType::BF16, Bf16Linear::TensorCore, true) = (x.device(), x.dtype(), kernel, g.k % 8 == 0) {
+    if let (Device::Cuda(gpu), DType::BF16, Bf16Linear::TensorCore, true) =
+        (x.device(), x.dtype(), kernel, g.k % 8 == 0)
+    {
         if aligned16(gpu, x)? && aligned16(gpu, w)? {
             return linear_bf16_tensor_core(gpu, x, w, bias, act, g);
         }
     }
     if super::bf16_on_cpu(x) {
         let b = bias.map(super::widen).transpose()?;
-        let (y, _) = linear_act_raw(&super::widen(x)?, &super::widen(w)?, b.as_ref(), act, g, false)?;
+        let (y, _) = linear_act_raw(
+            &super::widen(x)?,
+            &super::widen(w)?,
+            b.as_ref(),
+            act,
+            g,
+            false,
+        )?;
         return Ok((super::narrow(&y)?, None));
     }
     match x.device() {
@@ -440,7 +703,11 @@ pub(crate) fn linear_act_raw_with(
                 None => None,
             };
             let (pre, y) = cpu::linear_act(xs.cpu_f32(OP)?, ws.cpu_f32(OP)?, bv, act, g)?;
-            let pre = if keep_pre { Some(Tensor::from_vec(pre, &shape, x.device())?) } else { None };
+            let pre = if keep_pre {
+                Some(Tensor::from_vec(pre, &shape, x.device())?)
+            } else {
+                None
+            };
             Ok((Tensor::from_vec(y, &shape, x.device())?, pre))
         }
         Device::Cuda(gpu) => {
@@ -452,7 +719,11 @@ pub(crate) fn linear_act_raw_with(
                 _ => (false, "matmul_bias_act_f32"),
             };
             let mut y = crate::tensor::alloc_storage(gpu, x.dtype(), len)?;
-            let mut pre = if keep_pre && !bf16 { Some(crate::tensor::alloc_storage(gpu, x.dtype(), len)?) } else { None };
+            let mut pre = if keep_pre && !bf16 {
+                Some(crate::tensor::alloc_storage(gpu, x.dtype(), len)?)
+            } else {
+                None
+            };
             if len > 0 {
                 let (code, alpha, beta) = act.map_or((-1, 0.0, 0.0), Unary::code);
                 let (m, n, k) = (g.m as i32, g.n as i32, g.k as i32);
@@ -510,12 +781,19 @@ fn linear_bf16_tensor_core(
     const OP: &str = "linear_act";
     let fits = |v: usize| v < 1 << 30;
     if !(fits(g.m) && fits(g.n) && fits(g.k)) || g.m.div_ceil(128) > 65535 {
-        return Err(Error::shape(OP, format!("{g:?} is too large for the CUDA kernel (sizes < 2³⁰, M ≤ 65535·128)")));
+        return Err(Error::shape(
+            OP,
+            format!("{g:?} is too large for the CUDA kernel (sizes < 2³⁰, M ≤ 65535·128)"),
+        ));
     }
     let len = g.m * g.n;
     let mut y = gpu.alloc::<bf16>(len)?;
     if len > 0 {
-        let cfg = LaunchConfig { grid_dim: (g.n.div_ceil(128) as u32, g.m.div_ceil(128) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (g.n.div_ceil(128) as u32, g.m.div_ceil(128) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let (code, alpha, beta) = act.map_or((-1, 0.0, 0.0), Unary::code);
         let (m, n, k) = (g.m as i32, g.n as i32, g.k as i32);
         let null = 0u64;
@@ -527,13 +805,22 @@ fn linear_bf16_tensor_core(
             Some(s) => lb.arg(s.cuda_bf16(OP)?),
             None => lb.arg(&null),
         };
-        lb.arg(&mut y).arg(&m).arg(&n).arg(&k).arg(&code).arg(&alpha).arg(&beta);
+        lb.arg(&mut y)
+            .arg(&m)
+            .arg(&n)
+            .arg(&k)
+            .arg(&code)
+            .arg(&alpha)
+            .arg(&beta);
         // SAFETY: x holds M·K and W N·K bf16 (K % 8 == 0, allocations 256-byte aligned, so every
         // 16-byte cp.async source is aligned); copies past M, N or K read nothing (zero-fill);
         // y[m, n] is written for m < M, n < N only; bias (N) is null when absent.
         unsafe { lb.launch(cfg) }.map_err(|e| Error::cuda("matmul_bias_act_bf16_tc", e))?;
     }
-    Ok((Tensor::from_storage(Storage::CudaBF16(y), &[g.m, g.n], x.device()), None))
+    Ok((
+        Tensor::from_storage(Storage::CudaBF16(y), &[g.m, g.n], x.device()),
+        None,
+    ))
 }
 
 /// `y = act(x·Wᵀ + b)`: `linear` with its bias add and activation fused into the GEMM's store,
@@ -551,19 +838,39 @@ fn linear_bf16_tensor_core(
 /// same as the unfused ops' (the activation backward reads p, y, dy and writes dp; the bias
 /// gradient reads dp). FLOPs are unchanged: `2·rows·in·out` for the product, plus the bias
 /// and activation per element of y.
-pub fn linear_act(tape: &mut Tape, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, act: Option<Unary>) -> Result<Tensor> {
+pub fn linear_act(
+    tape: &mut Tape,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    act: Option<Unary>,
+) -> Result<Tensor> {
     const OP: &str = "linear_act";
     let mut inputs = vec![x, weight];
     inputs.extend(bias);
     same_device(OP, &inputs)?;
     let (x_in, w_in) = (x.shape().last().copied(), weight.shape().get(1).copied());
     if weight.rank() != 2 || x.rank() == 0 || x_in != w_in {
-        return Err(Error::shape(OP, format!("x {:?} (want [.., in]) and weight {:?} (want [out, in])", x.shape(), weight.shape())));
+        return Err(Error::shape(
+            OP,
+            format!(
+                "x {:?} (want [.., in]) and weight {:?} (want [out, in])",
+                x.shape(),
+                weight.shape()
+            ),
+        ));
     }
     let (k, n) = (weight.shape()[1], weight.shape()[0]);
     if let Some(b) = bias {
         if b.rank() != 1 || b.numel() != n {
-            return Err(Error::shape(OP, format!("bias {:?} for weight {:?} (want [{n}])", b.shape(), weight.shape())));
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "bias {:?} for weight {:?} (want [{n}])",
+                    b.shape(),
+                    weight.shape()
+                ),
+            ));
         }
     }
     super::f32_or_bf16(OP, x)?;
@@ -572,7 +879,11 @@ pub fn linear_act(tape: &mut Tape, x: &Tensor, weight: &Tensor, bias: Option<&Te
     let x2 = x.reshaped(&[rows, k])?;
     let g = Gemm::new(&[rows, k], weight.shape(), false, true)?;
     if x.dtype() == DType::BF16 && tape.needs_grad(&inputs) {
-        return Err(Error::DType { op: OP, got: DType::BF16, expected: "f32 when gradients are needed (bf16 is inference-only)" });
+        return Err(Error::DType {
+            op: OP,
+            got: DType::BF16,
+            expected: "f32 when gradients are needed (bf16 is inference-only)",
+        });
     }
     let keep_pre = act.is_some() && tape.needs_grad(&inputs);
     let (y2, pre) = linear_act_raw(&x2, weight, bias, act, &g, keep_pre)?;
@@ -591,13 +902,29 @@ pub fn linear_act(tape: &mut Tape, x: &Tensor, weight: &Tensor, bias: Option<&Te
         let dp = match (act, &pre) {
             (None, _) => dy,
             (Some(op), Some(p)) => unary_bwd_raw(op, p, &yc, &dy)?,
-            (Some(_), None) => return Err(Error::Invalid("linear_act backward: the pre-activation was not kept".into())),
+            (Some(_), None) => {
+                return Err(Error::Invalid(
+                    "linear_act backward: the pre-activation was not kept".into(),
+                ))
+            }
         };
-        let dx = if need_x { Some(grad_raw(g.grad_a(), &xc, &wc, &dp, &xc)?.reshaped(&x_shape)?) } else { None };
-        let dw = if need_w { Some(grad_raw(g.grad_b(), &xc, &wc, &dp, &wc)?) } else { None };
+        let dx = if need_x {
+            Some(grad_raw(g.grad_a(), &xc, &wc, &dp, &xc)?.reshaped(&x_shape)?)
+        } else {
+            None
+        };
+        let dw = if need_w {
+            Some(grad_raw(g.grad_b(), &xc, &wc, &dp, &wc)?)
+        } else {
+            None
+        };
         let mut grads = vec![dx, dw];
         if has_bias {
-            grads.push(if need_b { Some(bias_grad_raw(&dp, rows, n, 1)?) } else { None });
+            grads.push(if need_b {
+                Some(bias_grad_raw(&dp, rows, n, 1)?)
+            } else {
+                None
+            });
         }
         Ok(grads)
     });
@@ -613,13 +940,37 @@ mod tests {
 
     /// Operand shapes for `g` (rank 3 unless the batch is 1 and `rank2`).
     fn shapes(g: &Gemm) -> (Vec<usize>, Vec<usize>) {
-        let a = if g.trans_a { [g.batch_a, g.k, g.m] } else { [g.batch_a, g.m, g.k] };
-        let b = if g.trans_b { [g.batch_b, g.n, g.k] } else { [g.batch_b, g.k, g.n] };
+        let a = if g.trans_a {
+            [g.batch_a, g.k, g.m]
+        } else {
+            [g.batch_a, g.m, g.k]
+        };
+        let b = if g.trans_b {
+            [g.batch_b, g.n, g.k]
+        } else {
+            [g.batch_b, g.k, g.n]
+        };
         (a.to_vec(), b.to_vec())
     }
 
-    fn gemm(batch_a: usize, batch_b: usize, m: usize, n: usize, k: usize, (trans_a, trans_b): (bool, bool)) -> Gemm {
-        let (a, b) = shapes(&Gemm { batch: 0, batch_a, batch_b, m, n, k, trans_a, trans_b });
+    fn gemm(
+        batch_a: usize,
+        batch_b: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+        (trans_a, trans_b): (bool, bool),
+    ) -> Gemm {
+        let (a, b) = shapes(&Gemm {
+            batch: 0,
+            batch_a,
+            batch_b,
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+        });
         Gemm::new(&a, &b, trans_a, trans_b).unwrap()
     }
 
@@ -634,20 +985,29 @@ mod tests {
     /// (A, B, weights for loss = Σ w ⊙ C) as f64 for `g`.
     fn inputs(g: &Gemm, seed: u64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let (a_len, b_len, c_len) = g.lens();
-        (f64s(&random_vec(a_len, seed)), f64s(&random_vec(b_len, seed + 1)), f64s(&random_vec(c_len, seed + 2)))
+        (
+            f64s(&random_vec(a_len, seed)),
+            f64s(&random_vec(b_len, seed + 1)),
+            f64s(&random_vec(c_len, seed + 2)),
+        )
     }
 
     /// Σ_k a·b by the definition, as an independent check of the twin's indexing.
     fn naive(a: &[f64], b: &[f64], g: &Gemm) -> Vec<f64> {
         let mut c = vec![0.0; g.lens().2];
         for z in 0..g.batch {
-            let (za, zb) = (if g.batch_a == 1 { 0 } else { z }, if g.batch_b == 1 { 0 } else { z });
+            let (za, zb) = (
+                if g.batch_a == 1 { 0 } else { z },
+                if g.batch_b == 1 { 0 } else { z },
+            );
             for m in 0..g.m {
                 for n in 0..g.n {
                     c[(z * g.m + m) * g.n + n] = (0..g.k)
                         .map(|k| {
-                            let av = a[za * g.m * g.k + if g.trans_a { k * g.m + m } else { m * g.k + k }];
-                            let bv = b[zb * g.k * g.n + if g.trans_b { n * g.k + k } else { k * g.n + n }];
+                            let av = a[za * g.m * g.k
+                                + if g.trans_a { k * g.m + m } else { m * g.k + k }];
+                            let bv = b[zb * g.k * g.n
+                                + if g.trans_b { n * g.k + k } else { k * g.n + n }];
                             av * bv
                         })
                         .sum();
@@ -680,7 +1040,14 @@ mod tests {
         for g in cases {
             let (a, b, w) = inputs(&g, 7);
             let (da, db) = cpu::matmul_bwd(&a, &b, &w, &g).unwrap();
-            let loss = |a: &[f64], b: &[f64]| cpu::matmul(a, b, &g).unwrap().iter().zip(&w).map(|(c, w)| c * w).sum::<f64>();
+            let loss = |a: &[f64], b: &[f64]| {
+                cpu::matmul(a, b, &g)
+                    .unwrap()
+                    .iter()
+                    .zip(&w)
+                    .map(|(c, w)| c * w)
+                    .sum::<f64>()
+            };
             gradcheck(&format!("dA {g:?}"), |x| loss(x, &b), &a, &da);
             gradcheck(&format!("dB {g:?}"), |x| loss(&a, x), &b, &db);
         }
@@ -693,7 +1060,11 @@ mod tests {
                 for (ba, bb, rank2) in [(1, 1, true), (2, 2, false), (3, 1, false), (1, 3, false)] {
                     let g = gemm(ba, bb, 5, 3, 4, flags);
                     let (a_shape, b_shape) = shapes(&g);
-                    let (a_shape, b_shape) = if rank2 { (a_shape[1..].to_vec(), b_shape[1..].to_vec()) } else { (a_shape, b_shape) };
+                    let (a_shape, b_shape) = if rank2 {
+                        (a_shape[1..].to_vec(), b_shape[1..].to_vec())
+                    } else {
+                        (a_shape, b_shape)
+                    };
                     let (av, bv, wv) = inputs(&g, 11);
                     let a = Tensor::from_vec(f32s(&av), &a_shape, &device).unwrap();
                     let b = Tensor::from_vec(f32s(&bv), &b_shape, &device).unwrap();
@@ -701,7 +1072,11 @@ mod tests {
                     tape.watch(&a);
                     tape.watch(&b);
                     let c = matmul(&mut tape, &a, &b, flags.0, flags.1).unwrap();
-                    let want_shape = if rank2 { vec![g.m, g.n] } else { vec![g.batch, g.m, g.n] };
+                    let want_shape = if rank2 {
+                        vec![g.m, g.n]
+                    } else {
+                        vec![g.batch, g.m, g.n]
+                    };
                     assert_eq!(c.shape(), &want_shape[..]);
                     let w = Tensor::from_vec(f32s(&wv), c.shape(), &device).unwrap();
                     let cw = crate::ops::elementwise::mul(&mut tape, &c, &w).unwrap();
@@ -709,13 +1084,31 @@ mod tests {
                     let grads = tape.backward(&loss).unwrap();
                     let (da, db) = cpu::matmul_bwd(&av, &bv, &wv, &g).unwrap();
                     let what = format!("{g:?} on {device}");
-                    assert_close(&c.to_vec_f32().unwrap(), &f32s(&cpu::matmul(&av, &bv, &g).unwrap()), 1e-5, 1e-5, &format!("C {what}"));
+                    assert_close(
+                        &c.to_vec_f32().unwrap(),
+                        &f32s(&cpu::matmul(&av, &bv, &g).unwrap()),
+                        1e-5,
+                        1e-5,
+                        &format!("C {what}"),
+                    );
                     let ga = grads.get(&a).unwrap();
                     let gb = grads.get(&b).unwrap();
                     assert_eq!(ga.shape(), a.shape());
                     assert_eq!(gb.shape(), b.shape());
-                    assert_close(&ga.to_vec_f32().unwrap(), &f32s(&da), 1e-5, 1e-5, &format!("dA {what}"));
-                    assert_close(&gb.to_vec_f32().unwrap(), &f32s(&db), 1e-5, 1e-5, &format!("dB {what}"));
+                    assert_close(
+                        &ga.to_vec_f32().unwrap(),
+                        &f32s(&da),
+                        1e-5,
+                        1e-5,
+                        &format!("dA {what}"),
+                    );
+                    assert_close(
+                        &gb.to_vec_f32().unwrap(),
+                        &f32s(&db),
+                        1e-5,
+                        1e-5,
+                        &format!("dB {what}"),
+                    );
                 }
             }
         }
@@ -734,19 +1127,55 @@ mod tests {
             }
             let y = linear(&mut tape, &x, &w, Some(&b)).unwrap();
             assert_eq!(y.shape(), &[4, 2]);
-            let want: Vec<f32> = (0..8).map(|i| (0..3).map(|j| xv[(i / 2) * 3 + j] * wv[(i % 2) * 3 + j]).sum::<f32>() + bv[i % 2]).collect();
-            assert_close(&y.to_vec_f32().unwrap(), &want, 1e-5, 1e-6, &format!("linear on {device}"));
+            let want: Vec<f32> = (0..8)
+                .map(|i| {
+                    (0..3)
+                        .map(|j| xv[(i / 2) * 3 + j] * wv[(i % 2) * 3 + j])
+                        .sum::<f32>()
+                        + bv[i % 2]
+                })
+                .collect();
+            assert_close(
+                &y.to_vec_f32().unwrap(),
+                &want,
+                1e-5,
+                1e-6,
+                &format!("linear on {device}"),
+            );
             let loss = crate::ops::reduce::sum_all(&mut tape, &y).unwrap();
             let g = tape.backward(&loss).unwrap();
             // dW[o, j] = Σ_n x[n, j]; db = N; dx[n, j] = Σ_o W[o, j].
-            let dw: Vec<f32> = (0..6).map(|i| (0..4).map(|n| xv[n * 3 + i % 3]).sum()).collect();
+            let dw: Vec<f32> = (0..6)
+                .map(|i| (0..4).map(|n| xv[n * 3 + i % 3]).sum())
+                .collect();
             let dx: Vec<f32> = (0..12).map(|i| wv[i % 3] + wv[3 + i % 3]).collect();
-            assert_close(&g.get(&w).unwrap().to_vec_f32().unwrap(), &dw, 1e-5, 1e-6, "dW");
-            assert_close(&g.get(&x).unwrap().to_vec_f32().unwrap(), &dx, 1e-5, 1e-6, "dx");
-            assert_close(&g.get(&b).unwrap().to_vec_f32().unwrap(), &[4.0, 4.0], 1e-5, 1e-6, "db");
+            assert_close(
+                &g.get(&w).unwrap().to_vec_f32().unwrap(),
+                &dw,
+                1e-5,
+                1e-6,
+                "dW",
+            );
+            assert_close(
+                &g.get(&x).unwrap().to_vec_f32().unwrap(),
+                &dx,
+                1e-5,
+                1e-6,
+                "dx",
+            );
+            assert_close(
+                &g.get(&b).unwrap().to_vec_f32().unwrap(),
+                &[4.0, 4.0],
+                1e-5,
+                1e-6,
+                "db",
+            );
             // A batched x shares the weight across the batch.
             let x3 = Tensor::from_slice(&random_vec(2 * 4 * 3, 4), &[2, 4, 3], &device).unwrap();
-            assert_eq!(linear(&mut Tape::new(), &x3, &w, Some(&b)).unwrap().shape(), &[2, 4, 2]);
+            assert_eq!(
+                linear(&mut Tape::new(), &x3, &w, Some(&b)).unwrap().shape(),
+                &[2, 4, 2]
+            );
         }
     }
 
@@ -755,19 +1184,42 @@ mod tests {
         let g = gemm(2, 1, 7, 5, 33, (false, true));
         let (a_shape, b_shape) = shapes(&g);
         let (av, bv, _) = inputs(&g, 3);
-        let a = Tensor::from_vec(f32s(&av), &a_shape, &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
-        let b = Tensor::from_vec(f32s(&bv), &b_shape, &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+        let a = Tensor::from_vec(f32s(&av), &a_shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let b = Tensor::from_vec(f32s(&bv), &b_shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
         let c = matmul_raw(&a, &b, false, true).unwrap();
         assert_eq!(c.dtype(), DType::BF16);
-        let want = cpu::matmul(&f64s(&a.to_vec_f32().unwrap()), &f64s(&b.to_vec_f32().unwrap()), &g).unwrap();
-        assert_close(&c.to_vec_f32().unwrap(), &f32s(&want), 1e-2, 1e-3, "bf16 matmul");
+        let want = cpu::matmul(
+            &f64s(&a.to_vec_f32().unwrap()),
+            &f64s(&b.to_vec_f32().unwrap()),
+            &g,
+        )
+        .unwrap();
+        assert_close(
+            &c.to_vec_f32().unwrap(),
+            &f32s(&want),
+            1e-2,
+            1e-3,
+            "bf16 matmul",
+        );
         // The backward is f32 only: a clear error, not a panic.
         let mut tape = Tape::new();
         tape.watch(&a);
         let c = matmul(&mut tape, &a, &b, false, true).unwrap();
-        let Err(err) = tape.backward_with(&c, Tensor::full(1.0, c.shape(), &Device::Cpu).unwrap()) else { panic!("bf16 backward ran") };
+        let Err(err) = tape.backward_with(&c, Tensor::full(1.0, c.shape(), &Device::Cpu).unwrap())
+        else {
+            panic!("bf16 backward ran")
+        };
         let err = err.to_string();
-        assert!(err.contains("matmul backward") && err.contains("bf16"), "{err}");
+        assert!(
+            err.contains("matmul backward") && err.contains("bf16"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -790,14 +1242,32 @@ mod tests {
                         let c = matmul_raw(&a, &b, flags.0, flags.1).unwrap();
                         assert_eq!(c.dtype(), DType::F32);
                         let atol = 1e-5 * (k as f32).sqrt();
-                        assert_close(&c.to_vec_f32().unwrap(), &want, 1e-4, atol, &format!("f32 {what}"));
+                        assert_close(
+                            &c.to_vec_f32().unwrap(),
+                            &want,
+                            1e-4,
+                            atol,
+                            &format!("f32 {what}"),
+                        );
                         // bf16 against the CPU bf16 path on the same rounded inputs (both round once).
-                        let (a16, b16) = (a.to_dtype(DType::BF16).unwrap(), b.to_dtype(DType::BF16).unwrap());
+                        let (a16, b16) = (
+                            a.to_dtype(DType::BF16).unwrap(),
+                            b.to_dtype(DType::BF16).unwrap(),
+                        );
                         let c16 = matmul_raw(&a16, &b16, flags.0, flags.1).unwrap();
                         assert_eq!(c16.dtype(), DType::BF16);
-                        let (a16c, b16c) = (a16.to_device(&Device::Cpu).unwrap(), b16.to_device(&Device::Cpu).unwrap());
+                        let (a16c, b16c) = (
+                            a16.to_device(&Device::Cpu).unwrap(),
+                            b16.to_device(&Device::Cpu).unwrap(),
+                        );
                         let want16 = matmul_raw(&a16c, &b16c, flags.0, flags.1).unwrap();
-                        assert_close(&c16.to_vec_f32().unwrap(), &want16.to_vec_f32().unwrap(), 2e-2, 1e-3 * (k as f32).sqrt(), &format!("bf16 {what}"));
+                        assert_close(
+                            &c16.to_vec_f32().unwrap(),
+                            &want16.to_vec_f32().unwrap(),
+                            2e-2,
+                            1e-3 * (k as f32).sqrt(),
+                            &format!("bf16 {what}"),
+                        );
                     }
                 }
             }
@@ -808,7 +1278,11 @@ mod tests {
     fn matmul_cuda_handles_many_batches_and_empty_sizes() {
         let Some(gpu) = gpu() else { return };
         // More batch items than a grid's z may hold, so blocks loop over z; and K = 0 (C = 0).
-        for g in [gemm(70000, 1, 2, 3, 2, (false, false)), gemm(1, 1, 3, 4, 0, (false, false)), gemm(2, 2, 0, 5, 3, (true, false))] {
+        for g in [
+            gemm(70000, 1, 2, 3, 2, (false, false)),
+            gemm(1, 1, 3, 4, 0, (false, false)),
+            gemm(2, 2, 0, 5, 3, (true, false)),
+        ] {
             let (a_shape, b_shape) = shapes(&g);
             let (av, bv, _) = inputs(&g, 5);
             let want = f32s(&cpu::matmul(&av, &bv, &g).unwrap());
@@ -816,7 +1290,13 @@ mod tests {
             let b = Tensor::from_vec(f32s(&bv), &b_shape, &gpu).unwrap();
             let c = matmul_raw(&a, &b, g.trans_a, g.trans_b).unwrap();
             assert_eq!(c.shape(), &[g.batch, g.m, g.n]);
-            assert_close(&c.to_vec_f32().unwrap(), &want, 1e-5, 1e-5, &format!("{g:?}"));
+            assert_close(
+                &c.to_vec_f32().unwrap(),
+                &want,
+                1e-5,
+                1e-5,
+                &format!("{g:?}"),
+            );
         }
     }
 
@@ -824,13 +1304,19 @@ mod tests {
     fn mismatched_shapes_are_errors() {
         let t = |s: &[usize]| Tensor::zeros(s, &Device::Cpu).unwrap();
         let mut tape = Tape::new();
-        let err = matmul(&mut tape, &t(&[2, 3]), &t(&[4, 5]), false, false).unwrap_err().to_string();
+        let err = matmul(&mut tape, &t(&[2, 3]), &t(&[4, 5]), false, false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("inner sizes 3 and 4 differ"), "{err}");
         assert!(matmul(&mut tape, &t(&[2, 3]), &t(&[5, 3]), false, false).is_err());
         assert!(matmul(&mut tape, &t(&[2, 3]), &t(&[5, 3]), false, true).is_ok());
-        let err = matmul(&mut tape, &t(&[2, 4, 3]), &t(&[3, 3, 5]), false, false).unwrap_err().to_string();
+        let err = matmul(&mut tape, &t(&[2, 4, 3]), &t(&[3, 3, 5]), false, false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("batch sizes differ"), "{err}");
-        let err = matmul(&mut tape, &t(&[3]), &t(&[3, 5]), false, false).unwrap_err().to_string();
+        let err = matmul(&mut tape, &t(&[3]), &t(&[3, 5]), false, false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("rank 2 or 3"), "{err}");
         assert!(matmul(&mut tape, &t(&[1, 2, 3, 4]), &t(&[4, 5]), false, false).is_err());
         let bf = t(&[3, 5]).to_dtype(DType::BF16).unwrap();
@@ -842,18 +1328,28 @@ mod tests {
 
     #[test]
     fn empty_sizes_on_the_cpu() {
-        let t = |s: &[usize]| Tensor::from_vec(random_vec(s.iter().product(), 1), s, &Device::Cpu).unwrap();
+        let t = |s: &[usize]| {
+            Tensor::from_vec(random_vec(s.iter().product(), 1), s, &Device::Cpu).unwrap()
+        };
         let c = matmul_raw(&t(&[3, 0]), &t(&[0, 4]), false, false).unwrap();
         assert_eq!(c.shape(), &[3, 4]);
         assert_eq!(c.to_vec_f32().unwrap(), vec![0.0; 12]);
-        assert_eq!(matmul_raw(&t(&[0, 2]), &t(&[2, 4]), false, false).unwrap().shape(), &[0, 4]);
+        assert_eq!(
+            matmul_raw(&t(&[0, 2]), &t(&[2, 4]), false, false)
+                .unwrap()
+                .shape(),
+            &[0, 4]
+        );
     }
 
     /// The activations `linear_act` is used with, and none.
     const ACTS: [Option<Unary>; 6] = [
         None,
         Some(Unary::Relu),
-        Some(Unary::LeakyRelu { slope: 0.2, gain: std::f32::consts::SQRT_2 }),
+        Some(Unary::LeakyRelu {
+            slope: 0.2,
+            gain: std::f32::consts::SQRT_2,
+        }),
         Some(Unary::Gelu),
         Some(Unary::QuickGelu),
         Some(Unary::Sigmoid),
@@ -866,7 +1362,12 @@ mod tests {
         for device in devices() {
             for act in ACTS {
                 for with_bias in [true, false] {
-                    let (xv, wv, bv, lw) = (random_vec(2 * 5 * 7, 1), random_vec(3 * 7, 2), random_vec(3, 3), random_vec(2 * 5 * 3, 4));
+                    let (xv, wv, bv, lw) = (
+                        random_vec(2 * 5 * 7, 1),
+                        random_vec(3 * 7, 2),
+                        random_vec(3, 3),
+                        random_vec(2 * 5 * 3, 4),
+                    );
                     let x = Tensor::from_slice(&xv, &[2, 5, 7], &device).unwrap();
                     let w = Tensor::from_slice(&wv, &[3, 7], &device).unwrap();
                     let b = Tensor::from_slice(&bv, &[3], &device).unwrap();
@@ -888,17 +1389,41 @@ mod tests {
                         let loss = sum_all(&mut tape, &yl).unwrap();
                         let g = tape.backward(&loss).unwrap();
                         let grad = |t: &Tensor| g.get(t).map(|d| d.to_vec_f32().unwrap());
-                        (y.shape().to_vec(), y.to_vec_f32().unwrap(), grad(&x), grad(&w), grad(&b))
+                        (
+                            y.shape().to_vec(),
+                            y.to_vec_f32().unwrap(),
+                            grad(&x),
+                            grad(&w),
+                            grad(&b),
+                        )
                     };
                     let (got, want) = (run(true), run(false));
                     let what = format!("{act:?} bias {with_bias} on {device}");
                     assert_eq!(got.0, vec![2, 5, 3], "{what}");
                     assert_close(&got.1, &want.1, 1e-5, 1e-6, &format!("y {what}"));
-                    assert_close(&got.2.unwrap(), &want.2.unwrap(), 1e-5, 1e-6, &format!("dx {what}"));
-                    assert_close(&got.3.unwrap(), &want.3.unwrap(), 1e-5, 1e-6, &format!("dW {what}"));
+                    assert_close(
+                        &got.2.unwrap(),
+                        &want.2.unwrap(),
+                        1e-5,
+                        1e-6,
+                        &format!("dx {what}"),
+                    );
+                    assert_close(
+                        &got.3.unwrap(),
+                        &want.3.unwrap(),
+                        1e-5,
+                        1e-6,
+                        &format!("dW {what}"),
+                    );
                     assert_eq!(got.4.is_some(), with_bias, "{what}");
                     if with_bias {
-                        assert_close(&got.4.unwrap(), &want.4.unwrap(), 1e-5, 1e-6, &format!("db {what}"));
+                        assert_close(
+                            &got.4.unwrap(),
+                            &want.4.unwrap(),
+                            1e-5,
+                            1e-6,
+                            &format!("db {what}"),
+                        );
                     }
                 }
             }
@@ -913,9 +1438,20 @@ mod tests {
         for act in ACTS {
             let (pre, y) = cpu::linear_act(&x, &w, Some(&b), act, &g).unwrap();
             // Away from relu's kink, where a finite difference is meaningless.
-            assert!(pre.iter().all(|p| p.abs() > 1e-3), "{act:?}: a pre-activation at the kink");
+            assert!(
+                pre.iter().all(|p| p.abs() > 1e-3),
+                "{act:?}: a pre-activation at the kink"
+            );
             let (dx, dw, db) = cpu::linear_act_bwd(&x, &w, &pre, &y, &lw, act, &g).unwrap();
-            let loss = |x: &[f64], w: &[f64], b: &[f64]| cpu::linear_act(x, w, Some(b), act, &g).unwrap().1.iter().zip(&lw).map(|(y, l)| y * l).sum::<f64>();
+            let loss = |x: &[f64], w: &[f64], b: &[f64]| {
+                cpu::linear_act(x, w, Some(b), act, &g)
+                    .unwrap()
+                    .1
+                    .iter()
+                    .zip(&lw)
+                    .map(|(y, l)| y * l)
+                    .sum::<f64>()
+            };
             gradcheck(&format!("dx {act:?}"), |v| loss(v, &w, &b), &x, &dx);
             gradcheck(&format!("dW {act:?}"), |v| loss(&x, v, &b), &w, &dw);
             gradcheck(&format!("db {act:?}"), |v| loss(&x, &w, v), &b, &db);
@@ -939,7 +1475,8 @@ mod tests {
                         let bias64 = with_bias.then_some(&bv[..]);
                         // f32 on the GPU against the f64 twin: only the kernel's rounding is measured.
                         let (pre, y) = cpu::linear_act(&xv, &wv, bias64, act, &g).unwrap();
-                        let (dx, dw, db) = cpu::linear_act_bwd(&xv, &wv, &pre, &y, &lw, act, &g).unwrap();
+                        let (dx, dw, db) =
+                            cpu::linear_act_bwd(&xv, &wv, &pre, &y, &lw, act, &g).unwrap();
                         let x = Tensor::from_vec(f32s(&xv), &[m, k], &gpu).unwrap();
                         let w = Tensor::from_vec(f32s(&wv), &[n, k], &gpu).unwrap();
                         let b = Tensor::from_vec(f32s(&bv), &[n], &gpu).unwrap();
@@ -947,26 +1484,63 @@ mod tests {
                         let bias = with_bias.then_some(&b);
                         let tol = (1e-4, 1e-5 * (k as f32).sqrt());
                         // Inference: no pre-activation written.
-                        let (y_inf, pre_inf) = linear_act_raw(&x, &w, bias, act, &g, false).unwrap();
+                        let (y_inf, pre_inf) =
+                            linear_act_raw(&x, &w, bias, act, &g, false).unwrap();
                         assert!(pre_inf.is_none(), "{what}");
-                        assert_close(&y_inf.to_vec_f32().unwrap(), &f32s(&y), tol.0, tol.1, &format!("y {what}"));
+                        assert_close(
+                            &y_inf.to_vec_f32().unwrap(),
+                            &f32s(&y),
+                            tol.0,
+                            tol.1,
+                            &format!("y {what}"),
+                        );
                         // Training: y, the kept pre-activation and every gradient.
                         let mut tape = Tape::new();
                         for t in [&x, &w, &b] {
                             tape.watch(t);
                         }
                         let (_, pre_kept) = linear_act_raw(&x, &w, bias, act, &g, true).unwrap();
-                        assert_close(&pre_kept.unwrap().to_vec_f32().unwrap(), &f32s(&pre), tol.0, tol.1, &format!("pre {what}"));
+                        assert_close(
+                            &pre_kept.unwrap().to_vec_f32().unwrap(),
+                            &f32s(&pre),
+                            tol.0,
+                            tol.1,
+                            &format!("pre {what}"),
+                        );
                         let yt = linear_act(&mut tape, &x, &w, bias, act).unwrap();
-                        assert_close(&yt.to_vec_f32().unwrap(), &f32s(&y), tol.0, tol.1, &format!("y (tape) {what}"));
+                        assert_close(
+                            &yt.to_vec_f32().unwrap(),
+                            &f32s(&y),
+                            tol.0,
+                            tol.1,
+                            &format!("y (tape) {what}"),
+                        );
                         let yl = crate::ops::elementwise::mul(&mut tape, &yt, &l).unwrap();
                         let loss = sum_all(&mut tape, &yl).unwrap();
                         let grads = tape.backward(&loss).unwrap();
                         let gtol = (1e-4, 1e-5 * ((k + m) as f32).sqrt());
-                        assert_close(&grads.get(&x).unwrap().to_vec_f32().unwrap(), &f32s(&dx), gtol.0, gtol.1, &format!("dx {what}"));
-                        assert_close(&grads.get(&w).unwrap().to_vec_f32().unwrap(), &f32s(&dw), gtol.0, gtol.1, &format!("dW {what}"));
+                        assert_close(
+                            &grads.get(&x).unwrap().to_vec_f32().unwrap(),
+                            &f32s(&dx),
+                            gtol.0,
+                            gtol.1,
+                            &format!("dx {what}"),
+                        );
+                        assert_close(
+                            &grads.get(&w).unwrap().to_vec_f32().unwrap(),
+                            &f32s(&dw),
+                            gtol.0,
+                            gtol.1,
+                            &format!("dW {what}"),
+                        );
                         if with_bias {
-                            assert_close(&grads.get(&b).unwrap().to_vec_f32().unwrap(), &f32s(&db), gtol.0, gtol.1, &format!("db {what}"));
+                            assert_close(
+                                &grads.get(&b).unwrap().to_vec_f32().unwrap(),
+                                &f32s(&db),
+                                gtol.0,
+                                gtol.1,
+                                &format!("db {what}"),
+                            );
                         }
                     }
                 }
@@ -979,14 +1553,36 @@ mod tests {
         let t = |s: &[usize]| Tensor::zeros(s, &Device::Cpu).unwrap();
         let mut tape = Tape::new();
         let act = Some(Unary::QuickGelu);
-        assert_eq!(linear_act(&mut tape, &t(&[2, 3, 4, 5]), &t(&[6, 5]), Some(&t(&[6])), act).unwrap().shape(), &[2, 3, 4, 6]);
-        assert_eq!(linear_act(&mut tape, &t(&[5]), &t(&[6, 5]), None, act).unwrap().shape(), &[6]);
-        let err = linear_act(&mut tape, &t(&[4, 3]), &t(&[2, 4]), None, act).unwrap_err().to_string();
+        assert_eq!(
+            linear_act(
+                &mut tape,
+                &t(&[2, 3, 4, 5]),
+                &t(&[6, 5]),
+                Some(&t(&[6])),
+                act
+            )
+            .unwrap()
+            .shape(),
+            &[2, 3, 4, 6]
+        );
+        assert_eq!(
+            linear_act(&mut tape, &t(&[5]), &t(&[6, 5]), None, act)
+                .unwrap()
+                .shape(),
+            &[6]
+        );
+        let err = linear_act(&mut tape, &t(&[4, 3]), &t(&[2, 4]), None, act)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("want [out, in]"), "{err}");
-        let err = linear_act(&mut tape, &t(&[4, 3]), &t(&[2, 3]), Some(&t(&[3])), act).unwrap_err().to_string();
+        let err = linear_act(&mut tape, &t(&[4, 3]), &t(&[2, 3]), Some(&t(&[3])), act)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("want [2]"), "{err}");
         let bf = t(&[2, 3]).to_dtype(DType::BF16).unwrap();
-        let err = linear_act(&mut tape, &t(&[4, 3]), &bf, None, act).unwrap_err().to_string();
+        let err = linear_act(&mut tape, &t(&[4, 3]), &bf, None, act)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bf16"), "{err}");
     }
 
@@ -998,31 +1594,79 @@ mod tests {
         // 200 leave partial 128-tiles; K 40 ends in a partial 32-wide k-tile. CLIP's fc2 shape
         // (130×3072·3072×768) takes minutes on the simulator, where 130×520·520×264 stands in
         // (every tile edge again: partial m, n and k tiles, many k-tiles through the pipeline).
-        let fc2 = if crate::testing::on_simulator() { (130, 520, 264) } else { (130, 3072, 768) };
-        for (m, k, n) in [(1, 7, 5), (50, 768, 33), (130, 65, 3072), (257, 40, 200), fc2] {
+        let fc2 = if crate::testing::on_simulator() {
+            (130, 520, 264)
+        } else {
+            (130, 3072, 768)
+        };
+        for (m, k, n) in [
+            (1, 7, 5),
+            (50, 768, 33),
+            (130, 65, 3072),
+            (257, 40, 200),
+            fc2,
+        ] {
             let x = Tensor::from_vec(random_vec(m * k, 1), &[m, k], &Device::Cpu).unwrap();
-            let w = Tensor::from_vec(random_vec(n * k, 2).iter().map(|v| v / (k as f32).sqrt()).collect(), &[n, k], &Device::Cpu).unwrap();
+            let w = Tensor::from_vec(
+                random_vec(n * k, 2)
+                    .iter()
+                    .map(|v| v / (k as f32).sqrt())
+                    .collect(),
+                &[n, k],
+                &Device::Cpu,
+            )
+            .unwrap();
             let b = Tensor::from_vec(random_vec(n, 3), &[n], &Device::Cpu).unwrap();
             let g = Gemm::new(&[m, k], &[n, k], false, true).unwrap();
             for act in [None, Some(Unary::QuickGelu)] {
                 for kernel in [Bf16Linear::Simt, Bf16Linear::TensorCore] {
                     let what = format!("linear_act {kernel:?} {m}×{k}·{k}×{n} {act:?}");
                     let run = |t: &[Tensor], bias: bool| {
-                        linear_act_raw_with(kernel, &t[0], &t[1], if bias { Some(&t[2]) } else { None }, act, &g, false).map(|r| r.0)
+                        linear_act_raw_with(
+                            kernel,
+                            &t[0],
+                            &t[1],
+                            if bias { Some(&t[2]) } else { None },
+                            act,
+                            &g,
+                            false,
+                        )
+                        .map(|r| r.0)
                     };
-                    crate::testing::bf16_parity(&what, &[x.clone(), w.clone(), b.clone()], 2e-2, 1e-2, |t| run(t, true));
-                    crate::testing::bf16_parity(&format!("{what} no bias"), &[x.clone(), w.clone()], 2e-2, 1e-2, |t| run(t, false));
+                    crate::testing::bf16_parity(
+                        &what,
+                        &[x.clone(), w.clone(), b.clone()],
+                        2e-2,
+                        1e-2,
+                        |t| run(t, true),
+                    );
+                    crate::testing::bf16_parity(
+                        &format!("{what} no bias"),
+                        &[x.clone(), w.clone()],
+                        2e-2,
+                        1e-2,
+                        |t| run(t, false),
+                    );
                 }
                 let what = format!("linear_act {m}×{k}·{k}×{n} {act:?} through the tape");
-                crate::testing::bf16_parity(&what, &[x.clone(), w.clone(), b.clone()], 2e-2, 1e-2, |t| {
-                    linear_act(&mut Tape::inference(), &t[0], &t[1], Some(&t[2]), act)
-                });
+                crate::testing::bf16_parity(
+                    &what,
+                    &[x.clone(), w.clone(), b.clone()],
+                    2e-2,
+                    1e-2,
+                    |t| linear_act(&mut Tape::inference(), &t[0], &t[1], Some(&t[2]), act),
+                );
             }
         }
-        let x = Tensor::zeros(&[2, 3], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+        let x = Tensor::zeros(&[2, 3], &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
         let mut tape = Tape::new();
         tape.watch(&x);
-        let err = linear_act(&mut tape, &x, &x, None, None).unwrap_err().to_string();
+        let err = linear_act(&mut tape, &x, &x, None, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("inference-only"), "{err}");
     }
 }

@@ -11,8 +11,8 @@ pub mod elementwise;
 pub mod embedding;
 pub mod image;
 pub mod l2norm;
-pub mod loss;
 pub mod layernorm;
+pub mod loss;
 pub mod matmul;
 pub mod reduce;
 pub mod softmax;
@@ -22,7 +22,9 @@ use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
 /// The float types the CPU twins run in: f32 for real work, f64 for gradient checks.
-pub trait Real: num_traits::Float + ndarray::LinalgScalar + std::iter::Sum + Send + Sync + std::fmt::Debug + 'static {
+pub trait Real:
+    num_traits::Float + ndarray::LinalgScalar + std::iter::Sum + Send + Sync + std::fmt::Debug + 'static
+{
     fn erf(self) -> Self;
     /// A constant in this type.
     fn c(x: f64) -> Self;
@@ -51,7 +53,11 @@ pub(crate) fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<()> {
     let first = ts[0].device();
     for t in &ts[1..] {
         if !t.device().same(first) {
-            return Err(Error::DeviceMismatch { op, a: first.to_string(), b: t.device().to_string() });
+            return Err(Error::DeviceMismatch {
+                op,
+                a: first.to_string(),
+                b: t.device().to_string(),
+            });
         }
     }
     Ok(())
@@ -60,7 +66,10 @@ pub(crate) fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<()> {
 /// Errors unless the shapes are equal.
 pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
-        return Err(Error::shape(op, format!("{:?} vs {:?}", a.shape(), b.shape())));
+        return Err(Error::shape(
+            op,
+            format!("{:?} vs {:?}", a.shape(), b.shape()),
+        ));
     }
     Ok(())
 }
@@ -76,7 +85,10 @@ pub(crate) fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usiz
 pub(crate) fn same_dtype(op: &'static str, ts: &[&Tensor]) -> Result<()> {
     let first = ts[0].dtype();
     if let Some(t) = ts[1..].iter().find(|t| t.dtype() != first) {
-        return Err(Error::Invalid(format!("{op}: inputs are {first} and {}: convert one so all have the same dtype", t.dtype())));
+        return Err(Error::Invalid(format!(
+            "{op}: inputs are {first} and {}: convert one so all have the same dtype",
+            t.dtype()
+        )));
     }
     Ok(())
 }
@@ -100,14 +112,22 @@ pub(crate) fn bf16_on_cpu(t: &Tensor) -> bool {
 pub(crate) fn f32_or_bf16(op: &'static str, t: &Tensor) -> Result<()> {
     match t.dtype() {
         DType::F32 | DType::BF16 => Ok(()),
-        other => Err(Error::DType { op, got: other, expected: "f32 or bf16" }),
+        other => Err(Error::DType {
+            op,
+            got: other,
+            expected: "f32 or bf16",
+        }),
     }
 }
 
 /// Backward passes run in f32 only: bf16 is for inference.
 pub(crate) fn f32_for_backward(op: &'static str, t: &Tensor) -> Result<()> {
     if t.dtype() != DType::F32 {
-        return Err(Error::DType { op, got: t.dtype(), expected: "f32 (bf16 is inference-only: no backward)" });
+        return Err(Error::DType {
+            op,
+            got: t.dtype(),
+            expected: "f32 (bf16 is inference-only: no backward)",
+        });
     }
     Ok(())
 }

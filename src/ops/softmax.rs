@@ -46,13 +46,19 @@ pub mod cpu {
         if n == 0 {
             return y;
         }
-        y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(yr, xr)| {
-            let m = xr.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
-            let s: T = xr.iter().map(|&v| (v - m).exp()).sum();
-            for (yj, &xj) in yr.iter_mut().zip(xr) {
-                *yj = if log { (xj - m) - s.ln() } else { (xj - m).exp() / s };
-            }
-        });
+        y.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .for_each(|(yr, xr)| {
+                let m = xr.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+                let s: T = xr.iter().map(|&v| (v - m).exp()).sum();
+                for (yj, &xj) in yr.iter_mut().zip(xr) {
+                    *yj = if log {
+                        (xj - m) - s.ln()
+                    } else {
+                        (xj - m).exp() / s
+                    };
+                }
+            });
         y
     }
 
@@ -62,12 +68,22 @@ pub mod cpu {
         if n == 0 {
             return dx;
         }
-        dx.par_chunks_mut(n).zip(y.par_chunks(n).zip(dy.par_chunks(n))).for_each(|(dxr, (yr, gr))| {
-            let dot: T = if log { gr.iter().copied().sum() } else { gr.iter().zip(yr).map(|(&g, &v)| g * v).sum() };
-            for ((d, &v), &g) in dxr.iter_mut().zip(yr).zip(gr) {
-                *d = if log { g - v.exp() * dot } else { v * (g - dot) };
-            }
-        });
+        dx.par_chunks_mut(n)
+            .zip(y.par_chunks(n).zip(dy.par_chunks(n)))
+            .for_each(|(dxr, (yr, gr))| {
+                let dot: T = if log {
+                    gr.iter().copied().sum()
+                } else {
+                    gr.iter().zip(yr).map(|(&g, &v)| g * v).sum()
+                };
+                for ((d, &v), &g) in dxr.iter_mut().zip(yr).zip(gr) {
+                    *d = if log {
+                        g - v.exp() * dot
+                    } else {
+                        v * (g - dot)
+                    };
+                }
+            });
         dx
     }
 }
@@ -75,11 +91,17 @@ pub mod cpu {
 /// (rows, n): x viewed as `[rows, last dimension]`.
 fn rows_and_cols(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
     let Some((&n, lead)) = x.shape().split_last() else {
-        return Err(Error::shape(op, "needs at least one axis (the last is normalised), got a scalar"));
+        return Err(Error::shape(
+            op,
+            "needs at least one axis (the last is normalised), got a scalar",
+        ));
     };
     let rows: usize = lead.iter().product();
     if rows > u32::MAX as usize || n > u32::MAX as usize {
-        return Err(Error::shape(op, format!("{:?} has more than 2³² rows or columns", x.shape())));
+        return Err(Error::shape(
+            op,
+            format!("{:?} has more than 2³² rows or columns", x.shape()),
+        ));
     }
     Ok((rows, n))
 }
@@ -91,7 +113,11 @@ fn warp_kernels(n: usize) -> Option<(&'static str, &'static str)> {
 
 /// One 512-thread block per row (grid-stride beyond the cap) with `smem` bytes of row cache.
 fn block_per_row(rows: usize, smem: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.clamp(1, 65535 * 8) as u32, 1, 1), block_dim: (512, 1, 1), shared_mem_bytes: smem as u32 }
+    LaunchConfig {
+        grid_dim: (rows.clamp(1, 65535 * 8) as u32, 1, 1),
+        block_dim: (512, 1, 1),
+        shared_mem_bytes: smem as u32,
+    }
 }
 
 /// y = softmax(x) (or log-softmax) over the last axis, without recording.
@@ -100,7 +126,9 @@ pub(crate) fn softmax_raw(x: &Tensor, log: bool) -> Result<Tensor> {
     let (rows, n) = rows_and_cols(op, x)?;
     let s = x.storage();
     match x.device() {
-        Device::Cpu => Tensor::from_vec(cpu::softmax(s.cpu_f32(op)?, n, log), x.shape(), x.device()),
+        Device::Cpu => {
+            Tensor::from_vec(cpu::softmax(s.cpu_f32(op)?, n, log), x.shape(), x.device())
+        }
         Device::Cuda(gpu) => {
             let xs = s.cuda_f32(op)?;
             let mut y = gpu.alloc::<f32>(x.numel())?;
@@ -111,8 +139,17 @@ pub(crate) fn softmax_raw(x: &Tensor, log: bool) -> Result<Tensor> {
                         let f = gpu.function("softmax", name)?;
                         // SAFETY: warp w owns rows w, w + warps, … < rows and reads/writes only
                         // j < n of each; x and y hold rows·n floats.
-                        unsafe { gpu.stream.launch_builder(&f).arg(xs).arg(&mut y).arg(&r).arg(&nn).arg(&l).launch(launch_1d(rows * 32)) }
-                            .map_err(|e| Error::cuda(name, e))?;
+                        unsafe {
+                            gpu.stream
+                                .launch_builder(&f)
+                                .arg(xs)
+                                .arg(&mut y)
+                                .arg(&r)
+                                .arg(&nn)
+                                .arg(&l)
+                                .launch(launch_1d(rows * 32))
+                        }
+                        .map_err(|e| Error::cuda(name, e))?;
                     }
                     None => {
                         let cache = n * 4 <= SMEM_CACHE_BYTES;
@@ -120,24 +157,47 @@ pub(crate) fn softmax_raw(x: &Tensor, log: bool) -> Result<Tensor> {
                         let c = cache as i32;
                         // SAFETY: block b owns rows b, b + grid, … < rows and touches j < n of each;
                         // with cache = 1 it uses row_cache[0..n), which the launch provides.
-                        launch!(gpu, "softmax", "softmax_fwd_block_f32", cfg, xs, &mut y, &r, &nn, &l, &c)?;
+                        launch!(
+                            gpu,
+                            "softmax",
+                            "softmax_fwd_block_f32",
+                            cfg,
+                            xs,
+                            &mut y,
+                            &r,
+                            &nn,
+                            &l,
+                            &c
+                        )?;
                     }
                 }
             }
-            Ok(Tensor::from_storage(Storage::CudaF32(y), x.shape(), x.device()))
+            Ok(Tensor::from_storage(
+                Storage::CudaF32(y),
+                x.shape(),
+                x.device(),
+            ))
         }
     }
 }
 
 /// dx from y = softmax_raw(x, log) and dy, without recording.
 pub(crate) fn softmax_bwd_raw(y: &Tensor, dy: &Tensor, log: bool) -> Result<Tensor> {
-    let op = if log { "log_softmax backward" } else { "softmax backward" };
+    let op = if log {
+        "log_softmax backward"
+    } else {
+        "softmax backward"
+    };
     super::same_device(op, &[y, dy])?;
     super::same_shape(op, y, dy)?;
     let (rows, n) = rows_and_cols(op, y)?;
     let (ys, gs) = (y.storage(), dy.storage());
     match y.device() {
-        Device::Cpu => Tensor::from_vec(cpu::softmax_bwd(ys.cpu_f32(op)?, gs.cpu_f32(op)?, n, log), y.shape(), y.device()),
+        Device::Cpu => Tensor::from_vec(
+            cpu::softmax_bwd(ys.cpu_f32(op)?, gs.cpu_f32(op)?, n, log),
+            y.shape(),
+            y.device(),
+        ),
         Device::Cuda(gpu) => {
             let (yb, gb) = (ys.cuda_f32(op)?, gs.cuda_f32(op)?);
             let mut dx = gpu.alloc::<f32>(y.numel())?;
@@ -148,8 +208,18 @@ pub(crate) fn softmax_bwd_raw(y: &Tensor, dy: &Tensor, log: bool) -> Result<Tens
                         let f = gpu.function("softmax", name)?;
                         // SAFETY: warp w owns rows w, w + warps, … < rows and reads/writes only
                         // j < n of each; y, dy and dx hold rows·n floats.
-                        unsafe { gpu.stream.launch_builder(&f).arg(yb).arg(gb).arg(&mut dx).arg(&r).arg(&nn).arg(&l).launch(launch_1d(rows * 32)) }
-                            .map_err(|e| Error::cuda(name, e))?;
+                        unsafe {
+                            gpu.stream
+                                .launch_builder(&f)
+                                .arg(yb)
+                                .arg(gb)
+                                .arg(&mut dx)
+                                .arg(&r)
+                                .arg(&nn)
+                                .arg(&l)
+                                .launch(launch_1d(rows * 32))
+                        }
+                        .map_err(|e| Error::cuda(name, e))?;
                     }
                     None => {
                         let cache = n * 8 <= SMEM_CACHE_BYTES;
@@ -157,11 +227,27 @@ pub(crate) fn softmax_bwd_raw(y: &Tensor, dy: &Tensor, log: bool) -> Result<Tens
                         let c = cache as i32;
                         // SAFETY: block b owns rows b, b + grid, … < rows and touches j < n of each;
                         // with cache = 1 it uses row_cache[0..2n), which the launch provides.
-                        launch!(gpu, "softmax", "softmax_bwd_block_f32", cfg, yb, gb, &mut dx, &r, &nn, &l, &c)?;
+                        launch!(
+                            gpu,
+                            "softmax",
+                            "softmax_bwd_block_f32",
+                            cfg,
+                            yb,
+                            gb,
+                            &mut dx,
+                            &r,
+                            &nn,
+                            &l,
+                            &c
+                        )?;
                     }
                 }
             }
-            Ok(Tensor::from_storage(Storage::CudaF32(dx), y.shape(), y.device()))
+            Ok(Tensor::from_storage(
+                Storage::CudaF32(dx),
+                y.shape(),
+                y.device(),
+            ))
         }
     }
 }
@@ -169,7 +255,9 @@ pub(crate) fn softmax_bwd_raw(y: &Tensor, dy: &Tensor, log: bool) -> Result<Tens
 fn softmax_like(tape: &mut Tape, x: &Tensor, log: bool) -> Result<Tensor> {
     let y = softmax_raw(x, log)?;
     let yc = y.clone();
-    tape.record(&[x], &y, move |dy| Ok(vec![Some(softmax_bwd_raw(&yc, dy, log)?)]));
+    tape.record(&[x], &y, move |dy| {
+        Ok(vec![Some(softmax_bwd_raw(&yc, dy, log)?)])
+    });
     Ok(y)
 }
 
@@ -196,13 +284,27 @@ mod tests {
     #[test]
     fn softmax_gradients_match_finite_differences() {
         let (rows, n) = (3, 7);
-        let x: Vec<f64> = random_vec(rows * n, 1).iter().map(|&v| v as f64 * 3.0).collect();
+        let x: Vec<f64> = random_vec(rows * n, 1)
+            .iter()
+            .map(|&v| v as f64 * 3.0)
+            .collect();
         let w = f64s(&random_vec(rows * n, 2));
         for log in [false, true] {
             // loss = Σ w ⊙ f(x)
-            let loss = |x: &[f64]| cpu::softmax(x, n, log).iter().zip(&w).map(|(y, w)| y * w).sum::<f64>();
+            let loss = |x: &[f64]| {
+                cpu::softmax(x, n, log)
+                    .iter()
+                    .zip(&w)
+                    .map(|(y, w)| y * w)
+                    .sum::<f64>()
+            };
             let analytic = cpu::softmax_bwd(&cpu::softmax(&x, n, log), &w, n, log);
-            gradcheck(if log { "log_softmax" } else { "softmax" }, loss, &x, &analytic);
+            gradcheck(
+                if log { "log_softmax" } else { "softmax" },
+                loss,
+                &x,
+                &analytic,
+            );
         }
     }
 
@@ -213,26 +315,52 @@ mod tests {
         let wv = random_vec(30, 4);
         for device in devices() {
             for log in [false, true] {
-                let what = format!("{} on {device}", if log { "log_softmax" } else { "softmax" });
+                let what = format!(
+                    "{} on {device}",
+                    if log { "log_softmax" } else { "softmax" }
+                );
                 let x = Tensor::from_slice(&xv, &shape, &device).unwrap();
                 let w = Tensor::from_slice(&wv, &shape, &device).unwrap();
                 let mut tape = Tape::new();
                 tape.watch(&x);
-                let y = if log { log_softmax(&mut tape, &x) } else { softmax(&mut tape, &x) }.unwrap();
+                let y = if log {
+                    log_softmax(&mut tape, &x)
+                } else {
+                    softmax(&mut tape, &x)
+                }
+                .unwrap();
                 assert_eq!(y.shape(), &shape);
                 let yw = mul(&mut tape, &y, &w).unwrap();
                 let loss = sum_all(&mut tape, &yw).unwrap();
-                let dx = tape.backward(&loss).unwrap().get(&x).unwrap().to_vec_f32().unwrap();
+                let dx = tape
+                    .backward(&loss)
+                    .unwrap()
+                    .get(&x)
+                    .unwrap()
+                    .to_vec_f32()
+                    .unwrap();
 
                 // Forward straight from the definition (no max subtraction: these inputs are small).
                 let yv = y.to_vec_f32().unwrap();
                 let mut want = Vec::new();
                 for row in xv.chunks(5) {
                     let z: f64 = row.iter().map(|&v| (v as f64).exp()).sum();
-                    want.extend(row.iter().map(|&v| if log { (v as f64 - z.ln()) as f32 } else { ((v as f64).exp() / z) as f32 }));
+                    want.extend(row.iter().map(|&v| {
+                        if log {
+                            (v as f64 - z.ln()) as f32
+                        } else {
+                            ((v as f64).exp() / z) as f32
+                        }
+                    }));
                 }
                 assert_close(&yv, &want, 1e-5, 1e-6, &format!("{what}: forward"));
-                assert_close(&dx, &cpu::softmax_bwd(&yv, &wv, 5, log), 1e-5, 1e-6, &format!("{what}: backward"));
+                assert_close(
+                    &dx,
+                    &cpu::softmax_bwd(&yv, &wv, 5, log),
+                    1e-5,
+                    1e-6,
+                    &format!("{what}: backward"),
+                );
             }
         }
     }
@@ -245,14 +373,32 @@ mod tests {
         let e = |v: f32| v.exp();
         let z0 = e(-2.0) + e(-1.0) + 1.0;
         let z1 = 1.0 + e(2.0);
-        let want = [e(-2.0) / z0, e(-1.0) / z0, 1.0 / z0, 0.0, 1.0 / z1, 0.0, e(2.0) / z1, 0.0];
+        let want = [
+            e(-2.0) / z0,
+            e(-1.0) / z0,
+            1.0 / z0,
+            0.0,
+            1.0 / z1,
+            0.0,
+            e(2.0) / z1,
+            0.0,
+        ];
         for device in devices() {
             let x = Tensor::from_slice(&xv, &[2, 4], &device).unwrap();
             let y = softmax(&mut Tape::new(), &x).unwrap().to_vec_f32().unwrap();
             assert_close(&y, &want, 1e-6, 1e-7, &format!("softmax on {device}"));
-            let ly = log_softmax(&mut Tape::new(), &x).unwrap().to_vec_f32().unwrap();
+            let ly = log_softmax(&mut Tape::new(), &x)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
             assert_eq!(ly[3], -inf, "masked log-probability on {device}");
-            assert_close(&[ly[0], ly[6]], &[want[0].ln(), want[6].ln()], 1e-6, 1e-6, &format!("log_softmax on {device}"));
+            assert_close(
+                &[ly[0], ly[6]],
+                &[want[0].ln(), want[6].ln()],
+                1e-6,
+                1e-6,
+                &format!("log_softmax on {device}"),
+            );
         }
     }
 
@@ -264,10 +410,16 @@ mod tests {
     #[test]
     fn softmax_cuda_matches_cpu() {
         let Some(gpu) = gpu() else { return };
-        let cols: Vec<usize> = crate::testing::row_sizes().into_iter().chain([6000, 20000]).collect();
+        let cols: Vec<usize> = crate::testing::row_sizes()
+            .into_iter()
+            .chain([6000, 20000])
+            .collect();
         for &n in &cols {
             for rows in [1, 3, 65] {
-                let xv: Vec<f32> = random_vec(rows * n, (rows * n) as u64).iter().map(|v| v * 5.0).collect();
+                let xv: Vec<f32> = random_vec(rows * n, (rows * n) as u64)
+                    .iter()
+                    .map(|v| v * 5.0)
+                    .collect();
                 let gv = random_vec(rows * n, 1_000_003); // not a seed the x above can take
                 for log in [false, true] {
                     let run = |d: &Device| {
@@ -279,11 +431,18 @@ mod tests {
                     };
                     let (yc, dxc) = run(&Device::Cpu);
                     let (yg, dxg) = run(&gpu);
-                    let what = format!("{} {rows}×{n}", if log { "log_softmax" } else { "softmax" });
+                    let what =
+                        format!("{} {rows}×{n}", if log { "log_softmax" } else { "softmax" });
                     let y_atol = if log { 1e-5 } else { 1e-7 };
                     assert_close(&yg, &yc, 1e-5, y_atol, &format!("{what} forward"));
                     let dx_scale = dxc.iter().fold(0f32, |a, v| a.max(v.abs()));
-                    assert_close(&dxg, &dxc, 1e-5, 1e-5 * dx_scale, &format!("{what} backward"));
+                    assert_close(
+                        &dxg,
+                        &dxc,
+                        1e-5,
+                        1e-5 * dx_scale,
+                        &format!("{what} backward"),
+                    );
                 }
             }
         }
@@ -294,7 +453,10 @@ mod tests {
         let scalar = Tensor::full(1.0, &[], &Device::Cpu).unwrap();
         let err = softmax(&mut Tape::new(), &scalar).unwrap_err().to_string();
         assert!(err.contains("scalar"), "{err}");
-        let half = Tensor::zeros(&[2, 3], &Device::Cpu).unwrap().to_dtype(crate::tensor::DType::BF16).unwrap();
+        let half = Tensor::zeros(&[2, 3], &Device::Cpu)
+            .unwrap()
+            .to_dtype(crate::tensor::DType::BF16)
+            .unwrap();
         assert!(log_softmax(&mut Tape::new(), &half).is_err());
         let y = Tensor::zeros(&[2, 3], &Device::Cpu).unwrap();
         let dy = Tensor::zeros(&[3, 2], &Device::Cpu).unwrap();

@@ -11,14 +11,23 @@ use super::{bf16_on_cpu, narrow, widen, Real};
 
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::tensor::{alloc_storage, arg_buffer, arg_buffer_mut, kernel_for, launch_1d, Device, Tensor};
+use crate::tensor::{
+    alloc_storage, arg_buffer, arg_buffer_mut, kernel_for, launch_1d, Device, Tensor,
+};
 
 pub mod cpu {
     use super::Real;
 
     /// `[A, ni, B, nj, C]` → `[A, nj, B, ni, C]`. Parallel over A; 32×32 tiles over (i, j) so
     /// that both the reads and the writes stay in cache when C is small.
-    pub fn transpose<T: Real>(x: &[T], a: usize, ni: usize, b: usize, nj: usize, c: usize) -> Vec<T> {
+    pub fn transpose<T: Real>(
+        x: &[T],
+        a: usize,
+        ni: usize,
+        b: usize,
+        nj: usize,
+        c: usize,
+    ) -> Vec<T> {
         use rayon::prelude::*;
         const TILE: usize = 32;
         let mut y = vec![T::zero(); x.len()];
@@ -27,25 +36,27 @@ pub mod cpu {
         if per_a == 0 {
             return y;
         }
-        y.par_chunks_mut(per_a).zip(x.par_chunks(per_a)).for_each(|(ya, xa)| {
-            for bb in 0..b {
-                for j0 in (0..nj).step_by(TILE) {
-                    for i0 in (0..ni).step_by(TILE) {
-                        for j in j0..(j0 + TILE).min(nj) {
-                            for i in i0..(i0 + TILE).min(ni) {
-                                let src = ((i * b + bb) * nj + j) * c;
-                                let dst = ((j * b + bb) * ni + i) * c;
-                                if c == 1 {
-                                    ya[dst] = xa[src];
-                                } else {
-                                    ya[dst..dst + c].copy_from_slice(&xa[src..src + c]);
+        y.par_chunks_mut(per_a)
+            .zip(x.par_chunks(per_a))
+            .for_each(|(ya, xa)| {
+                for bb in 0..b {
+                    for j0 in (0..nj).step_by(TILE) {
+                        for i0 in (0..ni).step_by(TILE) {
+                            for j in j0..(j0 + TILE).min(nj) {
+                                for i in i0..(i0 + TILE).min(ni) {
+                                    let src = ((i * b + bb) * nj + j) * c;
+                                    let dst = ((j * b + bb) * ni + i) * c;
+                                    if c == 1 {
+                                        ya[dst] = xa[src];
+                                    } else {
+                                        ya[dst..dst + c].copy_from_slice(&xa[src..src + c]);
+                                    }
                                 }
                             }
                         }
                     }
                 }
-            }
-        });
+            });
         y
     }
 }
@@ -53,7 +64,13 @@ pub mod cpu {
 /// The `[A, n_i, B, n_j, C]` view of `shape` for axes `i < j`.
 fn five_dims(shape: &[usize], i: usize, j: usize) -> [usize; 5] {
     let p = |r: std::ops::Range<usize>| shape[r].iter().product::<usize>();
-    [p(0..i), shape[i], p(i + 1..j), shape[j], p(j + 1..shape.len())]
+    [
+        p(0..i),
+        shape[i],
+        p(i + 1..j),
+        shape[j],
+        p(j + 1..shape.len()),
+    ]
 }
 
 pub(crate) fn transpose_raw(x: &Tensor, axis0: usize, axis1: usize) -> Result<Tensor> {
@@ -71,7 +88,11 @@ pub(crate) fn transpose_raw(x: &Tensor, axis0: usize, axis1: usize) -> Result<Te
     match x.device() {
         Device::Cpu => {
             let s = x.storage();
-            Tensor::from_vec(cpu::transpose(s.cpu_f32("transpose")?, a, ni, b, nj, c), &shape, x.device())
+            Tensor::from_vec(
+                cpu::transpose(s.cpu_f32("transpose")?, a, ni, b, nj, c),
+                &shape,
+                x.device(),
+            )
         }
         Device::Cuda(gpu) => {
             let n = x.numel();
@@ -96,7 +117,9 @@ pub(crate) fn transpose_raw(x: &Tensor, axis0: usize, axis1: usize) -> Result<Te
 pub fn transpose(tape: &mut Tape, x: &Tensor, axis0: isize, axis1: isize) -> Result<Tensor> {
     let (a0, a1) = (x.axis(axis0)?, x.axis(axis1)?);
     let y = transpose_raw(x, a0, a1)?;
-    tape.record(&[x], &y, move |dy| Ok(vec![Some(transpose_raw(dy, a0, a1)?)]));
+    tape.record(&[x], &y, move |dy| {
+        Ok(vec![Some(transpose_raw(dy, a0, a1)?)])
+    });
     Ok(y)
 }
 
@@ -110,12 +133,25 @@ pub fn reshape(tape: &mut Tape, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
 
 /// Resolves a shape with at most one `-1` (inferred) dimension for `numel` elements.
 pub fn infer_shape(numel: usize, shape: &[isize]) -> Result<Vec<usize>> {
-    let known: usize = shape.iter().filter(|&&d| d >= 0).map(|&d| d as usize).product();
+    let known: usize = shape
+        .iter()
+        .filter(|&&d| d >= 0)
+        .map(|&d| d as usize)
+        .product();
     let holes = shape.iter().filter(|&&d| d < 0).count();
-    if holes > 1 || (holes == 1 && (known == 0 || numel % known != 0)) || (holes == 0 && known != numel) {
-        return Err(Error::shape("reshape", format!("cannot view {numel} elements as {shape:?}")));
+    if holes > 1
+        || (holes == 1 && (known == 0 || numel % known != 0))
+        || (holes == 0 && known != numel)
+    {
+        return Err(Error::shape(
+            "reshape",
+            format!("cannot view {numel} elements as {shape:?}"),
+        ));
     }
-    Ok(shape.iter().map(|&d| if d < 0 { numel / known } else { d as usize }).collect())
+    Ok(shape
+        .iter()
+        .map(|&d| if d < 0 { numel / known } else { d as usize })
+        .collect())
 }
 
 #[cfg(test)]
@@ -144,7 +180,13 @@ mod tests {
         let (a, ni, b, nj, c) = (2, 3, 2, 4, 2);
         let x: Vec<f64> = random_vec(96, 1).iter().map(|&v| v as f64).collect();
         let w: Vec<f64> = random_vec(96, 2).iter().map(|&v| v as f64).collect();
-        let loss = |x: &[f64]| cpu::transpose(x, a, ni, b, nj, c).iter().zip(&w).map(|(p, q)| p * q).sum::<f64>();
+        let loss = |x: &[f64]| {
+            cpu::transpose(x, a, ni, b, nj, c)
+                .iter()
+                .zip(&w)
+                .map(|(p, q)| p * q)
+                .sum::<f64>()
+        };
         crate::testing::gradcheck("transpose", loss, &x, &cpu::transpose(&w, a, nj, b, ni, c));
     }
 
@@ -161,10 +203,19 @@ mod tests {
             let r = reshape(&mut tape, &t, &[5, 12]).unwrap();
             let p = crate::ops::elementwise::mul(&mut tape, &r, &w).unwrap();
             let loss = crate::ops::reduce::sum_all(&mut tape, &p).unwrap();
-            let g = tape.backward(&loss).unwrap().get(&x).unwrap().to_vec_f32().unwrap();
+            let g = tape
+                .backward(&loss)
+                .unwrap()
+                .get(&x)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
             // d loss / d x[a,b,c] = w[c, b*3 + a]
             let wv = w.to_vec_f32().unwrap();
-            let want: Vec<f32> = (0..60).map(|k| (k / 20, (k / 5) % 4, k % 5)).map(|(a, b, c)| wv[c * 12 + b * 3 + a]).collect();
+            let want: Vec<f32> = (0..60)
+                .map(|k| (k / 20, (k / 5) % 4, k % 5))
+                .map(|(a, b, c)| wv[c * 12 + b * 3 + a])
+                .collect();
             assert_close(&g, &want, 0.0, 0.0, &format!("transpose grad on {device}"));
         }
     }
@@ -176,8 +227,19 @@ mod tests {
             let shape = [2, n, 3, 5];
             let xv = random_vec(shape.iter().product(), n as u64);
             for (a0, a1) in [(0, 1), (1, 3), (0, 3), (2, 3)] {
-                let run = |d: &Device| transpose_raw(&Tensor::from_slice(&xv, &shape, d).unwrap(), a0, a1).unwrap().to_vec_f32().unwrap();
-                assert_close(&run(&gpu), &run(&Device::Cpu), 0.0, 0.0, &format!("transpose {shape:?} ({a0},{a1})"));
+                let run = |d: &Device| {
+                    transpose_raw(&Tensor::from_slice(&xv, &shape, d).unwrap(), a0, a1)
+                        .unwrap()
+                        .to_vec_f32()
+                        .unwrap()
+                };
+                assert_close(
+                    &run(&gpu),
+                    &run(&Device::Cpu),
+                    0.0,
+                    0.0,
+                    &format!("transpose {shape:?} ({a0},{a1})"),
+                );
             }
         }
     }
@@ -193,11 +255,33 @@ mod tests {
     /// bf16 transposes move bits: identical on both devices (and equal to the f32 transpose).
     #[test]
     fn bf16_transpose_cuda_matches_cpu() {
-        let x = Tensor::from_vec(random_vec(3 * 5 * 7 * 2, 1), &[3, 5, 7, 2], &Device::Cpu).unwrap();
+        let x =
+            Tensor::from_vec(random_vec(3 * 5 * 7 * 2, 1), &[3, 5, 7, 2], &Device::Cpu).unwrap();
         for (a0, a1) in [(0, 1), (1, 3), (0, 3), (2, 3)] {
-            crate::testing::bf16_parity(&format!("transpose {a0}↔{a1}"), std::slice::from_ref(&x), 0.0, 0.0, |t| transpose(&mut Tape::inference(), &t[0], a0, a1));
-            let want = transpose(&mut Tape::inference(), &x.to_dtype(crate::tensor::DType::BF16).unwrap().to_dtype(crate::tensor::DType::F32).unwrap(), a0, a1).unwrap();
-            let got = transpose(&mut Tape::inference(), &x.to_dtype(crate::tensor::DType::BF16).unwrap(), a0, a1).unwrap();
+            crate::testing::bf16_parity(
+                &format!("transpose {a0}↔{a1}"),
+                std::slice::from_ref(&x),
+                0.0,
+                0.0,
+                |t| transpose(&mut Tape::inference(), &t[0], a0, a1),
+            );
+            let want = transpose(
+                &mut Tape::inference(),
+                &x.to_dtype(crate::tensor::DType::BF16)
+                    .unwrap()
+                    .to_dtype(crate::tensor::DType::F32)
+                    .unwrap(),
+                a0,
+                a1,
+            )
+            .unwrap();
+            let got = transpose(
+                &mut Tape::inference(),
+                &x.to_dtype(crate::tensor::DType::BF16).unwrap(),
+                a0,
+                a1,
+            )
+            .unwrap();
             assert_eq!(got.to_vec_f32().unwrap(), want.to_vec_f32().unwrap());
         }
     }

@@ -5,7 +5,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig,
+    PushKernelArg,
+};
 
 use crate::error::{Error, Result};
 use crate::kernels;
@@ -63,7 +66,10 @@ impl Device {
     pub fn synchronize(&self) -> Result<()> {
         match self {
             Device::Cpu => Ok(()),
-            Device::Cuda(gpu) => gpu.stream.synchronize().map_err(|e| Error::cuda("synchronize", e)),
+            Device::Cuda(gpu) => gpu
+                .stream
+                .synchronize()
+                .map_err(|e| Error::cuda("synchronize", e)),
         }
     }
 }
@@ -126,12 +132,22 @@ impl Gpu {
         }
         let count = CudaContext::device_count().map_err(|e| Error::NoGpu(e.to_string()))?;
         if ordinal >= count as usize {
-            return Err(Error::NoGpu(format!("asked for cuda:{ordinal} but the driver reports {count} device(s)")));
+            return Err(Error::NoGpu(format!(
+                "asked for cuda:{ordinal} but the driver reports {count} device(s)"
+            )));
         }
-        let ctx = CudaContext::new(ordinal).map_err(|e| Error::NoGpu(format!("creating a context on cuda:{ordinal}: {e}")))?;
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| Error::NoGpu(format!("creating a context on cuda:{ordinal}: {e}")))?;
         let stream = ctx.default_stream();
         let simulated = ctx.name().is_ok_and(|n| n.starts_with(SIMULATOR_NAME));
-        Ok(Arc::new(Gpu { ordinal, ctx, stream, simulated, modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Gpu {
+            ordinal,
+            ctx,
+            stream,
+            simulated,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+        }))
     }
 
     pub fn name(&self) -> String {
@@ -154,7 +170,8 @@ impl Gpu {
             match modules.get(family) {
                 Some(m) => m.clone(),
                 None => {
-                    let k = kernels::find(family).ok_or_else(|| Error::MissingKernel(family.to_string()))?;
+                    let k = kernels::find(family)
+                        .ok_or_else(|| Error::MissingKernel(family.to_string()))?;
                     let m = self
                         .ctx
                         .load_module(cudarc::nvrtc::Ptx::from_binary(k.fatbin.to_vec()))
@@ -164,7 +181,9 @@ impl Gpu {
                 }
             }
         };
-        let f = module.load_function(name).map_err(|e| Error::cuda(format!("finding kernel {name} in kernels/{family}.cu"), e))?;
+        let f = module
+            .load_function(name)
+            .map_err(|e| Error::cuda(format!("finding kernel {name} in kernels/{family}.cu"), e))?;
         functions.insert((family, name), f.clone());
         Ok(f)
     }
@@ -172,7 +191,8 @@ impl Gpu {
     /// An output buffer of `n` elements (at least one, so empty tensors still own a buffer).
     /// Uninitialised, or NaN-filled while parity tests poison outputs.
     pub fn alloc<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
-        let mut buf = unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(|e| Error::cuda(format!("allocating {n} elements"), e))?;
+        let mut buf = unsafe { self.stream.alloc::<T>(n.max(1)) }
+            .map_err(|e| Error::cuda(format!("allocating {n} elements"), e))?;
         if POISON_OUTPUTS.load(Ordering::SeqCst) {
             self.fill_bytes(&mut buf, 0xFF)?;
         }
@@ -180,8 +200,13 @@ impl Gpu {
     }
 
     /// A zero-filled buffer of `n` elements.
-    pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
-        self.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| Error::cuda(format!("allocating {n} zeros"), e))
+    pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>> {
+        self.stream
+            .alloc_zeros::<T>(n.max(1))
+            .map_err(|e| Error::cuda(format!("allocating {n} zeros"), e))
     }
 
     /// Sets every byte of `buf` (NaN for 0xFF in every float format).
@@ -192,7 +217,15 @@ impl Gpu {
         let b = byte as u32;
         let cfg = launch_1d(n_bytes);
         // SAFETY: fill_bytes(u8* p, u64 n, u32 byte) writes n bytes inside buf.
-        unsafe { self.stream.launch_builder(&f).arg(buf).arg(&n).arg(&b).launch(cfg) }.map_err(|e| Error::cuda("fill_bytes", e))?;
+        unsafe {
+            self.stream
+                .launch_builder(&f)
+                .arg(buf)
+                .arg(&n)
+                .arg(&b)
+                .launch(cfg)
+        }
+        .map_err(|e| Error::cuda("fill_bytes", e))?;
         Ok(())
     }
 }
@@ -213,5 +246,9 @@ pub(crate) use launch;
 /// A 1-D launch of 256-thread blocks covering `n` elements (grid capped; kernels grid-stride).
 pub fn launch_1d(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(256).clamp(1, 65535 * 8) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }

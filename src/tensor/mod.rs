@@ -66,48 +66,77 @@ impl Storage {
     pub fn cpu_f32(&self, op: &'static str) -> Result<&[f32]> {
         match self {
             Storage::CpuF32(v) => Ok(v),
-            other => Err(Error::DType { op, got: other.dtype(), expected: "f32 on the CPU" }),
+            other => Err(Error::DType {
+                op,
+                got: other.dtype(),
+                expected: "f32 on the CPU",
+            }),
         }
     }
 
     pub fn cpu_f32_mut(&mut self, op: &'static str) -> Result<&mut Vec<f32>> {
         match self {
             Storage::CpuF32(v) => Ok(v),
-            other => Err(Error::DType { op, got: other.dtype(), expected: "f32 on the CPU" }),
+            other => Err(Error::DType {
+                op,
+                got: other.dtype(),
+                expected: "f32 on the CPU",
+            }),
         }
     }
 
     pub fn cuda_f32(&self, op: &'static str) -> Result<&CudaSlice<f32>> {
         match self {
             Storage::CudaF32(v) => Ok(v),
-            other => Err(Error::DType { op, got: other.dtype(), expected: "f32 on a GPU" }),
+            other => Err(Error::DType {
+                op,
+                got: other.dtype(),
+                expected: "f32 on a GPU",
+            }),
         }
     }
 
     pub fn cuda_f32_mut(&mut self, op: &'static str) -> Result<&mut CudaSlice<f32>> {
         match self {
             Storage::CudaF32(v) => Ok(v),
-            other => Err(Error::DType { op, got: other.dtype(), expected: "f32 on a GPU" }),
+            other => Err(Error::DType {
+                op,
+                got: other.dtype(),
+                expected: "f32 on a GPU",
+            }),
         }
     }
 
     pub fn cuda_bf16(&self, op: &'static str) -> Result<&CudaSlice<bf16>> {
         match self {
             Storage::CudaBF16(v) => Ok(v),
-            other => Err(Error::DType { op, got: other.dtype(), expected: "bf16 on a GPU" }),
+            other => Err(Error::DType {
+                op,
+                got: other.dtype(),
+                expected: "bf16 on a GPU",
+            }),
         }
     }
-
 }
 
 /// Pushes a GPU buffer of whatever dtype it holds as a kernel argument: one launch site serves
 /// the f32 and bf16 kernels of an op (the kernel chosen must take that element type).
-pub(crate) fn arg_buffer<'a>(b: &mut cudarc::driver::LaunchArgs<'a>, s: &'a Storage, op: &'static str) -> Result<()> {
+pub(crate) fn arg_buffer<'a>(
+    b: &mut cudarc::driver::LaunchArgs<'a>,
+    s: &'a Storage,
+    op: &'static str,
+) -> Result<()> {
     match s {
         Storage::CudaF32(v) => b.arg(v),
         Storage::CudaBF16(v) => b.arg(v),
         Storage::CudaF16(v) => b.arg(v),
-        other => return Err(Error::DType { op, got: other.dtype(), expected: "a GPU buffer" }),
+        other => {
+            return Err(Error::DType {
+                op,
+                got: other.dtype(),
+                expected: "a GPU buffer",
+            })
+        }
     };
     Ok(())
 }
@@ -123,21 +152,40 @@ pub(crate) fn alloc_storage(gpu: &Gpu, dtype: DType, n: usize) -> Result<Storage
 }
 
 /// The kernel of an op's f32/bf16 pair for `dtype`; other dtypes are an error naming the op.
-pub(crate) fn kernel_for(op: &'static str, dtype: DType, f32_kernel: &'static str, bf16_kernel: &'static str) -> Result<&'static str> {
+pub(crate) fn kernel_for(
+    op: &'static str,
+    dtype: DType,
+    f32_kernel: &'static str,
+    bf16_kernel: &'static str,
+) -> Result<&'static str> {
     match dtype {
         DType::F32 => Ok(f32_kernel),
         DType::BF16 => Ok(bf16_kernel),
-        other => Err(Error::DType { op, got: other, expected: "f32 or bf16" }),
+        other => Err(Error::DType {
+            op,
+            got: other,
+            expected: "f32 or bf16",
+        }),
     }
 }
 
 /// `arg_buffer` for an output.
-pub(crate) fn arg_buffer_mut<'a>(b: &mut cudarc::driver::LaunchArgs<'a>, s: &'a mut Storage, op: &'static str) -> Result<()> {
+pub(crate) fn arg_buffer_mut<'a>(
+    b: &mut cudarc::driver::LaunchArgs<'a>,
+    s: &'a mut Storage,
+    op: &'static str,
+) -> Result<()> {
     match s {
         Storage::CudaF32(v) => b.arg(v),
         Storage::CudaBF16(v) => b.arg(v),
         Storage::CudaF16(v) => b.arg(v),
-        other => return Err(Error::DType { op, got: other.dtype(), expected: "a GPU buffer" }),
+        other => {
+            return Err(Error::DType {
+                op,
+                got: other.dtype(),
+                expected: "a GPU buffer",
+            })
+        }
     };
     Ok(())
 }
@@ -163,7 +211,13 @@ pub struct Tensor {
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tensor({:?}, {}, {})", self.shape, self.dtype(), self.device)
+        write!(
+            f,
+            "Tensor({:?}, {}, {})",
+            self.shape,
+            self.dtype(),
+            self.device
+        )
     }
 }
 
@@ -171,13 +225,21 @@ impl Tensor {
     /// Wraps a freshly computed buffer; the buffer must hold `shape.iter().product()` elements
     /// (GPU buffers may hold one spare element for empty tensors).
     pub fn from_storage(storage: Storage, shape: &[usize], device: &Device) -> Tensor {
-        Tensor { id: TensorId::fresh(), shape: shape.into(), device: device.clone(), storage: Arc::new(RwLock::new(storage)) }
+        Tensor {
+            id: TensorId::fresh(),
+            shape: shape.into(),
+            device: device.clone(),
+            storage: Arc::new(RwLock::new(storage)),
+        }
     }
 
     pub fn from_vec(data: Vec<f32>, shape: &[usize], device: &Device) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         if data.len() != n {
-            return Err(Error::shape("Tensor::from_vec", format!("{} values for shape {shape:?} ({n} elements)", data.len())));
+            return Err(Error::shape(
+                "Tensor::from_vec",
+                format!("{} values for shape {shape:?} ({n} elements)", data.len()),
+            ));
         }
         let storage = match device {
             Device::Cpu => Storage::CpuF32(data),
@@ -197,7 +259,11 @@ impl Tensor {
     pub fn zeros(shape: &[usize], device: &Device) -> Result<Tensor> {
         match device {
             Device::Cpu => Tensor::full(0.0, shape, device),
-            Device::Cuda(gpu) => Ok(Tensor::from_storage(Storage::CudaF32(gpu.zeros(shape.iter().product())?), shape, device)),
+            Device::Cuda(gpu) => Ok(Tensor::from_storage(
+                Storage::CudaF32(gpu.zeros(shape.iter().product())?),
+                shape,
+                device,
+            )),
         }
     }
 
@@ -206,10 +272,26 @@ impl Tensor {
         let n = shape.iter().product();
         match (dtype, device) {
             (DType::F32, _) => Tensor::zeros(shape, device),
-            (DType::BF16, Device::Cuda(gpu)) => Ok(Tensor::from_storage(Storage::CudaBF16(gpu.zeros(n)?), shape, device)),
-            (DType::F16, Device::Cuda(gpu)) => Ok(Tensor::from_storage(Storage::CudaF16(gpu.zeros(n)?), shape, device)),
-            (DType::BF16, Device::Cpu) => Ok(Tensor::from_storage(Storage::CpuBF16(vec![bf16::ZERO; n]), shape, device)),
-            (DType::F16, Device::Cpu) => Ok(Tensor::from_storage(Storage::CpuF16(vec![f16::ZERO; n]), shape, device)),
+            (DType::BF16, Device::Cuda(gpu)) => Ok(Tensor::from_storage(
+                Storage::CudaBF16(gpu.zeros(n)?),
+                shape,
+                device,
+            )),
+            (DType::F16, Device::Cuda(gpu)) => Ok(Tensor::from_storage(
+                Storage::CudaF16(gpu.zeros(n)?),
+                shape,
+                device,
+            )),
+            (DType::BF16, Device::Cpu) => Ok(Tensor::from_storage(
+                Storage::CpuBF16(vec![bf16::ZERO; n]),
+                shape,
+                device,
+            )),
+            (DType::F16, Device::Cpu) => Ok(Tensor::from_storage(
+                Storage::CpuF16(vec![f16::ZERO; n]),
+                shape,
+                device,
+            )),
         }
     }
 
@@ -219,9 +301,17 @@ impl Tensor {
     }
 
     /// Uniform values in [lo, hi) from a seeded generator.
-    pub fn rand_uniform(shape: &[usize], lo: f32, hi: f32, seed: u64, device: &Device) -> Result<Tensor> {
+    pub fn rand_uniform(
+        shape: &[usize],
+        lo: f32,
+        hi: f32,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Tensor> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let v = (0..shape.iter().product()).map(|_| rng.gen_range(lo..hi)).collect();
+        let v = (0..shape.iter().product())
+            .map(|_| rng.gen_range(lo..hi))
+            .collect();
         Tensor::from_vec(v, shape, device)
     }
 
@@ -254,7 +344,10 @@ impl Tensor {
         let r = self.rank() as isize;
         let a = if axis < 0 { axis + r } else { axis };
         if a < 0 || a >= r {
-            return Err(Error::shape("axis", format!("axis {axis} out of range for shape {:?}", self.shape)));
+            return Err(Error::shape(
+                "axis",
+                format!("axis {axis} out of range for shape {:?}", self.shape),
+            ));
         }
         Ok(a as usize)
     }
@@ -274,7 +367,10 @@ impl Tensor {
     /// tensor of its own (not a handle to this buffer).
     pub fn set_storage_from(&self, src: Tensor) -> Result<()> {
         if src.shape() != self.shape() {
-            return Err(Error::shape("set_storage_from", format!("{:?} into {:?}", src.shape(), self.shape())));
+            return Err(Error::shape(
+                "set_storage_from",
+                format!("{:?} into {:?}", src.shape(), self.shape()),
+            ));
         }
         if Arc::ptr_eq(&src.storage, &self.storage) {
             return Ok(());
@@ -289,9 +385,21 @@ impl Tensor {
     pub fn reshaped(&self, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         if n != self.numel() {
-            return Err(Error::shape("reshape", format!("{:?} ({} elements) to {shape:?} ({n} elements)", self.shape, self.numel())));
+            return Err(Error::shape(
+                "reshape",
+                format!(
+                    "{:?} ({} elements) to {shape:?} ({n} elements)",
+                    self.shape,
+                    self.numel()
+                ),
+            ));
         }
-        Ok(Tensor { id: TensorId::fresh(), shape: shape.into(), device: self.device.clone(), storage: self.storage.clone() })
+        Ok(Tensor {
+            id: TensorId::fresh(),
+            shape: shape.into(),
+            device: self.device.clone(),
+            storage: self.storage.clone(),
+        })
     }
 
     /// Copies the values to the host as f32 (converting bf16/f16).
@@ -303,15 +411,24 @@ impl Tensor {
             Storage::CpuBF16(v) => v[..n].iter().map(|x| x.to_f32()).collect(),
             Storage::CpuF16(v) => v[..n].iter().map(|x| x.to_f32()).collect(),
             Storage::CudaF32(b) => download(&self.device, b, n)?,
-            Storage::CudaBF16(b) => download(&self.device, b, n)?.into_iter().map(|x| x.to_f32()).collect(),
-            Storage::CudaF16(b) => download(&self.device, b, n)?.into_iter().map(|x| x.to_f32()).collect(),
+            Storage::CudaBF16(b) => download(&self.device, b, n)?
+                .into_iter()
+                .map(|x| x.to_f32())
+                .collect(),
+            Storage::CudaF16(b) => download(&self.device, b, n)?
+                .into_iter()
+                .map(|x| x.to_f32())
+                .collect(),
         })
     }
 
     /// The single value of a one-element tensor.
     pub fn scalar(&self) -> Result<f32> {
         if self.numel() != 1 {
-            return Err(Error::shape("scalar", format!("tensor of shape {:?} is not a scalar", self.shape)));
+            return Err(Error::shape(
+                "scalar",
+                format!("tensor of shape {:?} is not a scalar", self.shape),
+            ));
         }
         Ok(self.to_vec_f32()?[0])
     }
@@ -363,16 +480,24 @@ pub fn upload<T: cudarc::driver::DeviceRepr>(gpu: &Gpu, data: &[T]) -> Result<Cu
     if data.is_empty() {
         return unsafe { gpu.stream.alloc::<T>(1) }.map_err(|e| Error::cuda("allocating", e));
     }
-    gpu.stream.clone_htod(data).map_err(|e| Error::cuda("host-to-device copy", e))
+    gpu.stream
+        .clone_htod(data)
+        .map_err(|e| Error::cuda("host-to-device copy", e))
 }
 
-fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(device: &Device, buf: &CudaSlice<T>, n: usize) -> Result<Vec<T>> {
+fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(
+    device: &Device,
+    buf: &CudaSlice<T>,
+    n: usize,
+) -> Result<Vec<T>> {
     let Device::Cuda(gpu) = device else {
         return Err(Error::Invalid("a GPU buffer on a CPU tensor".into()));
     };
     let mut host = vec![T::default(); n];
     if n > 0 {
-        gpu.stream.memcpy_dtoh(&buf.slice(0..n), &mut host).map_err(|e| Error::cuda("device-to-host copy", e))?;
+        gpu.stream
+            .memcpy_dtoh(&buf.slice(0..n), &mut host)
+            .map_err(|e| Error::cuda("device-to-host copy", e))?;
     }
     Ok(host)
 }
@@ -389,7 +514,15 @@ fn cast_cuda(gpu: &Arc<Gpu>, x: &Tensor, dtype: DType) -> Result<Tensor> {
             let f = gpu.function("elementwise", $kernel)?;
             let mut y = gpu.alloc::<$ty>(n)?;
             // SAFETY: reads n source elements, writes n outputs.
-            unsafe { stream.launch_builder(&f).arg($src).arg(&mut y).arg(&nn).launch(cfg) }.map_err(|e| Error::cuda($kernel, e))?;
+            unsafe {
+                stream
+                    .launch_builder(&f)
+                    .arg($src)
+                    .arg(&mut y)
+                    .arg(&nn)
+                    .launch(cfg)
+            }
+            .map_err(|e| Error::cuda($kernel, e))?;
             Storage::$variant(y)
         }};
     }
@@ -434,14 +567,40 @@ mod tests {
     fn dtype_casts_cuda_match_cpu() {
         let Some(gpu) = gpu() else { return };
         let mut v: Vec<f32> = random_vec(4097, 7).iter().map(|x| x * 3000.0).collect();
-        v.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, 65504.0, 65520.0, -1e6, 6e-8, 3e-8, 1e-40, 1.0 + 1.0 / 512.0]);
+        v.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            65504.0,
+            65520.0,
+            -1e6,
+            6e-8,
+            3e-8,
+            1e-40,
+            1.0 + 1.0 / 512.0,
+        ]);
         for dtype in [DType::BF16, DType::F16] {
-            let cpu = Tensor::from_slice(&v, &[v.len()], &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
-            let dev = Tensor::from_slice(&v, &[v.len()], &gpu).unwrap().to_dtype(dtype).unwrap();
+            let cpu = Tensor::from_slice(&v, &[v.len()], &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let dev = Tensor::from_slice(&v, &[v.len()], &gpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
             assert_eq!(dev.dtype(), dtype);
-            let (want, got) = (cpu.to_vec_f32().unwrap(), dev.to_dtype(DType::F32).unwrap().to_vec_f32().unwrap());
+            let (want, got) = (
+                cpu.to_vec_f32().unwrap(),
+                dev.to_dtype(DType::F32).unwrap().to_vec_f32().unwrap(),
+            );
             for (i, (a, b)) in want.iter().zip(&got).enumerate() {
-                assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} of {}: cpu {a}, {gpu} {b}", v[i]);
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{dtype:?} of {}: cpu {a}, {gpu} {b}",
+                    v[i]
+                );
             }
         }
     }

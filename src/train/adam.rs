@@ -26,16 +26,30 @@ pub struct AdamConfig {
 impl AdamConfig {
     /// torch.optim.Adam defaults with this rate and L2 weight decay.
     pub fn adam(lr: f32, weight_decay: f32) -> AdamConfig {
-        AdamConfig { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, decoupled: false }
+        AdamConfig {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+            decoupled: false,
+        }
     }
 
     /// torch.optim.AdamW defaults with this rate and decoupled weight decay.
     pub fn adamw(lr: f32, weight_decay: f32) -> AdamConfig {
-        AdamConfig { decoupled: true, ..AdamConfig::adam(lr, weight_decay) }
+        AdamConfig {
+            decoupled: true,
+            ..AdamConfig::adam(lr, weight_decay)
+        }
     }
 
     pub fn betas(self, beta1: f32, beta2: f32) -> AdamConfig {
-        AdamConfig { beta1, beta2, ..self }
+        AdamConfig {
+            beta1,
+            beta2,
+            ..self
+        }
     }
 }
 
@@ -43,7 +57,15 @@ pub mod cpu {
     use super::{AdamConfig, Real};
 
     /// One Adam step at time `t` (1-based) with rate `lr`, in place.
-    pub fn update<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], cfg: &AdamConfig, lr: f64, t: u64) {
+    pub fn update<T: Real>(
+        p: &mut [T],
+        g: &[T],
+        m: &mut [T],
+        v: &mut [T],
+        cfg: &AdamConfig,
+        lr: f64,
+        t: u64,
+    ) {
         let c = T::c;
         let (b1, b2) = (c(cfg.beta1 as f64), c(cfg.beta2 as f64));
         let bc1 = T::one() - b1.powi(t as i32);
@@ -73,7 +95,11 @@ pub struct Adam {
 
 impl Adam {
     pub fn new(config: AdamConfig) -> Adam {
-        Adam { config, step: 0, moments: HashMap::new() }
+        Adam {
+            config,
+            step: 0,
+            moments: HashMap::new(),
+        }
     }
 
     /// Updates every parameter that has an accumulated gradient, at rate `lr` (from a schedule).
@@ -81,7 +107,9 @@ impl Adam {
         self.step += 1;
         let t = self.step;
         let with_grad: Vec<_> = params.iter().filter(|p| p.grad.is_some()).collect();
-        let Some(first) = with_grad.first() else { return Ok(()) };
+        let Some(first) = with_grad.first() else {
+            return Ok(());
+        };
         let device = first.value.device().clone();
         for p in &with_grad {
             if !self.moments.contains_key(&p.name) {
@@ -93,9 +121,22 @@ impl Adam {
             Device::Cpu => {
                 for p in &with_grad {
                     let (m, v) = &self.moments[&p.name];
-                    let g = p.grad.as_ref().map(|g| g.storage()).ok_or_else(|| Error::Invalid("gradient vanished".into()))?;
-                    let (mut ps, mut ms, mut vs) = (p.value.storage_mut(), m.storage_mut(), v.storage_mut());
-                    cpu::update(ps.cpu_f32_mut("adam")?, g.cpu_f32("adam")?, ms.cpu_f32_mut("adam")?, vs.cpu_f32_mut("adam")?, &self.config, lr as f64, t);
+                    let g = p
+                        .grad
+                        .as_ref()
+                        .map(|g| g.storage())
+                        .ok_or_else(|| Error::Invalid("gradient vanished".into()))?;
+                    let (mut ps, mut ms, mut vs) =
+                        (p.value.storage_mut(), m.storage_mut(), v.storage_mut());
+                    cpu::update(
+                        ps.cpu_f32_mut("adam")?,
+                        g.cpu_f32("adam")?,
+                        ms.cpu_f32_mut("adam")?,
+                        vs.cpu_f32_mut("adam")?,
+                        &self.config,
+                        lr as f64,
+                        t,
+                    );
                 }
             }
             Device::Cuda(gpu) => {
@@ -104,11 +145,24 @@ impl Adam {
                 let mut guards = Vec::with_capacity(with_grad.len());
                 for p in &with_grad {
                     let (m, v) = &self.moments[&p.name];
-                    let g = p.grad.as_ref().ok_or_else(|| Error::Invalid("gradient vanished".into()))?;
+                    let g = p
+                        .grad
+                        .as_ref()
+                        .ok_or_else(|| Error::Invalid("gradient vanished".into()))?;
                     if !p.value.device().same(&device) || !g.device().same(&device) {
-                        return Err(Error::DeviceMismatch { op: "adam", a: device.to_string(), b: p.value.device().to_string() });
+                        return Err(Error::DeviceMismatch {
+                            op: "adam",
+                            a: device.to_string(),
+                            b: p.value.device().to_string(),
+                        });
                     }
-                    guards.push((p.value.storage_mut(), g.storage(), m.storage_mut(), v.storage_mut(), p.value.numel()));
+                    guards.push((
+                        p.value.storage_mut(),
+                        g.storage(),
+                        m.storage_mut(),
+                        v.storage_mut(),
+                        p.value.numel(),
+                    ));
                 }
                 let n_tensors = guards.len() as u32;
                 let mut table: Vec<u64> = Vec::with_capacity(4 * guards.len());
@@ -136,7 +190,24 @@ impl Adam {
                 let decoupled = c.decoupled as i32;
                 // SAFETY: the table holds 4 live f32 buffers per tensor whose sizes are the
                 // differences of `offsets`; the guards keep them alive and unaliased.
-                launch!(gpu, "adam", "adam_multi_f32", launch_1d(total as usize), &table_dev, &offsets_dev, &n_tensors, &total, &lr, &c.beta1, &c.beta2, &c.eps, &c.weight_decay, &decoupled, &bc1, &bc2_sqrt)?;
+                launch!(
+                    gpu,
+                    "adam",
+                    "adam_multi_f32",
+                    launch_1d(total as usize),
+                    &table_dev,
+                    &offsets_dev,
+                    &n_tensors,
+                    &total,
+                    &lr,
+                    &c.beta1,
+                    &c.beta2,
+                    &c.eps,
+                    &c.weight_decay,
+                    &decoupled,
+                    &bc1,
+                    &bc2_sqrt
+                )?;
                 drop(syncs);
             }
         }
@@ -152,11 +223,19 @@ impl Adam {
             tensors.push((format!("adam.v.{name}"), v.clone()));
         }
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        (tensors, BTreeMap::from([("adam.step".to_string(), self.step.to_string())]))
+        (
+            tensors,
+            BTreeMap::from([("adam.step".to_string(), self.step.to_string())]),
+        )
     }
 
     /// Restores what `state` wrote (tensors go to `device`).
-    pub fn load_state(&mut self, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>, device: &Device) -> Result<()> {
+    pub fn load_state(
+        &mut self,
+        tensors: &[(String, Tensor)],
+        metadata: &BTreeMap<String, String>,
+        device: &Device,
+    ) -> Result<()> {
         self.step = metadata
             .get("adam.step")
             .ok_or_else(|| Error::Invalid("checkpoint has no adam.step metadata".into()))?
@@ -168,8 +247,13 @@ impl Adam {
                 let v = tensors
                     .iter()
                     .find(|(n, _)| n == &format!("adam.v.{p}"))
-                    .ok_or_else(|| Error::Invalid(format!("checkpoint has adam.m.{p} but no adam.v.{p}")))?;
-                self.moments.insert(p.to_string(), (t.to_device(device)?, v.1.to_device(device)?));
+                    .ok_or_else(|| {
+                        Error::Invalid(format!("checkpoint has adam.m.{p} but no adam.v.{p}"))
+                    })?;
+                self.moments.insert(
+                    p.to_string(),
+                    (t.to_device(device)?, v.1.to_device(device)?),
+                );
             }
         }
         Ok(())
@@ -188,14 +272,30 @@ mod tests {
         let mut p = vec![1.0f64, -2.0, 3.0];
         let g = vec![0.5, -0.25, 0.0];
         let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
-        cpu::update(&mut p, &g, &mut m, &mut v, &AdamConfig::adam(0.1, 0.0), 0.1, 1);
-        assert!((p[0] - 0.9).abs() < 1e-6 && (p[1] + 1.9).abs() < 1e-6 && (p[2] - 3.0).abs() < 1e-12, "{p:?}");
+        cpu::update(
+            &mut p,
+            &g,
+            &mut m,
+            &mut v,
+            &AdamConfig::adam(0.1, 0.0),
+            0.1,
+            1,
+        );
+        assert!(
+            (p[0] - 0.9).abs() < 1e-6 && (p[1] + 1.9).abs() < 1e-6 && (p[2] - 3.0).abs() < 1e-12,
+            "{p:?}"
+        );
     }
 
     #[test]
     fn adam_minimises_a_quadratic() {
         let mut store = ParamStore::new();
-        let x = store.insert("x", Tensor::from_vec(vec![3.0, -4.0], &[2], &Device::Cpu).unwrap()).unwrap();
+        let x = store
+            .insert(
+                "x",
+                Tensor::from_vec(vec![3.0, -4.0], &[2], &Device::Cpu).unwrap(),
+            )
+            .unwrap();
         let mut opt = Adam::new(AdamConfig::adam(0.1, 0.0));
         for _ in 0..300 {
             let mut tape = Tape::new();
@@ -214,37 +314,67 @@ mod tests {
     #[test]
     fn fused_cuda_step_matches_cpu_over_many_tensors() {
         let Some(gpu) = gpu() else { return };
-        for cfg in [AdamConfig::adam(1e-2, 1e-2), AdamConfig::adamw(1e-2, 1e-1).betas(0.0, 0.99)] {
+        for cfg in [
+            AdamConfig::adam(1e-2, 1e-2),
+            AdamConfig::adamw(1e-2, 1e-1).betas(0.0, 0.99),
+        ] {
             let run = |d: &Device| {
                 let mut store = ParamStore::new();
                 for (i, n) in parity_sizes().into_iter().enumerate() {
-                    store.insert(&format!("p{i}"), Tensor::from_vec(random_vec(n, i as u64), &[n], d).unwrap()).unwrap();
+                    store
+                        .insert(
+                            &format!("p{i}"),
+                            Tensor::from_vec(random_vec(n, i as u64), &[n], d).unwrap(),
+                        )
+                        .unwrap();
                 }
                 let mut opt = Adam::new(cfg);
                 for step in 0..3 {
                     for (i, p) in store.iter_mut().enumerate() {
                         let n = p.value.numel();
-                        p.grad = Some(Tensor::from_vec(random_vec(n, 100 + 10 * step + i as u64), &[n], d).unwrap());
+                        p.grad = Some(
+                            Tensor::from_vec(random_vec(n, 100 + 10 * step + i as u64), &[n], d)
+                                .unwrap(),
+                        );
                     }
                     opt.step(&mut store, 1e-2).unwrap();
                 }
-                store.iter().flat_map(|p| p.value.to_vec_f32().unwrap()).collect::<Vec<_>>()
+                store
+                    .iter()
+                    .flat_map(|p| p.value.to_vec_f32().unwrap())
+                    .collect::<Vec<_>>()
             };
-            assert_close(&run(&gpu), &run(&Device::Cpu), 1e-5, 1e-6, &format!("adam {cfg:?}"));
+            assert_close(
+                &run(&gpu),
+                &run(&Device::Cpu),
+                1e-5,
+                1e-6,
+                &format!("adam {cfg:?}"),
+            );
         }
     }
 
     #[test]
     fn state_round_trips() {
         let mut store = ParamStore::new();
-        store.insert("w", Tensor::from_vec(vec![1.0, 2.0], &[2], &Device::Cpu).unwrap()).unwrap();
-        store.iter_mut().for_each(|p| p.grad = Some(Tensor::from_vec(vec![0.1, 0.2], &[2], &Device::Cpu).unwrap()));
+        store
+            .insert(
+                "w",
+                Tensor::from_vec(vec![1.0, 2.0], &[2], &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+        store.iter_mut().for_each(|p| {
+            p.grad = Some(Tensor::from_vec(vec![0.1, 0.2], &[2], &Device::Cpu).unwrap())
+        });
         let mut a = Adam::new(AdamConfig::adam(1e-3, 0.0));
         a.step(&mut store, 1e-3).unwrap();
         let (tensors, meta) = a.state();
         let mut b = Adam::new(AdamConfig::adam(1e-3, 0.0));
         b.load_state(&tensors, &meta, &Device::Cpu).unwrap();
         assert_eq!(b.step, 1);
-        assert_eq!(b.moments["w"].0.to_vec_f32().unwrap(), a.moments["w"].0.to_vec_f32().unwrap());
+        assert_eq!(
+            b.moments["w"].0.to_vec_f32().unwrap(),
+            a.moments["w"].0.to_vec_f32().unwrap()
+        );
     }
 }

@@ -22,7 +22,9 @@ use crate::error::{Error, Result};
 use crate::eval::{retrieval, Retrieval};
 use crate::models::clip::{Clip, ClipConfig};
 use crate::models::clip_tokenizer::ClipTokenizer;
-use crate::ops::{elementwise as ew, image::clip_preprocess, reduce::sum_all, softmax::log_softmax, transpose};
+use crate::ops::{
+    elementwise as ew, image::clip_preprocess, reduce::sum_all, softmax::log_softmax, transpose,
+};
 use crate::tensor::{Device, Tensor};
 use crate::train::{Adam, AdamConfig};
 
@@ -46,7 +48,18 @@ pub struct ClipTrainConfig {
 
 impl Default for ClipTrainConfig {
     fn default() -> Self {
-        ClipTrainConfig { width: 64, layers: 2, heads: 2, patch: 8, context: 32, epochs: 10, batch: 64, lr: 1e-3, weight_decay: 0.1, seed: 42 }
+        ClipTrainConfig {
+            width: 64,
+            layers: 2,
+            heads: 2,
+            patch: 8,
+            context: 32,
+            epochs: 10,
+            batch: 64,
+            lr: 1e-3,
+            weight_decay: 0.1,
+            seed: 42,
+        }
     }
 }
 
@@ -63,7 +76,13 @@ impl ClipTrainConfig {
     }
 
     fn fingerprint(&self) -> String {
-        format!("{:?}", ClipTrainConfig { epochs: 0, ..self.clone() })
+        format!(
+            "{:?}",
+            ClipTrainConfig {
+                epochs: 0,
+                ..self.clone()
+            }
+        )
     }
 }
 
@@ -111,25 +130,53 @@ pub struct ClipData {
 
 impl ClipData {
     pub fn from_file(file: &DatasetFile) -> Result<ClipData> {
-        ClipData::from_parts(file.images()?, file.summary().image_size, file.captions()?, file.split(), file.path())
+        ClipData::from_parts(
+            file.images()?,
+            file.summary().image_size,
+            file.captions()?,
+            file.split(),
+            file.path(),
+        )
     }
 
     /// From a dataset's arrays (`captions`: C slots per stimulus, "" for empty); `path` names
     /// the source in errors.
-    pub fn from_parts(images: Vec<u8>, image_size: [usize; 2], captions: Vec<Vec<String>>, split: &[Split], path: &Path) -> Result<ClipData> {
-        let captions: Vec<Vec<String>> = captions.into_iter().map(|row| row.into_iter().filter(|c| !c.trim().is_empty()).collect()).collect();
-        let with_caption = |side: Split| (0..split.len() as u32).filter(|&i| split[i as usize] == side && !captions[i as usize].is_empty()).collect::<Vec<_>>();
+    pub fn from_parts(
+        images: Vec<u8>,
+        image_size: [usize; 2],
+        captions: Vec<Vec<String>>,
+        split: &[Split],
+        path: &Path,
+    ) -> Result<ClipData> {
+        let captions: Vec<Vec<String>> = captions
+            .into_iter()
+            .map(|row| row.into_iter().filter(|c| !c.trim().is_empty()).collect())
+            .collect();
+        let with_caption = |side: Split| {
+            (0..split.len() as u32)
+                .filter(|&i| split[i as usize] == side && !captions[i as usize].is_empty())
+                .collect::<Vec<_>>()
+        };
         let (train, test) = (with_caption(Split::Train), with_caption(Split::Test));
         if train.is_empty() || test.len() < 2 {
             return Err(Error::dataset(path, "captions", format!("train-clip needs captioned training stimuli and at least 2 captioned test stimuli (have {} and {})", train.len(), test.len())));
         }
-        Ok(ClipData { images, image_size, captions, train, test })
+        Ok(ClipData {
+            images,
+            image_size,
+            captions,
+            train,
+            test,
+        })
     }
 
     /// `[B, H, W, 3]` pixels of `stimuli`.
     fn pixels(&self, stimuli: &[u32]) -> Vec<u8> {
         let px = self.image_size[0] * self.image_size[1] * 3;
-        stimuli.iter().flat_map(|&s| self.images[s as usize * px..][..px].iter().copied()).collect()
+        stimuli
+            .iter()
+            .flat_map(|&s| self.images[s as usize * px..][..px].iter().copied())
+            .collect()
     }
 }
 
@@ -138,9 +185,21 @@ impl ClipData {
 pub fn contrastive_loss(tape: &mut Tape, logits: &Tensor) -> Result<Tensor> {
     let b = logits.shape()[0];
     if logits.shape() != [b, b] || b == 0 {
-        return Err(Error::shape("clip contrastive loss", format!("logits must be a non-empty square [B, B], got {:?}", logits.shape())));
+        return Err(Error::shape(
+            "clip contrastive loss",
+            format!(
+                "logits must be a non-empty square [B, B], got {:?}",
+                logits.shape()
+            ),
+        ));
     }
-    let eye = Tensor::from_vec((0..b * b).map(|k| if k / b == k % b { 1.0 } else { 0.0 }).collect(), &[b, b], logits.device())?;
+    let eye = Tensor::from_vec(
+        (0..b * b)
+            .map(|k| if k / b == k % b { 1.0 } else { 0.0 })
+            .collect(),
+        &[b, b],
+        logits.device(),
+    )?;
     let rows = log_softmax(tape, logits)?;
     let lt = transpose::transpose(tape, logits, 0, 1)?;
     let cols = log_softmax(tape, &lt)?;
@@ -165,7 +224,8 @@ fn captions_for(data: &ClipData, stimuli: &[u32], seed: u64, epoch: Option<usize
             let list = &data.captions[s as usize];
             let k = match epoch {
                 None => 0,
-                Some(e) => Rng::stream(seed, stage::CLIP_TRAIN, ((e as u64 + 1) << 32) | s as u64).below(list.len()),
+                Some(e) => Rng::stream(seed, stage::CLIP_TRAIN, ((e as u64 + 1) << 32) | s as u64)
+                    .below(list.len()),
             };
             list[k].clone()
         })
@@ -173,9 +233,21 @@ fn captions_for(data: &ClipData, stimuli: &[u32], seed: u64, epoch: Option<usize
 }
 
 /// The loss (and, on an inference tape, nothing else) of one batch.
-fn batch_loss(clip: &Clip, tape: &mut Tape, data: &ClipData, stimuli: &[u32], texts: &[String], device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
+fn batch_loss(
+    clip: &Clip,
+    tape: &mut Tape,
+    data: &ClipData,
+    stimuli: &[u32],
+    texts: &[String],
+    device: &Device,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let [h, w] = data.image_size;
-    let pixels = clip_preprocess(&data.pixels(stimuli), [stimuli.len(), h, w, 3], clip.config.vision.image_size, device)?;
+    let pixels = clip_preprocess(
+        &data.pixels(stimuli),
+        [stimuli.len(), h, w, 3],
+        clip.config.vision.image_size,
+        device,
+    )?;
     let context = clip.config.text.max_position_embeddings;
     let ids = ClipTokenizer::shared()?.tokenize_batch(texts, context)?;
     let img = clip.encode_image(tape, &pixels)?;
@@ -184,7 +256,13 @@ fn batch_loss(clip: &Clip, tape: &mut Tape, data: &ClipData, stimuli: &[u32], te
     Ok((contrastive_loss(tape, &logits)?, img, txt))
 }
 
-fn validate(clip: &Clip, data: &ClipData, cfg: &ClipTrainConfig, epoch: usize, device: &Device) -> Result<(f64, Retrieval)> {
+fn validate(
+    clip: &Clip,
+    data: &ClipData,
+    cfg: &ClipTrainConfig,
+    epoch: usize,
+    device: &Device,
+) -> Result<(f64, Retrieval)> {
     let (mut total, mut count) = (0.0, 0);
     let (mut imgs, mut txts) = (Vec::new(), Vec::new());
     for chunk in data.test.chunks(cfg.batch.max(2)) {
@@ -199,7 +277,14 @@ fn validate(clip: &Clip, data: &ClipData, cfg: &ClipTrainConfig, epoch: usize, d
         txts.extend(txt.to_vec_f32()?);
     }
     // retrieval(pred = captions, target = images): image_from_brain = the image of a caption.
-    let r = retrieval(&txts, &imgs, clip.config.projection_dim, 300, 30, cfg.seed ^ epoch as u64)?;
+    let r = retrieval(
+        &txts,
+        &imgs,
+        clip.config.projection_dim,
+        300,
+        30,
+        cfg.seed ^ epoch as u64,
+    )?;
     Ok((total / count.max(1) as f64, r))
 }
 
@@ -223,15 +308,26 @@ impl ClipRunDir {
 }
 
 /// Trains (or resumes) a small CLIP into `dir`; returns this call's epochs.
-pub fn train_clip(cfg: &ClipTrainConfig, data: &ClipData, dir: &ClipRunDir, resume: bool, device: &Device, progress: &mut dyn ClipProgress) -> Result<(Clip, Vec<ClipEpoch>)> {
+pub fn train_clip(
+    cfg: &ClipTrainConfig,
+    data: &ClipData,
+    dir: &ClipRunDir,
+    resume: bool,
+    device: &Device,
+    progress: &mut dyn ClipProgress,
+) -> Result<(Clip, Vec<ClipEpoch>)> {
     if cfg.batch < 2 || cfg.epochs == 0 {
-        return Err(Error::Invalid("train-clip: --batch must be at least 2 (a contrastive batch) and --epochs positive".into()));
+        return Err(Error::Invalid(
+            "train-clip: --batch must be at least 2 (a contrastive batch) and --epochs positive"
+                .into(),
+        ));
     }
     let [h, w] = data.image_size;
     if h != w || h % cfg.patch != 0 {
         return Err(Error::Invalid(format!("train-clip: images are {h}×{w}; the small CLIP needs square images whose side is a multiple of --patch {}", cfg.patch)));
     }
-    std::fs::create_dir_all(&dir.0).map_err(|e| Error::file(&dir.0, format!("creating the run directory: {e}")))?;
+    std::fs::create_dir_all(&dir.0)
+        .map_err(|e| Error::file(&dir.0, format!("creating the run directory: {e}")))?;
     let json = cfg.hf_config(h);
     let config = ClipConfig::from_json(&json.to_string(), &dir.config())?;
     let mut clip = Clip::zeros(config, device)?;
@@ -246,11 +342,25 @@ pub fn train_clip(cfg: &ClipTrainConfig, data: &ClipData, dir: &ClipRunDir, resu
         }
         let (rest, meta) = clip.store.load(&dir.checkpoint())?;
         adam.load_state(&rest, &meta, device)?;
-        start = meta.get("train.epochs_done").and_then(|v| v.parse().ok()).ok_or_else(|| Error::file(dir.checkpoint(), "metadata train.epochs_done is missing"))?;
+        start = meta
+            .get("train.epochs_done")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                Error::file(dir.checkpoint(), "metadata train.epochs_done is missing")
+            })?;
     } else if !resume && dir.metrics().exists() {
-        std::fs::remove_file(dir.metrics()).map_err(|e| Error::file(dir.metrics(), format!("removing the previous run's metrics: {e}")))?;
+        std::fs::remove_file(dir.metrics()).map_err(|e| {
+            Error::file(
+                dir.metrics(),
+                format!("removing the previous run's metrics: {e}"),
+            )
+        })?;
     }
-    std::fs::write(dir.config(), serde_json::to_string_pretty(&json).unwrap_or_default()).map_err(|e| Error::file(dir.config(), format!("writing: {e}")))?;
+    std::fs::write(
+        dir.config(),
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    )
+    .map_err(|e| Error::file(dir.config(), format!("writing: {e}")))?;
     let mut history = Vec::new();
     for epoch in start..cfg.epochs {
         let started = std::time::Instant::now();
@@ -270,7 +380,10 @@ pub fn train_clip(cfg: &ClipTrainConfig, data: &ClipData, dir: &ClipRunDir, resu
             clamp_logit_scale(&clip)?;
             let lv = loss.scalar()?;
             if !lv.is_finite() {
-                return Err(Error::Invalid(format!("the CLIP loss became {lv} at epoch {} step {step}; lower --lr", epoch + 1)));
+                return Err(Error::Invalid(format!(
+                    "the CLIP loss became {lv} at epoch {} step {step}; lower --lr",
+                    epoch + 1
+                )));
             }
             total += lv as f64;
             if !progress.on_step(epoch, step, steps, lv) {
@@ -278,7 +391,13 @@ pub fn train_clip(cfg: &ClipTrainConfig, data: &ClipData, dir: &ClipRunDir, resu
             }
         }
         let (val_loss, r) = validate(&clip, data, cfg, epoch, device)?;
-        let e = ClipEpoch { epoch: epoch + 1, train_loss: total / steps as f64, val_loss, retrieval: r, seconds: started.elapsed().as_secs_f64() };
+        let e = ClipEpoch {
+            epoch: epoch + 1,
+            train_loss: total / steps as f64,
+            val_loss,
+            retrieval: r,
+            seconds: started.elapsed().as_secs_f64(),
+        };
         let (state, mut meta) = adam.state();
         meta.insert("train.config".into(), cfg.fingerprint());
         meta.insert("train.epochs_done".into(), (epoch + 1).to_string());
@@ -287,7 +406,11 @@ pub fn train_clip(cfg: &ClipTrainConfig, data: &ClipData, dir: &ClipRunDir, resu
         progress.on_epoch(&e);
         history.push(e);
     }
-    clip.store.save(&dir.weights(), &[], &BTreeMap::from([("format".to_string(), "pt".to_string())]))?;
+    clip.store.save(
+        &dir.weights(),
+        &[],
+        &BTreeMap::from([("format".to_string(), "pt".to_string())]),
+    )?;
     Ok((clip, history))
 }
 
@@ -296,7 +419,13 @@ pub fn train_clip(cfg: &ClipTrainConfig, data: &ClipData, dir: &ClipRunDir, resu
 /// to the host inside the step.
 fn clamp_logit_scale(clip: &Clip) -> Result<()> {
     if let Some(p) = clip.store.iter().find(|p| p.name == "logit_scale") {
-        p.value.set_storage_from(ew::unary_raw(ew::Unary::Clamp { min: f32::NEG_INFINITY, max: 100f32.ln() }, &p.value)?)?;
+        p.value.set_storage_from(ew::unary_raw(
+            ew::Unary::Clamp {
+                min: f32::NEG_INFINITY,
+                max: 100f32.ln(),
+            },
+            &p.value,
+        )?)?;
     }
     Ok(())
 }
@@ -307,17 +436,45 @@ mod tests {
     use crate::data::synth::{self, SynthConfig};
 
     fn tiny() -> ClipTrainConfig {
-        ClipTrainConfig { width: 16, layers: 1, heads: 2, patch: 8, context: 16, epochs: 3, batch: 8, lr: 3e-3, ..ClipTrainConfig::default() }
+        ClipTrainConfig {
+            width: 16,
+            layers: 1,
+            heads: 2,
+            patch: 8,
+            context: 16,
+            epochs: 3,
+            batch: 8,
+            lr: 3e-3,
+            ..ClipTrainConfig::default()
+        }
     }
 
     fn world() -> ClipData {
-        let cfg = SynthConfig { stimuli: 40, voxels: 32, padding: 0, image_size: 16, trials_per_session: 40, seed: 3, ..SynthConfig::default() };
+        let cfg = SynthConfig {
+            stimuli: 40,
+            voxels: 32,
+            padding: 0,
+            image_size: 16,
+            trials_per_session: 40,
+            seed: 3,
+            ..SynthConfig::default()
+        };
         let c = synth::generate(&cfg, &indicatif::ProgressBar::hidden()).unwrap();
-        ClipData::from_parts(c.images, c.image_size, c.captions, &c.split, Path::new("world")).unwrap()
+        ClipData::from_parts(
+            c.images,
+            c.image_size,
+            c.captions,
+            &c.split,
+            Path::new("world"),
+        )
+        .unwrap()
     }
 
     fn temp(tag: &str) -> ClipRunDir {
-        let d = std::env::temp_dir().join(format!("mindreader-train-clip-{tag}-{}", std::process::id()));
+        let d = std::env::temp_dir().join(format!(
+            "mindreader-train-clip-{tag}-{}",
+            std::process::id()
+        ));
         std::fs::remove_dir_all(&d).ok();
         ClipRunDir(d)
     }
@@ -328,26 +485,65 @@ mod tests {
     fn contrastive_loss_is_cross_entropy_on_the_diagonal() {
         let b = 4;
         let uniform = Tensor::zeros(&[b, b], &Device::Cpu).unwrap();
-        let l = contrastive_loss(&mut Tape::new(), &uniform).unwrap().scalar().unwrap();
+        let l = contrastive_loss(&mut Tape::new(), &uniform)
+            .unwrap()
+            .scalar()
+            .unwrap();
         assert!((l - (b as f32).ln()).abs() < 1e-6, "{l}");
-        let sharp = Tensor::from_vec((0..b * b).map(|k| if k / b == k % b { 30.0 } else { 0.0 }).collect(), &[b, b], &Device::Cpu).unwrap();
-        assert!(contrastive_loss(&mut Tape::new(), &sharp).unwrap().scalar().unwrap() < 1e-6);
-        let x = Tensor::from_vec(crate::testing::random_vec(b * b, 1), &[b, b], &Device::Cpu).unwrap();
+        let sharp = Tensor::from_vec(
+            (0..b * b)
+                .map(|k| if k / b == k % b { 30.0 } else { 0.0 })
+                .collect(),
+            &[b, b],
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert!(
+            contrastive_loss(&mut Tape::new(), &sharp)
+                .unwrap()
+                .scalar()
+                .unwrap()
+                < 1e-6
+        );
+        let x =
+            Tensor::from_vec(crate::testing::random_vec(b * b, 1), &[b, b], &Device::Cpu).unwrap();
         let mut tape = Tape::new();
         tape.watch(&x);
         let loss = contrastive_loss(&mut tape, &x).unwrap();
-        let g = tape.backward(&loss).unwrap().get(&x).unwrap().to_vec_f32().unwrap();
+        let g = tape
+            .backward(&loss)
+            .unwrap()
+            .get(&x)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
         assert!((0..b).all(|i| g[i * b + i] < 0.0), "{g:?}");
-        assert!(contrastive_loss(&mut Tape::new(), &Tensor::zeros(&[2, 3], &Device::Cpu).unwrap()).is_err());
+        assert!(contrastive_loss(
+            &mut Tape::new(),
+            &Tensor::zeros(&[2, 3], &Device::Cpu).unwrap()
+        )
+        .is_err());
     }
 
     #[test]
     fn logit_scale_is_clipped_at_ln_100_and_left_alone_below() {
         let json = tiny().hf_config(16).to_string();
-        let clip = Clip::zeros(ClipConfig::from_json(&json, Path::new("c.json")).unwrap(), &Device::Cpu).unwrap();
-        let scale = clip.store.iter().find(|p| p.name == "logit_scale").unwrap().value.clone();
+        let clip = Clip::zeros(
+            ClipConfig::from_json(&json, Path::new("c.json")).unwrap(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let scale = clip
+            .store
+            .iter()
+            .find(|p| p.name == "logit_scale")
+            .unwrap()
+            .value
+            .clone();
         for (set, want) in [(10.0f32, 100f32.ln()), (2.0, 2.0)] {
-            scale.set_storage_from(Tensor::full(set, &[], &Device::Cpu).unwrap()).unwrap();
+            scale
+                .set_storage_from(Tensor::full(set, &[], &Device::Cpu).unwrap())
+                .unwrap();
             clamp_logit_scale(&clip).unwrap();
             assert_eq!(scale.scalar().unwrap(), want);
         }
@@ -364,9 +560,16 @@ mod tests {
         assert!(hist[2].train_loss < hist[0].train_loss, "{hist:?}");
         let loaded = Clip::load(&a.0, &Device::Cpu).unwrap();
         let names: Vec<&str> = loaded.store.iter().map(|p| p.name.as_str()).collect();
-        assert!(names.contains(&"text_model.embeddings.token_embedding.weight") && names.contains(&"logit_scale"));
+        assert!(
+            names.contains(&"text_model.embeddings.token_embedding.weight")
+                && names.contains(&"logit_scale")
+        );
         for (p, q) in clip.store.iter().zip(loaded.store.iter()) {
-            assert!(p.value.to_vec_f32().unwrap() == q.value.to_vec_f32().unwrap(), "{} differs after loading", p.name);
+            assert!(
+                p.value.to_vec_f32().unwrap() == q.value.to_vec_f32().unwrap(),
+                "{} differs after loading",
+                p.name
+            );
         }
         struct KillAt(usize, usize);
         impl ClipProgress for KillAt {
@@ -379,10 +582,17 @@ mod tests {
         let (resumed, rest) = train_clip(&cfg, &data, &b, true, &Device::Cpu, &mut ()).unwrap();
         assert_eq!(rest.len(), 2);
         for (p, q) in clip.store.iter().zip(resumed.store.iter()) {
-            assert!(p.value.to_vec_f32().unwrap() == q.value.to_vec_f32().unwrap(), "{} differs after resuming", p.name);
+            assert!(
+                p.value.to_vec_f32().unwrap() == q.value.to_vec_f32().unwrap(),
+                "{} differs after resuming",
+                p.name
+            );
         }
         let other = ClipTrainConfig { width: 32, ..cfg };
-        let err = train_clip(&other, &data, &b, true, &Device::Cpu, &mut ()).err().unwrap().to_string();
+        let err = train_clip(&other, &data, &b, true, &Device::Cpu, &mut ())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("refusing to resume"), "{err}");
         for d in [a, b] {
             std::fs::remove_dir_all(d.0).ok();

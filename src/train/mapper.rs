@@ -18,11 +18,11 @@ use rand::SeedableRng;
 use crate::autograd::Tape;
 use crate::data::rng::{stage, Rng};
 use crate::data::{Split, Staged};
-use crate::ops::concat::concat;
 use crate::error::{Error, Result};
 use crate::eval::{retrieval, Retrieval};
 use crate::models::{Mapper, MapperConfig};
 use crate::nn::ParamStore;
+use crate::ops::concat::concat;
 use crate::ops::embedding::embedding;
 use crate::ops::loss::{self, LossConfig};
 use crate::tensor::{Device, Tensor};
@@ -46,7 +46,11 @@ impl LossKind {
             "mse_cos" => LossKind::MseCos,
             "contrastive" => LossKind::Contrastive,
             "mse_cos_contrastive" => LossKind::MseCosContrastive,
-            other => return Err(Error::Invalid(format!("unknown loss `{other}` (mse, cos, mse_cos, contrastive, mse_cos_contrastive)"))),
+            other => {
+                return Err(Error::Invalid(format!(
+                    "unknown loss `{other}` (mse, cos, mse_cos, contrastive, mse_cos_contrastive)"
+                )))
+            }
         })
     }
 
@@ -60,12 +64,20 @@ impl LossKind {
         }
     }
 
-    pub fn compute(self, tape: &mut Tape, pred: &Tensor, target: &Tensor, cfg: &LossConfig) -> Result<Tensor> {
+    pub fn compute(
+        self,
+        tape: &mut Tape,
+        pred: &Tensor,
+        target: &Tensor,
+        cfg: &LossConfig,
+    ) -> Result<Tensor> {
         match self {
             LossKind::Mse => loss::mse(tape, pred, target),
             LossKind::Cosine => loss::cosine(tape, pred, target),
             LossKind::MseCos => loss::mse_cos(tape, pred, target, cfg.cos_weight),
-            LossKind::Contrastive => loss::contrastive(tape, pred, target, cfg.temperature, cfg.lambda),
+            LossKind::Contrastive => {
+                loss::contrastive(tape, pred, target, cfg.temperature, cfg.lambda)
+            }
             LossKind::MseCosContrastive => loss::mse_cos_contrastive(tape, pred, target, cfg),
         }
     }
@@ -109,7 +121,13 @@ impl TrainConfig {
     /// The fields that must match for a resume, as checkpoint metadata (all but the epoch
     /// count: a finished run can be extended).
     fn fingerprint(&self) -> String {
-        format!("{:?}", TrainConfig { epochs: 0, ..self.clone() })
+        format!(
+            "{:?}",
+            TrainConfig {
+                epochs: 0,
+                ..self.clone()
+            }
+        )
     }
 }
 
@@ -141,7 +159,8 @@ impl Views {
     fn rows_for(&self, rows: &[u32], seed: u64, epoch: usize) -> Vec<u32> {
         rows.iter()
             .map(|&r| {
-                let k = Rng::stream(seed, stage::VIEW_CHOICE, ((epoch as u64) << 32) | r as u64).below(self.count);
+                let k = Rng::stream(seed, stage::VIEW_CHOICE, ((epoch as u64) << 32) | r as u64)
+                    .below(self.count);
                 (k * self.stimuli) as u32 + self.row_stimulus[r as usize]
             })
             .collect()
@@ -160,11 +179,26 @@ pub enum TrialMode {
 impl MapperData {
     /// Rows from a staged dataset: training rows from the train split (per `mode`), validation
     /// rows one per test stimulus (repeats averaged, as retrieval is reported).
-    pub fn from_staged(staged: &Staged, trial_stimulus: &[u32], split: &[Split], mode: TrialMode) -> Result<MapperData> {
-        let test: Vec<u32> = (0..split.len() as u32).filter(|&s| split[s as usize] == Split::Test).collect();
-        let train_stimuli: Vec<u32> = (0..split.len() as u32).filter(|&s| split[s as usize] == Split::Train).collect();
+    pub fn from_staged(
+        staged: &Staged,
+        trial_stimulus: &[u32],
+        split: &[Split],
+        mode: TrialMode,
+    ) -> Result<MapperData> {
+        let test: Vec<u32> = (0..split.len() as u32)
+            .filter(|&s| split[s as usize] == Split::Test)
+            .collect();
+        let train_stimuli: Vec<u32> = (0..split.len() as u32)
+            .filter(|&s| split[s as usize] == Split::Train)
+            .collect();
         match mode {
-            TrialMode::Average => Ok(MapperData { fmri: staged.averaged().clone(), targets: staged.targets().clone(), train_rows: train_stimuli, val_rows: test, views: None }),
+            TrialMode::Average => Ok(MapperData {
+                fmri: staged.averaged().clone(),
+                targets: staged.targets().clone(),
+                train_rows: train_stimuli,
+                val_rows: test,
+                views: None,
+            }),
             TrialMode::Single => {
                 // Rows 0..T are trials, rows T.. are the per-stimulus averages (for validation).
                 let t = trial_stimulus.len();
@@ -172,31 +206,62 @@ impl MapperData {
                 let fmri = concat(&mut off, &[staged.fmri(), staged.averaged()], 0)?;
                 let per_trial = embedding(&mut off, staged.targets(), trial_stimulus)?;
                 let targets = concat(&mut off, &[&per_trial, staged.targets()], 0)?;
-                let train_rows = (0..t as u32).filter(|&k| split.get(trial_stimulus[k as usize] as usize) == Some(&Split::Train)).collect();
+                let train_rows = (0..t as u32)
+                    .filter(|&k| {
+                        split.get(trial_stimulus[k as usize] as usize) == Some(&Split::Train)
+                    })
+                    .collect();
                 let val_rows = test.iter().map(|&s| t as u32 + s).collect();
-                Ok(MapperData { fmri, targets, train_rows, val_rows, views: None })
+                Ok(MapperData {
+                    fmri,
+                    targets,
+                    train_rows,
+                    val_rows,
+                    views: None,
+                })
             }
         }
     }
 
     /// Trains on augmented views (`[K, M, D]` as a dataset stores them) of the same targets.
     /// `trial_stimulus` and `mode` must be those `from_staged` was given.
-    pub fn with_views(mut self, views: Vec<f32>, count: usize, trial_stimulus: &[u32], mode: TrialMode) -> Result<MapperData> {
+    pub fn with_views(
+        mut self,
+        views: Vec<f32>,
+        count: usize,
+        trial_stimulus: &[u32],
+        mode: TrialMode,
+    ) -> Result<MapperData> {
         let dim = self.targets.shape()[1];
         let stimuli = match mode {
             TrialMode::Average => self.targets.shape()[0],
             TrialMode::Single => self.targets.shape()[0] - trial_stimulus.len(),
         };
         if count == 0 || views.len() != count * stimuli * dim {
-            return Err(Error::shape("train-mapper", format!("{} view values for [{count} views, {stimuli} stimuli, {dim} dims]", views.len())));
+            return Err(Error::shape(
+                "train-mapper",
+                format!(
+                    "{} view values for [{count} views, {stimuli} stimuli, {dim} dims]",
+                    views.len()
+                ),
+            ));
         }
         let row_stimulus = match mode {
             TrialMode::Average => (0..stimuli as u32).collect(),
-            TrialMode::Single => trial_stimulus.iter().copied().chain(0..stimuli as u32).collect(),
+            TrialMode::Single => trial_stimulus
+                .iter()
+                .copied()
+                .chain(0..stimuli as u32)
+                .collect(),
         };
         let host = Tensor::from_vec(views, &[count * stimuli, dim], &Device::Cpu)?;
         let targets = host.to_device(self.targets.device())?;
-        self.views = Some(Views { targets, count, stimuli, row_stimulus });
+        self.views = Some(Views {
+            targets,
+            count,
+            stimuli,
+            row_stimulus,
+        });
         Ok(self)
     }
 }
@@ -268,13 +333,29 @@ pub fn mapper_metadata(c: &MapperConfig) -> BTreeMap<String, String> {
 /// Reads the mapper config back from metadata written by `mapper_metadata`.
 pub fn mapper_config_from(meta: &BTreeMap<String, String>, path: &Path) -> Result<MapperConfig> {
     let get = |k: &str| -> Result<usize> {
-        meta.get(k).and_then(|v| v.parse().ok()).ok_or_else(|| Error::file(path, format!("not a mindreader mapper checkpoint: metadata `{k}` is missing")))
+        meta.get(k).and_then(|v| v.parse().ok()).ok_or_else(|| {
+            Error::file(
+                path,
+                format!("not a mindreader mapper checkpoint: metadata `{k}` is missing"),
+            )
+        })
     };
-    Ok(MapperConfig { voxels: get("mapper.voxels")?, hidden: get("mapper.hidden")?, fc_hidden: get("mapper.fc_hidden")?, out_dim: get("mapper.out_dim")?, res_blocks: get("mapper.res_blocks")? })
+    Ok(MapperConfig {
+        voxels: get("mapper.voxels")?,
+        hidden: get("mapper.hidden")?,
+        fc_hidden: get("mapper.fc_hidden")?,
+        out_dim: get("mapper.out_dim")?,
+        res_blocks: get("mapper.res_blocks")?,
+    })
 }
 
 /// Predictions for `rows` in batches, without recording.
-pub fn predict_rows(mapper: &Mapper, fmri: &Tensor, rows: &[u32], batch: usize) -> Result<Vec<f32>> {
+pub fn predict_rows(
+    mapper: &Mapper,
+    fmri: &Tensor,
+    rows: &[u32],
+    batch: usize,
+) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(rows.len() * mapper.config.out_dim);
     let mut tape = Tape::inference();
     for chunk in rows.chunks(batch.max(1)) {
@@ -284,7 +365,12 @@ pub fn predict_rows(mapper: &Mapper, fmri: &Tensor, rows: &[u32], batch: usize) 
     Ok(out)
 }
 
-fn validate(mapper: &Mapper, data: &MapperData, cfg: &TrainConfig, epoch: usize) -> Result<(f64, Retrieval)> {
+fn validate(
+    mapper: &Mapper,
+    data: &MapperData,
+    cfg: &TrainConfig,
+    epoch: usize,
+) -> Result<(f64, Retrieval)> {
     let mut tape = Tape::inference();
     let (mut total, mut count) = (0.0, 0usize);
     let mut preds = Vec::new();
@@ -292,31 +378,54 @@ fn validate(mapper: &Mapper, data: &MapperData, cfg: &TrainConfig, epoch: usize)
         let x = embedding(&mut tape, &data.fmri, chunk)?;
         let t = embedding(&mut tape, &data.targets, chunk)?;
         let y = mapper.forward(&mut tape, &x)?;
-        total += cfg.loss.compute(&mut tape, &y, &t, &cfg.loss_cfg)?.scalar()? as f64 * chunk.len() as f64;
+        total += cfg
+            .loss
+            .compute(&mut tape, &y, &t, &cfg.loss_cfg)?
+            .scalar()? as f64
+            * chunk.len() as f64;
         count += chunk.len();
         preds.extend(y.to_vec_f32()?);
     }
     let targets = embedding(&mut tape, &data.targets, &data.val_rows)?.to_vec_f32()?;
-    let r = retrieval(&preds, &targets, cfg.mapper.out_dim, 300, 30, cfg.seed ^ epoch as u64)?;
+    let r = retrieval(
+        &preds,
+        &targets,
+        cfg.mapper.out_dim,
+        300,
+        30,
+        cfg.seed ^ epoch as u64,
+    )?;
     Ok((total / count.max(1) as f64, r))
 }
 
 /// The batch order of one epoch: a pure function of (seed, epoch).
 fn epoch_order(rows: &[u32], seed: u64, epoch: usize) -> Vec<u32> {
     let mut order = rows.to_vec();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64);
+    let mut rng =
+        rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64);
     order.shuffle(&mut rng);
     order
 }
 
 /// Trains (or resumes) a mapper into `dir`; returns the per-epoch metrics of this call.
-pub fn train(cfg: &TrainConfig, data: &MapperData, dir: &RunDir, resume: bool, device: &Device, progress: &mut dyn Progress) -> Result<(Mapper, ParamStore, Vec<EpochMetrics>)> {
+pub fn train(
+    cfg: &TrainConfig,
+    data: &MapperData,
+    dir: &RunDir,
+    resume: bool,
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> Result<(Mapper, ParamStore, Vec<EpochMetrics>)> {
     check_data(cfg, data)?;
-    std::fs::create_dir_all(&dir.0).map_err(|e| Error::file(&dir.0, format!("creating the run directory: {e}")))?;
+    std::fs::create_dir_all(&dir.0)
+        .map_err(|e| Error::file(&dir.0, format!("creating the run directory: {e}")))?;
     let mut store = ParamStore::new();
     let mapper = Mapper::new(cfg.mapper, &mut store, cfg.seed, device)?;
     let mut adam = Adam::new(AdamConfig::adam(cfg.lr, cfg.weight_decay));
-    let schedule = Schedule::Step { every: cfg.decay_every, gamma: cfg.decay_gamma };
+    let schedule = Schedule::Step {
+        every: cfg.decay_every,
+        gamma: cfg.decay_gamma,
+    };
     let mut start_epoch = 0;
     if resume && dir.checkpoint().exists() {
         let (rest, meta) = store.load(&dir.checkpoint())?;
@@ -325,9 +434,19 @@ pub fn train(cfg: &TrainConfig, data: &MapperData, dir: &RunDir, resume: bool, d
             return Err(Error::file(dir.checkpoint(), format!("was written by a different run configuration; refusing to resume.\n  checkpoint: {saved}\n  this run:   {}", cfg.fingerprint())));
         }
         adam.load_state(&rest, &meta, device)?;
-        start_epoch = meta.get("train.epochs_done").and_then(|v| v.parse().ok()).ok_or_else(|| Error::file(dir.checkpoint(), "metadata train.epochs_done is missing"))?;
+        start_epoch = meta
+            .get("train.epochs_done")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                Error::file(dir.checkpoint(), "metadata train.epochs_done is missing")
+            })?;
     } else if !resume && dir.metrics().exists() {
-        std::fs::remove_file(dir.metrics()).map_err(|e| Error::file(dir.metrics(), format!("removing the previous run's metrics: {e}")))?;
+        std::fs::remove_file(dir.metrics()).map_err(|e| {
+            Error::file(
+                dir.metrics(),
+                format!("removing the previous run's metrics: {e}"),
+            )
+        })?;
     }
     let mut history = Vec::new();
     for epoch in start_epoch..cfg.epochs {
@@ -355,7 +474,10 @@ pub fn train(cfg: &TrainConfig, data: &MapperData, dir: &RunDir, resume: bool, d
             store.zero_grad();
             let lv = l.scalar()?;
             if !lv.is_finite() {
-                return Err(Error::Invalid(format!("the training loss became {lv} at epoch {} step {step}; lower --lr", epoch + 1)));
+                return Err(Error::Invalid(format!(
+                    "the training loss became {lv} at epoch {} step {step}; lower --lr",
+                    epoch + 1
+                )));
             }
             total += lv as f64 * rows.len() as f64;
             if !progress.on_step(epoch, step, steps, lv) {
@@ -387,29 +509,72 @@ pub fn train(cfg: &TrainConfig, data: &MapperData, dir: &RunDir, resume: bool, d
 fn check_data(cfg: &TrainConfig, data: &MapperData) -> Result<()> {
     let (f, t) = (data.fmri.shape(), data.targets.shape());
     if f.len() != 2 || f[1] != cfg.mapper.voxels {
-        return Err(Error::shape("train-mapper", format!("fMRI rows are {f:?} but the mapper expects {} voxels", cfg.mapper.voxels)));
+        return Err(Error::shape(
+            "train-mapper",
+            format!(
+                "fMRI rows are {f:?} but the mapper expects {} voxels",
+                cfg.mapper.voxels
+            ),
+        ));
     }
     if t.len() != 2 || t[0] != f[0] || t[1] != cfg.mapper.out_dim {
-        return Err(Error::shape("train-mapper", format!("targets are {t:?}; expected [{}, {}] (one {}-d target per fMRI row)", f[0], cfg.mapper.out_dim, cfg.mapper.out_dim)));
+        return Err(Error::shape(
+            "train-mapper",
+            format!(
+                "targets are {t:?}; expected [{}, {}] (one {}-d target per fMRI row)",
+                f[0], cfg.mapper.out_dim, cfg.mapper.out_dim
+            ),
+        ));
     }
     if let Some(v) = &data.views {
-        if v.row_stimulus.len() != f[0] || v.targets.shape() != [v.count * v.stimuli, t[1]] || v.row_stimulus.iter().any(|&s| s as usize >= v.stimuli) {
-            return Err(Error::shape("train-mapper", format!("augmented views {:?} do not fit {} rows of {}-d targets", v.targets.shape(), f[0], t[1])));
+        if v.row_stimulus.len() != f[0]
+            || v.targets.shape() != [v.count * v.stimuli, t[1]]
+            || v.row_stimulus.iter().any(|&s| s as usize >= v.stimuli)
+        {
+            return Err(Error::shape(
+                "train-mapper",
+                format!(
+                    "augmented views {:?} do not fit {} rows of {}-d targets",
+                    v.targets.shape(),
+                    f[0],
+                    t[1]
+                ),
+            ));
         }
     }
     if data.train_rows.is_empty() || data.val_rows.len() < 2 {
-        return Err(Error::Invalid(format!("train-mapper needs training rows and at least 2 validation stimuli (have {} and {})", data.train_rows.len(), data.val_rows.len())));
+        return Err(Error::Invalid(format!(
+            "train-mapper needs training rows and at least 2 validation stimuli (have {} and {})",
+            data.train_rows.len(),
+            data.val_rows.len()
+        )));
     }
-    if let Some(bad) = data.train_rows.iter().chain(&data.val_rows).find(|&&r| r as usize >= f[0]) {
-        return Err(Error::Invalid(format!("row {bad} is out of range for {} fMRI rows", f[0])));
+    if let Some(bad) = data
+        .train_rows
+        .iter()
+        .chain(&data.val_rows)
+        .find(|&&r| r as usize >= f[0])
+    {
+        return Err(Error::Invalid(format!(
+            "row {bad} is out of range for {} fMRI rows",
+            f[0]
+        )));
     }
     if cfg.batch == 0 || cfg.epochs == 0 {
-        return Err(Error::Invalid("--batch and --epochs must be positive".into()));
+        return Err(Error::Invalid(
+            "--batch and --epochs must be positive".into(),
+        ));
     }
     Ok(())
 }
 
-fn save_checkpoint(cfg: &TrainConfig, store: &ParamStore, adam: &Adam, dir: &RunDir, epochs_done: usize) -> Result<()> {
+fn save_checkpoint(
+    cfg: &TrainConfig,
+    store: &ParamStore,
+    adam: &Adam,
+    dir: &RunDir,
+    epochs_done: usize,
+) -> Result<()> {
     let (state, mut meta) = adam.state();
     meta.extend(mapper_metadata(&cfg.mapper));
     meta.insert("train.config".into(), cfg.fingerprint());
@@ -419,18 +584,27 @@ fn save_checkpoint(cfg: &TrainConfig, store: &ParamStore, adam: &Adam, dir: &Run
 
 /// Appends one JSON value as a line of a `metrics.jsonl` (both training loops write one per epoch).
 pub(crate) fn append_json_line(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::file(path, format!("opening: {e}")))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::file(path, format!("opening: {e}")))?;
     writeln!(f, "{value}").map_err(|e| Error::file(path, format!("writing: {e}")))
 }
 
 /// Reads `metrics.jsonl` back: (epoch, train loss, val loss) per line.
 pub fn read_loss_history(path: &Path) -> Result<Vec<(usize, f64, f64)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("reading: {e}")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("reading: {e}")))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).map_err(|e| Error::file(path, format!("bad JSON line: {e}")))?;
-            let f = |k: &str| v[k].as_f64().ok_or_else(|| Error::file(path, format!("line lacks `{k}`")));
+            let v: serde_json::Value = serde_json::from_str(l)
+                .map_err(|e| Error::file(path, format!("bad JSON line: {e}")))?;
+            let f = |k: &str| {
+                v[k].as_f64()
+                    .ok_or_else(|| Error::file(path, format!("line lacks `{k}`")))
+            };
             Ok((f("epoch")? as usize, f("train_loss")?, f("val_loss")?))
         })
         .collect()
@@ -446,8 +620,20 @@ mod tests {
         let z = randn_vec(n * 4, 1.0, 1);
         let enc = randn_vec(4 * voxels, 1.0, 2);
         let emb = randn_vec(4 * dim, 1.0, 3);
-        let fmri: Vec<f32> = (0..n * voxels).map(|k| (0..4).map(|j| z[(k / voxels) * 4 + j] * enc[j * voxels + k % voxels]).sum()).collect();
-        let targets: Vec<f32> = (0..n * dim).map(|k| (0..4).map(|j| z[(k / dim) * 4 + j] * emb[j * dim + k % dim]).sum()).collect();
+        let fmri: Vec<f32> = (0..n * voxels)
+            .map(|k| {
+                (0..4)
+                    .map(|j| z[(k / voxels) * 4 + j] * enc[j * voxels + k % voxels])
+                    .sum()
+            })
+            .collect();
+        let targets: Vec<f32> = (0..n * dim)
+            .map(|k| {
+                (0..4)
+                    .map(|j| z[(k / dim) * 4 + j] * emb[j * dim + k % dim])
+                    .sum()
+            })
+            .collect();
         MapperData {
             fmri: Tensor::from_vec(fmri, &[n, voxels], &Device::Cpu).unwrap(),
             targets: Tensor::from_vec(targets, &[n, dim], &Device::Cpu).unwrap(),
@@ -458,8 +644,21 @@ mod tests {
     }
 
     fn config(epochs: usize) -> TrainConfig {
-        let mapper = MapperConfig { voxels: 24, hidden: 4, fc_hidden: 5, out_dim: 6, res_blocks: 1 };
-        TrainConfig { epochs, batch: 8, lr: 1e-2, decay_every: 2, loss: LossKind::MseCosContrastive, ..TrainConfig::mind_reader(mapper, "toy".into()) }
+        let mapper = MapperConfig {
+            voxels: 24,
+            hidden: 4,
+            fc_hidden: 5,
+            out_dim: 6,
+            res_blocks: 1,
+        };
+        TrainConfig {
+            epochs,
+            batch: 8,
+            lr: 1e-2,
+            decay_every: 2,
+            loss: LossKind::MseCosContrastive,
+            ..TrainConfig::mind_reader(mapper, "toy".into())
+        }
     }
 
     fn temp_dir(tag: &str) -> RunDir {
@@ -469,7 +668,10 @@ mod tests {
     }
 
     fn weights(store: &ParamStore) -> Vec<f32> {
-        store.iter().flat_map(|p| p.value.to_vec_f32().unwrap()).collect()
+        store
+            .iter()
+            .flat_map(|p| p.value.to_vec_f32().unwrap())
+            .collect()
     }
 
     struct KillAt(usize, usize);
@@ -488,11 +690,16 @@ mod tests {
         assert_eq!(hist.len(), 3);
         assert!(hist[2].train_loss < hist[0].train_loss, "{hist:?}");
         let b = temp_dir("killed");
-        let (_, _, partial) = train(&cfg, &data, &b, false, &Device::Cpu, &mut KillAt(1, 2)).unwrap();
+        let (_, _, partial) =
+            train(&cfg, &data, &b, false, &Device::Cpu, &mut KillAt(1, 2)).unwrap();
         assert_eq!(partial.len(), 1, "killed inside the second epoch");
         let (_, resumed, rest) = train(&cfg, &data, &b, true, &Device::Cpu, &mut ()).unwrap();
         assert_eq!(rest.len(), 2);
-        assert_eq!(weights(&straight), weights(&resumed), "resumed weights differ from the uninterrupted run");
+        assert_eq!(
+            weights(&straight),
+            weights(&resumed),
+            "resumed weights differ from the uninterrupted run"
+        );
         assert_eq!(read_loss_history(&b.metrics()).unwrap().len(), 3);
         for d in [a, b] {
             std::fs::remove_dir_all(d.0).ok();
@@ -508,31 +715,70 @@ mod tests {
         let base = toy(n, 24, dim);
         let clean = base.targets.to_vec_f32().unwrap();
         // View j of row s: the clean target plus j·0.01, so a row's view is recognisable.
-        let views: Vec<f32> = (0..k).flat_map(|j| clean.iter().map(move |v| v + 0.01 * j as f32)).collect();
-        let with = |d: MapperData| d.with_views(views.clone(), k, &[], TrialMode::Average).unwrap();
+        let views: Vec<f32> = (0..k)
+            .flat_map(|j| clean.iter().map(move |v| v + 0.01 * j as f32))
+            .collect();
+        let with = |d: MapperData| {
+            d.with_views(views.clone(), k, &[], TrialMode::Average)
+                .unwrap()
+        };
         let data = with(toy(n, 24, dim));
         let v = data.views.as_ref().unwrap();
         let mut seen = std::collections::BTreeSet::new();
         for epoch in 0..6 {
-            for (&r, &row) in data.train_rows.iter().zip(&v.rows_for(&data.train_rows, 42, epoch)) {
-                assert_eq!(row as usize % n, r as usize, "row {r} learns another stimulus' view");
+            for (&r, &row) in data
+                .train_rows
+                .iter()
+                .zip(&v.rows_for(&data.train_rows, 42, epoch))
+            {
+                assert_eq!(
+                    row as usize % n,
+                    r as usize,
+                    "row {r} learns another stimulus' view"
+                );
                 seen.insert(row as usize / n);
             }
         }
         assert_eq!(seen.len(), k, "every view is drawn");
-        assert_eq!(v.rows_for(&data.train_rows, 42, 3), v.rows_for(&data.train_rows, 42, 3));
-        assert_ne!(v.rows_for(&data.train_rows, 42, 3), v.rows_for(&data.train_rows, 42, 4));
+        assert_eq!(
+            v.rows_for(&data.train_rows, 42, 3),
+            v.rows_for(&data.train_rows, 42, 3)
+        );
+        assert_ne!(
+            v.rows_for(&data.train_rows, 42, 3),
+            v.rows_for(&data.train_rows, 42, 4)
+        );
 
         let cfg = config(3);
         let a = temp_dir("views-straight");
         let (_, straight, _) = train(&cfg, &data, &a, false, &Device::Cpu, &mut ()).unwrap();
-        let (_, plain, _) = train(&cfg, &toy(n, 24, dim), &temp_dir("views-none"), false, &Device::Cpu, &mut ()).unwrap();
-        assert_ne!(weights(&straight), weights(&plain), "the views changed nothing");
+        let (_, plain, _) = train(
+            &cfg,
+            &toy(n, 24, dim),
+            &temp_dir("views-none"),
+            false,
+            &Device::Cpu,
+            &mut (),
+        )
+        .unwrap();
+        assert_ne!(
+            weights(&straight),
+            weights(&plain),
+            "the views changed nothing"
+        );
         let b = temp_dir("views-killed");
         train(&cfg, &data, &b, false, &Device::Cpu, &mut KillAt(1, 3)).unwrap();
         let (_, resumed, _) = train(&cfg, &data, &b, true, &Device::Cpu, &mut ()).unwrap();
-        assert_eq!(weights(&straight), weights(&resumed), "resumed weights differ from the uninterrupted run");
-        let err = toy(n, 24, dim).with_views(views[1..].to_vec(), k, &[], TrialMode::Average).err().unwrap().to_string();
+        assert_eq!(
+            weights(&straight),
+            weights(&resumed),
+            "resumed weights differ from the uninterrupted run"
+        );
+        let err = toy(n, 24, dim)
+            .with_views(views[1..].to_vec(), k, &[], TrialMode::Average)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("[4 views, 50 stimuli, 6 dims]"), "{err}");
         for d in [a, b, temp_dir("views-none")] {
             std::fs::remove_dir_all(d.0).ok();
@@ -544,11 +790,29 @@ mod tests {
         let data = toy(30, 24, 6);
         let dir = temp_dir("mismatch");
         train(&config(1), &data, &dir, false, &Device::Cpu, &mut ()).unwrap();
-        let other = TrainConfig { data_id: "another dataset".into(), ..config(2) };
-        let err = train(&other, &data, &dir, true, &Device::Cpu, &mut ()).err().expect("must fail").to_string();
-        assert!(err.contains("refusing to resume") && err.contains("checkpoint.safetensors"), "{err}");
-        let wrong_dim = TrainConfig { mapper: MapperConfig { out_dim: 7, ..config(1).mapper }, ..config(1) };
-        let err = train(&wrong_dim, &data, &dir, false, &Device::Cpu, &mut ()).err().expect("must fail").to_string();
+        let other = TrainConfig {
+            data_id: "another dataset".into(),
+            ..config(2)
+        };
+        let err = train(&other, &data, &dir, true, &Device::Cpu, &mut ())
+            .err()
+            .expect("must fail")
+            .to_string();
+        assert!(
+            err.contains("refusing to resume") && err.contains("checkpoint.safetensors"),
+            "{err}"
+        );
+        let wrong_dim = TrainConfig {
+            mapper: MapperConfig {
+                out_dim: 7,
+                ..config(1).mapper
+            },
+            ..config(1)
+        };
+        let err = train(&wrong_dim, &data, &dir, false, &Device::Cpu, &mut ())
+            .err()
+            .expect("must fail")
+            .to_string();
         assert!(err.contains("targets are [30, 6]"), "{err}");
         std::fs::remove_dir_all(dir.0).ok();
     }

@@ -17,8 +17,8 @@
 use ndarray::{s, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
-use crate::data::rng::{stage, Rng};
 use super::scene::{Scene, COLOURS, MAX_OBJECTS, SHAPES};
+use crate::data::rng::{stage, Rng};
 
 /// Cells per side of the early-visual feature grid.
 pub const GRID: usize = 16;
@@ -27,7 +27,8 @@ pub const CHANNELS: usize = 4;
 /// Length of the early-visual part of φ.
 pub const EARLY_FEATURES: usize = CHANNELS * GRID * GRID;
 /// Length of the object part of φ.
-pub const OBJECT_FEATURES: usize = SHAPES.len() + COLOURS.len() + SHAPES.len() * COLOURS.len() + MAX_OBJECTS;
+pub const OBJECT_FEATURES: usize =
+    SHAPES.len() + COLOURS.len() + SHAPES.len() * COLOURS.len() + MAX_OBJECTS;
 /// Length of φ.
 pub const FEATURES: usize = EARLY_FEATURES + OBJECT_FEATURES;
 
@@ -41,7 +42,11 @@ pub fn visual_features(img: &[u8], size: usize) -> Vec<f32> {
         for px in 0..size {
             let cx = px * g / size;
             let p = &img[(py * size + px) * 3..][..3];
-            let (r, gr, b) = (p[0] as f32 / 255.0, p[1] as f32 / 255.0, p[2] as f32 / 255.0);
+            let (r, gr, b) = (
+                p[0] as f32 / 255.0,
+                p[1] as f32 / 255.0,
+                p[2] as f32 / 255.0,
+            );
             let l = 0.299 * r + 0.587 * gr + 0.114 * b;
             let acc = &mut sum[cy * g + cx];
             acc[0] += l;
@@ -82,11 +87,20 @@ pub fn object_features(scene: &Scene) -> Vec<f32> {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Tuning {
     /// Population receptive field at (x, y) with width sigma, fractions of the image width.
-    Early { x: f32, y: f32, sigma: f32 },
-    Identity { colour: usize, shape: usize },
+    Early {
+        x: f32,
+        y: f32,
+        sigma: f32,
+    },
+    Identity {
+        colour: usize,
+        shape: usize,
+    },
     Shape,
     Colour,
-    Count { preferred: usize },
+    Count {
+        preferred: usize,
+    },
 }
 
 /// The simulated subject: one weight row over φ per voxel, and each voxel's SNR.
@@ -106,13 +120,21 @@ impl Subject {
             .map(|v| {
                 let mut rng = Rng::stream(seed, stage::VOXEL, v as u64);
                 let mut w = vec![0f32; FEATURES];
-                let tuning = if rng.f32() < early_fraction { early_voxel(&mut rng, &mut w) } else { object_voxel(&mut rng, &mut w) };
+                let tuning = if rng.f32() < early_fraction {
+                    early_voxel(&mut rng, &mut w)
+                } else {
+                    object_voxel(&mut rng, &mut w)
+                };
                 // Reliability varies a lot across real voxels: a skewed gain with mean ≈ 1.
                 let gain = (0.25 - 0.75 * (1.0 - rng.f32()).ln()).min(4.0);
                 (tuning, w, snr * gain)
             })
             .collect();
-        let mut s = Subject { tuning: Vec::with_capacity(voxels), weights: Vec::with_capacity(voxels * FEATURES), snr: Vec::with_capacity(voxels) };
+        let mut s = Subject {
+            tuning: Vec::with_capacity(voxels),
+            weights: Vec::with_capacity(voxels * FEATURES),
+            snr: Vec::with_capacity(voxels),
+        };
         for (t, w, g) in rows {
             s.tuning.push(t);
             s.weights.extend(w);
@@ -129,19 +151,32 @@ impl Subject {
     /// stimuli, times the voxel's SNR. `phi` is `[M, FEATURES]`.
     pub fn signal(&self, phi: &[f32], stimuli: usize) -> Vec<f32> {
         let v = self.voxels();
-        let phi = ArrayView2::from_shape((stimuli, FEATURES), phi).expect("phi holds stimuli × FEATURES values");
-        let w = ArrayView2::from_shape((v, FEATURES), &self.weights).expect("weights hold voxels × FEATURES values");
+        let phi = ArrayView2::from_shape((stimuli, FEATURES), phi)
+            .expect("phi holds stimuli × FEATURES values");
+        let w = ArrayView2::from_shape((v, FEATURES), &self.weights)
+            .expect("weights hold voxels × FEATURES values");
         let mut out = vec![0f32; stimuli * v];
         // Row blocks in parallel; each block is one cache-friendly GEMM.
         const ROWS: usize = 128;
-        out.par_chunks_mut(ROWS * v.max(1)).enumerate().for_each(|(i, block)| {
-            let rows = block.len() / v;
-            let a = phi.slice(s![i * ROWS..i * ROWS + rows, ..]);
-            let mut c = ArrayViewMut2::from_shape((rows, v), block).expect("block holds rows × voxels values");
-            ndarray::linalg::general_mat_mul(1.0, &a, &w.t(), 0.0, &mut c);
-        });
+        out.par_chunks_mut(ROWS * v.max(1))
+            .enumerate()
+            .for_each(|(i, block)| {
+                let rows = block.len() / v;
+                let a = phi.slice(s![i * ROWS..i * ROWS + rows, ..]);
+                let mut c = ArrayViewMut2::from_shape((rows, v), block)
+                    .expect("block holds rows × voxels values");
+                ndarray::linalg::general_mat_mul(1.0, &a, &w.t(), 0.0, &mut c);
+            });
         let (mean, std) = column_moments(&out, v);
-        let scale: Vec<f32> = (0..v).map(|j| if std[j] > 1e-12 { self.snr[j] / std[j] as f32 } else { 0.0 }).collect();
+        let scale: Vec<f32> = (0..v)
+            .map(|j| {
+                if std[j] > 1e-12 {
+                    self.snr[j] / std[j] as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         out.par_chunks_mut(v).for_each(|row| {
             for j in 0..v {
                 row[j] = (row[j] - mean[j] as f32) * scale[j];
@@ -179,7 +214,11 @@ pub fn column_moments(x: &[f32], width: usize) -> (Vec<f64>, Vec<f64>) {
         );
     let n = rows.max(1) as f64;
     let mean: Vec<f64> = s1.iter().map(|a| a / n).collect();
-    let std = s2.iter().zip(&mean).map(|(b, m)| (b / n - m * m).max(0.0).sqrt()).collect();
+    let std = s2
+        .iter()
+        .zip(&mean)
+        .map(|(b, m)| (b / n - m * m).max(0.0).sqrt())
+        .collect();
     (mean, std)
 }
 
@@ -188,7 +227,10 @@ fn gaussian_grid(x: f32, y: f32, sigma: f32) -> Vec<f32> {
     let g = GRID;
     let mut w: Vec<f32> = (0..g * g)
         .map(|c| {
-            let (cx, cy) = (((c % g) as f32 + 0.5) / g as f32, ((c / g) as f32 + 0.5) / g as f32);
+            let (cx, cy) = (
+                ((c % g) as f32 + 0.5) / g as f32,
+                ((c / g) as f32 + 0.5) / g as f32,
+            );
             (-((cx - x).powi(2) + (cy - y).powi(2)) / (2.0 * sigma * sigma)).exp()
         })
         .collect();
@@ -205,7 +247,12 @@ fn early_voxel(rng: &mut Rng, w: &mut [f32]) -> Tuning {
     let (x, y) = (0.5 + ecc * angle.cos(), 0.5 + ecc * angle.sin());
     let sigma = 0.035 + 0.15 * ecc;
     let prf = gaussian_grid(x, y, sigma);
-    let channel = [rng.uniform(0.6, 1.4), 0.4 * rng.normal(), 0.6 * rng.normal(), 0.6 * rng.normal()];
+    let channel = [
+        rng.uniform(0.6, 1.4),
+        0.4 * rng.normal(),
+        0.6 * rng.normal(),
+        0.6 * rng.normal(),
+    ];
     for (c, &a) in channel.iter().enumerate() {
         for (cell, &p) in prf.iter().enumerate() {
             w[c * GRID * GRID + cell] = a * p;
@@ -268,7 +315,9 @@ mod tests {
         let img = vec![100u8; 32 * 32 * 3];
         let f = visual_features(&img, 32);
         assert!(f[..GRID * GRID].iter().all(|&c| c.abs() < 1e-6));
-        assert!(f[GRID * GRID..2 * GRID * GRID].iter().all(|&l| (l - 100.0 / 255.0).abs() < 1e-5));
+        assert!(f[GRID * GRID..2 * GRID * GRID]
+            .iter()
+            .all(|&l| (l - 100.0 / 255.0).abs() < 1e-5));
     }
 
     #[test]
@@ -281,7 +330,12 @@ mod tests {
         let (mean, std) = column_moments(&sig, 50);
         for j in 0..50 {
             assert!(mean[j].abs() < 1e-4, "voxel {j} mean {}", mean[j]);
-            assert!((std[j] - subject.snr[j] as f64).abs() < 1e-3, "voxel {j} std {} snr {}", std[j], subject.snr[j]);
+            assert!(
+                (std[j] - subject.snr[j] as f64).abs() < 1e-3,
+                "voxel {j} std {} snr {}",
+                std[j],
+                subject.snr[j]
+            );
         }
         let mean_snr = subject.snr.iter().sum::<f32>() / 50.0;
         assert!((0.4..1.0).contains(&mean_snr), "mean snr {mean_snr}");

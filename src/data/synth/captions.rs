@@ -3,8 +3,10 @@
 //! shape or count, or a vague phrase) so that caption screening has something to reject. Which
 //! slots are poor is recorded as ground truth (`scene/caption_ok`).
 
+use super::scene::{
+    BackgroundKind, Object, Scene, Texture, BACKGROUND_COLOURS, COLOURS, SHAPES, SIZE_WORDS,
+};
 use crate::data::rng::{stage, Rng};
-use super::scene::{BackgroundKind, Object, Scene, Texture, BACKGROUND_COLOURS, COLOURS, SHAPES, SIZE_WORDS};
 
 pub const CAPTIONS_PER_IMAGE: usize = 5;
 
@@ -74,13 +76,36 @@ fn relation(a: &Object, b: &Object, b_covers_a: bool) -> &'static str {
 /// The background as a noun phrase: "a striped background", "a beige to navy gradient".
 fn background_noun(scene: &Scene, rng: &mut Rng) -> String {
     let bg = &scene.background;
-    let (a, b) = (BACKGROUND_COLOURS[bg.colour_a].0, BACKGROUND_COLOURS[bg.colour_b].0);
+    let (a, b) = (
+        BACKGROUND_COLOURS[bg.colour_a].0,
+        BACKGROUND_COLOURS[bg.colour_b].0,
+    );
     let options: Vec<String> = match bg.kind {
-        BackgroundKind::Flat => vec![format!("a plain {a} background"), format!("a {a} backdrop"), format!("a {a} background")],
-        BackgroundKind::Gradient => vec![format!("a {a} to {b} gradient"), format!("a background fading from {a} to {b}"), "a gradient".into()],
-        BackgroundKind::Texture(Texture::Stripes) => vec!["a striped background".into(), format!("{a} and {b} stripes"), "stripes".into()],
-        BackgroundKind::Texture(Texture::Checker) => vec!["a checkered background".into(), format!("a {a} and {b} checkerboard"), "a chequered pattern".into()],
-        BackgroundKind::Texture(Texture::Dots) => vec!["a polka-dot background".into(), format!("{a} with {b} dots"), "a dotted background".into()],
+        BackgroundKind::Flat => vec![
+            format!("a plain {a} background"),
+            format!("a {a} backdrop"),
+            format!("a {a} background"),
+        ],
+        BackgroundKind::Gradient => vec![
+            format!("a {a} to {b} gradient"),
+            format!("a background fading from {a} to {b}"),
+            "a gradient".into(),
+        ],
+        BackgroundKind::Texture(Texture::Stripes) => vec![
+            "a striped background".into(),
+            format!("{a} and {b} stripes"),
+            "stripes".into(),
+        ],
+        BackgroundKind::Texture(Texture::Checker) => vec![
+            "a checkered background".into(),
+            format!("a {a} and {b} checkerboard"),
+            "a chequered pattern".into(),
+        ],
+        BackgroundKind::Texture(Texture::Dots) => vec![
+            "a polka-dot background".into(),
+            format!("{a} with {b} dots"),
+            "a dotted background".into(),
+        ],
     };
     options[rng.below(options.len())].clone()
 }
@@ -109,8 +134,16 @@ fn phrases(scene: &Scene, rng: &mut Rng, lie: Option<Lie>) -> Phrases {
             if k == liar {
                 match lie {
                     // A colour no object in the scene has, so the caption is plainly wrong.
-                    Some(Lie::Colour) => colour = pick_absent(rng, COLOURS.len(), |c| scene.objects.iter().any(|p| p.colour == c)),
-                    Some(Lie::Shape) => shape = pick_absent(rng, SHAPES.len(), |s| scene.objects.iter().any(|p| p.shape == s)),
+                    Some(Lie::Colour) => {
+                        colour = pick_absent(rng, COLOURS.len(), |c| {
+                            scene.objects.iter().any(|p| p.colour == c)
+                        })
+                    }
+                    Some(Lie::Shape) => {
+                        shape = pick_absent(rng, SHAPES.len(), |s| {
+                            scene.objects.iter().any(|p| p.shape == s)
+                        })
+                    }
                     _ => {}
                 }
             }
@@ -167,11 +200,19 @@ fn template(t: usize, scene: &Scene, p: &Phrases, rng: &mut Rng, count_word: &st
                 "above" => "above it",
                 _ => "below it",
             };
-            let rest = if o.len() == 3 { format!(", plus {}", o[2]) } else { String::new() };
+            let rest = if o.len() == 3 {
+                format!(", plus {}", o[2])
+            } else {
+                String::new()
+            };
             format!("there is {}, and {} {where_}{rest}", o[0], o[1])
         }
         (1, Some(_)) => {
-            let rest = if o.len() == 3 { format!(" and {}", o[2]) } else { String::new() };
+            let rest = if o.len() == 3 {
+                format!(" and {}", o[2])
+            } else {
+                String::new()
+            };
             format!("{} partly hidden behind {}{rest}, {bg}", o[0], o[1])
         }
         (1, None) => format!("there is {} {bg}", o[0]),
@@ -196,7 +237,8 @@ pub fn captions(scene: &Scene, seed: u64, index: u64) -> (Vec<String>, Vec<bool>
     let mut out = vec![String::new(); CAPTIONS_PER_IMAGE];
     let mut ok = vec![true; CAPTIONS_PER_IMAGE];
     for (j, &slot) in slots.iter().enumerate() {
-        let lie = (j < poor).then(|| [Lie::Colour, Lie::Shape, Lie::Count, Lie::Vague][rng.below(4)]);
+        let lie =
+            (j < poor).then(|| [Lie::Colour, Lie::Shape, Lie::Count, Lie::Vague][rng.below(4)]);
         let text = match lie {
             Some(Lie::Vague) => VAGUE[rng.below(VAGUE.len())].to_string(),
             Some(Lie::Count) => {
@@ -205,7 +247,10 @@ pub fn captions(scene: &Scene, seed: u64, index: u64) -> (Vec<String>, Vec<bool>
                 let bg = background_phrase(scene, &mut rng);
                 match wrong {
                     0 => format!("a single shape, {}, {bg}", p.objects[0]),
-                    _ => format!("{} shapes {bg}, among them {}", COUNT_WORDS[wrong], p.objects[0]),
+                    _ => format!(
+                        "{} shapes {bg}, among them {}",
+                        COUNT_WORDS[wrong], p.objects[0]
+                    ),
                 }
             }
             _ => {
@@ -237,7 +282,11 @@ mod tests {
                 if good {
                     // A faithful caption names every object's colour.
                     for o in &s.objects {
-                        assert!(c.contains(COLOURS[o.colour].0), "{c:?} misses {}", COLOURS[o.colour].0);
+                        assert!(
+                            c.contains(COLOURS[o.colour].0),
+                            "{c:?} misses {}",
+                            COLOURS[o.colour].0
+                        );
                     }
                 }
             }

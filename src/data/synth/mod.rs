@@ -24,9 +24,9 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 
 use crate::data::dataset::{AuxArray, AuxData, Contents, Meta, Source, Split, Target};
+use crate::data::rng::{stage, Rng};
 use crate::error::{Error, Result};
 use brain::Subject;
-use crate::data::rng::{stage, Rng};
 use scene::{BackgroundKind, Scene, MAX_OBJECTS};
 
 /// Everything that shapes a synthetic world. `Default` is the demo world; `nsd_like` matches
@@ -82,7 +82,12 @@ impl Default for SynthConfig {
 impl SynthConfig {
     /// NSD subj01's shape: 10,000 stimuli, 15724 voxels padded to 15744, 3 repeats.
     pub fn nsd_like() -> SynthConfig {
-        SynthConfig { stimuli: 10_000, voxels: 15_724, padding: 10, ..SynthConfig::default() }
+        SynthConfig {
+            stimuli: 10_000,
+            voxels: 15_724,
+            padding: 10,
+            ..SynthConfig::default()
+        }
     }
 
     pub fn subject_seed(&self) -> u64 {
@@ -92,26 +97,45 @@ impl SynthConfig {
     fn check(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(format!("synth: {m}")));
         if self.stimuli < 2 {
-            return bad(format!("{} stimuli; need at least 2 (one train, one test)", self.stimuli));
+            return bad(format!(
+                "{} stimuli; need at least 2 (one train, one test)",
+                self.stimuli
+            ));
         }
         if self.voxels == 0 || self.repeats == 0 || self.trials_per_session == 0 {
             return bad("voxels, repeats and trials per session must be ≥ 1".into());
         }
         if self.image_size < brain::GRID || self.image_size > 1024 {
-            return bad(format!("image size {} must be in {}..=1024", self.image_size, brain::GRID));
+            return bad(format!(
+                "image size {} must be in {}..=1024",
+                self.image_size,
+                brain::GRID
+            ));
         }
         if !(self.snr.is_finite() && self.snr >= 0.0) {
             return bad(format!("snr {} must be finite and ≥ 0", self.snr));
         }
         if !(self.test_fraction > 0.0 && self.test_fraction < 1.0) {
-            return bad(format!("test fraction {} must be in (0, 1)", self.test_fraction));
+            return bad(format!(
+                "test fraction {} must be in (0, 1)",
+                self.test_fraction
+            ));
         }
-        if !(0.0..=1.0).contains(&self.early_fraction) || !self.session_offset.is_finite() || self.session_offset < 0.0 {
+        if !(0.0..=1.0).contains(&self.early_fraction)
+            || !self.session_offset.is_finite()
+            || self.session_offset < 0.0
+        {
             return bad("early fraction must be in [0, 1] and session offset ≥ 0".into());
         }
-        let values = self.stimuli.checked_mul(self.repeats).and_then(|t| t.checked_mul(self.voxels + 2 * self.padding));
+        let values = self
+            .stimuli
+            .checked_mul(self.repeats)
+            .and_then(|t| t.checked_mul(self.voxels + 2 * self.padding));
         if !matches!(values, Some(n) if n <= 1usize << 34) {
-            return bad("stimuli × repeats × voxels is over 16 G values; this would not fit in memory".into());
+            return bad(
+                "stimuli × repeats × voxels is over 16 G values; this would not fit in memory"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -152,7 +176,14 @@ fn make_stimulus(cfg: &SynthConfig, i: usize) -> Stimulus {
     let features = scene::features(&scene);
     let mut phi = brain::visual_features(&image, cfg.image_size);
     phi.extend(brain::object_features(&scene));
-    Stimulus { scene, image, captions, caption_ok, features, phi }
+    Stimulus {
+        scene,
+        image,
+        captions,
+        caption_ok,
+        features,
+        phi,
+    }
 }
 
 /// Builds the whole world in memory (write it with `data::dataset::write`). `progress` counts
@@ -272,7 +303,12 @@ fn session_bounds(t: usize, per: usize) -> Vec<(usize, usize)> {
 }
 
 /// Z-scores every column in `cols` within each session's rows (in place, sessions in parallel).
-fn zscore_sessions(fmri: &mut [f32], sessions: &[(usize, usize)], width: usize, cols: std::ops::Range<usize>) {
+fn zscore_sessions(
+    fmri: &mut [f32],
+    sessions: &[(usize, usize)],
+    width: usize,
+    cols: std::ops::Range<usize>,
+) {
     let mut blocks = Vec::with_capacity(sessions.len());
     let mut rest = fmri;
     for &(a, b) in sessions {
@@ -284,7 +320,11 @@ fn zscore_sessions(fmri: &mut [f32], sessions: &[(usize, usize)], width: usize, 
         let (mean, std) = brain::column_moments(block, width);
         for row in block.chunks_mut(width) {
             for j in cols.clone() {
-                row[j] = if std[j] > 1e-12 { ((row[j] as f64 - mean[j]) / std[j]) as f32 } else { 0.0 };
+                row[j] = if std[j] > 1e-12 {
+                    ((row[j] as f64 - mean[j]) / std[j]) as f32
+                } else {
+                    0.0
+                };
             }
         }
     });
@@ -310,9 +350,18 @@ pub const NO_OBJECT: u8 = 255;
 fn scene_arrays(stimuli: &[Stimulus], features: Vec<f32>) -> Vec<AuxArray> {
     let m = stimuli.len();
     let k = MAX_OBJECTS;
-    let (mut shape, mut colour, mut size_class) = (vec![NO_OBJECT; m * k], vec![NO_OBJECT; m * k], vec![NO_OBJECT; m * k]);
+    let (mut shape, mut colour, mut size_class) = (
+        vec![NO_OBJECT; m * k],
+        vec![NO_OBJECT; m * k],
+        vec![NO_OBJECT; m * k],
+    );
     let (mut geometry, mut visible) = (vec![0f32; m * k * 4], vec![0f32; m * k]);
-    let (mut count, mut background, mut bg_geometry, mut caption_ok) = (vec![0u8; m], vec![0u8; m * 4], vec![0f32; m * 2], Vec::new());
+    let (mut count, mut background, mut bg_geometry, mut caption_ok) = (
+        vec![0u8; m],
+        vec![0u8; m * 4],
+        vec![0f32; m * 2],
+        Vec::new(),
+    );
     for (i, s) in stimuli.iter().enumerate() {
         count[i] = s.scene.objects.len() as u8;
         for (j, o) in s.scene.objects.iter().enumerate() {
@@ -328,24 +377,54 @@ fn scene_arrays(stimuli: &[Stimulus], features: Vec<f32>) -> Vec<AuxArray> {
             BackgroundKind::Gradient => (1, NO_OBJECT),
             BackgroundKind::Texture(t) => (2, t as u8),
         };
-        background[i * 4..][..4].copy_from_slice(&[kind, texture, bg.colour_a as u8, bg.colour_b as u8]);
+        background[i * 4..][..4].copy_from_slice(&[
+            kind,
+            texture,
+            bg.colour_a as u8,
+            bg.colour_b as u8,
+        ]);
         bg_geometry[i * 2..][..2].copy_from_slice(&[bg.angle, bg.period]);
         caption_ok.extend(s.caption_ok.iter().map(|&g| g as u8));
     }
     let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let arr = |name: &str, shape: Vec<usize>, data: AuxData, columns: Vec<String>| AuxArray { name: name.into(), shape, data, columns };
+    let arr = |name: &str, shape: Vec<usize>, data: AuxData, columns: Vec<String>| AuxArray {
+        name: name.into(),
+        shape,
+        data,
+        columns,
+    };
     let ncap = captions::CAPTIONS_PER_IMAGE;
     // In name order, the order a reader lists them in, so a round trip gives equal contents.
     let mut arrays = vec![
-        arr("features", vec![m, scene::feature_count()], AuxData::F32(features), scene::feature_names()),
+        arr(
+            "features",
+            vec![m, scene::feature_count()],
+            AuxData::F32(features),
+            scene::feature_names(),
+        ),
         arr("object_count", vec![m], AuxData::U8(count), vec![]),
         arr("shape", vec![m, k], AuxData::U8(shape), vec![]),
         arr("colour", vec![m, k], AuxData::U8(colour), vec![]),
         arr("size_class", vec![m, k], AuxData::U8(size_class), vec![]),
-        arr("geometry", vec![m, k, 4], AuxData::F32(geometry), cols(&["x", "y", "size", "rotation"])),
+        arr(
+            "geometry",
+            vec![m, k, 4],
+            AuxData::F32(geometry),
+            cols(&["x", "y", "size", "rotation"]),
+        ),
         arr("visible", vec![m, k], AuxData::F32(visible), vec![]),
-        arr("background", vec![m, 4], AuxData::U8(background), cols(&["kind", "texture", "colour_a", "colour_b"])),
-        arr("background_geometry", vec![m, 2], AuxData::F32(bg_geometry), cols(&["angle", "period"])),
+        arr(
+            "background",
+            vec![m, 4],
+            AuxData::U8(background),
+            cols(&["kind", "texture", "colour_a", "colour_b"]),
+        ),
+        arr(
+            "background_geometry",
+            vec![m, 2],
+            AuxData::F32(bg_geometry),
+            cols(&["angle", "period"]),
+        ),
         arr("caption_ok", vec![m, ncap], AuxData::U8(caption_ok), vec![]),
     ];
     arrays.sort_by(|a, b| a.name.cmp(&b.name));
@@ -357,7 +436,14 @@ mod tests {
     use super::*;
 
     fn small() -> SynthConfig {
-        SynthConfig { stimuli: 40, voxels: 64, padding: 2, image_size: 32, trials_per_session: 50, ..SynthConfig::default() }
+        SynthConfig {
+            stimuli: 40,
+            voxels: 64,
+            padding: 2,
+            image_size: 32,
+            trials_per_session: 50,
+            ..SynthConfig::default()
+        }
     }
 
     #[test]
@@ -382,19 +468,44 @@ mod tests {
         c.trial_stimulus.iter().for_each(|&s| per[s as usize] += 1);
         assert!(per.iter().all(|&n| n == 3));
         assert_eq!(c.split.iter().filter(|&&s| s == Split::Test).count(), 4);
-        let sess0: Vec<&[f32]> = c.fmri.chunks(68).zip(&c.trial_session).filter(|(_, &s)| s == 0).map(|(r, _)| r).collect();
+        let sess0: Vec<&[f32]> = c
+            .fmri
+            .chunks(68)
+            .zip(&c.trial_session)
+            .filter(|(_, &s)| s == 0)
+            .map(|(r, _)| r)
+            .collect();
         let mean: f64 = sess0.iter().map(|r| r[10] as f64).sum::<f64>() / sess0.len() as f64;
-        let var: f64 = sess0.iter().map(|r| (r[10] as f64 - mean).powi(2)).sum::<f64>() / sess0.len() as f64;
-        assert!(mean.abs() < 1e-4 && (var - 1.0).abs() < 1e-3, "session 0 voxel 8: mean {mean} var {var}");
+        let var: f64 = sess0
+            .iter()
+            .map(|r| (r[10] as f64 - mean).powi(2))
+            .sum::<f64>()
+            / sess0.len() as f64;
+        assert!(
+            mean.abs() < 1e-4 && (var - 1.0).abs() < 1e-3,
+            "session 0 voxel 8: mean {mean} var {var}"
+        );
     }
 
     #[test]
     fn bad_configs_are_errors() {
         for cfg in [
-            SynthConfig { stimuli: 1, ..small() },
-            SynthConfig { image_size: 8, ..small() },
-            SynthConfig { snr: f32::NAN, ..small() },
-            SynthConfig { test_fraction: 1.0, ..small() },
+            SynthConfig {
+                stimuli: 1,
+                ..small()
+            },
+            SynthConfig {
+                image_size: 8,
+                ..small()
+            },
+            SynthConfig {
+                snr: f32::NAN,
+                ..small()
+            },
+            SynthConfig {
+                test_fraction: 1.0,
+                ..small()
+            },
         ] {
             assert!(generate(&cfg, &ProgressBar::hidden()).is_err(), "{cfg:?}");
         }

@@ -40,11 +40,20 @@ fn background(scene: &Scene, u: f32, v: f32) -> [f32; 3] {
     let t = match bg.kind {
         BackgroundKind::Flat => 0.0,
         // Position along the direction, mapped so the image diagonal spans 0..1.
-        BackgroundKind::Gradient => (0.5 + ((u - 0.5) * c + (v - 0.5) * s) / std::f32::consts::SQRT_2).clamp(0.0, 1.0),
-        BackgroundKind::Texture(Texture::Stripes) => (((u * c + v * s) / bg.period).rem_euclid(1.0) < 0.5) as u8 as f32,
-        BackgroundKind::Texture(Texture::Checker) => (((u / bg.period).floor() + (v / bg.period).floor()) as i64).rem_euclid(2) as f32,
+        BackgroundKind::Gradient => {
+            (0.5 + ((u - 0.5) * c + (v - 0.5) * s) / std::f32::consts::SQRT_2).clamp(0.0, 1.0)
+        }
+        BackgroundKind::Texture(Texture::Stripes) => {
+            (((u * c + v * s) / bg.period).rem_euclid(1.0) < 0.5) as u8 as f32
+        }
+        BackgroundKind::Texture(Texture::Checker) => {
+            (((u / bg.period).floor() + (v / bg.period).floor()) as i64).rem_euclid(2) as f32
+        }
         BackgroundKind::Texture(Texture::Dots) => {
-            let (fu, fv) = ((u / bg.period).rem_euclid(1.0) - 0.5, (v / bg.period).rem_euclid(1.0) - 0.5);
+            let (fu, fv) = (
+                (u / bg.period).rem_euclid(1.0) - 0.5,
+                (v / bg.period).rem_euclid(1.0) - 0.5,
+            );
             (fu.hypot(fv) < 0.3) as u8 as f32
         }
     };
@@ -70,7 +79,10 @@ pub fn render(scene: &Scene, size: usize) -> (Vec<u8>, Vec<f32>) {
     let (mut area, mut shown) = (vec![0u32; n], vec![0u32; n]);
     for py in 0..size {
         for px in 0..size {
-            let (u, v) = ((px as f32 + 0.5) / size as f32, (py as f32 + 0.5) / size as f32);
+            let (u, v) = (
+                (px as f32 + 0.5) / size as f32,
+                (py as f32 + 0.5) / size as f32,
+            );
             let mut rgb = background(scene, u, v);
             let mut top = None;
             for (k, o) in scene.objects.iter().enumerate() {
@@ -95,7 +107,11 @@ pub fn render(scene: &Scene, size: usize) -> (Vec<u8>, Vec<f32>) {
             }
         }
     }
-    let visible = area.iter().zip(&shown).map(|(&a, &s)| if a == 0 { 0.0 } else { s as f32 / a as f32 }).collect();
+    let visible = area
+        .iter()
+        .zip(&shown)
+        .map(|(&a, &s)| if a == 0 { 0.0 } else { s as f32 / a as f32 })
+        .collect();
     (img, visible)
 }
 
@@ -106,11 +122,29 @@ mod tests {
 
     fn scene(objects: Vec<Object>) -> Scene {
         let visible = vec![1.0; objects.len()];
-        Scene { background: Background { kind: BackgroundKind::Flat, colour_a: 0, colour_b: 0, angle: 0.0, period: 0.1 }, objects, visible }
+        Scene {
+            background: Background {
+                kind: BackgroundKind::Flat,
+                colour_a: 0,
+                colour_b: 0,
+                angle: 0.0,
+                period: 0.1,
+            },
+            objects,
+            visible,
+        }
     }
 
     fn object(shape: usize, colour: usize, x: f32, y: f32, size: f32) -> Object {
-        Object { shape, colour, size_class: 1, size, x, y, rotation: 0.0 }
+        Object {
+            shape,
+            colour,
+            size_class: 1,
+            size,
+            x,
+            y,
+            rotation: 0.0,
+        }
     }
 
     #[test]
@@ -120,7 +154,11 @@ mod tests {
             let (img, vis) = render(&s, 64);
             let px = |x: usize, y: usize| &img[(y * 64 + x) * 3..][..3];
             // Rings are hollow: probe on the ring instead of at the centre.
-            let probe = if shape == 5 { px(32 + 14, 32) } else { px(32, 32) };
+            let probe = if shape == 5 {
+                px(32 + 14, 32)
+            } else {
+                px(32, 32)
+            };
             assert_eq!(probe, COLOURS[0].1, "shape {shape}");
             assert_eq!(px(1, 1), BACKGROUND_COLOURS[0].1, "shape {shape}");
             assert_eq!(vis, vec![1.0]);
@@ -129,11 +167,21 @@ mod tests {
 
     #[test]
     fn a_nearer_object_hides_a_farther_one() {
-        let s = scene(vec![object(1, 0, 0.5, 0.5, 0.2), object(1, 4, 0.5, 0.5, 0.2)]);
+        let s = scene(vec![
+            object(1, 0, 0.5, 0.5, 0.2),
+            object(1, 4, 0.5, 0.5, 0.2),
+        ]);
         let (_, vis) = render(&s, 64);
         assert_eq!(vis[1], 1.0);
-        assert!(vis[0] < 0.05, "fully covered object still {} visible", vis[0]);
-        let apart = scene(vec![object(0, 0, 0.25, 0.5, 0.1), object(0, 4, 0.75, 0.5, 0.1)]);
+        assert!(
+            vis[0] < 0.05,
+            "fully covered object still {} visible",
+            vis[0]
+        );
+        let apart = scene(vec![
+            object(0, 0, 0.25, 0.5, 0.1),
+            object(0, 4, 0.75, 0.5, 0.1),
+        ]);
         assert_eq!(render(&apart, 64).1, vec![1.0, 1.0]);
     }
 }

@@ -101,11 +101,17 @@ impl Scene {
     /// (so captions can name each one), and are resampled until each keeps at least a quarter of
     /// its area visible (checked by the caller through `visible`, see `synth::make_stimulus`).
     pub fn sample(seed: u64, index: u64, attempt: u64) -> Scene {
-        let mut rng = Rng::stream(seed, stage::SCENE, index.wrapping_mul(64).wrapping_add(attempt));
+        let mut rng = Rng::stream(
+            seed,
+            stage::SCENE,
+            index.wrapping_mul(64).wrapping_add(attempt),
+        );
         let kind = match rng.below(3) {
             0 => BackgroundKind::Flat,
             1 => BackgroundKind::Gradient,
-            _ => BackgroundKind::Texture([Texture::Stripes, Texture::Checker, Texture::Dots][rng.below(3)]),
+            _ => BackgroundKind::Texture(
+                [Texture::Stripes, Texture::Checker, Texture::Dots][rng.below(3)],
+            ),
         };
         let colour_a = rng.below(BACKGROUND_COLOURS.len());
         let colour_b = if kind == BackgroundKind::Flat {
@@ -113,14 +119,23 @@ impl Scene {
         } else {
             (colour_a + 1 + rng.below(BACKGROUND_COLOURS.len() - 1)) % BACKGROUND_COLOURS.len()
         };
-        let background = Background { kind, colour_a, colour_b, angle: rng.uniform(0.0, std::f32::consts::PI), period: rng.uniform(0.08, 0.2) };
+        let background = Background {
+            kind,
+            colour_a,
+            colour_b,
+            angle: rng.uniform(0.0, std::f32::consts::PI),
+            period: rng.uniform(0.08, 0.2),
+        };
 
         let count = 1 + rng.below(MAX_OBJECTS);
         let mut objects: Vec<Object> = Vec::with_capacity(count);
         while objects.len() < count {
             let shape = rng.below(SHAPES.len());
             let colour = rng.below(COLOURS.len());
-            if objects.iter().any(|o| o.shape == shape && o.colour == colour) {
+            if objects
+                .iter()
+                .any(|o| o.shape == shape && o.colour == colour)
+            {
                 continue;
             }
             let size_class = rng.below(3);
@@ -138,7 +153,11 @@ impl Scene {
             });
         }
         let visible = vec![1.0; objects.len()];
-        Scene { background, objects, visible }
+        Scene {
+            background,
+            objects,
+            visible,
+        }
     }
 
     /// Mean background colour in [0, 1] (what a large receptive field would see behind objects).
@@ -146,7 +165,11 @@ impl Scene {
         let a = BACKGROUND_COLOURS[self.background.colour_a].1;
         let b = BACKGROUND_COLOURS[self.background.colour_b].1;
         // Gradients and textures are about half each colour (dots cover less; close enough).
-        let w = if self.background.kind == BackgroundKind::Flat { 0.0 } else { 0.5 };
+        let w = if self.background.kind == BackgroundKind::Flat {
+            0.0
+        } else {
+            0.5
+        };
         [0, 1, 2].map(|c| ((1.0 - w) * a[c] as f32 + w * b[c] as f32) / 255.0)
     }
 }
@@ -163,7 +186,17 @@ pub fn feature_names() -> Vec<String> {
     for (c, _) in COLOURS {
         n.extend(SHAPES.iter().map(|s| format!("has_{c}_{s}")));
     }
-    n.extend(["largest_x", "largest_y", "largest_size", "mean_x", "mean_y", "object_area"].map(String::from));
+    n.extend(
+        [
+            "largest_x",
+            "largest_y",
+            "largest_size",
+            "mean_x",
+            "mean_y",
+            "object_area",
+        ]
+        .map(String::from),
+    );
     n
 }
 
@@ -191,15 +224,26 @@ pub fn features(scene: &Scene) -> Vec<f32> {
     f.extend((0..SHAPES.len()).map(|s| scene.objects.iter().any(|o| o.shape == s) as u8 as f32));
     f.extend((0..COLOURS.len()).map(|c| scene.objects.iter().any(|o| o.colour == c) as u8 as f32));
     for c in 0..COLOURS.len() {
-        f.extend((0..SHAPES.len()).map(|s| scene.objects.iter().any(|o| o.shape == s && o.colour == c) as u8 as f32));
+        f.extend(
+            (0..SHAPES.len())
+                .map(|s| scene.objects.iter().any(|o| o.shape == s && o.colour == c) as u8 as f32),
+        );
     }
-    let largest = scene.objects.iter().fold(&scene.objects[0], |a, o| if o.size > a.size { o } else { a });
+    let largest = scene.objects.iter().fold(
+        &scene.objects[0],
+        |a, o| if o.size > a.size { o } else { a },
+    );
     let n = scene.objects.len() as f32;
     f.extend([largest.x, largest.y, largest.size / SIZE_RANGES[2].1]);
     f.push(scene.objects.iter().map(|o| o.x).sum::<f32>() / n);
     f.push(scene.objects.iter().map(|o| o.y).sum::<f32>() / n);
     // Visible area of all objects, relative to the largest possible single object.
-    let area: f32 = scene.objects.iter().zip(&scene.visible).map(|(o, v)| o.size * o.size * v).sum();
+    let area: f32 = scene
+        .objects
+        .iter()
+        .zip(&scene.visible)
+        .map(|(o, v)| o.size * o.size * v)
+        .sum();
     f.push((area / (SIZE_RANGES[2].1 * SIZE_RANGES[2].1)).min(1.0));
     debug_assert_eq!(f.len(), feature_count());
     f
@@ -229,9 +273,16 @@ pub fn scene_target(features: &[f32], projection: &[f32]) -> Vec<f32> {
     let tail = features.len() - 6..features.len(); // positions, sizes, area
     let mut e = vec![0f64; SCENE_TARGET_DIM];
     for (i, &x) in features.iter().enumerate() {
-        let d = if names_continuous.contains(&i) || tail.contains(&i) { 2.0 * (x - 0.5) } else { x };
+        let d = if names_continuous.contains(&i) || tail.contains(&i) {
+            2.0 * (x - 0.5)
+        } else {
+            x
+        };
         if d != 0.0 {
-            for (acc, &p) in e.iter_mut().zip(&projection[i * SCENE_TARGET_DIM..][..SCENE_TARGET_DIM]) {
+            for (acc, &p) in e
+                .iter_mut()
+                .zip(&projection[i * SCENE_TARGET_DIM..][..SCENE_TARGET_DIM])
+            {
                 *acc += d as f64 * p as f64;
             }
         }
@@ -257,8 +308,15 @@ mod tests {
             let s = Scene::sample(5, i, 0);
             assert!((1..=MAX_OBJECTS).contains(&s.objects.len()));
             for (a, o) in s.objects.iter().enumerate() {
-                assert!(o.x - o.size > 0.0 && o.x + o.size < 1.0 && o.y - o.size > 0.0 && o.y + o.size < 1.0);
-                assert!(s.objects[..a].iter().all(|p| (p.shape, p.colour) != (o.shape, o.colour)));
+                assert!(
+                    o.x - o.size > 0.0
+                        && o.x + o.size < 1.0
+                        && o.y - o.size > 0.0
+                        && o.y + o.size < 1.0
+                );
+                assert!(s.objects[..a]
+                    .iter()
+                    .all(|p| (p.shape, p.colour) != (o.shape, o.colour)));
             }
             if s.background.kind != BackgroundKind::Flat {
                 assert_ne!(s.background.colour_a, s.background.colour_b);

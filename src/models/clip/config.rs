@@ -69,20 +69,40 @@ fn usize_or(obj: &Value, section: &str, key: &str, default: usize, path: &Path) 
             .as_u64()
             .filter(|&n| n > 0)
             .map(|n| n as usize)
-            .ok_or_else(|| Error::file(path, format!("unsupported config: {section}{key} = {v} (expected a positive integer)"))),
+            .ok_or_else(|| {
+                Error::file(
+                    path,
+                    format!(
+                        "unsupported config: {section}{key} = {v} (expected a positive integer)"
+                    ),
+                )
+            }),
     }
 }
 
 fn f32_or(obj: &Value, section: &str, key: &str, default: f32, path: &Path) -> Result<f32> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(default),
-        Some(v) => v.as_f64().map(|x| x as f32).ok_or_else(|| Error::file(path, format!("unsupported config: {section}{key} = {v} (expected a number)"))),
+        Some(v) => v.as_f64().map(|x| x as f32).ok_or_else(|| {
+            Error::file(
+                path,
+                format!("unsupported config: {section}{key} = {v} (expected a number)"),
+            )
+        }),
     }
 }
 
 /// The tower's fields, with `defaults` = (hidden, intermediate, heads, layers).
-fn tower(obj: &Value, section: &str, defaults: (usize, usize, usize, usize), path: &Path) -> Result<TowerConfig> {
-    let act = obj.get("hidden_act").and_then(Value::as_str).unwrap_or("quick_gelu");
+fn tower(
+    obj: &Value,
+    section: &str,
+    defaults: (usize, usize, usize, usize),
+    path: &Path,
+) -> Result<TowerConfig> {
+    let act = obj
+        .get("hidden_act")
+        .and_then(Value::as_str)
+        .unwrap_or("quick_gelu");
     if act != "quick_gelu" {
         return Err(Error::file(path, format!("unsupported config: {section}hidden_act is \"{act}\"; only quick_gelu (OpenAI CLIP) is implemented")));
     }
@@ -105,7 +125,8 @@ fn tower(obj: &Value, section: &str, defaults: (usize, usize, usize, usize), pat
 impl ClipConfig {
     /// Parses a `CLIPConfig` JSON document; `path` names it in errors.
     pub fn from_json(text: &str, path: &Path) -> Result<ClipConfig> {
-        let root: Value = serde_json::from_str(text).map_err(|e| Error::file(path, format!("not valid JSON: {e}")))?;
+        let root: Value = serde_json::from_str(text)
+            .map_err(|e| Error::file(path, format!("not valid JSON: {e}")))?;
         if let Some(mt) = root.get("model_type").and_then(Value::as_str) {
             if mt != "clip" {
                 return Err(Error::file(path, format!("unsupported config: model_type is \"{mt}\", expected \"clip\" (a CLIPModel directory)")));
@@ -129,15 +150,26 @@ impl ClipConfig {
         let text = TextConfig {
             tower: tower(t, "text_config.", (512, 2048, 8, 12), path)?,
             vocab_size: usize_or(t, "text_config.", "vocab_size", 49408, path)?,
-            max_position_embeddings: usize_or(t, "text_config.", "max_position_embeddings", 77, path)?,
+            max_position_embeddings: usize_or(
+                t,
+                "text_config.",
+                "max_position_embeddings",
+                77,
+                path,
+            )?,
         };
         let projection_dim = usize_or(&root, "", "projection_dim", 512, path)?;
-        Ok(ClipConfig { vision, text, projection_dim })
+        Ok(ClipConfig {
+            vision,
+            text,
+            projection_dim,
+        })
     }
 
     /// Reads `config.json`.
     pub fn load(path: &Path) -> Result<ClipConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("reading the CLIP config: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::file(path, format!("reading the CLIP config: {e}")))?;
         ClipConfig::from_json(&text, path)
     }
 }
@@ -149,8 +181,22 @@ mod tests {
     #[test]
     fn an_empty_config_is_vit_b_32() {
         let c = ClipConfig::from_json("{}", Path::new("config.json")).unwrap();
-        assert_eq!((c.vision.tower.hidden_size, c.vision.patch_size, c.vision.num_positions()), (768, 32, 50));
-        assert_eq!((c.text.tower.hidden_size, c.text.tower.num_attention_heads, c.text.vocab_size), (512, 8, 49408));
+        assert_eq!(
+            (
+                c.vision.tower.hidden_size,
+                c.vision.patch_size,
+                c.vision.num_positions()
+            ),
+            (768, 32, 50)
+        );
+        assert_eq!(
+            (
+                c.text.tower.hidden_size,
+                c.text.tower.num_attention_heads,
+                c.text.vocab_size
+            ),
+            (512, 8, 49408)
+        );
         assert_eq!(c.projection_dim, 512);
     }
 
@@ -160,18 +206,43 @@ mod tests {
             "text_config":{"hidden_size":768,"intermediate_size":3072,"num_attention_heads":12},
             "vision_config":{"hidden_size":1024,"intermediate_size":4096,"num_attention_heads":16,"num_hidden_layers":24,"patch_size":14}}"#;
         let c = ClipConfig::from_json(json, Path::new("c.json")).unwrap();
-        assert_eq!((c.vision.grid(), c.vision.tower.head_dim(), c.vision.tower.num_hidden_layers), (16, 64, 24));
+        assert_eq!(
+            (
+                c.vision.grid(),
+                c.vision.tower.head_dim(),
+                c.vision.tower.num_hidden_layers
+            ),
+            (16, 64, 24)
+        );
         assert_eq!(c.text.tower.head_dim(), 64);
     }
 
     #[test]
     fn unsupported_configs_are_named() {
         let p = Path::new("dir/config.json");
-        let err = ClipConfig::from_json(r#"{"text_config":{"hidden_act":"gelu"}}"#, p).unwrap_err().to_string();
-        assert!(err.contains("unsupported config") && err.contains("text_config.hidden_act") && err.contains("dir/config.json"), "{err}");
-        let err = ClipConfig::from_json(r#"{"vision_config":{"hidden_size":100,"num_attention_heads":12}}"#, p).unwrap_err().to_string();
+        let err = ClipConfig::from_json(r#"{"text_config":{"hidden_act":"gelu"}}"#, p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unsupported config")
+                && err.contains("text_config.hidden_act")
+                && err.contains("dir/config.json"),
+            "{err}"
+        );
+        let err = ClipConfig::from_json(
+            r#"{"vision_config":{"hidden_size":100,"num_attention_heads":12}}"#,
+            p,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("not a multiple"), "{err}");
-        assert!(ClipConfig::from_json(r#"{"model_type":"siglip"}"#, p).unwrap_err().to_string().contains("siglip"));
-        assert!(ClipConfig::from_json("{", p).unwrap_err().to_string().contains("not valid JSON"));
+        assert!(ClipConfig::from_json(r#"{"model_type":"siglip"}"#, p)
+            .unwrap_err()
+            .to_string()
+            .contains("siglip"));
+        assert!(ClipConfig::from_json("{", p)
+            .unwrap_err()
+            .to_string()
+            .contains("not valid JSON"));
     }
 }

@@ -24,7 +24,13 @@ pub use vision::VisionTransformer;
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
 use crate::nn::{load_safetensors, ParamStore};
-use crate::ops::{attention::attention, elementwise as ew, l2norm::l2_normalize, layernorm::{add_layer_norm, layer_norm}, matmul, transpose};
+use crate::ops::{
+    attention::attention,
+    elementwise as ew,
+    l2norm::l2_normalize,
+    layernorm::{add_layer_norm, layer_norm},
+    matmul, transpose,
+};
 use crate::tensor::{DType, Device, Tensor};
 
 /// Registers zero-filled parameters under `prefix` in a store; `load` fills them by name.
@@ -48,7 +54,11 @@ pub(crate) struct Linear {
 impl Linear {
     pub fn new(p: &mut Params, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
         let weight = p.get(&format!("{name}.weight"), &[out, inp])?;
-        let bias = if bias { Some(p.get(&format!("{name}.bias"), &[out])?) } else { None };
+        let bias = if bias {
+            Some(p.get(&format!("{name}.bias"), &[out])?)
+        } else {
+            None
+        };
         Ok(Linear { weight, bias })
     }
 
@@ -72,7 +82,11 @@ pub(crate) struct LayerNorm {
 
 impl LayerNorm {
     pub fn new(p: &mut Params, name: &str, n: usize, eps: f32) -> Result<LayerNorm> {
-        Ok(LayerNorm { weight: p.get(&format!("{name}.weight"), &[n])?, bias: p.get(&format!("{name}.bias"), &[n])?, eps })
+        Ok(LayerNorm {
+            weight: p.get(&format!("{name}.weight"), &[n])?,
+            bias: p.get(&format!("{name}.bias"), &[n])?,
+            eps,
+        })
     }
 
     pub fn forward(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
@@ -122,7 +136,9 @@ pub(crate) struct EncoderLayer {
 impl EncoderLayer {
     fn new(p: &mut Params, name: &str, c: &TowerConfig) -> Result<EncoderLayer> {
         let (w, m) = (c.hidden_size, c.intermediate_size);
-        let attn = |p: &mut Params, proj: &str| Linear::new(p, &format!("{name}.self_attn.{proj}"), w, w, true);
+        let attn = |p: &mut Params, proj: &str| {
+            Linear::new(p, &format!("{name}.self_attn.{proj}"), w, w, true)
+        };
         Ok(EncoderLayer {
             layer_norm1: LayerNorm::new(p, &format!("{name}.layer_norm1"), w, c.layer_norm_eps)?,
             self_attn: SelfAttn {
@@ -157,7 +173,9 @@ pub(crate) struct Encoder {
 
 impl Encoder {
     pub fn new(p: &mut Params, name: &str, c: &TowerConfig) -> Result<Encoder> {
-        let layers = (0..c.num_hidden_layers).map(|i| EncoderLayer::new(p, &format!("{name}.layers.{i}"), c)).collect::<Result<_>>()?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| EncoderLayer::new(p, &format!("{name}.layers.{i}"), c))
+            .collect::<Result<_>>()?;
         Ok(Encoder { layers })
     }
 
@@ -187,13 +205,36 @@ impl Clip {
     /// A zero-initialised model of this shape on `device` (its store lists every expected tensor).
     pub fn zeros(config: ClipConfig, device: &Device) -> Result<Clip> {
         let mut store = ParamStore::new();
-        let mut p = Params { store: &mut store, device };
+        let mut p = Params {
+            store: &mut store,
+            device,
+        };
         let vision_model = VisionTransformer::new(&mut p, "vision_model", &config.vision)?;
         let text_model = TextTransformer::new(&mut p, "text_model", &config.text)?;
-        let visual_projection = Linear::new(&mut p, "visual_projection", config.projection_dim, config.vision.tower.hidden_size, false)?;
-        let text_projection = Linear::new(&mut p, "text_projection", config.projection_dim, config.text.tower.hidden_size, false)?;
+        let visual_projection = Linear::new(
+            &mut p,
+            "visual_projection",
+            config.projection_dim,
+            config.vision.tower.hidden_size,
+            false,
+        )?;
+        let text_projection = Linear::new(
+            &mut p,
+            "text_projection",
+            config.projection_dim,
+            config.text.tower.hidden_size,
+            false,
+        )?;
         let logit_scale = p.get("logit_scale", &[])?;
-        Ok(Clip { config, store, vision_model, text_model, visual_projection, text_projection, logit_scale })
+        Ok(Clip {
+            config,
+            store,
+            vision_model,
+            text_model,
+            visual_projection,
+            text_projection,
+            logit_scale,
+        })
     }
 
     /// Loads a Hugging Face CLIP directory (`config.json` + `model.safetensors`, f32/bf16/f16
@@ -226,13 +267,24 @@ impl Clip {
     /// norms (gain 1, bias 0) and `logit_scale` (ln(1/0.07), CLIP's initial temperature).
     pub fn init_random(&mut self, seed: u64) -> Result<()> {
         for (i, p) in self.store.iter().enumerate() {
-            let is_norm = p.name.contains("layer_norm") || p.name.contains("layrnorm") || p.name.contains("layernorm");
+            let is_norm = p.name.contains("layer_norm")
+                || p.name.contains("layrnorm")
+                || p.name.contains("layernorm");
             let t = if p.name == "logit_scale" {
                 Tensor::full((1.0f32 / 0.07).ln(), p.value.shape(), p.value.device())?
             } else if is_norm {
-                Tensor::full(if p.name.ends_with("weight") { 1.0 } else { 0.0 }, p.value.shape(), p.value.device())?
+                Tensor::full(
+                    if p.name.ends_with("weight") { 1.0 } else { 0.0 },
+                    p.value.shape(),
+                    p.value.device(),
+                )?
             } else {
-                Tensor::randn(p.value.shape(), 0.02, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (1000 + i as u64), p.value.device())?
+                Tensor::randn(
+                    p.value.shape(),
+                    0.02,
+                    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (1000 + i as u64),
+                    p.value.device(),
+                )?
             };
             p.value.set_storage_from(t.to_dtype(p.value.dtype())?)?;
         }
@@ -270,8 +322,16 @@ impl Clip {
     /// `exp(logit_scale)·cos(image_i, text_j)`: `[B_img, B_txt]` from the two feature batches.
     /// Recorded through `logit_scale` too, so training CLIP contrastively learns its temperature.
     /// bf16 features (from a bf16 model) are widened to f32 first, unrecorded.
-    pub fn logits_per_image(&self, tape: &mut Tape, image_features: &Tensor, text_features: &Tensor) -> Result<Tensor> {
-        let (image_features, text_features) = (image_features.to_dtype(DType::F32)?, text_features.to_dtype(DType::F32)?);
+    pub fn logits_per_image(
+        &self,
+        tape: &mut Tape,
+        image_features: &Tensor,
+        text_features: &Tensor,
+    ) -> Result<Tensor> {
+        let (image_features, text_features) = (
+            image_features.to_dtype(DType::F32)?,
+            text_features.to_dtype(DType::F32)?,
+        );
         let i = l2_normalize(tape, &image_features, 1e-12)?;
         let t = l2_normalize(tape, &text_features, 1e-12)?;
         let cos = matmul::matmul(tape, &i, &t, false, true)?;

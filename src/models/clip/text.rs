@@ -22,7 +22,11 @@ pub struct TextTransformer {
 /// Per row of `ids` (`context` tokens each), the index of its first highest id.
 pub fn eos_positions(ids: &[u32], context: usize) -> Vec<usize> {
     ids.chunks(context.max(1))
-        .map(|row| row.iter().enumerate().fold(0, |best, (i, &id)| if id > row[best] { i } else { best }))
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold(0, |best, (i, &id)| if id > row[best] { i } else { best })
+        })
         .collect()
 }
 
@@ -31,24 +35,45 @@ impl TextTransformer {
         let w = c.tower.hidden_size;
         Ok(TextTransformer {
             config: c.clone(),
-            embeddings_token_embedding: p.get(&format!("{name}.embeddings.token_embedding.weight"), &[c.vocab_size, w])?,
-            embeddings_position_embedding: p.get(&format!("{name}.embeddings.position_embedding.weight"), &[c.max_position_embeddings, w])?,
+            embeddings_token_embedding: p.get(
+                &format!("{name}.embeddings.token_embedding.weight"),
+                &[c.vocab_size, w],
+            )?,
+            embeddings_position_embedding: p.get(
+                &format!("{name}.embeddings.position_embedding.weight"),
+                &[c.max_position_embeddings, w],
+            )?,
             encoder: Encoder::new(p, &format!("{name}.encoder"), &c.tower)?,
-            final_layer_norm: LayerNorm::new(p, &format!("{name}.final_layer_norm"), w, c.tower.layer_norm_eps)?,
+            final_layer_norm: LayerNorm::new(
+                p,
+                &format!("{name}.final_layer_norm"),
+                w,
+                c.tower.layer_norm_eps,
+            )?,
         })
     }
 
     /// ids `[B, context]` row-major → pooled `[B, width]`.
     pub fn forward(&self, tape: &mut Tape, ids: &[u32], context: usize) -> Result<Tensor> {
         let c = &self.config;
-        if context == 0 || context > c.max_position_embeddings || ids.is_empty() || ids.len() % context != 0 {
+        if context == 0
+            || context > c.max_position_embeddings
+            || ids.is_empty()
+            || ids.len() % context != 0
+        {
             return Err(Error::shape(
                 "clip text",
                 format!("{} ids as rows of {context} tokens (want a whole number of rows, 1 ≤ context ≤ {})", ids.len(), c.max_position_embeddings),
             ));
         }
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= c.vocab_size) {
-            return Err(Error::shape("clip text", format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
+            return Err(Error::shape(
+                "clip text",
+                format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    c.vocab_size
+                ),
+            ));
         }
         let (b, w) = (ids.len() / context, c.tower.hidden_size);
         let tok = embedding(tape, &self.embeddings_token_embedding, ids)?;
@@ -59,7 +84,11 @@ impl TextTransformer {
         let x = self.encoder.forward(tape, &x, true)?;
         let x = self.final_layer_norm.forward(tape, &x)?;
         let rows = transpose::reshape(tape, &x, &[b * context, w])?;
-        let eos: Vec<u32> = eos_positions(ids, context).iter().enumerate().map(|(i, &p)| (i * context + p) as u32).collect();
+        let eos: Vec<u32> = eos_positions(ids, context)
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| (i * context + p) as u32)
+            .collect();
         embedding(tape, &rows, &eos)
     }
 }
@@ -70,6 +99,9 @@ mod tests {
 
     #[test]
     fn eos_is_the_first_highest_id() {
-        assert_eq!(eos_positions(&[49406, 5, 49407, 0, 0, 7, 9, 49407, 49407, 49407], 5), [2, 2]);
+        assert_eq!(
+            eos_positions(&[49406, 5, 49407, 0, 0, 7, 9, 49407, 49407, 49407], 5),
+            [2, 2]
+        );
     }
 }

@@ -9,7 +9,9 @@
 use super::{Encoder, LayerNorm, Params, VisionConfig};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::ops::{concat::concat, elementwise as ew, embedding::embedding, matmul::linear_act, transpose};
+use crate::ops::{
+    concat::concat, elementwise as ew, embedding::embedding, matmul::linear_act, transpose,
+};
 use crate::tensor::Tensor;
 
 pub struct VisionTransformer {
@@ -27,9 +29,16 @@ impl VisionTransformer {
         let (w, eps, patch) = (c.tower.hidden_size, c.tower.layer_norm_eps, c.patch_size);
         Ok(VisionTransformer {
             config: c.clone(),
-            embeddings_class_embedding: p.get(&format!("{name}.embeddings.class_embedding"), &[w])?,
-            embeddings_patch_embedding: p.get(&format!("{name}.embeddings.patch_embedding.weight"), &[w, c.num_channels, patch, patch])?,
-            embeddings_position_embedding: p.get(&format!("{name}.embeddings.position_embedding.weight"), &[c.num_positions(), w])?,
+            embeddings_class_embedding: p
+                .get(&format!("{name}.embeddings.class_embedding"), &[w])?,
+            embeddings_patch_embedding: p.get(
+                &format!("{name}.embeddings.patch_embedding.weight"),
+                &[w, c.num_channels, patch, patch],
+            )?,
+            embeddings_position_embedding: p.get(
+                &format!("{name}.embeddings.position_embedding.weight"),
+                &[c.num_positions(), w],
+            )?,
             pre_layrnorm: LayerNorm::new(p, &format!("{name}.pre_layrnorm"), w, eps)?,
             encoder: Encoder::new(p, &format!("{name}.encoder"), &c.tower)?,
             post_layernorm: LayerNorm::new(p, &format!("{name}.post_layernorm"), w, eps)?,
@@ -39,9 +48,21 @@ impl VisionTransformer {
     /// Pixels `[B, C, H, W]` (H = W = image_size) → `post_layernorm(class token)` `[B, width]`.
     pub fn forward(&self, tape: &mut Tape, pixels: &Tensor) -> Result<Tensor> {
         let c = &self.config;
-        let (ch, s, p, g, w) = (c.num_channels, c.image_size, c.patch_size, c.grid(), c.tower.hidden_size);
+        let (ch, s, p, g, w) = (
+            c.num_channels,
+            c.image_size,
+            c.patch_size,
+            c.grid(),
+            c.tower.hidden_size,
+        );
         if pixels.rank() != 4 || pixels.shape()[1..] != [ch, s, s] {
-            return Err(Error::shape("clip vision", format!("expected pixels [batch, {ch}, {s}, {s}], got {:?}", pixels.shape())));
+            return Err(Error::shape(
+                "clip vision",
+                format!(
+                    "expected pixels [batch, {ch}, {s}, {s}], got {:?}",
+                    pixels.shape()
+                ),
+            ));
         }
         let b = pixels.shape()[0];
         // [B, C, g, p, g, p] → [B, g, C, p, g, p] → [B, g, g, p, C, p] → [B, g, g, C, p, p]
