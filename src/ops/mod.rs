@@ -7,6 +7,7 @@ pub mod attention;
 pub mod augment;
 pub mod concat;
 pub mod conv1d;
+pub mod conv2d;
 pub mod elementwise;
 pub mod embedding;
 pub mod image;

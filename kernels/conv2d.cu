@@ -1,0 +1,113 @@
+// Conv2d (PyTorch semantics: NCHW, cross-correlation, zero padding, stride, groups) as three
+// implicit GEMMs on the shared tile of kernels/gemm_tile.cuh: no im2col buffer, the loaders gather
+// from x / dy and return 0 in the padding. The math and shapes are in src/ops/conv2d.rs.
+//
+//   x [B, Cin, H, W], w [Cout, Cin/G, KH, KW], y [B, Cout, OH, OW],
+//   y[b, co, oy, ox] = os[b, co] · Σ_{ci, ky, kx} w[co, ci, ky, kx] · is[b, ci'] · x[b, ci', oy·s + ky − ph, ox·s + kx − pw]
+//   with ci' = g·Cin/G + ci for co in group g.
+//
+// `is` (per input channel) and `os` (per output channel) are optional [B, C] scales (null when
+// absent): the modulated convolution (src/ops/modconv.rs) passes its styles and demodulation
+// coefficients through them, so no per-sample weight tensor is ever written.
+//
+// Every kernel: 256-thread blocks, grid (⌈N/64⌉, ⌈M/64⌉, z), blocks loop over z past gridDim.z.
+// The geometry travels as one int array g[] in this order:
+#include "gemm_tile.cuh"
+
+struct Geom {
+    int B, Cin, H, W, Cout, KH, KW, stride, ph, pw, OH, OW, G;
+    __device__ int cin_g() const { return Cin / G; }
+    __device__ int cout_g() const { return Cout / G; }
+};
+
+__device__ __forceinline__ float scale_at(const float* s, int b, int C, int c) { return s ? s[(u64)b * C + c] : 1.f; }
+
+// Forward, per (b, g) on grid z: M = Cout/G, N = OH·OW, K = (Cin/G)·KH·KW (kk = (ci·KH + ky)·KW + kx).
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
+    conv2d_fwd_f32(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, const float* __restrict__ is,
+                   const float* __restrict__ os, Geom d) {
+    const int m0 = blockIdx.y * gemm::BM, n0 = blockIdx.x * gemm::BN;
+    const int cin_g = d.cin_g(), cout_g = d.cout_g(), KHW = d.KH * d.KW, K = cin_g * KHW, N = d.OH * d.OW;
+    for (int z = blockIdx.z; z < d.B * d.G; z += gridDim.z) {
+        const int b = z / d.G, g = z - b * d.G;
+        const float* xb = x + ((u64)b * d.Cin + (u64)g * cin_g) * d.H * d.W;
+        auto load_a = [=](int co, int kk) { return w[(u64)(g * cout_g + co) * K + kk]; };
+        auto load_b = [=](int kk, int n) {
+            int ci = kk / KHW, r = kk - ci * KHW, ky = r / d.KW, kx = r - ky * d.KW;
+            int oy = n / d.OW, ox = n - oy * d.OW;
+            int iy = oy * d.stride + ky - d.ph, ix = ox * d.stride + kx - d.pw;
+            if (iy < 0 || iy >= d.H || ix < 0 || ix >= d.W) return 0.f;
+            return xb[((u64)ci * d.H + iy) * d.W + ix] * scale_at(is, b, d.Cin, g * cin_g + ci);
+        };
+        auto store = [=](int co, int n, float v) {
+            int c = g * cout_g + co;
+            y[((u64)b * d.Cout + c) * N + n] = v * scale_at(os, b, d.Cout, c);
+        };
+        gemm_tile(cout_g, N, 0, K, m0, n0, true, true, load_a, load_b, store);
+    }
+}
+
+// dx (also the transposed convolution's forward), per (b, g): M = Cin/G, N = H·W,
+// K = (Cout/G)·KH·KW (kk = (co·KH + ky)·KW + kx). dx[b, ci, iy, ix] = is[b, ci] · Σ w[co, ci, ky, kx] ·
+// os[b, co] · dy[b, co, oy, ox] over the (oy, ox) with oy·s + ky − ph = iy (exactly) inside the output.
+// Every dx element is stored, including those no output touched (they get 0).
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
+    conv2d_dx_f32(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, const float* __restrict__ is,
+                  const float* __restrict__ os, Geom d) {
+    const int m0 = blockIdx.y * gemm::BM, n0 = blockIdx.x * gemm::BN;
+    const int cin_g = d.cin_g(), cout_g = d.cout_g(), KHW = d.KH * d.KW, K = cout_g * KHW, N = d.H * d.W;
+    for (int z = blockIdx.z; z < d.B * d.G; z += gridDim.z) {
+        const int b = z / d.G, g = z - b * d.G;
+        const float* dyb = dy + ((u64)b * d.Cout + (u64)g * cout_g) * d.OH * d.OW;
+        auto load_a = [=](int ci, int kk) {
+            int co = kk / KHW, r = kk - co * KHW;
+            return w[((u64)(g * cout_g + co) * cin_g + ci) * KHW + r];
+        };
+        auto load_b = [=](int kk, int j) {
+            int co = kk / KHW, r = kk - co * KHW, ky = r / d.KW, kx = r - ky * d.KW;
+            int iy = j / d.W, ix = j - iy * d.W;
+            int ty = iy + d.ph - ky, tx = ix + d.pw - kx;
+            if (ty < 0 || tx < 0 || ty % d.stride != 0 || tx % d.stride != 0) return 0.f;
+            int oy = ty / d.stride, ox = tx / d.stride;
+            if (oy >= d.OH || ox >= d.OW) return 0.f;
+            return dyb[((u64)co * d.OH + oy) * d.OW + ox] * scale_at(os, b, d.Cout, g * cout_g + co);
+        };
+        auto store = [=](int ci, int j, float v) {
+            int c = g * cin_g + ci;
+            dx[((u64)b * d.Cin + c) * N + j] = v * scale_at(is, b, d.Cin, c);
+        };
+        // A: consecutive ci are KH·KW apart in w: walk m.
+        gemm_tile(cin_g, N, 0, K, m0, n0, false, true, load_a, load_b, store);
+    }
+}
+
+// dW, split-K per group: grid z = (g, split); M = Cout/G, N = (Cin/G)·KH·KW, K = B·OH·OW
+// (kk = b·OH·OW + p), cut into `splits` chunks of `chunk` (a multiple of 16). Split z of group g writes
+// partial[split, g·Cout/G + co, n]; the host sums the splits in a fixed order (deterministic).
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
+    conv2d_dw_f32(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial, const float* __restrict__ is,
+                  const float* __restrict__ os, Geom d, int chunk, int splits) {
+    const int m0 = blockIdx.y * gemm::BM, n0 = blockIdx.x * gemm::BN;
+    const int cin_g = d.cin_g(), cout_g = d.cout_g(), KHW = d.KH * d.KW, N = cin_g * KHW, P = d.OH * d.OW, K = d.B * P;
+    for (int z = blockIdx.z; z < d.G * splits; z += gridDim.z) {
+        const int g = z / splits, split = z - g * splits;
+        const int k_begin = split * chunk;
+        const int k_end = K - k_begin < chunk ? K : k_begin + chunk;  // no int overflow
+        float* pz = partial + (u64)split * d.Cout * N;
+        auto load_a = [=](int co, int kk) {
+            int b = kk / P, p = kk - b * P, c = g * cout_g + co;
+            return dy[((u64)b * d.Cout + c) * P + p] * scale_at(os, b, d.Cout, c);
+        };
+        auto load_b = [=](int kk, int n) {
+            int b = kk / P, p = kk - b * P, oy = p / d.OW, ox = p - oy * d.OW;
+            int ci = n / KHW, r = n - ci * KHW, ky = r / d.KW, kx = r - ky * d.KW;
+            int iy = oy * d.stride + ky - d.ph, ix = ox * d.stride + kx - d.pw;
+            if (iy < 0 || iy >= d.H || ix < 0 || ix >= d.W) return 0.f;
+            int c = g * cin_g + ci;
+            return x[(((u64)b * d.Cin + c) * d.H + iy) * d.W + ix] * scale_at(is, b, d.Cin, c);
+        };
+        auto store = [=](int co, int n, float v) { pz[(u64)(g * cout_g + co) * N + n] = v; };
+        // A: consecutive kk are consecutive pixels of dy (contiguous); B: consecutive kk step pixels.
+        gemm_tile(cout_g, N, k_begin, k_end, m0, n0, true, false, load_a, load_b, store);
+    }
+}
