@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod augment;
+pub mod bias_act;
 pub mod concat;
 pub mod conv1d;
 pub mod conv2d;
@@ -18,6 +19,7 @@ pub mod matmul;
 pub mod reduce;
 pub mod softmax;
 pub mod transpose;
+pub mod upfirdn2d;
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};

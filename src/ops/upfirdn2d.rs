@@ -1,0 +1,503 @@
+//! `upfirdn2d`: StyleGAN2's resampling primitive (`torch_utils/ops/upfirdn2d.py`), f32.
+//!
+//! For each plane of x `[N, C, H, W]`: upsample by zero insertion (`u[r·up, c·up] = x[r, c]`, size
+//! `H·up × W·up`), pad by `[px0, px1, py0, py1]` zeros (negative values crop), filter with the 2-D
+//! FIR `f` `[FH, FW]` times `gain` (a true convolution unless `flip_filter`, as the reference), and
+//! keep every `down`-th sample: `OH = (H·up + py0 + py1 − FH)/down + 1`, and
+//! `y[oy, ox] = gain · Σ_{i, j} F[i, j] · u[oy·down + i − py0, ox·down + j − px0]` with F the
+//! correlation taps (f flipped in both axes unless `flip_filter`).
+//!
+//! Backward: the map is linear in x, and its adjoint gathers
+//! `dx[iy, ix] = gain · Σ F[i, j] · dy[oy, ox]` over `oy·down + i − py0 = iy·up` (likewise columns).
+//! The filter is a fixed buffer (`resample_filter`): it gets no gradient.
+//!
+//! Lafite uses it as `upsample2d` (up 2, pad [2, 1, 2, 1], gain 4: the skip image path), after
+//! the transposed 3×3 convolution (pad 1, gain 4), and before D's strided convolutions (pad 2;
+//! down 2 with pad 1 for its 1×1 skips), always with `outer([1, 3, 3, 1])/64`.
+//!
+//! Cost: FH·FW multiply-adds per output (per input in the backward), one read of x (cached) and
+//! one write of y. Kernels: `kernels/upfirdn2d.cu`, one thread per output (input) element.
+
+use cudarc::driver::{DeviceRepr, PushKernelArg};
+
+use super::{same_device, Real};
+use crate::autograd::Tape;
+use crate::error::{Error, Result};
+use crate::tensor::{launch_1d, Device, Storage, Tensor};
+
+/// One resampling, checked: planes (N·C), input and output sizes, factors, padding, filter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fir {
+    pub planes: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub up: usize,
+    pub down: usize,
+    /// `[px0, px1, py0, py1]`, the reference's order.
+    pub pad: [i64; 4],
+    pub fh: usize,
+    pub fw: usize,
+    pub flip_filter: bool,
+    pub gain: f32,
+}
+
+impl Fir {
+    pub fn new(
+        x: &[usize],
+        f: &[usize],
+        up: usize,
+        down: usize,
+        pad: [i64; 4],
+        flip_filter: bool,
+        gain: f32,
+    ) -> Result<Fir> {
+        let err = |d: String| Err(Error::shape("upfirdn2d", d));
+        let &[n, c, h, w] = x else {
+            return err(format!("x must be [N, C, H, W], got {x:?}"));
+        };
+        let &[fh, fw] = f else {
+            return err(format!("the filter must be [FH, FW], got {f:?}"));
+        };
+        if up == 0 || down == 0 || fh == 0 || fw == 0 {
+            return err(format!(
+                "up {up}, down {down} and the filter {f:?} must be at least 1"
+            ));
+        }
+        let [px0, px1, py0, py1] = pad;
+        let span_h = (h * up) as i64 + py0 + py1 - fh as i64;
+        let span_w = (w * up) as i64 + px0 + px1 - fw as i64;
+        if span_h < 0 || span_w < 0 {
+            return err(format!(
+                "x {x:?} upsampled ×{up} and padded {pad:?} is smaller than the filter {f:?}"
+            ));
+        }
+        Ok(Fir {
+            planes: n * c,
+            h,
+            w,
+            oh: span_h as usize / down + 1,
+            ow: span_w as usize / down + 1,
+            up,
+            down,
+            pad,
+            fh,
+            fw,
+            flip_filter,
+            gain,
+        })
+    }
+
+    /// The correlation tap (i, j): f flipped unless `flip_filter`, times gain.
+    fn tap<T: Real>(&self, f: &[T], i: usize, j: usize) -> T {
+        let v = if self.flip_filter {
+            f[i * self.fw + j]
+        } else {
+            f[(self.fh - 1 - i) * self.fw + (self.fw - 1 - j)]
+        };
+        T::c(self.gain as f64) * v
+    }
+
+    /// The x index that output (oy, ox), tap (i, j) reads, if any.
+    fn source(&self, oy: usize, ox: usize, i: usize, j: usize) -> Option<usize> {
+        let [px0, _, py0, _] = self.pad;
+        let r = (oy * self.down + i) as i64 - py0;
+        let c = (ox * self.down + j) as i64 - px0;
+        let (up, uh, uw) = (
+            self.up as i64,
+            (self.h * self.up) as i64,
+            (self.w * self.up) as i64,
+        );
+        if r < 0 || c < 0 || r >= uh || c >= uw || r % up != 0 || c % up != 0 {
+            return None;
+        }
+        Some((r / up) as usize * self.w + (c / up) as usize)
+    }
+
+    pub fn y_shape(&self, x: &[usize]) -> [usize; 4] {
+        [x[0], x[1], self.oh, self.ow]
+    }
+}
+
+/// The CPU twins, generic so gradient checks run them in f64.
+pub mod cpu {
+    use super::*;
+
+    pub fn upfirdn2d<T: Real>(x: &[T], f: &[T], d: &Fir) -> Vec<T> {
+        let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
+        let mut y = vec![T::zero(); d.planes * ohw];
+        for p in 0..d.planes {
+            let xp = &x[p * hw..][..hw];
+            for oy in 0..d.oh {
+                for ox in 0..d.ow {
+                    let mut acc = T::zero();
+                    for i in 0..d.fh {
+                        for j in 0..d.fw {
+                            if let Some(at) = d.source(oy, ox, i, j) {
+                                acc = acc + d.tap(f, i, j) * xp[at];
+                            }
+                        }
+                    }
+                    y[p * ohw + oy * d.ow + ox] = acc;
+                }
+            }
+        }
+        y
+    }
+
+    /// The adjoint, written as the scatter of the forward (obviously its transpose).
+    pub fn upfirdn2d_dx<T: Real>(dy: &[T], f: &[T], d: &Fir) -> Vec<T> {
+        let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
+        let mut dx = vec![T::zero(); d.planes * hw];
+        for p in 0..d.planes {
+            for oy in 0..d.oh {
+                for ox in 0..d.ow {
+                    let g = dy[p * ohw + oy * d.ow + ox];
+                    for i in 0..d.fh {
+                        for j in 0..d.fw {
+                            if let Some(at) = d.source(oy, ox, i, j) {
+                                dx[p * hw + at] = dx[p * hw + at] + d.tap(f, i, j) * g;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        dx
+    }
+}
+
+/// `struct Fir` of `kernels/upfirdn2d.cu`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FirArgs {
+    planes: i32,
+    h: i32,
+    w: i32,
+    oh: i32,
+    ow: i32,
+    up: i32,
+    down: i32,
+    px0: i32,
+    py0: i32,
+    fh: i32,
+    fw: i32,
+    flip: i32,
+    gain: f32,
+}
+
+// SAFETY: #[repr(C)], i32s and an f32, the CUDA struct's layout.
+unsafe impl DeviceRepr for FirArgs {}
+
+fn args(d: &Fir) -> Result<FirArgs> {
+    let fits = |v: i64| v.abs() < 1 << 30;
+    let sizes = [
+        (d.planes * d.h.max(d.oh) * d.w.max(d.ow)) as i64,
+        (d.h * d.up) as i64 + d.pad[2].abs() + d.fh as i64,
+        (d.w * d.up) as i64 + d.pad[0].abs() + d.fw as i64,
+        (d.oh * d.down) as i64,
+        (d.ow * d.down) as i64,
+    ];
+    if !sizes.iter().all(|&v| fits(v)) {
+        return Err(Error::shape(
+            "upfirdn2d",
+            format!("{d:?} is too large for the CUDA kernel"),
+        ));
+    }
+    let i = |v: usize| v as i32;
+    Ok(FirArgs {
+        planes: i(d.planes),
+        h: i(d.h),
+        w: i(d.w),
+        oh: i(d.oh),
+        ow: i(d.ow),
+        up: i(d.up),
+        down: i(d.down),
+        px0: d.pad[0] as i32,
+        py0: d.pad[2] as i32,
+        fh: i(d.fh),
+        fw: i(d.fw),
+        flip: d.flip_filter as i32,
+        gain: d.gain,
+    })
+}
+
+/// Forward (`backward` false: x → y) or adjoint (true: dy → dx) without recording.
+fn run(v: &Tensor, f: &Tensor, d: &Fir, backward: bool, shape: &[usize]) -> Result<Tensor> {
+    const OP: &str = "upfirdn2d";
+    same_device(OP, &[v, f])?;
+    match v.device() {
+        Device::Cpu => {
+            let (sv, sf) = (v.storage(), f.storage());
+            let (vv, fv) = (sv.cpu_f32(OP)?, sf.cpu_f32(OP)?);
+            let out = if backward {
+                cpu::upfirdn2d_dx(vv, fv, d)
+            } else {
+                cpu::upfirdn2d(vv, fv, d)
+            };
+            Tensor::from_vec(out, shape, v.device())
+        }
+        Device::Cuda(gpu) => {
+            let a = args(d)?;
+            let len: usize = shape.iter().product();
+            let (sv, sf) = (v.storage(), f.storage());
+            let mut out = gpu.alloc::<f32>(len)?;
+            if len > 0 {
+                let name = if backward {
+                    "upfirdn2d_bwd_f32"
+                } else {
+                    "upfirdn2d_fwd_f32"
+                };
+                let func = gpu.function("upfirdn2d", name)?;
+                let mut lb = gpu.stream.launch_builder(&func);
+                lb.arg(sv.cuda_f32(OP)?)
+                    .arg(sf.cuda_f32(OP)?)
+                    .arg(&mut out)
+                    .arg(&a);
+                // SAFETY: v holds planes·H·W (forward) or planes·OH·OW (backward) floats and f FH·FW
+                // (shapes checked by Fir::new); every read is bounds-checked against those sizes;
+                // one thread writes each of the `len` outputs.
+                unsafe { lb.launch(launch_1d(len)) }.map_err(|e| Error::cuda(name, e))?;
+            }
+            Ok(Tensor::from_storage(
+                Storage::CudaF32(out),
+                shape,
+                v.device(),
+            ))
+        }
+    }
+}
+
+/// `upfirdn2d(x, f, up, down, padding = [px0, px1, py0, py1], flip_filter, gain)` as the
+/// reference's (same argument order); x `[N, C, H, W]`, f `[FH, FW]`. Recorded (no gradient for f).
+pub fn upfirdn2d(
+    tape: &mut Tape,
+    x: &Tensor,
+    f: &Tensor,
+    up: usize,
+    down: usize,
+    padding: [i64; 4],
+    flip_filter: bool,
+    gain: f32,
+) -> Result<Tensor> {
+    let d = Fir::new(x.shape(), f.shape(), up, down, padding, flip_filter, gain)?;
+    let y_shape = d.y_shape(x.shape());
+    let y = run(x, f, &d, false, &y_shape)?;
+    let (fc, x_shape) = (f.clone(), x.shape().to_vec());
+    tape.record(&[x], &y, move |dy| {
+        Ok(vec![Some(run(dy, &fc, &d, true, &x_shape)?)])
+    });
+    Ok(y)
+}
+
+/// The reference's `upsample2d(x, f, up)`: padding chosen so the output is exactly `up` times the
+/// input, gain `up²` (zero insertion leaves 1/up² of the energy).
+pub fn upsample2d(tape: &mut Tape, x: &Tensor, f: &Tensor, up: usize) -> Result<Tensor> {
+    let (fw, fh) = filter_size(f)?;
+    let (u, fw, fh) = (up as i64, fw as i64, fh as i64);
+    let pad = [
+        (fw + u - 1) / 2,
+        (fw - u) / 2,
+        (fh + u - 1) / 2,
+        (fh - u) / 2,
+    ];
+    upfirdn2d(tape, x, f, up, 1, pad, false, (up * up) as f32)
+}
+
+/// The reference's `downsample2d(x, f, down)`: padding chosen so the output is 1/down of the input.
+pub fn downsample2d(tape: &mut Tape, x: &Tensor, f: &Tensor, down: usize) -> Result<Tensor> {
+    let (fw, fh) = filter_size(f)?;
+    let (d, fw, fh) = (down as i64, fw as i64, fh as i64);
+    let pad = [
+        (fw - d + 1) / 2,
+        (fw - d) / 2,
+        (fh - d + 1) / 2,
+        (fh - d) / 2,
+    ];
+    upfirdn2d(tape, x, f, 1, down, pad, false, 1.0)
+}
+
+/// (FW, FH) of a `[FH, FW]` filter.
+pub fn filter_size(f: &Tensor) -> Result<(usize, usize)> {
+    match f.shape() {
+        &[fh, fw] => Ok((fw, fh)),
+        s => Err(Error::shape(
+            "upfirdn2d",
+            format!("the filter must be [FH, FW], got {s:?}"),
+        )),
+    }
+}
+
+/// `upfirdn2d.setup_filter(taps)`: the outer product of a 1-D filter with itself, normalised to sum 1
+/// (`[1, 3, 3, 1]` gives StyleGAN2's `resample_filter`, a `[4, 4]` buffer of `/64` values).
+pub fn setup_filter(taps: &[f32], device: &Device) -> Result<Tensor> {
+    let n = taps.len();
+    let mut f: Vec<f32> = (0..n * n).map(|i| taps[i / n] * taps[i % n]).collect();
+    let sum: f32 = f.iter().sum();
+    f.iter_mut().for_each(|v| *v /= sum);
+    Tensor::from_vec(f, &[n, n], device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, devices, gpu, gradcheck, random_vec};
+
+    /// (up, down, padding, flip, gain): the networks' four uses and awkward ones (crop, 3×).
+    const CASES: [(usize, usize, [i64; 4], bool, f32); 6] = [
+        (2, 1, [2, 1, 2, 1], false, 4.0),
+        (1, 1, [1, 1, 1, 1], false, 4.0),
+        (1, 1, [2, 2, 2, 2], false, 1.0),
+        (1, 2, [1, 1, 1, 1], false, 1.0),
+        (2, 2, [-1, 0, 1, -2], true, 2.0),
+        (3, 2, [0, 2, 1, 0], false, 1.5),
+    ];
+
+    fn f64s(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&x| x as f64).collect()
+    }
+
+    #[test]
+    fn upfirdn2d_gradients_match_finite_differences() {
+        for (up, down, pad, flip, gain) in CASES {
+            let d = Fir::new(&[1, 2, 5, 6], &[3, 4], up, down, pad, flip, gain).unwrap();
+            let f = f64s(&random_vec(12, 1));
+            let x = f64s(&random_vec(d.planes * 30, 2));
+            let g = f64s(&random_vec(d.planes * d.oh * d.ow, 3));
+            let loss = |x: &[f64]| {
+                cpu::upfirdn2d(x, &f, &d)
+                    .iter()
+                    .zip(&g)
+                    .map(|(a, b)| a * b)
+                    .sum::<f64>()
+            };
+            gradcheck(&format!("{d:?}"), loss, &x, &cpu::upfirdn2d_dx(&g, &f, &d));
+        }
+    }
+
+    #[test]
+    fn upsample_and_downsample_keep_the_reference_sizes_and_dc_gain() {
+        for device in devices() {
+            let f = setup_filter(&[1.0, 3.0, 3.0, 1.0], &device).unwrap();
+            assert_close(
+                &f.to_vec_f32().unwrap()[..4],
+                &[1.0 / 64.0, 3.0 / 64.0, 3.0 / 64.0, 1.0 / 64.0],
+                1e-7,
+                0.0,
+                "filter",
+            );
+            let x = Tensor::full(1.0, &[2, 3, 8, 8], &device).unwrap();
+            let mut tape = Tape::new();
+            let up = upsample2d(&mut tape, &x, &f, 2).unwrap();
+            assert_eq!(up.shape(), &[2, 3, 16, 16]);
+            let down = downsample2d(&mut tape, &x, &f, 2).unwrap();
+            assert_eq!(down.shape(), &[2, 3, 4, 4]);
+            // A constant image stays constant away from the zero-padded border.
+            let u = up.to_vec_f32().unwrap();
+            assert!((u[5 * 16 + 7] - 1.0).abs() < 1e-6, "{}", u[5 * 16 + 7]);
+            let v = down.to_vec_f32().unwrap();
+            assert!((v[4 + 1] - 1.0).abs() < 1e-6, "{}", v[5]);
+        }
+    }
+
+    #[test]
+    fn upfirdn2d_cuda_matches_cpu() {
+        let Some(gpu) = gpu() else { return };
+        for (up, down, pad, flip, gain) in CASES {
+            for (n, c, h, w) in [(1, 1, 1, 1), (2, 3, 5, 7), (3, 5, 17, 9)] {
+                for fshape in [[4usize, 4], [3, 2]] {
+                    let Ok(d) = Fir::new(&[n, c, h, w], &fshape, up, down, pad, flip, gain) else {
+                        continue;
+                    };
+                    let what = format!("{d:?}");
+                    let fv = random_vec(fshape[0] * fshape[1], 5);
+                    let xv = random_vec(n * c * h * w, 6);
+                    let gv = random_vec(d.planes * d.oh * d.ow, 7);
+                    let f = Tensor::from_slice(&fv, &fshape, &gpu).unwrap();
+                    let x = Tensor::from_slice(&xv, &[n, c, h, w], &gpu).unwrap();
+                    let mut tape = Tape::new();
+                    tape.watch(&x);
+                    let y = upfirdn2d(&mut tape, &x, &f, up, down, pad, flip, gain).unwrap();
+                    assert_close(
+                        &y.to_vec_f32().unwrap(),
+                        &cpu::upfirdn2d(&xv, &fv, &d),
+                        1e-5,
+                        1e-5,
+                        &format!("y {what}"),
+                    );
+                    let gt = Tensor::from_slice(&gv, y.shape(), &gpu).unwrap();
+                    let grads = tape.backward_with(&y, gt).unwrap();
+                    assert_close(
+                        &grads.get(&x).unwrap().to_vec_f32().unwrap(),
+                        &cpu::upfirdn2d_dx(&gv, &fv, &d),
+                        1e-5,
+                        1e-5,
+                        &format!("dx {what}"),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        let t = |s: &[usize]| Tensor::zeros(s, &Device::Cpu).unwrap();
+        let mut tape = Tape::new();
+        assert!(upfirdn2d(
+            &mut tape,
+            &t(&[1, 1, 2, 2]),
+            &t(&[4, 4]),
+            1,
+            1,
+            [0; 4],
+            false,
+            1.0
+        )
+        .is_err());
+        assert!(upfirdn2d(
+            &mut tape,
+            &t(&[1, 2, 2]),
+            &t(&[4, 4]),
+            1,
+            1,
+            [1; 4],
+            false,
+            1.0
+        )
+        .is_err());
+        assert!(upfirdn2d(
+            &mut tape,
+            &t(&[1, 1, 2, 2]),
+            &t(&[4]),
+            1,
+            1,
+            [1; 4],
+            false,
+            1.0
+        )
+        .is_err());
+        assert!(upfirdn2d(
+            &mut tape,
+            &t(&[1, 1, 2, 2]),
+            &t(&[4, 4]),
+            0,
+            1,
+            [1; 4],
+            false,
+            1.0
+        )
+        .is_err());
+        assert!(upfirdn2d(
+            &mut tape,
+            &t(&[1, 1, 2, 2]),
+            &t(&[4, 4]),
+            2,
+            1,
+            [1; 4],
+            false,
+            1.0
+        )
+        .is_ok());
+    }
+}
