@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod augment;
 pub mod bias_act;
+pub mod channels;
 pub mod concat;
 pub mod conv1d;
 pub mod conv2d;
