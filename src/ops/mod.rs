@@ -17,6 +17,7 @@ pub mod l2norm;
 pub mod layernorm;
 pub mod loss;
 pub mod matmul;
+pub mod mbstd;
 pub mod modconv;
 pub mod reduce;
 pub mod softmax;
