@@ -12,11 +12,22 @@ extern "C" __global__ void unary_bwd_f32(const float* x, const float* y, const f
     FOR_EACH(i, n) dx[i] = unary_bwd(op, x[i], y[i], dy[i], a, b);
 }
 
-// op: 0 add, 1 sub, 2 mul.
+// op: 0 add, 1 sub, 2 mul, 3 max (elementwise; fmaxf's NaN rule aside, torch.max(a, b)).
+__device__ __forceinline__ float binary_op(int op, float u, float v) {
+    return op == 0 ? u + v : op == 1 ? u - v : op == 2 ? u * v : fmaxf(u, v);
+}
+
 extern "C" __global__ void binary_f32(const float* a, const float* b, float* y, u64 n, int op) {
+    FOR_EACH(i, n) y[i] = binary_op(op, a[i], b[i]);
+}
+
+// The gradients of y = max(a, b): dy goes to the larger input, half to each on a tie (PyTorch's rule).
+extern "C" __global__ void maximum_bwd_f32(const float* a, const float* b, const float* dy, float* da, float* db, u64 n) {
     FOR_EACH(i, n) {
-        float u = a[i], v = b[i];
-        y[i] = op == 0 ? u + v : op == 1 ? u - v : u * v;
+        float u = a[i], v = b[i], g = dy[i];
+        float share = u > v ? g : u < v ? 0.f : 0.5f * g;
+        da[i] = share;
+        db[i] = g - share;
     }
 }
 
@@ -24,7 +35,7 @@ extern "C" __global__ void binary_f32(const float* a, const float* b, float* y, 
 extern "C" __global__ void binary_bf16(const __nv_bfloat16* a, const __nv_bfloat16* b, __nv_bfloat16* y, u64 n, int op) {
     FOR_EACH(i, n) {
         float u = to_f32(a[i]), v = to_f32(b[i]);
-        y[i] = from_f32<__nv_bfloat16>(op == 0 ? u + v : op == 1 ? u - v : u * v);
+        y[i] = from_f32<__nv_bfloat16>(binary_op(op, u, v));
     }
 }
 

@@ -65,6 +65,8 @@ pub enum Binary {
     Add,
     Sub,
     Mul,
+    /// Elementwise maximum (`torch.max(a, b)`).
+    Max,
 }
 
 /// The CPU twins: plain scalar maths, generic so gradient checks run them in f64.
@@ -165,7 +167,20 @@ pub mod cpu {
             Binary::Add => a + b,
             Binary::Sub => a - b,
             Binary::Mul => a * b,
+            Binary::Max => a.max(b),
         }
+    }
+
+    /// (da, db) of `y = max(a, b)`: dy to the larger input, half to each on a tie.
+    pub fn maximum_grad<T: Real>(a: T, b: T, dy: T) -> (T, T) {
+        let share = if a > b {
+            dy
+        } else if a < b {
+            T::zero()
+        } else {
+            dy * T::c(0.5)
+        };
+        (share, dy - share)
     }
 
     /// `dbias[c] = Σ dy[o, c, r]` over `[outer, C, inner]`.
@@ -389,6 +404,63 @@ pub fn add(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         Ok(vec![Some(dy.clone()), Some(dy.clone())])
     });
     Ok(y)
+}
+
+/// `y = max(a, b)` elementwise (same shape), as `torch.max(a, b)`: the gradient goes to the
+/// larger input, half to each where they tie.
+pub fn maximum(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let y = binary_raw(Binary::Max, a, b)?;
+    let (ac, bc) = (a.clone(), b.clone());
+    tape.record(&[a, b], &y, move |dy| {
+        let (da, db) = maximum_bwd_raw(&ac, &bc, dy)?;
+        Ok(vec![Some(da), Some(db)])
+    });
+    Ok(y)
+}
+
+fn maximum_bwd_raw(a: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "maximum backward";
+    match a.device() {
+        Device::Cpu => {
+            let (va, vb, vd) = (a.to_vec_f32()?, b.to_vec_f32()?, dy.to_vec_f32()?);
+            let (da, db): (Vec<f32>, Vec<f32>) = va
+                .iter()
+                .zip(&vb)
+                .zip(&vd)
+                .map(|((&u, &v), &g)| cpu::maximum_grad(u, v, g))
+                .unzip();
+            Ok((
+                Tensor::from_vec(da, a.shape(), a.device())?,
+                Tensor::from_vec(db, a.shape(), a.device())?,
+            ))
+        }
+        Device::Cuda(gpu) => {
+            let n = a.numel();
+            let (sa, sb, sd) = (a.storage(), b.storage(), dy.storage());
+            let mut da = gpu.alloc::<f32>(n)?;
+            let mut db = gpu.alloc::<f32>(n)?;
+            if n > 0 {
+                let nn = n as u64;
+                // SAFETY: a, b, dy, da and db all hold n floats (same shape, checked forward).
+                crate::tensor::launch!(
+                    gpu,
+                    "elementwise",
+                    "maximum_bwd_f32",
+                    launch_1d(n),
+                    sa.cuda_f32(OP)?,
+                    sb.cuda_f32(OP)?,
+                    sd.cuda_f32(OP)?,
+                    &mut da,
+                    &mut db,
+                    &nn
+                )?;
+            }
+            Ok((
+                Tensor::from_storage(Storage::CudaF32(da), a.shape(), a.device()),
+                Tensor::from_storage(Storage::CudaF32(db), a.shape(), a.device()),
+            ))
+        }
+    }
 }
 
 /// `y = a − b` (same shape).
@@ -667,6 +739,42 @@ mod tests {
     }
 
     #[test]
+    fn maximum_routes_the_gradient_to_the_larger_input() {
+        for device in devices() {
+            // Three ties (equal entries) among random values.
+            let av = random_vec(70, 11);
+            let mut bv = random_vec(70, 12);
+            bv[..3].copy_from_slice(&av[..3]);
+            let gv = random_vec(70, 13);
+            let a = Tensor::from_slice(&av, &[7, 10], &device).unwrap();
+            let b = Tensor::from_slice(&bv, &[7, 10], &device).unwrap();
+            let mut tape = Tape::new();
+            tape.watch(&a);
+            tape.watch(&b);
+            let y = maximum(&mut tape, &a, &b).unwrap();
+            let want: Vec<f32> = av.iter().zip(&bv).map(|(u, v)| u.max(*v)).collect();
+            assert_eq!(y.to_vec_f32().unwrap(), want, "on {device}");
+            let g = tape
+                .backward_with(&y, Tensor::from_slice(&gv, &[7, 10], &device).unwrap())
+                .unwrap();
+            let (da, db): (Vec<f32>, Vec<f32>) = (0..70)
+                .map(|i| cpu::maximum_grad(av[i], bv[i], gv[i]))
+                .unzip();
+            assert_eq!(
+                g.get(&a).unwrap().to_vec_f32().unwrap(),
+                da,
+                "da on {device}"
+            );
+            assert_eq!(
+                g.get(&b).unwrap().to_vec_f32().unwrap(),
+                db,
+                "db on {device}"
+            );
+            assert_eq!(da[0], 0.5 * gv[0]);
+        }
+    }
+
+    #[test]
     fn binary_and_bias_gradients() {
         for device in devices() {
             let (av, bv, biasv) = (random_vec(60, 1), random_vec(60, 2), random_vec(4, 3));
@@ -731,7 +839,7 @@ mod tests {
                 let b = Tensor::from_slice(&bv, &shape, d).unwrap();
                 let bias = Tensor::from_slice(&biasv, &[3], d).unwrap();
                 let mut out = Vec::new();
-                for op in [Binary::Add, Binary::Sub, Binary::Mul] {
+                for op in [Binary::Add, Binary::Sub, Binary::Mul, Binary::Max] {
                     out.extend(binary_raw(op, &a, &b).unwrap().to_vec_f32().unwrap());
                 }
                 out.extend(bias_add_raw(&a, &bias, -1).unwrap().to_vec_f32().unwrap());
