@@ -12,8 +12,8 @@
 
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::nn::ParamStore;
-use crate::ops::{conv1d::conv1d, elementwise as ew, transpose};
+use crate::nn::{Conv1d, ParamStore};
+use crate::ops::{elementwise as ew, transpose};
 use crate::tensor::{Device, Tensor};
 
 /// The mapper's shape: voxel count, width of the convolutions, fc width, output dimension.
@@ -44,58 +44,19 @@ impl MapperConfig {
     }
 }
 
-struct Conv {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Conv {
-    /// PyTorch's default Conv1d init: U(−1/√fan_in, 1/√fan_in) for weight and bias.
-    fn new(
-        store: &mut ParamStore,
-        name: &str,
-        c_out: usize,
-        c_in: usize,
-        k: usize,
-        seed: u64,
-        device: &Device,
-    ) -> Result<Conv> {
-        let bound = 1.0 / ((c_in * k) as f32).sqrt();
-        let weight = store.insert(
-            &format!("{name}.weight"),
-            Tensor::rand_uniform(&[c_out, c_in, k], -bound, bound, seed, device)?,
-        )?;
-        let bias = store.insert(
-            &format!("{name}.bias"),
-            Tensor::rand_uniform(&[c_out], -bound, bound, seed + 1, device)?,
-        )?;
-        Ok(Conv { weight, bias })
-    }
-
-    fn forward(
-        &self,
-        tape: &mut Tape,
-        x: &Tensor,
-        stride: usize,
-        padding: usize,
-    ) -> Result<Tensor> {
-        conv1d(tape, x, &self.weight, Some(&self.bias), stride, padding)
-    }
-}
-
 struct ResBlock {
-    net_0: Conv,
-    net_2: Conv,
-    net_4: Conv,
+    net_0: Conv1d,
+    net_2: Conv1d,
+    net_4: Conv1d,
 }
 
 pub struct Mapper {
     pub config: MapperConfig,
-    stem: Conv,
+    stem: Conv1d,
     blocks: Vec<ResBlock>,
-    proj: Conv,
-    fc_1: Conv,
-    fc_3: Conv,
+    proj: Conv1d,
+    fc_1: Conv1d,
+    fc_3: Conv1d,
 }
 
 impl Mapper {
@@ -113,18 +74,18 @@ impl Mapper {
             )));
         }
         let h = config.hidden;
-        let stem = Conv::new(store, "encoder.0.0", h, 1, 4, seed, device)?;
+        let stem = Conv1d::new(store, "encoder.0.0", h, 1, 4, seed, device)?;
         let mut blocks = Vec::new();
         for i in 0..config.res_blocks {
             let s = seed + 10 * (i as u64 + 1);
             let name = |j| format!("encoder.{}.net.{j}", i + 1);
             blocks.push(ResBlock {
-                net_0: Conv::new(store, &name(0), h, h, 3, s, device)?,
-                net_2: Conv::new(store, &name(2), h, h, 3, s + 2, device)?,
-                net_4: Conv::new(store, &name(4), h, h, 1, s + 4, device)?,
+                net_0: Conv1d::new(store, &name(0), h, h, 3, s, device)?,
+                net_2: Conv1d::new(store, &name(2), h, h, 3, s + 2, device)?,
+                net_4: Conv1d::new(store, &name(4), h, h, 1, s + 4, device)?,
             });
         }
-        let proj = Conv::new(
+        let proj = Conv1d::new(
             store,
             &format!("encoder.{}", config.res_blocks + 1),
             config.out_dim,
@@ -133,7 +94,7 @@ impl Mapper {
             seed + 100,
             device,
         )?;
-        let fc_1 = Conv::new(
+        let fc_1 = Conv1d::new(
             store,
             "fc.1",
             config.fc_hidden,
@@ -142,7 +103,7 @@ impl Mapper {
             seed + 200,
             device,
         )?;
-        let fc_3 = Conv::new(store, "fc.3", 1, config.fc_hidden, 1, seed + 300, device)?;
+        let fc_3 = Conv1d::new(store, "fc.3", 1, config.fc_hidden, 1, seed + 300, device)?;
         Ok(Mapper {
             config,
             stem,

@@ -24,75 +24,12 @@ pub use vision::VisionTransformer;
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
 use crate::nn::{load_safetensors, ParamStore};
+pub(crate) use crate::nn::{LayerNorm, Linear, Params};
 use crate::ops::{
-    attention::attention,
-    elementwise as ew,
-    l2norm::l2_normalize,
-    layernorm::{add_layer_norm, layer_norm},
+    attention::attention, elementwise as ew, l2norm::l2_normalize, layernorm::add_layer_norm,
     matmul, transpose,
 };
 use crate::tensor::{DType, Device, Tensor};
-
-/// Registers zero-filled parameters under `prefix` in a store; `load` fills them by name.
-pub(crate) struct Params<'a> {
-    pub store: &'a mut ParamStore,
-    pub device: &'a Device,
-}
-
-impl Params<'_> {
-    pub fn get(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.store.insert(name, Tensor::zeros(shape, self.device)?)
-    }
-}
-
-/// `nn.Linear` weights.
-pub(crate) struct Linear {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
-}
-
-impl Linear {
-    pub fn new(p: &mut Params, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-        let weight = p.get(&format!("{name}.weight"), &[out, inp])?;
-        let bias = if bias {
-            Some(p.get(&format!("{name}.bias"), &[out])?)
-        } else {
-            None
-        };
-        Ok(Linear { weight, bias })
-    }
-
-    /// `x·Wᵀ + b`, the bias in the GEMM's epilogue (one launch; one rounding in bf16).
-    pub fn forward(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
-        matmul::linear_act(tape, x, &self.weight, self.bias.as_ref(), None)
-    }
-
-    /// `act(forward(x))` in one fused GEMM (the bias and activation in its epilogue).
-    pub fn forward_act(&self, tape: &mut Tape, x: &Tensor, act: ew::Unary) -> Result<Tensor> {
-        matmul::linear_act(tape, x, &self.weight, self.bias.as_ref(), Some(act))
-    }
-}
-
-/// `nn.LayerNorm` over the last axis.
-pub(crate) struct LayerNorm {
-    pub weight: Tensor,
-    pub bias: Tensor,
-    pub eps: f32,
-}
-
-impl LayerNorm {
-    pub fn new(p: &mut Params, name: &str, n: usize, eps: f32) -> Result<LayerNorm> {
-        Ok(LayerNorm {
-            weight: p.get(&format!("{name}.weight"), &[n])?,
-            bias: p.get(&format!("{name}.bias"), &[n])?,
-            eps,
-        })
-    }
-
-    pub fn forward(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
-        layer_norm(tape, x, Some(&self.weight), Some(&self.bias), self.eps)
-    }
-}
 
 /// `CLIPAttention`: q/k/v projections, per-head scaled-dot-product attention, out projection.
 pub(crate) struct SelfAttn {
@@ -205,10 +142,7 @@ impl Clip {
     /// A zero-initialised model of this shape on `device` (its store lists every expected tensor).
     pub fn zeros(config: ClipConfig, device: &Device) -> Result<Clip> {
         let mut store = ParamStore::new();
-        let mut p = Params {
-            store: &mut store,
-            device,
-        };
+        let mut p = Params::zeros(&mut store, device);
         let vision_model = VisionTransformer::new(&mut p, "vision_model", &config.vision)?;
         let text_model = TextTransformer::new(&mut p, "text_model", &config.text)?;
         let visual_projection = Linear::new(

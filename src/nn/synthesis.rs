@@ -1,0 +1,322 @@
+//! Lafite's conditioned StyleGAN2 synthesis layers (the mind-reader fork's `SynthesisLayer` and
+//! `ToRGBLayer`, conditioning structures 2 and 4).
+//!
+//! Every layer turns the CLIP condition into its own style: the condition `fts` goes through a
+//! small MLP (`pre_0`: F → (F+512)/2, `pre_1`: → 512, both lrelu with lr multiplier 0.01), is
+//! concatenated with w (condition first) and mapped by `affine_0` (w_dim + 512 → in_channels, bias
+//! initialised to 1) to the modulation styles. Structure 4 takes two conditions in one `fts` of
+//! width F + F2 (the image mapper's and the caption mapper's outputs), runs the second through
+//! its own `pre_01`/`pre_11`, and merges the two with an elementwise max before `affine_0`.
+
+use super::{FullyConnected, Params};
+use crate::autograd::Tape;
+use crate::error::{Error, Result};
+use crate::ops::bias_act::{bias_act, Act};
+use crate::ops::channels::add_noise;
+use crate::ops::concat::{concat, slice};
+use crate::ops::elementwise as ew;
+use crate::ops::modconv::{modulated_conv2d, Resample};
+use crate::ops::upfirdn2d::{filter_size, setup_filter, upfirdn2d};
+use crate::tensor::Tensor;
+
+/// The per-layer noise of a synthesis layer (the reference's `noise_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoiseMode {
+    /// The layer's fixed `noise_const` buffer.
+    Const,
+    /// Fresh N(0, 1) noise per sample, drawn from this seed (mixed with the layer's name).
+    Random(u64),
+    /// No noise.
+    None,
+}
+
+/// The conditioning MLPs and the affine map to styles of one layer.
+pub struct Condition {
+    pub pre_0: FullyConnected,
+    pub pre_1: FullyConnected,
+    /// Structure 4's second condition.
+    pub second: Option<(FullyConnected, FullyConnected)>,
+    pub affine_0: FullyConnected,
+    pub f_dim: usize,
+    pub f_dim2: usize,
+}
+
+impl Condition {
+    /// `structure` 2 (one condition of width `f_dim`) or 4 (two, `f_dim` + `f_dim2`).
+    pub fn new(
+        p: &mut Params,
+        name: &str,
+        structure: u32,
+        w_dim: usize,
+        f_dim: usize,
+        f_dim2: usize,
+        out: usize,
+    ) -> Result<Condition> {
+        let mlp = |p: &mut Params,
+                   a: &str,
+                   b: &str,
+                   f: usize|
+         -> Result<(FullyConnected, FullyConnected)> {
+            let mid = (f + 512) / 2;
+            Ok((
+                FullyConnected::new(
+                    p,
+                    &format!("{name}.{a}"),
+                    f,
+                    mid,
+                    true,
+                    Act::LRELU,
+                    0.01,
+                    0.0,
+                )?,
+                FullyConnected::new(
+                    p,
+                    &format!("{name}.{b}"),
+                    mid,
+                    512,
+                    true,
+                    Act::LRELU,
+                    0.01,
+                    0.0,
+                )?,
+            ))
+        };
+        let (pre_0, pre_1) = mlp(p, "pre_0", "pre_1", f_dim)?;
+        let second = match structure {
+            2 => None,
+            4 => Some(mlp(p, "pre_01", "pre_11", f_dim2)?),
+            other => {
+                return Err(Error::Invalid(format!(
+                    "{name}: conditioning structure {other} is not supported (2: one condition, 4: two)"
+                )))
+            }
+        };
+        let affine_0 = FullyConnected::new(
+            p,
+            &format!("{name}.affine_0"),
+            w_dim + 512,
+            out,
+            true,
+            Act::Linear,
+            1.0,
+            1.0,
+        )?;
+        Ok(Condition {
+            pre_0,
+            pre_1,
+            second,
+            affine_0,
+            f_dim,
+            f_dim2,
+        })
+    }
+
+    /// The width of `fts` this layer reads.
+    pub fn fts_width(&self) -> usize {
+        self.f_dim
+            + if self.second.is_some() {
+                self.f_dim2
+            } else {
+                0
+            }
+    }
+
+    /// styles `[N, out]` from w `[N, w_dim]` and fts `[N, F (+ F2)]`.
+    pub fn styles(&self, tape: &mut Tape, w: &Tensor, fts: &Tensor) -> Result<Tensor> {
+        let width = fts.shape().get(1).copied().unwrap_or(0);
+        if fts.rank() != 2 || width < self.fts_width() || fts.shape()[0] != w.shape()[0] {
+            return Err(Error::shape(
+                "synthesis condition",
+                format!(
+                    "fts {:?} for w {:?}: want [N, {}]",
+                    fts.shape(),
+                    w.shape(),
+                    self.fts_width()
+                ),
+            ));
+        }
+        let h = match &self.second {
+            None if width == self.f_dim => self.pre_0.forward(tape, fts)?,
+            _ => {
+                let f1 = slice(tape, fts, 1, 0, self.f_dim)?;
+                self.pre_0.forward(tape, &f1)?
+            }
+        };
+        let mut h = self.pre_1.forward(tape, &h)?;
+        if let Some((pre_01, pre_11)) = &self.second {
+            let f2 = slice(tape, fts, 1, self.f_dim, self.f_dim2)?;
+            let h2 = pre_01.forward(tape, &f2)?;
+            let h2 = pre_11.forward(tape, &h2)?;
+            h = ew::maximum(tape, &h, &h2)?;
+        }
+        let hw = concat(tape, &[&h, w], 1)?;
+        self.affine_0.forward(tape, &hw)
+    }
+}
+
+/// One modulated 3×3 layer: `styles → modulated conv (demodulated; ×2 transposed + filter when
+/// up) → + noise·noise_strength → bias_act(lrelu, gain √2, clamp ±conv_clamp)`.
+pub struct SynthesisLayer {
+    pub name: String,
+    pub cond: Condition,
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub noise_const: Tensor,
+    pub noise_strength: Tensor,
+    pub resample_filter: Tensor,
+    pub up: bool,
+    pub resolution: usize,
+    pub conv_clamp: Option<f32>,
+}
+
+impl SynthesisLayer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        p: &mut Params,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        w_dim: usize,
+        resolution: usize,
+        up: bool,
+        conv_clamp: Option<f32>,
+        structure: u32,
+        f_dim: usize,
+        f_dim2: usize,
+    ) -> Result<SynthesisLayer> {
+        let cond = Condition::new(p, name, structure, w_dim, f_dim, f_dim2, cin)?;
+        let f = setup_filter(&[1.0, 3.0, 3.0, 1.0], p.device)?;
+        Ok(SynthesisLayer {
+            name: name.to_string(),
+            resample_filter: p.buffer(&format!("{name}.resample_filter"), f)?,
+            cond,
+            weight: p.randn(&format!("{name}.weight"), &[cout, cin, 3, 3], 1.0)?,
+            noise_const: p
+                .randn_buffer(&format!("{name}.noise_const"), &[resolution, resolution])?,
+            noise_strength: p.get(&format!("{name}.noise_strength"), &[])?,
+            bias: p.get(&format!("{name}.bias"), &[cout])?,
+            up,
+            resolution,
+            conv_clamp,
+        })
+    }
+
+    /// x `[N, in, r/up, r/up]`, w `[N, w_dim]`, fts `[N, F]` → `[N, out, r, r]`.
+    pub fn forward(
+        &self,
+        tape: &mut Tape,
+        x: &Tensor,
+        w: &Tensor,
+        fts: &Tensor,
+        noise: NoiseMode,
+    ) -> Result<Tensor> {
+        let styles = self.cond.styles(tape, w, fts)?;
+        let y = if self.up {
+            let y = modulated_conv2d(tape, x, &self.weight, &styles, true, Resample::Up2)?;
+            // conv2d_resample's padding after the transposed 3×3 (padding 1, up 2):
+            // 1 + (fw + 1)/2 − 2 on each side, 1 for the 4-tap filter.
+            let (fw, _) = filter_size(&self.resample_filter)?;
+            let pad = 1 + (fw as i64 + 1) / 2 - 2;
+            upfirdn2d(tape, &y, &self.resample_filter, 1, 1, [pad; 4], false, 4.0)?
+        } else {
+            modulated_conv2d(
+                tape,
+                x,
+                &self.weight,
+                &styles,
+                true,
+                Resample::Same { padding: 1 },
+            )?
+        };
+        if y.shape()[2] != self.resolution {
+            return Err(Error::shape(
+                "synthesis layer",
+                format!(
+                    "{}: input {:?} does not give resolution {}",
+                    self.name,
+                    x.shape(),
+                    self.resolution
+                ),
+            ));
+        }
+        let y = match noise {
+            NoiseMode::None => y,
+            NoiseMode::Const => add_noise(tape, &y, &self.noise_const, &self.noise_strength)?,
+            NoiseMode::Random(seed) => {
+                let r = self.resolution;
+                let n = Tensor::randn(
+                    &[y.shape()[0], 1, r, r],
+                    1.0,
+                    seed ^ super::name_hash(&self.name),
+                    y.device(),
+                )?;
+                add_noise(tape, &y, &n, &self.noise_strength)?
+            }
+        };
+        // The reference clamps at conv_clamp times the forward's `gain` argument (1 in the skip
+        // generator), not times the activation's √2.
+        let gain = Act::LRELU.default_gain();
+        bias_act(
+            tape,
+            &y,
+            Some(&self.bias),
+            Act::LRELU,
+            gain,
+            self.conv_clamp,
+        )
+    }
+}
+
+/// The 1×1 modulated convolution to RGB: no demodulation, the styles scaled by 1/√in, linear
+/// activation, clamp `conv_clamp` (no gain).
+pub struct ToRgb {
+    pub cond: Condition,
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub weight_gain: f32,
+    pub conv_clamp: Option<f32>,
+}
+
+impl ToRgb {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        p: &mut Params,
+        name: &str,
+        cin: usize,
+        channels: usize,
+        w_dim: usize,
+        conv_clamp: Option<f32>,
+        structure: u32,
+        f_dim: usize,
+        f_dim2: usize,
+    ) -> Result<ToRgb> {
+        Ok(ToRgb {
+            cond: Condition::new(p, name, structure, w_dim, f_dim, f_dim2, cin)?,
+            weight: p.randn(&format!("{name}.weight"), &[channels, cin, 1, 1], 1.0)?,
+            bias: p.get(&format!("{name}.bias"), &[channels])?,
+            weight_gain: 1.0 / (cin as f32).sqrt(),
+            conv_clamp,
+        })
+    }
+
+    pub fn forward(&self, tape: &mut Tape, x: &Tensor, w: &Tensor, fts: &Tensor) -> Result<Tensor> {
+        let styles = self.cond.styles(tape, w, fts)?;
+        let styles = ew::scale(tape, &styles, self.weight_gain)?;
+        let y = modulated_conv2d(
+            tape,
+            x,
+            &self.weight,
+            &styles,
+            false,
+            Resample::Same { padding: 0 },
+        )?;
+        bias_act(
+            tape,
+            &y,
+            Some(&self.bias),
+            Act::Linear,
+            1.0,
+            self.conv_clamp,
+        )
+    }
+}
