@@ -13,6 +13,7 @@ pub mod kernels;
 pub mod models;
 pub mod nn;
 pub mod ops;
+pub mod rng;
 pub mod tensor;
 pub mod train;
 

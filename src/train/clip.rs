@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::autograd::Tape;
-use crate::data::rng::{stage, Rng};
 use crate::data::{DatasetFile, Split};
 use crate::error::{Error, Result};
 use crate::eval::{retrieval, Retrieval};
@@ -25,6 +24,7 @@ use crate::models::clip_tokenizer::ClipTokenizer;
 use crate::ops::{
     elementwise as ew, image::clip_preprocess, reduce::sum_all, softmax::log_softmax, transpose,
 };
+use crate::rng::{stage, Rng};
 use crate::tensor::{Device, Tensor};
 use crate::train::{Adam, AdamConfig};
 

@@ -16,7 +16,6 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::autograd::Tape;
-use crate::data::rng::{stage, Rng};
 use crate::data::{Split, Staged};
 use crate::error::{Error, Result};
 use crate::eval::{retrieval, Retrieval};
@@ -25,6 +24,7 @@ use crate::nn::ParamStore;
 use crate::ops::concat::concat;
 use crate::ops::embedding::embedding;
 use crate::ops::loss::{self, LossConfig};
+use crate::rng::{stage, Rng};
 use crate::tensor::{Device, Tensor};
 use crate::train::{Adam, AdamConfig, Schedule};
 
