@@ -9,6 +9,7 @@ pub mod bench;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod fsio;
 pub mod kernels;
 pub mod models;
 pub mod nn;

@@ -19,6 +19,7 @@ use crate::autograd::Tape;
 use crate::data::{DatasetFile, Split};
 use crate::error::{Error, Result};
 use crate::eval::{retrieval, Retrieval};
+use crate::fsio::write_atomic;
 use crate::models::clip::{Clip, ClipConfig};
 use crate::models::clip_tokenizer::ClipTokenizer;
 use crate::ops::{
@@ -356,11 +357,12 @@ pub fn train_clip(
             )
         })?;
     }
-    std::fs::write(
-        dir.config(),
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
-    )
-    .map_err(|e| Error::file(dir.config(), format!("writing: {e}")))?;
+    write_atomic(
+        &dir.config(),
+        serde_json::to_string_pretty(&json)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     let mut history = Vec::new();
     for epoch in start..cfg.epochs {
         let started = std::time::Instant::now();
