@@ -27,6 +27,7 @@ use crate::ops::{
 };
 use crate::rng::{stage, Rng};
 use crate::tensor::{Device, Tensor};
+use crate::train::metrics::append_json_line;
 use crate::train::{Adam, AdamConfig};
 
 /// The shape and the optimisation of a small CLIP run (the checkpoint refuses to resume if any
@@ -404,7 +405,7 @@ pub fn train_clip(
         meta.insert("train.config".into(), cfg.fingerprint());
         meta.insert("train.epochs_done".into(), (epoch + 1).to_string());
         clip.store.save(&dir.checkpoint(), &state, &meta)?;
-        crate::train::mapper::append_json_line(&dir.metrics(), &e.to_json())?;
+        append_json_line(&dir.metrics(), &e.to_json())?;
         progress.on_epoch(&e);
         history.push(e);
     }
