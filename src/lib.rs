@@ -2,7 +2,8 @@
 //! Sprague & Singh, NeurIPS 2022) on a from-scratch CUDA kernel engine with CPU twins.
 //!
 //! Layers, each using only those above it: `kernels` (embedded CUDA) → `tensor` → `ops` →
-//! `autograd` → `nn` → `train` → the `mindreader` binary. See DESIGN.md in the repository.
+//! `autograd` → `nn` → `models` → `data` → `train` / `eval` → the `mindreader` binary; `rng` and
+//! `fsio` use none of them and serve all. See the Architecture section of README.md.
 
 pub mod autograd;
 pub mod bench;
