@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Makes tests/fixtures/mapper/*.safetensors: PyTorch reference outputs for the Mind Reader mapper
-and its losses. The modules below are written from the architecture in DESIGN.md with the same
-nesting as the reference's `fmri_clip_res`, so their state_dict names are the reference's.
+and its losses. The modules below follow the reference's `fmri_clip_res` (its layers are listed in
+the module doc of src/models/mapper.rs) with the same nesting, so their state_dict names are the
+reference's.
 
     python3 -m venv .venv-fixtures && .venv-fixtures/bin/pip install -r scripts/requirements-fixtures.txt
     .venv-fixtures/bin/python scripts/make_fixtures.py

@@ -498,7 +498,7 @@ pub fn mapper_forward_flops(c: &MapperConfig) -> f64 {
     stem + c.res_blocks as f64 * block + proj + fc
 }
 
-/// Parameter tensor sizes of one Mind Reader mapper (V = 15744, see DESIGN.md).
+/// Parameter tensor sizes of one Mind Reader mapper (V = 15744; the layers of `models::mapper`).
 fn mapper_param_sizes() -> Vec<usize> {
     let mut v = vec![64 * 4, 64];
     for _ in 0..4 {

@@ -2,17 +2,20 @@
 //! Sprague & Singh, NeurIPS 2022) on a from-scratch CUDA kernel engine with CPU twins.
 //!
 //! Layers, each using only those above it: `kernels` (embedded CUDA) → `tensor` → `ops` →
-//! `autograd` → `nn` → `train` → the `mindreader` binary. See DESIGN.md in the repository.
+//! `autograd` → `nn` → `models` → `data` → `train` / `eval` → the `mindreader` binary; `rng` and
+//! `fsio` use none of them and serve all. See the Architecture section of README.md.
 
 pub mod autograd;
 pub mod bench;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod fsio;
 pub mod kernels;
 pub mod models;
 pub mod nn;
 pub mod ops;
+pub mod rng;
 pub mod tensor;
 pub mod train;
 

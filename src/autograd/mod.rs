@@ -151,7 +151,7 @@ impl Tape {
             for (id, dx) in node.inputs.iter().zip(dxs) {
                 let Some(dx) = dx else { continue };
                 let total = match grads.remove(id) {
-                    Some(prev) => crate::ops::elementwise::add_raw(&prev, &dx)?,
+                    Some(prev) => prev.accumulate(&dx)?,
                     None => dx,
                 };
                 grads.insert(*id, total);

@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use mindreader::data::loader::average_repeats;
 use mindreader::data::DatasetFile;
 use mindreader::eval::{npy, retrieval};
+use mindreader::fsio::write_atomic;
 use mindreader::train::mapper::predict_rows;
 use mindreader::{Device, Tensor};
 
@@ -96,8 +97,7 @@ pub fn run(args: EvalRetrievalArgs) -> Result<()> {
     let text = serde_json::to_string_pretty(&json)?;
     println!("{text}");
     if let Some(out) = &args.out {
-        std::fs::write(out, format!("{text}\n"))
-            .with_context(|| format!("writing {}", out.display()))?;
+        write_atomic(out, format!("{text}\n").as_bytes())?;
     }
     Ok(())
 }

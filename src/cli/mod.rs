@@ -15,7 +15,8 @@ pub mod train_mapper;
 
 use anyhow::Result;
 use mindreader::eval::plot::{line_chart, Series};
-use mindreader::train::mapper::{read_loss_history, RunDir};
+use mindreader::train::mapper::RunDir;
+use mindreader::train::metrics::read_loss_history;
 use mindreader::Device;
 
 /// `--device` values: `auto` (GPU when usable), `cpu`, `cuda` or `cuda:N` (the CUDA simulator is

@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use crate::autograd::Tape;
 use crate::data::dataset::{DatasetFile, Split};
-use crate::data::rng::{stage, Rng};
 use crate::error::{Error, Result};
 use crate::ops::embedding::embedding;
+use crate::rng::{stage, Rng};
 use crate::tensor::{Device, Tensor};
 
 /// What one batch row is.

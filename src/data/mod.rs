@@ -6,7 +6,6 @@ pub mod dataset;
 pub mod font;
 pub mod loader;
 pub mod nsd;
-pub mod rng;
 pub mod sheet;
 pub mod synth;
 

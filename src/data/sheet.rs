@@ -62,7 +62,7 @@ impl Canvas {
             w.write_image_data(&self.pixels)
                 .map_err(|e| Error::file(path, format!("encoding PNG: {e}")))?;
         }
-        crate::nn::params::write_atomic(path, &bytes)
+        crate::fsio::write_atomic(path, &bytes)
     }
 }
 

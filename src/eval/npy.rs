@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::nn::params::write_atomic;
+use crate::fsio::write_atomic;
 
 /// Writes `data` with `shape` as `<f4` C-order, atomically.
 pub fn write_f32(path: &Path, data: &[f32], shape: &[usize]) -> Result<()> {

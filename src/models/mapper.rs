@@ -7,8 +7,8 @@
 //! 3. `encoder.5`: Conv1d(64→D, k1) → transpose → `[B, V/2, D]`
 //! 4. `fc.1`: ReLU → Conv1d(V/2→128, k1) → ReLU → `fc.3`: Conv1d(128→1, k1) → `[B, D]`
 //!
-//! Parameter names are the PyTorch state_dict's, so a converted checkpoint of the original code
-//! loads by name (`scripts/convert_mapper.py`). ~1.16M parameters at V = 15744.
+//! Parameter names are the PyTorch state_dict's, so a checkpoint converted from the original code
+//! loads by name. ~1.16M parameters at V = 15744.
 
 use crate::autograd::Tape;
 use crate::error::{Error, Result};

@@ -12,6 +12,7 @@ use safetensors::tensor::{Dtype as StDtype, TensorView};
 
 use crate::autograd::{Gradients, Tape};
 use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 use crate::ops::elementwise::add_raw;
 use crate::tensor::{DType, Device, Storage, Tensor};
 
@@ -220,26 +221,6 @@ pub fn save_safetensors(
     let data = safetensors::serialize(views, &Some(meta))
         .map_err(|e| Error::file(path, format!("serialising: {e}")))?;
     write_atomic(path, &data)
-}
-
-/// Writes `data` to `path` through `path.tmp` + fsync + rename.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::file(dir, format!("creating directory: {e}")))?;
-    }
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let mut f =
-        std::fs::File::create(&tmp).map_err(|e| Error::file(&tmp, format!("creating: {e}")))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::file(&tmp, format!("writing: {e}")))?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| Error::file(path, format!("renaming {} into place: {e}", tmp.display())))
 }
 
 /// Reads every tensor of a safetensors file onto the host (f32, bf16 and f16; other dtypes are

@@ -255,7 +255,7 @@ pub(crate) fn attention_raw(
 }
 
 /// The two CUDA backward variants, kept side by side until a lent GPU's benchmark picks one
-/// (STYLE.md's kernel lab): `Composed` (matmuls + softmax backward, materialises `[BH, T, T]`
+/// (a kernel lab, as in llm.c): `Composed` (matmuls + softmax backward, materialises `[BH, T, T]`
 /// twice; built from kernels that each have their own parity test) and `Fused`
 /// (`attention_bwd_dkdv_*` + `attention_bwd_dq_*`: P recomputed in tiles, nothing T×T in memory,
 /// no atomics). Neither has run on a GPU yet (no session so far had one).

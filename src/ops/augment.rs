@@ -3,7 +3,7 @@
 //! torchvision composes them.
 //!
 //! Every op comes in two forms: one that applies explicit per-image parameters (`hflip(x, &flags)`)
-//! and a seeded `random_*` one that draws those parameters on the host, one `data::rng` stream
+//! and a seeded `random_*` one that draws those parameters on the host, one `crate::rng` stream
 //! per image (`Rng::stream(seed, stage::AUGMENT, …)`, stable across machines and rayon schedules),
 //! then calls the first. The CPU twin and the CUDA kernel therefore receive identical parameters
 //! and are directly comparable. A probability `p` applies the op to each image independently.
@@ -70,8 +70,8 @@
 
 use rayon::prelude::*;
 
-use crate::data::rng::{stage, Rng};
 use crate::error::{Error, Result};
+use crate::rng::{stage, Rng};
 use crate::tensor::{launch, launch_1d, upload, Device, Storage, Tensor};
 
 /// Tags that separate the streams of the `random_*` ops, so that calling several of them with

@@ -20,7 +20,7 @@
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use super::{bf16_on_cpu, narrow, same_device, same_dtype, widen, Real};
+use super::{bf16_on_cpu, block_per_row, narrow, same_device, same_dtype, widen, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
 use crate::tensor::{
@@ -230,15 +230,6 @@ fn check(
 /// The warp-per-row kernel pair for rows of `n`, if n ≤ 1024.
 fn warp_kernels(n: usize) -> Option<(&'static str, &'static str)> {
     WARP_KERNELS.iter().find(|w| n <= w.0).map(|w| (w.1, w.2))
-}
-
-/// One 512-thread block per row (grid-stride beyond the cap) with `smem` bytes of row cache.
-fn block_per_row(rows: usize, smem: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows.clamp(1, 65535 * 8) as u32, 1, 1),
-        block_dim: (512, 1, 1),
-        shared_mem_bytes: smem as u32,
-    }
 }
 
 /// The forward of a tensor with no elements: an empty y, and zero statistics for its rows.

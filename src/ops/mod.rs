@@ -24,6 +24,8 @@ pub mod softmax;
 pub mod transpose;
 pub mod upfirdn2d;
 
+use cudarc::driver::LaunchConfig;
+
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -51,6 +53,18 @@ impl Real for f64 {
     }
     fn c(x: f64) -> Self {
         x
+    }
+}
+
+/// The launch shape of the row-wise kernels' block-per-row variants (softmax, L2
+/// normalisation, layer norm, for rows too long for a warp): one 512-thread block per row, the
+/// grid capped at 65535·8 blocks (each block then strides over rows b, b + grid, …), with `smem`
+/// bytes of dynamic shared memory to cache the row (0 when the row is re-read instead).
+pub(crate) fn block_per_row(rows: usize, smem: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.clamp(1, 65535 * 8) as u32, 1, 1),
+        block_dim: (512, 1, 1),
+        shared_mem_bytes: smem as u32,
     }
 }
 

@@ -13,9 +13,9 @@
 //! idle); longer rows get one 512-thread block each, the row staged in shared memory when it fits
 //! (`SMEM_CACHE_BYTES`), else re-read from L2 in the second pass.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
-use super::Real;
+use super::{block_per_row, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
 use crate::tensor::{launch, launch_1d, Device, Storage, Tensor};
@@ -109,15 +109,6 @@ fn rows_and_cols(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
 /// The warp-per-row kernel pair for rows of `n`, if n ≤ 1024.
 fn warp_kernels(n: usize) -> Option<(&'static str, &'static str)> {
     WARP_KERNELS.iter().find(|w| n <= w.0).map(|w| (w.1, w.2))
-}
-
-/// One 512-thread block per row (grid-stride beyond the cap) with `smem` bytes of row cache.
-fn block_per_row(rows: usize, smem: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows.clamp(1, 65535 * 8) as u32, 1, 1),
-        block_dim: (512, 1, 1),
-        shared_mem_bytes: smem as u32,
-    }
 }
 
 /// y = softmax(x) (or log-softmax) over the last axis, without recording.

@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 use half::{bf16, f16};
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -473,6 +474,76 @@ impl Tensor {
             Device::Cuda(gpu) => cast_cuda(gpu, self, dtype),
         }
     }
+
+    /// `self + other` as a new tensor (same shape, dtype and device; f32 or bf16, a bf16 sum in
+    /// f32 rounded once): how the tape sums the gradients of a tensor that feeds several ops.
+    /// The inputs are untouched (a gradient may share its buffer with another). On the GPU:
+    /// `binary_<dtype>` of `kernels/elementwise.cu` with op 0 (add), the kernel of `ops::add`.
+    pub fn accumulate(&self, other: &Tensor) -> Result<Tensor> {
+        const OP: &str = "accumulate";
+        if !self.device.same(&other.device) {
+            return Err(Error::DeviceMismatch {
+                op: OP,
+                a: self.device.to_string(),
+                b: other.device.to_string(),
+            });
+        }
+        if self.shape != other.shape {
+            return Err(Error::shape(
+                OP,
+                format!("{:?} vs {:?}", self.shape, other.shape),
+            ));
+        }
+        if self.dtype() != other.dtype() {
+            return Err(Error::Invalid(format!(
+                "{OP}: inputs are {} and {}: convert one so all have the same dtype",
+                self.dtype(),
+                other.dtype()
+            )));
+        }
+        let n = self.numel();
+        let (a, b) = (self.storage(), other.storage());
+        let storage = match (&*a, &*b, &self.device) {
+            (Storage::CpuF32(a), Storage::CpuF32(b), _) => Storage::CpuF32(
+                a[..n]
+                    .par_iter()
+                    .zip(&b[..n])
+                    .with_min_len(1 << 14)
+                    .map(|(&u, &v)| u + v)
+                    .collect(),
+            ),
+            (Storage::CpuBF16(a), Storage::CpuBF16(b), _) => Storage::CpuBF16(
+                a[..n]
+                    .par_iter()
+                    .zip(&b[..n])
+                    .with_min_len(1 << 14)
+                    .map(|(&u, &v)| bf16::from_f32(u.to_f32() + v.to_f32()))
+                    .collect(),
+            ),
+            (_, _, Device::Cuda(gpu)) => {
+                let name = kernel_for(OP, self.dtype(), "binary_f32", "binary_bf16")?;
+                let mut y = alloc_storage(gpu, self.dtype(), n)?;
+                let f = gpu.function("elementwise", name)?;
+                let mut lb = gpu.stream.launch_builder(&f);
+                arg_buffer(&mut lb, &a, OP)?;
+                arg_buffer(&mut lb, &b, OP)?;
+                arg_buffer_mut(&mut lb, &mut y, OP)?;
+                let (nn, add) = (n as u64, 0i32);
+                lb.arg(&nn).arg(&add);
+                // SAFETY: reads n of a and b, writes n of y, all of the kernel's dtype.
+                unsafe { lb.launch(launch_1d(n)) }.map_err(|e| Error::cuda(name, e))?;
+                y
+            }
+            (other, _, Device::Cpu) => {
+                return Err(Error::DType {
+                    op: OP,
+                    got: other.dtype(),
+                    expected: "f32 or bf16",
+                })
+            }
+        };
+        Ok(Tensor::from_storage(storage, &self.shape, &self.device))
+    }
 }
 
 /// Host → device copy.
@@ -558,7 +629,7 @@ pub fn randn_vec(n: usize, std: f32, seed: u64) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{gpu, random_vec};
+    use crate::testing::{gpu, parity_sizes, random_vec};
 
     /// f32 → bf16 / f16 → f32 on the GPU (the cast kernels) is bit for bit the CPU's conversion
     /// (the `half` crate; both round to nearest even), specials included: ±0, ±inf, f16's
@@ -601,6 +672,72 @@ mod tests {
                     "{dtype:?} of {}: cpu {a}, {gpu} {b}",
                     v[i]
                 );
+            }
+        }
+    }
+
+    /// `accumulate` is the elementwise sum, leaves its inputs as they were, and refuses
+    /// mismatched shapes and dtypes with an error naming itself.
+    #[test]
+    fn accumulate_sums_without_touching_its_inputs() {
+        let (u, v) = (random_vec(1000, 1), random_vec(1000, 2));
+        let a = Tensor::from_slice(&u, &[10, 100], &Device::Cpu).unwrap();
+        let b = Tensor::from_slice(&v, &[10, 100], &Device::Cpu).unwrap();
+        let y = a.accumulate(&b).unwrap();
+        assert_eq!(y.shape(), &[10, 100]);
+        let want: Vec<f32> = u.iter().zip(&v).map(|(x, y)| x + y).collect();
+        assert_eq!(y.to_vec_f32().unwrap(), want);
+        assert_eq!(a.to_vec_f32().unwrap(), u);
+        assert_eq!(b.to_vec_f32().unwrap(), v);
+        let yb = a
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .accumulate(&b.to_dtype(DType::BF16).unwrap())
+            .unwrap();
+        assert_eq!(yb.dtype(), DType::BF16);
+        let wb: Vec<f32> = u
+            .iter()
+            .zip(&v)
+            .map(|(&x, &y)| {
+                bf16::from_f32(bf16::from_f32(x).to_f32() + bf16::from_f32(y).to_f32()).to_f32()
+            })
+            .collect();
+        assert_eq!(yb.to_vec_f32().unwrap(), wb);
+        let e = a.accumulate(&b.reshaped(&[100, 10]).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("accumulate"), "{e}");
+        let e = a.accumulate(&b.to_dtype(DType::BF16).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("accumulate"), "{e}");
+    }
+
+    /// On the GPU (`binary_f32` / `binary_bf16`, op add) `accumulate` is bit for bit the CPU's
+    /// sum at awkward sizes, in f32 and bf16.
+    #[test]
+    fn accumulate_cuda_matches_cpu() {
+        let Some(gpu) = gpu() else { return };
+        for n in parity_sizes() {
+            let (u, v) = (random_vec(n, 3), random_vec(n, 4));
+            for dtype in [DType::F32, DType::BF16] {
+                let on = |d: &Device| {
+                    let a = Tensor::from_slice(&u, &[n], d)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap();
+                    let b = Tensor::from_slice(&v, &[n], d)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap();
+                    a.accumulate(&b).unwrap()
+                };
+                let (want, got) = (on(&Device::Cpu), on(&gpu));
+                assert_eq!(got.dtype(), dtype);
+                let (want, got) = (want.to_vec_f32().unwrap(), got.to_vec_f32().unwrap());
+                for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{dtype:?} n={n} [{i}]: cpu {a}, {gpu} {b}"
+                    );
+                }
             }
         }
     }

@@ -16,16 +16,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::autograd::Tape;
-use crate::data::rng::{stage, Rng};
 use crate::data::{DatasetFile, Split};
 use crate::error::{Error, Result};
 use crate::eval::{retrieval, Retrieval};
+use crate::fsio::write_atomic;
 use crate::models::clip::{Clip, ClipConfig};
 use crate::models::clip_tokenizer::ClipTokenizer;
 use crate::ops::{
     elementwise as ew, image::clip_preprocess, reduce::sum_all, softmax::log_softmax, transpose,
 };
+use crate::rng::{stage, Rng};
 use crate::tensor::{Device, Tensor};
+use crate::train::metrics::append_json_line;
 use crate::train::{Adam, AdamConfig};
 
 /// The shape and the optimisation of a small CLIP run (the checkpoint refuses to resume if any
@@ -356,11 +358,12 @@ pub fn train_clip(
             )
         })?;
     }
-    std::fs::write(
-        dir.config(),
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
-    )
-    .map_err(|e| Error::file(dir.config(), format!("writing: {e}")))?;
+    write_atomic(
+        &dir.config(),
+        serde_json::to_string_pretty(&json)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     let mut history = Vec::new();
     for epoch in start..cfg.epochs {
         let started = std::time::Instant::now();
@@ -402,7 +405,7 @@ pub fn train_clip(
         meta.insert("train.config".into(), cfg.fingerprint());
         meta.insert("train.epochs_done".into(), (epoch + 1).to_string());
         clip.store.save(&dir.checkpoint(), &state, &meta)?;
-        crate::train::mapper::append_json_line(&dir.metrics(), &e.to_json())?;
+        append_json_line(&dir.metrics(), &e.to_json())?;
         progress.on_epoch(&e);
         history.push(e);
     }

@@ -8,7 +8,6 @@
 //! inside epoch e restarts e from the checkpoint written at the end of e − 1.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,7 +15,6 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::autograd::Tape;
-use crate::data::rng::{stage, Rng};
 use crate::data::{Split, Staged};
 use crate::error::{Error, Result};
 use crate::eval::{retrieval, Retrieval};
@@ -25,7 +23,9 @@ use crate::nn::ParamStore;
 use crate::ops::concat::concat;
 use crate::ops::embedding::embedding;
 use crate::ops::loss::{self, LossConfig};
+use crate::rng::{stage, Rng};
 use crate::tensor::{Device, Tensor};
+use crate::train::metrics::append_json_line;
 use crate::train::{Adam, AdamConfig, Schedule};
 
 /// Which loss the mapper is trained on.
@@ -582,38 +582,11 @@ fn save_checkpoint(
     store.save(&dir.checkpoint(), &state, &meta)
 }
 
-/// Appends one JSON value as a line of a `metrics.jsonl` (both training loops write one per epoch).
-pub(crate) fn append_json_line(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::file(path, format!("opening: {e}")))?;
-    writeln!(f, "{value}").map_err(|e| Error::file(path, format!("writing: {e}")))
-}
-
-/// Reads `metrics.jsonl` back: (epoch, train loss, val loss) per line.
-pub fn read_loss_history(path: &Path) -> Result<Vec<(usize, f64, f64)>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("reading: {e}")))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l)
-                .map_err(|e| Error::file(path, format!("bad JSON line: {e}")))?;
-            let f = |k: &str| {
-                v[k].as_f64()
-                    .ok_or_else(|| Error::file(path, format!("line lacks `{k}`")))
-            };
-            Ok((f("epoch")? as usize, f("train_loss")?, f("val_loss")?))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tensor::randn_vec;
+    use crate::train::metrics::read_loss_history;
 
     /// A tiny learnable problem: targets are a fixed linear map of the signal in the voxels.
     fn toy(n: usize, voxels: usize, dim: usize) -> MapperData {

@@ -1,9 +1,10 @@
-//! Training: the fused Adam/AdamW optimiser, learning-rate schedules, the mapper loop and a
-//! small CLIP trained from scratch.
+//! Training: the fused Adam/AdamW optimiser, learning-rate schedules, the mapper loop, a small
+//! CLIP trained from scratch, and the `metrics.jsonl` both loops write.
 
 pub mod adam;
 pub mod clip;
 pub mod mapper;
+pub mod metrics;
 pub mod schedule;
 
 pub use adam::{Adam, AdamConfig};

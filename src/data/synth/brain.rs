@@ -18,7 +18,7 @@ use ndarray::{s, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
 use super::scene::{Scene, COLOURS, MAX_OBJECTS, SHAPES};
-use crate::data::rng::{stage, Rng};
+use crate::rng::{stage, Rng};
 
 /// Cells per side of the early-visual feature grid.
 pub const GRID: usize = 16;

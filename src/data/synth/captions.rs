@@ -6,7 +6,7 @@
 use super::scene::{
     BackgroundKind, Object, Scene, Texture, BACKGROUND_COLOURS, COLOURS, SHAPES, SIZE_WORDS,
 };
-use crate::data::rng::{stage, Rng};
+use crate::rng::{stage, Rng};
 
 pub const CAPTIONS_PER_IMAGE: usize = 5;
 

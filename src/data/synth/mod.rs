@@ -12,7 +12,7 @@
 //!    a trial is the clean response + unit Gaussian noise + the session's per-voxel offset, and
 //!    each session is z-scored per voxel (as NSD's betas are), then zero-padded.
 //!
-//! Everything is drawn from per-item streams of one seed (`data::rng`), so the same config gives the
+//! Everything is drawn from per-item streams of one seed (`crate::rng`), so the same config gives the
 //! same file bytes on any machine and thread count.
 
 pub mod brain;
@@ -24,8 +24,8 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 
 use crate::data::dataset::{AuxArray, AuxData, Contents, Meta, Source, Split, Target};
-use crate::data::rng::{stage, Rng};
 use crate::error::{Error, Result};
+use crate::rng::{stage, Rng};
 use brain::Subject;
 use scene::{BackgroundKind, Scene, MAX_OBJECTS};
 

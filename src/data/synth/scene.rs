@@ -6,7 +6,7 @@
 //! later object may hide part of an earlier one. Coordinates are fractions of the image width,
 //! origin top-left, so one scene renders at any size.
 
-use crate::data::rng::{stage, Rng};
+use crate::rng::{stage, Rng};
 
 pub const SHAPES: [&str; 6] = ["circle", "square", "triangle", "diamond", "cross", "ring"];
 

@@ -1,5 +1,6 @@
-//! The data layer's random numbers (synthetic worlds, loader order): xoshiro256++ seeded
-//! through SplitMix64.
+//! The crate's seeded random numbers: xoshiro256++ seeded through SplitMix64. It depends on
+//! nothing else in the crate, so every layer may use it: `ops::augment` (per-image augmentation
+//! parameters), `data` (synthetic worlds, loader order) and `train` (batch order, views).
 //!
 //! Why not `rand::StdRng`: its algorithm may change between `rand` releases, and a world must be
 //! the same bytes for the same seed forever (tests and published numbers depend on it). Every
