@@ -41,6 +41,8 @@ enum Command {
     ScreenCaptions(cli::screen_captions::ScreenCaptionsArgs),
     /// N-way top-1 retrieval (both directions) and mean cosine of predictions, as JSON.
     EvalRetrieval(cli::eval_retrieval::EvalRetrievalArgs),
+    /// Pictures from a Lafite generator conditioned on CLIP-space vectors (.npy) or text (PNGs and a grid, or .npy).
+    Generate(cli::generate::GenerateArgs),
 }
 
 fn main() {
@@ -70,6 +72,7 @@ fn main() {
         Command::TrainClip(a) => cli::train_clip::run(a),
         Command::ScreenCaptions(a) => cli::screen_captions::run(a),
         Command::EvalRetrieval(a) => cli::eval_retrieval::run(a),
+        Command::Generate(a) => cli::generate::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

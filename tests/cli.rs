@@ -900,3 +900,99 @@ fn demo_with_clip_maps_into_a_clip_trained_on_the_world() {
     assert_eq!(file.target("clip_image").unwrap().1, 64);
     std::fs::remove_dir_all(out).ok();
 }
+
+#[test]
+fn generate_draws_pictures_from_a_lafite_generator() {
+    use mindreader::eval::npy;
+    let fixtures = mindreader::testing::fixtures_dir().join("lafite");
+    let (io, _) = mindreader::nn::load_safetensors(&fixtures.join("g_s2_io.safetensors")).unwrap();
+    let get = |name: &str| {
+        let t = &io.iter().find(|(n, _)| n == name).unwrap().1;
+        (t.to_vec_f32().unwrap(), t.shape().to_vec())
+    };
+    let dir = std::env::temp_dir().join(format!("mindreader-generate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (fts, fshape) = get("fts");
+    let (z, zshape) = get("z1");
+    let (fts_path, z_path) = (dir.join("fts.npy"), dir.join("z.npy"));
+    npy::write_f32(&fts_path, &fts, &fshape).unwrap();
+    npy::write_f32(&z_path, &z, &zshape).unwrap();
+    let g = fixtures.join("g_s2.safetensors");
+    let (g, fts_s, z_s) = (
+        g.to_str().unwrap(),
+        fts_path.to_str().unwrap(),
+        z_path.to_str().unwrap(),
+    );
+
+    // PNGs: one per row and a grid (2×2 tiles of 32 px with 2 px gutters for 3 pictures).
+    let out = dir.join("pictures");
+    let text = run_ok(&[
+        "generate",
+        "--generator",
+        g,
+        "--fts",
+        fts_s,
+        "--seed",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(text.contains("wrote 3 pictures (32×32)"), "{text}");
+    for f in ["000.png", "001.png", "002.png", "grid.png"] {
+        assert!(out.join(f).is_file(), "{f} missing: {text}");
+    }
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(out.join("grid.png")).unwrap(),
+    ));
+    let info = decoder.read_info().unwrap().info().clone();
+    assert_eq!((info.width, info.height), (2 * 34 + 2, 2 * 34 + 2));
+
+    // Raw images: the reference's own output for these z and fts (ψ 0.7, const noise).
+    let raw = dir.join("raw.npy");
+    run_ok(&[
+        "generate",
+        "--generator",
+        g,
+        "--fts",
+        fts_s,
+        "--z",
+        z_s,
+        "--truncation",
+        "0.7",
+        "--out",
+        raw.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    let (got, shape) = npy::read_f32(&raw).unwrap();
+    assert_eq!(shape, vec![3, 3, 32, 32]);
+    let (want, _) = get("img_z1_psi07_const");
+    mindreader::testing::assert_close(&got, &want, 1e-4, 1e-4, "generate --out raw.npy");
+
+    // Clear errors: a condition of the wrong width, a structure-4 generator without its second condition.
+    let bad = mindreader()
+        .args([
+            "generate",
+            "--generator",
+            fixtures.join("g_s4.safetensors").to_str().unwrap(),
+            "--fts",
+            fts_s,
+            "--out",
+            "/tmp/x",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("16 wide") && err.contains("f_dim = 12"),
+        "{err}"
+    );
+    let bad = mindreader()
+        .args(["generate", "--generator", g, "--out", "/tmp/x"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "no condition must fail");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -43,6 +43,7 @@ pub trait Architecture: Sized {
     const CLASS: &'static str;
     fn config_from(init_kwargs: &serde_json::Value) -> Result<Self::Config>;
     fn init_kwargs(config: &Self::Config) -> &serde_json::Value;
+    fn config(&self) -> &Self::Config;
     fn build(p: &mut Params, config: Self::Config) -> Result<Self>;
 }
 
@@ -54,6 +55,9 @@ impl Architecture for Generator {
     }
     fn init_kwargs(c: &GeneratorConfig) -> &serde_json::Value {
         &c.init_kwargs
+    }
+    fn config(&self) -> &GeneratorConfig {
+        &self.config
     }
     fn build(p: &mut Params, c: GeneratorConfig) -> Result<Generator> {
         Generator::new(p, c)
@@ -68,6 +72,9 @@ impl Architecture for Discriminator {
     }
     fn init_kwargs(c: &DiscriminatorConfig) -> &serde_json::Value {
         &c.init_kwargs
+    }
+    fn config(&self) -> &DiscriminatorConfig {
+        &self.config
     }
     fn build(p: &mut Params, c: DiscriminatorConfig) -> Result<Discriminator> {
         Discriminator::new(p, c)
@@ -145,7 +152,7 @@ impl<N: Architecture> Network<N> {
     }
 
     /// Writes every parameter and buffer with the metadata `load` needs, atomically.
-    pub fn save(&self, path: &Path, config: &N::Config) -> Result<()> {
+    pub fn save(&self, path: &Path) -> Result<()> {
         let all: Vec<(String, Tensor)> = self
             .params
             .iter()
@@ -155,7 +162,7 @@ impl<N: Architecture> Network<N> {
         let meta = BTreeMap::from([
             (
                 "init_kwargs".to_string(),
-                N::init_kwargs(config).to_string(),
+                N::init_kwargs(self.net.config()).to_string(),
             ),
             ("class".to_string(), N::CLASS.to_string()),
             ("format".to_string(), FORMAT.to_string()),
@@ -164,14 +171,8 @@ impl<N: Architecture> Network<N> {
     }
 }
 
-impl Network<Generator> {
-    pub fn config(&self) -> &GeneratorConfig {
-        &self.net.config
-    }
-}
-
-impl Network<Discriminator> {
-    pub fn config(&self) -> &DiscriminatorConfig {
-        &self.net.config
+impl<N: Architecture> Network<N> {
+    pub fn config(&self) -> &N::Config {
+        self.net.config()
     }
 }
