@@ -496,3 +496,54 @@ fn checkpoints_round_trip_and_bad_ones_are_named() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A freshly initialised generator and discriminator (the reference's init, seeded) draw finite
+/// pictures, and one backward pass through D(G(z)) reaches every parameter of both.
+#[test]
+fn gradients_reach_every_parameter_of_a_fresh_g_and_d() {
+    let (gpath, dpath) = (
+        fixtures_dir().join("lafite").join("g_s4.safetensors"),
+        fixtures_dir().join("lafite").join("d_s4.safetensors"),
+    );
+    let gc = Network::<Generator>::load(&gpath, &Device::Cpu)
+        .unwrap()
+        .config()
+        .clone();
+    let mut dc = Network::<Discriminator>::load(&dpath, &Device::Cpu)
+        .unwrap()
+        .config()
+        .clone();
+    dc.img_resolution = gc.img_resolution;
+    for device in devices() {
+        let g = Network::<Generator>::new(gc.clone(), Some(7), &device).unwrap();
+        let d = Network::<Discriminator>::new(dc.clone(), Some(8), &device).unwrap();
+        let n = 4;
+        let z = Tensor::randn(&[n, gc.z_dim], 1.0, 1, &device).unwrap();
+        let fts = Tensor::randn(&[n, gc.fts_width()], 1.0, 2, &device).unwrap();
+        let mut tape = Tape::new();
+        g.params.watch_all(&mut tape);
+        d.params.watch_all(&mut tape);
+        let img = g
+            .net
+            .forward(&mut tape, &z, &fts, 1.0, NoiseMode::Random(3))
+            .unwrap();
+        assert_eq!(img.shape(), &[n, 3, gc.img_resolution, gc.img_resolution]);
+        let v = img.to_vec_f32().unwrap();
+        assert!(
+            v.iter().all(|x| x.is_finite()) && v.iter().any(|&x| x != 0.0),
+            "on {device}"
+        );
+        let out = d.net.forward(&mut tape, &img, &fts).unwrap();
+        let loss = mindreader::ops::reduce::sum_all(&mut tape, &out.logits).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        for p in g.params.iter().chain(d.params.iter()) {
+            // noise_strength starts at 0, so its gradient exists but the layers' own do too.
+            let gr = grads
+                .get(&p.value)
+                .unwrap_or_else(|| panic!("no gradient for {} on {device}", p.name));
+            let gv = gr.to_vec_f32().unwrap();
+            assert_eq!(gr.shape(), p.value.shape(), "{}", p.name);
+            assert!(gv.iter().all(|x| x.is_finite()), "{} on {device}", p.name);
+        }
+    }
+}

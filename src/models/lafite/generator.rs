@@ -19,6 +19,7 @@ use crate::ops::bias_act::Act;
 use crate::ops::channels::normalize_2nd_moment;
 use crate::ops::concat::concat;
 use crate::ops::elementwise as ew;
+use crate::ops::transpose::reshape;
 use crate::ops::upfirdn2d::{setup_filter, upsample2d};
 use crate::tensor::Tensor;
 
@@ -143,7 +144,7 @@ impl SynthesisBlock {
         let x = match (&self.constant, &self.conv0, x) {
             (Some(c), _, _) => {
                 let n = ws[0].shape()[0];
-                let one = c.reshaped(&[1, c.shape()[0], 4, 4])?;
+                let one = reshape(tape, c, &[1, c.shape()[0], 4, 4])?;
                 let copies: Vec<&Tensor> = std::iter::repeat_n(&one, n).collect();
                 let x = concat(tape, &copies, 0)?;
                 self.conv1.forward(tape, &x, &ws[0], fts, noise)?
