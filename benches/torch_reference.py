@@ -3,8 +3,10 @@
 warm-up, median of many runs), one JSON object per line. PyTorch here is the baseline: cuBLAS,
 cuDNN and its fused kernels. Run on the GPU machine: python3 benches/torch_reference.py --json F
 """
-import argparse, json, statistics
+import argparse, json, os, statistics, sys
 import torch
+
+ARGS = None
 
 def timed(fn, warmup, iters):
     for _ in range(warmup):
@@ -50,6 +52,7 @@ def cases(dev):
     out.append((f"adam {len(sizes)} tensors {sum(sizes)} params", opt.step))
     out.append(("mapper train step f32 B=128 V=15744", mapper_step(dev, r)))
     out += clip_cases(dev, r)
+    out += lafite_cases(dev, r)
     for dt, tag in [(torch.float32, ""), (torch.bfloat16, " bf16")]:
         q, k, v = r(256, 12, 50, 64, dt=dt), r(256, 12, 50, 64, dt=dt), r(256, 12, 50, 64, dt=dt)
         out.append((f"attention{tag} [256,12,50,64]", lambda q=q, k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q, k, v)))
@@ -100,6 +103,55 @@ def clip_cases(dev, r):
             print(f"skipping torch.compile: {e}")
     return out
 
+def modconv(x, w, s):
+    """StyleGAN2's fused modulated convolution: per-sample weights w·s, demodulated, as one
+    grouped conv (the reference's fused_modconv path, written from its math)."""
+    n, cin = s.shape
+    ws = w.unsqueeze(0) * s.view(n, 1, cin, 1, 1)
+    ws = ws * (ws.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
+    y = torch.nn.functional.conv2d(x.reshape(1, -1, *x.shape[2:]), ws.reshape(-1, cin, *w.shape[2:]), padding=w.shape[-1] // 2, groups=n)
+    return y.reshape(n, -1, *y.shape[2:])
+
+def lafite_cases(dev, r):
+    """mindreader's Lafite cases: the modulated conv at the 256-px generator's b256.conv1 (batch 16),
+    forward and forward + backward, and the mind-reader fork's own Generator and Discriminator at
+    256 px (structure 4) when its StyleGAN2 folder is given (--fork or $LAFITE_FORK; the bundle
+    carries it as gpu-bundle/StyleGAN2 when it was built with LAFITE_FORK set). Prints whether the
+    fork's custom CUDA ops (bias_act, upfirdn2d) compiled here; without them it runs its reference
+    PyTorch ops."""
+    out = []
+    x, w, s, dy = r(16, 128, 256, 256), r(128, 128, 3, 3), r(16, 128) * 0.3 + 1, r(16, 128, 256, 256)
+    out.append(("modconv fwd b256.conv1 [16,128,256,256]", lambda: modconv(x, w, s)))
+    xg, wg, sg = [t.clone().requires_grad_() for t in (x, w, s)]
+    def fwd_bwd():
+        with torch.enable_grad():
+            return torch.autograd.grad(modconv(xg, wg, sg), (xg, wg, sg), dy)
+    out.append(("modconv fwd+bwd b256.conv1 [16,128,256,256]", fwd_bwd))
+    fork = ARGS.fork or os.environ.get("LAFITE_FORK") or os.path.join(os.path.dirname(__file__), "..", "gpu-bundle", "StyleGAN2")
+    if not os.path.isdir(os.path.join(fork, "training")):
+        print(f"skipping the Lafite networks: no mind-reader StyleGAN2 folder at {fork}")
+        return out
+    sys.path.insert(0, fork)
+    try:
+        import dnnlib
+        from training import networks
+        from torch_utils.ops import bias_act, upfirdn2d
+        built = bias_act._init() and upfirdn2d._init()
+    except Exception as e:
+        print(f"skipping the Lafite networks: {type(e).__name__}: {e}")
+        return out
+    print(f"the fork's custom CUDA ops (bias_act, upfirdn2d) {'compiled' if built else 'did NOT compile: its reference PyTorch ops run'}")
+    syn = dict(structure=4, channel_base=32768, channel_max=512, num_fp16_res=0, conv_clamp=256, change=256, f_dim=512, f_dim2=512)
+    G = networks.Generator(z_dim=512, c_dim=0, w_dim=512, img_resolution=256, img_channels=3, m_layer_features=1024,
+                           m_num_layers=8, mapping_kwargs={"num_layers": 8}, synthesis_kwargs=syn).to(dev).eval()
+    D = networks.Discriminator(c_dim=0, img_resolution=256, img_channels=3, channel_base=32768, channel_max=512, num_fp16_res=0,
+                               conv_clamp=256, use_norm=False, use_fts=True, block_kwargs={}, mapping_kwargs={},
+                               epilogue_kwargs=dnnlib.EasyDict(structure=4, mbstd_group_size=4, f_dim=512, f_dim2=512)).to(dev).eval()
+    z, fts, img = r(16, 512), r(16, 1024), r(16, 3, 256, 256)
+    out.append(("lafite G forward 256px B=16", lambda: G(z, None, fts=fts, noise_mode="const")))
+    out.append(("lafite D forward 256px B=16", lambda: D(img, None, fts=fts)))
+    return out
+
 class ResBlock(torch.nn.Module):
     def __init__(self, c):
         super().__init__()
@@ -130,7 +182,9 @@ def main():
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json")
-    args = ap.parse_args()
+    ap.add_argument("--fork", help="the mind-reader repository's StyleGAN2 folder (for the Lafite networks)")
+    global ARGS
+    args = ARGS = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False  # f32 means f32, as in mindreader
     torch.backends.cudnn.allow_tf32 = False
     dev = torch.device("cuda")

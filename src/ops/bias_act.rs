@@ -14,6 +14,8 @@
 
 use cudarc::driver::{DeviceRepr, PushKernelArg};
 
+use rayon::prelude::*;
+
 use super::{same_device, split_at_axis, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
@@ -73,7 +75,7 @@ pub mod cpu {
         clamp: Option<f32>,
     ) -> Vec<T> {
         let (code, alpha) = act.code();
-        x.iter()
+        x.par_iter()
             .enumerate()
             .map(|(i, &v)| {
                 let mut v = v + b.map_or(T::zero(), |b| b[i / inner % c]);
@@ -97,7 +99,7 @@ pub mod cpu {
         clamp: Option<f32>,
     ) -> Vec<T> {
         let (code, alpha) = act.code();
-        dy.iter()
+        dy.par_iter()
             .zip(y)
             .map(|(&g, &v)| {
                 let mut g = g * T::c(gain as f64);

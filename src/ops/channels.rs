@@ -24,9 +24,11 @@ use crate::tensor::{launch, launch_1d, Device, Storage, Tensor};
 
 /// The CPU twins.
 pub mod cpu {
+    use rayon::prelude::*;
+
     pub fn broadcast_mul(x: &[f32], s: &[f32]) -> Vec<f32> {
         let inner = x.len() / s.len().max(1);
-        x.iter()
+        x.par_iter()
             .enumerate()
             .map(|(i, &v)| v * s[i / inner])
             .collect()
@@ -44,7 +46,7 @@ pub mod cpu {
 
     pub fn add_noise(x: &[f32], noise: &[f32], strength: f32, c: usize, p: usize) -> Vec<f32> {
         let batched = noise.len() != p;
-        x.iter()
+        x.par_iter()
             .enumerate()
             .map(|(i, &v)| {
                 let b = if batched { i / (c * p) } else { 0 };

@@ -371,7 +371,7 @@ pub mod cpu {
         match s {
             None => std::borrow::Cow::Borrowed(v),
             Some(s) => std::borrow::Cow::Owned(
-                v.iter()
+                v.par_iter()
                     .enumerate()
                     .map(|(i, &x)| x * s[i / inner % c + i / (inner * c) * c])
                     .collect(),

@@ -20,6 +20,8 @@
 
 use cudarc::driver::{DeviceRepr, PushKernelArg};
 
+use rayon::prelude::*;
+
 use super::{same_device, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
@@ -127,7 +129,11 @@ pub mod cpu {
     pub fn upfirdn2d<T: Real>(x: &[T], f: &[T], d: &Fir) -> Vec<T> {
         let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
         let mut y = vec![T::zero(); d.planes * ohw];
-        for p in 0..d.planes {
+        if ohw == 0 {
+            return y;
+        }
+        // Planes are independent: one rayon task per plane.
+        y.par_chunks_mut(ohw).enumerate().for_each(|(p, yp)| {
             let xp = &x[p * hw..][..hw];
             for oy in 0..d.oh {
                 for ox in 0..d.ow {
@@ -139,10 +145,10 @@ pub mod cpu {
                             }
                         }
                     }
-                    y[p * ohw + oy * d.ow + ox] = acc;
+                    yp[oy * d.ow + ox] = acc;
                 }
             }
-        }
+        });
         y
     }
 
@@ -150,20 +156,23 @@ pub mod cpu {
     pub fn upfirdn2d_dx<T: Real>(dy: &[T], f: &[T], d: &Fir) -> Vec<T> {
         let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
         let mut dx = vec![T::zero(); d.planes * hw];
-        for p in 0..d.planes {
+        if hw == 0 {
+            return dx;
+        }
+        dx.par_chunks_mut(hw).enumerate().for_each(|(p, dxp)| {
             for oy in 0..d.oh {
                 for ox in 0..d.ow {
                     let g = dy[p * ohw + oy * d.ow + ox];
                     for i in 0..d.fh {
                         for j in 0..d.fw {
                             if let Some(at) = d.source(oy, ox, i, j) {
-                                dx[p * hw + at] = dx[p * hw + at] + d.tap(f, i, j) * g;
+                                dxp[at] = dxp[at] + d.tap(f, i, j) * g;
                             }
                         }
                     }
                 }
             }
-        }
+        });
         dx
     }
 }

@@ -4,6 +4,8 @@
 //! from FLOPs and bytes counted by hand (the minimum traffic: each input read once, each output
 //! written once). `benches/torch_reference.py` times the same cases in PyTorch.
 
+mod lafite;
+
 use std::time::Instant;
 
 use crate::error::{Error, Result};
@@ -437,6 +439,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
             },
         ));
     }
+    out.extend(lafite::cases(quick));
     out
 }
 

@@ -1,0 +1,172 @@
+//! Lafite's bench cases: the modulated convolution at the 256-px generator's last layer shapes
+//! (batch 16), forward and forward + backward, and a whole generator and discriminator forward at
+//! 256 px (the paper's structure 4: image and caption conditions). FLOPs count the convolutions
+//! (the MLPs and elementwise work are a few percent); bytes the activations read and written once.
+
+use serde_json::json;
+
+use super::{case, input, Case};
+use crate::models::lafite::{
+    Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, Network,
+};
+use crate::nn::NoiseMode;
+use crate::ops::modconv::{modulated_conv2d, Resample};
+use crate::tensor::{DType, Tensor};
+use crate::Tape;
+
+/// The train.py defaults at `res` px with channel_base `base` (32768 for the paper).
+fn g_config(res: usize, base: usize) -> GeneratorConfig {
+    GeneratorConfig::from_init_kwargs(&json!({
+        "z_dim": 512, "w_dim": 512, "c_dim": 0, "img_resolution": res, "img_channels": 3,
+        "m_layer_features": 1024, "m_num_layers": 8, "mapping_kwargs": {"num_layers": 8},
+        "synthesis_kwargs": {"structure": 4, "channel_base": base, "channel_max": 512, "num_fp16_res": 4,
+                             "conv_clamp": 256, "change": 256, "f_dim": 512, "f_dim2": 512}}))
+    .expect("the bench's generator config is valid")
+}
+
+fn d_config(res: usize, base: usize) -> DiscriminatorConfig {
+    DiscriminatorConfig::from_init_kwargs(&json!({
+        "c_dim": 0, "img_resolution": res, "img_channels": 3, "channel_base": base, "channel_max": 512,
+        "num_fp16_res": 4, "conv_clamp": 256, "use_norm": false, "use_fts": true, "block_kwargs": {},
+        "mapping_kwargs": {}, "epilogue_kwargs": {"structure": 4, "mbstd_group_size": 4, "f_dim": 512, "f_dim2": 512}}))
+    .expect("the bench's discriminator config is valid")
+}
+
+/// Convolution FLOPs of one generator forward for `n` images.
+pub fn generator_flops(c: &GeneratorConfig, n: usize) -> f64 {
+    let mut f = 0.0;
+    for r in c.resolutions() {
+        let (cout, px) = (c.channels(r) as f64, (r * r) as f64);
+        if r > 4 {
+            // conv0: the transposed 3×3 touches every input pixel (r/2)² nine times.
+            f += 2.0 * cout * c.channels(r / 2) as f64 * 9.0 * px / 4.0;
+        }
+        f += 2.0 * cout * cout * 9.0 * px + 2.0 * 3.0 * cout * px;
+    }
+    f * n as f64
+}
+
+/// Convolution FLOPs of one discriminator forward for `n` images.
+pub fn discriminator_flops(c: &DiscriminatorConfig, n: usize) -> f64 {
+    let mut f = 0.0;
+    for r in c.resolutions() {
+        let (t, o, px) = (
+            c.channels(r) as f64,
+            c.channels(r / 2) as f64,
+            (r * r) as f64,
+        );
+        if r == c.img_resolution {
+            f += 2.0 * 3.0 * t * px;
+        }
+        f += 2.0 * t * t * 9.0 * px + 2.0 * o * t * 9.0 * px / 4.0 + 2.0 * o * t * px / 4.0;
+    }
+    let c4 = c.channels(4) as f64;
+    f += 2.0 * c4 * (c4 + 1.0) * 9.0 * 16.0 + 2.0 * 16.0 * c4 * c4;
+    f * n as f64
+}
+
+pub fn cases(quick: bool) -> Vec<Case> {
+    let s = |full: usize, small: usize| if quick { small } else { full };
+    let mut out = Vec::new();
+    // The 256-px network's last synthesis conv: b256.conv1, 128 → 128 channels at 256².
+    let (n, ch, r) = (s(16, 2), s(128, 8), s(256, 12));
+    let flops = 2.0 * (n * ch * ch * 9 * r * r) as f64;
+    let act = (4 * n * ch * r * r) as f64;
+    for backward in [false, true] {
+        let name = format!(
+            "modconv {} b256.conv1 [{n},{ch},{r},{r}]",
+            if backward { "fwd+bwd" } else { "fwd" }
+        );
+        let (flops, bytes) = if backward {
+            (3.0 * flops, 4.0 * act)
+        } else {
+            (flops, 2.0 * act)
+        };
+        out.push(case(name, flops, bytes, 2e-3, move |d| {
+            let x = input(&[n, ch, r, r], 80, d, DType::F32)?;
+            let w = input(&[ch, ch, 3, 3], 81, d, DType::F32)?;
+            let st = Tensor::from_vec(
+                crate::tensor::randn_vec(n * ch, 0.3, 82)
+                    .iter()
+                    .map(|v| v + 1.0)
+                    .collect(),
+                &[n, ch],
+                d,
+            )?;
+            let dy = input(&[n, ch, r, r], 83, d, DType::F32)?;
+            Ok(Box::new(move || {
+                let mut tape = if backward {
+                    Tape::new()
+                } else {
+                    Tape::inference()
+                };
+                for t in [&x, &w, &st] {
+                    tape.watch(t);
+                }
+                let y =
+                    modulated_conv2d(&mut tape, &x, &w, &st, true, Resample::Same { padding: 1 })?;
+                if !backward {
+                    return Ok(Some(y));
+                }
+                let g = tape.backward_with(&y, dy.clone())?;
+                // dx is the largest of the three gradients and depends on every part of the backward.
+                Ok(g.get(&x).cloned())
+            }))
+        }));
+    }
+    // Whole networks at 256 px, batch 16 (quick: 16 px, narrow, batch 2).
+    let (res, base, n) = (s(256, 16), s(32768, 256), s(16, 2));
+    let gc = g_config(res, base);
+    let gflops = generator_flops(&gc, n);
+    out.push(case(
+        format!("lafite G forward {res}px B={n}"),
+        gflops,
+        (4 * n * 3 * res * res) as f64,
+        2e-3,
+        move |d| {
+            let g = Network::<Generator>::new(gc.clone(), Some(5), d)?;
+            let z = input(&[n, gc.z_dim], 84, d, DType::F32)?;
+            let fts = input(&[n, gc.fts_width()], 85, d, DType::F32)?;
+            Ok(Box::new(move || {
+                Ok(Some(g.net.forward(
+                    &mut Tape::inference(),
+                    &z,
+                    &fts,
+                    1.0,
+                    NoiseMode::Const,
+                )?))
+            }))
+        },
+    ));
+    let dc = d_config(res, base);
+    out.push(case(
+        format!("lafite D forward {res}px B={n}"),
+        discriminator_flops(&dc, n),
+        (4 * n * 3 * res * res) as f64,
+        2e-3,
+        move |d| {
+            let net = Network::<Discriminator>::new(dc.clone(), Some(6), d)?;
+            let img = input(&[n, 3, res, res], 86, d, DType::F32)?;
+            let fts = input(&[n, dc.f_dim + dc.f_dim2], 87, d, DType::F32)?;
+            Ok(Box::new(move || {
+                let o = net.net.forward(&mut Tape::inference(), &img, &fts)?;
+                Ok(Some(o.logits))
+            }))
+        },
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_papers_networks_cost_what_stylegan2_costs() {
+        // StyleGAN2 at 256 px is tens of GFLOPs per image in its convolutions.
+        let g = generator_flops(&g_config(256, 32768), 1) / 1e9;
+        let d = discriminator_flops(&d_config(256, 32768), 1) / 1e9;
+        assert!((30.0..120.0).contains(&g), "G {g} GFLOP");
+        assert!((20.0..120.0).contains(&d), "D {d} GFLOP");
+    }
+}
