@@ -75,20 +75,26 @@ pub mod cpu {
         clamp: Option<f32>,
     ) -> Vec<T> {
         let (code, alpha) = act.code();
-        x.par_iter()
+        let (alpha, gain) = (T::c(alpha as f64), T::c(gain as f64));
+        let (lo, hi) = match clamp {
+            Some(m) => (T::c(-m as f64), T::c(m as f64)),
+            None => (T::neg_infinity(), T::infinity()),
+        };
+        let mut y = x.to_vec();
+        // One chunk per (outer, channel) row: its bias is one number, the loop is branch-light.
+        y.par_chunks_mut(inner.max(1))
             .enumerate()
-            .map(|(i, &v)| {
-                let mut v = v + b.map_or(T::zero(), |b| b[i / inner % c]);
-                if code == 1 && !(v > T::zero()) {
-                    v = v * T::c(alpha as f64);
+            .for_each(|(r, row)| {
+                let bias = b.map_or(T::zero(), |b| b[r % c]);
+                for v in row {
+                    let mut u = *v + bias;
+                    if code == 1 && !(u > T::zero()) {
+                        u = u * alpha;
+                    }
+                    *v = (u * gain).max(lo).min(hi);
                 }
-                v = v * T::c(gain as f64);
-                match clamp {
-                    Some(m) => v.max(T::c(-m as f64)).min(T::c(m as f64)),
-                    None => v,
-                }
-            })
-            .collect()
+            });
+        y
     }
 
     pub fn bias_act_dx<T: Real>(

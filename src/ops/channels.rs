@@ -28,10 +28,11 @@ pub mod cpu {
 
     pub fn broadcast_mul(x: &[f32], s: &[f32]) -> Vec<f32> {
         let inner = x.len() / s.len().max(1);
-        x.par_iter()
-            .enumerate()
-            .map(|(i, &v)| v * s[i / inner])
-            .collect()
+        let mut y = x.to_vec();
+        y.par_chunks_mut(inner.max(1))
+            .zip(s.par_iter())
+            .for_each(|(row, &k)| row.iter_mut().for_each(|v| *v *= k));
+        y
     }
 
     pub fn rowdot(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
