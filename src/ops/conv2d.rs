@@ -211,28 +211,54 @@ pub mod cpu {
     /// K × OH·OW buffer per image (300 MB for a 128-channel 3×3 layer at 256²).
     pub const TILE: usize = 2048;
 
+    /// For one tile row (ky, kx): the runs of output pixels that lie on one output row and read
+    /// inside the image, as `(q, iy, ox range)` with q the tile offset of the run's first pixel.
+    fn runs(
+        d: &Conv2d,
+        ky: usize,
+        kx: usize,
+        p0: usize,
+        n: usize,
+        mut f: impl FnMut(usize, usize, usize, usize),
+    ) {
+        // ox reads ix = ox·s + kx − pw, inside [0, W) for ox in [lo, hi).
+        let lo = d.pw.saturating_sub(kx).div_ceil(d.stride);
+        let hi = (d.w + d.pw).saturating_sub(kx).div_ceil(d.stride).min(d.ow);
+        let mut q = 0;
+        while q < n {
+            let (oy, ox0) = ((p0 + q) / d.ow, (p0 + q) % d.ow);
+            let len = (d.ow - ox0).min(n - q);
+            if let Some(iy) = Conv2d::src(oy, ky, d.stride, d.ph, d.h) {
+                let (a, b) = (ox0.max(lo), (ox0 + len).min(hi));
+                if a < b {
+                    f(q + a - ox0, iy, a, b);
+                }
+            }
+            q += len;
+        }
+    }
+
     /// `cols[((ci·KH + ky)·KW + kx)·n + (p − p0)] = x[ci, oy·s + ky − ph, ox·s + kx − pw]` for the
     /// output pixels p = oy·OW + ox in `p0..p0 + n` of one (batch item, group): `xg` holds that
-    /// group's Cin/G channels.
+    /// group's Cin/G channels. Rows are copied run by run (contiguous at stride 1).
     pub fn im2col<T: Real>(xg: &[T], d: &Conv2d, p0: usize, n: usize) -> Vec<T> {
         let mut cols = vec![T::zero(); d.cin_g() * d.kh * d.kw * n];
         for ci in 0..d.cin_g() {
+            let plane = &xg[ci * d.h * d.w..][..d.h * d.w];
             for ky in 0..d.kh {
                 for kx in 0..d.kw {
                     let row = &mut cols[((ci * d.kh + ky) * d.kw + kx) * n..][..n];
-                    let (mut oy, mut ox) = (p0 / d.ow, p0 % d.ow);
-                    let mut iy = Conv2d::src(oy, ky, d.stride, d.ph, d.h);
-                    for c in row.iter_mut() {
-                        if let (Some(iy), Some(ix)) = (iy, Conv2d::src(ox, kx, d.stride, d.pw, d.w))
-                        {
-                            *c = xg[(ci * d.h + iy) * d.w + ix];
+                    runs(d, ky, kx, p0, n, |q, iy, a, b| {
+                        let src = &plane[iy * d.w..][..d.w];
+                        let ix0 = a * d.stride + kx - d.pw;
+                        if d.stride == 1 {
+                            row[q..q + b - a].copy_from_slice(&src[ix0..ix0 + b - a]);
+                        } else {
+                            for (k, c) in row[q..q + b - a].iter_mut().enumerate() {
+                                *c = src[ix0 + k * d.stride];
+                            }
                         }
-                        ox += 1;
-                        if ox == d.ow {
-                            (ox, oy) = (0, oy + 1);
-                            iy = Conv2d::src(oy, ky, d.stride, d.ph, d.h);
-                        }
-                    }
+                    });
                 }
             }
         }
@@ -242,26 +268,27 @@ pub mod cpu {
     /// The adjoint of `im2col` for the same tile: adds each entry back to its pixel.
     pub fn col2im<T: Real>(cols: &[T], d: &Conv2d, p0: usize, n: usize, dxg: &mut [T]) {
         for ci in 0..d.cin_g() {
+            let plane = &mut dxg[ci * d.h * d.w..][..d.h * d.w];
             for ky in 0..d.kh {
                 for kx in 0..d.kw {
                     let row = &cols[((ci * d.kh + ky) * d.kw + kx) * n..][..n];
-                    let (mut oy, mut ox) = (p0 / d.ow, p0 % d.ow);
-                    let mut iy = Conv2d::src(oy, ky, d.stride, d.ph, d.h);
-                    for &c in row {
-                        if let (Some(iy), Some(ix)) = (iy, Conv2d::src(ox, kx, d.stride, d.pw, d.w))
-                        {
-                            let at = (ci * d.h + iy) * d.w + ix;
-                            dxg[at] = dxg[at] + c;
+                    runs(d, ky, kx, p0, n, |q, iy, a, b| {
+                        let dst = &mut plane[iy * d.w..][..d.w];
+                        let ix0 = a * d.stride + kx - d.pw;
+                        for (k, &c) in row[q..q + b - a].iter().enumerate() {
+                            let at = ix0 + k * d.stride;
+                            dst[at] = dst[at] + c;
                         }
-                        ox += 1;
-                        if ox == d.ow {
-                            (ox, oy) = (0, oy + 1);
-                            iy = Conv2d::src(oy, ky, d.stride, d.ph, d.h);
-                        }
-                    }
+                    });
                 }
             }
         }
+    }
+
+    /// True for 1×1, stride 1, no padding: im2col is the identity (D's skips after their filter,
+    /// ToRGB, fromrgb).
+    fn pointwise(d: &Conv2d) -> bool {
+        d.kh == 1 && d.kw == 1 && d.stride == 1 && d.ph == 0 && d.pw == 0
     }
 
     /// The slices of group g: its x channels, its weight rows.
@@ -306,8 +333,15 @@ pub mod cpu {
                         ArrayView2::from_shape((cg, kk), group(w, g, cg * kk)).map_err(view_err)?;
                     let yg = &mut yb[g * cg * p..][..cg * p];
                     let mut yv = ArrayViewMut2::from_shape((cg, p), yg).map_err(view_err)?;
+                    let xg = group(xb, g, d.cin_g() * hw);
+                    if pointwise(d) {
+                        // im2col of a 1×1, stride-1, unpadded conv is x itself.
+                        let xv = ArrayView2::from_shape((kk, p), xg).map_err(view_err)?;
+                        general_mat_mul(T::one(), &wv, &xv, T::zero(), &mut yv);
+                        continue;
+                    }
                     for (p0, n) in tiles(d) {
-                        let cols = im2col(group(xb, g, d.cin_g() * hw), d, p0, n);
+                        let cols = im2col(xg, d, p0, n);
                         let cv = ArrayView2::from_shape((kk, n), &cols[..]).map_err(view_err)?;
                         let mut out = yv.slice_mut(ndarray::s![.., p0..p0 + n]);
                         general_mat_mul(T::one(), &wv, &cv, T::zero(), &mut out);
@@ -336,6 +370,13 @@ pub mod cpu {
                     let wv =
                         ArrayView2::from_shape((cg, kk), group(w, g, cg * kk)).map_err(view_err)?;
                     let dxg = &mut dxb[g * d.cin_g() * hw..][..d.cin_g() * hw];
+                    if pointwise(d) {
+                        let dyv = ArrayView2::from_shape((cg, p), group(dyb, g, cg * p))
+                            .map_err(view_err)?;
+                        let mut dv = ArrayViewMut2::from_shape((kk, p), dxg).map_err(view_err)?;
+                        general_mat_mul(T::one(), &wv.t(), &dyv, T::zero(), &mut dv);
+                        continue;
+                    }
                     for (p0, n) in tiles(d) {
                         let dyv = cols_of(group(dyb, g, cg * p), cg, p, p0, n)?;
                         let mut dcols = vec![T::zero(); kk * n];
@@ -369,8 +410,16 @@ pub mod cpu {
                     for g in 0..d.groups {
                         let ag = &mut acc[g * cg * kk..][..cg * kk];
                         let mut av = ArrayViewMut2::from_shape((cg, kk), ag).map_err(view_err)?;
+                        let xg = group(xb, g, d.cin_g() * hw);
+                        if pointwise(d) {
+                            let xv = ArrayView2::from_shape((kk, p), xg).map_err(view_err)?;
+                            let dyv = ArrayView2::from_shape((cg, p), group(dyb, g, cg * p))
+                                .map_err(view_err)?;
+                            general_mat_mul(T::one(), &dyv, &xv.t(), T::one(), &mut av);
+                            continue;
+                        }
                         for (p0, n) in tiles(d) {
-                            let cols = im2col(group(xb, g, d.cin_g() * hw), d, p0, n);
+                            let cols = im2col(xg, d, p0, n);
                             let cv =
                                 ArrayView2::from_shape((kk, n), &cols[..]).map_err(view_err)?;
                             let dyv = cols_of(group(dyb, g, cg * p), cg, p, p0, n)?;
