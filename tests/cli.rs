@@ -76,11 +76,15 @@ fn bench_quick_validates_and_times_every_case() {
         "linear bf16 simt",
         "linear bf16 tensorcore",
         "add+layer_norm",
+        "modconv fwd b256.conv1",
+        "modconv fwd+bwd b256.conv1",
+        "lafite G forward",
+        "lafite D forward",
     ] {
         assert!(text.contains(case), "case {case} missing:\n{text}");
     }
     let lines = std::fs::read_to_string(&json).unwrap();
-    assert_eq!(lines.lines().count(), 20, "{lines}");
+    assert_eq!(lines.lines().count(), 24, "{lines}");
     for line in lines.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(v["median_ms"].as_f64().unwrap() > 0.0, "{line}");
@@ -994,5 +998,103 @@ fn generate_draws_pictures_from_a_lafite_generator() {
         .output()
         .unwrap();
     assert!(!bad.status.success(), "no condition must fail");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn generate_from_text_and_from_two_conditions() {
+    use mindreader::eval::npy;
+    use mindreader::models::clip::{Clip, ClipConfig};
+    use mindreader::train::clip::ClipTrainConfig;
+    let fixtures = mindreader::testing::fixtures_dir().join("lafite");
+    let dir = std::env::temp_dir().join(format!("mindreader-generate-text-{}", std::process::id()));
+    let clip_dir = dir.join("clip");
+    std::fs::create_dir_all(&clip_dir).unwrap();
+    // A random CLIP whose embeddings are 16 wide, the fixture generator's f_dim.
+    let cfg = ClipTrainConfig {
+        width: 16,
+        layers: 1,
+        ..ClipTrainConfig::default()
+    }
+    .hf_config(32);
+    std::fs::write(clip_dir.join("config.json"), cfg.to_string()).unwrap();
+    let mut clip = Clip::zeros(
+        ClipConfig::from_json(&cfg.to_string(), &clip_dir.join("config.json")).unwrap(),
+        &mindreader::Device::Cpu,
+    )
+    .unwrap();
+    clip.init_random(3).unwrap();
+    clip.store
+        .save(
+            &clip_dir.join("model.safetensors"),
+            &[],
+            &Default::default(),
+        )
+        .unwrap();
+    let (g2, g4) = (
+        fixtures.join("g_s2.safetensors"),
+        fixtures.join("g_s4.safetensors"),
+    );
+    let out = dir.join("text.npy");
+    let text = run_ok(&[
+        "generate",
+        "--generator",
+        g2.to_str().unwrap(),
+        "--clip",
+        clip_dir.to_str().unwrap(),
+        "--text",
+        "a red square",
+        "a blue circle",
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(text.contains("2 × 3 × 32 × 32"), "{text}");
+    let (v, _) = npy::read_f32(&out).unwrap();
+    assert!(v.iter().all(|x| x.is_finite()));
+    assert_ne!(v[..3072], v[3072..], "two prompts, two pictures");
+    // Structure 4 with its two conditions (12 and 10 wide): PNGs.
+    let (c1, c2) = (dir.join("c1.npy"), dir.join("c2.npy"));
+    npy::write_f32(&c1, &vec![0.3; 2 * 12], &[2, 12]).unwrap();
+    npy::write_f32(&c2, &vec![-0.2; 2 * 10], &[2, 10]).unwrap();
+    let pics = dir.join("s4");
+    let text = run_ok(&[
+        "generate",
+        "--generator",
+        g4.to_str().unwrap(),
+        "--fts",
+        c1.to_str().unwrap(),
+        "--fts2",
+        c2.to_str().unwrap(),
+        "--normalize",
+        "--noise-mode",
+        "random",
+        "--out",
+        pics.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        text.contains("wrote 2 pictures (8×8)") && pics.join("grid.png").is_file(),
+        "{text}"
+    );
+    // Without the second condition, the error says what is missing.
+    let bad = mindreader()
+        .args([
+            "generate",
+            "--generator",
+            g4.to_str().unwrap(),
+            "--fts",
+            c1.to_str().unwrap(),
+            "--out",
+            "/tmp/x",
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("--fts2"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
