@@ -13,7 +13,6 @@ use safetensors::tensor::{Dtype as StDtype, TensorView};
 use crate::autograd::{Gradients, Tape};
 use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
-use crate::ops::elementwise::add_raw;
 use crate::tensor::{DType, Device, Storage, Tensor};
 
 /// Named tensors and a file's metadata, as a safetensors file holds them.
@@ -91,7 +90,7 @@ impl ParamStore {
         for p in &mut self.params {
             if let Some(g) = grads.get(&p.value) {
                 p.grad = Some(match p.grad.take() {
-                    Some(prev) => add_raw(&prev, g)?,
+                    Some(prev) => prev.accumulate(g)?,
                     None => g.clone(),
                 });
             }
