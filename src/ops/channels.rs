@@ -13,8 +13,6 @@
 //!
 //! All read their inputs once and write once (`kernels/channels.cu`).
 
-use cudarc::driver::LaunchConfig;
-
 use super::same_device;
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
@@ -133,12 +131,7 @@ pub(crate) fn rowdot_raw(a: &Tensor, b: &Tensor, n: usize, out_shape: &[usize]) 
             let mut out = gpu.alloc::<f32>(rows)?;
             if rows > 0 {
                 let (r, nn) = (rows as u64, n as u64);
-                // Eight warps per block, one row each (blocks loop past the grid cap).
-                let cfg = LaunchConfig {
-                    grid_dim: (rows.div_ceil(8).clamp(1, 65535 * 8) as u32, 1, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                };
+                let cfg = super::warp_per_row(rows);
                 // SAFETY: a and b hold rows·n floats, out rows; warp r reads row r only.
                 launch!(
                     gpu,

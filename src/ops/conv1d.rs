@@ -21,7 +21,6 @@
 //! `reduce_axis_raw` then adds in a fixed order (deterministic). The CPU twin does im2col + GEMM
 //! (ndarray) per batch item, rayon over the batch.
 
-use cudarc::driver::LaunchConfig;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
@@ -322,19 +321,6 @@ fn kernel_ints(d: &Conv1d) -> Result<[i32; 8]> {
     Ok(v.map(|x| x as i32))
 }
 
-/// 256-thread blocks, one per 64×64 tile of the `m × n` output, `z` on grid z (blocks loop past 65535).
-fn tile_grid(m: usize, n: usize, z: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (
-            n.div_ceil(64) as u32,
-            m.div_ceil(64) as u32,
-            z.clamp(1, 65535) as u32,
-        ),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 /// How dW's k = B·Lout is cut for split-K: `(chunk, splits)`, chunk a multiple of 16. Enough
 /// splits to give the GPU about 1024 blocks, but at least 256 k per split and at most 2²⁴
 /// floats (64 MB) of partial sums.
@@ -372,7 +358,7 @@ fn conv1d_raw(x: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
                     gpu,
                     "conv1d",
                     "conv1d_fwd_f32",
-                    tile_grid(d.cout, d.lout, d.batch),
+                    super::gemm_tile_grid(d.cout, d.lout, d.batch),
                     xs,
                     ws,
                     &mut y,
@@ -417,7 +403,7 @@ fn conv1d_dx_raw(dy: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
                     gpu,
                     "conv1d",
                     "conv1d_dx_f32",
-                    tile_grid(d.cin, d.len, d.batch),
+                    super::gemm_tile_grid(d.cin, d.len, d.batch),
                     dys,
                     ws,
                     &mut dx,
@@ -465,7 +451,7 @@ fn conv1d_dw_raw(dy: &Tensor, x: &Tensor, d: &Conv1d) -> Result<Tensor> {
                     gpu,
                     "conv1d",
                     "conv1d_dw_f32",
-                    tile_grid(d.cout, d.cin * d.ksize, splits),
+                    super::gemm_tile_grid(d.cout, d.cin * d.ksize, splits),
                     dys,
                     xs,
                     &mut partial,

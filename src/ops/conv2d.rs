@@ -27,7 +27,7 @@
 //! (deterministic). The CPU twin does im2col + GEMM (ndarray) per (batch item, group), rayon over
 //! the batch.
 
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DeviceRepr, PushKernelArg};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
@@ -521,19 +521,6 @@ fn geom(d: &Conv2d) -> Result<Geom> {
     })
 }
 
-/// 256-thread blocks, one per 64×64 tile of the `m × n` output, `z` on grid z (blocks loop past 65535).
-fn tile_grid(m: usize, n: usize, z: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (
-            n.div_ceil(64) as u32,
-            m.div_ceil(64) as u32,
-            z.clamp(1, 65535) as u32,
-        ),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 /// How dW's k = B·OH·OW is cut for split-K: `(chunk, splits)`, chunk a multiple of 16; enough
 /// splits for about 1024 blocks, at least 256 k per split, at most 2²⁴ floats of partial sums.
 pub(crate) fn dw_split(d: &Conv2d) -> (usize, usize) {
@@ -639,17 +626,17 @@ fn run(pass: Pass, a: &Tensor, b: &Tensor, sc: Scales, d: &Conv2d) -> Result<Ten
             let (name, cfg, len) = match pass {
                 Pass::Forward => (
                     "conv2d_fwd_f32",
-                    tile_grid(d.cout_g(), d.oh * d.ow, d.batch * d.groups),
+                    super::gemm_tile_grid(d.cout_g(), d.oh * d.ow, d.batch * d.groups),
                     out_len,
                 ),
                 Pass::Dx => (
                     "conv2d_dx_f32",
-                    tile_grid(d.cin_g(), d.h * d.w, d.batch * d.groups),
+                    super::gemm_tile_grid(d.cin_g(), d.h * d.w, d.batch * d.groups),
                     out_len,
                 ),
                 Pass::Dw => (
                     "conv2d_dw_f32",
-                    tile_grid(d.cout_g(), d.cin_g() * d.kh * d.kw, d.groups * splits),
+                    super::gemm_tile_grid(d.cout_g(), d.cin_g() * d.kh * d.kw, d.groups * splits),
                     splits * out_len,
                 ),
             };

@@ -68,6 +68,31 @@ pub(crate) fn block_per_row(rows: usize, smem: usize) -> LaunchConfig {
     }
 }
 
+/// The launch shape of the warp-per-row kernels that reduce short rows (modconv's demodulation,
+/// `rowdot`): eight warps per 256-thread block, one row each, the grid capped at 65535·8 blocks
+/// (warps then stride over rows).
+pub(crate) fn warp_per_row(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.div_ceil(8).clamp(1, 65535 * 8) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The launch shape of the implicit GEMMs on `kernels/gemm_tile.cuh` (conv1d, conv2d): 256-thread
+/// blocks, one per 64×64 tile of the `m × n` output, `z` on grid z (blocks loop past 65535).
+pub(crate) fn gemm_tile_grid(m: usize, n: usize, z: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            n.div_ceil(64) as u32,
+            m.div_ceil(64) as u32,
+            z.clamp(1, 65535) as u32,
+        ),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// Errors unless every tensor is on the first one's device.
 pub(crate) fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<()> {
     let first = ts[0].device();

@@ -23,8 +23,6 @@
 //!
 //! Cost: the convolution's `2·B·Cout·Cin·K²·OH·OW` FLOPs per pass, plus `B·Cout·Cin·K²` for d.
 
-use cudarc::driver::LaunchConfig;
-
 use super::same_device;
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
@@ -274,15 +272,6 @@ fn kernel_ints(m: &ModConv) -> Result<[i32; 4]> {
     Ok(v.map(|x| x as i32))
 }
 
-/// One warp per row of `rows`, eight per 256-thread block.
-fn warp_per_row(rows: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows.div_ceil(8).clamp(1, 65535 * 8) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 /// The demodulation coefficients `[B, Cout]`.
 fn demod_raw(w: &Tensor, s: &Tensor, m: &ModConv) -> Result<Tensor> {
     const OP: &str = "modulated_conv2d";
@@ -309,7 +298,7 @@ fn demod_raw(w: &Tensor, s: &Tensor, m: &ModConv) -> Result<Tensor> {
                     gpu,
                     "modconv",
                     "modconv_demod_f32",
-                    warp_per_row(m.batch * m.cout),
+                    super::warp_per_row(m.batch * m.cout),
                     sw.cuda_f32(OP)?,
                     ss.cuda_f32(OP)?,
                     &mut d,
@@ -386,7 +375,7 @@ fn demod_backward_raw(
                     gpu,
                     "modconv",
                     "modconv_demod_ds_f32",
-                    warp_per_row(m.batch * m.cin),
+                    super::warp_per_row(m.batch * m.cin),
                     sp.cuda_f32(OP)?,
                     sd.cuda_f32(OP)?,
                     sw.cuda_f32(OP)?,
