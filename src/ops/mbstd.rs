@@ -190,7 +190,7 @@ fn launch_kernel(
 ) -> Result<Tensor> {
     const OP: &str = "minibatch_stddev";
     let Device::Cuda(gpu) = x.device() else {
-        unreachable!("launch_kernel is only called for CUDA tensors")
+        return Err(Error::Invalid(format!("{OP}: {name} needs a CUDA tensor")));
     };
     let a = args(d)?;
     let guards: Vec<_> = inputs.iter().map(|t| t.storage()).collect();
