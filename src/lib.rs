@@ -2,8 +2,8 @@
 //! Sprague & Singh, NeurIPS 2022) on a from-scratch CUDA kernel engine with CPU twins.
 //!
 //! Layers, each using only those above it: `kernels` (embedded CUDA) → `tensor` → `ops` →
-//! `autograd` → `nn` → `models` → `data` → `train` / `eval` → the `mindreader` binary; `rng` and
-//! `fsio` use none of them and serve all. See the Architecture section of README.md.
+//! `autograd` → `nn` → `models` → `data` → `train` / `eval` → the `mindreader` binary; `rng`,
+//! `fsio` and `pickle` (checkpoints read as data) use none of them and serve all. See the Architecture section of README.md.
 
 pub mod autograd;
 pub mod bench;
@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod models;
 pub mod nn;
 pub mod ops;
+pub mod pickle;
 pub mod rng;
 pub mod tensor;
 pub mod train;
