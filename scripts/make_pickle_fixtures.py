@@ -20,7 +20,8 @@ Outputs:
                               shape and the FNV-1a 64 hash of its bytes (float64 for the mappers): the
                               reader must match bit for bit (hashes keep the fixture small)
   snapshot_io.safetensors     z, fts, G_ema's and G's images (noise_mode const), D's outputs on
-                              G_ema's image upsampled to 8 px (`d_img`), and both mappers' outputs on `fmri` (float64)
+                              G_ema's image upsampled to 8 px (`d_img`), and both mappers' outputs on `fmri`
+                              (computed in float64; everything saved as float32)
   mapper.pth                  torch.save(mapper.state_dict()) as mind-reader's fmri_clip.py saves its
                               mapper (an FmriVecMapper, whose keys are fmri_clip_res's)
   mapper_wrapped.pth          torch.save({'model': state_dict, 'epoch': 7})
@@ -140,7 +141,7 @@ def main():
     torch.manual_seed(8)
     z = torch.randn([3, 16])
     fts = lf.unit_rows(torch.randn([3, f_dim + f_dim2]), [f_dim, f_dim2])
-    fmri = torch.randn([4, VOXELS], dtype=torch.float64)
+    fmri = torch.randn([4, VOXELS]).double()  # float32 values, exact in float64
     io = {"z": z, "fts": fts, "fmri": fmri}
     with torch.no_grad():
         io["img_ema"] = snapshot_data["G_ema"](z, None, fts=fts, noise_mode="const")
@@ -150,10 +151,10 @@ def main():
         io["logits"], io["d_fts"], io["d_fts2"] = out[0], out[1], out[2]
         io["fmri_vec"] = snapshot_data["fmri_vec"](fmri)
         io["fmri_vec2"] = snapshot_data["fmri_vec2"](fmri)
-    save_file({k: v.contiguous() for k, v in io.items()}, os.path.join(OUT, "snapshot_io.safetensors"),
+    save_file({k: v.float().contiguous() for k, v in io.items()}, os.path.join(OUT, "snapshot_io.safetensors"),
               {"torch": torch.__version__, "calls": json.dumps({
                   "img_ema": "G_ema(z, None, fts=fts, noise_mode='const')", "img_g": "G(z, None, fts=fts, noise_mode='const')",
-                  "logits": "D(d_img, None, fts=fts)[0], d_img = img_ema upsampled 2x (nearest)", "fmri_vec": "fmri_vec(fmri) in float64"})})
+                  "logits": "D(d_img, None, fts=fts)[0], d_img = img_ema upsampled 2x (nearest)", "fmri_vec": "fmri_vec(fmri) computed in float64, saved as float32"})})
 
     # -- a mapper .pth as mind-reader's fmri_clip.py saves it: torch.save(model.state_dict()) --
     torch.manual_seed(9)
