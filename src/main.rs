@@ -17,8 +17,11 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build information, embedded kernels (registers, spills) and the devices found.
+    /// Build information, embedded kernels (registers, spills) and the devices found; or, given a
+    /// .pkl/.pth, what that checkpoint holds.
     Info(cli::info::InfoArgs),
+    /// A network snapshot .pkl or a mapper .pth (read as data, no Python) as mindreader checkpoints.
+    Convert(cli::convert::ConvertArgs),
     /// Validate each kernel against its CPU twin, then time it (CUDA events, median of many runs).
     Bench(cli::bench::BenchArgs),
     /// The main job: synthetic world → Mind Reader mapper → held-out retrieval (GPU when present).
@@ -61,6 +64,7 @@ fn main() {
     let args = Args::parse();
     let result = match args.command {
         Command::Info(a) => cli::info::run(a),
+        Command::Convert(a) => cli::convert::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Demo(a) => cli::demo::run(a),
         Command::Synth(a) => cli::synth::run(a),

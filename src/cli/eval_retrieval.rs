@@ -53,8 +53,8 @@ pub fn run(args: EvalRetrievalArgs) -> Result<()> {
     let pred = match (&args.mapper, &args.pred) {
         (Some(m), _) => {
             let device = super::parse_device(&args.device)?;
-            let mapper = super::predict::load_mapper(m, &device)?;
             let voxels = file.summary().voxels;
+            let mapper = super::predict::load_mapper(m, None, voxels, &device)?;
             anyhow::ensure!(
                 voxels == mapper.config.voxels,
                 "{} has {voxels} voxels but the mapper expects {}",

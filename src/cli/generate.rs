@@ -9,14 +9,20 @@ use mindreader::eval::{images, npy};
 use mindreader::models::clip::Clip;
 use mindreader::models::lafite::{Generator, Network};
 use mindreader::nn::NoiseMode;
+use mindreader::train::import;
 use mindreader::{Device, Tape, Tensor};
 
 #[derive(Args)]
 pub struct GenerateArgs {
     /// The generator: a Lafite checkpoint (safetensors with the fork's state_dict names and the
-    /// constructor's `init_kwargs` in its metadata).
+    /// constructor's `init_kwargs` in its metadata), or a Lafite / Mind Reader network snapshot
+    /// `.pkl` read directly (its `G_ema`; see --network).
     #[arg(long)]
     pub generator: PathBuf,
+    /// Which network of a snapshot `.pkl` draws: G_ema (the default, as the reference evaluates)
+    /// or G.
+    #[arg(long)]
+    pub network: Option<String>,
     /// The condition, one row per picture: `[N, F]` float32 `.npy` (e.g. `predict`'s mapper
     /// embeddings, or `embed`'s CLIP embeddings). For structure 4, the first (image) condition.
     #[arg(long, conflicts_with = "text", required_unless_present = "text")]
@@ -163,7 +169,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         "none" => NoiseMode::None,
         other => anyhow::bail!("unknown --noise-mode `{other}` (use const, random or none)"),
     };
-    let g = Network::<Generator>::load(&args.generator, &device)?;
+    let g: Network<Generator> =
+        import::load_network(&args.generator, args.network.as_deref(), &device)?;
     let c = g.config().clone();
     let (fts, n) = conditions(&args, &g, &device)?;
     let z = match &args.z {

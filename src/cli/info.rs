@@ -1,18 +1,28 @@
 //! `mindreader info`: what this binary holds and what it can run on.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::Result;
 use clap::Args;
 use mindreader::kernels::{self, KERNELS};
+use mindreader::pickle::{Checkpoint, Container, Entry};
 use mindreader::tensor::{why_no_gpu, Gpu};
 
 #[derive(Args)]
 pub struct InfoArgs {
+    /// A checkpoint to list instead: a network snapshot `.pkl` or a PyTorch `.pth` (its networks,
+    /// their classes and init_kwargs, every tensor's name, dtype and shape). Nothing is converted
+    /// and nothing in the file is executed.
+    pub file: Option<PathBuf>,
     /// Also list every kernel with its registers and spill bytes (ptxas -v).
     #[arg(long)]
     pub kernels: bool,
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
+    if let Some(file) = &args.file {
+        return list_checkpoint(file);
+    }
     println!("mindreader {}", env!("CARGO_PKG_VERSION"));
     println!("kernels: {}", kernels::NVCC_STATUS);
     if KERNELS.is_empty() {
@@ -58,6 +68,63 @@ pub fn run(args: InfoArgs) -> Result<()> {
                     Err(e) => println!("gpu cuda:{ordinal}: unusable ({e})"),
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// `mindreader info FILE`: what a `.pkl`/`.pth` holds.
+fn list_checkpoint(path: &Path) -> Result<()> {
+    let mut ck = Checkpoint::open(path)?;
+    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let container = match ck.file.container {
+        Container::Zip => "a torch.save zip",
+        Container::LegacyTorch => "a legacy torch.save stream",
+        Container::Pickle => "a pickle (pickle.dump)",
+    };
+    println!(
+        "{}: {container}, {:.1} MB",
+        path.display(),
+        bytes as f64 / 1e6
+    );
+    let keys: Vec<String> = ck.entries.iter().map(|e| e.key().to_string()).collect();
+    for key in keys {
+        let label = if key.is_empty() { "(root)" } else { &key };
+        match ck.entry(&key) {
+            Some(Entry::Data { value, .. }) => {
+                let text = value.to_string();
+                let short: String = text.chars().take(100).collect();
+                let more = if text.chars().count() > 100 {
+                    "…"
+                } else {
+                    ""
+                };
+                println!("{label}: {short}{more}");
+                continue;
+            }
+            Some(Entry::Module {
+                module,
+                init_kwargs,
+                ..
+            }) => {
+                let kind = if module.persistent {
+                    "persistent class (source embedded)"
+                } else {
+                    "module"
+                };
+                println!("{label}: {} — {kind}", module.class);
+                if let Some(kw) = init_kwargs {
+                    println!("  init_kwargs: {kw}");
+                }
+            }
+            Some(Entry::StateDict { .. }) => println!("{label}: a state_dict"),
+            None => continue,
+        }
+        let tensors = ck.read_tensors(&key)?;
+        let total: usize = tensors.iter().map(|(_, t)| t.numel()).sum();
+        println!("  {} tensors, {total} elements", tensors.len());
+        for (name, t) in &tensors {
+            println!("    {:<48} {:<8} {:?}", name, t.dtype.name(), t.shape);
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! Subcommands: parse, call the library, report.
 
 pub mod bench;
+pub mod convert;
 pub mod demo;
 pub mod embed;
 pub mod eval_retrieval;

@@ -8,15 +8,21 @@ use mindreader::data::loader::average_repeats;
 use mindreader::data::{DatasetFile, Split};
 use mindreader::eval::npy;
 use mindreader::models::Mapper;
-use mindreader::nn::{load_safetensors, ParamStore};
-use mindreader::train::mapper::{mapper_config_from, predict_rows, RunDir};
+use mindreader::train::import;
+use mindreader::train::mapper::predict_rows;
 use mindreader::{Device, Tensor};
 
 #[derive(Args)]
 pub struct PredictArgs {
-    /// A train-mapper run directory (reads mapper.safetensors) or a .safetensors file.
+    /// The mapper: a train-mapper run directory (reads mapper.safetensors), a .safetensors file,
+    /// a PyTorch `.pth` (a state_dict of fmri_clip_res / FmriVecMapper, bare or under `model`,
+    /// `state_dict`, …) or a Mind Reader snapshot `.pkl` (its `fmri_vec`; see --network).
     #[arg(long)]
     pub mapper: PathBuf,
+    /// Which entry of a `.pkl`/`.pth` is the mapper (a snapshot's `fmri_vec` by default; its
+    /// caption mapper is `fmri_vec2`).
+    #[arg(long)]
+    pub network: Option<String>,
     #[arg(long)]
     pub data: PathBuf,
     /// train or test: one row per stimulus of that split, repeats averaged, in stimulus order.
@@ -34,19 +40,16 @@ pub struct PredictArgs {
     pub batch: usize,
 }
 
-/// Builds the mapper stored at `path` (a run directory or a weights file) on `device`.
-pub fn load_mapper(path: &std::path::Path, device: &mindreader::Device) -> Result<Mapper> {
-    let weights = if path.is_dir() {
-        RunDir(path.to_path_buf()).weights()
-    } else {
-        path.to_path_buf()
-    };
-    let (tensors, meta) = load_safetensors(&weights)?;
-    let config = mapper_config_from(&meta, &weights)?;
-    let mut store = ParamStore::new();
-    let mapper = Mapper::new(config, &mut store, 0, device)?;
-    store.assign_from(tensors, "", &weights)?;
-    Ok(mapper)
+/// Builds the mapper stored at `path` (a run directory, a weights file, a `.pth` or a snapshot
+/// `.pkl`'s entry `network`) on `device`; `voxels` (the dataset's) is used where the file does
+/// not record its voxel count.
+pub fn load_mapper(
+    path: &std::path::Path,
+    network: Option<&str>,
+    voxels: usize,
+    device: &mindreader::Device,
+) -> Result<Mapper> {
+    Ok(import::load_mapper(path, network, Some(voxels), device)?.mapper)
 }
 
 pub fn parse_split(s: &str) -> Result<Split> {
@@ -60,9 +63,9 @@ pub fn parse_split(s: &str) -> Result<Split> {
 pub fn run(args: PredictArgs) -> Result<()> {
     let device = super::parse_device(&args.device)?;
     let split = parse_split(&args.split)?;
-    let mapper = load_mapper(&args.mapper, &device)?;
     let file = DatasetFile::open(&args.data)?;
     let voxels = file.summary().voxels;
+    let mapper = load_mapper(&args.mapper, args.network.as_deref(), voxels, &device)?;
     anyhow::ensure!(
         voxels == mapper.config.voxels,
         "{} has {voxels} voxels but the mapper {} was trained on {}",

@@ -8,9 +8,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mindreader::data::{DatasetFile, Staged};
 use mindreader::models::MapperConfig;
 use mindreader::ops::loss::LossConfig;
+use mindreader::train::import;
 use mindreader::train::mapper::{
     train, EpochMetrics, LossKind, MapperData, Progress, RunDir, TrainConfig, TrialMode,
 };
+use mindreader::Device;
 
 #[derive(Args)]
 pub struct TrainMapperArgs {
@@ -26,6 +28,12 @@ pub struct TrainMapperArgs {
     /// Continue from DIR/checkpoint.safetensors (refuses if the configuration differs).
     #[arg(long)]
     pub resume: bool,
+    /// Start from trained weights instead of a fresh initialisation (the optimiser starts
+    /// fresh): a mapper checkpoint (`convert`'s or `train-mapper`'s), a PyTorch `.pth` of
+    /// fmri_clip_res, or a snapshot `.pkl`'s `fmri_vec`. The mapper's shape comes from the file
+    /// (--hidden, --fc-hidden and --res-blocks are then ignored).
+    #[arg(long, value_name = "WEIGHTS")]
+    pub resume_from: Option<PathBuf>,
     #[arg(long, default_value_t = 40)]
     pub epochs: usize,
     #[arg(long, default_value_t = 128)]
@@ -152,11 +160,25 @@ pub fn run(args: TrainMapperArgs) -> Result<()> {
         data = data.with_views(views, count, file.trial_stimulus(), mode)?;
         data_id.push_str(&format!(" augmented ×{count}"));
     }
-    let mapper = MapperConfig {
-        hidden: args.hidden,
-        fc_hidden: args.fc_hidden,
-        res_blocks: args.res_blocks,
-        ..MapperConfig::mind_reader(staged.voxels(), staged.target_dim())
+    let mapper = match &args.resume_from {
+        Some(path) => {
+            let m = import::load_mapper(path, None, Some(staged.voxels()), &Device::Cpu)?;
+            anyhow::ensure!(
+                m.mapper.config.out_dim == staged.target_dim(),
+                "{} maps to {}-d, but target `{}` is {}-d",
+                path.display(),
+                m.mapper.config.out_dim,
+                args.target,
+                staged.target_dim()
+            );
+            m.mapper.config
+        }
+        None => MapperConfig {
+            hidden: args.hidden,
+            fc_hidden: args.fc_hidden,
+            res_blocks: args.res_blocks,
+            ..MapperConfig::mind_reader(staged.voxels(), staged.target_dim())
+        },
     };
     let cfg = TrainConfig {
         epochs: args.epochs,
@@ -172,6 +194,7 @@ pub fn run(args: TrainMapperArgs) -> Result<()> {
             temperature: args.temperature,
             ..LossConfig::default()
         },
+        init_from: args.resume_from.clone(),
         ..TrainConfig::mind_reader(mapper, data_id)
     };
     println!(

@@ -128,7 +128,8 @@ fn collect(
     let here = ref_id(m.state);
     if !on_path.insert(here) {
         return Err(format!(
-            "module `{prefix}` contains itself (a self-referencing structure)"
+            "module `{}` contains itself (a self-referencing structure)",
+            prefix.trim_end_matches('.')
         ));
     }
     let table = |key: &str| -> Result<&[(Value, Value)], String> {
@@ -230,7 +231,8 @@ fn json_at(
     at: &str,
 ) -> Result<Json, String> {
     if depth > MAX_DEPTH {
-        return Err(format!("nested more than {MAX_DEPTH} deep at `{at}`"));
+        let shown: String = at.chars().take(40).collect();
+        return Err(format!("nested more than {MAX_DEPTH} deep (at `{shown}…`)"));
     }
     let float = |x: f64| {
         serde_json::Number::from_f64(x)

@@ -222,6 +222,15 @@ fn mapper_key(ck: &Checkpoint, key: Option<&str>) -> Result<String> {
         .filter(|e| !e.tensors().is_empty())
         .map(|e| e.key())
         .collect();
+    if with_tensors.is_empty() {
+        return Err(Error::file(
+            path,
+            format!(
+                "holds no module or state_dict, so no mapper; its entries: {} (plain data)",
+                entry_names(ck)
+            ),
+        ));
+    }
     if with_tensors.len() == 1 {
         return Ok(with_tensors[0].to_string());
     }

@@ -98,6 +98,9 @@ pub struct TrainConfig {
     pub loss_cfg: LossConfig,
     /// What the targets are (dataset path's file name and target name), for mismatch checks.
     pub data_id: String,
+    /// Start from these weights instead of a fresh initialisation (`--resume-from`: a mapper
+    /// checkpoint, a `.pth` or a snapshot's `fmri_vec`); the optimiser starts fresh.
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 impl TrainConfig {
@@ -115,6 +118,7 @@ impl TrainConfig {
             loss: LossKind::MseCos,
             loss_cfg: LossConfig::default(),
             data_id,
+            init_from: None,
         }
     }
 
@@ -440,7 +444,26 @@ pub fn train(
             .ok_or_else(|| {
                 Error::file(dir.checkpoint(), "metadata train.epochs_done is missing")
             })?;
-    } else if !resume && dir.metrics().exists() {
+    } else if let Some(init) = &cfg.init_from {
+        let loaded =
+            crate::train::import::load_mapper(init, None, Some(cfg.mapper.voxels), device)?;
+        if loaded.mapper.config != cfg.mapper {
+            return Err(Error::file(
+                init,
+                format!(
+                    "holds a mapper of shape {:?}, but this run trains {:?}",
+                    loaded.mapper.config, cfg.mapper
+                ),
+            ));
+        }
+        let weights = loaded
+            .store
+            .iter()
+            .map(|p| (p.name.clone(), p.value.clone()))
+            .collect();
+        store.assign_from(weights, "", init)?;
+    }
+    if !resume && dir.metrics().exists() {
         std::fs::remove_file(dir.metrics()).map_err(|e| {
             Error::file(
                 dir.metrics(),
