@@ -272,6 +272,47 @@ fn train_mapper_predict_and_eval_retrieval_from_the_command_line() {
             && v["mean_cosine"].as_f64().unwrap().is_finite(),
         "{json}"
     );
+    // --resume-from: a new run starting from the trained weights begins where the first ended.
+    let run2 = dir.join("run2");
+    run_ok(&[
+        "train-mapper",
+        "--data",
+        &p(&world),
+        "--target",
+        "scene",
+        "--out",
+        &p(&run2),
+        "--device",
+        "cpu",
+        "--batch",
+        "32",
+        "--lr",
+        "3e-3",
+        "--trials",
+        "average",
+        "--epochs",
+        "1",
+        "--resume-from",
+        &p(&run.join("mapper.safetensors")),
+    ]);
+    let first = |run: &std::path::Path| epoch_losses(&run.join("metrics.jsonl"))[0].0;
+    assert!(
+        first(&run2) < first(&run),
+        "{} vs {}",
+        first(&run2),
+        first(&run)
+    );
+    // a mapper for another voxel count is refused by name
+    let pth = mindreader::testing::fixtures_dir().join("pickle/mapper.pth");
+    let out = mindreader()
+        .args([&base[..], &["--epochs", "1", "--resume-from", &p(&pth)]].concat())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("mapper.pth") && err.contains("256"),
+        "{err}"
+    );
     // A target that does not exist, and a resume with a different configuration, are clear errors.
     let out = mindreader()
         .args([
@@ -1097,4 +1138,158 @@ fn generate_from_text_and_from_two_conditions() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("--fts2"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn convert_and_info_read_the_authors_checkpoints() {
+    use mindreader::eval::npy;
+    let fixtures = mindreader::testing::fixtures_dir().join("pickle");
+    let snapshot = fixtures.join("snapshot.pkl");
+    let dir = std::env::temp_dir().join(format!("mindreader-convert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+
+    let text = run_ok(&["info", &p(&snapshot)]);
+    for want in [
+        "a pickle (pickle.dump)",
+        "G: Generator — persistent class (source embedded)",
+        "fmri_vec: FmriVecMapper",
+        "\"fmri_len\":37",
+        "augment_pipe: null",
+        "synthesis.b4.conv1.affine_0.weight",
+        "float64  [8, 1, 4]",
+    ] {
+        assert!(text.contains(want), "info lacks {want:?}:\n{text}");
+    }
+    let text = run_ok(&["info", &p(&fixtures.join("mapper_legacy.pth"))]);
+    assert!(
+        text.contains("a legacy torch.save stream") && text.contains("fc.3.weight"),
+        "{text}"
+    );
+
+    let out = dir.join("converted");
+    let text = run_ok(&["convert", &p(&snapshot), "--out", &p(&out)]);
+    for f in ["G", "D", "G_ema", "fmri_vec", "fmri_vec2", "snapshot"] {
+        let ext = if f == "snapshot" {
+            "json"
+        } else {
+            "safetensors"
+        };
+        assert!(
+            out.join(format!("{f}.{ext}")).is_file(),
+            "{f} missing:\n{text}"
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("snapshot.json")).unwrap()).unwrap();
+    assert_eq!(json["args"]["temp"], 0.5);
+    assert_eq!(
+        json["args"]["loss_kwargs"]["r1_gamma"], 0.0002,
+        "a numpy float64 scalar"
+    );
+
+    // the snapshot draws as PyTorch's G_ema, read directly and through convert
+    let (io, _) =
+        mindreader::nn::load_safetensors(&fixtures.join("snapshot_io.safetensors")).unwrap();
+    let get = |name: &str| {
+        let t = &io.iter().find(|(n, _)| n == name).unwrap().1;
+        (t.to_vec_f32().unwrap(), t.shape().to_vec())
+    };
+    let (fts, _) = get("fts");
+    let (z, zshape) = get("z");
+    let (fts1, fts2): (Vec<f32>, Vec<f32>) = (
+        fts.chunks(22).flat_map(|r| r[..12].to_vec()).collect(),
+        fts.chunks(22).flat_map(|r| r[12..].to_vec()).collect(),
+    );
+    npy::write_f32(&dir.join("fts1.npy"), &fts1, &[3, 12]).unwrap();
+    npy::write_f32(&dir.join("fts2.npy"), &fts2, &[3, 10]).unwrap();
+    npy::write_f32(&dir.join("z.npy"), &z, &zshape).unwrap();
+    let draw = |generator: &std::path::Path, out: &str| {
+        let path = dir.join(out);
+        run_ok(&[
+            "generate",
+            "--generator",
+            &p(generator),
+            "--fts",
+            &p(&dir.join("fts1.npy")),
+            "--fts2",
+            &p(&dir.join("fts2.npy")),
+            "--z",
+            &p(&dir.join("z.npy")),
+            "--out",
+            &p(&path),
+            "--device",
+            "cpu",
+        ]);
+        npy::read_f32(&path).unwrap().0
+    };
+    let direct = draw(&snapshot, "direct.npy");
+    assert_eq!(
+        direct,
+        draw(&out.join("G_ema.safetensors"), "converted.npy")
+    );
+    let (want, _) = get("img_ema");
+    let worst = direct
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "G_ema differs from PyTorch's by {worst}");
+
+    // a bare state_dict needs --voxels, then predicts on a 37-voxel world
+    let pth = fixtures.join("mapper.pth");
+    let fail = mindreader()
+        .args(["convert", &p(&pth), "--out", &p(&dir.join("m"))])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&fail.stderr);
+    assert!(
+        !fail.status.success() && err.contains("--voxels") && err.contains("mapper.pth"),
+        "{err}"
+    );
+    run_ok(&[
+        "convert",
+        &p(&pth),
+        "--out",
+        &p(&dir.join("m")),
+        "--voxels",
+        "37",
+    ]);
+    let world = dir.join("w37.h5");
+    run_ok(&[
+        "synth",
+        "--out",
+        &p(&world),
+        "--stimuli",
+        "60",
+        "--voxels",
+        "37",
+        "--seed",
+        "1",
+    ]);
+    for (mapper, extra) in [
+        (dir.join("m/mapper.safetensors"), None),
+        (pth.clone(), None),
+        (snapshot.clone(), Some("fmri_vec")),
+    ] {
+        let pred = dir.join("pred.npy");
+        let mut args = vec![
+            "predict".to_string(),
+            "--mapper".into(),
+            p(&mapper),
+            "--data".into(),
+            p(&world),
+            "--out".into(),
+            p(&pred),
+            "--device".into(),
+            "cpu".into(),
+        ];
+        if let Some(k) = extra {
+            args.extend(["--network".to_string(), k.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_ok(&args);
+        assert_eq!(npy::read_f32(&pred).unwrap().1[1], 12, "{mapper:?}");
+    }
+    std::fs::remove_dir_all(dir).ok();
 }
