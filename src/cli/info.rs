@@ -82,11 +82,12 @@ fn list_checkpoint(path: &Path) -> Result<()> {
         Container::LegacyTorch => "a legacy torch.save stream",
         Container::Pickle => "a pickle (pickle.dump)",
     };
-    println!(
-        "{}: {container}, {:.1} MB",
-        path.display(),
-        bytes as f64 / 1e6
-    );
+    let size = if bytes >= 1_000_000 {
+        format!("{:.1} MB", bytes as f64 / 1e6)
+    } else {
+        format!("{bytes} bytes")
+    };
+    println!("{}: {container}, {size}", path.display());
     let keys: Vec<String> = ck.entries.iter().map(|e| e.key().to_string()).collect();
     for key in keys {
         let label = if key.is_empty() { "(root)" } else { &key };
