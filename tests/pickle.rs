@@ -26,6 +26,15 @@ fn snapshot_tensors_are_read_bit_for_bit() {
         serde_json::from_str(&std::fs::read_to_string(fixture("snapshot_tensors.json")).unwrap())
             .unwrap();
     let expected = expected.as_object().unwrap();
+    // the script wrote the keys in state_dict() order; serde_json's map sorts them, so read the
+    // order off the text
+    let text = std::fs::read_to_string(fixture("snapshot_tensors.json")).unwrap();
+    let order: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix('"')?.split_once("\": {").map(|(k, _)| k))
+        .collect();
+    assert_eq!(order.len(), expected.len());
+    let mut read_order = Vec::new();
     let mut seen = 0;
     for key in ["G", "D", "G_ema", "fmri_vec", "fmri_vec2"] {
         for (name, t) in ck.read_tensors(key).unwrap() {
@@ -34,11 +43,14 @@ fn snapshot_tensors_are_read_bit_for_bit() {
             let shape: Vec<usize> = serde_json::from_value(want["shape"].clone()).unwrap();
             assert_eq!(t.shape, shape, "{key}/{name}");
             assert_eq!(fnv1a64(&t.data), want["fnv1a64"], "{key}/{name}");
+            read_order.push(format!("{key}/{name}"));
             seen += 1;
         }
     }
     // every tensor of every network, no more and no fewer
     assert_eq!(seen, expected.len());
+    // and in PyTorch's state_dict() order
+    assert_eq!(read_order, order);
     assert!(matches!(ck.entry("augment_pipe"), Some(Entry::Data { value, .. }) if value.is_null()));
 }
 
@@ -434,6 +446,13 @@ fn deep_and_self_referencing_structures_are_refused() {
     deep.0.extend(std::iter::repeat(b'l').take(100_000));
     let e = error_of("deep.pkl", &deep.op(b"s").stop());
     assert!(e.contains("nested more than"), "{e}");
+    // shared references: x = [0, 0]; then 60 times x = [x, x] (2^60 values from ~300 bytes)
+    let mut bomb = Ops::new().op(b"}").str("args").op(b"(K\x00K\x00lq\x00");
+    for _ in 0..60 {
+        bomb = bomb.op(b"0(h\x00h\x00lq\x00"); // pop x; x = [x, x]; memo it
+    }
+    let e = error_of("bomb.pkl", &bomb.op(b"s").stop());
+    assert!(e.contains("shared references"), "{e}");
     // d = {}; d['args'] = d
     let cyclic = Ops::new().op(b"}q\x00").str("args").op(b"h\x00s").stop();
     let e = error_of("cycle.pkl", &cyclic);

@@ -45,6 +45,18 @@ pub fn dict_get(p: &Pickle, v: Value, key: &str) -> Option<Value> {
         .map(|(_, v)| *v)
 }
 
+/// How many values (tensors, modules, data nodes) one walk may visit. Shared references make
+/// a pickle a DAG, which expands exponentially in its depth: `[[x, x], [x, x]]` nested 60 times
+/// is 2⁶⁰ values from a few hundred bytes. Real snapshots hold a few thousand.
+pub const MAX_VALUES: usize = 1_000_000;
+
+fn spend(budget: &mut usize) -> Result<(), String> {
+    *budget = budget.checked_sub(1).ok_or_else(|| {
+        format!("expands to more than {MAX_VALUES} values through shared references")
+    })?;
+    Ok(())
+}
+
 fn ref_id(v: Value) -> usize {
     match v {
         Value::Ref(i) => i,
@@ -107,7 +119,8 @@ pub fn as_module(p: &Pickle, v: Value) -> Option<ModuleRef> {
 pub fn state_dict(f: &TorchFile, module: &ModuleRef) -> Result<Vec<(String, Value)>, String> {
     let mut out = Vec::new();
     let mut on_path = HashSet::new();
-    collect(f, module, "", &mut out, &mut on_path, 0)?;
+    let mut budget = MAX_VALUES;
+    collect(f, module, "", &mut out, &mut on_path, &mut budget, 0)?;
     Ok(out)
 }
 
@@ -117,9 +130,11 @@ fn collect(
     prefix: &str,
     out: &mut Vec<(String, Value)>,
     on_path: &mut HashSet<usize>,
+    budget: &mut usize,
     depth: usize,
 ) -> Result<(), String> {
     let p = &f.pickle;
+    spend(budget)?;
     if depth > MAX_DEPTH {
         return Err(format!(
             "modules nested more than {MAX_DEPTH} deep at `{prefix}`"
@@ -159,6 +174,7 @@ fn collect(
                     p.describe(v)
                 ));
             }
+            spend(budget)?;
             out.push((format!("{prefix}{name}"), v));
         }
     }
@@ -181,6 +197,7 @@ fn collect(
             &format!("{prefix}{name}."),
             out,
             on_path,
+            budget,
             depth + 1,
         )?;
     }
@@ -219,7 +236,8 @@ pub enum Strict {
 /// string describing it (`Strict::No`, for reports such as a snapshot's `args`).
 pub fn to_json(p: &Pickle, v: Value, strict: Strict) -> Result<Json, String> {
     let mut on_path = HashSet::new();
-    json_at(p, v, strict, &mut on_path, 0, "")
+    let mut budget = MAX_VALUES;
+    json_at(p, v, strict, &mut on_path, &mut budget, 0, "")
 }
 
 fn json_at(
@@ -227,9 +245,11 @@ fn json_at(
     v: Value,
     strict: Strict,
     on_path: &mut HashSet<usize>,
+    budget: &mut usize,
     depth: usize,
     at: &str,
 ) -> Result<Json, String> {
+    spend(budget)?;
     if depth > MAX_DEPTH {
         let shown: String = at.chars().take(40).collect();
         return Err(format!("nested more than {MAX_DEPTH} deep (at `{shown}…`)"));
@@ -264,6 +284,7 @@ fn json_at(
                         x,
                         strict,
                         on_path,
+                        budget,
                         depth + 1,
                         &format!("{at}[{i}]"),
                     )?);
@@ -277,7 +298,15 @@ fn json_at(
                         (None, Value::Int(i)) => i.to_string(),
                         _ => return Err(format!("a key of `{at}` is {}", p.describe(k))),
                     };
-                    let val = json_at(p, x, strict, on_path, depth + 1, &format!("{at}.{key}"))?;
+                    let val = json_at(
+                        p,
+                        x,
+                        strict,
+                        on_path,
+                        budget,
+                        depth + 1,
+                        &format!("{at}.{key}"),
+                    )?;
                     map.insert(key, val);
                 }
                 Json::Object(map)
