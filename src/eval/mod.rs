@@ -1,5 +1,6 @@
 //! Evaluation: retrieval metrics and the files evaluations read and write.
 
+pub mod image_metrics;
 pub mod images;
 pub mod npy;
 pub mod plot;
