@@ -88,27 +88,27 @@ fn reflect(i: i64, n: usize) -> usize {
 /// A separable filter of one `[h, w]` plane with `k` along both axes (`origin` at the centre).
 fn filter2(plane: &[f64], h: usize, w: usize, k: &[f64]) -> Vec<f64> {
     let r = (k.len() / 2) as i64;
-    let mut rows = vec![0.0; h * w];
-    for y in 0..h {
-        for x in 0..w {
-            rows[y * w + x] = k
-                .iter()
-                .enumerate()
-                .map(|(j, &kj)| kj * plane[y * w + reflect(x as i64 + j as i64 - r, w)])
-                .sum();
-        }
-    }
-    let mut out = vec![0.0; h * w];
-    for y in 0..h {
-        for x in 0..w {
-            out[y * w + x] = k
-                .iter()
-                .enumerate()
-                .map(|(j, &kj)| kj * rows[reflect(y as i64 + j as i64 - r, h) * w + x])
-                .sum();
-        }
-    }
-    out
+    // one 1-D pass: element (y, x) from its neighbours along x (`across`) or along y
+    let pass = |src: &[f64], across: bool| -> Vec<f64> {
+        (0..h * w)
+            .map(|i| {
+                let (y, x) = (i / w, i % w);
+                k.iter()
+                    .enumerate()
+                    .map(|(j, &kj)| {
+                        let d = j as i64 - r;
+                        let at = if across {
+                            y * w + reflect(x as i64 + d, w)
+                        } else {
+                            reflect(y as i64 + d, h) * w + x
+                        };
+                        kj * src[at]
+                    })
+                    .sum()
+            })
+            .collect()
+    };
+    pass(&pass(plane, true), false)
 }
 
 /// Mean SSIM of two images of one shape (averaged over channels), as scikit-image computes it.

@@ -114,7 +114,7 @@ fn entries(f: &TorchFile) -> std::result::Result<Vec<Entry>, String> {
         .iter()
         .all(|&(k, v)| p.str(k).is_some() && f.is_tensor(v))
     {
-        return Ok(vec![state_dict_entry(f, String::new(), items)?]);
+        return Ok(vec![state_dict_entry(f, String::new(), items)]);
     }
     let mut out = Vec::new();
     for &(k, v) in items {
@@ -128,7 +128,7 @@ fn entries(f: &TorchFile) -> std::result::Result<Vec<Entry>, String> {
         } else if let Some(sd) = module::dict_items(p, v).filter(|d| {
             !d.is_empty() && d.iter().all(|&(k, x)| p.str(k).is_some() && f.is_tensor(x))
         }) {
-            out.push(state_dict_entry(f, key, sd)?);
+            out.push(state_dict_entry(f, key, sd));
         } else if f.is_tensor(v) {
             out.push(Entry::StateDict {
                 key: key.clone(),
@@ -161,15 +161,11 @@ fn module_entry(f: &TorchFile, key: String, m: ModuleRef) -> std::result::Result
     })
 }
 
-fn state_dict_entry(
-    f: &TorchFile,
-    key: String,
-    items: &[(Value, Value)],
-) -> std::result::Result<Entry, String> {
+fn state_dict_entry(f: &TorchFile, key: String, items: &[(Value, Value)]) -> Entry {
     let p = &f.pickle;
     let tensors = items
         .iter()
         .map(|&(k, v)| (p.str(k).unwrap_or_default().to_string(), v))
         .collect();
-    Ok(Entry::StateDict { key, tensors })
+    Entry::StateDict { key, tensors }
 }

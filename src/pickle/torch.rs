@@ -548,7 +548,7 @@ fn storage_id(p: &Pickle, pid: Value) -> Result<StorageId, String> {
         (None, Value::Int(i)) => i.to_string(),
         _ => return Err("storage key is not a string".into()),
     };
-    if len_gt(t, 5) && !matches!(t[5], Value::None) {
+    if t.get(5).is_some_and(|v| *v != Value::None) {
         return Err(format!(
             "storage `{key}` is a view into another storage (pre-1.0 torch): not read"
         ));
@@ -558,10 +558,6 @@ fn storage_id(p: &Pickle, pid: Value) -> Result<StorageId, String> {
         other => return Err(format!("storage size is {}", p.describe(other))),
     };
     Ok(StorageId { dtype, key, numel })
-}
-
-fn len_gt(t: &[Value], n: usize) -> bool {
-    t.len() > n
 }
 
 fn is_legacy_magic(p: &Pickle) -> bool {

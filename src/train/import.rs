@@ -153,21 +153,7 @@ pub fn load_mapper(
     let (config, tensors, source) = if is_foreign(path) {
         let mut ck = Checkpoint::open(path)?;
         let key = mapper_key(&ck, key)?;
-        let recorded = match ck.entry(&key) {
-            Some(Entry::Module {
-                init_kwargs: Some(kw),
-                ..
-            }) => Some(kw.clone()),
-            _ => None,
-        };
-        let tensors = host_tensors(&mut ck, &key)?;
-        let source = if key.is_empty() {
-            path.to_path_buf()
-        } else {
-            path.join(&key)
-        };
-        let config = mapper_config_of(&tensors, recorded.as_ref(), voxels, &source)?;
-        (config, tensors, source)
+        mapper_parts(&mut ck, &key, voxels)?
     } else {
         let weights = if path.is_dir() {
             RunDir(path.to_path_buf()).weights()
@@ -184,12 +170,47 @@ pub fn load_mapper(
         }
         (config, tensors, weights)
     };
+    build_mapper(config, tensors, &source, device)
+}
+
+/// The mapper in entry `key` of an open checkpoint: (its shape, its f32 tensors, the name errors
+/// give it).
+fn mapper_parts(
+    ck: &mut Checkpoint,
+    key: &str,
+    voxels: Option<usize>,
+) -> Result<(MapperConfig, Vec<(String, Tensor)>, PathBuf)> {
+    let recorded = match ck.entry(key) {
+        Some(Entry::Module {
+            init_kwargs: Some(kw),
+            ..
+        }) => Some(kw.clone()),
+        _ => None,
+    };
+    let tensors = host_tensors(ck, key)?;
+    let path = &ck.file.path;
+    let source = if key.is_empty() {
+        path.to_path_buf()
+    } else {
+        path.join(key)
+    };
+    let config = mapper_config_of(&tensors, recorded.as_ref(), voxels, &source)?;
+    Ok((config, tensors, source))
+}
+
+/// A mapper of `config` holding exactly `tensors`.
+fn build_mapper(
+    config: MapperConfig,
+    tensors: Vec<(String, Tensor)>,
+    source: &Path,
+    device: &Device,
+) -> Result<LoadedMapper> {
     let mut store = ParamStore::new();
     let mapper = Mapper::new(config, &mut store, 0, device)?;
-    let rest = store.assign_from(tensors, "", &source)?;
+    let rest = store.assign_from(tensors, "", source)?;
     if let Some((name, t)) = rest.first() {
         return Err(Error::file(
-            &source,
+            source,
             format!(
                 "tensor `{name}` {:?} is not part of Mind Reader's mapper (and {} more)",
                 t.shape(),
@@ -422,8 +443,8 @@ pub fn convert(
                     ));
                     continue;
                 }
-                let key_arg = (!key.is_empty()).then_some(key.as_str());
-                let m = load_mapper(input, key_arg, voxels, &Device::Cpu)?;
+                let (config, tensors, source) = mapper_parts(&mut ck, &key, voxels)?;
+                let m = build_mapper(config, tensors, &source, &Device::Cpu)?;
                 save_mapper(&m, &path, input)?;
                 let c = m.mapper.config;
                 done.push(Converted {
