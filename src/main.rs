@@ -44,6 +44,8 @@ enum Command {
     ScreenCaptions(cli::screen_captions::ScreenCaptionsArgs),
     /// N-way top-1 retrieval (both directions) and mean cosine of predictions, as JSON.
     EvalRetrieval(cli::eval_retrieval::EvalRetrievalArgs),
+    /// Reconstructions against the seen images: pixel correlation, SSIM, 2-way identification (and with --clip: CLIP 2-way, cosine, top-1 retrieval), each with its chance level.
+    EvalImages(cli::eval_images::EvalImagesArgs),
     /// Pictures from a Lafite generator conditioned on CLIP-space vectors (.npy) or text (PNGs and a grid, or .npy).
     Generate(cli::generate::GenerateArgs),
 }
@@ -77,6 +79,7 @@ fn main() {
         Command::ScreenCaptions(a) => cli::screen_captions::run(a),
         Command::EvalRetrieval(a) => cli::eval_retrieval::run(a),
         Command::Generate(a) => cli::generate::run(a),
+        Command::EvalImages(a) => cli::eval_images::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1293,3 +1293,106 @@ fn convert_and_info_read_the_authors_checkpoints() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn eval_images_scores_reconstructions_against_the_seen_images() {
+    use mindreader::data::{DatasetFile, Split};
+    use mindreader::eval::npy;
+    let dir = std::env::temp_dir().join(format!("mindreader-eval-images-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    let world = dir.join("w.h5");
+    run_ok(&[
+        "synth",
+        "--out",
+        &p(&world),
+        "--stimuli",
+        "80",
+        "--voxels",
+        "32",
+        "--seed",
+        "2",
+    ]);
+    let file = DatasetFile::open(&world).unwrap();
+    let [h, w] = file.summary().image_size;
+    let test: Vec<usize> = (0..file.split().len())
+        .filter(|&s| file.split()[s] == Split::Test)
+        .collect();
+    let images = file.images().unwrap();
+    // "reconstructions" that are the seen images at half resolution, in the generator's range
+    let (rh, rw) = (h / 2, w / 2);
+    let mut recon = Vec::new();
+    for &s in &test {
+        let img = &images[s * h * w * 3..][..h * w * 3];
+        for c in 0..3 {
+            for y in 0..rh {
+                for x in 0..rw {
+                    let v: f32 = (0..4)
+                        .map(|k| img[((2 * y + k / 2) * w + 2 * x + k % 2) * 3 + c] as f32)
+                        .sum::<f32>()
+                        / 4.0;
+                    recon.push(v / 127.5 - 1.0);
+                }
+            }
+        }
+    }
+    let n = test.len();
+    npy::write_f32(&dir.join("recon.npy"), &recon, &[n, 3, rh, rw]).unwrap();
+    let score = |index: Vec<f32>, clip: bool| -> serde_json::Value {
+        npy::write_f32(&dir.join("index.npy"), &index, &[n]).unwrap();
+        let clip_dir = mindreader::testing::fixtures_dir().join("clip/tiny");
+        let mut args = vec![
+            "eval-images".to_string(),
+            "--recon".into(),
+            p(&dir),
+            "--data".into(),
+            p(&world),
+            "--out".into(),
+            p(&dir.join("m.json")),
+            "--device".into(),
+            "cpu".into(),
+        ];
+        if clip {
+            args.extend(["--clip".to_string(), p(&clip_dir)]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_ok(&args);
+        serde_json::from_str(&std::fs::read_to_string(dir.join("m.json")).unwrap()).unwrap()
+    };
+    let own: Vec<f32> = test.iter().map(|&s| s as f32).collect();
+    let m = score(own.clone(), true);
+    assert_eq!(m["n"], n);
+    assert_eq!(m["resolution"], serde_json::json!([rh, rw]));
+    assert!(
+        m["pixel_correlation"]["value"].as_f64().unwrap() > 0.99,
+        "{m}"
+    );
+    assert!(m["ssim"]["value"].as_f64().unwrap() > 0.99, "{m}");
+    assert_eq!(m["two_way_pixels"]["value"], 1.0, "{m}");
+    assert_eq!(m["two_way_pixels"]["chance"], 0.5);
+    assert!(m["clip_cosine"]["value"].as_f64().unwrap() > 0.98, "{m}");
+    assert_eq!(m["clip_top1_retrieval"]["way"], n);
+    // paired with the wrong stimuli, every metric falls
+    let shifted: Vec<f32> = (0..n).map(|i| own[(i + 1) % n]).collect();
+    let s = score(shifted, false);
+    assert!(
+        s["pixel_correlation"]["value"].as_f64().unwrap() < 0.9,
+        "{s}"
+    );
+    assert!(s["two_way_pixels"]["value"].as_f64().unwrap() < 0.9, "{s}");
+    assert!(s.get("clip_two_way").is_none());
+    // a .npy without --index is a clear error
+    let out = mindreader()
+        .args([
+            "eval-images",
+            "--recon",
+            &p(&dir.join("recon.npy")),
+            "--data",
+            &p(&world),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--index"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}

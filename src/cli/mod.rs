@@ -4,6 +4,7 @@ pub mod bench;
 pub mod convert;
 pub mod demo;
 pub mod embed;
+pub mod eval_images;
 pub mod eval_retrieval;
 pub mod generate;
 pub mod info;

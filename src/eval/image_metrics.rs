@@ -230,6 +230,65 @@ pub fn two_way_identification(recon: &[f32], truth: &[f32], dim: usize) -> f64 {
     total / n as f64
 }
 
+/// Box-averages `[n, h, w, c]` images down by an integer `factor` per side (the seen image to a
+/// small generator's resolution).
+pub fn box_downsample(x: &[f32], [n, h, w, c]: [usize; 4], factor: usize) -> Vec<f32> {
+    let (oh, ow) = (h / factor, w / factor);
+    let norm = 1.0 / (factor * factor) as f32;
+    let mut out = vec![0.0; n * oh * ow * c];
+    for i in 0..n {
+        for y in 0..oh * factor {
+            for x_ in 0..ow * factor {
+                for ch in 0..c {
+                    out[((i * oh + y / factor) * ow + x_ / factor) * c + ch] +=
+                        norm * x[((i * h + y) * w + x_) * c + ch];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The low-level metrics of `n` reconstruction/seen pairs, `[n, h, w, c]` in [0, 1].
+#[derive(Clone, Copy, Debug)]
+pub struct PixelMetrics {
+    pub pixel_correlation: f64,
+    pub ssim: f64,
+    /// 2-way identification on raw pixels (chance 0.5).
+    pub two_way_pixels: f64,
+}
+
+pub fn pixel_metrics(
+    recon: &[f32],
+    seen: &[f32],
+    [n, h, w, c]: [usize; 4],
+) -> Result<PixelMetrics, String> {
+    let dim = h * w * c;
+    if recon.len() != n * dim || seen.len() != n * dim {
+        return Err(format!(
+            "pixel metrics: {} and {} values for {n} images of {h}×{w}×{c}",
+            recon.len(),
+            seen.len()
+        ));
+    }
+    let opt = SsimOptions::field(1.0);
+    let mut ssim_sum = 0.0;
+    for i in 0..n {
+        let [a, b] = [recon, seen].map(|d| ImageRef {
+            data: &d[i * dim..(i + 1) * dim],
+            height: h,
+            width: w,
+            channels: c,
+        });
+        ssim_sum += ssim(a, b, &opt)?;
+    }
+    Ok(PixelMetrics {
+        pixel_correlation: pixel_correlation(recon, seen, dim),
+        ssim: ssim_sum / n.max(1) as f64,
+        two_way_pixels: two_way_identification(recon, seen, dim),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +314,13 @@ mod tests {
             assert!((ssim(img, img, &opt).unwrap() - 1.0).abs() < 1e-12);
         }
         assert!((pixel_correlation(&data, &data, data.len()) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn box_downsample_averages_blocks() {
+        // one 4×2 single-channel image, factor 2 → 2×1
+        let x = [0.0, 2.0, 4.0, 6.0, 1.0, 1.0, 3.0, 5.0];
+        assert_eq!(box_downsample(&x, [1, 4, 2, 1], 2), vec![3.0, 2.5]);
     }
 
     #[test]
