@@ -281,6 +281,11 @@ pub fn bias_act(
             "bias_act: gain {gain} must be positive and clamp {clamp:?} non-negative"
         )));
     }
+    if let Act::LeakyRelu(alpha) = act {
+        if let Some(y) = pattern::apply(tape, x, b, alpha, gain, clamp)? {
+            return Ok(y);
+        }
+    }
     let y = forward_raw(x, b, act, gain, clamp)?;
     let need_b = b.map(|b| tape.needs_grad(&[b]));
     let yc = y.clone();
@@ -422,5 +427,141 @@ mod tests {
         assert!(bias_act(&mut tape, &t(&[2, 3]), None, Act::Linear, 1.0, Some(-1.0)).is_err());
         assert!(Act::from_name("relu").is_err());
         assert_eq!(Act::from_name("lrelu").unwrap(), Act::LRELU);
+    }
+}
+
+/// Holding the leaky ReLUs' activation pattern fixed, for second derivatives by finite
+/// differences (`train::gan::regularize`).
+///
+/// A network of leaky ReLUs is piecewise linear, and autograd's second derivative treats each
+/// unit's slope as a constant (lrelu'' = 0). A finite difference of first-order gradients would
+/// instead pick up every unit that changes sign between the two evaluations. Inside
+/// [`record`], every `bias_act` with a leaky ReLU notes its slopes (1 or α per element); inside
+/// [`replay`] it uses the noted slopes, in call order, as `clamp((x + b)·s·gain)` built from
+/// recorded ops. Under a fixed pattern the network is smooth, and the difference equals
+/// autograd's double backward.
+pub mod pattern {
+    use std::cell::RefCell;
+
+    use crate::autograd::Tape;
+    use crate::error::{Error, Result};
+    use crate::ops::elementwise as ew;
+    use crate::tensor::Tensor;
+
+    /// The slopes of every leaky ReLU one forward pass ran, in call order.
+    #[derive(Clone, Default)]
+    pub struct Pattern(Vec<Tensor>);
+
+    struct Frame {
+        slopes: Vec<Tensor>,
+        next: usize,
+        replay: bool,
+    }
+
+    thread_local! {
+        static FRAMES: RefCell<Vec<Frame>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn scoped<R>(frame: Frame, f: impl FnOnce() -> R) -> (R, Pattern) {
+        FRAMES.with(|s| s.borrow_mut().push(frame));
+        let r = f();
+        let frame = FRAMES
+            .with(|s| s.borrow_mut().pop())
+            .expect("pattern frame");
+        (r, Pattern(frame.slopes))
+    }
+
+    /// Runs `f` noting its activation pattern (the one an enclosing `replay` imposes, if any).
+    pub fn record<R>(f: impl FnOnce() -> R) -> (R, Pattern) {
+        scoped(
+            Frame {
+                slopes: Vec::new(),
+                next: 0,
+                replay: false,
+            },
+            f,
+        )
+    }
+
+    /// Runs `f` with the activation pattern of `p` (the same network, the same call order).
+    pub fn replay<R>(p: &Pattern, f: impl FnOnce() -> R) -> R {
+        scoped(
+            Frame {
+                slopes: p.0.clone(),
+                next: 0,
+                replay: true,
+            },
+            f,
+        )
+        .0
+    }
+
+    /// The slopes imposed by the innermost replay, if any (advancing it).
+    fn imposed(shape: &[usize]) -> Result<Option<Tensor>> {
+        FRAMES.with(|s| {
+            let mut s = s.borrow_mut();
+            let Some(frame) = s.iter_mut().rev().find(|f| f.replay) else {
+                return Ok(None);
+            };
+            let t = frame.slopes.get(frame.next).cloned().ok_or_else(|| {
+                Error::Invalid("activation pattern: more leaky ReLUs than recorded".into())
+            })?;
+            frame.next += 1;
+            if t.shape() != shape {
+                return Err(Error::Invalid(format!(
+                    "activation pattern: recorded slopes {:?} for an input {shape:?}",
+                    t.shape()
+                )));
+            }
+            Ok(Some(t))
+        })
+    }
+
+    fn active() -> bool {
+        FRAMES.with(|s| !s.borrow().is_empty())
+    }
+
+    fn note(t: &Tensor) {
+        FRAMES.with(|s| {
+            for f in s.borrow_mut().iter_mut().filter(|f| !f.replay) {
+                f.slopes.push(t.clone());
+            }
+        })
+    }
+
+    /// `bias_act` under a pattern: None when no pattern is active (the fused op runs).
+    pub(super) fn apply(
+        tape: &mut Tape,
+        x: &Tensor,
+        b: Option<&Tensor>,
+        alpha: f32,
+        gain: f32,
+        clamp: Option<f32>,
+    ) -> Result<Option<Tensor>> {
+        if !active() {
+            return Ok(None);
+        }
+        let pre = match b {
+            Some(b) => ew::bias_add(tape, x, b, 1)?,
+            None => ew::scale(tape, x, 1.0)?,
+        };
+        let slopes = match imposed(x.shape())? {
+            Some(s) => s,
+            None => {
+                let v: Vec<f32> = pre
+                    .to_vec_f32()?
+                    .into_iter()
+                    .map(|p| if p > 0.0 { 1.0 } else { alpha })
+                    .collect();
+                Tensor::from_vec(v, x.shape(), x.device())?
+            }
+        };
+        note(&slopes);
+        let y = ew::mul(tape, &pre, &slopes)?;
+        let y = ew::scale(tape, &y, gain)?;
+        Ok(Some(match clamp {
+            Some(c) => ew::clamp(tape, &y, -c, c)?,
+            None => y,
+        }))
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod adam;
 pub mod clip;
+pub mod gan;
 pub mod import;
 pub mod mapper;
 pub mod metrics;

@@ -1,0 +1,635 @@
+//! The GAN stage's loss terms as the mind-reader fork computes them (`training/loss.py`,
+//! `StyleGAN2Loss.accumulate_gradients`): non-saturating G and D losses, the contrastive terms
+//! between CLIP's (and D's) view of an image and its condition, the condition perturbation and
+//! style mixing. R1 and path length are in `regularize.rs`.
+//!
+//! Every random draw goes through [`Draws`] in the reference's order, so a fixture can replay the
+//! reference's own draws and the trainer can use seeded streams.
+
+use crate::autograd::Tape;
+use crate::error::{Error, Result};
+use crate::models::clip::Clip;
+use crate::models::lafite::{Discriminator, Generator};
+use crate::nn::NoiseMode;
+use crate::ops::channels::broadcast_mul;
+use crate::ops::concat::{concat, slice};
+use crate::ops::elementwise as ew;
+use crate::ops::l2norm::l2_normalize;
+use crate::ops::matmul::matmul;
+use crate::ops::reduce::{mean_all, sum_all};
+use crate::ops::softmax::log_softmax;
+use crate::ops::transpose::{reshape, transpose};
+use crate::rng::Rng;
+use crate::tensor::{Device, Tensor};
+
+/// CLIP's pixel normalisation (OpenAI's mean and std), which `full_preprocess` applies.
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// The reference's random draws, in the order it makes them.
+pub trait Draws {
+    /// Standard normals (`torch.randn(shape)`).
+    fn randn(&mut self, n: usize) -> Vec<f32>;
+    /// An integer in `lo..hi` (`torch.randint(lo, hi, ())`, `random_(lo, hi)`).
+    fn randint(&mut self, lo: i64, hi: i64) -> i64;
+    /// Uniform in [0, 1) (`torch.rand([])`).
+    fn rand(&mut self) -> f32;
+}
+
+impl Draws for Rng {
+    fn randn(&mut self, n: usize) -> Vec<f32> {
+        let mut v = vec![0.0; n];
+        self.fill_normal(&mut v);
+        v
+    }
+    fn randint(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + self.below((hi - lo).max(1) as usize) as i64
+    }
+    fn rand(&mut self) -> f32 {
+        self.f32()
+    }
+}
+
+/// The loss's hyper-parameters; `Default` is the reference's (train.py 125–178, 238–239).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GanLossConfig {
+    /// Contrastive temperature (the fork divides cosines by it; 0 uses the bare cosine).
+    pub temp: f32,
+    /// 0: softmax over images for each condition; in (0, 1): a mix with the row softmax.
+    pub lam: f32,
+    /// Image–condition contrast through D's semantic head (G and D steps).
+    pub itd: f32,
+    /// Image–condition contrast through CLIP (G step).
+    pub itc: f32,
+    /// Generated–real contrast through D's semantic head (G step).
+    pub iid: f32,
+    /// Generated–real contrast through CLIP (G step; needs the real images' CLIP features).
+    pub iic: f32,
+    pub r1_gamma: f32,
+    pub pl_weight: f32,
+    pub pl_batch_shrink: usize,
+    pub pl_decay: f32,
+    pub style_mixing: f32,
+}
+
+impl Default for GanLossConfig {
+    fn default() -> Self {
+        GanLossConfig {
+            temp: 0.5,
+            lam: 0.0,
+            itd: 10.0,
+            itc: 10.0,
+            iid: 0.0,
+            iic: 0.0,
+            r1_gamma: 10.0,
+            pl_weight: 2.0,
+            pl_batch_shrink: 2,
+            pl_decay: 0.01,
+            style_mixing: 0.9,
+        }
+    }
+}
+
+impl GanLossConfig {
+    /// The reference's defaults for a run at this resolution and batch: γ = 0.0002·R²/batch
+    /// (train.py 288).
+    pub fn reference(resolution: usize, batch: usize) -> GanLossConfig {
+        GanLossConfig {
+            r1_gamma: 0.0002 * (resolution * resolution) as f32 / batch.max(1) as f32,
+            ..GanLossConfig::default()
+        }
+    }
+}
+
+/// The fork's `contra_loss(temp, mat1, mat2, lam).mean()` as one scalar.
+///
+/// Its quirk, kept: with `temp` > 0 it returns `log(temp · diag softmax(cos/temp))`, so every
+/// term carries an extra `ln temp` (a constant: the gradient is InfoNCE's). With `lam` = 0 (the
+/// default) only the softmax over `mat1`'s rows for each `mat2` row (dim 0) is used; with
+/// `lam` in (0, 1) the mix `lam·row + (1 − lam)·column`; any other `lam` the row softmax alone.
+/// Gradients flow into both matrices.
+pub fn contra_loss(
+    tape: &mut Tape,
+    temp: f32,
+    mat1: &Tensor,
+    mat2: &Tensor,
+    lam: f32,
+) -> Result<Tensor> {
+    let (b, b2) = (mat1.shape()[0], mat2.shape()[0]);
+    if mat1.rank() != 2 || mat2.rank() != 2 || b != b2 || mat1.shape()[1] != mat2.shape()[1] {
+        return Err(Error::shape(
+            "contra_loss",
+            format!("{:?} against {:?}", mat1.shape(), mat2.shape()),
+        ));
+    }
+    let a = l2_normalize(tape, mat1, 1e-8)?;
+    let c = l2_normalize(tape, mat2, 1e-8)?;
+    let cos = matmul(tape, &a, &c, false, true)?;
+    let eye = identity(b, mat1.device())?;
+    // Mean of the diagonal of a [b, b] matrix.
+    let diag_mean = |tape: &mut Tape, m: &Tensor| -> Result<Tensor> {
+        let d = ew::mul(tape, m, &eye)?;
+        let s = sum_all(tape, &d)?;
+        ew::scale(tape, &s, 1.0 / b as f32)
+    };
+    if temp <= 0.0 {
+        return diag_mean(tape, &cos);
+    }
+    let sim = ew::scale(tape, &cos, 1.0 / temp)?;
+    // Row i of log_softmax(simᵀ) is log softmax over dim 0 of column i.
+    let column = |tape: &mut Tape| -> Result<Tensor> {
+        let t = transpose(tape, &sim, 0, 1)?;
+        let l = log_softmax(tape, &t)?;
+        diag_mean(tape, &l)
+    };
+    let row = |tape: &mut Tape| -> Result<Tensor> {
+        let l = log_softmax(tape, &sim)?;
+        diag_mean(tape, &l)
+    };
+    let mixed = if lam == 0.0 {
+        column(tape)?
+    } else if lam > 0.0 && lam < 1.0 {
+        let r = row(tape)?;
+        let r = ew::scale(tape, &r, lam)?;
+        let c = column(tape)?;
+        let c = ew::scale(tape, &c, 1.0 - lam)?;
+        ew::add(tape, &r, &c)?
+    } else {
+        row(tape)?
+    };
+    ew::add_scalar(tape, &mixed, temp.ln())
+}
+
+fn identity(n: usize, device: &Device) -> Result<Tensor> {
+    let mut v = vec![0.0f32; n * n];
+    for i in 0..n {
+        v[i * n + i] = 1.0;
+    }
+    Tensor::from_vec(v, &[n, n], device)
+}
+
+/// `normalize(0.9·c + 0.1·u/‖u‖)` row by row (loss.py 449–460): the reference's perturbation of
+/// each condition, drawn afresh on every call. `c` is `[n, f]` on the host.
+pub fn perturb(c: &[f32], f: usize, draws: &mut dyn Draws) -> Vec<f32> {
+    const AUG: f32 = 0.1;
+    let u = draws.randn(c.len());
+    let mut out = vec![0.0f32; c.len()];
+    for ((o, c), u) in out.chunks_mut(f).zip(c.chunks(f)).zip(u.chunks(f)) {
+        let un = u.iter().map(|v| v * v).sum::<f32>().sqrt();
+        for ((o, &c), &u) in o.iter_mut().zip(c).zip(u) {
+            *o = c * (1.0 - AUG) + u / un * AUG;
+        }
+        let n = o.iter().map(|v| v * v).sum::<f32>().sqrt();
+        o.iter_mut().for_each(|v| *v /= n);
+    }
+    out
+}
+
+/// One phase's conditions after the perturbation: the first (image mapper) and, for structure
+/// 4, the second (caption mapper), and `fts`, what G and D read (their concatenation).
+pub struct Conditions {
+    pub c1: Tensor,
+    pub c2: Option<Tensor>,
+    pub fts: Tensor,
+}
+
+impl Conditions {
+    /// Perturbs the raw conditions `c1` `[n, f1]` (and `c2` `[n, f2]`) on the host, in the
+    /// reference's draw order, and uploads them.
+    pub fn perturbed(
+        c1: &[f32],
+        f1: usize,
+        c2: Option<(&[f32], usize)>,
+        draws: &mut dyn Draws,
+        device: &Device,
+    ) -> Result<Conditions> {
+        let n = c1.len() / f1.max(1);
+        let p1 = perturb(c1, f1, draws);
+        let c1t = Tensor::from_vec(p1.clone(), &[n, f1], device)?;
+        match c2 {
+            None => Ok(Conditions {
+                fts: c1t.clone(),
+                c1: c1t,
+                c2: None,
+            }),
+            Some((c2, f2)) => {
+                let p2 = perturb(c2, f2, draws);
+                let fts: Vec<f32> = p1
+                    .chunks(f1)
+                    .zip(p2.chunks(f2))
+                    .flat_map(|(a, b)| a.iter().chain(b).copied())
+                    .collect();
+                Ok(Conditions {
+                    c1: c1t,
+                    c2: Some(Tensor::from_vec(p2, &[n, f2], device)?),
+                    fts: Tensor::from_vec(fts, &[n, f1 + f2], device)?,
+                })
+            }
+        }
+    }
+
+    /// The first `n` rows (path length runs on a shrunk batch).
+    pub fn head(&self, n: usize) -> Result<Conditions> {
+        let mut off = Tape::inference();
+        Ok(Conditions {
+            c1: slice(&mut off, &self.c1, 0, 0, n)?,
+            c2: self
+                .c2
+                .as_ref()
+                .map(|c| slice(&mut off, c, 0, 0, n))
+                .transpose()?,
+            fts: slice(&mut off, &self.fts, 0, 0, n)?,
+        })
+    }
+}
+
+/// Style mixing's draws (loss.py 282–288): with probability p, the layers from `cutoff` on take
+/// a second latent from fresh z.
+pub struct Mixing {
+    pub cutoff: usize,
+    pub z2: Vec<f32>,
+}
+
+impl Mixing {
+    /// The reference's draws: randn_like(z), cutoff in 1..num_ws, then the coin. None when the
+    /// probability is 0 (the reference then draws nothing).
+    pub fn draw(
+        p: f32,
+        n: usize,
+        z_dim: usize,
+        num_ws: usize,
+        draws: &mut dyn Draws,
+    ) -> Option<Mixing> {
+        if p <= 0.0 {
+            return None;
+        }
+        let z2 = draws.randn(n * z_dim);
+        let cutoff = draws.randint(1, num_ws as i64) as usize;
+        let cutoff = if draws.rand() < p { cutoff } else { num_ws };
+        Some(Mixing { cutoff, z2 })
+    }
+}
+
+/// G's output for one phase: the images, the per-layer latents, and the mapped w of z (for the
+/// `w_avg` tracking the reference does in training mode).
+pub struct Generated {
+    pub img: Tensor,
+    pub ws: Vec<Tensor>,
+    pub w: Tensor,
+}
+
+/// The fork's `run_G`: mapping (with style mixing), then synthesis on `fts`.
+pub fn run_g(
+    tape: &mut Tape,
+    g: &Generator,
+    z: &Tensor,
+    fts: &Tensor,
+    mixing: Option<&Mixing>,
+    noise: NoiseMode,
+) -> Result<Generated> {
+    let w = g.mapping.forward(tape, z, 1.0)?;
+    let num_ws = g.config.num_ws();
+    let mut ws = vec![w.clone(); num_ws];
+    if let Some(m) = mixing {
+        if m.cutoff < num_ws {
+            let z2 = Tensor::from_vec(m.z2.clone(), z.shape(), z.device())?;
+            let w2 = g.mapping.forward(tape, &z2, 1.0)?;
+            for w in &mut ws[m.cutoff..] {
+                *w = w2.clone();
+            }
+        }
+    }
+    let img = g.synthesis(tape, &ws, fts, noise)?;
+    Ok(Generated { img, ws, w })
+}
+
+/// Where `full_preprocess` puts a generated image in CLIP's input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Images smaller than CLIP's input: at (left, top) in a canvas of ones.
+    Pad { left: usize, top: usize },
+    /// Otherwise: the square `side` at (left, top), resized bicubically to CLIP's input.
+    Crop {
+        side: usize,
+        left: usize,
+        top: usize,
+    },
+}
+
+impl Placement {
+    /// The reference's draws for an image of side `full` and CLIP input `fix` (loss.py 321–343,
+    /// ratio 0.5).
+    pub fn draw(full: usize, fix: usize, draws: &mut dyn Draws) -> Placement {
+        if full < fix {
+            let room = (fix - full) as i64;
+            let left = draws.randint(0, room) as usize;
+            let top = draws.randint(0, room) as usize;
+            Placement::Pad { left, top }
+        } else {
+            let side = draws.randint((full / 2) as i64, full as i64) as usize;
+            let room = (full - side) as i64;
+            let left = draws.randint(0, room) as usize;
+            let top = draws.randint(0, room) as usize;
+            Placement::Crop { side, left, top }
+        }
+    }
+}
+
+/// PyTorch's bicubic interpolation (A = −0.75, align_corners False, edge-clamped, no
+/// antialiasing) from `n_in` to `n_out` samples as an `[n_out, n_in]` matrix.
+pub fn bicubic_matrix(n_in: usize, n_out: usize) -> Vec<f32> {
+    const A: f32 = -0.75;
+    let cubic1 = |x: f32| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+    let cubic2 = |x: f32| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+    let scale = n_in as f32 / n_out as f32;
+    let mut m = vec![0.0f32; n_out * n_in];
+    for o in 0..n_out {
+        let real = scale * (o as f32 + 0.5) - 0.5;
+        let i0 = real.floor();
+        let t = real - i0;
+        let w = [cubic2(t + 1.0), cubic1(t), cubic1(1.0 - t), cubic2(2.0 - t)];
+        for (k, wk) in w.iter().enumerate() {
+            let idx = (i0 as i64 - 1 + k as i64).clamp(0, n_in as i64 - 1) as usize;
+            m[o * n_in + idx] += wk;
+        }
+    }
+    m
+}
+
+/// Bicubic resize of square images `[N, C, h, h]` to `[N, C, s, s]` as two products with the
+/// interpolation matrix (recorded: gradients flow back to the pixels).
+pub fn resize_bicubic(tape: &mut Tape, x: &Tensor, s: usize) -> Result<Tensor> {
+    let &[n, c, h, w] = x.shape() else {
+        return Err(Error::shape("resize_bicubic", format!("{:?}", x.shape())));
+    };
+    if h != w {
+        return Err(Error::shape(
+            "resize_bicubic",
+            format!("square images only, got {:?}", x.shape()),
+        ));
+    }
+    let a = Tensor::from_vec(bicubic_matrix(h, s), &[s, h], x.device())?;
+    let rows = reshape(tape, x, &[n * c * h, h])?;
+    let u = matmul(tape, &rows, &a, false, true)?;
+    let u = reshape(tape, &u, &[n, c, h, s])?;
+    let u = transpose(tape, &u, 2, 3)?;
+    let u = reshape(tape, &u, &[n * c * s, h])?;
+    let v = matmul(tape, &u, &a, false, true)?;
+    let v = reshape(tape, &v, &[n, c, s, s])?;
+    transpose(tape, &v, 2, 3)
+}
+
+/// The fork's `full_preprocess`: generated images `[N, 3, R, R]` in about [−1, 1] → CLIP's input
+/// `[N, 3, fix, fix]`: placed or cropped and resized, then `(x + 1)/2` and CLIP's mean/std.
+pub fn full_preprocess(
+    tape: &mut Tape,
+    img: &Tensor,
+    fix: usize,
+    place: Placement,
+) -> Result<Tensor> {
+    let &[n, c, h, _] = img.shape() else {
+        return Err(Error::shape(
+            "full_preprocess",
+            format!("{:?}", img.shape()),
+        ));
+    };
+    let device = img.device().clone();
+    let placed = match place {
+        Placement::Pad { left, top } => {
+            let ones = |shape: &[usize]| Tensor::full(1.0, shape, &device);
+            let (right, bottom) = (fix - h - left, fix - h - top);
+            let mut parts = Vec::new();
+            let (l, r) = (ones(&[n, c, h, left])?, ones(&[n, c, h, right])?);
+            if left > 0 {
+                parts.push(&l);
+            }
+            parts.push(img);
+            if right > 0 {
+                parts.push(&r);
+            }
+            let wide = concat(tape, &parts, 3)?;
+            let (t, b) = (ones(&[n, c, top, fix])?, ones(&[n, c, bottom, fix])?);
+            let mut parts = Vec::new();
+            if top > 0 {
+                parts.push(&t);
+            }
+            parts.push(&wide);
+            if bottom > 0 {
+                parts.push(&b);
+            }
+            concat(tape, &parts, 2)?
+        }
+        Placement::Crop { side, left, top } => {
+            let rows = slice(tape, img, 2, top, side)?;
+            let square = slice(tape, &rows, 3, left, side)?;
+            resize_bicubic(tape, &square, fix)?
+        }
+    };
+    // ((x + 1)/2 − mean)/std = x·(0.5/std) + (0.5 − mean)/std, per channel.
+    let scale: Vec<f32> = (0..n)
+        .flat_map(|_| CLIP_STD.iter().map(|s| 0.5 / s))
+        .collect();
+    let shift: Vec<f32> = (0..3).map(|k| (0.5 - CLIP_MEAN[k]) / CLIP_STD[k]).collect();
+    let scaled = broadcast_mul(tape, &placed, &Tensor::from_vec(scale, &[n, 3], &device)?)?;
+    ew::bias_add(tape, &scaled, &Tensor::from_vec(shift, &[3], &device)?, 1)
+}
+
+/// The networks a loss step reads: G, D, and the frozen CLIP with its input side.
+pub struct Nets<'a> {
+    pub g: &'a Generator,
+    pub d: &'a Discriminator,
+    pub clip: &'a Clip,
+    pub clip_size: usize,
+}
+
+/// Each named term of one phase, as it enters the phase's loss (before the gain).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Terms(pub Vec<(&'static str, f64)>);
+
+impl Terms {
+    fn push(&mut self, name: &'static str, t: &Tensor) -> Result<()> {
+        self.0.push((name, t.scalar()? as f64));
+        Ok(())
+    }
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.0.iter().find(|(n, _)| *n == name).map(|&(_, v)| v)
+    }
+}
+
+/// Σ of `−weight·contra_loss(mat1, condition)` over the condition(s), added to `loss`.
+fn minus_contra(
+    tape: &mut Tape,
+    loss: Tensor,
+    weight: f32,
+    cfg: &GanLossConfig,
+    mat1: &Tensor,
+    cond: &Tensor,
+    terms: &mut Terms,
+    name: &'static str,
+) -> Result<Tensor> {
+    let c = contra_loss(tape, cfg.temp, mat1, cond, cfg.lam)?;
+    terms.push(name, &c)?;
+    let c = ew::scale(tape, &c, -weight)?;
+    ew::add(tape, &loss, &c)
+}
+
+/// The weights of structure 4 (loss.py 496–499): itd, itc and iid are halved, iic is not.
+fn weights(cfg: &GanLossConfig, structure4: bool) -> (f32, f32, f32) {
+    let h = if structure4 { 0.5 } else { 1.0 };
+    (cfg.itd * h, cfg.itc * h, cfg.iid * h)
+}
+
+/// Gmain (loss.py 528–620): `mean softplus(−D(G(c))) − itc·C(CLIP(G), c) − itd·C(D_fts(G), c)`
+/// (structure 4: both conditions, halved weights), plus iic/iid when set. `clip_real` are the
+/// real images' normalised CLIP features (needed for iic), `real` the real images (for iid).
+#[allow(clippy::too_many_arguments)]
+pub fn g_main(
+    tape: &mut Tape,
+    nets: &Nets,
+    cfg: &GanLossConfig,
+    z: &Tensor,
+    cond: &Conditions,
+    mixing: Option<&Mixing>,
+    noise: NoiseMode,
+    place: Placement,
+    real: &Tensor,
+    clip_real: Option<&Tensor>,
+) -> Result<(Tensor, Terms, Generated)> {
+    let s4 = cond.c2.is_some();
+    let (itd, itc, iid) = weights(cfg, s4);
+    let mut terms = Terms::default();
+    let gen = run_g(tape, nets.g, z, &cond.fts, mixing, noise)?;
+    let out = nets.d.forward(tape, &gen.img, &cond.fts)?;
+    let neg = ew::scale(tape, &out.logits, -1.0)?;
+    let sp = ew::softplus(tape, &neg)?;
+    let mut loss = mean_all(tape, &sp)?;
+    terms.push("adv", &loss)?;
+    if itc > 0.0 || cfg.iic > 0.0 {
+        let x = full_preprocess(tape, &gen.img, nets.clip_size, place)?;
+        let f = nets.clip.encode_image(tape, &x)?;
+        let f = l2_normalize(tape, &f, 1e-12)?;
+        if itc > 0.0 {
+            loss = minus_contra(tape, loss, itc, cfg, &f, &cond.c1, &mut terms, "itc")?;
+            if let Some(c2) = &cond.c2 {
+                loss = minus_contra(tape, loss, itc, cfg, &f, c2, &mut terms, "itc2")?;
+            }
+        }
+        if cfg.iic > 0.0 {
+            let r = clip_real.ok_or_else(|| {
+                Error::Invalid("iic > 0 needs the real images' CLIP features".into())
+            })?;
+            loss = minus_contra(tape, loss, cfg.iic, cfg, &f, r, &mut terms, "iic")?;
+        }
+    }
+    if itd > 0.0 {
+        loss = minus_contra(
+            tape, loss, itd, cfg, &out.d_fts, &cond.c1, &mut terms, "itd",
+        )?;
+        if let (Some(c2), Some(d2)) = (&cond.c2, &out.d_fts2) {
+            loss = minus_contra(tape, loss, itd, cfg, d2, c2, &mut terms, "itd2")?;
+        }
+    }
+    if iid > 0.0 {
+        let r = tape.no_grad(|t| nets.d.forward(t, real, &cond.fts))?;
+        loss = minus_contra(
+            tape, loss, iid, cfg, &r.d_fts, &out.d_fts, &mut terms, "iid",
+        )?;
+        if let (Some(r2), Some(d2)) = (&r.d_fts2, &out.d_fts2) {
+            loss = minus_contra(tape, loss, iid, cfg, r2, d2, &mut terms, "iid2")?;
+        }
+    }
+    terms.push("loss", &loss)?;
+    Ok((loss, terms, gen))
+}
+
+/// Dmain (loss.py 648–700): `mean softplus(D(G(c))) + mean softplus(−D(x)) − itd·C(D_fts(x), c)`
+/// (structure 4: both conditions, halved). G is run without recording (only D is trained).
+#[allow(clippy::too_many_arguments)]
+pub fn d_main(
+    tape: &mut Tape,
+    nets: &Nets,
+    cfg: &GanLossConfig,
+    z: &Tensor,
+    cond: &Conditions,
+    mixing: Option<&Mixing>,
+    noise: NoiseMode,
+    real: &Tensor,
+) -> Result<(Tensor, Terms, Generated)> {
+    let (itd, _, _) = weights(cfg, cond.c2.is_some());
+    let mut terms = Terms::default();
+    let gen = tape.no_grad(|t| run_g(t, nets.g, z, &cond.fts, mixing, noise))?;
+    let fake = nets.d.forward(tape, &gen.img, &cond.fts)?;
+    let sp = ew::softplus(tape, &fake.logits)?;
+    let gen_loss = mean_all(tape, &sp)?;
+    terms.push("adv_fake", &gen_loss)?;
+    let out = nets.d.forward(tape, real, &cond.fts)?;
+    let neg = ew::scale(tape, &out.logits, -1.0)?;
+    let sp = ew::softplus(tape, &neg)?;
+    let real_loss = mean_all(tape, &sp)?;
+    terms.push("adv_real", &real_loss)?;
+    let mut loss = ew::add(tape, &gen_loss, &real_loss)?;
+    if itd > 0.0 {
+        loss = minus_contra(
+            tape, loss, itd, cfg, &out.d_fts, &cond.c1, &mut terms, "itd",
+        )?;
+        if let (Some(c2), Some(d2)) = (&cond.c2, &out.d_fts2) {
+            loss = minus_contra(tape, loss, itd, cfg, d2, c2, &mut terms, "itd2")?;
+        }
+    }
+    terms.push("loss", &loss)?;
+    Ok((loss, terms, gen))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows of the interpolation matrix sum to one, and an identity resize is the identity.
+    #[test]
+    fn bicubic_matrix_is_a_partition_of_unity() {
+        for (i, o) in [(7, 13), (32, 32), (29, 11)] {
+            let m = bicubic_matrix(i, o);
+            for r in m.chunks(i) {
+                assert!((r.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            }
+        }
+        let m = bicubic_matrix(5, 5);
+        for r in 0..5 {
+            for c in 0..5 {
+                assert!((m[r * 5 + c] - (r == c) as u8 as f32).abs() < 1e-6);
+            }
+        }
+    }
+
+    /// contra_loss against the formula written out on a 3×2 example.
+    #[test]
+    fn contra_loss_is_log_temp_times_the_column_softmax() {
+        let a = [1.0f32, 0.0, 0.6, 0.8, 0.0, 1.0];
+        let b = [0.8f32, 0.6, 1.0, 0.0, 0.0, 2.0];
+        let (ta, tb) = (
+            Tensor::from_slice(&a, &[3, 2], &Device::Cpu).unwrap(),
+            Tensor::from_slice(&b, &[3, 2], &Device::Cpu).unwrap(),
+        );
+        let unit = |v: &[f32]| {
+            let n = (v[0] * v[0] + v[1] * v[1]).sqrt();
+            [v[0] / n, v[1] / n]
+        };
+        let temp = 0.5f64;
+        let sim = |i: usize, j: usize| {
+            let (x, y) = (unit(&a[i * 2..]), unit(&b[j * 2..]));
+            (x[0] * y[0] + x[1] * y[1]) as f64 / temp
+        };
+        let want: f64 = (0..3)
+            .map(|j| {
+                let z: f64 = (0..3).map(|i| sim(i, j).exp()).sum();
+                (temp * sim(j, j).exp() / z).ln()
+            })
+            .sum::<f64>()
+            / 3.0;
+        let got = contra_loss(&mut Tape::inference(), 0.5, &ta, &tb, 0.0)
+            .unwrap()
+            .scalar()
+            .unwrap() as f64;
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    }
+}
