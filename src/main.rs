@@ -48,6 +48,10 @@ enum Command {
     EvalImages(cli::eval_images::EvalImagesArgs),
     /// Pictures from a Lafite generator conditioned on CLIP-space vectors (.npy) or text (PNGs and a grid, or .npy).
     Generate(cli::generate::GenerateArgs),
+    /// Mind Reader's second stage: a Lafite generator and discriminator trained on the frozen mappers' conditions (checkpoints, resume, preview grids).
+    TrainGan(cli::train_gan::TrainGanArgs),
+    /// A train-gan run's G_ema on held-out fMRI: PNGs, a seen | reconstructed grid with captions, recon.npy for eval-images.
+    Reconstruct(cli::reconstruct::ReconstructArgs),
 }
 
 fn main() {
@@ -76,6 +80,8 @@ fn main() {
         Command::Predict(a) => cli::predict::run(a),
         Command::Embed(a) => cli::embed::run(a),
         Command::TrainClip(a) => cli::train_clip::run(a),
+        Command::TrainGan(a) => cli::train_gan::run(a),
+        Command::Reconstruct(a) => cli::reconstruct::run(a),
         Command::ScreenCaptions(a) => cli::screen_captions::run(a),
         Command::EvalRetrieval(a) => cli::eval_retrieval::run(a),
         Command::Generate(a) => cli::generate::run(a),

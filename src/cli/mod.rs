@@ -11,9 +11,11 @@ pub mod info;
 pub mod inspect;
 pub mod predict;
 pub mod prepare_nsd;
+pub mod reconstruct;
 pub mod screen_captions;
 pub mod synth;
 pub mod train_clip;
+pub mod train_gan;
 pub mod train_mapper;
 
 use anyhow::Result;
