@@ -1396,3 +1396,206 @@ fn eval_images_scores_reconstructions_against_the_seen_images() {
     assert!(!out.status.success() && err.contains("--index"), "{err}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// The GAN stage from the command line on a tiny world: screen captions with the tiny CLIP,
+/// train both mappers, train-gan (structure 4), a resumed continuation, reconstruct with mapped,
+/// true and shuffled conditions, eval-images on the result; and the refusals.
+#[test]
+fn train_gan_reconstruct_and_eval_images_from_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("mindreader-train-gan-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    let world = dir.join("w.h5");
+    let clip = mindreader::testing::fixtures_dir().join("clip/tiny");
+    run_ok(&[
+        "synth",
+        "--out",
+        &p(&world),
+        "--stimuli",
+        "60",
+        "--voxels",
+        "32",
+        "--size",
+        "32",
+        "--seed",
+        "3",
+    ]);
+    run_ok(&[
+        "screen-captions",
+        "--data",
+        &p(&world),
+        "--clip",
+        &p(&clip),
+        "--device",
+        "cpu",
+    ]);
+    for t in ["clip_image", "clip_caption"] {
+        run_ok(&[
+            "train-mapper",
+            "--data",
+            &p(&world),
+            "--target",
+            t,
+            "--out",
+            &p(&dir.join(t)),
+            "--epochs",
+            "1",
+            "--batch",
+            "16",
+            "--hidden",
+            "4",
+            "--fc-hidden",
+            "4",
+            "--res-blocks",
+            "1",
+            "--device",
+            "cpu",
+        ]);
+    }
+    let mappers = format!(
+        "{},{}",
+        p(&dir.join("clip_image")),
+        p(&dir.join("clip_caption"))
+    );
+    let run = dir.join("gan");
+    let gan = |kimg: &str, extra: &[&str]| {
+        let mut a = vec![
+            "train-gan",
+            "--data",
+            &p(&world),
+            "--mappers",
+            &mappers,
+            "--clip",
+            &p(&clip),
+            "--out",
+            &p(&run),
+            "--batch",
+            "4",
+            "--kimg",
+            kimg,
+            "--snapshot-kimg",
+            "0.008",
+            "--channel-base",
+            "64",
+            "--channel-max",
+            "8",
+            "--w-dim",
+            "8",
+            "--map-layers",
+            "1",
+            "--device",
+            "cpu",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        mindreader().args(&a).output().unwrap()
+    };
+    let out = gan("0.008", &["--resolution", "16"]);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("structure 4") && text.contains("batch 4"),
+        "{text}"
+    );
+    let out = gan("0.016", &["--resume", "--resolution", "16"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        lines.lines().count(),
+        4,
+        "two steps, then two more after the resume"
+    );
+    let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    for key in [
+        "G.adv",
+        "G.itc",
+        "G.itc2",
+        "G.itd",
+        "G.itd2",
+        "G.pl_penalty",
+        "D.adv_real",
+        "D.itd",
+        "D.r1_penalty",
+    ] {
+        assert!(
+            first[key].as_f64().is_some_and(f64::is_finite),
+            "{key} in {first}"
+        );
+    }
+    assert!(run.join("G_ema.safetensors").is_file() && run.join("grid-0000.0.png").is_file());
+    // A resume under another configuration is refused, naming the checkpoint.
+    let out = gan("0.016", &["--resume", "--resolution", "16", "--seed", "9"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("refusing to resume")
+            && err.contains("checkpoint.safetensors"),
+        "{err}"
+    );
+    // A resolution the images cannot be averaged down to.
+    let out = gan("0.016", &["--resolution", "64"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot be box-averaged"),
+        "{err}"
+    );
+
+    let mut values = Vec::new();
+    for cond in ["mapped", "true", "shuffled"] {
+        let rec = dir.join(format!("rec-{cond}"));
+        let text = run_ok(&[
+            "reconstruct",
+            "--run",
+            &p(&run),
+            "--out",
+            &p(&rec),
+            "--condition",
+            cond,
+            "--device",
+            "cpu",
+        ]);
+        assert!(text.contains(&format!("({cond} conditions)")), "{text}");
+        assert!(rec.join("grid.png").is_file() && rec.join("images/000.png").is_file());
+        let metrics = dir.join(format!("m-{cond}.json"));
+        run_ok(&[
+            "eval-images",
+            "--recon",
+            &p(&rec),
+            "--data",
+            &p(&world),
+            "--clip",
+            &p(&clip),
+            "--out",
+            &p(&metrics),
+            "--device",
+            "cpu",
+        ]);
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+        assert!(
+            m["pixel_correlation"]["value"]
+                .as_f64()
+                .unwrap()
+                .is_finite(),
+            "{m}"
+        );
+        values.push(std::fs::read(rec.join("recon.npy")).unwrap());
+    }
+    assert_ne!(
+        values[0], values[1],
+        "true conditions drew the same pictures as mapped ones"
+    );
+    assert_ne!(
+        values[0], values[2],
+        "shuffled conditions drew the same pictures"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -470,7 +470,7 @@ fn loss_terms_and_gradients_match_the_reference() {
         let scores = fx.vec("Gmain.Loss.scores.fake");
         let adv = scores
             .iter()
-            .map(|&x| ((-x as f64).exp().ln_1p()))
+            .map(|&x| (-x as f64).exp().ln_1p())
             .sum::<f64>()
             / 4.0;
         near(
