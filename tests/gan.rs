@@ -344,7 +344,11 @@ impl Fixture {
         let v = self.vec(name);
         v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64
     }
-    fn network<N: mindreader::models::lafite::Architecture>(&self, prefix: &str) -> Network<N> {
+    fn network<N: mindreader::models::lafite::Architecture>(
+        &self,
+        prefix: &str,
+        device: &Device,
+    ) -> Network<N> {
         let p = format!("{prefix}.");
         let tensors: Vec<(String, Tensor)> = self
             .tensors
@@ -355,7 +359,7 @@ impl Fixture {
             "init_kwargs".to_string(),
             self.meta[&format!("{prefix}.init_kwargs")].clone(),
         )]);
-        Network::from_tensors(tensors, &meta, std::path::Path::new(prefix), &Device::Cpu).unwrap()
+        Network::from_tensors(tensors, &meta, std::path::Path::new(prefix), device).unwrap()
     }
 }
 
@@ -414,18 +418,22 @@ fn compare_grads(
 /// phases against the fork's `accumulate_gradients` on the same networks, inputs and draws.
 #[test]
 fn loss_terms_and_gradients_match_the_reference() {
-    let clip = Clip::load(&fixtures_dir().join("clip").join("tiny"), &Device::Cpu).unwrap();
-    for case in ["s4_r32", "s2_r16"] {
+    for (dev, case) in mindreader::testing::devices()
+        .into_iter()
+        .flat_map(|d| [(d.clone(), "s4_r32"), (d, "s2_r16")])
+    {
+        let clip = Clip::load(&fixtures_dir().join("clip").join("tiny"), &dev).unwrap();
         let fx = Fixture::open(&format!("{case}.safetensors"));
-        let mut g = fx.network::<Generator>("G");
-        let mut d = fx.network::<Discriminator>("D");
+        let mut g = fx.network::<Generator>("G", &dev);
+        let mut d = fx.network::<Discriminator>("D", &dev);
+        let case = format!("{case} on {dev}");
+        let case = case.as_str();
         let s4 = case.starts_with("s4");
         let cfg = GanLossConfig {
             r1_gamma: 1.0,
             style_mixing: 0.0,
             ..GanLossConfig::default()
         };
-        let dev = Device::Cpu;
         let r = g.config().img_resolution;
         let real = Tensor::from_vec(fx.vec("real"), &[4, 3, r, r], &dev).unwrap();
         let (c1, c2) = (fx.vec("c1"), s4.then(|| fx.vec("c2")));
