@@ -150,6 +150,35 @@ def lafite_cases(dev, r):
     z, fts, img = r(16, 512), r(16, 1024), r(16, 3, 256, 256)
     out.append(("lafite G forward 256px B=16", lambda: G(z, None, fts=fts, noise_mode="const")))
     out.append(("lafite D forward 256px B=16", lambda: D(img, None, fts=fts)))
+
+    # One G+D step as `mindreader bench`'s "lafite G+D step" case: Gmain (softplus + the two itd
+    # contrastive terms, no CLIP), Dmain, and R1 by the reference's double backward (loss.py).
+    def contra(a, b, temp=0.5):
+        sim = torch.cosine_similarity(a.unsqueeze(1), b.unsqueeze(0), dim=-1) / temp
+        return torch.log(torch.diagonal(torch.softmax(sim, dim=0)) * temp)
+    c1, c2 = [torch.nn.functional.normalize(r(16, 512), dim=-1) for _ in range(2)]
+    cond, z0, real = torch.cat([c1, c2], 1), torch.zeros(16, 512, device=dev), torch.tanh(r(16, 3, 256, 256))
+    gamma, sp = 0.0002 * 256 * 256 / 16, torch.nn.functional.softplus
+    gp, dp = list(G.parameters()), list(D.parameters())
+    def gd_step():
+        for p in gp + dp:
+            p.requires_grad_(True)
+        img = G(z0, None, fts=cond, noise_mode="const")
+        logits, d1, d2 = D(img, None, fts=cond)
+        loss = sp(-logits).mean() - 5 * contra(d1, c1).mean() - 5 * contra(d2, c2).mean()
+        gg = torch.autograd.grad(loss, gp)
+        with torch.no_grad():
+            fake = G(z0, None, fts=cond, noise_mode="const")
+        lf = D(fake, None, fts=cond)[0]
+        lr, e1, e2 = D(real, None, fts=cond)
+        loss_d = sp(lf).mean() + sp(-lr).mean() - 5 * contra(e1, c1).mean() - 5 * contra(e2, c2).mean()
+        torch.autograd.grad(loss_d, dp)
+        x = real.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(D(x, None, fts=cond)[0].sum(), x, create_graph=True)
+        pen = g.square().sum([1, 2, 3]).mean() * (gamma / 2) * 16
+        torch.autograd.grad(pen, dp)
+        return gg[-1]
+    out.append(("lafite G+D step 256px B=16 (R1)", gd_step))
     return out
 
 class ResBlock(torch.nn.Module):

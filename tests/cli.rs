@@ -80,11 +80,12 @@ fn bench_quick_validates_and_times_every_case() {
         "modconv fwd+bwd b256.conv1",
         "lafite G forward",
         "lafite D forward",
+        "lafite G+D step",
     ] {
         assert!(text.contains(case), "case {case} missing:\n{text}");
     }
     let lines = std::fs::read_to_string(&json).unwrap();
-    assert_eq!(lines.lines().count(), 24, "{lines}");
+    assert_eq!(lines.lines().count(), 25, "{lines}");
     for line in lines.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(v["median_ms"].as_f64().unwrap() > 0.0, "{line}");

@@ -456,7 +456,7 @@ fn loss_terms_and_gradients_match_the_reference() {
         let nets = Nets {
             g: &g.net,
             d: &d.net,
-            clip: &clip,
+            clip: Some(&clip),
             clip_size: 32,
         };
         let mut tape = mindreader::Tape::new();
@@ -557,7 +557,7 @@ fn loss_terms_and_gradients_match_the_reference() {
         let nets = Nets {
             g: &g.net,
             d: &d.net,
-            clip: &clip,
+            clip: Some(&clip),
             clip_size: 32,
         };
         let mut tape = mindreader::Tape::new();

@@ -11,7 +11,10 @@ use crate::models::lafite::{
 };
 use crate::nn::NoiseMode;
 use crate::ops::modconv::{modulated_conv2d, Resample};
+use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
+use crate::train::gan::loss::{d_main, g_main, Conditions, GanLossConfig, Nets, Placement};
+use crate::train::gan::regularize::r1;
 use crate::Tape;
 
 /// The train.py defaults at `res` px with channel_base `base` (32768 for the paper).
@@ -117,6 +120,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
     // Whole networks at 256 px, batch 16 (quick: 16 px, narrow, batch 2).
     let (res, base, n) = (s(256, 16), s(32768, 256), s(16, 2));
     let gc = g_config(res, base);
+    let gc_step = gc.clone();
     let gflops = generator_flops(&gc, n);
     out.push(case(
         format!("lafite G forward {res}px B={n}"),
@@ -139,6 +143,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
         },
     ));
     let dc = d_config(res, base);
+    out.push(gd_step_case(gc_step, dc.clone(), n));
     out.push(case(
         format!("lafite D forward {res}px B={n}"),
         discriminator_flops(&dc, n),
@@ -155,6 +160,87 @@ pub fn cases(quick: bool) -> Vec<Case> {
         },
     ));
     out
+}
+
+/// One G+D training step as `train-gan` runs it (structure 4): Gmain (adversarial + the two itd
+/// terms; the CLIP term is left out: it times CLIP, benched on its own), Dmain and R1 (the
+/// finite-difference Hessian–vector product: three D passes). Adam is left out. FLOPs: Gmain
+/// 3G + 3D, Dmain 1G + 6D, R1 9D. Validated on G's gradient of the last ToRGB weight.
+fn gd_step_case(gc: GeneratorConfig, dc: DiscriminatorConfig, n: usize) -> Case {
+    let res = gc.img_resolution;
+    let flops = 4.0 * generator_flops(&gc, n) + 18.0 * discriminator_flops(&dc, n);
+    let bytes = (4 * n * 3 * res * res * 8) as f64;
+    case(
+        format!("lafite G+D step {res}px B={n} (R1)"),
+        flops,
+        bytes,
+        5e-3,
+        move |d| {
+            let g = Network::<Generator>::new(gc.clone(), Some(5), d)?;
+            let mut dn = Network::<Discriminator>::new(dc.clone(), Some(6), d)?;
+            let real = input(&[n, 3, res, res], 88, d, DType::F32)?;
+            let (f1, f2) = (gc.f_dim, gc.f_dim2);
+            let c1 = crate::tensor::randn_vec(n * f1, 1.0, 89);
+            let c2 = crate::tensor::randn_vec(n * f2, 1.0, 90);
+            let z = Tensor::zeros(&[n, gc.z_dim], d)?;
+            let cfg = GanLossConfig {
+                itc: 0.0,
+                ..GanLossConfig::reference(res, n)
+            };
+            let device = d.clone();
+            let last = format!("synthesis.b{res}.torgb.weight");
+            Ok(Box::new(move || {
+                let mut rng = Rng::new(1);
+                let cond = Conditions::perturbed(&c1, f1, Some((&c2, f2)), &mut rng, &device)?;
+                let nets = Nets {
+                    g: &g.net,
+                    d: &dn.net,
+                    clip: None,
+                    clip_size: 224,
+                };
+                let mut tape = Tape::new();
+                g.params.watch_all(&mut tape);
+                let place = Placement::Pad { left: 0, top: 0 };
+                let (loss, _, _) = g_main(
+                    &mut tape,
+                    &nets,
+                    &cfg,
+                    &z,
+                    &cond,
+                    None,
+                    NoiseMode::Const,
+                    place,
+                    &real,
+                    None,
+                )?;
+                let g_grads = tape.backward(&loss)?;
+                let mut tape = Tape::new();
+                dn.params.watch_all(&mut tape);
+                let (loss, _, _) = d_main(
+                    &mut tape,
+                    &nets,
+                    &cfg,
+                    &z,
+                    &cond,
+                    None,
+                    NoiseMode::Const,
+                    &real,
+                )?;
+                let d_grads = tape.backward(&loss)?;
+                dn.params.zero_grad();
+                dn.params.accumulate(&d_grads)?;
+                r1(
+                    &dn.net,
+                    &mut dn.params,
+                    &real,
+                    &cond.fts,
+                    cfg.r1_gamma,
+                    16.0,
+                )?;
+                Ok(g_grads.get(g.params.get(&last)?).cloned())
+            }))
+        },
+    )
 }
 
 #[cfg(test)]

@@ -434,11 +434,12 @@ pub fn full_preprocess(
     ew::bias_add(tape, &scaled, &Tensor::from_vec(shift, &[3], &device)?, 1)
 }
 
-/// The networks a loss step reads: G, D, and the frozen CLIP with its input side.
+/// The networks a loss step reads: G, D, and the frozen CLIP with its input side (None: the
+/// CLIP terms must be off, as in the bench's step).
 pub struct Nets<'a> {
     pub g: &'a Generator,
     pub d: &'a Discriminator,
-    pub clip: &'a Clip,
+    pub clip: Option<&'a Clip>,
     pub clip_size: usize,
 }
 
@@ -505,8 +506,11 @@ pub fn g_main(
     let mut loss = mean_all(tape, &sp)?;
     terms.push("adv", &loss)?;
     if itc > 0.0 || cfg.iic > 0.0 {
+        let clip = nets
+            .clip
+            .ok_or_else(|| Error::Invalid("itc/iic > 0 need a CLIP".into()))?;
         let x = full_preprocess(tape, &gen.img, nets.clip_size, place)?;
-        let f = nets.clip.encode_image(tape, &x)?;
+        let f = clip.encode_image(tape, &x)?;
         let f = l2_normalize(tape, &f, 1e-12)?;
         if itc > 0.0 {
             loss = minus_contra(tape, loss, itc, cfg, &f, &cond.c1, &mut terms, "itc")?;

@@ -457,7 +457,7 @@ pub fn train_gan(
             let nets = Nets {
                 g: &st.g.net,
                 d: &st.d.net,
-                clip,
+                clip: Some(clip),
                 clip_size,
             };
             let mut tape = Tape::new();
@@ -522,7 +522,7 @@ pub fn train_gan(
             let nets = Nets {
                 g: &st.g.net,
                 d: &st.d.net,
-                clip,
+                clip: Some(clip),
                 clip_size,
             };
             let mut tape = Tape::new();
