@@ -111,6 +111,7 @@ fn demo_learns_far_above_chance() {
     let out = std::env::temp_dir().join(format!("mindreader-demo-{}", std::process::id()));
     let text = run_ok(&[
         "demo",
+        "--retrieval-only",
         "--device",
         "cpu",
         "--out",
@@ -159,7 +160,15 @@ fn demo_on_the_simulated_device_matches_the_cpu_run() {
         return;
     }
     let base = std::env::temp_dir().join(format!("mindreader-demo-sim-{}", std::process::id()));
-    let args = ["--stimuli", "150", "--voxels", "256", "--epochs", "2"];
+    let args = [
+        "--retrieval-only",
+        "--stimuli",
+        "150",
+        "--voxels",
+        "256",
+        "--epochs",
+        "2",
+    ];
     let mut losses = Vec::new();
     for device in ["cpu", "cuda:0"] {
         let out = base.join(device.replace(':', ""));
@@ -915,6 +924,7 @@ fn demo_with_clip_maps_into_a_clip_trained_on_the_world() {
     let out = std::env::temp_dir().join(format!("mindreader-demo-clip-{}", std::process::id()));
     let text = run_ok(&[
         "demo",
+        "--retrieval-only",
         "--device",
         "cpu",
         "--out",
@@ -1599,4 +1609,69 @@ fn train_gan_reconstruct_and_eval_images_from_the_command_line() {
         "shuffled conditions drew the same pictures"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `demo --quick` runs every stage of the whole pipeline (world, CLIP, both mappers, the
+/// generator, three reconstructions, eval-images) and writes the report with every figure inlined.
+#[test]
+fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
+    let out = std::env::temp_dir().join(format!("mindreader-demo-quick-{}", std::process::id()));
+    std::fs::remove_dir_all(&out).ok();
+    let text = run_ok(&[
+        "demo",
+        "--quick",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    for step in [
+        "[1/9]",
+        "[6/9] training the caption mapper",
+        "[7/9] training the generator",
+        "[8/9]",
+        "[9/9] the report",
+    ] {
+        assert!(text.contains(step), "{step} missing:\n{text}");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for want in [
+        "Mind Reader: the mapped fMRI",
+        "ceiling: the true CLIP embeddings",
+        "floor",
+        "Timings",
+        "caption (`clip_caption`)",
+    ] {
+        assert!(md.contains(want), "report.md lacks {want}:\n{md}");
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(
+        html.matches("src=\"data:image/png;base64,").count(),
+        6,
+        "every figure inlined"
+    );
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page needs no network"
+    );
+    // Open the page in headless Chromium (scripts/install-chromium): every figure must render.
+    let dom = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", "--dump-dom"])
+        .arg(format!("file://{}", out.join("report.html").display()))
+        .output()
+        .expect("chromium is needed to check the report (scripts/install-chromium; scripts/test installs it)");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.contains("data-figures-rendered=\"6/6\""),
+        "not every figure rendered:\n{}",
+        &dom[..dom.len().min(400)]
+    );
+    for dir in [
+        "reconstructions-mapped",
+        "reconstructions-true",
+        "reconstructions-shuffled",
+    ] {
+        assert!(out.join(dir).join("recon.npy").is_file(), "{dir}");
+    }
+    std::fs::remove_dir_all(out).ok();
 }

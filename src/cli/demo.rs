@@ -56,9 +56,18 @@ pub struct DemoArgs {
     /// (targets `clip_image`) instead of the world's fixed `scene` target.
     #[arg(long)]
     pub clip: bool,
-    /// Epochs of the small CLIP with --clip.
+    /// Epochs of the small CLIP.
     #[arg(long, default_value_t = 20)]
     pub clip_epochs: usize,
+    /// Stop after the mapper's retrieval (the first half of Mind Reader: no generator).
+    #[arg(long)]
+    pub retrieval_only: bool,
+    /// Thousands of images the generator trains on [default: 16 on the CPU, 200 on a GPU].
+    #[arg(long)]
+    pub gan_kimg: Option<f64>,
+    /// A tiny run of every stage (a smoke test: under 2 minutes on 2 cores; pictures are blobs).
+    #[arg(long)]
+    pub quick: bool,
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
@@ -66,6 +75,18 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // The CUDA simulator runs the GPU path at CPU speed or below: it gets the scaled-down mapper.
     let full = args.full || (device.is_cuda() && !device.is_simulated());
     let started = Instant::now();
+    let pictures = !args.retrieval_only;
+    let mut args = args;
+    if pictures {
+        // The whole pipeline maps into a CLIP of the world (the generator is conditioned on it).
+        args.clip = true;
+    }
+    if args.quick {
+        args.stimuli = args.stimuli.min(240);
+        args.voxels = Some(args.voxels.unwrap_or(256));
+        args.epochs = Some(args.epochs.unwrap_or(3));
+        args.clip_epochs = args.clip_epochs.min(2);
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
 
@@ -76,9 +97,17 @@ pub fn run(args: DemoArgs) -> Result<()> {
         stimuli: args.stimuli,
         voxels,
         seed: args.seed,
+        // The generator runs at 32 px on the CPU; the world is drawn at that size.
+        image_size: if pictures { 32 } else { 64 },
         ..SynthConfig::default()
     };
-    let steps = if args.clip { 5 } else { 3 };
+    let steps = if pictures {
+        9
+    } else if args.clip {
+        5
+    } else {
+        3
+    };
     println!(
         "[1/{steps}] synthesising {} stimuli × {} repeats seen by a simulated subject with {} voxels → {}",
         cfg.stimuli,
@@ -149,9 +178,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
         decay_every: 10,
         ..TrainConfig::mind_reader(mapper, format!("demo world.h5:{target}"))
     };
+    let mapper_cfg = cfg.clone();
     println!(
         "[{}/{steps}] training the {} mapper on {device} to target `{target}`: {} rows ({:?} trials), {} epochs, batch {}, lr {}, mse_cos_contrastive",
-        steps - 1,
+        if pictures { 4 } else { steps - 1 },
         if full { "Mind Reader" } else { "scaled-down (hidden 16, fc 16, 2 blocks)" },
         data.train_rows.len(),
         mode,
@@ -168,8 +198,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // 3. The figures.
     let last = history.last().context("training ran no epochs")?;
     let r = &last.retrieval;
+    let at = if pictures { 5 } else { steps };
     println!(
-        "[{steps}/{steps}] held-out retrieval over {} test stimuli ({}-way, {} random batches):",
+        "[{at}/{steps}] held-out retrieval over {} test stimuli ({}-way, {} random batches):",
         data.val_rows.len(),
         r.way,
         r.batches
@@ -185,6 +216,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
         100.0 * r.chance
     );
     println!("      mean cosine(predicted, true): {:.3}", r.mean_cosine);
+    if pictures {
+        return super::demo_pictures::run(&args, &world, &device, &mapper_cfg, mode, started);
+    }
     println!(
         "done in {:.0} s. Files: {} (world), {} (weights), {} (per-epoch metrics), {} (loss curve)",
         started.elapsed().as_secs_f64(),

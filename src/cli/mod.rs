@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod convert;
 pub mod demo;
+pub mod demo_pictures;
 pub mod embed;
 pub mod eval_images;
 pub mod eval_retrieval;

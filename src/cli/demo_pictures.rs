@@ -1,0 +1,406 @@
+//! The demo's second half: the pictures. After the image mapper (`demo.rs`), the caption
+//! mapper, a structure-4 Lafite generator trained on both mapped conditions (`train-gan`),
+//! reconstructions of the held-out stimuli from fMRI, from the true CLIP embeddings (the
+//! ceiling) and from shuffled fMRI (the floor), `eval-images` on each, and the report
+//! (`report.md`, and `report.html` with every figure inlined).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use mindreader::data::{DatasetFile, Staged};
+use mindreader::eval::plot::{line_chart, Series};
+use mindreader::train::mapper::{train, MapperData, RunDir, TrainConfig, TrialMode};
+use mindreader::Device;
+
+use super::demo::DemoArgs;
+
+/// The three conditionings of the same G_ema, in the report's order.
+const CONDITIONS: [(&str, &str); 3] = [
+    ("shuffled", "floor: another stimulus' fMRI"),
+    ("mapped", "**Mind Reader: the mapped fMRI**"),
+    ("true", "ceiling: the true CLIP embeddings"),
+];
+
+pub fn run(
+    args: &DemoArgs,
+    world: &Path,
+    device: &Device,
+    image_mapper: &TrainConfig,
+    mode: TrialMode,
+    started: Instant,
+) -> Result<()> {
+    let mut timings = vec![("world, CLIP, image mapper", started.elapsed().as_secs_f64())];
+    let out = &args.out;
+
+    // 6. The caption mapper: the same architecture, to the screened captions' embeddings.
+    let t = Instant::now();
+    let file = DatasetFile::open(world)?;
+    let staged = Staged::load(&file, "clip_caption", device)?;
+    let data = MapperData::from_staged(&staged, file.trial_stimulus(), file.split(), mode)?;
+    let cfg = TrainConfig {
+        data_id: "demo world.h5:clip_caption".into(),
+        ..image_mapper.clone()
+    };
+    println!(
+        "[6/9] training the caption mapper to target `clip_caption` ({} epochs)",
+        cfg.epochs
+    );
+    let cap_dir = RunDir(out.join("mapper_caption"));
+    let mut bar = super::train_mapper::Bar::new(cfg.epochs, cfg.batch);
+    let (_, _, history) = train(&cfg, &data, &cap_dir, false, device, &mut bar)?;
+    bar.finish();
+    super::plot_losses(&cap_dir)?;
+    let last = &history.last().context("no epochs")?.retrieval;
+    let cap_r = (last.image_from_brain as f64, last.chance as f64, last.way);
+    let voxels = file.summary().voxels;
+    timings.push(("caption mapper", t.elapsed().as_secs_f64()));
+
+    // 7. The generator.
+    let t = Instant::now();
+    let gpu = device.is_cuda() && !device.is_simulated();
+    let kimg = args.gan_kimg.unwrap_or(if args.quick {
+        0.128
+    } else if gpu {
+        200.0
+    } else {
+        16.0
+    });
+    let (base, max, w, batch) = if args.quick {
+        (256, 16, 16, 8)
+    } else {
+        (1024, 64, 64, 16)
+    };
+    let gan_dir = out.join("gan");
+    println!(
+        "[7/9] training the generator (Lafite, structure 4: image and caption conditions) on the mapped fMRI: 32 px, {kimg} kimg"
+    );
+    super::train_gan::run(super::train_gan::TrainGanArgs {
+        data: world.to_path_buf(),
+        mappers: vec![out.join("mapper"), cap_dir.0.clone()],
+        clip: out.join("clip"),
+        out: gan_dir.clone(),
+        resume: false,
+        resume_from: None,
+        resolution: Some(32),
+        batch,
+        kimg,
+        snapshot_kimg: (kimg / 4.0).max(0.016),
+        channel_base: base,
+        channel_max: max,
+        w_dim: w,
+        map_layers: 2,
+        gamma: None,
+        pl_weight: 2.0,
+        style_mixing: 0.9,
+        itd: 10.0,
+        itc: 10.0,
+        temp: 0.5,
+        lam: 0.0,
+        lr: 0.0025,
+        seed: args.seed,
+        device: args.device.clone(),
+    })?;
+    timings.push(("generator", t.elapsed().as_secs_f64()));
+
+    // 8. Reconstructions and their metrics.
+    let t = Instant::now();
+    println!("[8/9] reconstructing the held-out stimuli and scoring them (eval-images)");
+    let mut metrics = Vec::new();
+    for (cond, _) in CONDITIONS {
+        let rec = out.join(format!("reconstructions-{cond}"));
+        super::reconstruct::run(super::reconstruct::ReconstructArgs {
+            run: gan_dir.clone(),
+            data: Some(world.to_path_buf()),
+            split: "test".into(),
+            out: rec.clone(),
+            condition: cond.into(),
+            targets: vec!["clip_image".into(), "clip_caption".into()],
+            limit: None,
+            device: args.device.clone(),
+        })?;
+        let m = out.join(format!("metrics-{cond}.json"));
+        super::eval_images::run(super::eval_images::EvalImagesArgs {
+            recon: rec,
+            index: None,
+            data: world.to_path_buf(),
+            clip: Some(out.join("clip")),
+            out: Some(m.clone()),
+            device: args.device.clone(),
+            batch: 32,
+            seed: 0,
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&m)?)?;
+        metrics.push((cond, v));
+    }
+    timings.push(("reconstruction and metrics", t.elapsed().as_secs_f64()));
+
+    // 9. The report.
+    println!("[9/9] the report");
+    gan_curve(&gan_dir)?;
+    let report = Report {
+        args,
+        device,
+        kimg,
+        image_retrieval: read_last_retrieval(&out.join("mapper"))?,
+        caption_retrieval: cap_r,
+        voxels,
+        metrics: &metrics,
+        timings: &timings,
+        total: started.elapsed().as_secs_f64(),
+    };
+    let md = report.markdown(false)?;
+    mindreader::fsio::write_atomic(&out.join("report.md"), md.as_bytes())?;
+    let html = report.html()?;
+    mindreader::fsio::write_atomic(&out.join("report.html"), html.as_bytes())?;
+    let mapped = &metrics[1].1;
+    println!(
+        "      from fMRI: pixel correlation {:.3} (chance 0), 2-way identification {:.1}% in pixels and {:.1}% in CLIP space (chance 50%)",
+        mapped["pixel_correlation"]["value"].as_f64().unwrap_or(f64::NAN),
+        100.0 * mapped["two_way_pixels"]["value"].as_f64().unwrap_or(f64::NAN),
+        100.0 * mapped["clip_two_way"]["value"].as_f64().unwrap_or(f64::NAN),
+    );
+    println!(
+        "done in {:.0} s. The report: {} (and report.md beside it)",
+        report.total,
+        out.join("report.html").display()
+    );
+    Ok(())
+}
+
+/// The image mapper's last epoch: (top-1 image from brain, chance, way).
+fn read_last_retrieval(dir: &Path) -> Result<(f64, f64, usize)> {
+    let path = RunDir(dir.to_path_buf()).metrics();
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    let last: serde_json::Value = serde_json::from_str(
+        text.lines()
+            .rfind(|l| !l.trim().is_empty())
+            .context("empty metrics")?,
+    )?;
+    let way = last["val_way"].as_u64().unwrap_or(0) as usize;
+    Ok((
+        last["val_top1_image_from_brain"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        1.0 / way.max(1) as f64,
+        way,
+    ))
+}
+
+/// `gan/loss.png`: G's and D's total loss per step.
+fn gan_curve(dir: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl"))?;
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let series = |key: &'static str, colour| Series {
+        name: key,
+        points: rows
+            .iter()
+            .filter_map(|r| Some((r["kimg"].as_f64()?, r[key].as_f64()?)))
+            .collect(),
+        colour,
+    };
+    line_chart(
+        &dir.join("loss.png"),
+        "generator and discriminator loss",
+        "kimg",
+        "loss",
+        &[
+            series("G.loss", [31, 119, 180]),
+            series("D.loss", [214, 39, 40]),
+        ],
+    )?;
+    Ok(())
+}
+
+struct Report<'a> {
+    args: &'a DemoArgs,
+    device: &'a Device,
+    kimg: f64,
+    voxels: usize,
+    image_retrieval: (f64, f64, usize),
+    caption_retrieval: (f64, f64, usize),
+    metrics: &'a [(&'a str, serde_json::Value)],
+    timings: &'a [(&'static str, f64)],
+    total: f64,
+}
+
+/// The figures the report shows: (caption, path under OUT).
+fn figures() -> Vec<(&'static str, PathBuf)> {
+    vec![
+        (
+            "Seen | reconstructed from fMRI (held-out stimuli, the screened caption under each)",
+            PathBuf::from("reconstructions-mapped/grid.png"),
+        ),
+        (
+            "Seen | reconstructed from the true CLIP embeddings (the ceiling)",
+            PathBuf::from("reconstructions-true/grid.png"),
+        ),
+        (
+            "Seen | reconstructed from shuffled fMRI (the floor)",
+            PathBuf::from("reconstructions-shuffled/grid.png"),
+        ),
+        (
+            "Image mapper: loss per epoch",
+            PathBuf::from("mapper/loss.png"),
+        ),
+        (
+            "Caption mapper: loss per epoch",
+            PathBuf::from("mapper_caption/loss.png"),
+        ),
+        ("Generator: loss per step", PathBuf::from("gan/loss.png")),
+    ]
+}
+
+impl Report<'_> {
+    fn markdown(&self, _inline: bool) -> Result<String> {
+        let a = self.args;
+        let mut s = String::new();
+        s += "# Mind Reader on the synthetic world\n\n";
+        s += &format!(
+            "fMRI → mappers → CLIP space → Lafite generator → pictures. {} stimuli, {} voxels, seed {}, device {}; generator {} kimg at 32 px.\n\n",
+            a.stimuli,
+            self.voxels,
+            a.seed,
+            self.device,
+            self.kimg
+        );
+        s += "## Reconstructions of the held-out stimuli\n\n";
+        s += "| conditions | pixel corr. | SSIM | 2-way pixels | 2-way CLIP | CLIP cosine | top-1 (CLIP) |\n|---|---|---|---|---|---|---|\n";
+        let v = |m: &serde_json::Value, k: &str| m[k]["value"].as_f64().unwrap_or(f64::NAN);
+        let (way, chance) = self
+            .metrics
+            .first()
+            .map(|(_, m)| {
+                (
+                    m["clip_top1_retrieval"]["way"].as_u64().unwrap_or(0),
+                    m["clip_top1_retrieval"]["chance"]
+                        .as_f64()
+                        .unwrap_or(f64::NAN),
+                )
+            })
+            .unwrap_or((0, f64::NAN));
+        s += &format!(
+            "| chance | 0 | – | 50% | 50% | – | {:.1}% of {way} |\n",
+            100.0 * chance
+        );
+        for ((cond, m), (_, label)) in self.metrics.iter().zip(CONDITIONS) {
+            let _ = cond;
+            s += &format!(
+                "| {label} | {:.3} | {:.3} | {:.1}% | {:.1}% | {:.3} | {:.1}% |\n",
+                v(m, "pixel_correlation"),
+                v(m, "ssim"),
+                100.0 * v(m, "two_way_pixels"),
+                100.0 * v(m, "clip_two_way"),
+                v(m, "clip_cosine"),
+                100.0 * v(m, "clip_top1_retrieval"),
+            );
+        }
+        let (ir, ic, iw) = self.image_retrieval;
+        let (cr, cc, cw) = self.caption_retrieval;
+        s += &format!(
+            "\n## The mappers (held-out retrieval, image from brain)\n\n| mapper | top-1 | chance | way |\n|---|---|---|---|\n| image (`clip_image`) | {:.1}% | {:.2}% | {iw} |\n| caption (`clip_caption`) | {:.1}% | {:.2}% | {cw} |\n",
+            100.0 * ir,
+            100.0 * ic,
+            100.0 * cr,
+            100.0 * cc
+        );
+        s += "\n## Timings\n\n| stage | seconds |\n|---|---|\n";
+        for (stage, t) in self.timings {
+            s += &format!("| {stage} | {t:.0} |\n");
+        }
+        s += &format!("| **total** | **{:.0}** |\n", self.total);
+        s += "\n## Figures\n\n";
+        for (caption, path) in figures() {
+            s += &format!("![{caption}]({})\n\n*{caption}*\n\n", path.display());
+        }
+        Ok(s)
+    }
+
+    /// One self-contained page: the markdown's tables as HTML, every figure inlined. On load it
+    /// marks `<body data-figures-rendered="k/n">` (the report test reads it in headless Chromium).
+    fn html(&self) -> Result<String> {
+        let md = self.markdown(true)?;
+        let mut body = String::new();
+        let mut in_table = false;
+        for line in md.lines() {
+            let esc = html_escape(line);
+            if in_table && !line.starts_with('|') {
+                body += "</table>\n";
+                in_table = false;
+            }
+            if let Some(t) = line.strip_prefix("# ") {
+                body += &format!("<h1>{}</h1>\n", html_escape(t));
+            } else if let Some(t) = line.strip_prefix("## ") {
+                body += &format!("<h2>{}</h2>\n", html_escape(t));
+            } else if line.starts_with('|') {
+                if line.starts_with("|---") {
+                    continue;
+                }
+                let cells: Vec<String> = line
+                    .trim_matches('|')
+                    .split('|')
+                    .map(|c| bold(&html_escape(c.trim())))
+                    .collect();
+                let tag = if in_table { "td" } else { "th" };
+                if !in_table {
+                    body += "<table>\n";
+                    in_table = true;
+                }
+                body += "<tr>";
+                for c in cells {
+                    body += &format!("<{tag}>{c}</{tag}>");
+                }
+                body += "</tr>\n";
+                continue;
+            } else if let Some(rest) = line.strip_prefix("![") {
+                let (caption, path) = rest.split_once("](").context("figure")?;
+                let path = self.args.out.join(path.trim_end_matches(')'));
+                let bytes = std::fs::read(&path)
+                    .with_context(|| format!("reading the figure {}", path.display()))?;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+                body += &format!(
+                    "<figure><img alt=\"{}\" src=\"data:image/png;base64,{b64}\"><figcaption>{}</figcaption></figure>\n",
+                    html_escape(caption),
+                    html_escape(caption)
+                );
+            } else if line.starts_with('*') || line.trim().is_empty() {
+                // figure captions are drawn with the figure
+            } else {
+                body += &format!("<p>{}</p>\n", bold(&esc));
+            }
+        }
+        if in_table {
+            body += "</table>\n";
+        }
+        Ok(format!(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Mind Reader on the synthetic world</title>\n<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}img{{max-width:100%;image-rendering:pixelated}}figure{{margin:1.5em 0}}</style>\n</head><body>\n{body}<script>window.addEventListener('load',function(){{var i=Array.from(document.images);document.body.setAttribute('data-figures-rendered',i.filter(function(x){{return x.complete&&x.naturalWidth>0}}).length+'/'+i.length)}})</script>\n</body></html>\n"
+        ))
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `**x**` → `<b>x</b>` and `` `x` `` → `<code>x</code>` (the report's only inline markup).
+fn bold(s: &str) -> String {
+    let wrap = |s: &str, mark: &str, tag: &str| {
+        let mut out = String::new();
+        for (i, part) in s.split(mark).enumerate() {
+            if i % 2 == 1 {
+                out += &format!("<{tag}>{part}</{tag}>");
+            } else {
+                out += part;
+            }
+        }
+        out
+    };
+    wrap(&wrap(s, "**", "b"), "`", "code")
+}
