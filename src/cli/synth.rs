@@ -46,6 +46,10 @@ pub struct SynthArgs {
     /// Trials per scanning session (each session is z-scored on its own).
     #[arg(long, default_value_t = 750)]
     pub trials_per_session: usize,
+    /// Hold out (shape, colour, side) combinations: the test stimuli are those showing one, and
+    /// none occurs in training, so a decoder cannot pass by classifying into seen categories.
+    #[arg(long)]
+    pub compositional: bool,
 }
 
 impl SynthArgs {
@@ -66,6 +70,7 @@ impl SynthArgs {
             subject_seed: self.subject_seed,
             test_fraction: self.test_fraction,
             trials_per_session: self.trials_per_session,
+            compositional: self.compositional,
             ..base
         }
     }

@@ -58,6 +58,9 @@ pub struct SynthConfig {
     pub session_offset: f32,
     /// Fraction of voxels that are early-visual (the rest are object-tuned).
     pub early_fraction: f32,
+    /// A compositional split: test stimuli are those holding an object whose (shape, colour,
+    /// side of the image) combination never occurs in training (see `compositional_split`).
+    pub compositional: bool,
 }
 
 impl Default for SynthConfig {
@@ -75,6 +78,7 @@ impl Default for SynthConfig {
             trials_per_session: 750,
             session_offset: 0.5,
             early_fraction: 0.6,
+            compositional: false,
         }
     }
 }
@@ -251,7 +255,11 @@ pub fn generate(cfg: &SynthConfig, progress: &ProgressBar) -> Result<Contents> {
     zscore_sessions(&mut fmri, &sessions, width, pad..pad + v);
 
     progress.set_message("assembling");
-    let split = choose_split(cfg);
+    let split = if cfg.compositional {
+        compositional_split(cfg, &stimuli).0
+    } else {
+        choose_split(cfg)
+    };
     let projection = scene::scene_projection();
     let mut target = Vec::with_capacity(m * scene::SCENE_TARGET_DIM);
     let mut features = Vec::with_capacity(m * scene::feature_count());
@@ -341,6 +349,56 @@ fn choose_split(cfg: &SynthConfig) -> Vec<Split> {
         split[i] = Split::Test;
     }
     split
+}
+
+/// An object's (shape, colour, side) combination: side 0 is the left half of the image.
+pub fn combination(o: &scene::Object) -> (usize, usize, usize) {
+    (o.shape, o.colour, (o.x >= 0.5) as usize)
+}
+
+/// The compositional split (Shirakawa et al. 2024's point: on NSD a decoder can score by
+/// classifying into seen categories; here it cannot). Combinations of (shape, colour, side) are
+/// held out one by one, in a seeded order, until the stimuli holding any held-out combination
+/// reach `test_fraction`; those stimuli are the test split, so no held-out combination occurs in
+/// training (every shape, colour and side on its own still does). Returns the split and the
+/// held-out combinations.
+fn compositional_split(
+    cfg: &SynthConfig,
+    stimuli: &[Stimulus],
+) -> (Vec<Split>, Vec<(usize, usize, usize)>) {
+    let mut all: Vec<(usize, usize, usize)> = (0..scene::SHAPES.len())
+        .flat_map(|s| (0..scene::COLOURS.len()).flat_map(move |c| [(s, c, 0), (s, c, 1)]))
+        .collect();
+    Rng::stream(cfg.seed, stage::SPLIT, 1).shuffle(&mut all);
+    let m = stimuli.len();
+    let want = ((m as f32 * cfg.test_fraction).round() as usize).clamp(1, m - 1);
+    let mut held = Vec::new();
+    let mut split = vec![Split::Train; m];
+    for combo in all {
+        let hits: Vec<usize> = (0..m)
+            .filter(|&i| {
+                split[i] == Split::Train
+                    && stimuli[i]
+                        .scene
+                        .objects
+                        .iter()
+                        .any(|o| combination(o) == combo)
+            })
+            .collect();
+        let tested = split.iter().filter(|&&s| s == Split::Test).count();
+        // Never empty the training set, and stop at the first combination that reaches the fraction.
+        if hits.is_empty() || tested + hits.len() >= m {
+            continue;
+        }
+        held.push(combo);
+        for i in hits {
+            split[i] = Split::Test;
+        }
+        if split.iter().filter(|&&s| s == Split::Test).count() >= want {
+            break;
+        }
+    }
+    (split, held)
 }
 
 /// Code written for an empty object slot in `scene/shape`, `scene/colour`, `scene/size_class`.
@@ -434,6 +492,53 @@ fn scene_arrays(stimuli: &[Stimulus], features: Vec<f32>) -> Vec<AuxArray> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No held-out (shape, colour, side) combination occurs in a training stimulus; every test
+    /// stimulus holds one; the test fraction is about the one asked for.
+    #[test]
+    fn the_compositional_split_keeps_its_combinations_out_of_training() {
+        let cfg = SynthConfig {
+            stimuli: 400,
+            voxels: 16,
+            image_size: 32,
+            compositional: true,
+            ..SynthConfig::default()
+        };
+        let stimuli: Vec<Stimulus> = (0..cfg.stimuli).map(|i| make_stimulus(&cfg, i)).collect();
+        let (split, held) = compositional_split(&cfg, &stimuli);
+        assert!(!held.is_empty());
+        let has = |s: &Stimulus| {
+            s.scene
+                .objects
+                .iter()
+                .any(|o| held.contains(&combination(o)))
+        };
+        for (s, sp) in stimuli.iter().zip(&split) {
+            assert_eq!(
+                has(s),
+                *sp == Split::Test,
+                "{:?}",
+                s.scene.objects.iter().map(combination).collect::<Vec<_>>()
+            );
+        }
+        let test = split.iter().filter(|&&s| s == Split::Test).count();
+        assert!(
+            (40..=80).contains(&test),
+            "{test} test stimuli of 400 for a fraction of 0.1"
+        );
+        // Every shape and every colour still occurs in training.
+        for k in 0..scene::SHAPES.len() {
+            assert!(
+                stimuli
+                    .iter()
+                    .zip(&split)
+                    .any(|(s, &sp)| sp == Split::Train
+                        && s.scene.objects.iter().any(|o| o.shape == k))
+            );
+        }
+        let c = generate(&cfg, &ProgressBar::hidden()).unwrap();
+        assert_eq!(c.split, split, "generate uses the compositional split");
+    }
 
     fn small() -> SynthConfig {
         SynthConfig {
