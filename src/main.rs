@@ -24,7 +24,7 @@ enum Command {
     Convert(cli::convert::ConvertArgs),
     /// Validate each kernel against its CPU twin, then time it (CUDA events, median of many runs).
     Bench(cli::bench::BenchArgs),
-    /// The main job: synthetic world → Mind Reader mapper → held-out retrieval (GPU when present).
+    /// The main job: synthetic fMRI → mappers → CLIP space → Lafite generator → pictures, metrics and report.html (GPU when present).
     Demo(cli::demo::DemoArgs),
     /// Generate a synthetic world (scenes, captions, a simulated subject's fMRI) as a prepared dataset.
     Synth(cli::synth::SynthArgs),

@@ -1640,6 +1640,7 @@ fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
         "ceiling: the true CLIP embeddings",
         "floor",
         "Timings",
+        "Configuration",
         "caption (`clip_caption`)",
     ] {
         assert!(md.contains(want), "report.md lacks {want}:\n{md}");

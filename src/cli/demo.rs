@@ -1,5 +1,12 @@
 //! `mindreader demo`: the main job end to end on the built-in synthetic world.
 //!
+//! By default the whole of Mind Reader (steps 1–9; the second half is `demo_pictures.rs`): the
+//! world at 32 px, a small CLIP of it, caption screening, the image and caption mappers, a
+//! structure-4 generator on the mapped fMRI, reconstructions with a ceiling and a floor, their
+//! metrics and the report. The mappers train on mse_cos_contrastive, not `train-mapper`'s
+//! mse_cos default: on this world mse_cos stays at chance for the first epochs, and the demo has
+//! twelve. `--retrieval-only` keeps the first half alone:
+//!
 //! 1. generate the synthetic world (a simulated subject viewing procedural scenes);
 //! 2. train the Mind Reader mapper from its fMRI to the world's `scene` embedding target;
 //! 3. report held-out retrieval (image from brain, brain from image) against chance.

@@ -146,6 +146,18 @@ pub fn run(
         image_retrieval: read_last_retrieval(&out.join("mapper"))?,
         caption_retrieval: cap_r,
         voxels,
+        config: vec![
+            ("world", format!("{} stimuli at 32 px, {voxels} voxels, 3 repeats, SNR 0.4, seed {}", args.stimuli, args.seed)),
+            ("CLIP", format!("trained on the world: width 64, 2 layers, patch 8, {} epochs", args.clip_epochs)),
+            ("mappers", format!(
+                "hidden {}, fc {}, {} residual blocks; {} epochs of batch {}, lr {}, mse_cos_contrastive, {:?} trials",
+                image_mapper.mapper.hidden, image_mapper.mapper.fc_hidden, image_mapper.mapper.res_blocks,
+                image_mapper.epochs, image_mapper.batch, image_mapper.lr, mode
+            )),
+            ("generator", format!(
+                "Lafite structure 4 at 32 px, channel base {base}, max {max}, w {w}; {kimg} kimg of batch {batch}; the fork's losses (itd 10, itc 10, temp 0.5, lam 0), R1 γ 0.0002·R²/batch every 16 steps, path length 2 every 4, style mixing 0.9, G_ema"
+            )),
+        ],
         metrics: &metrics,
         timings: &timings,
         total: started.elapsed().as_secs_f64(),
@@ -221,6 +233,7 @@ struct Report<'a> {
     device: &'a Device,
     kimg: f64,
     voxels: usize,
+    config: Vec<(&'static str, String)>,
     image_retrieval: (f64, f64, usize),
     caption_retrieval: (f64, f64, usize),
     metrics: &'a [(&'a str, serde_json::Value)],
@@ -308,6 +321,10 @@ impl Report<'_> {
             100.0 * cr,
             100.0 * cc
         );
+        s += "\n## Configuration\n\n| stage | settings |\n|---|---|\n";
+        for (stage, c) in &self.config {
+            s += &format!("| {stage} | {} |\n", c.replace('|', "/"));
+        }
         s += "\n## Timings\n\n| stage | seconds |\n|---|---|\n";
         for (stage, t) in self.timings {
             s += &format!("| {stage} | {t:.0} |\n");
