@@ -9,7 +9,7 @@
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
 use crate::models::clip::Clip;
-use crate::models::lafite::{Discriminator, Generator};
+use crate::models::lafite::{Discriminator, DiscriminatorOutput, Generator};
 use crate::nn::NoiseMode;
 use crate::ops::channels::broadcast_mul;
 use crate::ops::concat::{concat, slice};
@@ -443,17 +443,27 @@ pub struct Nets<'a> {
     pub clip_size: usize,
 }
 
-/// Each named term of one phase, as it enters the phase's loss (before the gain).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Terms(pub Vec<(&'static str, f64)>);
+/// Each named term of one phase, as it enters the phase's loss (before the gain). The scalars
+/// stay on the device until `values` reads them, once the step's work is queued (no host sync
+/// per term inside the step).
+#[derive(Default)]
+pub struct Terms(pub Vec<(&'static str, Tensor)>);
 
 impl Terms {
     fn push(&mut self, name: &'static str, t: &Tensor) -> Result<()> {
-        self.0.push((name, t.scalar()? as f64));
+        self.0.push((name, t.clone()));
         Ok(())
     }
     pub fn get(&self, name: &str) -> Option<f64> {
-        self.0.iter().find(|(n, _)| *n == name).map(|&(_, v)| v)
+        let t = &self.0.iter().find(|(n, _)| *n == name)?.1;
+        t.scalar().ok().map(|v| v as f64)
+    }
+    /// Every term's value, read back to the host.
+    pub fn values(&self) -> Result<Vec<(&'static str, f64)>> {
+        self.0
+            .iter()
+            .map(|(n, t)| Ok((*n, t.scalar()? as f64)))
+            .collect()
     }
 }
 
@@ -472,6 +482,24 @@ fn minus_contra(
     terms.push(name, &c)?;
     let c = ew::scale(tape, &c, -weight)?;
     ew::add(tape, &loss, &c)
+}
+
+/// `−itd·C(D_fts, c₁)` (and `−itd·C(D_fts2, c₂)` for structure 4) added to `loss`: the same in
+/// the G step (generated images) and the D step (real ones).
+fn minus_itd(
+    tape: &mut Tape,
+    loss: Tensor,
+    itd: f32,
+    cfg: &GanLossConfig,
+    out: &DiscriminatorOutput,
+    cond: &Conditions,
+    terms: &mut Terms,
+) -> Result<Tensor> {
+    let mut loss = minus_contra(tape, loss, itd, cfg, &out.d_fts, &cond.c1, terms, "itd")?;
+    if let (Some(c2), Some(d2)) = (&cond.c2, &out.d_fts2) {
+        loss = minus_contra(tape, loss, itd, cfg, d2, c2, terms, "itd2")?;
+    }
+    Ok(loss)
 }
 
 /// The weights of structure 4 (loss.py 496–499): itd, itc and iid are halved, iic is not.
@@ -526,12 +554,7 @@ pub fn g_main(
         }
     }
     if itd > 0.0 {
-        loss = minus_contra(
-            tape, loss, itd, cfg, &out.d_fts, &cond.c1, &mut terms, "itd",
-        )?;
-        if let (Some(c2), Some(d2)) = (&cond.c2, &out.d_fts2) {
-            loss = minus_contra(tape, loss, itd, cfg, d2, c2, &mut terms, "itd2")?;
-        }
+        loss = minus_itd(tape, loss, itd, cfg, &out, cond, &mut terms)?;
     }
     if iid > 0.0 {
         let r = tape.no_grad(|t| nets.d.forward(t, real, &cond.fts))?;
@@ -573,12 +596,7 @@ pub fn d_main(
     terms.push("adv_real", &real_loss)?;
     let mut loss = ew::add(tape, &gen_loss, &real_loss)?;
     if itd > 0.0 {
-        loss = minus_contra(
-            tape, loss, itd, cfg, &out.d_fts, &cond.c1, &mut terms, "itd",
-        )?;
-        if let (Some(c2), Some(d2)) = (&cond.c2, &out.d_fts2) {
-            loss = minus_contra(tape, loss, itd, cfg, d2, c2, &mut terms, "itd2")?;
-        }
+        loss = minus_itd(tape, loss, itd, cfg, &out, cond, &mut terms)?;
     }
     terms.push("loss", &loss)?;
     Ok((loss, terms, gen))

@@ -352,10 +352,11 @@ fn copy_store(dst: &ParamStore, src: &ParamStore) -> Result<()> {
     Ok(())
 }
 
-fn named(prefix: &str, t: &Terms) -> Vec<(String, f64)> {
-    t.0.iter()
-        .map(|(k, v)| (format!("{prefix}.{k}"), *v))
-        .collect()
+fn named(prefix: &str, t: &Terms) -> Result<Vec<(String, f64)>> {
+    Ok(t.values()?
+        .into_iter()
+        .map(|(k, v)| (format!("{prefix}.{k}"), v))
+        .collect())
 }
 
 /// G_ema's pictures of `rows` (z = 0, constant noise: deterministic).
@@ -445,6 +446,7 @@ pub fn train_gan(
         let z = Tensor::zeros(&[n, gcfg.z_dim], device)?;
         let noise_seed = |phase: u64| cfg.seed ^ (8 * step + phase).wrapping_mul(0x9E37_79B9);
         let mut terms: Vec<(String, f64)> = Vec::new();
+        let (g_terms, d_terms): (Terms, Terms);
         let num_ws = gcfg.num_ws();
         let l = &cfg.loss;
 
@@ -477,7 +479,7 @@ pub fn train_gan(
             let grads = tape.backward(&loss)?;
             st.g.params.accumulate(&grads)?;
             track_w_avg(&st.g.net.mapping.w_avg, &gen.w)?;
-            terms.extend(named("G", &t));
+            g_terms = t;
         }
         // Greg: path length on half the batch, gain = interval.
         if cfg.loss.pl_weight != 0.0 && step % cfg.g_reg_interval as u64 == 0 {
@@ -540,7 +542,7 @@ pub fn train_gan(
             let grads = tape.backward(&loss)?;
             st.d.params.accumulate(&grads)?;
             track_w_avg(&st.g.net.mapping.w_avg, &gen.w)?;
-            terms.extend(named("D", &t));
+            d_terms = t;
         }
         // Dreg: R1, gain = interval.
         if cfg.loss.r1_gamma != 0.0 && step % cfg.d_reg_interval as u64 == 0 {
@@ -574,6 +576,9 @@ pub fn train_gan(
         )?;
         st.cur_nimg += n as u64;
         st.step += 1;
+        // The loss terms, read back once the whole step is queued.
+        terms.splice(0..0, named("D", &d_terms)?);
+        terms.splice(0..0, named("G", &g_terms)?);
 
         if let Some((name, v)) = terms.iter().find(|(_, v)| !v.is_finite()) {
             return Err(Error::Invalid(format!(
