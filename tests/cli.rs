@@ -1611,12 +1611,17 @@ fn train_gan_reconstruct_and_eval_images_from_the_command_line() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// `demo --quick` runs every stage of the whole pipeline (world, CLIP, both mappers, the
-/// generator, three reconstructions, eval-images) and writes the report with every figure inlined.
+/// `demo --quick` runs every stage of the whole pipeline (world with a compositional split,
+/// CLIP, both mappers, the generator, three reconstructions, eval-images with the scene-factor
+/// probes) and writes the report with every figure inlined. Then the same demo is interrupted
+/// with Ctrl-C (SIGINT) once the image mapper is done, and `--resume` completes it with the
+/// uninterrupted run's numbers; a resume with other settings is refused; and `--data D.h5
+/// --clip DIR` runs on a given dataset and CLIP.
 #[test]
 fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
-    let out = std::env::temp_dir().join(format!("mindreader-demo-quick-{}", std::process::id()));
-    std::fs::remove_dir_all(&out).ok();
+    let base = std::env::temp_dir().join(format!("mindreader-demo-quick-{}", std::process::id()));
+    std::fs::remove_dir_all(&base).ok();
+    let out = base.join("whole");
     let text = run_ok(&[
         "demo",
         "--quick",
@@ -1627,6 +1632,7 @@ fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
     ]);
     for step in [
         "[1/9]",
+        "(a compositional test split)",
         "[6/9] training the caption mapper",
         "[7/9] training the generator",
         "[8/9]",
@@ -1639,16 +1645,25 @@ fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
         "Mind Reader: the mapped fMRI",
         "ceiling: the true CLIP embeddings",
         "floor",
+        "## Reconstructions: ordinary test stimuli",
+        "## Reconstructions: compositional test stimuli",
+        "Scene factors read off each picture",
+        "| colour |",
+        "| shape |",
+        "| position |",
+        "| count |",
         "Timings",
         "Configuration",
         "caption (`clip_caption`)",
+        "CLIP: contrastive loss per epoch",
     ] {
         assert!(md.contains(want), "report.md lacks {want}:\n{md}");
     }
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let figures = 9;
     assert_eq!(
         html.matches("src=\"data:image/png;base64,").count(),
-        6,
+        figures,
         "every figure inlined"
     );
     assert!(
@@ -1663,16 +1678,115 @@ fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
         .expect("chromium is needed to check the report (scripts/install-chromium; scripts/test installs it)");
     let dom = String::from_utf8_lossy(&dom.stdout);
     assert!(
-        dom.contains("data-figures-rendered=\"6/6\""),
+        dom.contains(&format!("data-figures-rendered=\"{figures}/{figures}\"")),
         "not every figure rendered:\n{}",
         &dom[..dom.len().min(400)]
     );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics-mapped.json")).unwrap())
+            .unwrap();
+    let (ordinary, unseen) = (
+        metrics["subsets"]["ordinary"]["n"].as_u64().unwrap(),
+        metrics["subsets"]["unseen_combination"]["n"]
+            .as_u64()
+            .unwrap(),
+    );
+    assert_eq!(ordinary + unseen, metrics["n"].as_u64().unwrap());
+    assert!(ordinary >= 2 && unseen >= 2, "{ordinary} + {unseen}");
     for dir in [
         "reconstructions-mapped",
         "reconstructions-true",
         "reconstructions-shuffled",
     ] {
-        assert!(out.join(dir).join("recon.npy").is_file(), "{dir}");
+        for f in [
+            "recon.npy",
+            "grid.png",
+            "grid-ordinary.png",
+            "grid-unseen_combination.png",
+        ] {
+            assert!(out.join(dir).join(f).is_file(), "{dir}/{f}");
+        }
     }
-    std::fs::remove_dir_all(out).ok();
+
+    // Ctrl-C once the image mapper is done, then --resume: the same numbers.
+    let cut = base.join("interrupted");
+    let args = [
+        "demo",
+        "--quick",
+        "--device",
+        "cpu",
+        "--out",
+        cut.to_str().unwrap(),
+    ];
+    let mut child = mindreader()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(cut.join("demo.json")).is_ok_and(|t| t.contains("image mapper"))
+    {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the demo never finished its image mapper"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    let text = run_ok(&[&args[..], &["--resume"]].concat());
+    assert!(
+        text.contains("(done)"),
+        "the resume skipped nothing:\n{text} (first run: {status})"
+    );
+    for cond in ["mapped", "true", "shuffled"] {
+        let name = format!("metrics-{cond}.json");
+        assert_eq!(
+            std::fs::read_to_string(cut.join(&name)).unwrap(),
+            std::fs::read_to_string(out.join(&name)).unwrap(),
+            "{name}: the interrupted and resumed demo differs from the uninterrupted one ({status})"
+        );
+    }
+    let refused = mindreader()
+        .args([&args[..], &["--resume", "--seed", "7"]].concat())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("other settings"),
+        "{err}"
+    );
+
+    // A given dataset and CLIP: the whole world's file and CLIP of the first run.
+    let given = base.join("given");
+    let text = run_ok(&[
+        "demo",
+        "--quick",
+        "--device",
+        "cpu",
+        "--out",
+        given.to_str().unwrap(),
+        "--data",
+        out.join("world.h5").to_str().unwrap(),
+        "--clip",
+        out.join("clip").to_str().unwrap(),
+    ]);
+    assert!(
+        text.contains("copying") && text.contains("using the CLIP in"),
+        "{text}"
+    );
+    assert!(!given.join("clip").exists(), "no CLIP trained");
+    let md = std::fs::read_to_string(given.join("report.md")).unwrap();
+    assert!(
+        md.contains("# Mind Reader on ")
+            && md.contains("world.h5")
+            && md.contains("| CLIP | given:"),
+        "{md}"
+    );
+    std::fs::remove_dir_all(base).ok();
 }

@@ -32,7 +32,9 @@ use mindreader::models::MapperConfig;
 use mindreader::train::clip::ClipTrainConfig;
 use mindreader::train::mapper::{train, LossKind, MapperData, RunDir, TrainConfig, TrialMode};
 
-#[derive(Args)]
+use super::demo_ledger::Ledger;
+
+#[derive(Args, Clone, Debug)]
 pub struct DemoArgs {
     /// Where the world, the trained mapper, metrics and plots go.
     #[arg(long, default_value = "mindreader-demo")]
@@ -59,10 +61,22 @@ pub struct DemoArgs {
     pub lr: Option<f32>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Map into the space of a small CLIP trained here on the world's stimuli and captions
-    /// (targets `clip_image`) instead of the world's fixed `scene` target.
+    /// The CLIP space to map into. `--clip DIR` uses that CLIP (a Hugging Face directory, e.g.
+    /// openai/clip-vit-base-patch32); with no value, or by default in the whole pipeline, a small
+    /// CLIP is trained here on the world's stimuli and captions (`train-clip`). With
+    /// --retrieval-only and no --clip, the mapper learns the world's fixed `scene` target.
+    #[arg(long, num_args = 0..=1, value_name = "DIR")]
+    pub clip: Option<Option<PathBuf>>,
+    /// Run on this dataset (`synth` or `prepare-nsd` output) instead of a fresh synthetic world.
+    /// It is copied into OUT (the demo adds its CLIP targets to the copy); its images must
+    /// box-average to 32 px.
+    #[arg(long, value_name = "D.h5")]
+    pub data: Option<PathBuf>,
+    /// Continue the demo in OUT after a Ctrl-C or a crash: finished stages are skipped, the one
+    /// that was running continues from its last checkpoint, and the numbers equal an
+    /// uninterrupted run's. Refused if OUT was made with other settings.
     #[arg(long)]
-    pub clip: bool,
+    pub resume: bool,
     /// Epochs of the small CLIP.
     #[arg(long, default_value_t = 20)]
     pub clip_epochs: usize,
@@ -75,6 +89,21 @@ pub struct DemoArgs {
     /// A tiny run of every stage (a smoke test: under 2 minutes on 2 cores; pictures are blobs).
     #[arg(long)]
     pub quick: bool,
+    /// An ordinary random test split only. By default the demo's world holds (shape, colour,
+    /// side) combinations out of training and tests on them beside ordinary stimuli (`synth
+    /// --compositional`): a decoder that only classifies into seen categories fails there.
+    #[arg(long)]
+    pub no_compositional: bool,
+}
+
+/// What decides the demo's numbers (a `--resume` must match it): every setting but where the
+/// files go, the device and the resume flag itself.
+fn settings(args: &DemoArgs) -> String {
+    let mut a = args.clone();
+    a.out = PathBuf::new();
+    a.device = String::new();
+    a.resume = false;
+    format!("{a:?}")
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
@@ -84,9 +113,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let started = Instant::now();
     let pictures = !args.retrieval_only;
     let mut args = args;
-    if pictures {
-        // The whole pipeline maps into a CLIP of the world (the generator is conditioned on it).
-        args.clip = true;
+    if pictures && args.clip.is_none() {
+        // The whole pipeline maps into a CLIP space (the generator is conditioned on it).
+        args.clip = Some(None);
     }
     if args.quick {
         args.stimuli = args.stimuli.min(240);
@@ -96,6 +125,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut ledger = Ledger::open(&args.out, settings(&args), args.resume)?;
+    // Screening writes into world.h5: a stop inside it may leave the file half written, so an
+    // unfinished screening redoes the world as well (a few seconds).
+    if args.clip.is_some() && !ledger.is_done("CLIP targets") {
+        ledger.forget("world")?;
+    }
 
     // 1. The world.
     let world = args.out.join("world.h5");
@@ -106,56 +141,95 @@ pub fn run(args: DemoArgs) -> Result<()> {
         seed: args.seed,
         // The generator runs at 32 px on the CPU; the world is drawn at that size.
         image_size: if pictures { 32 } else { 64 },
+        compositional: pictures && !args.no_compositional,
         ..SynthConfig::default()
     };
     let steps = if pictures {
         9
-    } else if args.clip {
+    } else if args.clip.is_some() {
         5
     } else {
         3
     };
-    println!(
-        "[1/{steps}] synthesising {} stimuli × {} repeats seen by a simulated subject with {} voxels → {}",
-        cfg.stimuli,
-        cfg.repeats,
-        cfg.voxels,
-        world.display()
-    );
-    let contents = synth::generate(&cfg, &ProgressBar::hidden())?;
-    dataset::write(&world, &contents)?;
-    drop(contents);
-
-    // 1b. With --clip: a small CLIP of the world, and its embeddings as the targets.
-    let target = if args.clip {
-        let clip_dir = args.out.join("clip");
+    let t = Instant::now();
+    if ledger.is_done("world") {
+        println!("[1/{steps}] the world: {} (done)", world.display());
+    } else if let Some(data) = &args.data {
         println!(
-            "[2/{steps}] training a small CLIP on the world's stimuli and captions → {}",
-            clip_dir.display()
+            "[1/{steps}] copying {} → {} (the demo adds its targets to the copy)",
+            data.display(),
+            world.display()
         );
-        let clip_cfg = ClipTrainConfig {
-            epochs: args.clip_epochs,
-            seed: args.seed,
-            ..ClipTrainConfig::default()
-        };
-        super::train_clip::train(&clip_cfg, &world, &clip_dir, false, &args.device)?;
-        println!("[3/{steps}] CLIP targets: image embeddings (clamped ±1.5, normalised) and the best caption of each stimulus");
-        super::screen_captions::run(super::screen_captions::ScreenCaptionsArgs {
-            clip: clip_dir,
-            data: world.clone(),
-            keep: 1,
-            augment_views: 0,
-            augment_seed: args.seed,
-            batch: 64,
-            device: args.device.clone(),
-            dtype: "f32".into(),
-        })?;
-        "clip_image"
+        DatasetFile::open(data)?;
+        std::fs::copy(data, &world)
+            .with_context(|| format!("copying {} to {}", data.display(), world.display()))?;
     } else {
-        "scene"
+        println!(
+            "[1/{steps}] synthesising {} stimuli × {} repeats seen by a simulated subject with {} voxels{} → {}",
+            cfg.stimuli,
+            cfg.repeats,
+            cfg.voxels,
+            if cfg.compositional { " (a compositional test split)" } else { "" },
+            world.display()
+        );
+        let contents = synth::generate(&cfg, &ProgressBar::hidden())?;
+        dataset::write(&world, &contents)?;
+    }
+    ledger.finish("world", t.elapsed().as_secs_f64())?;
+
+    // 1b. A CLIP space: a small CLIP of the world (or the given one), its embeddings the targets.
+    let (target, clip_dir) = if let Some(given) = &args.clip {
+        let t = Instant::now();
+        let clip_dir = given.clone().unwrap_or(args.out.join("clip"));
+        if given.is_some() {
+            println!("[2/{steps}] using the CLIP in {}", clip_dir.display());
+        } else if ledger.is_done("CLIP") {
+            println!(
+                "[2/{steps}] the world's CLIP: {} (done)",
+                clip_dir.display()
+            );
+        } else {
+            println!(
+                "[2/{steps}] training a small CLIP on the world's stimuli and captions → {}",
+                clip_dir.display()
+            );
+            let clip_cfg = ClipTrainConfig {
+                epochs: args.clip_epochs,
+                seed: args.seed,
+                ..ClipTrainConfig::default()
+            };
+            super::train_clip::train(&clip_cfg, &world, &clip_dir, args.resume, &args.device)?;
+            super::plot_loss_file(
+                &clip_dir.join("metrics.jsonl"),
+                &clip_dir.join("loss.png"),
+                "CLIP contrastive loss per epoch",
+            )?;
+            ledger.finish("CLIP", t.elapsed().as_secs_f64())?;
+        }
+        let t = Instant::now();
+        if ledger.is_done("CLIP targets") {
+            println!("[3/{steps}] CLIP targets (done)");
+        } else {
+            println!("[3/{steps}] CLIP targets: image embeddings (clamped ±1.5, normalised) and the best caption of each stimulus");
+            super::screen_captions::run(super::screen_captions::ScreenCaptionsArgs {
+                clip: clip_dir.clone(),
+                data: world.clone(),
+                keep: 1,
+                augment_views: 0,
+                augment_seed: args.seed,
+                batch: 64,
+                device: args.device.clone(),
+                dtype: "f32".into(),
+            })?;
+            ledger.finish("CLIP targets", t.elapsed().as_secs_f64())?;
+        }
+        ("clip_image", Some(clip_dir))
+    } else {
+        ("scene", None)
     };
 
     // 2. The mapper.
+    let t = Instant::now();
     let file = DatasetFile::open(&world)?;
     let staged = Staged::load(&file, target, &device)?;
     let (mapper, mode, lr, epochs, batch) = if full {
@@ -186,25 +260,29 @@ pub fn run(args: DemoArgs) -> Result<()> {
         ..TrainConfig::mind_reader(mapper, format!("demo world.h5:{target}"))
     };
     let mapper_cfg = cfg.clone();
-    println!(
-        "[{}/{steps}] training the {} mapper on {device} to target `{target}`: {} rows ({:?} trials), {} epochs, batch {}, lr {}, mse_cos_contrastive",
-        if pictures { 4 } else { steps - 1 },
-        if full { "Mind Reader" } else { "scaled-down (hidden 16, fc 16, 2 blocks)" },
-        data.train_rows.len(),
-        mode,
-        epochs,
-        batch,
-        lr
-    );
+    let at = if pictures { 4 } else { steps - 1 };
     let dir = RunDir(args.out.join("mapper"));
-    let mut bar = super::train_mapper::Bar::new(epochs, batch);
-    let (_, _, history) = train(&cfg, &data, &dir, false, &device, &mut bar)?;
-    bar.finish();
-    super::plot_losses(&dir).context("drawing the loss curve")?;
+    if ledger.is_done("image mapper") {
+        println!("[{at}/{steps}] the mapper: {} (done)", dir.0.display());
+    } else {
+        println!(
+            "[{at}/{steps}] training the {} mapper on {device} to target `{target}`: {} rows ({:?} trials), {} epochs, batch {}, lr {}, mse_cos_contrastive",
+            if full { "Mind Reader" } else { "scaled-down (hidden 16, fc 16, 2 blocks)" },
+            data.train_rows.len(),
+            mode,
+            epochs,
+            batch,
+            lr
+        );
+        let mut bar = super::train_mapper::Bar::new(epochs, batch);
+        train(&cfg, &data, &dir, args.resume, &device, &mut bar)?;
+        bar.finish();
+        super::plot_losses(&dir).context("drawing the loss curve")?;
+        ledger.finish("image mapper", t.elapsed().as_secs_f64())?;
+    }
 
     // 3. The figures.
-    let last = history.last().context("training ran no epochs")?;
-    let r = &last.retrieval;
+    let r = super::demo_pictures::last_retrieval(&dir.0)?;
     let at = if pictures { 5 } else { steps };
     println!(
         "[{at}/{steps}] held-out retrieval over {} test stimuli ({}-way, {} random batches):",
@@ -224,7 +302,17 @@ pub fn run(args: DemoArgs) -> Result<()> {
     );
     println!("      mean cosine(predicted, true): {:.3}", r.mean_cosine);
     if pictures {
-        return super::demo_pictures::run(&args, &world, &device, &mapper_cfg, mode, started);
+        let clip_dir = clip_dir.context("the pictures need a CLIP")?;
+        return super::demo_pictures::run(
+            &args,
+            &world,
+            &clip_dir,
+            &device,
+            &mapper_cfg,
+            mode,
+            &mut ledger,
+            started,
+        );
     }
     println!(
         "done in {:.0} s. Files: {} (world), {} (weights), {} (per-epoch metrics), {} (loss curve)",

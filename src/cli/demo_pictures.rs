@@ -11,10 +11,12 @@ use anyhow::{Context, Result};
 use base64::Engine;
 use mindreader::data::{DatasetFile, Staged};
 use mindreader::eval::plot::{line_chart, Series};
+use mindreader::eval::Retrieval;
 use mindreader::train::mapper::{train, MapperData, RunDir, TrainConfig, TrialMode};
 use mindreader::Device;
 
 use super::demo::DemoArgs;
+use super::demo_ledger::Ledger;
 
 /// The three conditionings of the same G_ema, in the report's order.
 const CONDITIONS: [(&str, &str); 3] = [
@@ -23,39 +25,43 @@ const CONDITIONS: [(&str, &str); 3] = [
     ("true", "ceiling: the true CLIP embeddings"),
 ];
 
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     args: &DemoArgs,
     world: &Path,
+    clip_dir: &Path,
     device: &Device,
     image_mapper: &TrainConfig,
     mode: TrialMode,
+    ledger: &mut Ledger,
     started: Instant,
 ) -> Result<()> {
-    let mut timings = vec![("world, CLIP, image mapper", started.elapsed().as_secs_f64())];
     let out = &args.out;
+    let file = DatasetFile::open(world)?;
+    let voxels = file.summary().voxels;
 
     // 6. The caption mapper: the same architecture, to the screened captions' embeddings.
     let t = Instant::now();
-    let file = DatasetFile::open(world)?;
-    let staged = Staged::load(&file, "clip_caption", device)?;
-    let data = MapperData::from_staged(&staged, file.trial_stimulus(), file.split(), mode)?;
     let cfg = TrainConfig {
         data_id: "demo world.h5:clip_caption".into(),
         ..image_mapper.clone()
     };
-    println!(
-        "[6/9] training the caption mapper to target `clip_caption` ({} epochs)",
-        cfg.epochs
-    );
     let cap_dir = RunDir(out.join("mapper_caption"));
-    let mut bar = super::train_mapper::Bar::new(cfg.epochs, cfg.batch);
-    let (_, _, history) = train(&cfg, &data, &cap_dir, false, device, &mut bar)?;
-    bar.finish();
-    super::plot_losses(&cap_dir)?;
-    let last = &history.last().context("no epochs")?.retrieval;
-    let cap_r = (last.image_from_brain as f64, last.chance as f64, last.way);
-    let voxels = file.summary().voxels;
-    timings.push(("caption mapper", t.elapsed().as_secs_f64()));
+    if ledger.is_done("caption mapper") {
+        println!("[6/9] the caption mapper: {} (done)", cap_dir.0.display());
+    } else {
+        println!(
+            "[6/9] training the caption mapper to target `clip_caption` ({} epochs)",
+            cfg.epochs
+        );
+        let staged = Staged::load(&file, "clip_caption", device)?;
+        let data = MapperData::from_staged(&staged, file.trial_stimulus(), file.split(), mode)?;
+        let mut bar = super::train_mapper::Bar::new(cfg.epochs, cfg.batch);
+        train(&cfg, &data, &cap_dir, args.resume, device, &mut bar)?;
+        bar.finish();
+        super::plot_losses(&cap_dir)?;
+        ledger.finish("caption mapper", t.elapsed().as_secs_f64())?;
+    }
 
     // 7. The generator.
     let t = Instant::now();
@@ -73,36 +79,41 @@ pub fn run(
         (1024, 64, 64, 16)
     };
     let gan_dir = out.join("gan");
-    println!(
-        "[7/9] training the generator (Lafite, structure 4: image and caption conditions) on the mapped fMRI: 32 px, {kimg} kimg"
-    );
-    super::train_gan::run(super::train_gan::TrainGanArgs {
-        data: world.to_path_buf(),
-        mappers: vec![out.join("mapper"), cap_dir.0.clone()],
-        clip: out.join("clip"),
-        out: gan_dir.clone(),
-        resume: false,
-        resume_from: None,
-        resolution: Some(32),
-        batch,
-        kimg,
-        snapshot_kimg: (kimg / 4.0).max(0.016),
-        channel_base: base,
-        channel_max: max,
-        w_dim: w,
-        map_layers: 2,
-        gamma: None,
-        pl_weight: 2.0,
-        style_mixing: 0.9,
-        itd: 10.0,
-        itc: 10.0,
-        temp: 0.5,
-        lam: 0.0,
-        lr: 0.0025,
-        seed: args.seed,
-        device: args.device.clone(),
-    })?;
-    timings.push(("generator", t.elapsed().as_secs_f64()));
+    if ledger.is_done("generator") {
+        println!("[7/9] the generator: {} (done)", gan_dir.display());
+    } else {
+        println!(
+            "[7/9] training the generator (Lafite, structure 4: image and caption conditions) on the mapped fMRI: 32 px, {kimg} kimg"
+        );
+        super::train_gan::run(super::train_gan::TrainGanArgs {
+            data: world.to_path_buf(),
+            mappers: vec![out.join("mapper"), cap_dir.0.clone()],
+            clip: clip_dir.to_path_buf(),
+            out: gan_dir.clone(),
+            resume: args.resume,
+            resume_from: None,
+            resolution: Some(32),
+            batch,
+            kimg,
+            snapshot_kimg: (kimg / 4.0).max(0.016),
+            channel_base: base,
+            channel_max: max,
+            w_dim: w,
+            map_layers: 2,
+            gamma: None,
+            pl_weight: 2.0,
+            style_mixing: 0.9,
+            itd: 10.0,
+            itc: 10.0,
+            temp: 0.5,
+            lam: 0.0,
+            lr: 0.0025,
+            seed: args.seed,
+            device: args.device.clone(),
+        })?;
+        gan_curve(&gan_dir)?;
+        ledger.finish("generator", t.elapsed().as_secs_f64())?;
+    }
 
     // 8. Reconstructions and their metrics.
     let t = Instant::now();
@@ -110,45 +121,75 @@ pub fn run(
     let mut metrics = Vec::new();
     for (cond, _) in CONDITIONS {
         let rec = out.join(format!("reconstructions-{cond}"));
-        super::reconstruct::run(super::reconstruct::ReconstructArgs {
-            run: gan_dir.clone(),
-            data: Some(world.to_path_buf()),
-            split: "test".into(),
-            out: rec.clone(),
-            condition: cond.into(),
-            targets: vec!["clip_image".into(), "clip_caption".into()],
-            limit: None,
-            device: args.device.clone(),
-        })?;
         let m = out.join(format!("metrics-{cond}.json"));
-        super::eval_images::run(super::eval_images::EvalImagesArgs {
-            recon: rec,
-            index: None,
-            data: world.to_path_buf(),
-            clip: Some(out.join("clip")),
-            out: Some(m.clone()),
-            device: args.device.clone(),
-            batch: 32,
-            seed: 0,
-        })?;
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&m)?)?;
-        metrics.push((cond, v));
+        if !ledger.is_done("reconstructions") {
+            super::reconstruct::run(super::reconstruct::ReconstructArgs {
+                run: gan_dir.clone(),
+                data: Some(world.to_path_buf()),
+                split: "test".into(),
+                out: rec.clone(),
+                condition: cond.into(),
+                targets: vec!["clip_image".into(), "clip_caption".into()],
+                limit: None,
+                device: args.device.clone(),
+            })?;
+            super::eval_images::run(super::eval_images::EvalImagesArgs {
+                recon: rec,
+                index: None,
+                data: world.to_path_buf(),
+                clip: Some(clip_dir.to_path_buf()),
+                out: Some(m.clone()),
+                device: args.device.clone(),
+                batch: 32,
+                seed: 0,
+            })?;
+        }
+        let text = std::fs::read_to_string(&m).with_context(|| format!("{}", m.display()))?;
+        metrics.push((cond, serde_json::from_str::<serde_json::Value>(&text)?));
     }
-    timings.push(("reconstruction and metrics", t.elapsed().as_secs_f64()));
+    if !ledger.is_done("reconstructions") {
+        ledger.finish("reconstructions", t.elapsed().as_secs_f64())?;
+    }
 
     // 9. The report.
     println!("[9/9] the report");
-    gan_curve(&gan_dir)?;
+    let image_retrieval = last_retrieval(&out.join("mapper"))?;
+    let caption_retrieval = last_retrieval(&cap_dir.0)?;
+    let [size, _] = file.summary().image_size;
+    let world_row = match &args.data {
+        Some(d) => format!(
+            "{}: {} stimuli at {size} px, {voxels} voxels",
+            d.display(),
+            file.summary().stimuli
+        ),
+        None => format!(
+            "{} stimuli at 32 px, {voxels} voxels, 3 repeats, SNR 0.4, seed {}; {}",
+            args.stimuli,
+            args.seed,
+            if args.no_compositional {
+                "an ordinary random test split"
+            } else {
+                "a compositional test split (half the test stimuli show (shape, colour, side) combinations no training stimulus shows)"
+            }
+        ),
+    };
+    let clip_row = match &args.clip {
+        Some(Some(dir)) => format!("given: {}", dir.display()),
+        _ => format!(
+            "trained on the world: width 64, 2 layers, patch 8, {} epochs",
+            args.clip_epochs
+        ),
+    };
     let report = Report {
         args,
         device,
         kimg,
-        image_retrieval: read_last_retrieval(&out.join("mapper"))?,
-        caption_retrieval: cap_r,
+        image_retrieval,
+        caption_retrieval,
         voxels,
         config: vec![
-            ("world", format!("{} stimuli at 32 px, {voxels} voxels, 3 repeats, SNR 0.4, seed {}", args.stimuli, args.seed)),
-            ("CLIP", format!("trained on the world: width 64, 2 layers, patch 8, {} epochs", args.clip_epochs)),
+            ("world", world_row),
+            ("CLIP", clip_row),
             ("mappers", format!(
                 "hidden {}, fc {}, {} residual blocks; {} epochs of batch {}, lr {}, mse_cos_contrastive, {:?} trials",
                 image_mapper.mapper.hidden, image_mapper.mapper.fc_hidden, image_mapper.mapper.res_blocks,
@@ -159,10 +200,10 @@ pub fn run(
             )),
         ],
         metrics: &metrics,
-        timings: &timings,
+        timings: ledger.timings(),
         total: started.elapsed().as_secs_f64(),
     };
-    let md = report.markdown(false)?;
+    let md = report.markdown()?;
     mindreader::fsio::write_atomic(&out.join("report.md"), md.as_bytes())?;
     let html = report.html()?;
     mindreader::fsio::write_atomic(&out.join("report.html"), html.as_bytes())?;
@@ -181,23 +222,25 @@ pub fn run(
     Ok(())
 }
 
-/// The image mapper's last epoch: (top-1 image from brain, chance, way).
-fn read_last_retrieval(dir: &Path) -> Result<(f64, f64, usize)> {
+/// The held-out retrieval of a mapper run's last epoch (its `metrics.jsonl`).
+pub fn last_retrieval(dir: &Path) -> Result<Retrieval> {
     let path = RunDir(dir.to_path_buf()).metrics();
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
     let last: serde_json::Value = serde_json::from_str(
         text.lines()
             .rfind(|l| !l.trim().is_empty())
-            .context("empty metrics")?,
+            .with_context(|| format!("{}: no epochs", path.display()))?,
     )?;
+    let f = |k: &str| last[k].as_f64().unwrap_or(f64::NAN);
     let way = last["val_way"].as_u64().unwrap_or(0) as usize;
-    Ok((
-        last["val_top1_image_from_brain"]
-            .as_f64()
-            .unwrap_or(f64::NAN),
-        1.0 / way.max(1) as f64,
+    Ok(Retrieval {
         way,
-    ))
+        batches: last["val_batches"].as_u64().unwrap_or(0) as usize,
+        image_from_brain: f("val_top1_image_from_brain"),
+        brain_from_image: f("val_top1_brain_from_image"),
+        mean_cosine: f("val_mean_cosine"),
+        chance: 1.0 / way.max(1) as f64,
+    })
 }
 
 /// `gan/loss.png`: G's and D's total loss per step.
@@ -234,92 +277,149 @@ struct Report<'a> {
     kimg: f64,
     voxels: usize,
     config: Vec<(&'static str, String)>,
-    image_retrieval: (f64, f64, usize),
-    caption_retrieval: (f64, f64, usize),
+    image_retrieval: Retrieval,
+    caption_retrieval: Retrieval,
     metrics: &'a [(&'a str, serde_json::Value)],
-    timings: &'a [(&'static str, f64)],
+    timings: &'a [(String, f64)],
     total: f64,
 }
 
-/// The figures the report shows: (caption, path under OUT).
-fn figures() -> Vec<(&'static str, PathBuf)> {
-    vec![
-        (
-            "Seen | reconstructed from fMRI (held-out stimuli, the screened caption under each)",
-            PathBuf::from("reconstructions-mapped/grid.png"),
-        ),
-        (
-            "Seen | reconstructed from the true CLIP embeddings (the ceiling)",
-            PathBuf::from("reconstructions-true/grid.png"),
-        ),
-        (
-            "Seen | reconstructed from shuffled fMRI (the floor)",
-            PathBuf::from("reconstructions-shuffled/grid.png"),
-        ),
-        (
-            "Image mapper: loss per epoch",
-            PathBuf::from("mapper/loss.png"),
-        ),
-        (
-            "Caption mapper: loss per epoch",
-            PathBuf::from("mapper_caption/loss.png"),
-        ),
-        ("Generator: loss per step", PathBuf::from("gan/loss.png")),
-    ]
-}
+/// The halves of a compositional test split: (key in the metrics' `subsets`, heading).
+const PARTS: [(&str, &str); 2] = [
+    (
+        "ordinary",
+        "ordinary test stimuli (every combination they show also occurs in training)",
+    ),
+    (
+        "unseen_combination",
+        "compositional test stimuli (each shows a (shape, colour, side) combination no training stimulus shows)",
+    ),
+];
 
 impl Report<'_> {
-    fn markdown(&self, _inline: bool) -> Result<String> {
-        let a = self.args;
-        let mut s = String::new();
-        s += "# Mind Reader on the synthetic world\n\n";
-        s += &format!(
-            "fMRI → mappers → CLIP space → Lafite generator → pictures. {} stimuli, {} voxels, seed {}, device {}; generator {} kimg at 32 px.\n\n",
-            a.stimuli,
-            self.voxels,
-            a.seed,
-            self.device,
-            self.kimg
-        );
-        s += "## Reconstructions of the held-out stimuli\n\n";
-        s += "| conditions | pixel corr. | SSIM | 2-way pixels | 2-way CLIP | CLIP cosine | top-1 (CLIP) |\n|---|---|---|---|---|---|---|\n";
-        let v = |m: &serde_json::Value, k: &str| m[k]["value"].as_f64().unwrap_or(f64::NAN);
-        let (way, chance) = self
-            .metrics
-            .first()
-            .map(|(_, m)| {
+    /// The metrics of one part of the test split for each conditioning ("" = all of it).
+    fn part(&self, key: &str) -> Vec<(&str, &serde_json::Value)> {
+        self.metrics
+            .iter()
+            .map(|(c, m)| {
                 (
-                    m["clip_top1_retrieval"]["way"].as_u64().unwrap_or(0),
-                    m["clip_top1_retrieval"]["chance"]
-                        .as_f64()
-                        .unwrap_or(f64::NAN),
+                    *c,
+                    if key.is_empty() {
+                        m
+                    } else {
+                        &m["subsets"][key]
+                    },
                 )
             })
-            .unwrap_or((0, f64::NAN));
-        s += &format!(
-            "| chance | 0 | – | 50% | 50% | – | {:.1}% of {way} |\n",
-            100.0 * chance
-        );
-        for ((cond, m), (_, label)) in self.metrics.iter().zip(CONDITIONS) {
-            let _ = cond;
-            s += &format!(
-                "| {label} | {:.3} | {:.3} | {:.1}% | {:.1}% | {:.3} | {:.1}% |\n",
-                v(m, "pixel_correlation"),
-                v(m, "ssim"),
-                100.0 * v(m, "two_way_pixels"),
-                100.0 * v(m, "clip_two_way"),
-                v(m, "clip_cosine"),
-                100.0 * v(m, "clip_top1_retrieval"),
-            );
+            .collect()
+    }
+
+    /// The parts present: both halves of a compositional split, or all of the test split.
+    fn parts(&self) -> Vec<(&'static str, &'static str)> {
+        if self
+            .metrics
+            .first()
+            .is_some_and(|(_, m)| m["subsets"].is_object())
+        {
+            PARTS.to_vec()
+        } else {
+            vec![("", "the held-out test stimuli")]
         }
-        let (ir, ic, iw) = self.image_retrieval;
-        let (cr, cc, cw) = self.caption_retrieval;
+    }
+
+    /// The figures the report shows: (caption, path under OUT).
+    fn figures(&self) -> Vec<(String, PathBuf)> {
+        let mut f = Vec::new();
+        for (key, heading) in self.parts() {
+            let grid = if key.is_empty() {
+                "grid.png".to_string()
+            } else {
+                format!("grid-{key}.png")
+            };
+            f.push((
+                format!(
+                    "Seen | reconstructed from fMRI: {heading}; the screened caption under each"
+                ),
+                PathBuf::from("reconstructions-mapped").join(&grid),
+            ));
+            f.push((
+                format!(
+                    "Seen | reconstructed from the true CLIP embeddings (the ceiling): {heading}"
+                ),
+                PathBuf::from("reconstructions-true").join(&grid),
+            ));
+        }
+        f.push((
+            "Seen | reconstructed from shuffled fMRI (the floor)".into(),
+            PathBuf::from("reconstructions-shuffled/grid.png"),
+        ));
+        if self.args.out.join("clip/loss.png").exists() {
+            f.push((
+                "CLIP: contrastive loss per epoch".into(),
+                PathBuf::from("clip/loss.png"),
+            ));
+        }
+        f.push((
+            "Image mapper: loss per epoch".into(),
+            PathBuf::from("mapper/loss.png"),
+        ));
+        f.push((
+            "Caption mapper: loss per epoch".into(),
+            PathBuf::from("mapper_caption/loss.png"),
+        ));
+        f.push((
+            "Generator: loss per step".into(),
+            PathBuf::from("gan/loss.png"),
+        ));
+        f
+    }
+
+    fn markdown(&self) -> Result<String> {
+        let a = self.args;
+        let mut s = String::new();
+        let name = match &a.data {
+            Some(d) => d.display().to_string(),
+            None => "the synthetic world".into(),
+        };
+        s += &format!("# Mind Reader on {name}\n\n");
         s += &format!(
-            "\n## The mappers (held-out retrieval, image from brain)\n\n| mapper | top-1 | chance | way |\n|---|---|---|---|\n| image (`clip_image`) | {:.1}% | {:.2}% | {iw} |\n| caption (`clip_caption`) | {:.1}% | {:.2}% | {cw} |\n",
-            100.0 * ir,
-            100.0 * ic,
-            100.0 * cr,
-            100.0 * cc
+            "fMRI → mappers → CLIP space → Lafite generator → pictures. {} voxels, seed {}, device {}; generator {} kimg at 32 px.\n\n",
+            self.voxels, a.seed, self.device, self.kimg
+        );
+        let v = |m: &serde_json::Value, k: &str| m[k]["value"].as_f64().unwrap_or(f64::NAN);
+        for (key, heading) in self.parts() {
+            let part = self.part(key);
+            let n = part.first().and_then(|(_, m)| m["n"].as_u64()).unwrap_or(0);
+            s += &format!("## Reconstructions: {heading}, {n} stimuli\n\n");
+            s += "| conditions | pixel corr. | SSIM | 2-way pixels | 2-way CLIP | CLIP cosine | top-1 (CLIP) |\n|---|---|---|---|---|---|---|\n";
+            let top = &part[0].1["clip_top1_retrieval"];
+            s += &format!(
+                "| chance | 0 | – | 50% | 50% | – | {:.1}% of {} |\n",
+                100.0 * top["chance"].as_f64().unwrap_or(f64::NAN),
+                top["way"].as_u64().unwrap_or(0)
+            );
+            for ((_, m), (_, label)) in part.iter().zip(CONDITIONS) {
+                s += &format!(
+                    "| {label} | {:.3} | {:.3} | {:.1}% | {:.1}% | {:.3} | {:.1}% |\n",
+                    v(m, "pixel_correlation"),
+                    v(m, "ssim"),
+                    100.0 * v(m, "two_way_pixels"),
+                    100.0 * v(m, "clip_two_way"),
+                    v(m, "clip_cosine"),
+                    100.0 * v(m, "clip_top1_retrieval"),
+                );
+            }
+            s += &factor_table(&part);
+        }
+        let (ir, cr) = (&self.image_retrieval, &self.caption_retrieval);
+        s += &format!(
+            "\n## The mappers (held-out retrieval, image from brain)\n\n| mapper | top-1 | chance | way |\n|---|---|---|---|\n| image (`clip_image`) | {:.1}% | {:.2}% | {} |\n| caption (`clip_caption`) | {:.1}% | {:.2}% | {} |\n",
+            100.0 * ir.image_from_brain,
+            100.0 * ir.chance,
+            ir.way,
+            100.0 * cr.image_from_brain,
+            100.0 * cr.chance,
+            cr.way
         );
         s += "\n## Configuration\n\n| stage | settings |\n|---|---|\n";
         for (stage, c) in &self.config {
@@ -329,9 +429,9 @@ impl Report<'_> {
         for (stage, t) in self.timings {
             s += &format!("| {stage} | {t:.0} |\n");
         }
-        s += &format!("| **total** | **{:.0}** |\n", self.total);
+        s += &format!("| **total (this run)** | **{:.0}** |\n", self.total);
         s += "\n## Figures\n\n";
-        for (caption, path) in figures() {
+        for (caption, path) in self.figures() {
             s += &format!("![{caption}]({})\n\n*{caption}*\n\n", path.display());
         }
         Ok(s)
@@ -340,7 +440,7 @@ impl Report<'_> {
     /// One self-contained page: the markdown's tables as HTML, every figure inlined. On load it
     /// marks `<body data-figures-rendered="k/n">` (the report test reads it in headless Chromium).
     fn html(&self) -> Result<String> {
-        let md = self.markdown(true)?;
+        let md = self.markdown()?;
         let mut body = String::new();
         let mut in_table = false;
         for line in md.lines() {
@@ -420,4 +520,27 @@ fn bold(s: &str) -> String {
         out
     };
     wrap(&wrap(s, "**", "b"), "`", "code")
+}
+
+/// Which scene factors the reconstructions show (eval-images' probe), beside the probe on the
+/// seen images and the chance of always naming the most frequent class; empty without ground
+/// truth. `part` is each conditioning's metrics in `CONDITIONS` order.
+fn factor_table(part: &[(&str, &serde_json::Value)]) -> String {
+    let Some(first) = part.first().and_then(|(_, m)| m["factors"].as_object()) else {
+        return String::new();
+    };
+    let mut s = String::from("\nScene factors read off each picture by a linear probe fitted on the training stimuli's seen images (the main object is the largest):\n\n| factor | chance | seen images | floor | **from fMRI** | ceiling |\n|---|---|---|---|---|---|\n");
+    for (name, f) in first {
+        if !f.is_object() {
+            continue;
+        }
+        let pc = |x: &serde_json::Value| format!("{:.0}%", 100.0 * x.as_f64().unwrap_or(f64::NAN));
+        let mut row = format!("| {name} | {} | {} |", pc(&f["chance"]), pc(&f["seen"]));
+        for (_, m) in part {
+            row += &format!(" {} |", pc(&m["factors"][name]["value"]));
+        }
+        s += &row;
+        s += "\n";
+    }
+    s
 }

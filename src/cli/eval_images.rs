@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use mindreader::data::DatasetFile;
+use mindreader::data::{DatasetFile, Split};
 use mindreader::eval::image_metrics::{box_downsample, pixel_metrics, two_way_identification};
+use mindreader::eval::probe::{accuracy, blurred, majority_rate, probe_features, Factor, Probe};
 use mindreader::eval::{images, npy, retrieval};
 use mindreader::models::clip::Clip;
 
@@ -108,35 +109,98 @@ pub fn run(args: EvalImagesArgs) -> Result<()> {
             *x = box_downsample(x, [n, xh, xw, 3], xh / eh);
         }
     }
-    let px = pixel_metrics(&r01, &s01, [n, eh, ew, 3]).map_err(anyhow::Error::msg)?;
-    let mut metrics = serde_json::json!({
-        "n": n,
-        "resolution": [eh, ew],
-        "pixel_correlation": {"value": px.pixel_correlation, "chance": 0.0},
-        "ssim": {"value": px.ssim, "chance": null,
-                 "how": "scikit-image structural_similarity, gaussian σ 1.5, population covariance, data_range 1, RGB channels averaged"},
-        "two_way_pixels": {"value": px.two_way_pixels, "chance": 0.5},
-    });
-
-    if let Some(dir) = &args.clip {
-        let device = super::parse_device(&args.device)?;
-        let clip = Clip::load(dir, &device)?;
-        let embed = |imgs: &[Vec<u8>], ih: usize, iw: usize| {
-            super::embed::embed_images(&clip, &device, n, args.batch, false, |range| {
-                let pixels: Vec<u8> = imgs[range.clone()].iter().flatten().copied().collect();
-                Ok((pixels, [range.len(), ih, iw, 3]))
-            })
+    let clip = match &args.clip {
+        Some(dir) => {
+            let device = super::parse_device(&args.device)?;
+            let clip = Clip::load(dir, &device)?;
+            Some((clip, device))
+        }
+        None => None,
+    };
+    let embed = |imgs: &[Vec<u8>], ih: usize, iw: usize| -> Result<Option<Vec<f32>>> {
+        let Some((clip, device)) = &clip else {
+            return Ok(None);
         };
-        let er = embed(&recon_rgb8, h, w)?;
-        let es = embed(&seen_rgb8, sh, sw)?;
-        let d = clip.config.projection_dim;
-        let r = retrieval(&er, &es, d, n.min(300), 30, args.seed)?;
-        metrics["clip_two_way"] =
-            serde_json::json!({"value": two_way_identification(&er, &es, d), "chance": 0.5});
-        metrics["clip_cosine"] = serde_json::json!({"value": r.mean_cosine, "chance": null});
-        metrics["clip_top1_retrieval"] = serde_json::json!({
-            "value": r.image_from_brain, "chance": r.chance, "way": r.way, "batches": r.batches,
-            "how": "the seen image among `way` seen images, from its reconstruction, by CLIP cosine"});
+        super::embed::embed_images(clip, device, imgs.len(), args.batch, false, |range| {
+            let pixels: Vec<u8> = imgs[range.clone()].iter().flatten().copied().collect();
+            Ok((pixels, [range.len(), ih, iw, 3]))
+        })
+        .map(Some)
+    };
+    let er = embed(&recon_rgb8, h, w)?;
+    let es = embed(&seen_rgb8, sh, sw)?;
+    let d = clip.as_ref().map_or(0, |(c, _)| c.config.projection_dim);
+
+    // The scene factors a probe reads off each picture (synthetic worlds only).
+    let factors = match mindreader::eval::probe::scene_factors(&file)? {
+        Some(f) => {
+            let train: Vec<usize> = (0..file.summary().stimuli)
+                .filter(|&s| file.split()[s] == Split::Train)
+                .collect();
+            let train_rgb8: Vec<Vec<u8>> = train
+                .iter()
+                .map(|&s| all[s * sh * sw * 3..(s + 1) * sh * sw * 3].to_vec())
+                .collect();
+            let et = embed(&train_rgb8, sh, sw)?;
+            Some(FactorReadout::new(
+                f,
+                &train,
+                (&to01(&train_rgb8), [sh, sw]),
+                et.as_deref().map(|e| (e, d)),
+                [(&r01, er.as_deref()), (&s01, es.as_deref())],
+                &index,
+                [eh, ew],
+                args.seed,
+            )?)
+        }
+        None => None,
+    };
+
+    // Every metric on a set of rows: all of them, then each part of a compositional split.
+    let metrics_of = |rows: &[usize]| -> Result<serde_json::Value> {
+        let k = rows.len();
+        let pick = |x: &[f32], dim: usize| -> Vec<f32> {
+            rows.iter()
+                .flat_map(|&i| x[i * dim..(i + 1) * dim].iter().copied())
+                .collect()
+        };
+        let dim = eh * ew * 3;
+        let px = pixel_metrics(&pick(&r01, dim), &pick(&s01, dim), [k, eh, ew, 3])
+            .map_err(anyhow::Error::msg)?;
+        let mut m = serde_json::json!({
+            "n": k,
+            "resolution": [eh, ew],
+            "pixel_correlation": {"value": px.pixel_correlation, "chance": 0.0},
+            "ssim": {"value": px.ssim, "chance": null,
+                     "how": "scikit-image structural_similarity, gaussian σ 1.5, population covariance, data_range 1, RGB channels averaged"},
+            "two_way_pixels": {"value": px.two_way_pixels, "chance": 0.5},
+        });
+        if let (Some(er), Some(es)) = (&er, &es) {
+            let (er, es) = (pick(er, d), pick(es, d));
+            let r = retrieval(&er, &es, d, k.min(300), 30, args.seed)?;
+            m["clip_two_way"] =
+                serde_json::json!({"value": two_way_identification(&er, &es, d), "chance": 0.5});
+            m["clip_cosine"] = serde_json::json!({"value": r.mean_cosine, "chance": null});
+            m["clip_top1_retrieval"] = serde_json::json!({
+                "value": r.image_from_brain, "chance": r.chance, "way": r.way, "batches": r.batches,
+                "how": "the seen image among `way` seen images, from its reconstruction, by CLIP cosine"});
+        }
+        if let Some(f) = &factors {
+            m["factors"] = f.json(rows);
+        }
+        Ok(m)
+    };
+    let every: Vec<usize> = (0..n).collect();
+    let mut metrics = metrics_of(&every)?;
+    if let Some(unseen) = file.unseen_combination()? {
+        let (new, old): (Vec<usize>, Vec<usize>) = every.iter().partition(|&&i| unseen[index[i]]);
+        if new.len() >= 2 && old.len() >= 2 {
+            metrics["subsets"] = serde_json::json!({
+                "ordinary": metrics_of(&old)?,
+                "unseen_combination": metrics_of(&new)?,
+                "how": "ordinary: every (shape, colour, side) combination shown also occurs in training; unseen_combination: the stimulus shows one that no training stimulus shows (synth --compositional)",
+            });
+        }
     }
     let text = serde_json::to_string_pretty(&metrics)?;
     println!("{text}");
@@ -144,4 +208,84 @@ pub fn run(args: EvalImagesArgs) -> Result<()> {
         mindreader::fsio::write_atomic(out, text.as_bytes())?;
     }
     Ok(())
+}
+
+/// The probes' answers on the reconstructions and on the seen images, per factor.
+struct FactorReadout {
+    factors: Vec<Factor>,
+    /// Per factor: (on the reconstructions, on the seen images, the truth), one per row.
+    answers: Vec<(Vec<usize>, Vec<usize>, Vec<usize>)>,
+    train_labels: Vec<Vec<usize>>,
+}
+
+impl FactorReadout {
+    /// Fits a probe per factor on the training stimuli's seen images (`train`, their pixels in
+    /// [0, 1] and embeddings), then reads the factors off `pictures` ([reconstructions, seen],
+    /// each with its embeddings) of the evaluated rows, row i showing stimulus `index[i]`.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        factors: Vec<Factor>,
+        train: &[usize],
+        (train01, [th, tw]): (&[f32], [usize; 2]),
+        train_emb: Option<(&[f32], usize)>,
+        pictures: [(&[f32], Option<&[f32]>); 2],
+        index: &[usize],
+        [h, w]: [usize; 2],
+        seed: u64,
+    ) -> Result<FactorReadout> {
+        let d_emb = train_emb.map_or(0, |(_, d)| d);
+        let shape = [train.len(), th, tw];
+        let (mut x, dx) = probe_features(train01, shape, train_emb);
+        // and the blurred copies (with the sharp pictures' embeddings)
+        x.extend(probe_features(&blurred(train01, shape), shape, train_emb).0);
+        let train_labels: Vec<Vec<usize>> = factors
+            .iter()
+            .map(|f| train.iter().chain(train).map(|&s| f.labels[s]).collect())
+            .collect();
+        let heads: Vec<(&[usize], usize)> = train_labels
+            .iter()
+            .zip(&factors)
+            .map(|(l, f)| (&l[..], f.classes.len()))
+            .collect();
+        let probes = Probe::fit(&x, dx, &heads, seed)?;
+        let [recon, seen] = pictures
+            .map(|(px, emb)| probe_features(px, [index.len(), h, w], emb.map(|e| (e, d_emb))).0);
+        Ok(FactorReadout {
+            answers: probes
+                .iter()
+                .zip(&factors)
+                .map(|(p, f)| {
+                    let truth = index.iter().map(|&s| f.labels[s]).collect();
+                    (p.predict(&recon, dx), p.predict(&seen, dx), truth)
+                })
+                .collect(),
+            factors,
+            train_labels,
+        })
+    }
+
+    fn json(&self, rows: &[usize]) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for ((f, (recon, seen, truth)), train) in self
+            .factors
+            .iter()
+            .zip(&self.answers)
+            .zip(&self.train_labels)
+        {
+            let pick = |v: &[usize]| rows.iter().map(|&i| v[i]).collect::<Vec<_>>();
+            let truth = pick(truth);
+            out.insert(
+                f.name.into(),
+                serde_json::json!({
+                    "value": accuracy(&pick(recon), &truth),
+                    "seen": accuracy(&pick(seen), &truth),
+                    "chance": majority_rate(train, &truth, f.classes.len()),
+                    "classes": f.classes,
+                }),
+            );
+        }
+        out.insert("how".into(), serde_json::json!(
+            "accuracy of a linear probe (ridge to one-hot on the CLIP embedding, 8×8 colours, a map of each object colour and the main colour's outline moments) fitted on the training stimuli's seen images and blurred copies; `seen`: the same probe on the seen test images (its ceiling); chance: always the most frequent training class; the main object is the largest"));
+        serde_json::Value::Object(out)
+    }
 }

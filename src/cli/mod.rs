@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod convert;
 pub mod demo;
+pub mod demo_ledger;
 pub mod demo_pictures;
 pub mod embed;
 pub mod eval_images;
@@ -18,6 +19,8 @@ pub mod synth;
 pub mod train_clip;
 pub mod train_gan;
 pub mod train_mapper;
+
+use std::path::Path;
 
 use anyhow::Result;
 use mindreader::eval::plot::{line_chart, Series};
@@ -62,7 +65,12 @@ pub fn parse_clip_dtype(s: &str) -> Result<mindreader::tensor::DType> {
 
 /// Draws `loss.png` (train and validation loss per epoch) from a run's `metrics.jsonl`.
 pub fn plot_losses(dir: &RunDir) -> Result<()> {
-    let h = read_loss_history(&dir.metrics())?;
+    plot_loss_file(&dir.metrics(), &dir.loss_curve(), "mapper loss per epoch")
+}
+
+/// The train and validation loss per epoch of a `metrics.jsonl` (mapper or CLIP) as a PNG.
+pub fn plot_loss_file(metrics: &Path, png: &Path, title: &str) -> Result<()> {
+    let h = read_loss_history(metrics)?;
     let train = Series {
         name: "train",
         points: h.iter().map(|&(e, t, _)| (e as f64, t)).collect(),
@@ -73,12 +81,6 @@ pub fn plot_losses(dir: &RunDir) -> Result<()> {
         points: h.iter().map(|&(e, _, v)| (e as f64, v)).collect(),
         colour: [214, 39, 40],
     };
-    line_chart(
-        &dir.loss_curve(),
-        "mapper loss per epoch",
-        "epoch",
-        "loss",
-        &[train, val],
-    )?;
+    line_chart(png, title, "epoch", "loss", &[train, val])?;
     Ok(())
 }

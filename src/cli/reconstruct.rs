@@ -173,6 +173,22 @@ pub fn run(args: ReconstructArgs) -> Result<()> {
         .collect();
     let grid = args.out.join("grid.png");
     contact_sheet(&tiles[..n.min(32)], [r, 2 * r], 8).save_png(&grid)?;
+    // A compositional world: a grid of each half of the test split as well.
+    if let Some(unseen) = file.unseen_combination()? {
+        for (name, want) in [("ordinary", false), ("unseen_combination", true)] {
+            let part: Vec<Tile> = rows
+                .iter()
+                .zip(&tiles)
+                .filter(|(&s, _)| unseen[s as usize] == want)
+                .map(|(_, t)| t.clone())
+                .take(24)
+                .collect();
+            if !part.is_empty() {
+                contact_sheet(&part, [r, 2 * r], 8)
+                    .save_png(&args.out.join(format!("grid-{name}.png")))?;
+            }
+        }
+    }
     println!(
         "reconstructed {n} {} stimuli ({} conditions) into {}: grid {}, recon.npy + index.npy for eval-images",
         args.split,

@@ -46,8 +46,9 @@ pub struct SynthArgs {
     /// Trials per scanning session (each session is z-scored on its own).
     #[arg(long, default_value_t = 750)]
     pub trials_per_session: usize,
-    /// Hold out (shape, colour, side) combinations: the test stimuli are those showing one, and
-    /// none occurs in training, so a decoder cannot pass by classifying into seen categories.
+    /// Hold out (shape, colour, side) combinations: half of the test stimuli show one that no
+    /// training stimulus shows (flagged in `scene/unseen_combination`), so a decoder cannot pass
+    /// on them by classifying into seen categories; the other half are ordinary.
     #[arg(long)]
     pub compositional: bool,
 }

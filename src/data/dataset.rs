@@ -1101,6 +1101,27 @@ impl DatasetFile {
         })
     }
 
+    /// `scene/unseen_combination` as flags (a compositional world: the stimulus shows a (shape,
+    /// colour, side) combination no training stimulus shows); `None` when the file has none.
+    pub fn unseen_combination(&self) -> Result<Option<Vec<bool>>> {
+        if !self
+            .summary
+            .scene
+            .iter()
+            .any(|(n, _)| n == "unseen_combination")
+        {
+            return Ok(None);
+        }
+        match self.scene_array("unseen_combination")?.data {
+            AuxData::U8(v) => Ok(Some(v.iter().map(|&f| f != 0).collect())),
+            AuxData::F32(_) => Err(Error::dataset(
+                &self.path,
+                "scene/unseen_combination",
+                "should be uint8",
+            )),
+        }
+    }
+
     /// Everything, in memory.
     pub fn read_all(&self) -> Result<Contents> {
         let s = &self.summary;

@@ -67,6 +67,7 @@ impl Canvas {
 }
 
 /// One tile of a contact sheet.
+#[derive(Clone)]
 pub struct Tile<'a> {
     /// `[h, w, 3]`.
     pub image: &'a [u8],

@@ -4,6 +4,7 @@ pub mod image_metrics;
 pub mod images;
 pub mod npy;
 pub mod plot;
+pub mod probe;
 pub mod retrieval;
 
 pub use retrieval::{retrieval, Retrieval};

@@ -287,7 +287,8 @@ impl EpochMetrics {
         serde_json::json!({
             "epoch": self.epoch, "lr": self.lr, "train_loss": self.train_loss, "val_loss": self.val_loss,
             "val_top1_image_from_brain": self.retrieval.image_from_brain, "val_top1_brain_from_image": self.retrieval.brain_from_image,
-            "val_way": self.retrieval.way, "val_mean_cosine": self.retrieval.mean_cosine, "seconds": self.seconds,
+            "val_way": self.retrieval.way, "val_batches": self.retrieval.batches, "val_chance": self.retrieval.chance,
+            "val_mean_cosine": self.retrieval.mean_cosine, "seconds": self.seconds,
             "samples_per_second": self.samples_per_second,
         })
     }

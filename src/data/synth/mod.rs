@@ -58,8 +58,10 @@ pub struct SynthConfig {
     pub session_offset: f32,
     /// Fraction of voxels that are early-visual (the rest are object-tuned).
     pub early_fraction: f32,
-    /// A compositional split: test stimuli are those holding an object whose (shape, colour,
-    /// side of the image) combination never occurs in training (see `compositional_split`).
+    /// A compositional test split: half of the test stimuli hold an object whose (shape, colour,
+    /// side of the image) combination never occurs in training, the other half are ordinary
+    /// (every combination they show is also in training); `scene/unseen_combination` says which
+    /// (see `compositional_split`).
     pub compositional: bool,
 }
 
@@ -255,10 +257,10 @@ pub fn generate(cfg: &SynthConfig, progress: &ProgressBar) -> Result<Contents> {
     zscore_sessions(&mut fmri, &sessions, width, pad..pad + v);
 
     progress.set_message("assembling");
-    let split = if cfg.compositional {
-        compositional_split(cfg, &stimuli).0
+    let (split, held) = if cfg.compositional {
+        compositional_split(cfg, &stimuli)
     } else {
-        choose_split(cfg)
+        (choose_split(cfg), Vec::new())
     };
     let projection = scene::scene_projection();
     let mut target = Vec::with_capacity(m * scene::SCENE_TARGET_DIM);
@@ -294,7 +296,7 @@ pub fn generate(cfg: &SynthConfig, progress: &ProgressBar) -> Result<Contents> {
             data: target,
             description: "unit vector: a fixed Gaussian projection of scene/features (binary facts 0/1, continuous values centred), L2-normalised".into(),
         }],
-        scene: scene_arrays(&stimuli, features),
+        scene: scene_arrays(&stimuli, features, &held),
     })
 }
 
@@ -356,12 +358,18 @@ pub fn combination(o: &scene::Object) -> (usize, usize, usize) {
     (o.shape, o.colour, (o.x >= 0.5) as usize)
 }
 
+/// Whether a scene shows any of the `held` (shape, colour, side) combinations.
+pub fn shows_any(scene: &Scene, held: &[(usize, usize, usize)]) -> bool {
+    scene.objects.iter().any(|o| held.contains(&combination(o)))
+}
+
 /// The compositional split (Shirakawa et al. 2024's point: on NSD a decoder can score by
 /// classifying into seen categories; here it cannot). Combinations of (shape, colour, side) are
 /// held out one by one, in a seeded order, until the stimuli holding any held-out combination
-/// reach `test_fraction`; those stimuli are the test split, so no held-out combination occurs in
-/// training (every shape, colour and side on its own still does). Returns the split and the
-/// held-out combinations.
+/// reach half of `test_fraction`; those stimuli go to test, so no held-out combination occurs in
+/// training (every shape, colour and side on its own still does). Random other stimuli fill the
+/// rest of the test split: the ordinary half, whose combinations all occur in training too.
+/// Returns the split and the held-out combinations.
 fn compositional_split(
     cfg: &SynthConfig,
     stimuli: &[Stimulus],
@@ -372,31 +380,34 @@ fn compositional_split(
     Rng::stream(cfg.seed, stage::SPLIT, 1).shuffle(&mut all);
     let m = stimuli.len();
     let want = ((m as f32 * cfg.test_fraction).round() as usize).clamp(1, m - 1);
+    let unseen_want = want.div_ceil(2);
     let mut held = Vec::new();
     let mut split = vec![Split::Train; m];
+    let tested = |split: &[Split]| split.iter().filter(|&&s| s == Split::Test).count();
     for combo in all {
+        if tested(&split) >= unseen_want {
+            break;
+        }
         let hits: Vec<usize> = (0..m)
-            .filter(|&i| {
-                split[i] == Split::Train
-                    && stimuli[i]
-                        .scene
-                        .objects
-                        .iter()
-                        .any(|o| combination(o) == combo)
-            })
+            .filter(|&i| split[i] == Split::Train && shows_any(&stimuli[i].scene, &[combo]))
             .collect();
-        let tested = split.iter().filter(|&&s| s == Split::Test).count();
-        // Never empty the training set, and stop at the first combination that reaches the fraction.
-        if hits.is_empty() || tested + hits.len() >= m {
+        // Never empty the training set.
+        if hits.is_empty() || tested(&split) + hits.len() >= m {
             continue;
         }
         held.push(combo);
         for i in hits {
             split[i] = Split::Test;
         }
-        if split.iter().filter(|&&s| s == Split::Test).count() >= want {
-            break;
-        }
+    }
+    // The ordinary half: stimuli of the remaining training set, drawn at random.
+    let mut rest: Vec<usize> = (0..m).filter(|&i| split[i] == Split::Train).collect();
+    Rng::stream(cfg.seed, stage::SPLIT, 2).shuffle(&mut rest);
+    let ordinary = want
+        .saturating_sub(tested(&split))
+        .min(rest.len().saturating_sub(1));
+    for &i in &rest[..ordinary] {
+        split[i] = Split::Test;
     }
     (split, held)
 }
@@ -405,7 +416,11 @@ fn compositional_split(
 pub const NO_OBJECT: u8 = 255;
 
 /// The ground truth as `scene/*` arrays (layout in docs/dataset.md).
-fn scene_arrays(stimuli: &[Stimulus], features: Vec<f32>) -> Vec<AuxArray> {
+fn scene_arrays(
+    stimuli: &[Stimulus],
+    features: Vec<f32>,
+    held: &[(usize, usize, usize)],
+) -> Vec<AuxArray> {
     let m = stimuli.len();
     let k = MAX_OBJECTS;
     let (mut shape, mut colour, mut size_class) = (
@@ -484,6 +499,17 @@ fn scene_arrays(stimuli: &[Stimulus], features: Vec<f32>) -> Vec<AuxArray> {
             cols(&["angle", "period"]),
         ),
         arr("caption_ok", vec![m, ncap], AuxData::U8(caption_ok), vec![]),
+        arr(
+            "unseen_combination",
+            vec![m],
+            AuxData::U8(
+                stimuli
+                    .iter()
+                    .map(|s| shows_any(&s.scene, held) as u8)
+                    .collect(),
+            ),
+            vec![],
+        ),
     ];
     arrays.sort_by(|a, b| a.name.cmp(&b.name));
     arrays
@@ -493,8 +519,9 @@ fn scene_arrays(stimuli: &[Stimulus], features: Vec<f32>) -> Vec<AuxArray> {
 mod tests {
     use super::*;
 
-    /// No held-out (shape, colour, side) combination occurs in a training stimulus; every test
-    /// stimulus holds one; the test fraction is about the one asked for.
+    /// No held-out (shape, colour, side) combination occurs in a training stimulus; about half
+    /// of the test stimuli hold one (and are flagged `unseen_combination`), the rest are
+    /// ordinary; the test fraction is the one asked for.
     #[test]
     fn the_compositional_split_keeps_its_combinations_out_of_training() {
         let cfg = SynthConfig {
@@ -507,24 +534,20 @@ mod tests {
         let stimuli: Vec<Stimulus> = (0..cfg.stimuli).map(|i| make_stimulus(&cfg, i)).collect();
         let (split, held) = compositional_split(&cfg, &stimuli);
         assert!(!held.is_empty());
-        let has = |s: &Stimulus| {
-            s.scene
-                .objects
-                .iter()
-                .any(|o| held.contains(&combination(o)))
-        };
+        let (mut unseen, mut ordinary) = (0, 0);
         for (s, sp) in stimuli.iter().zip(&split) {
-            assert_eq!(
-                has(s),
-                *sp == Split::Test,
-                "{:?}",
-                s.scene.objects.iter().map(combination).collect::<Vec<_>>()
-            );
+            let shows = shows_any(&s.scene, &held);
+            let combos = || s.scene.objects.iter().map(combination).collect::<Vec<_>>();
+            match sp {
+                Split::Train => assert!(!shows, "{:?} in training", combos()),
+                Split::Test if shows => unseen += 1,
+                Split::Test => ordinary += 1,
+            }
         }
-        let test = split.iter().filter(|&&s| s == Split::Test).count();
+        assert_eq!(unseen + ordinary, 40, "round(0.1 · 400) test stimuli");
         assert!(
-            (40..=80).contains(&test),
-            "{test} test stimuli of 400 for a fraction of 0.1"
+            (20..=30).contains(&unseen),
+            "{unseen} unseen, {ordinary} ordinary"
         );
         // Every shape and every colour still occurs in training.
         for k in 0..scene::SHAPES.len() {
@@ -538,6 +561,15 @@ mod tests {
         }
         let c = generate(&cfg, &ProgressBar::hidden()).unwrap();
         assert_eq!(c.split, split, "generate uses the compositional split");
+        let flag = c
+            .scene
+            .iter()
+            .find(|a| a.name == "unseen_combination")
+            .unwrap();
+        let AuxData::U8(flag) = &flag.data else {
+            panic!("u8 flags")
+        };
+        assert_eq!(flag.iter().map(|&f| f as usize).sum::<usize>(), unseen);
     }
 
     fn small() -> SynthConfig {
