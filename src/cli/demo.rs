@@ -175,7 +175,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
         let contents = synth::generate(&cfg, &ProgressBar::hidden())?;
         dataset::write(&world, &contents)?;
     }
-    ledger.finish("world", t.elapsed().as_secs_f64())?;
+    if !ledger.is_done("world") {
+        ledger.finish("world", t.elapsed().as_secs_f64())?;
+    }
 
     // 1b. A CLIP space: a small CLIP of the world (or the given one), its embeddings the targets.
     let (target, clip_dir) = if let Some(given) = &args.clip {

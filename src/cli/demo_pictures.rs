@@ -410,6 +410,7 @@ impl Report<'_> {
                 );
             }
             s += &factor_table(&part);
+            s += "\n";
         }
         let (ir, cr) = (&self.image_retrieval, &self.caption_retrieval);
         s += &format!(
@@ -529,7 +530,7 @@ fn factor_table(part: &[(&str, &serde_json::Value)]) -> String {
     let Some(first) = part.first().and_then(|(_, m)| m["factors"].as_object()) else {
         return String::new();
     };
-    let mut s = String::from("\nScene factors read off each picture by a linear probe fitted on the training stimuli's seen images (the main object is the largest):\n\n| factor | chance | seen images | floor | **from fMRI** | ceiling |\n|---|---|---|---|---|---|\n");
+    let mut s = String::from("\nScene factors read off each picture by a linear probe fitted on the training stimuli's seen images and blurred copies (the main object is the largest; `seen images`: the probe on the seen test images, its own ceiling):\n\n| factor | chance | seen images | floor | **from fMRI** | ceiling |\n|---|---|---|---|---|---|\n");
     for (name, f) in first {
         if !f.is_object() {
             continue;
