@@ -1622,14 +1622,23 @@ fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
     let base = std::env::temp_dir().join(format!("mindreader-demo-quick-{}", std::process::id()));
     std::fs::remove_dir_all(&base).ok();
     let out = base.join("whole");
-    let text = run_ok(&[
-        "demo",
-        "--quick",
-        "--device",
-        "cpu",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let quick_demo = |dir: &std::path::Path, extra: &[&str]| {
+        run_ok(
+            &[
+                &[
+                    "demo",
+                    "--quick",
+                    "--device",
+                    "cpu",
+                    "--out",
+                    dir.to_str().unwrap(),
+                ],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    let text = quick_demo(&out, &[]);
     for step in [
         "[1/9]",
         "(a compositional test split)",
@@ -1764,18 +1773,15 @@ fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
 
     // A given dataset and CLIP: the whole world's file and CLIP of the first run.
     let given = base.join("given");
-    let text = run_ok(&[
-        "demo",
-        "--quick",
-        "--device",
-        "cpu",
-        "--out",
-        given.to_str().unwrap(),
-        "--data",
-        out.join("world.h5").to_str().unwrap(),
-        "--clip",
-        out.join("clip").to_str().unwrap(),
-    ]);
+    let text = quick_demo(
+        &given,
+        &[
+            "--data",
+            out.join("world.h5").to_str().unwrap(),
+            "--clip",
+            out.join("clip").to_str().unwrap(),
+        ],
+    );
     assert!(
         text.contains("copying") && text.contains("using the CLIP in"),
         "{text}"
