@@ -1657,6 +1657,7 @@ fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
         "## Reconstructions: ordinary test stimuli",
         "## Reconstructions: compositional test stimuli",
         "Scene factors read off each picture",
+        "| in CLIP space |",
         "| colour |",
         "| shape |",
         "| position |",
@@ -1702,6 +1703,13 @@ fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
     );
     assert_eq!(ordinary + unseen, metrics["n"].as_u64().unwrap());
     assert!(ordinary >= 2 && unseen >= 2, "{ordinary} + {unseen}");
+    for name in ["colour", "shape", "position", "count", "background"] {
+        let f = &metrics["factors"][name];
+        for key in ["value", "seen", "in_clip", "chance"] {
+            let v = f[key].as_f64().unwrap_or(f64::NAN);
+            assert!((0.0..=1.0).contains(&v), "factor {name}.{key} = {v}");
+        }
+    }
     for dir in [
         "reconstructions-mapped",
         "reconstructions-true",

@@ -154,6 +154,82 @@ fn path_length_gradient_matches_finite_differences_of_the_penalty() {
     );
 }
 
+/// The paired pixel term (ours, not the fork's): `recon · mean (G(c) − x)²` is added to Gmain's
+/// loss, its value is that mean computed here from G's image, and the parameter gradient of the
+/// whole Gmain loss with it matches finite differences.
+#[test]
+fn gmain_recon_term_is_the_weighted_pixel_mse_and_its_gradient_checks() {
+    let (mut g, d) = (tiny_g(), tiny_d());
+    let real = randn(&[4, 3, 8, 8], 11);
+    let c1 = randn(&[4, 6], 12).to_vec_f32().unwrap();
+    let z = Tensor::zeros(&[4, 8], &Device::Cpu).unwrap();
+    let mut draws = mindreader::rng::Rng::new(3);
+    let cond = Conditions::perturbed(&c1, 6, None, &mut draws, &Device::Cpu).unwrap();
+    let place = Placement::draw(8, 8, &mut draws);
+    let nets = Nets {
+        g: &g.net,
+        d: &d.net,
+        clip: None,
+        clip_size: 8,
+    };
+    let run = |recon: f32, params: Option<&mut ParamStore>| {
+        let cfg = GanLossConfig {
+            itd: 0.0,
+            itc: 0.0,
+            style_mixing: 0.0,
+            recon,
+            ..GanLossConfig::default()
+        };
+        let mut tape = mindreader::Tape::new();
+        if let Some(p) = params.as_ref() {
+            p.watch_all(&mut tape);
+        }
+        let (loss, terms, gen) = g_main(
+            &mut tape,
+            &nets,
+            &cfg,
+            &z,
+            &cond,
+            None,
+            NoiseMode::Const,
+            place,
+            &real,
+            None,
+        )
+        .unwrap();
+        if let Some(p) = params {
+            p.accumulate(&tape.backward(&loss).unwrap()).unwrap();
+        }
+        (terms, gen.img.to_vec_f32().unwrap())
+    };
+    let (plain, img) = run(0.0, None);
+    assert!(
+        plain.get("recon").is_none(),
+        "recon = 0 keeps the fork's terms"
+    );
+    let x = real.to_vec_f32().unwrap();
+    let mse = img
+        .iter()
+        .zip(&x)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum::<f64>()
+        / x.len() as f64;
+    let (terms, _) = run(2.5, None);
+    near(terms.get("recon").unwrap(), mse, 1e-5, "recon term");
+    near(
+        terms.get("loss").unwrap(),
+        plain.get("loss").unwrap() + 2.5 * mse,
+        1e-5,
+        "Gmain loss with recon",
+    );
+    let mut params = std::mem::replace(&mut g.params, ParamStore::new());
+    check_against_penalty(
+        &mut params,
+        |p| run(2.5, Some(p)).0.get("loss").unwrap(),
+        "Gmain with recon",
+    );
+}
+
 fn tiny_run(kimg: f64) -> (GanConfig, GanData, Clip) {
     let clip = Clip::load(&fixtures_dir().join("clip").join("tiny"), &Device::Cpu).unwrap();
     let f = clip.config.projection_dim;

@@ -215,6 +215,10 @@ struct FactorReadout {
     factors: Vec<Factor>,
     /// Per factor: (on the reconstructions, on the seen images, the truth), one per row.
     answers: Vec<(Vec<usize>, Vec<usize>, Vec<usize>)>,
+    /// Per factor, with a CLIP: a probe fitted on the training images' CLIP embeddings alone, on
+    /// the seen test images' embeddings. What the CLIP space itself carries of each factor: the
+    /// most a generator conditioned on it alone can be told.
+    in_clip: Option<Vec<Vec<usize>>>,
     train_labels: Vec<Vec<usize>>,
 }
 
@@ -248,6 +252,22 @@ impl FactorReadout {
             .map(|(l, f)| (&l[..], f.classes.len()))
             .collect();
         let probes = Probe::fit(&x, dx, &heads, seed)?;
+        let in_clip = match (train_emb, pictures[1].1) {
+            (Some((et, d)), Some(es)) => {
+                let single: Vec<Vec<usize>> = factors
+                    .iter()
+                    .map(|f| train.iter().map(|&s| f.labels[s]).collect())
+                    .collect();
+                let heads: Vec<(&[usize], usize)> = single
+                    .iter()
+                    .zip(&factors)
+                    .map(|(l, f)| (&l[..], f.classes.len()))
+                    .collect();
+                let probes = Probe::fit(et, d, &heads, seed)?;
+                Some(probes.iter().map(|p| p.predict(es, d)).collect())
+            }
+            _ => None,
+        };
         let [recon, seen] = pictures
             .map(|(px, emb)| probe_features(px, [index.len(), h, w], emb.map(|e| (e, d_emb))).0);
         Ok(FactorReadout {
@@ -261,31 +281,34 @@ impl FactorReadout {
                 .collect(),
             factors,
             train_labels,
+            in_clip,
         })
     }
 
     fn json(&self, rows: &[usize]) -> serde_json::Value {
         let mut out = serde_json::Map::new();
-        for ((f, (recon, seen, truth)), train) in self
+        for (k, ((f, (recon, seen, truth)), train)) in self
             .factors
             .iter()
             .zip(&self.answers)
             .zip(&self.train_labels)
+            .enumerate()
         {
             let pick = |v: &[usize]| rows.iter().map(|&i| v[i]).collect::<Vec<_>>();
             let truth = pick(truth);
-            out.insert(
-                f.name.into(),
-                serde_json::json!({
-                    "value": accuracy(&pick(recon), &truth),
-                    "seen": accuracy(&pick(seen), &truth),
-                    "chance": majority_rate(train, &truth, f.classes.len()),
-                    "classes": f.classes,
-                }),
-            );
+            let mut entry = serde_json::json!({
+                "value": accuracy(&pick(recon), &truth),
+                "seen": accuracy(&pick(seen), &truth),
+                "chance": majority_rate(train, &truth, f.classes.len()),
+                "classes": f.classes,
+            });
+            if let Some(c) = &self.in_clip {
+                entry["in_clip"] = serde_json::json!(accuracy(&pick(&c[k]), &truth));
+            }
+            out.insert(f.name.into(), entry);
         }
         out.insert("how".into(), serde_json::json!(
-            "accuracy of a linear probe (ridge to one-hot on the CLIP embedding, 8×8 colours, a map of each object colour and the main colour's outline moments) fitted on the training stimuli's seen images and blurred copies; `seen`: the same probe on the seen test images (its ceiling); chance: always the most frequent training class; the main object is the largest"));
+            "accuracy of a linear probe (ridge to one-hot on the CLIP embedding, 8×8 colours, a map of each object colour and the main colour's outline moments) fitted on the training stimuli's seen images and blurred copies; `seen`: the same probe on the seen test images (its ceiling); `in_clip`: a probe fitted on the training images' CLIP embeddings alone, on the seen test images' embeddings (what the CLIP space carries of the factor, so the most a generator conditioned on it can be told); chance: always the most frequent training class; the main object is the largest"));
         serde_json::Value::Object(out)
     }
 }

@@ -83,6 +83,12 @@ pub struct TrainGanArgs {
     pub temp: f32,
     #[arg(long, default_value_t = 0.0)]
     pub lam: f32,
+    /// Not in the reference (0 keeps the fork): the weight of a paired pixel term, the mean
+    /// squared difference between the image G draws from a stimulus' condition and the image the
+    /// stimulus showed. A small generator trained for minutes learns where things are and their
+    /// colours from it long before the adversarial terms teach it; `demo` uses 100.
+    #[arg(long, default_value_t = 0.0)]
+    pub recon: f32,
     /// Adam's base rate (the reference: 0.0025, rescaled for lazy regularisation).
     #[arg(long, default_value_t = 0.0025)]
     pub lr: f32,
@@ -266,6 +272,7 @@ pub fn run(args: TrainGanArgs) -> Result<()> {
     cfg.loss.itc = args.itc;
     cfg.loss.temp = args.temp;
     cfg.loss.lam = args.lam;
+    cfg.loss.recon = args.recon;
     if let Some(g) = args.gamma {
         cfg.loss.r1_gamma = g;
     }

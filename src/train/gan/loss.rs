@@ -65,6 +65,11 @@ pub struct GanLossConfig {
     pub iid: f32,
     /// Generated–real contrast through CLIP (G step; needs the real images' CLIP features).
     pub iic: f32,
+    /// Not in the reference: the weight of a paired pixel term, `mean (G(c) − x)²` between the
+    /// image generated from a stimulus' condition and the image that stimulus showed (pix2pix's
+    /// L1 term, squared). It teaches a small generator where and in which colour things are far
+    /// sooner than the adversarial and contrastive terms alone; 0 (the default) is the fork.
+    pub recon: f32,
     pub r1_gamma: f32,
     pub pl_weight: f32,
     pub pl_batch_shrink: usize,
@@ -81,6 +86,7 @@ impl Default for GanLossConfig {
             itc: 10.0,
             iid: 0.0,
             iic: 0.0,
+            recon: 0.0,
             r1_gamma: 10.0,
             pl_weight: 2.0,
             pl_batch_shrink: 2,
@@ -509,7 +515,7 @@ fn weights(cfg: &GanLossConfig, structure4: bool) -> (f32, f32, f32) {
 }
 
 /// Gmain (loss.py 528–620): `mean softplus(−D(G(c))) − itc·C(CLIP(G), c) − itd·C(D_fts(G), c)`
-/// (structure 4: both conditions, halved weights), plus iic/iid when set. `clip_real` are the
+/// (structure 4: both conditions, halved weights), plus iic/iid and our paired `recon` when set. `clip_real` are the
 /// real images' normalised CLIP features (needed for iic), `real` the real images (for iid).
 #[allow(clippy::too_many_arguments)]
 pub fn g_main(
@@ -555,6 +561,15 @@ pub fn g_main(
     }
     if itd > 0.0 {
         loss = minus_itd(tape, loss, itd, cfg, &out, cond, &mut terms)?;
+    }
+    if cfg.recon > 0.0 {
+        let n = gen.img.shape()[0];
+        let flat = |t: &mut Tape, x: &Tensor| reshape(t, x, &[n, x.numel() / n.max(1)]);
+        let (g, x) = (flat(tape, &gen.img)?, flat(tape, real)?);
+        let e = crate::ops::loss::mse(tape, &g, &x)?;
+        terms.push("recon", &e)?;
+        let w = ew::scale(tape, &e, cfg.recon)?;
+        loss = ew::add(tape, &loss, &w)?;
     }
     if iid > 0.0 {
         let r = tape.no_grad(|t| nets.d.forward(t, real, &cond.fts))?;
