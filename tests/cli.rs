@@ -1666,6 +1666,7 @@ fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
         "Configuration",
         "caption (`clip_caption`)",
         "CLIP: contrastive loss per epoch",
+        "a paired pixel term",
     ] {
         assert!(md.contains(want), "report.md lacks {want}:\n{md}");
     }

@@ -203,7 +203,7 @@ pub fn run(
                 image_mapper.epochs, image_mapper.batch, image_mapper.lr, mode
             )),
             ("generator", format!(
-                "Lafite structure 4 at 32 px, channel base {base}, max {max}, w {w}; {kimg} kimg of batch {batch}; the fork's losses (itd 10, itc 10, temp 0.5, lam 0), R1 γ 0.0002·R²/batch every 16 steps, path length 2 every 4, style mixing 0.9, G_ema"
+                "Lafite structure 4 at 32 px, channel base {base}, max {max}, w {w}; {kimg} kimg of batch {batch}; the fork's losses (itd 10, itc 10, temp 0.5, lam 0), R1 γ 0.0002·R²/batch every 16 steps, path length 2 every 4, style mixing 0.9, G_ema; and, not in the reference, a paired pixel term (`--recon {DEMO_RECON}`)"
             )),
         ],
         metrics: &metrics,
