@@ -5,7 +5,10 @@
 //! `scripts/install-nvcc` makes (`.venv-nvcc`, the pinned PyPI nvcc). Without nvcc the build still
 //! succeeds as a CPU-only binary, with a warning; `MINDREADER_REQUIRE_KERNELS=1` (set by CI and the
 //! README's test command) turns that into an error. A kernel that fails to compile always fails
-//! the build. ptxas's register/spill report for each kernel is embedded too (`mindreader info`).
+//! the build. ptxas's register/spill report for each kernel is embedded too (`mindreader info`),
+//! and, when `nvdisasm` sits beside nvcc (scripts/install-nvcc installs it), the number of
+//! tensor-core instructions (HMMA, HGMMA) in each kernel's SASS, so a tensor-core kernel that
+//! compiled to something else shows.
 
 use std::env;
 use std::fmt::Write as _;
@@ -87,11 +90,16 @@ fn main() {
                     Ok(report) => {
                         let report_path = out_dir.join(format!("{name}.ptxas.txt"));
                         fs::write(&report_path, report).expect("write ptxas report");
+                        let cubin = out_dir.join(format!("keep-{name}/{name}.sm_90.cubin"));
+                        let sass_path = out_dir.join(format!("{name}.sass.txt"));
+                        fs::write(&sass_path, tensor_core_counts(&nvcc, &cubin))
+                            .expect("write SASS counts");
                         writeln!(
                             table,
-                            "    Kernel {{ family: {name:?}, fatbin: include_bytes!({fat:?}), ptxas: include_str!({rep:?}) }},",
+                            "    Kernel {{ family: {name:?}, fatbin: include_bytes!({fat:?}), ptxas: include_str!({rep:?}), sass: include_str!({sass:?}) }},",
                             fat = out_dir.join(format!("{name}.fatbin")).display().to_string(),
                             rep = report_path.display().to_string(),
+                            sass = sass_path.display().to_string(),
                         )
                         .unwrap();
                     }
@@ -142,8 +150,46 @@ fn nvcc_version(nvcc: &Path) -> String {
         .unwrap_or_else(|| "unknown version".into())
 }
 
-/// Returns ptxas's resource report on success, nvcc's output on failure.
+/// `kernel count` lines: the tensor-core instructions (HMMA, HGMMA) of every kernel in the cubin's
+/// SASS, by the nvdisasm beside nvcc; "unavailable" when there is none (or it fails).
+fn tensor_core_counts(nvcc: &Path, cubin: &Path) -> String {
+    let nvdisasm = nvcc.with_file_name("nvdisasm");
+    let Some(sass) = Command::new(&nvdisasm)
+        .arg(cubin)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+    else {
+        return "unavailable\n".into();
+    };
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for line in sass.lines() {
+        let line = line.trim();
+        if let Some(name) = line
+            .strip_prefix(".text.")
+            .and_then(|l| l.strip_suffix(':'))
+        {
+            counts.push((name.to_string(), 0));
+        } else if let Some((_, n)) = counts.last_mut() {
+            let op = line.split("*/").nth(1).unwrap_or("").trim_start();
+            let op = op
+                .strip_prefix('@')
+                .map_or(op, |o| o.split_once(' ').map_or("", |x| x.1));
+            if op.starts_with("HMMA") || op.starts_with("HGMMA") {
+                *n += 1;
+            }
+        }
+    }
+    counts.iter().map(|(k, n)| format!("{k} {n}\n")).collect()
+}
+
+/// Returns ptxas's resource report on success, nvcc's output on failure. The intermediate files
+/// (the cubin for `tensor_core_counts`) stay in `keep-<name>/` beside `out`.
 fn compile(nvcc: &Path, src: &Path, include: &Path, out: &Path) -> Result<String, String> {
+    let stem = src.file_stem().unwrap_or_default().to_string_lossy();
+    let keep = out.with_file_name(format!("keep-{stem}"));
+    fs::create_dir_all(&keep).map_err(|e| format!("creating {}: {e}", keep.display()))?;
     let output = Command::new(nvcc)
         .args([
             "--fatbin",
@@ -152,7 +198,10 @@ fn compile(nvcc: &Path, src: &Path, include: &Path, out: &Path) -> Result<String
             "-lineinfo",
             "-Xptxas",
             "-v",
+            "--keep",
         ])
+        .arg("--keep-dir")
+        .arg(&keep)
         .args(ARCH_FLAGS)
         .arg("-I")
         .arg(include)

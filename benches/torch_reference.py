@@ -33,6 +33,26 @@ def cases(dev):
     for dt, tag in [(torch.float32, "f32"), (torch.bfloat16, "bf16")]:
         a, b = r(4096, 4096, dt=dt), r(4096, 4096, dt=dt)
         out.append((f"matmul {tag} 4096x4096x4096", lambda a=a, b=b: a @ b))
+    # f32 tensors on the tensor cores, as mindreader's --precision: tf32 is allow_tf32 for the
+    # call; bf16 is autocast (its casts included, as mindreader rounds inside the kernel), read
+    # back in f32. Aᵀ·B is a weight gradient's layout.
+    a32, b32 = r(4096, 4096), r(4096, 4096)
+    def tf32(fn):
+        def run():
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                return fn()
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = False
+        return run
+    def autocast(fn):
+        def run():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return fn().float()
+        return run
+    for prec, wrap in [("tf32", tf32), ("bf16", autocast)]:
+        out.append((f"matmul f32 --precision {prec} A·B 4096x4096x4096", wrap(lambda: a32 @ b32)))
+        out.append((f"matmul f32 --precision {prec} Aᵀ·B 4096x4096x4096", wrap(lambda: a32.t() @ b32)))
     x, w = r(128, 64, 7872), r(64, 64, 3)
     out.append(("conv1d k3 [128,64,7872]", lambda: torch.nn.functional.conv1d(x, w, padding=1)))
     xs, ws = r(128, 1, 15744), r(64, 1, 4)

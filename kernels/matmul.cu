@@ -166,3 +166,162 @@ extern "C" __global__ void __launch_bounds__(256)
                 }
             }
 }
+
+// ---- Batched matmul on the tensor cores for f32 tensors (training and inference) ---------------
+// C[z] = act(op(A[z]) · op(B[z]) + bias) with A, B, C f32 in memory, as matmul_f32 (same layouts,
+// strides and flags) plus matmul_bias_act's epilogue (bias[n], the pre-activation `pre`, op <
+// 0 for none; bias and pre may be null). Each operand is rounded once, on its way into shared
+// memory, to the tensor-core input format of the policy: tf32 (cvt.rna, PyTorch's allow_tf32)
+// or bf16 (round to nearest even, PyTorch's autocast), then multiplied exactly with f32
+// accumulation. So forward and both backward products of every f32 linear and batched matmul
+// run here under --precision tf32|bf16: the backward is the same kernel with other flags.
+// Block tile 128×128×32, 8 warps as 2 (m) × 4 (n), each warp 64×32. A k-tile is read from global
+// memory into registers (16 values per operand per thread, a warp's lanes on 32 consecutive
+// addresses of the operand's contiguous axis whatever the flags) while the previous one is
+// multiplied out of shared memory. Shared rows are k-contiguous and padded so fragment reads are
+// conflict-free: tf32 reads (row g, col t) at 36-float rows, bf16 uses ldmatrix at 40-bf16 rows.
+// Launch: 256 threads, grid (⌈N/128⌉, ⌈M/128⌉, min(batch, 65535)); blocks loop over z.
+struct TcTf32 {
+    using Smem = unsigned;  // tf32 bits
+    static constexpr int LD = TC_BK + 4;
+    static __device__ __forceinline__ Smem round(float v) { return to_tf32(v); }
+    // One BK-deep step of the warp's 64×32 tile: four m16n8k8 k-steps.
+    static __device__ __forceinline__ void multiply(const Smem (*As)[LD], const Smem (*Bs)[LD], int wm, int wn, int lane, float (&acc)[4][4][4]) {
+        const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+        for (int kk = 0; kk < TC_BK; kk += 8) {
+            unsigned a[4][4], b[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++) {
+                const int r = wm + mi * 16 + g;
+                a[mi][0] = As[r][kk + t], a[mi][1] = As[r + 8][kk + t];
+                a[mi][2] = As[r][kk + t + 4], a[mi][3] = As[r + 8][kk + t + 4];
+            }
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) {
+                const int n = wn + ni * 8 + g;
+                b[ni][0] = Bs[n][kk + t], b[ni][1] = Bs[n][kk + t + 4];
+            }
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                for (int ni = 0; ni < 4; ni++) mma_tf32_1688(acc[mi][ni], a[mi], b[ni]);
+        }
+    }
+};
+
+struct TcBf16 {
+    using Smem = __nv_bfloat16;
+    static constexpr int LD = TC_LD;
+    static __device__ __forceinline__ Smem round(float v) { return __float2bfloat16_rn(v); }
+    // One BK-deep step: two m16n8k16 k-steps, fragments by ldmatrix as in matmul_bias_act_bf16_tc.
+    static __device__ __forceinline__ void multiply(const Smem (*As)[LD], const Smem (*Bs)[LD], int wm, int wn, int lane, float (&acc)[4][4][4]) {
+#pragma unroll
+        for (int kk = 0; kk < TC_BK; kk += 16) {
+            unsigned a[4][4], b[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+                ldmatrix_x4(a[mi][0], a[mi][1], a[mi][2], a[mi][3], &As[wm + mi * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
+#pragma unroll
+            for (int nj = 0; nj < 2; nj++) {
+                const int row = wn + nj * 16 + (lane & 7) + ((lane >> 4) << 3);
+                ldmatrix_x4(b[2 * nj][0], b[2 * nj][1], b[2 * nj + 1][0], b[2 * nj + 1][1], &Bs[row][kk + ((lane >> 3) & 1) * 8]);
+            }
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                for (int ni = 0; ni < 4; ni++) mma_bf16_16816(acc[mi][ni], a[mi], b[ni]);
+        }
+    }
+};
+
+// Element e (0..4095) of a 128-row × 32-k tile: (row, k), so that consecutive e walk the axis
+// that is contiguous in memory (k when k_fast, else the row).
+__device__ __forceinline__ void tc_coord(int e, bool k_fast, int& row, int& k) {
+    if (k_fast) row = e >> 5, k = e & 31;
+    else k = e >> 7, row = e & 127;
+}
+
+template <class P>
+__device__ __forceinline__ void matmul_tc(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias, float* __restrict__ C,
+                                          float* __restrict__ pre, int batch, int M, int N, int K, u64 stride_a, u64 stride_b, int trans_a, int trans_b,
+                                          int op, float alpha, float beta) {
+    __shared__ __align__(16) typename P::Smem As[TC_BM][P::LD];
+    __shared__ __align__(16) typename P::Smem Bs[TC_BN][P::LD];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
+    const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32;
+    // A is [M, K] (k contiguous) unless trans_a; the mma's B operand is opB stored n-major, and
+    // B is [N, K] (k contiguous) when trans_b.
+    const bool a_kfast = !trans_a, b_kfast = trans_b;
+    const int ktiles = (K + TC_BK - 1) / TC_BK;
+    for (int z = blockIdx.z; z < batch; z += gridDim.z) {
+        const float* a = A + (u64)z * stride_a;
+        const float* b = B + (u64)z * stride_b;
+        float acc[4][4][4];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+        float ra[16], rb[16];
+        auto fetch = [&](int k0) {
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                int r, c;
+                tc_coord(tid + i * 256, a_kfast, r, c);
+                const int gm = m0 + r, gk = k0 + c;
+                ra[i] = gm < M && gk < K ? (a_kfast ? a[(u64)gm * K + gk] : a[(u64)gk * M + gm]) : 0.f;
+                tc_coord(tid + i * 256, b_kfast, r, c);
+                const int gn = n0 + r, gkb = k0 + c;
+                rb[i] = gn < N && gkb < K ? (b_kfast ? b[(u64)gn * K + gkb] : b[(u64)gkb * N + gn]) : 0.f;
+            }
+        };
+        if (ktiles > 0) fetch(0);
+        for (int kt = 0; kt < ktiles; kt++) {
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                int r, c;
+                tc_coord(tid + i * 256, a_kfast, r, c);
+                As[r][c] = P::round(ra[i]);
+                tc_coord(tid + i * 256, b_kfast, r, c);
+                Bs[r][c] = P::round(rb[i]);
+            }
+            __syncthreads();
+            if (kt + 1 < ktiles) fetch((kt + 1) * TC_BK);  // in flight while this tile is multiplied
+            P::multiply(As, Bs, wm, wn, lane, acc);
+            __syncthreads();  // every warp is done with the tile before the next one is stored
+        }
+        float* c = C + (u64)z * M * N;
+        float* p = pre ? pre + (u64)z * M * N : nullptr;
+#pragma unroll
+        for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int r = m0 + wm + mi * 16 + (lane >> 2) + (e >> 1) * 8;
+                    const int col = n0 + wn + ni * 8 + (lane & 3) * 2 + (e & 1);
+                    if (r < M && col < N) {
+                        float v = acc[mi][ni][e];
+                        if (bias) v += bias[col];
+                        const u64 i = (u64)r * N + col;
+                        if (p) p[i] = v;
+                        c[i] = op < 0 ? v : unary_fwd(op, v, alpha, beta);
+                    }
+                }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    matmul_tc_tf32(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias, float* __restrict__ C, float* __restrict__ pre,
+                   int batch, int M, int N, int K, u64 stride_a, u64 stride_b, int trans_a, int trans_b, int op, float alpha, float beta) {
+    matmul_tc<TcTf32>(A, B, bias, C, pre, batch, M, N, K, stride_a, stride_b, trans_a, trans_b, op, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    matmul_tc_bf16(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias, float* __restrict__ C, float* __restrict__ pre,
+                   int batch, int M, int N, int K, u64 stride_a, u64 stride_b, int trans_a, int trans_b, int op, float alpha, float beta) {
+    matmul_tc<TcBf16>(A, B, bias, C, pre, batch, M, N, K, stride_a, stride_b, trans_a, trans_b, op, alpha, beta);
+}

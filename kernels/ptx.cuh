@@ -10,6 +10,7 @@ extern "C" void sim_cp_async_commit(void);
 extern "C" void sim_cp_async_wait(int n);
 extern "C" void sim_ldmatrix_x4(unsigned* r, const void* smem_row);
 extern "C" void sim_mma_bf16_16816(float* d, const unsigned* a, const unsigned* b, const float* c);
+extern "C" void sim_mma_tf32_1688(float* d, const unsigned* a, const unsigned* b, const float* c);
 #endif
 
 // cp.async.cg.shared.global: copy 16 bytes global → shared without a register round trip; only
@@ -62,6 +63,32 @@ __device__ __forceinline__ void mma_bf16_16816(float* c, const unsigned* a, cons
     sim_mma_bf16_16816(c, a, b, c);
 #else
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// cvt.rna.tf32.f32: x rounded to tf32 (10 mantissa bits, to nearest, ties away from zero), as f32
+// bits whose low 13 are zero; what PyTorch's allow_tf32 feeds the tensor cores. Inf and NaN pass.
+__device__ __forceinline__ unsigned to_tf32(float x) {
+#ifdef MINDREADER_SIM
+    unsigned u = __float_as_uint(x);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    return u;
+#else
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return r;
+#endif
+}
+
+// c += a·b for one m16n8k8 tile of tf32 (whole warp): a = 4 registers of A (row-major), b = 2 of
+// B (col-major), c = 4 f32 accumulators, in the PTX ISA's fragment layouts.
+__device__ __forceinline__ void mma_tf32_1688(float* c, const unsigned* a, const unsigned* b) {
+#ifdef MINDREADER_SIM
+    sim_mma_tf32_1688(c, a, b, c);
+#else
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #endif

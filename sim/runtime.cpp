@@ -266,7 +266,7 @@ struct SimThread {
 };
 
 // One warp-collective in progress: the lanes that arrived, what each brought, what each gets.
-enum CollectiveKind : int { SHFL, VOTE, SYNCWARP, MMA_BF16_16816, LDMATRIX_X4 };
+enum CollectiveKind : int { SHFL, VOTE, SYNCWARP, MMA_BF16_16816, MMA_TF32_1688, LDMATRIX_X4 };
 struct Warp {
     unsigned existing = 0;  // lanes of this warp that exist in the block
     unsigned arrived = 0, mask = 0;
@@ -550,6 +550,31 @@ __attribute__((noinline)) void complete_collective(Warp& w, unsigned lanes) {
         }
         break;
     }
+    case MMA_TF32_1688: {
+        // PTX ISA, mma.m16n8k8 .tf32: lane = 4·group + t. A (16×8, row): registers 0-3 hold
+        // (g, t), (g+8, t), (g, t+4), (g+8, t+4). B (8×8, col): registers 0-1 hold (k t, n g) and
+        // (k t+4, n g). C/D as for m16n8k16. The tensor core reads only an operand's top 19 bits
+        // (sign, exponent, 10 mantissa bits), so the low 13 are dropped here as there; products
+        // of two such values are exact in f32, and the sum runs in k order.
+        auto tf32 = [](uint64_t v) { return f32((uint64_t)((uint32_t)v & 0xffffe000u)); };
+        float A[16][8], B[8][8], C[16][8];
+        for (unsigned l = 0; l < 32; l++) {
+            const unsigned g = l >> 2, tq = l & 3;
+            for (int r = 0; r < 4; r++) A[g + (r & 1) * 8][tq + (r >> 1) * 4] = tf32(w.in[l][r]);
+            for (int r = 0; r < 2; r++) B[tq + r * 4][g] = tf32(w.in[l][4 + r]);
+            for (int e = 0; e < 4; e++) C[g + (e >> 1) * 8][2 * tq + (e & 1)] = f32(w.in[l][6 + e]);
+        }
+        for (unsigned l = 0; l < 32; l++) {
+            const unsigned g = l >> 2, tq = l & 3;
+            for (int e = 0; e < 4; e++) {
+                const unsigned row = g + (e >> 1) * 8, col = 2 * tq + (e & 1);
+                float acc = C[row][col];
+                for (int k = 0; k < 8; k++) acc += A[row][k] * B[k][col];
+                w.out[l][e] = bits(acc);
+            }
+        }
+        break;
+    }
     case LDMATRIX_X4: {
         // ldmatrix.m8n8.x4.b16: lanes 8i..8i+7 give the row addresses of matrix i (16 bytes each);
         // register i of lane l receives row l/4, elements 2(l%4) and 2(l%4)+1 of matrix i.
@@ -632,6 +657,16 @@ extern "C" void sim_mma_bf16_16816(float* d, const unsigned* a, const unsigned* 
     for (int i = 0; i < 2; i++) in[4 + i] = b[i];
     for (int i = 0; i < 4; i++) in[6 + i] = bits(c[i]);
     const uint64_t* out = warp_collective(MMA_BF16_16816, 0, 0xffffffffu, in, 10);
+    for (int i = 0; i < 4; i++) d[i] = f32(out[i]);
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: d = a·b + c, whole warp.
+extern "C" void sim_mma_tf32_1688(float* d, const unsigned* a, const unsigned* b, const float* c) {
+    uint64_t in[10];
+    for (int i = 0; i < 4; i++) in[i] = a[i];
+    for (int i = 0; i < 2; i++) in[4 + i] = b[i];
+    for (int i = 0; i < 4; i++) in[6 + i] = bits(c[i]);
+    const uint64_t* out = warp_collective(MMA_TF32_1688, 0, 0xffffffffu, in, 10);
     for (int i = 0; i < 4; i++) d[i] = f32(out[i]);
 }
 

@@ -8,6 +8,9 @@ pub struct Kernel {
     pub fatbin: &'static [u8],
     /// ptxas's `-v` report: registers, spills, shared memory per kernel.
     pub ptxas: &'static str,
+    /// `kernel count` lines: tensor-core instructions (HMMA, HGMMA) in each kernel's SASS, by
+    /// nvdisasm at build time; `unavailable` when the build had no nvdisasm.
+    pub sass: &'static str,
 }
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
@@ -15,6 +18,15 @@ include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 /// The embedded family of that name, if this binary was built with nvcc.
 pub fn find(family: &str) -> Option<&'static Kernel> {
     KERNELS.iter().find(|k| k.family == family)
+}
+
+/// How many tensor-core instructions (HMMA, HGMMA) the kernel `name` of this family has in its
+/// SASS; `None` when the build could not disassemble it.
+pub fn tensor_core_instructions(kernel: &Kernel, name: &str) -> Option<usize> {
+    kernel.sass.lines().find_map(|line| {
+        let (k, n) = line.split_once(' ')?;
+        (k == name).then(|| n.parse().ok()).flatten()
+    })
 }
 
 /// Per-kernel lines of the ptxas report: `(kernel, registers, spill bytes)`.

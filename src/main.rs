@@ -13,6 +13,13 @@ use clap::{Parser, Subcommand};
 struct Args {
     #[command(subcommand)]
     command: Command,
+    /// Precision of f32 matrix products (linear, batched matmul, forward and backward) on the
+    /// GPU: f32 (the FP32 SIMT tile; PyTorch's matmul default), tf32 (inputs rounded to
+    /// TensorFloat-32 on the tensor cores, f32 accumulation; PyTorch's allow_tf32) or bf16
+    /// (inputs rounded to bfloat16, f32 accumulation and results; like torch.autocast). Weights
+    /// and optimiser state stay f32. No effect on the CPU, which always computes in f32.
+    #[arg(long, global = true, default_value = "f32")]
+    precision: mindreader::ops::precision::Precision,
 }
 
 #[derive(Subcommand)]
@@ -68,6 +75,7 @@ fn main() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
     let args = Args::parse();
+    mindreader::ops::precision::set_default(args.precision);
     let result = match args.command {
         Command::Info(a) => cli::info::run(a),
         Command::Convert(a) => cli::convert::run(a),

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::models::clip::{Clip, ClipConfig};
 use crate::models::{Mapper, MapperConfig};
 use crate::nn::ParamStore;
+use crate::ops::precision::{self, Precision};
 use crate::ops::{attention, conv1d, layernorm, loss, matmul, softmax};
 use crate::tensor::{randn_vec, DType, Device, Tensor};
 use crate::train::{Adam, AdamConfig};
@@ -88,6 +89,47 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 }))
             },
         ));
+    }
+    // f32 tensors on the tensor cores (--precision tf32|bf16), as a forward product (A·B) and as
+    // a weight gradient's (Aᵀ·B: the operand read across its contiguous axis).
+    for p in [Precision::Tf32, Precision::Bf16] {
+        for trans_a in [false, true] {
+            let (m, n, k) = (s(4096, 96), s(4096, 80), s(4096, 72));
+            let a_desc = if trans_a { "ᵀ" } else { "" };
+            out.push(case(
+                format!("matmul f32 --precision {p} A{a_desc}·B {m}x{n}x{k}"),
+                2.0 * (m * n * k) as f64,
+                (4 * (m * k + k * n + m * n)) as f64,
+                1e-3,
+                move |d| {
+                    let a_shape = if trans_a { [k, m] } else { [m, k] };
+                    // The CPU twin computes in f32: give it the operands the tensor cores see.
+                    let operand = |shape: &[usize], seed| -> Result<Tensor> {
+                        let t = input(shape, seed, d, DType::F32)?;
+                        match d {
+                            Device::Cpu => Tensor::from_vec(
+                                precision::round_operand(p, &t.to_vec_f32()?),
+                                shape,
+                                d,
+                            ),
+                            Device::Cuda(_) => Ok(t),
+                        }
+                    };
+                    let (a, b) = (operand(&a_shape, 1)?, operand(&[k, n], 2)?);
+                    Ok(Box::new(move || {
+                        precision::with(p, || {
+                            Ok(Some(matmul::matmul(
+                                &mut Tape::inference(),
+                                &a,
+                                &b,
+                                trans_a,
+                                false,
+                            )?))
+                        })
+                    }))
+                },
+            ));
+        }
     }
     // The mapper's residual conv: [B, 64, V/2] with k3 p1, V = 15744.
     let (b, c, l) = (s(128, 2), s(64, 8), s(7872, 50));

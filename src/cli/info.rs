@@ -14,7 +14,7 @@ pub struct InfoArgs {
     /// their classes and init_kwargs, every tensor's name, dtype and shape). Nothing is converted
     /// and nothing in the file is executed.
     pub file: Option<PathBuf>,
-    /// Also list every kernel with its registers and spill bytes (ptxas -v).
+    /// Also list every kernel with its registers and spill bytes (ptxas -v) and its tensor-core instructions (HMMA/HGMMA in the SASS, by nvdisasm).
     #[arg(long)]
     pub kernels: bool,
 }
@@ -34,8 +34,13 @@ pub fn run(args: InfoArgs) -> Result<()> {
             for k in KERNELS {
                 for (name, regs, spill) in kernels::resource_usage(k) {
                     let warn = if spill > 0 { "  <- spills" } else { "" };
+                    let tc = match kernels::tensor_core_instructions(k, &name) {
+                        Some(0) => "-".to_string(),
+                        Some(n) => format!("{n} HMMA"),
+                        None => "SASS n/a".to_string(),
+                    };
                     println!(
-                        "  {:<14} {:<34} {:>3} registers {:>5} B spilled{warn}",
+                        "  {:<14} {:<34} {:>3} registers {:>5} B spilled {tc:>9}{warn}",
                         k.family, name, regs, spill
                     );
                 }

@@ -479,7 +479,14 @@ fn gemm_raw(a: &Tensor, b: &Tensor, g: &Gemm, out_shape: &[usize]) -> Result<Ten
                 (g.k * g.n) as u64
             };
             let (ta, tb) = (g.trans_a as i32, g.trans_b as i32);
+            // --precision tf32|bf16: f32 operands on the tensor cores (ops::precision).
+            let tensor_core = super::matmul_tc::kernel(super::precision::current());
             let storage = match (&*sa, &*sb) {
+                (Storage::CudaF32(av), Storage::CudaF32(bv)) if tensor_core.is_some() => {
+                    let name = tensor_core.unwrap_or_default();
+                    let (c, _) = super::matmul_tc::gemm(gpu, name, av, bv, None, None, false, g)?;
+                    Storage::CudaF32(c)
+                }
                 (Storage::CudaF32(av), Storage::CudaF32(bv)) => {
                     let mut c = gpu.alloc::<f32>(c_len)?;
                     // SAFETY: A holds batch_a·M·K and B batch_b·K·N elements (checked above, stride 0 when
@@ -711,6 +718,36 @@ pub(crate) fn linear_act_raw_with(
             Ok((Tensor::from_vec(y, &shape, x.device())?, pre))
         }
         Device::Cuda(gpu) => {
+            if let (DType::F32, Some(name)) = (
+                x.dtype(),
+                super::matmul_tc::kernel(super::precision::current()),
+            ) {
+                let (xs, ws, bs) = (x.storage(), w.storage(), bias.map(|b| b.storage()));
+                let bv = match &bs {
+                    Some(s) => Some(s.cuda_f32(OP)?),
+                    None => None,
+                };
+                // keep_pre is asked only with an activation (linear_act): without one y is pre.
+                let (y, pre) = super::matmul_tc::gemm(
+                    gpu,
+                    name,
+                    xs.cuda_f32(OP)?,
+                    ws.cuda_f32(OP)?,
+                    bv,
+                    act,
+                    keep_pre,
+                    &Gemm {
+                        trans_b: true,
+                        ..*g
+                    },
+                )?;
+                let pre =
+                    pre.map(|p| Tensor::from_storage(Storage::CudaF32(p), &shape, x.device()));
+                return Ok((
+                    Tensor::from_storage(Storage::CudaF32(y), &shape, x.device()),
+                    pre,
+                ));
+            }
             let cfg = tile_grid(OP, g)?;
             let len = g.m * g.n;
             // f32 or bf16 throughout (checked by linear_act); bf16 never keeps the pre-activation.
