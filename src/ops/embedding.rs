@@ -1,6 +1,9 @@
 //! Embedding gather: `y[i, :] = W[ids[i], :]` for a table `W` of shape `[vocab, dim]`.
 //!
-//! Backward: `dW[v, :] = Σ_{i: ids[i] = v} dy[i, :]` (a scatter-add; atomics on the GPU).
+//! Backward: `dW[v, :] = Σ_{i: ids[i] = v} dy[i, :]` (a scatter-add). On the GPU the host groups
+//! the positions of each distinct id (`IdGroups`) and one thread per (id, column) sums them in
+//! position order: no atomics, so the gradient is deterministic and equals the CPU twin's bit
+//! for bit.
 //! Traffic: reads and writes dim·4 B per id. Kernel: `kernels/embedding.cu`.
 
 use cudarc::driver::PushKernelArg;
@@ -38,6 +41,35 @@ pub mod cpu {
     }
 }
 
+/// The positions of each distinct id, for the deterministic GPU scatter-add: `rows[r]` is an id,
+/// `order[offsets[r]..offsets[r + 1]]` its positions in increasing order.
+struct IdGroups {
+    rows: Vec<u32>,
+    offsets: Vec<u32>,
+    order: Vec<u32>,
+}
+
+impl IdGroups {
+    fn new(ids: &[u32]) -> IdGroups {
+        let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+        // Stable: equal ids keep their positions' order.
+        order.sort_by_key(|&i| ids[i as usize]);
+        let (mut rows, mut offsets) = (Vec::new(), Vec::new());
+        for (j, &i) in order.iter().enumerate() {
+            if rows.last() != Some(&ids[i as usize]) {
+                rows.push(ids[i as usize]);
+                offsets.push(j as u32);
+            }
+        }
+        offsets.push(order.len() as u32);
+        IdGroups {
+            rows,
+            offsets,
+            order,
+        }
+    }
+}
+
 fn scatter_add_raw(dy: &Tensor, ids: &[u32], vocab: usize, dim: usize) -> Result<Tensor> {
     match dy.device() {
         Device::Cpu => {
@@ -50,18 +82,28 @@ fn scatter_add_raw(dy: &Tensor, ids: &[u32], vocab: usize, dim: usize) -> Result
         }
         Device::Cuda(gpu) => {
             let dw = Tensor::zeros(&[vocab, dim], dy.device())?;
+            let groups = IdGroups::new(ids);
+            if groups.rows.is_empty() || dim == 0 {
+                return Ok(dw);
+            }
             {
                 let (s, mut d) = (dy.storage(), dw.storage_mut());
-                let ids_dev = upload(gpu, ids)?;
-                let (n, dd) = (ids.len() as u32, dim as u32);
-                // SAFETY: ids were checked < vocab in the forward; dw holds vocab·dim.
+                let rows = upload(gpu, &groups.rows)?;
+                let offsets = upload(gpu, &groups.offsets)?;
+                let order = upload(gpu, &groups.order)?;
+                let (n, dd) = (groups.rows.len() as u32, dim as u32);
+                // SAFETY: ids were checked < vocab in the forward, so every row < vocab and dw
+                // (vocab·dim) holds every write; order holds positions < ids.len() (dy's rows),
+                // offsets n + 1 increasing bounds into order.
                 launch!(
                     gpu,
                     "embedding",
                     "embedding_bwd_f32",
-                    launch_1d(ids.len() * dim),
+                    launch_1d(groups.rows.len() * dim),
                     s.cuda_f32("embedding backward")?,
-                    &ids_dev,
+                    &rows,
+                    &offsets,
+                    &order,
                     d.cuda_f32_mut("embedding backward")?,
                     &n,
                     &dd
@@ -228,6 +270,30 @@ mod tests {
                 &format!("embedding n={n}"),
             );
         }
+    }
+
+    #[test]
+    fn embedding_backward_on_the_gpu_is_the_cpu_sum_bit_for_bit() {
+        let Some(gpu) = gpu() else { return };
+        // Many repeats of few ids (CLIP's padding token, a small vocabulary): atomics would add
+        // them in a scheduling-dependent order; the grouped sum adds them in position order.
+        for n in parity_sizes() {
+            let ids: Vec<u32> = (0..n as u32).map(|i| (i * i + 3 * i) % 11).collect();
+            let dyv = random_vec(n * 33, 7);
+            let run = |d: &Device| {
+                let dy = Tensor::from_slice(&dyv, &[n, 33], d).unwrap();
+                let dw = scatter_add_raw(&dy, &ids, 13, 33).unwrap();
+                dw.to_vec_f32().unwrap()
+            };
+            let (got, want) = (run(&gpu), run(&Device::Cpu));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "n = {n}");
+            assert_eq!(bits(&got), bits(&run(&gpu)), "n = {n}: two GPU runs differ");
+        }
+        let groups = IdGroups::new(&[4, 1, 4, 0, 1, 4]);
+        assert_eq!(groups.rows, [0, 1, 4]);
+        assert_eq!(groups.offsets, [0, 1, 3, 6]);
+        assert_eq!(groups.order, [3, 1, 4, 0, 2, 5]);
     }
 
     #[test]
