@@ -6,12 +6,15 @@
 //   y[b, co, l] = Σ_{ci, k} w[co, ci, k] · x[b, ci, l·stride + k − pad]
 //
 // Every kernel: 256-thread blocks, grid (⌈N/64⌉, ⌈M/64⌉, z), blocks loop over z past gridDim.z.
+// Each comes as _f32 (the FP32 SIMT tile) and as _tc_tf32 / _tc_bf16 (the same implicit GEMM on
+// the tensor cores, operands rounded to tf32 / bf16 as they are staged: --precision).
 #include "gemm_tile.cuh"
+#include "gemm_tile_tc.cuh"
 
 // Forward, per batch item z = b: M = Cout, N = Lout, K = Cin·Ks (kk = ci·Ks + k).
 // A(co, kk) = w[co, kk] (w viewed as [Cout, Cin·Ks]); B(kk, l) = x[b, ci, l·stride + k − pad] or 0.
-extern "C" __global__ void __launch_bounds__(gemm::THREADS)
-    conv1d_fwd_f32(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks,
+template <int PREC>
+__device__ __forceinline__ void conv1d_fwd_body(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks,
                    int stride, int pad, int Lout) {
     const int m0 = blockIdx.y * gemm::BM, n0 = blockIdx.x * gemm::BN;
     const int KK = Cin * Ks;
@@ -25,16 +28,34 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
             return (pos >= 0 && pos < L) ? xb[(u64)ci * L + pos] : 0.f;
         };
         auto store = [=](int co, int l, float v) { yb[(u64)co * Lout + l] = v; };
-        gemm_tile(Cout, Lout, 0, KK, m0, n0, true, true, load_a, load_b, store);
+        gemm_tile_at<PREC>(Cout, Lout, 0, KK, m0, n0, true, true, load_a, load_b, store);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
+    conv1d_fwd_f32(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks,
+                   int stride, int pad, int Lout) {
+    conv1d_fwd_body<0>(x, w, y, B, Cin, L, Cout, Ks, stride, pad, Lout);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv1d_fwd_tc_tf32(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks,
+                   int stride, int pad, int Lout) {
+    conv1d_fwd_body<1>(x, w, y, B, Cin, L, Cout, Ks, stride, pad, Lout);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv1d_fwd_tc_bf16(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks,
+                   int stride, int pad, int Lout) {
+    conv1d_fwd_body<2>(x, w, y, B, Cin, L, Cout, Ks, stride, pad, Lout);
 }
 
 // dx, per batch item z = b: M = Cin, N = L, K = Cout·Ks (kk = co·Ks + k).
 // dx[b, ci, j] = Σ_{co, k} w[co, ci, k] · dy[b, co, l] over the l with l·stride + k − pad = j,
 // i.e. l = (j + pad − k) / stride where that divides exactly and 0 ≤ l < Lout (else 0).
 // Every dx element is stored, including those no output touched (they get 0).
-extern "C" __global__ void __launch_bounds__(gemm::THREADS)
-    conv1d_dx_f32(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, int B, int Cin, int L, int Cout, int Ks,
+template <int PREC>
+__device__ __forceinline__ void conv1d_dx_body(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, int B, int Cin, int L, int Cout, int Ks,
                   int stride, int pad, int Lout) {
     const int m0 = blockIdx.y * gemm::BM, n0 = blockIdx.x * gemm::BN;
     const int KK = Cout * Ks;
@@ -54,16 +75,34 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
         };
         auto store = [=](int ci, int j, float v) { dxb[(u64)ci * L + j] = v; };
         // A: consecutive ci are Ks apart in w, consecutive kk jump by Cin·Ks at each co: walk m.
-        gemm_tile(Cin, L, 0, KK, m0, n0, false, true, load_a, load_b, store);
+        gemm_tile_at<PREC>(Cin, L, 0, KK, m0, n0, false, true, load_a, load_b, store);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
+    conv1d_dx_f32(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, int B, int Cin, int L, int Cout, int Ks,
+                  int stride, int pad, int Lout) {
+    conv1d_dx_body<0>(dy, w, dx, B, Cin, L, Cout, Ks, stride, pad, Lout);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv1d_dx_tc_tf32(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, int B, int Cin, int L, int Cout, int Ks,
+                  int stride, int pad, int Lout) {
+    conv1d_dx_body<1>(dy, w, dx, B, Cin, L, Cout, Ks, stride, pad, Lout);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv1d_dx_tc_bf16(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, int B, int Cin, int L, int Cout, int Ks,
+                  int stride, int pad, int Lout) {
+    conv1d_dx_body<2>(dy, w, dx, B, Cin, L, Cout, Ks, stride, pad, Lout);
 }
 
 // dW, split-K: M = Cout, N = Cin·Ks (n = ci·Ks + k), K = B·Lout (kk = b·Lout + l), the K range
 // cut into `splits` chunks of `chunk` (a multiple of 16). Split z writes its partial sum to
 // partial[z, co, n]; the host sums the splits in a fixed order (deterministic).
 // A(co, kk) = dy[b, co, l]; B(kk, n) = x[b, ci, l·stride + k − pad] or 0.
-extern "C" __global__ void __launch_bounds__(gemm::THREADS)
-    conv1d_dw_f32(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial, int B, int Cin, int L, int Cout, int Ks,
+template <int PREC>
+__device__ __forceinline__ void conv1d_dw_body(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial, int B, int Cin, int L, int Cout, int Ks,
                   int stride, int pad, int Lout, int chunk, int splits) {
     const int m0 = blockIdx.y * gemm::BM, n0 = blockIdx.x * gemm::BN;
     const int N = Cin * Ks, K = B * Lout;
@@ -83,6 +122,24 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
         };
         auto store = [=](int co, int n, float v) { pz[(u64)co * N + n] = v; };
         // A: consecutive kk are consecutive l of dy (contiguous); B: consecutive kk step l.
-        gemm_tile(Cout, N, k_begin, k_end, m0, n0, true, false, load_a, load_b, store);
+        gemm_tile_at<PREC>(Cout, N, k_begin, k_end, m0, n0, true, false, load_a, load_b, store);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
+    conv1d_dw_f32(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial, int B, int Cin, int L, int Cout, int Ks,
+                  int stride, int pad, int Lout, int chunk, int splits) {
+    conv1d_dw_body<0>(dy, x, partial, B, Cin, L, Cout, Ks, stride, pad, Lout, chunk, splits);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv1d_dw_tc_tf32(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial, int B, int Cin, int L, int Cout, int Ks,
+                  int stride, int pad, int Lout, int chunk, int splits) {
+    conv1d_dw_body<1>(dy, x, partial, B, Cin, L, Cout, Ks, stride, pad, Lout, chunk, splits);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv1d_dw_tc_bf16(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial, int B, int Cin, int L, int Cout, int Ks,
+                  int stride, int pad, int Lout, int chunk, int splits) {
+    conv1d_dw_body<2>(dy, x, partial, B, Cin, L, Cout, Ks, stride, pad, Lout, chunk, splits);
 }

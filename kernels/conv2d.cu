@@ -13,6 +13,7 @@
 // Every kernel: 256-thread blocks, grid (⌈N/64⌉, ⌈M/64⌉, z), blocks loop over z past gridDim.z.
 // The geometry travels as one int array g[] in this order:
 #include "gemm_tile.cuh"
+#include "gemm_tile_tc.cuh"
 
 struct Geom {
     int B, Cin, H, W, Cout, KH, KW, stride, ph, pw, OH, OW, G;
@@ -23,8 +24,8 @@ struct Geom {
 __device__ __forceinline__ float scale_at(const float* s, int b, int C, int c) { return s ? s[(u64)b * C + c] : 1.f; }
 
 // Forward, per (b, g) on grid z: M = Cout/G, N = OH·OW, K = (Cin/G)·KH·KW (kk = (ci·KH + ky)·KW + kx).
-extern "C" __global__ void __launch_bounds__(gemm::THREADS)
-    conv2d_fwd_f32(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, const float* __restrict__ is,
+template <int PREC>
+__device__ __forceinline__ void conv2d_fwd_body(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, const float* __restrict__ is,
                    const float* __restrict__ os, Geom d) {
     const int m0 = blockIdx.y * gemm::BM, n0 = blockIdx.x * gemm::BN;
     const int cin_g = d.cin_g(), cout_g = d.cout_g(), KHW = d.KH * d.KW, K = cin_g * KHW, N = d.OH * d.OW;
@@ -43,16 +44,34 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
             int c = g * cout_g + co;
             y[((u64)b * d.Cout + c) * N + n] = v * scale_at(os, b, d.Cout, c);
         };
-        gemm_tile(cout_g, N, 0, K, m0, n0, true, true, load_a, load_b, store);
+        gemm_tile_at<PREC>(cout_g, N, 0, K, m0, n0, true, true, load_a, load_b, store);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
+    conv2d_fwd_f32(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, const float* __restrict__ is,
+                   const float* __restrict__ os, Geom d) {
+    conv2d_fwd_body<0>(x, w, y, is, os, d);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv2d_fwd_tc_tf32(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, const float* __restrict__ is,
+                   const float* __restrict__ os, Geom d) {
+    conv2d_fwd_body<1>(x, w, y, is, os, d);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv2d_fwd_tc_bf16(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, const float* __restrict__ is,
+                   const float* __restrict__ os, Geom d) {
+    conv2d_fwd_body<2>(x, w, y, is, os, d);
 }
 
 // dx (also the transposed convolution's forward), per (b, g): M = Cin/G, N = H·W,
 // K = (Cout/G)·KH·KW (kk = (co·KH + ky)·KW + kx). dx[b, ci, iy, ix] = is[b, ci] · Σ w[co, ci, ky, kx] ·
 // os[b, co] · dy[b, co, oy, ox] over the (oy, ox) with oy·s + ky − ph = iy (exactly) inside the output.
 // Every dx element is stored, including those no output touched (they get 0).
-extern "C" __global__ void __launch_bounds__(gemm::THREADS)
-    conv2d_dx_f32(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, const float* __restrict__ is,
+template <int PREC>
+__device__ __forceinline__ void conv2d_dx_body(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, const float* __restrict__ is,
                   const float* __restrict__ os, Geom d) {
     const int m0 = blockIdx.y * gemm::BM, n0 = blockIdx.x * gemm::BN;
     const int cin_g = d.cin_g(), cout_g = d.cout_g(), KHW = d.KH * d.KW, K = cout_g * KHW, N = d.H * d.W;
@@ -77,15 +96,33 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
             dx[((u64)b * d.Cin + c) * N + j] = v * scale_at(is, b, d.Cin, c);
         };
         // A: consecutive ci are KH·KW apart in w: walk m.
-        gemm_tile(cin_g, N, 0, K, m0, n0, false, true, load_a, load_b, store);
+        gemm_tile_at<PREC>(cin_g, N, 0, K, m0, n0, false, true, load_a, load_b, store);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
+    conv2d_dx_f32(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, const float* __restrict__ is,
+                  const float* __restrict__ os, Geom d) {
+    conv2d_dx_body<0>(dy, w, dx, is, os, d);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv2d_dx_tc_tf32(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, const float* __restrict__ is,
+                  const float* __restrict__ os, Geom d) {
+    conv2d_dx_body<1>(dy, w, dx, is, os, d);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv2d_dx_tc_bf16(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, const float* __restrict__ is,
+                  const float* __restrict__ os, Geom d) {
+    conv2d_dx_body<2>(dy, w, dx, is, os, d);
 }
 
 // dW, split-K per group: grid z = (g, split); M = Cout/G, N = (Cin/G)·KH·KW, K = B·OH·OW
 // (kk = b·OH·OW + p), cut into `splits` chunks of `chunk` (a multiple of 16). Split z of group g writes
 // partial[split, g·Cout/G + co, n]; the host sums the splits in a fixed order (deterministic).
-extern "C" __global__ void __launch_bounds__(gemm::THREADS)
-    conv2d_dw_f32(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial, const float* __restrict__ is,
+template <int PREC>
+__device__ __forceinline__ void conv2d_dw_body(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial, const float* __restrict__ is,
                   const float* __restrict__ os, Geom d, int chunk, int splits) {
     const int m0 = blockIdx.y * gemm::BM, n0 = blockIdx.x * gemm::BN;
     const int cin_g = d.cin_g(), cout_g = d.cout_g(), KHW = d.KH * d.KW, N = cin_g * KHW, P = d.OH * d.OW, K = d.B * P;
@@ -108,6 +145,24 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
         };
         auto store = [=](int co, int n, float v) { pz[(u64)(g * cout_g + co) * N + n] = v; };
         // A: consecutive kk are consecutive pixels of dy (contiguous); B: consecutive kk step pixels.
-        gemm_tile(cout_g, N, k_begin, k_end, m0, n0, true, false, load_a, load_b, store);
+        gemm_tile_at<PREC>(cout_g, N, k_begin, k_end, m0, n0, true, false, load_a, load_b, store);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
+    conv2d_dw_f32(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial, const float* __restrict__ is,
+                  const float* __restrict__ os, Geom d, int chunk, int splits) {
+    conv2d_dw_body<0>(dy, x, partial, is, os, d, chunk, splits);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv2d_dw_tc_tf32(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial, const float* __restrict__ is,
+                  const float* __restrict__ os, Geom d, int chunk, int splits) {
+    conv2d_dw_body<1>(dy, x, partial, is, os, d, chunk, splits);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv2d_dw_tc_bf16(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial, const float* __restrict__ is,
+                  const float* __restrict__ os, Geom d, int chunk, int splits) {
+    conv2d_dw_body<2>(dy, x, partial, is, os, d, chunk, splits);
 }

@@ -8,6 +8,7 @@
 // broadcast over the batch (shared weights), M·K / K·N otherwise.
 #include "activations.cuh"
 #include "gemm_tile.cuh"
+#include "gemm_tile_tc.cuh"
 #include "ptx.cuh"
 
 template <typename T>
@@ -179,69 +180,8 @@ extern "C" __global__ void __launch_bounds__(256)
 // memory into registers (16 values per operand per thread, a warp's lanes on 32 consecutive
 // addresses of the operand's contiguous axis whatever the flags) while the previous one is
 // multiplied out of shared memory. Shared rows are k-contiguous and padded so fragment reads are
-// conflict-free: tf32 reads (row g, col t) at 36-float rows, bf16 uses ldmatrix at 40-bf16 rows.
+// conflict-free (the policies TcTf32, TcBf16 of gemm_tile_tc.cuh).
 // Launch: 256 threads, grid (⌈N/128⌉, ⌈M/128⌉, min(batch, 65535)); blocks loop over z.
-struct TcTf32 {
-    using Smem = unsigned;  // tf32 bits
-    static constexpr int LD = TC_BK + 4;
-    static __device__ __forceinline__ Smem round(float v) { return to_tf32(v); }
-    // One BK-deep step of the warp's 64×32 tile: four m16n8k8 k-steps.
-    static __device__ __forceinline__ void multiply(const Smem (*As)[LD], const Smem (*Bs)[LD], int wm, int wn, int lane, float (&acc)[4][4][4]) {
-        const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-        for (int kk = 0; kk < TC_BK; kk += 8) {
-            unsigned a[4][4], b[4][2];
-#pragma unroll
-            for (int mi = 0; mi < 4; mi++) {
-                const int r = wm + mi * 16 + g;
-                a[mi][0] = As[r][kk + t], a[mi][1] = As[r + 8][kk + t];
-                a[mi][2] = As[r][kk + t + 4], a[mi][3] = As[r + 8][kk + t + 4];
-            }
-#pragma unroll
-            for (int ni = 0; ni < 4; ni++) {
-                const int n = wn + ni * 8 + g;
-                b[ni][0] = Bs[n][kk + t], b[ni][1] = Bs[n][kk + t + 4];
-            }
-#pragma unroll
-            for (int mi = 0; mi < 4; mi++)
-#pragma unroll
-                for (int ni = 0; ni < 4; ni++) mma_tf32_1688(acc[mi][ni], a[mi], b[ni]);
-        }
-    }
-};
-
-struct TcBf16 {
-    using Smem = __nv_bfloat16;
-    static constexpr int LD = TC_LD;
-    static __device__ __forceinline__ Smem round(float v) { return __float2bfloat16_rn(v); }
-    // One BK-deep step: two m16n8k16 k-steps, fragments by ldmatrix as in matmul_bias_act_bf16_tc.
-    static __device__ __forceinline__ void multiply(const Smem (*As)[LD], const Smem (*Bs)[LD], int wm, int wn, int lane, float (&acc)[4][4][4]) {
-#pragma unroll
-        for (int kk = 0; kk < TC_BK; kk += 16) {
-            unsigned a[4][4], b[4][2];
-#pragma unroll
-            for (int mi = 0; mi < 4; mi++)
-                ldmatrix_x4(a[mi][0], a[mi][1], a[mi][2], a[mi][3], &As[wm + mi * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
-#pragma unroll
-            for (int nj = 0; nj < 2; nj++) {
-                const int row = wn + nj * 16 + (lane & 7) + ((lane >> 4) << 3);
-                ldmatrix_x4(b[2 * nj][0], b[2 * nj][1], b[2 * nj + 1][0], b[2 * nj + 1][1], &Bs[row][kk + ((lane >> 3) & 1) * 8]);
-            }
-#pragma unroll
-            for (int mi = 0; mi < 4; mi++)
-#pragma unroll
-                for (int ni = 0; ni < 4; ni++) mma_bf16_16816(acc[mi][ni], a[mi], b[ni]);
-        }
-    }
-};
-
-// Element e (0..4095) of a 128-row × 32-k tile: (row, k), so that consecutive e walk the axis
-// that is contiguous in memory (k when k_fast, else the row).
-__device__ __forceinline__ void tc_coord(int e, bool k_fast, int& row, int& k) {
-    if (k_fast) row = e >> 5, k = e & 31;
-    else k = e >> 7, row = e & 127;
-}
-
 template <class P>
 __device__ __forceinline__ void matmul_tc(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias, float* __restrict__ C,
                                           float* __restrict__ pre, int batch, int M, int N, int K, u64 stride_a, u64 stride_b, int trans_a, int trans_b,
@@ -270,10 +210,10 @@ __device__ __forceinline__ void matmul_tc(const float* __restrict__ A, const flo
 #pragma unroll
             for (int i = 0; i < 16; i++) {
                 int r, c;
-                tc_coord(tid + i * 256, a_kfast, r, c);
+                tc::slab_coord(tid + i * 256, a_kfast, TC_BM, r, c);
                 const int gm = m0 + r, gk = k0 + c;
                 ra[i] = gm < M && gk < K ? (a_kfast ? a[(u64)gm * K + gk] : a[(u64)gk * M + gm]) : 0.f;
-                tc_coord(tid + i * 256, b_kfast, r, c);
+                tc::slab_coord(tid + i * 256, b_kfast, TC_BN, r, c);
                 const int gn = n0 + r, gkb = k0 + c;
                 rb[i] = gn < N && gkb < K ? (b_kfast ? b[(u64)gn * K + gkb] : b[(u64)gkb * N + gn]) : 0.f;
             }
@@ -283,14 +223,14 @@ __device__ __forceinline__ void matmul_tc(const float* __restrict__ A, const flo
 #pragma unroll
             for (int i = 0; i < 16; i++) {
                 int r, c;
-                tc_coord(tid + i * 256, a_kfast, r, c);
+                tc::slab_coord(tid + i * 256, a_kfast, TC_BM, r, c);
                 As[r][c] = P::round(ra[i]);
-                tc_coord(tid + i * 256, b_kfast, r, c);
+                tc::slab_coord(tid + i * 256, b_kfast, TC_BN, r, c);
                 Bs[r][c] = P::round(rb[i]);
             }
             __syncthreads();
             if (kt + 1 < ktiles) fetch((kt + 1) * TC_BK);  // in flight while this tile is multiplied
-            P::multiply(As, Bs, wm, wn, lane, acc);
+            P::template multiply<4, 4>(As, Bs, wm, wn, lane, acc);
             __syncthreads();  // every warp is done with the tile before the next one is stored
         }
         float* c = C + (u64)z * M * N;

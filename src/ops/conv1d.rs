@@ -337,7 +337,7 @@ pub(crate) fn dw_split(d: &Conv1d) -> (usize, usize) {
 }
 
 /// `y = conv1d(x, w)` (no bias) without recording.
-fn conv1d_raw(x: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
+pub(crate) fn conv1d_raw(x: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
     const OP: &str = "conv1d";
     same_device(OP, &[x, w])?;
     let (sx, sw) = (x.storage(), w.storage());
@@ -357,7 +357,11 @@ fn conv1d_raw(x: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
                 launch!(
                     gpu,
                     "conv1d",
-                    "conv1d_fwd_f32",
+                    super::precision::pick([
+                        "conv1d_fwd_f32",
+                        "conv1d_fwd_tc_tf32",
+                        "conv1d_fwd_tc_bf16"
+                    ]),
                     super::gemm_tile_grid(d.cout, d.lout, d.batch),
                     xs,
                     ws,
@@ -382,7 +386,7 @@ fn conv1d_raw(x: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
 }
 
 /// dL/dx without recording.
-fn conv1d_dx_raw(dy: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
+pub(crate) fn conv1d_dx_raw(dy: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
     const OP: &str = "conv1d backward";
     let (sdy, sw) = (dy.storage(), w.storage());
     let shape = [d.batch, d.cin, d.len];
@@ -402,7 +406,11 @@ fn conv1d_dx_raw(dy: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
                 launch!(
                     gpu,
                     "conv1d",
-                    "conv1d_dx_f32",
+                    super::precision::pick([
+                        "conv1d_dx_f32",
+                        "conv1d_dx_tc_tf32",
+                        "conv1d_dx_tc_bf16"
+                    ]),
                     super::gemm_tile_grid(d.cin, d.len, d.batch),
                     dys,
                     ws,
@@ -427,7 +435,7 @@ fn conv1d_dx_raw(dy: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
 }
 
 /// dL/dW without recording.
-fn conv1d_dw_raw(dy: &Tensor, x: &Tensor, d: &Conv1d) -> Result<Tensor> {
+pub(crate) fn conv1d_dw_raw(dy: &Tensor, x: &Tensor, d: &Conv1d) -> Result<Tensor> {
     const OP: &str = "conv1d backward";
     let (sdy, sx) = (dy.storage(), x.storage());
     let shape = [d.cout, d.cin, d.ksize];
@@ -450,7 +458,11 @@ fn conv1d_dw_raw(dy: &Tensor, x: &Tensor, d: &Conv1d) -> Result<Tensor> {
                 launch!(
                     gpu,
                     "conv1d",
-                    "conv1d_dw_f32",
+                    super::precision::pick([
+                        "conv1d_dw_f32",
+                        "conv1d_dw_tc_tf32",
+                        "conv1d_dw_tc_bf16"
+                    ]),
                     super::gemm_tile_grid(d.cout, d.cin * d.ksize, splits),
                     dys,
                     xs,

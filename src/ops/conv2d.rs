@@ -625,17 +625,29 @@ fn run(pass: Pass, a: &Tensor, b: &Tensor, sc: Scales, d: &Conv2d) -> Result<Ten
             let (chunk, splits) = dw_split(d);
             let (name, cfg, len) = match pass {
                 Pass::Forward => (
-                    "conv2d_fwd_f32",
+                    super::precision::pick([
+                        "conv2d_fwd_f32",
+                        "conv2d_fwd_tc_tf32",
+                        "conv2d_fwd_tc_bf16",
+                    ]),
                     super::gemm_tile_grid(d.cout_g(), d.oh * d.ow, d.batch * d.groups),
                     out_len,
                 ),
                 Pass::Dx => (
-                    "conv2d_dx_f32",
+                    super::precision::pick([
+                        "conv2d_dx_f32",
+                        "conv2d_dx_tc_tf32",
+                        "conv2d_dx_tc_bf16",
+                    ]),
                     super::gemm_tile_grid(d.cin_g(), d.h * d.w, d.batch * d.groups),
                     out_len,
                 ),
                 Pass::Dw => (
-                    "conv2d_dw_f32",
+                    super::precision::pick([
+                        "conv2d_dw_f32",
+                        "conv2d_dw_tc_tf32",
+                        "conv2d_dw_tc_bf16",
+                    ]),
                     super::gemm_tile_grid(d.cout_g(), d.cin_g() * d.kh * d.kw, d.groups * splits),
                     splits * out_len,
                 ),

@@ -108,6 +108,12 @@ pub fn with<R>(p: Precision, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Of a kernel's three builds `[f32, tensor-core tf32, tensor-core bf16]` (the implicit GEMMs of
+/// conv1d and conv2d come in these, from one template), the one this thread's precision runs.
+pub fn pick(variants: [&'static str; 3]) -> &'static str {
+    variants[current() as usize]
+}
+
 /// `cvt.rna.tf32.f32`: the nearest value with 10 mantissa bits, ties away from zero; infinities
 /// and NaNs unchanged.
 pub fn round_tf32(x: f32) -> f32 {

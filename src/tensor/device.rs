@@ -234,7 +234,7 @@ impl Gpu {
 /// order, mapping a launch failure to an error naming the kernel. Each call site states why its
 /// arguments are in bounds (the launch itself is `unsafe`: the kernel trusts its sizes).
 macro_rules! launch {
-    ($gpu:expr, $family:literal, $kernel:literal, $cfg:expr, $($arg:expr),* $(,)?) => {{
+    ($gpu:expr, $family:literal, $kernel:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
         let f = $gpu.function($family, $kernel)?;
         let mut b = $gpu.stream.launch_builder(&f);
         $( cudarc::driver::PushKernelArg::arg(&mut b, $arg); )*

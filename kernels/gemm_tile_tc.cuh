@@ -1,0 +1,153 @@
+// The tensor-core twin of gemm_tile.cuh: the same call (loader and store functors, k range, the
+// same 64×64 output tile per 256-thread block, so a kernel's launch does not change), with the
+// operands rounded to the policy's tensor-core format as they are staged into shared memory and
+// multiplied by mma.sync with f32 accumulation:
+//   TcTf32: cvt.rna to tf32, mma.m16n8k8 (PyTorch's allow_tf32);
+//   TcBf16: round to nearest even bf16, ldmatrix + mma.m16n8k16 (as autocast's bf16).
+// So every implicit GEMM written on gemm_tile (conv1d, conv2d: forward, dx, dW) gets a
+// tensor-core variant by instantiation, and kernels/matmul.cu's big-tile kernel shares the
+// policies. Per 32-deep k slab, 8 warps as 2 (m) × 4 (n), each warp a 32×16 tile of 2×2 mma
+// tiles; the next slab is loaded into registers (8 elements per operand per thread) while the
+// current one is multiplied. Shared rows are k-contiguous (As[m][k], Bs[n][k]) and padded so the
+// fragment reads are conflict-free.
+#pragma once
+#include "common.cuh"
+#include "ptx.cuh"
+
+namespace tc {
+constexpr int BK = 32;  // k per shared-memory slab
+constexpr int BM = 64, BN = 64, THREADS = 256;
+constexpr int LOADS = BM * BK / THREADS;  // elements of each operand one thread stages per slab
+
+// Element e of a rows × BK slab as (row, k): consecutive e walk k when k_fast, else the row, so
+// consecutive threads read consecutive addresses of the operand's contiguous axis.
+__device__ __forceinline__ void slab_coord(int e, bool k_fast, int rows, int& row, int& k) {
+    if (k_fast) row = e / BK, k = e % BK;
+    else k = e / rows, row = e % rows;
+}
+}  // namespace tc
+
+struct TcTf32 {
+    using Smem = unsigned;             // tf32 bits
+    static constexpr int LD = tc::BK + 4;  // (row g, col t) reads hit 32 distinct banks
+    static __device__ __forceinline__ Smem round(float v) { return to_tf32(v); }
+    // acc += the warp's (16·MI)×(8·NI) tile at (wm, wn) over one slab: m16n8k8 steps.
+    template <int MI, int NI>
+    static __device__ __forceinline__ void multiply(const Smem (*As)[LD], const Smem (*Bs)[LD], int wm, int wn, int lane, float (&acc)[MI][NI][4]) {
+        const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+        for (int kk = 0; kk < tc::BK; kk += 8) {
+            unsigned a[MI][4], b[NI][2];
+#pragma unroll
+            for (int mi = 0; mi < MI; mi++) {
+                const int r = wm + mi * 16 + g;
+                a[mi][0] = As[r][kk + t], a[mi][1] = As[r + 8][kk + t];
+                a[mi][2] = As[r][kk + t + 4], a[mi][3] = As[r + 8][kk + t + 4];
+            }
+#pragma unroll
+            for (int ni = 0; ni < NI; ni++) {
+                const int n = wn + ni * 8 + g;
+                b[ni][0] = Bs[n][kk + t], b[ni][1] = Bs[n][kk + t + 4];
+            }
+#pragma unroll
+            for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+                for (int ni = 0; ni < NI; ni++) mma_tf32_1688(acc[mi][ni], a[mi], b[ni]);
+        }
+    }
+};
+
+struct TcBf16 {
+    using Smem = __nv_bfloat16;
+    static constexpr int LD = tc::BK + 8;  // 80-byte rows: an ldmatrix phase's 8 rows on 8 bank groups
+    static __device__ __forceinline__ Smem round(float v) { return __float2bfloat16_rn(v); }
+    // As TcTf32::multiply with m16n8k16 steps, fragments by ldmatrix.x4 (NI even).
+    template <int MI, int NI>
+    static __device__ __forceinline__ void multiply(const Smem (*As)[LD], const Smem (*Bs)[LD], int wm, int wn, int lane, float (&acc)[MI][NI][4]) {
+        static_assert(NI % 2 == 0, "B fragments come in pairs of n8 tiles");
+#pragma unroll
+        for (int kk = 0; kk < tc::BK; kk += 16) {
+            unsigned a[MI][4], b[NI][2];
+#pragma unroll
+            for (int mi = 0; mi < MI; mi++)
+                ldmatrix_x4(a[mi][0], a[mi][1], a[mi][2], a[mi][3], &As[wm + mi * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
+#pragma unroll
+            for (int nj = 0; nj < NI / 2; nj++) {
+                // Matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
+                const int row = wn + nj * 16 + (lane & 7) + ((lane >> 4) << 3);
+                ldmatrix_x4(b[2 * nj][0], b[2 * nj][1], b[2 * nj + 1][0], b[2 * nj + 1][1], &Bs[row][kk + ((lane >> 3) & 1) * 8]);
+            }
+#pragma unroll
+            for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+                for (int ni = 0; ni < NI; ni++) mma_bf16_16816(acc[mi][ni], a[mi], b[ni]);
+        }
+    }
+};
+
+// gemm_tile's contract (see gemm_tile.cuh): the 64×64 tile at (m0, n0) of the M×N product over
+// k in [k_begin, k_end), loaders called only in range, `store` once per in-range (m, n). All 256
+// threads of the block must call it. a_k_fast / b_n_fast as there (coalescing only).
+template <class P, typename LoadA, typename LoadB, typename Store>
+__device__ __forceinline__ void gemm_tile_tc(int M, int N, int k_begin, int k_end, int m0, int n0, bool a_k_fast, bool b_n_fast,
+                                             const LoadA& load_a, const LoadB& load_b, const Store& store) {
+    using namespace tc;
+    __shared__ __align__(16) typename P::Smem As[BM][P::LD];
+    __shared__ __align__(16) typename P::Smem Bs[BN][P::LD];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = (warp >> 2) * 32, wn = (warp & 3) * 16;
+    const bool b_k_fast = !b_n_fast;
+    float acc[2][2][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+    float ra[LOADS], rb[LOADS];
+    auto fetch = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < LOADS; i++) {
+            int r, c;
+            slab_coord(tid + i * THREADS, a_k_fast, BM, r, c);
+            ra[i] = m0 + r < M && k0 + c < k_end ? load_a(m0 + r, k0 + c) : 0.f;
+            slab_coord(tid + i * THREADS, b_k_fast, BN, r, c);
+            rb[i] = n0 + r < N && k0 + c < k_end ? load_b(k0 + c, n0 + r) : 0.f;
+        }
+    };
+    if (k_begin < k_end) fetch(k_begin);
+    for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+#pragma unroll
+        for (int i = 0; i < LOADS; i++) {
+            int r, c;
+            slab_coord(tid + i * THREADS, a_k_fast, BM, r, c);
+            As[r][c] = P::round(ra[i]);
+            slab_coord(tid + i * THREADS, b_k_fast, BN, r, c);
+            Bs[r][c] = P::round(rb[i]);
+        }
+        __syncthreads();
+        if (k0 + BK < k_end) fetch(k0 + BK);  // in flight while this slab is multiplied
+        P::template multiply<2, 2>(As, Bs, wm, wn, lane, acc);
+        __syncthreads();  // every warp is done with the slab before the next one is stored
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 2; ni++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int m = m0 + wm + mi * 16 + (lane >> 2) + (e >> 1) * 8;
+                const int n = n0 + wn + ni * 8 + (lane & 3) * 2 + (e & 1);
+                if (m < M && n < N) store(m, n, acc[mi][ni][e]);
+            }
+}
+
+// The tile a kernel template picks by its precision parameter: 0 the FP32 SIMT tile
+// (gemm_tile.cuh), 1 tf32 and 2 bf16 tensor cores.
+template <int PREC, typename LoadA, typename LoadB, typename Store>
+__device__ __forceinline__ void gemm_tile_at(int M, int N, int k_begin, int k_end, int m0, int n0, bool a_k_fast, bool b_n_fast,
+                                             const LoadA& load_a, const LoadB& load_b, const Store& store) {
+    if constexpr (PREC == 1) gemm_tile_tc<TcTf32>(M, N, k_begin, k_end, m0, n0, a_k_fast, b_n_fast, load_a, load_b, store);
+    else if constexpr (PREC == 2) gemm_tile_tc<TcBf16>(M, N, k_begin, k_end, m0, n0, a_k_fast, b_n_fast, load_a, load_b, store);
+    else gemm_tile(M, N, k_begin, k_end, m0, n0, a_k_fast, b_n_fast, load_a, load_b, store);
+}
