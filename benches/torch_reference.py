@@ -39,11 +39,11 @@ def cases(dev):
     a32, b32 = r(4096, 4096), r(4096, 4096)
     def tf32(fn):
         def run():
-            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
             try:
                 return fn()
             finally:
-                torch.backends.cuda.matmul.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         return run
     def autocast(fn):
         def run():
@@ -55,6 +55,8 @@ def cases(dev):
         out.append((f"matmul f32 --precision {prec} Aᵀ·B 4096x4096x4096", wrap(lambda: a32.t() @ b32)))
     x, w = r(128, 64, 7872), r(64, 64, 3)
     out.append(("conv1d k3 [128,64,7872]", lambda: torch.nn.functional.conv1d(x, w, padding=1)))
+    out.append(("conv1d k3 --precision tf32 [128,64,7872]", tf32(lambda: torch.nn.functional.conv1d(x, w, padding=1))))
+    out.append(("conv1d k3 --precision bf16 [128,64,7872]", autocast(lambda: torch.nn.functional.conv1d(x, w, padding=1))))
     xs, ws = r(128, 1, 15744), r(64, 1, 4)
     out.append(("conv1d stem k4s2 [128,1,15744]", lambda: torch.nn.functional.conv1d(xs, ws, stride=2, padding=1)))
     for rows, cols in [(4096, 4096), (128 * 12 * 50, 50)]:
@@ -71,6 +73,8 @@ def cases(dev):
     opt = torch.optim.Adam(params, lr=1e-4, weight_decay=1e-5, fused=True)
     out.append((f"adam {len(sizes)} tensors {sum(sizes)} params", opt.step))
     out.append(("mapper train step f32 B=128 V=15744", mapper_step(dev, r)))
+    out.append(("mapper train step f32 --precision tf32 B=128 V=15744", tf32(mapper_step(dev, r))))
+    out.append(("mapper train step f32 --precision bf16 B=128 V=15744", mapper_step(dev, r, autocast=True)))
     out += clip_cases(dev, r)
     out += lafite_cases(dev, r)
     for dt, tag in [(torch.float32, ""), (torch.bfloat16, " bf16")]:
@@ -209,7 +213,7 @@ class ResBlock(torch.nn.Module):
     def forward(self, x):
         return torch.relu(self.net(x) + x)
 
-def mapper_step(dev, r, voxels=15744, batch=128):
+def mapper_step(dev, r, voxels=15744, batch=128, autocast=False):
     F = torch.nn
     enc = F.Sequential(F.Sequential(F.Conv1d(1, 64, 4, stride=2, padding=1), F.ReLU()), *[ResBlock(64) for _ in range(4)], F.Conv1d(64, 512, 1)).to(dev)
     fc = F.Sequential(F.ReLU(), F.Conv1d(voxels // 2, 128, 1), F.ReLU(), F.Conv1d(128, 1, 1)).to(dev)
@@ -218,8 +222,8 @@ def mapper_step(dev, r, voxels=15744, batch=128):
     x, t = r(batch, voxels), r(batch, 512)
     ones = torch.ones(batch, device=dev)
     def step():
-        with torch.enable_grad():
-            y = fc(enc(x.view(-1, 1, voxels)).transpose(1, 2))[:, 0, :]
+        with torch.enable_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            y = fc(enc(x.view(-1, 1, voxels)).transpose(1, 2))[:, 0, :].float()
             loss = 0.4 * torch.nn.functional.mse_loss(y, t) + 0.6 * torch.nn.functional.cosine_embedding_loss(y, t, ones)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -131,30 +131,47 @@ pub fn cases(quick: bool) -> Vec<Case> {
             ));
         }
     }
-    // The mapper's residual conv: [B, 64, V/2] with k3 p1, V = 15744.
+    // The mapper's residual conv: [B, 64, V/2] with k3 p1, V = 15744; on the tensor cores too.
     let (b, c, l) = (s(128, 2), s(64, 8), s(7872, 50));
-    out.push(case(
-        format!("conv1d k3 [{b},{c},{l}]"),
-        2.0 * (b * c * l * c * 3) as f64,
-        (4 * (2 * b * c * l + c * c * 3)) as f64,
-        1e-3,
-        move |d| {
-            let (x, w) = (
-                input(&[b, c, l], 3, d, DType::F32)?,
-                input(&[c, c, 3], 4, d, DType::F32)?,
-            );
-            Ok(Box::new(move || {
-                Ok(Some(conv1d::conv1d(
-                    &mut Tape::inference(),
-                    &x,
-                    &w,
-                    None,
-                    1,
-                    1,
-                )?))
-            }))
-        },
-    ));
+    for p in Precision::ALL {
+        let tag = match p {
+            Precision::F32 => String::new(),
+            other => format!(" --precision {other}"),
+        };
+        out.push(case(
+            format!("conv1d k3{tag} [{b},{c},{l}]"),
+            2.0 * (b * c * l * c * 3) as f64,
+            (4 * (2 * b * c * l + c * c * 3)) as f64,
+            1e-3,
+            move |d| {
+                // The CPU twin computes in f32: give it the operands the tensor cores see.
+                let operand = |shape: &[usize], seed| -> Result<Tensor> {
+                    let t = input(shape, seed, d, DType::F32)?;
+                    match d {
+                        Device::Cpu => Tensor::from_vec(
+                            precision::round_operand(p, &t.to_vec_f32()?),
+                            shape,
+                            d,
+                        ),
+                        Device::Cuda(_) => Ok(t),
+                    }
+                };
+                let (x, w) = (operand(&[b, c, l], 3)?, operand(&[c, c, 3], 4)?);
+                Ok(Box::new(move || {
+                    precision::with(p, || {
+                        Ok(Some(conv1d::conv1d(
+                            &mut Tape::inference(),
+                            &x,
+                            &w,
+                            None,
+                            1,
+                            1,
+                        )?))
+                    })
+                }))
+            },
+        ));
+    }
     // The mapper's stem: [B, 1, V] → [B, 64, V/2] with k4 s2 p1.
     let (v, co) = (s(15744, 64), s(64, 8));
     out.push(case(
@@ -283,32 +300,45 @@ pub fn cases(quick: bool) -> Vec<Case> {
     let (batch, voxels) = (s(128, 4), s(15744, 64));
     let mcfg = MapperConfig::mind_reader(voxels, 512);
     let flops = 3.0 * batch as f64 * mapper_forward_flops(&mcfg);
-    out.push(case(
-        format!("mapper train step f32 B={batch} V={voxels}"),
-        flops,
-        4.0 * (batch * voxels) as f64,
-        2e-3,
-        move |d| {
-            let mut store = ParamStore::new();
-            let mapper = Mapper::new(mcfg, &mut store, 42, d)?;
-            let mut adam = Adam::new(AdamConfig::adam(2e-4, 1e-5));
-            let (x, t) = (
-                input(&[batch, voxels], 30, d, DType::F32)?,
-                input(&[batch, 512], 31, d, DType::F32)?,
-            );
-            Ok(Box::new(move || {
-                let mut tape = Tape::new();
-                store.watch_all(&mut tape);
-                let y = mapper.forward(&mut tape, &x)?;
-                let l = loss::mse_cos(&mut tape, &y, &t, 0.6)?;
-                let g = tape.backward(&l)?;
-                store.accumulate(&g)?;
-                adam.step(&mut store, 2e-4)?;
-                store.zero_grad();
-                Ok(Some(l))
-            }))
-        },
-    ));
+    for p in Precision::ALL {
+        let tag = match p {
+            Precision::F32 => String::new(),
+            other => format!(" --precision {other}"),
+        };
+        out.push(case(
+            format!("mapper train step f32{tag} B={batch} V={voxels}"),
+            flops,
+            4.0 * (batch * voxels) as f64,
+            // The first step's loss against the f32 CPU twin: the operands' rounding, not a bug.
+            match p {
+                Precision::F32 => 2e-3,
+                Precision::Tf32 => 1e-2,
+                Precision::Bf16 => 5e-2,
+            },
+            move |d| {
+                let mut store = ParamStore::new();
+                let mapper = Mapper::new(mcfg, &mut store, 42, d)?;
+                let mut adam = Adam::new(AdamConfig::adam(2e-4, 1e-5));
+                let (x, t) = (
+                    input(&[batch, voxels], 30, d, DType::F32)?,
+                    input(&[batch, 512], 31, d, DType::F32)?,
+                );
+                Ok(Box::new(move || {
+                    precision::with(p, || {
+                        let mut tape = Tape::new();
+                        store.watch_all(&mut tape);
+                        let y = mapper.forward(&mut tape, &x)?;
+                        let l = loss::mse_cos(&mut tape, &y, &t, 0.6)?;
+                        let g = tape.backward(&l)?;
+                        store.accumulate(&g)?;
+                        adam.step(&mut store, 2e-4)?;
+                        store.zero_grad();
+                        Ok(Some(l))
+                    })
+                }))
+            },
+        ));
+    }
     // CLIP ViT-B/32 (Hugging Face default config, random weights): image and text encoding, f32.
     // Quick mode: a tiny CLIP of the same structure, so smoke tests stay fast on a CPU.
     let tiny = r#"{"projection_dim": 16, "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,

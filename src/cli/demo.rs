@@ -103,7 +103,8 @@ fn settings(args: &DemoArgs) -> String {
     a.out = PathBuf::new();
     a.device = String::new();
     a.resume = false;
-    format!("{a:?}")
+    // The products' precision changes the numbers: a resume under another one is refused.
+    format!("{a:?} precision {}", mindreader::ops::precision::current())
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {

@@ -390,8 +390,8 @@ impl Report<'_> {
         };
         s += &format!("# Mind Reader on {name}\n\n");
         s += &format!(
-            "fMRI → mappers → CLIP space → Lafite generator → pictures. {} voxels, seed {}, device {}; generator {} kimg at 32 px.\n\n",
-            self.voxels, a.seed, self.device, self.kimg
+            "fMRI → mappers → CLIP space → Lafite generator → pictures. {} voxels, seed {}, device {} (matrix products at --precision {}); generator {} kimg at 32 px.\n\n",
+            self.voxels, a.seed, self.device, mindreader::ops::precision::current(), self.kimg
         );
         let v = |m: &serde_json::Value, k: &str| m[k]["value"].as_f64().unwrap_or(f64::NAN);
         for (key, heading) in self.parts() {
