@@ -7,13 +7,18 @@
 //! 3. `encoder.5`: Conv1d(64→D, k1) → transpose → `[B, V/2, D]`
 //! 4. `fc.1`: ReLU → Conv1d(V/2→128, k1) → ReLU → `fc.3`: Conv1d(128→1, k1) → `[B, D]`
 //!
+//! Steps 3–4 run without the transpose: both k1 convolutions over V/2 are products over the
+//! last axis of `[B·D, V/2]` (see `forward`).
+//!
 //! Parameter names are the PyTorch state_dict's, so a checkpoint converted from the original code
 //! loads by name. ~1.16M parameters at V = 15744.
 
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
 use crate::nn::{Conv1d, ParamStore};
-use crate::ops::{elementwise as ew, transpose};
+use crate::ops::elementwise::{self as ew, Unary};
+use crate::ops::matmul::linear_act;
+use crate::ops::transpose;
 use crate::tensor::{Device, Tensor};
 
 /// The mapper's shape: voxel count, width of the convolutions, fc width, output dimension.
@@ -141,11 +146,17 @@ impl Mapper {
             x = ew::relu(tape, &sum)?;
         }
         let x = self.proj.forward(tape, &x, 1, 0)?; // [B, D, L]
-        let x = transpose::transpose(tape, &x, 1, 2)?; // [B, L, D]
         let x = ew::relu(tape, &x)?;
-        let x = self.fc_1.forward(tape, &x, 1, 0)?; // [B, 128, D]
-        let x = ew::relu(tape, &x)?;
-        let y = self.fc_3.forward(tape, &x, 1, 0)?; // [B, 1, D]
+        // The reference transposes to [B, L, D] and convolves over L with k1 kernels. That is a
+        // product over the last axis of [B·D, L], so the transpose (B·D·L values each way,
+        // 2 GB at B = 128, V = 15744) is never made: fc.1 is one linear with its ReLU fused,
+        // fc.3 another, on the k1 kernels viewed as [out, in] matrices.
+        let (l, h) = (c.length(), c.fc_hidden);
+        let x = transpose::reshape(tape, &x, &[b * c.out_dim, l])?;
+        let w1 = transpose::reshape(tape, &self.fc_1.weight, &[h, l])?;
+        let x = linear_act(tape, &x, &w1, Some(&self.fc_1.bias), Some(Unary::Relu))?; // [B·D, 128]
+        let w3 = transpose::reshape(tape, &self.fc_3.weight, &[1, h])?;
+        let y = linear_act(tape, &x, &w3, Some(&self.fc_3.bias), None)?; // [B·D, 1]
         transpose::reshape(tape, &y, &[b, c.out_dim])
     }
 }

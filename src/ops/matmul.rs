@@ -281,6 +281,9 @@ impl Gemm {
 pub mod cpu {
     use super::*;
 
+    /// Rows of C per parallel task when a single product is split by rows.
+    const ROWS_PER_TASK: usize = 256;
+
     /// `C = op(A) · op(B)` for row-major buffers laid out as `g` says.
     pub fn matmul<T: Real>(a: &[T], b: &[T], g: &Gemm) -> Result<Vec<T>> {
         let (a_len, b_len, c_len) = g.lens();
@@ -298,6 +301,25 @@ pub mod cpu {
         let a_dims = if g.trans_a { (k, m) } else { (m, k) };
         let b_dims = if g.trans_b { (n, k) } else { (k, n) };
         let view_err = |e: ndarray::ShapeError| Error::shape("matmul", e.to_string());
+        if g.batch == 1 && m >= 2 * ROWS_PER_TASK {
+            // One tall product (a linear over many rows): split its rows across the threads, in
+            // fixed-size blocks, so the sums do not depend on the thread count.
+            let av = ArrayView2::from_shape(a_dims, a).map_err(view_err)?;
+            let bv = ArrayView2::from_shape(b_dims, b).map_err(view_err)?;
+            let av = if g.trans_a { av.t() } else { av };
+            let bv = if g.trans_b { bv.t() } else { bv };
+            c.par_chunks_mut(ROWS_PER_TASK * n)
+                .enumerate()
+                .try_for_each(|(i, ci)| -> Result<()> {
+                    let rows = ci.len() / n;
+                    let r0 = i * ROWS_PER_TASK;
+                    let ai = av.slice(ndarray::s![r0..r0 + rows, ..]);
+                    let mut cv = ArrayViewMut2::from_shape((rows, n), ci).map_err(view_err)?;
+                    general_mat_mul(T::one(), &ai, &bv, T::zero(), &mut cv);
+                    Ok(())
+                })?;
+            return Ok(c);
+        }
         c.par_chunks_mut(m * n)
             .enumerate()
             .try_for_each(|(z, cz)| -> Result<()> {
