@@ -110,7 +110,7 @@ impl Bar {
 }
 
 impl Progress for Bar {
-    fn on_step(&mut self, epoch: usize, step: usize, steps: usize, loss: f32) -> bool {
+    fn on_step(&mut self, epoch: usize, step: usize, steps: usize, loss: Option<f32>) -> bool {
         if step == 0 {
             self.bar.set_length(steps as u64);
             self.bar.set_position(0);
@@ -121,8 +121,9 @@ impl Progress for Bar {
         self.bar.inc(1);
         let rate =
             (step + 1) as f64 * self.batch as f64 / self.bar.elapsed().as_secs_f64().max(1e-9);
-        self.bar
-            .set_message(format!("loss {loss:.4}  {rate:.0} samples/s"));
+        // On a GPU the loss is read once per epoch (printed with the epoch's line).
+        let loss = loss.map_or(String::new(), |l| format!("loss {l:.4}  "));
+        self.bar.set_message(format!("{loss}{rate:.0} samples/s"));
         true
     }
 

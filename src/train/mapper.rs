@@ -21,6 +21,7 @@ use crate::eval::{retrieval, Retrieval};
 use crate::models::{Mapper, MapperConfig};
 use crate::nn::ParamStore;
 use crate::ops::concat::concat;
+use crate::ops::elementwise as ew;
 use crate::ops::embedding::embedding;
 use crate::ops::loss::{self, LossConfig};
 use crate::rng::{stage, Rng};
@@ -314,9 +315,10 @@ impl RunDir {
 
 /// Called after every step with (epoch, step in epoch, steps per epoch, loss) and after every
 /// epoch with its metrics; returning `false` from `on_step` stops the run at once without saving
-/// (how the tests simulate a kill).
+/// (how the tests simulate a kill). The loss is `None` on a GPU: there it is summed on the device
+/// and read once per epoch, so no step waits for the host.
 pub trait Progress {
-    fn on_step(&mut self, _epoch: usize, _step: usize, _steps: usize, _loss: f32) -> bool {
+    fn on_step(&mut self, _epoch: usize, _step: usize, _steps: usize, _loss: Option<f32>) -> bool {
         true
     }
     fn on_epoch(&mut self, _m: &EpochMetrics) {}
@@ -479,6 +481,8 @@ pub fn train(
         let steps = order.len().div_ceil(cfg.batch);
         let started = Instant::now();
         let mut total = 0.0f64;
+        // On a GPU, Σ loss·rows stays on the device (read at the epoch's end).
+        let mut total_dev: Option<Tensor> = None;
         for (step, rows) in order.chunks(cfg.batch).enumerate() {
             let mut tape = Tape::new();
             store.watch_all(&mut tape);
@@ -496,17 +500,28 @@ pub fn train(
             store.accumulate(&grads)?;
             adam.step(&mut store, lr)?;
             store.zero_grad();
-            let lv = l.scalar()?;
-            if !lv.is_finite() {
-                return Err(Error::Invalid(format!(
-                    "the training loss became {lv} at epoch {} step {step}; lower --lr",
-                    epoch + 1
-                )));
-            }
-            total += lv as f64 * rows.len() as f64;
+            let lv = if device.is_cuda() {
+                let mut off = Tape::inference();
+                let weighted = ew::scale(&mut off, &l, rows.len() as f32)?;
+                total_dev = Some(match total_dev.take() {
+                    Some(t) => ew::add(&mut off, &t, &weighted)?,
+                    None => weighted,
+                });
+                None
+            } else {
+                let lv = l.scalar()?;
+                check_finite(lv, epoch, &format!("step {step}"))?;
+                total += lv as f64 * rows.len() as f64;
+                Some(lv)
+            };
             if !progress.on_step(epoch, step, steps, lv) {
                 return Ok((mapper, store, history));
             }
+        }
+        if let Some(t) = total_dev {
+            total = t.scalar()? as f64;
+            // Before the checkpoint: a diverged epoch never overwrites the last good one.
+            check_finite(total as f32, epoch, "some step")?;
         }
         let seconds = started.elapsed().as_secs_f64();
         let (val_loss, r) = validate(&mapper, data, cfg, epoch)?;
@@ -528,6 +543,16 @@ pub fn train(
     meta.insert("train.data".into(), cfg.data_id.clone());
     store.save(&dir.weights(), &[], &meta)?;
     Ok((mapper, store, history))
+}
+
+fn check_finite(loss: f32, epoch: usize, when: &str) -> Result<()> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "the training loss became {loss} at epoch {} {when}; lower --lr",
+        epoch + 1
+    )))
 }
 
 fn check_data(cfg: &TrainConfig, data: &MapperData) -> Result<()> {
@@ -673,7 +698,7 @@ mod tests {
 
     struct KillAt(usize, usize);
     impl Progress for KillAt {
-        fn on_step(&mut self, epoch: usize, step: usize, _: usize, _: f32) -> bool {
+        fn on_step(&mut self, epoch: usize, step: usize, _: usize, _: Option<f32>) -> bool {
             !(epoch == self.0 && step == self.1)
         }
     }
