@@ -72,6 +72,19 @@ def cases(dev):
         p.grad = r(p.numel())
     opt = torch.optim.Adam(params, lr=1e-4, weight_decay=1e-5, fused=True)
     out.append((f"adam {len(sizes)} tensors {sum(sizes)} params", opt.step))
+    # The mapper's default loss as PyTorch composes it (Mind Reader's weights), forward + backward.
+    xp, tp = r(128, 512).requires_grad_(), r(128, 512)
+    ones128 = torch.ones(128, device=dev)
+    def mse_cos_contrastive():
+        with torch.enable_grad():
+            F_ = torch.nn.functional
+            mse_cos = 0.4 * F_.mse_loss(xp, tp) + 0.6 * F_.cosine_embedding_loss(xp, tp, ones128)
+            s = F_.cosine_similarity(xp.unsqueeze(1), tp.unsqueeze(0), dim=-1) / 0.5
+            lab = torch.arange(128, device=dev)
+            contra = 0.5 * F_.cross_entropy(s, lab) + 0.5 * F_.cross_entropy(s.t(), lab)
+            loss = 0.5 * mse_cos + 0.5 * contra
+            return torch.autograd.grad(loss, xp)[0]
+    out.append(("mse_cos_contrastive fwd+bwd B=128 D=512", mse_cos_contrastive))
     out.append(("mapper train step f32 B=128 V=15744", mapper_step(dev, r)))
     out.append(("mapper train step f32 --precision tf32 B=128 V=15744", tf32(mapper_step(dev, r))))
     out.append(("mapper train step f32 --precision bf16 B=128 V=15744", mapper_step(dev, r, autocast=True)))

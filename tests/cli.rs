@@ -89,11 +89,12 @@ fn bench_quick_validates_and_times_every_case() {
         "conv1d k3 --precision bf16",
         "mapper train step f32 --precision tf32",
         "mapper train step f32 --precision bf16",
+        "mse_cos_contrastive fwd+bwd",
     ] {
         assert!(text.contains(case), "case {case} missing:\n{text}");
     }
     let lines = std::fs::read_to_string(&json).unwrap();
-    assert_eq!(lines.lines().count(), 33, "{lines}");
+    assert_eq!(lines.lines().count(), 34, "{lines}");
     for line in lines.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(v["median_ms"].as_f64().unwrap() > 0.0, "{line}");

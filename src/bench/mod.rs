@@ -296,6 +296,29 @@ pub fn cases(quick: bool) -> Vec<Case> {
             }))
         },
     ));
+    // The mapper's default loss, forward + backward (the gradient of the prediction is the
+    // output): mse_cos_contrastive with Mind Reader's weights, B = 128, D = 512. The B×B
+    // similarity product dominates the FLOPs; the traffic is a few passes over [B, D].
+    let (lb, ld) = (s(128, 6), s(512, 24));
+    out.push(case(
+        format!("mse_cos_contrastive fwd+bwd B={lb} D={ld}"),
+        2.0 * 2.0 * (lb * lb * ld) as f64,
+        (4 * 4 * lb * ld) as f64,
+        1e-3,
+        move |d| {
+            let (x, t) = (
+                input(&[lb, ld], 40, d, DType::F32)?,
+                input(&[lb, ld], 41, d, DType::F32)?,
+            );
+            Ok(Box::new(move || {
+                let mut tape = Tape::new();
+                tape.watch(&x);
+                let l = loss::mse_cos_contrastive(&mut tape, &x, &t, &loss::LossConfig::default())?;
+                let g = tape.backward(&l)?;
+                Ok(g.get(&x).cloned())
+            }))
+        },
+    ));
     // One Mind Reader mapper training step: forward, mse_cos loss, backward, Adam (f32).
     let (batch, voxels) = (s(128, 4), s(15744, 64));
     let mcfg = MapperConfig::mind_reader(voxels, 512);
