@@ -49,6 +49,18 @@ fn input(shape: &[usize], seed: u64, device: &Device, dtype: DType) -> Result<Te
     Tensor::from_vec(randn_vec(shape.iter().product(), 1.0, seed), shape, device)?.to_dtype(dtype)
 }
 
+/// An f32 input of a product run at precision `p`: on the CPU (which computes in f32) already
+/// rounded as the tensor cores will see it, so the validation measures only the kernel.
+fn operand_at(p: Precision, shape: &[usize], seed: u64, device: &Device) -> Result<Tensor> {
+    let t = input(shape, seed, device, DType::F32)?;
+    match device {
+        Device::Cpu => {
+            Tensor::from_vec(precision::round_operand(p, &t.to_vec_f32()?), shape, device)
+        }
+        Device::Cuda(_) => Ok(t),
+    }
+}
+
 fn case(
     name: String,
     flops: f64,
@@ -103,19 +115,10 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 1e-3,
                 move |d| {
                     let a_shape = if trans_a { [k, m] } else { [m, k] };
-                    // The CPU twin computes in f32: give it the operands the tensor cores see.
-                    let operand = |shape: &[usize], seed| -> Result<Tensor> {
-                        let t = input(shape, seed, d, DType::F32)?;
-                        match d {
-                            Device::Cpu => Tensor::from_vec(
-                                precision::round_operand(p, &t.to_vec_f32()?),
-                                shape,
-                                d,
-                            ),
-                            Device::Cuda(_) => Ok(t),
-                        }
-                    };
-                    let (a, b) = (operand(&a_shape, 1)?, operand(&[k, n], 2)?);
+                    let (a, b) = (
+                        operand_at(p, &a_shape, 1, d)?,
+                        operand_at(p, &[k, n], 2, d)?,
+                    );
                     Ok(Box::new(move || {
                         precision::with(p, || {
                             Ok(Some(matmul::matmul(
@@ -144,19 +147,10 @@ pub fn cases(quick: bool) -> Vec<Case> {
             (4 * (2 * b * c * l + c * c * 3)) as f64,
             1e-3,
             move |d| {
-                // The CPU twin computes in f32: give it the operands the tensor cores see.
-                let operand = |shape: &[usize], seed| -> Result<Tensor> {
-                    let t = input(shape, seed, d, DType::F32)?;
-                    match d {
-                        Device::Cpu => Tensor::from_vec(
-                            precision::round_operand(p, &t.to_vec_f32()?),
-                            shape,
-                            d,
-                        ),
-                        Device::Cuda(_) => Ok(t),
-                    }
-                };
-                let (x, w) = (operand(&[b, c, l], 3)?, operand(&[c, c, 3], 4)?);
+                let (x, w) = (
+                    operand_at(p, &[b, c, l], 3, d)?,
+                    operand_at(p, &[c, c, 3], 4, d)?,
+                );
                 Ok(Box::new(move || {
                     precision::with(p, || {
                         Ok(Some(conv1d::conv1d(
