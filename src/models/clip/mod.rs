@@ -197,28 +197,21 @@ impl Clip {
         Ok(clip)
     }
 
-    /// Fresh weights, the same on every device for a seed: N(0, 0.02²) everywhere but the layer
-    /// norms (gain 1, bias 0) and `logit_scale` (ln(1/0.07), CLIP's initial temperature).
+    /// Fresh weights, the same on every device for a seed, drawn as CLIP's own initialisation
+    /// (Hugging Face `CLIPPreTrainedModel._init_weights`, factor 1): see [`init_of`]. Scaling
+    /// by width matters at the small widths `train-clip` uses: with N(0, 0.02²) everywhere a
+    /// width-64 tower's pooled token is almost all class (or end-of-text) embedding, every
+    /// image embeds alike, and the contrastive loss sits at ln B for the first hundreds of steps.
     pub fn init_random(&mut self, seed: u64) -> Result<()> {
         for (i, p) in self.store.iter().enumerate() {
-            let is_norm = p.name.contains("layer_norm")
-                || p.name.contains("layrnorm")
-                || p.name.contains("layernorm");
-            let t = if p.name == "logit_scale" {
-                Tensor::full((1.0f32 / 0.07).ln(), p.value.shape(), p.value.device())?
-            } else if is_norm {
-                Tensor::full(
-                    if p.name.ends_with("weight") { 1.0 } else { 0.0 },
+            let t = match init_of(&self.config, &p.name) {
+                Init::Constant(v) => Tensor::full(v, p.value.shape(), p.value.device())?,
+                Init::Normal(std) => Tensor::randn(
                     p.value.shape(),
-                    p.value.device(),
-                )?
-            } else {
-                Tensor::randn(
-                    p.value.shape(),
-                    0.02,
+                    std,
                     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (1000 + i as u64),
                     p.value.device(),
-                )?
+                )?,
             };
             p.value.set_storage_from(t.to_dtype(p.value.dtype())?)?;
         }
@@ -272,5 +265,113 @@ impl Clip {
         let logit_scale = self.logit_scale.to_dtype(DType::F32)?;
         let scale = ew::exp(tape, &logit_scale)?;
         ew::scale_by(tape, &cos, &scale)
+    }
+}
+
+/// How one freshly initialised CLIP parameter is drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Init {
+    Constant(f32),
+    Normal(f32),
+}
+
+/// CLIP's initialisation of the parameter `name` (Hugging Face `_init_weights` with
+/// `initializer_range` 0.02 and `initializer_factor` 1): the layer norms' gains 1, every bias 0,
+/// `logit_scale` ln(1/0.07); the token, patch and position embeddings N(0, 0.02²); the class
+/// embedding N(0, 1/w); attention's q, k, v N(0, 1/(2·layers·w)) and its output N(0, 1/w); the
+/// MLP's fc1 N(0, 1/(2w)) and fc2 N(0, 1/(2·layers·w)); each projection N(0, 1/w), with w the
+/// tower's width.
+fn init_of(config: &ClipConfig, name: &str) -> Init {
+    if name == "logit_scale" {
+        return Init::Constant((1.0f32 / 0.07).ln());
+    }
+    let is_norm = ["layer_norm", "layrnorm", "layernorm"]
+        .iter()
+        .any(|n| name.contains(n));
+    if is_norm && name.ends_with("weight") {
+        return Init::Constant(1.0);
+    }
+    if name.ends_with("bias") {
+        return Init::Constant(0.0);
+    }
+    let tower = if name.starts_with("vision_model") || name.starts_with("visual_projection") {
+        &config.vision.tower
+    } else {
+        &config.text.tower
+    };
+    let width = tower.hidden_size as f32;
+    let depth = (2 * tower.num_hidden_layers).max(1) as f32;
+    let has = |parts: &[&str]| parts.iter().any(|p| name.contains(p));
+    let std = if name.ends_with("class_embedding") {
+        width.powf(-0.5)
+    } else if has(&["q_proj", "k_proj", "v_proj", "mlp.fc2"]) {
+        (width * depth).powf(-0.5)
+    } else if has(&["out_proj", "_projection.weight"]) {
+        width.powf(-0.5)
+    } else if name.contains("mlp.fc1") {
+        (2.0 * width).powf(-0.5)
+    } else {
+        0.02
+    };
+    Init::Normal(std)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initialisation_follows_clips_by_width_and_depth() {
+        let json = crate::train::clip::ClipTrainConfig::default().hf_config(32);
+        let config = ClipConfig::from_json(&json.to_string(), Path::new("config.json")).unwrap();
+        let (w, layers) = (64.0f32, 2.0f32);
+        let cases = [
+            ("logit_scale", Init::Constant((1.0f32 / 0.07).ln())),
+            ("vision_model.pre_layrnorm.weight", Init::Constant(1.0)),
+            ("text_model.final_layer_norm.bias", Init::Constant(0.0)),
+            (
+                "vision_model.encoder.layers.0.mlp.fc1.bias",
+                Init::Constant(0.0),
+            ),
+            (
+                "vision_model.embeddings.class_embedding",
+                Init::Normal(1.0 / w.sqrt()),
+            ),
+            (
+                "vision_model.embeddings.patch_embedding.weight",
+                Init::Normal(0.02),
+            ),
+            (
+                "text_model.embeddings.token_embedding.weight",
+                Init::Normal(0.02),
+            ),
+            (
+                "text_model.encoder.layers.1.self_attn.q_proj.weight",
+                Init::Normal(1.0 / (2.0 * layers * w).sqrt()),
+            ),
+            (
+                "text_model.encoder.layers.1.self_attn.out_proj.weight",
+                Init::Normal(1.0 / w.sqrt()),
+            ),
+            (
+                "vision_model.encoder.layers.0.mlp.fc1.weight",
+                Init::Normal(1.0 / (2.0 * w).sqrt()),
+            ),
+            (
+                "vision_model.encoder.layers.0.mlp.fc2.weight",
+                Init::Normal(1.0 / (2.0 * layers * w).sqrt()),
+            ),
+            ("visual_projection.weight", Init::Normal(1.0 / w.sqrt())),
+            ("text_projection.weight", Init::Normal(1.0 / w.sqrt())),
+        ];
+        for (name, want) in cases {
+            match (init_of(&config, name), want) {
+                (Init::Constant(a), Init::Constant(b)) => assert_eq!(a, b, "{name}"),
+                (Init::Normal(a), Init::Normal(b)) => {
+                    assert!((a - b).abs() < 1e-6, "{name}: {a} vs {b}")
+                }
+                (got, _) => panic!("{name}: {got:?}"),
+            }
+        }
     }
 }
