@@ -165,6 +165,7 @@ CUresult CUDAAPI cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice) {
     case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR: *v = 228 * 1024; break;
     case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR: *v = 2048; break;
     case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING: *v = 1; break;
+    case CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED: *v = 1; break;  // stream-ordered allocation
     default: *v = 0; break;  // memory pools, managed memory, clocks…: not simulated
     }
     return CUDA_SUCCESS;
@@ -275,6 +276,37 @@ CUresult CUDAAPI cuMemFree(CUdeviceptr p) {
 }
 
 CUresult CUDAAPI cuMemFreeAsync(CUdeviceptr p, CUstream) { return cuMemFree(p); }
+
+// ---- the device's memory pool (stream-ordered allocation) --------------------------------------------
+// One pool per device, as the driver has. Its allocations are cuMemAlloc's; what is simulated is
+// the attributes a program reads and sets, so a test can see that the engine keeps freed memory in
+// the pool (the release threshold) instead of handing it back at every synchronisation.
+static struct SimPool { uint64_t release_threshold = 0; } g_pool;
+
+CUresult CUDAAPI cuDeviceGetDefaultMemPool(CUmemoryPool* pool, CUdevice) {
+    if (CUresult r = need_init()) return r;
+    *pool = (CUmemoryPool)&g_pool;
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuDeviceGetMemPool(CUmemoryPool* pool, CUdevice dev) { return cuDeviceGetDefaultMemPool(pool, dev); }
+
+CUresult CUDAAPI cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute a, void* v) {
+    if (pool != (CUmemoryPool)&g_pool) return fail(CUDA_ERROR_INVALID_VALUE, "cuMemPoolSetAttribute: not the device's pool");
+    if (a != CU_MEMPOOL_ATTR_RELEASE_THRESHOLD)
+        return fail(CUDA_ERROR_NOT_SUPPORTED, "cuMemPoolSetAttribute: only the release threshold is simulated");
+    g_pool.release_threshold = *(const uint64_t*)v;
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute a, void* v) {
+    if (pool != (CUmemoryPool)&g_pool) return fail(CUDA_ERROR_INVALID_VALUE, "cuMemPoolGetAttribute: not the device's pool");
+    switch (a) {
+    case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD: *(uint64_t*)v = g_pool.release_threshold; return CUDA_SUCCESS;
+    case CU_MEMPOOL_ATTR_USED_MEM_CURRENT: *(uint64_t*)v = sim_mem_in_use(); return CUDA_SUCCESS;
+    default: return fail(CUDA_ERROR_NOT_SUPPORTED, "cuMemPoolGetAttribute: only the release threshold and the memory in use are simulated");
+    }
+}
 
 CUresult CUDAAPI cuMemGetInfo(size_t* free_bytes, size_t* total) {
     const size_t t = host_memory(), used = sim_mem_in_use();

@@ -111,6 +111,25 @@ pub struct Gpu {
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
 }
 
+/// Every buffer comes from the device's default memory pool (stream-ordered allocation), which
+/// by default hands freed memory back to the driver at each synchronisation (release threshold
+/// 0): every training step would map its activations afresh. A threshold of `u64::MAX` keeps
+/// what a step frees in the pool for the next one, a caching allocator like PyTorch's.
+fn keep_freed_memory(ctx: &CudaContext) -> Result<()> {
+    let mut threshold = u64::MAX;
+    // SAFETY: the device is the context's; the attribute is a u64 and `threshold` outlives the call.
+    unsafe {
+        let pool = cudarc::driver::result::device::get_default_mem_pool(ctx.cu_device())
+            .map_err(|e| Error::cuda("finding the device's memory pool", e))?;
+        cudarc::driver::result::mem_pool::set_attribute(
+            pool,
+            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .map_err(|e| Error::cuda("keeping freed memory in the device's pool", e))
+    }
+}
+
 /// Why no GPU can be used here, or None when one can.
 pub fn why_no_gpu() -> Option<String> {
     // cudarc panics when libcuda is absent; ask first.
@@ -140,6 +159,9 @@ impl Gpu {
             .map_err(|e| Error::NoGpu(format!("creating a context on cuda:{ordinal}: {e}")))?;
         let stream = ctx.default_stream();
         let simulated = ctx.name().is_ok_and(|n| n.starts_with(SIMULATOR_NAME));
+        if ctx.has_async_alloc() {
+            keep_freed_memory(&ctx)?;
+        }
         Ok(Arc::new(Gpu {
             ordinal,
             ctx,
@@ -157,6 +179,27 @@ impl Gpu {
     /// True when the driver library is mindreader's CUDA simulator (`sim/`), which names itself so.
     pub fn is_simulated(&self) -> bool {
         self.simulated
+    }
+
+    /// How much freed memory the device's pool keeps before it returns memory to the driver
+    /// (`u64::MAX`: all of it), or None when the device has no stream-ordered allocation.
+    pub fn pool_release_threshold(&self) -> Result<Option<u64>> {
+        if !self.ctx.has_async_alloc() {
+            return Ok(None);
+        }
+        let mut threshold = 0u64;
+        // SAFETY: as in `keep_freed_memory`.
+        unsafe {
+            let pool = cudarc::driver::result::device::get_default_mem_pool(self.ctx.cu_device())
+                .map_err(|e| Error::cuda("finding the device's memory pool", e))?;
+            cudarc::driver::result::mem_pool::get_attribute(
+                pool,
+                cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            )
+            .map_err(|e| Error::cuda("reading the device pool's release threshold", e))?;
+        }
+        Ok(Some(threshold))
     }
 
     /// The kernel `name` from `kernels/<family>.cu`, loading the family's module on first use.

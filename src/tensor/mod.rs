@@ -631,6 +631,22 @@ mod tests {
     use super::*;
     use crate::testing::{gpu, parity_sizes, random_vec};
 
+    /// The device's memory pool keeps what a step frees (release threshold u64::MAX, set when the
+    /// GPU is opened), and buffers freed and allocated again still work: a caching allocator.
+    #[test]
+    fn the_device_pool_keeps_freed_memory() {
+        let Some(device) = gpu() else { return };
+        let Device::Cuda(g) = &device else {
+            panic!("testing::gpu() gave {device}")
+        };
+        assert_eq!(g.pool_release_threshold().unwrap(), Some(u64::MAX));
+        for round in 0..3 {
+            let v = random_vec(1000 + round, round as u64);
+            let t = Tensor::from_slice(&v, &[v.len()], &device).unwrap();
+            assert_eq!(t.to_vec_f32().unwrap(), v, "round {round}");
+        }
+    }
+
     /// f32 → bf16 / f16 → f32 on the GPU (the cast kernels) is bit for bit the CPU's conversion
     /// (the `half` crate; both round to nearest even), specials included: ±0, ±inf, f16's
     /// overflow to inf and its subnormals, at an awkward length.

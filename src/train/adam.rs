@@ -91,6 +91,20 @@ pub struct Adam {
     /// Steps taken so far (the bias corrections use t = step after increment).
     pub step: u64,
     moments: HashMap<String, (Tensor, Tensor)>,
+    /// The GPU update's pointer table and tensor offsets as last uploaded, with their device
+    /// copies: a step whose buffers sit where the last step's did (the device pool hands a
+    /// training step the same addresses each time) launches without uploading anything.
+    table: Option<PointerTable>,
+    /// How many times that table was uploaded (tests read it).
+    uploads: u64,
+}
+
+/// What `adam_multi_f32` reads: 4 pointers per tensor (p, g, m, v) and the running offsets.
+struct PointerTable {
+    pointers: Vec<u64>,
+    offsets: Vec<u64>,
+    pointers_dev: cudarc::driver::CudaSlice<u64>,
+    offsets_dev: cudarc::driver::CudaSlice<u64>,
 }
 
 impl Adam {
@@ -99,6 +113,8 @@ impl Adam {
             config,
             step: 0,
             moments: HashMap::new(),
+            table: None,
+            uploads: 0,
         }
     }
 
@@ -183,7 +199,24 @@ impl Adam {
                     offsets.push(offsets[offsets.len() - 1] + *n as u64);
                 }
                 let total = offsets[offsets.len() - 1];
-                let (table_dev, offsets_dev) = (upload(gpu, &table)?, upload(gpu, &offsets)?);
+                let cached = self
+                    .table
+                    .as_ref()
+                    .is_some_and(|c| c.pointers == table && c.offsets == offsets);
+                if !cached {
+                    self.table = Some(PointerTable {
+                        pointers_dev: upload(gpu, &table)?,
+                        offsets_dev: upload(gpu, &offsets)?,
+                        pointers: table,
+                        offsets,
+                    });
+                }
+                let uploaded = self
+                    .table
+                    .as_ref()
+                    .ok_or_else(|| Error::Invalid("adam's pointer table vanished".into()))?;
+                let (table_dev, offsets_dev) = (&uploaded.pointers_dev, &uploaded.offsets_dev);
+                self.uploads += !cached as u64;
                 let c = &self.config;
                 let bc1 = 1.0 - c.beta1.powi(t as i32);
                 let bc2_sqrt = (1.0 - c.beta2.powi(t as i32)).sqrt();
@@ -195,8 +228,8 @@ impl Adam {
                     "adam",
                     "adam_multi_f32",
                     launch_1d(total as usize),
-                    &table_dev,
-                    &offsets_dev,
+                    table_dev,
+                    offsets_dev,
                     &n_tensors,
                     &total,
                     &lr,
@@ -212,6 +245,11 @@ impl Adam {
             }
         }
         Ok(())
+    }
+
+    /// How many GPU steps had to upload the pointer table (the others found it in place).
+    pub fn table_uploads(&self) -> u64 {
+        self.uploads
     }
 
     /// The moments as named tensors (`adam.m.<param>`, `adam.v.<param>`) and the step count as
@@ -352,6 +390,54 @@ mod tests {
                 &format!("adam {cfg:?}"),
             );
         }
+    }
+
+    /// The pointer table is uploaded once while the buffers stay put, again when a gradient
+    /// moves to a new buffer, and the parameters still follow the CPU's steps.
+    #[test]
+    fn a_step_whose_buffers_have_not_moved_uploads_nothing() {
+        let Some(gpu) = gpu() else { return };
+        let run = |d: &Device| {
+            let mut store = ParamStore::new();
+            for (i, n) in [5usize, 300, 1].into_iter().enumerate() {
+                store
+                    .insert(
+                        &format!("p{i}"),
+                        Tensor::from_vec(random_vec(n, i as u64), &[n], d).unwrap(),
+                    )
+                    .unwrap();
+            }
+            let grad = |p: &crate::nn::Param, seed: u64| {
+                let n = p.value.numel();
+                Tensor::from_vec(random_vec(n, seed), &[n], d).unwrap()
+            };
+            store
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, p)| p.grad = Some(grad(p, 50 + i as u64)));
+            let mut opt = Adam::new(AdamConfig::adam(1e-2, 0.0));
+            for _ in 0..4 {
+                opt.step(&mut store, 1e-2).unwrap();
+            }
+            let after_four = opt.table_uploads();
+            let p = store.iter_mut().nth(1).unwrap();
+            p.grad = Some(grad(p, 99));
+            opt.step(&mut store, 1e-2).unwrap();
+            let values: Vec<f32> = store
+                .iter()
+                .flat_map(|p| p.value.to_vec_f32().unwrap())
+                .collect();
+            (values, after_four, opt.table_uploads())
+        };
+        let (on_gpu, after_four, after_five) = run(&gpu);
+        assert_eq!((after_four, after_five), (1, 2));
+        assert_close(
+            &on_gpu,
+            &run(&Device::Cpu).0,
+            1e-5,
+            1e-6,
+            "adam, table cached",
+        );
     }
 
     #[test]
