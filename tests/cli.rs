@@ -1567,6 +1567,17 @@ fn train_gan_reconstruct_and_eval_images_from_the_command_line() {
         !out.status.success() && err.contains("cannot be box-averaged"),
         "{err}"
     );
+    // Finetuning a generator at another resolution than it draws is refused, naming it.
+    let g_ema = run.join("G_ema.safetensors");
+    let out = gan(
+        "0.016",
+        &["--resume-from", &p(&g_ema), "--resolution", "32"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("G_ema.safetensors draws 16² images"),
+        "{err}"
+    );
 
     let mut values = Vec::new();
     for cond in ["mapped", "true", "shuffled"] {

@@ -198,13 +198,18 @@ pub fn run(args: TrainGanArgs) -> Result<()> {
         Some(p) => Some(import::load_network::<Generator>(p, None, &device)?),
         None => None,
     };
+    let resumed_from = args
+        .resume_from
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let [h, _] = file.summary().image_size;
     let r = match (&init, args.resolution) {
         (Some(g), Some(r)) => {
             anyhow::ensure!(
                 g.config().img_resolution == r,
                 "--resolution {r}, but {} draws {}² images",
-                args.resume_from.as_ref().unwrap().display(),
+                resumed_from,
                 g.config().img_resolution
             );
             r
@@ -235,7 +240,7 @@ pub fn run(args: TrainGanArgs) -> Result<()> {
         anyhow::ensure!(
             c.structure == structure && c.f_dim == f1 && (structure == 2 || c.f_dim2 == f2),
             "{} reads structure {} conditions of {}+{} dims; the mappers give {} of {f1}+{f2}",
-            args.resume_from.as_ref().unwrap().display(),
+            resumed_from,
             c.structure,
             c.f_dim,
             c.f_dim2,
@@ -318,7 +323,7 @@ pub fn run(args: TrainGanArgs) -> Result<()> {
     let bar = ProgressBar::new(cfg.total_steps());
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps  {msg}")
-            .unwrap()
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
     let mut progress = Bar {
