@@ -305,9 +305,10 @@ pub fn generate(cfg: &SynthConfig, progress: &ProgressBar) -> Result<Contents> {
 /// session has enough trials to z-score.
 fn session_bounds(t: usize, per: usize) -> Vec<(usize, usize)> {
     let mut b: Vec<(usize, usize)> = (0..t).step_by(per).map(|a| (a, (a + per).min(t))).collect();
-    if b.len() > 1 && b[b.len() - 1].1 - b[b.len() - 1].0 < per / 4 {
-        let (_, end) = b.pop().expect("len > 1");
-        b.last_mut().expect("len > 0").1 = end;
+    let n = b.len();
+    if n > 1 && b[n - 1].1 - b[n - 1].0 < per / 4 {
+        b[n - 2].1 = b[n - 1].1;
+        b.pop();
     }
     b
 }
