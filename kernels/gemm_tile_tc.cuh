@@ -27,6 +27,17 @@ __device__ __forceinline__ void slab_coord(int e, bool k_fast, int rows, int& ro
 }
 }  // namespace tc
 
+// A warp's mma accumulators (MI × NI tiles of 4 f32 each) set to zero.
+template <int MI, int NI>
+__device__ __forceinline__ void zero_acc(float (&acc)[MI][NI][4]) {
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int j = 0; j < NI; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+}
+
 struct TcTf32 {
     using Smem = unsigned;             // tf32 bits
     static constexpr int LD = tc::BK + 4;  // (row g, col t) reads hit 32 distinct banks
@@ -98,12 +109,7 @@ __device__ __forceinline__ void gemm_tile_tc(int M, int N, int k_begin, int k_en
     const int wm = (warp >> 2) * 32, wn = (warp & 3) * 16;
     const bool b_k_fast = !b_n_fast;
     float acc[2][2][4];
-#pragma unroll
-    for (int i = 0; i < 2; i++)
-#pragma unroll
-        for (int j = 0; j < 2; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+    zero_acc(acc);
     float ra[LOADS], rb[LOADS];
     auto fetch = [&](int k0) {
 #pragma unroll

@@ -76,6 +76,31 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
     matmul_bias_act(X, W, bias, Y, pre, M, N, K, op, alpha, beta);
 }
 
+// The epilogue of the tensor-core products: a warp's 64×32 accumulators (4×4 m16n8 tiles at
+// rows r0.., columns c0.. of C; lane holds rows g, g + 8 and columns 2·(lane % 4) + {0, 1} of
+// each) plus bias[col] (when non-null), kept as the pre-activation when `p` is non-null, through
+// the activation; T is f32, or bf16 rounded once at the store.
+template <typename T>
+__device__ __forceinline__ void store_tc_tile(const float (&acc)[4][4][4], T* __restrict__ c, T* __restrict__ p, const T* __restrict__ bias, int M,
+                                              int N, int r0, int c0, int lane, int op, float alpha, float beta) {
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = r0 + mi * 16 + (lane >> 2) + (e >> 1) * 8;
+                const int col = c0 + ni * 8 + (lane & 3) * 2 + (e & 1);
+                if (r < M && col < N) {
+                    float v = acc[mi][ni][e];
+                    if (bias) v += to_f32(bias[col]);
+                    const u64 i = (u64)r * N + col;
+                    if (p) p[i] = from_f32<T>(v);
+                    c[i] = from_f32<T>(op < 0 ? v : unary_fwd(op, v, alpha, beta));
+                }
+            }
+}
+
 // ---- bf16 linear on the tensor cores (variant beside matmul_bias_act_bf16) ----------------------
 // Y = act(X·Wᵀ + bias), X [M, K], W [N, K] (both K-contiguous: mma.sync's row.col layout), bf16
 // in and out, f32 accumulation; K % 8 == 0 (16-byte rows; the host checks and otherwise uses the
@@ -98,12 +123,7 @@ extern "C" __global__ void __launch_bounds__(256)
     const int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
     const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32;
     float acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+    zero_acc(acc);
 
     // One k-tile of A and B: 128 rows × 32 = 512 copies of 8 bf16 per operand, 2 per thread.
     auto load_tile = [&](int buf, int k0) {
@@ -151,21 +171,7 @@ extern "C" __global__ void __launch_bounds__(256)
         __syncthreads();  // every warp is done with buf before the next iteration refills it
     }
 
-    // Epilogue: accumulator (row g or g + 8, cols 2·(lane % 4) + {0, 1}) of each m16n8 tile.
-#pragma unroll
-    for (int mi = 0; mi < 4; mi++)
-#pragma unroll
-        for (int ni = 0; ni < 4; ni++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int r = m0 + wm + mi * 16 + (lane >> 2) + (e >> 1) * 8;
-                const int c = n0 + wn + ni * 8 + (lane & 3) * 2 + (e & 1);
-                if (r < M && c < N) {
-                    float v = acc[mi][ni][e];
-                    if (bias) v += to_f32(bias[c]);
-                    Y[(u64)r * N + c] = from_f32<__nv_bfloat16>(op < 0 ? v : unary_fwd(op, v, alpha, beta));
-                }
-            }
+    store_tc_tile<__nv_bfloat16>(acc, Y, nullptr, bias, M, N, m0 + wm, n0 + wn, lane, op, alpha, beta);
 }
 
 // ---- Batched matmul on the tensor cores for f32 tensors (training and inference) ---------------
@@ -199,12 +205,7 @@ __device__ __forceinline__ void matmul_tc(const float* __restrict__ A, const flo
         const float* a = A + (u64)z * stride_a;
         const float* b = B + (u64)z * stride_b;
         float acc[4][4][4];
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-#pragma unroll
-            for (int j = 0; j < 4; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+        zero_acc(acc);
         float ra[16], rb[16];
         auto fetch = [&](int k0) {
 #pragma unroll
@@ -233,24 +234,7 @@ __device__ __forceinline__ void matmul_tc(const float* __restrict__ A, const flo
             P::template multiply<4, 4>(As, Bs, wm, wn, lane, acc);
             __syncthreads();  // every warp is done with the tile before the next one is stored
         }
-        float* c = C + (u64)z * M * N;
-        float* p = pre ? pre + (u64)z * M * N : nullptr;
-#pragma unroll
-        for (int mi = 0; mi < 4; mi++)
-#pragma unroll
-            for (int ni = 0; ni < 4; ni++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int r = m0 + wm + mi * 16 + (lane >> 2) + (e >> 1) * 8;
-                    const int col = n0 + wn + ni * 8 + (lane & 3) * 2 + (e & 1);
-                    if (r < M && col < N) {
-                        float v = acc[mi][ni][e];
-                        if (bias) v += bias[col];
-                        const u64 i = (u64)r * N + col;
-                        if (p) p[i] = v;
-                        c[i] = op < 0 ? v : unary_fwd(op, v, alpha, beta);
-                    }
-                }
+        store_tc_tile(acc, C + (u64)z * M * N, pre ? pre + (u64)z * M * N : nullptr, bias, M, N, m0 + wm, n0 + wn, lane, op, alpha, beta);
     }
 }
 
@@ -264,4 +248,179 @@ extern "C" __global__ void __launch_bounds__(256)
     matmul_tc_bf16(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias, float* __restrict__ C, float* __restrict__ pre,
                    int batch, int M, int N, int K, u64 stride_a, u64 stride_b, int trans_a, int trans_b, int op, float alpha, float beta) {
     matmul_tc<TcBf16>(A, B, bias, C, pre, batch, M, N, K, stride_a, stride_b, trans_a, trans_b, op, alpha, beta);
+}
+
+// ---- The same products through a cp.async pipeline (operands staged raw, rounded per fragment) --
+// matmul_tc's math, flags, strides, epilogue and launch grid, for operands whose contiguous axis
+// is a multiple of 4 floats and whose buffers start 16-byte aligned (the host checks, and takes
+// matmul_tc otherwise). PIPE_STAGES k-tiles of A and B are in flight at once: copied global →
+// shared by cp.async as they are (f32, 16 bytes per copy, zero-filled past M, N and K) with no
+// trip through registers, and rounded to the policy's format only as a warp reads its fragments
+// (tf32: cvt.rna per element; bf16: round to nearest even, two per register). The rounding and
+// the order of the mma steps are matmul_tc's, so the two kernels agree bit for bit.
+// Each operand keeps its global layout in shared memory, [row][k] when k-contiguous (`KF`), else
+// [k][row], padded (the policy's LDK, LDR) so that the fragment reads of a warp are conflict-free:
+// tf32 reads (g, t) at 4g + t or 8t + g mod 32; bf16 reads float2 pairs at 8g + 2t per half-warp,
+// or single floats at 8t + g (+ 4).
+// Dynamic shared memory: PIPE_STAGES × (A + B) × STAGE floats, 108 KiB (tf32) or 120 KiB
+// (bf16), above the default 48 KiB, so the host raises the kernel's limit (src/ops/matmul_tc.rs
+// computes the same sizes).
+#define PIPE_STAGES 3
+
+// (row, k) of one stage's tile of an operand, in its layout.
+template <bool KF, int LDK, int LDR>
+__device__ __forceinline__ const float* pipe_at(const float* s, int row, int k) {
+    return KF ? s + row * LDK + k : s + k * LDR + row;
+}
+
+struct PipeTf32 {
+    static constexpr int LDK = TC_BK + 4, LDR = TC_BM + 8;
+    static constexpr int STAGE = TC_BM * LDK > TC_BK * LDR ? TC_BM * LDK : TC_BK * LDR;  // floats per operand
+    template <bool AK, bool BK>
+    static __device__ __forceinline__ void multiply(const float* As, const float* Bs, int wm, int wn, int lane, float (&acc)[4][4][4]) {
+        const int g = lane >> 2, t = lane & 3;
+        auto A = [&](int r, int k) { return to_tf32(*pipe_at<AK, LDK, LDR>(As, r, k)); };
+        auto B = [&](int n, int k) { return to_tf32(*pipe_at<BK, LDK, LDR>(Bs, n, k)); };
+#pragma unroll
+        for (int kk = 0; kk < TC_BK; kk += 8) {
+            unsigned a[4][4], b[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++) {
+                const int r = wm + mi * 16 + g;
+                a[mi][0] = A(r, kk + t), a[mi][1] = A(r + 8, kk + t), a[mi][2] = A(r, kk + t + 4), a[mi][3] = A(r + 8, kk + t + 4);
+            }
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) {
+                const int n = wn + ni * 8 + g;
+                b[ni][0] = B(n, kk + t), b[ni][1] = B(n, kk + t + 4);
+            }
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                for (int ni = 0; ni < 4; ni++) mma_tf32_1688(acc[mi][ni], a[mi], b[ni]);
+        }
+    }
+};
+
+struct PipeBf16 {
+    static constexpr int LDK = TC_BK + 8, LDR = TC_BM + 4;
+    static constexpr int STAGE = TC_BM * LDK > TC_BK * LDR ? TC_BM * LDK : TC_BK * LDR;
+    // Elements (row, k) and (row, k + 1) as one bf16x2 register, the lower k in the low half.
+    template <bool KF>
+    static __device__ __forceinline__ unsigned pair(const float* s, int row, int k) {
+        float x, y;
+        if (KF) {
+            const float2 v = *reinterpret_cast<const float2*>(pipe_at<true, LDK, LDR>(s, row, k));
+            x = v.x, y = v.y;
+        } else {
+            x = *pipe_at<false, LDK, LDR>(s, row, k), y = *pipe_at<false, LDK, LDR>(s, row, k + 1);
+        }
+        return (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(x)) | (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(y)) << 16;
+    }
+    template <bool AK, bool BK>
+    static __device__ __forceinline__ void multiply(const float* As, const float* Bs, int wm, int wn, int lane, float (&acc)[4][4][4]) {
+        const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+        for (int kk = 0; kk < TC_BK; kk += 16) {
+            unsigned a[4][4], b[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++) {
+                const int r = wm + mi * 16 + g, k = kk + 2 * t;
+                a[mi][0] = pair<AK>(As, r, k), a[mi][1] = pair<AK>(As, r + 8, k);
+                a[mi][2] = pair<AK>(As, r, k + 8), a[mi][3] = pair<AK>(As, r + 8, k + 8);
+            }
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) {
+                const int n = wn + ni * 8 + g, k = kk + 2 * t;
+                b[ni][0] = pair<BK>(Bs, n, k), b[ni][1] = pair<BK>(Bs, n, k + 8);
+            }
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                for (int ni = 0; ni < 4; ni++) mma_bf16_16816(acc[mi][ni], a[mi], b[ni]);
+        }
+    }
+};
+
+// One stage of one operand: rows [row0, row0 + 128) × k [k0, k0 + 32) of `g` (rows × K when KF,
+// else K × rows), 1024 copies of 4 floats, 4 per thread; a warp's copies cover 512 contiguous
+// bytes (KF: 4 rows of 128 B; else one row of k). Copies outside the operand read nothing.
+template <bool KF, int LDK, int LDR>
+__device__ __forceinline__ void pipe_stage(float* s, const float* __restrict__ g, int rows, int K, int row0, int k0, int tid) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int c = tid + i * 256;
+        const int r = KF ? c >> 3 : (c & 31) * 4, k = KF ? (c & 7) * 4 : c >> 5;
+        const bool in = row0 + r < rows && k0 + k < K;
+        const float* src = !in ? g : KF ? g + (u64)(row0 + r) * K + k0 + k : g + (u64)(k0 + k) * rows + row0 + r;
+        cp_async16(KF ? s + r * LDK + k : s + k * LDR + r, src, in ? 16 : 0);
+    }
+}
+
+template <class P, bool AK, bool BK>
+__device__ __forceinline__ void matmul_tc_pipe_body(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias,
+                                                    float* __restrict__ C, float* __restrict__ pre, int batch, int M, int N, int K, u64 stride_a,
+                                                    u64 stride_b, int op, float alpha, float beta) {
+    DYNAMIC_SMEM(float, smem);
+    float* As = smem;                          // PIPE_STAGES tiles of A
+    float* Bs = smem + PIPE_STAGES * P::STAGE;  // then PIPE_STAGES tiles of B
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
+    const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32;
+    const int ktiles = (K + TC_BK - 1) / TC_BK;
+    for (int z = blockIdx.z; z < batch; z += gridDim.z) {
+        const float* a = A + (u64)z * stride_a;
+        const float* b = B + (u64)z * stride_b;
+        auto stage = [&](int kt) {
+            const int buf = kt % PIPE_STAGES;
+            pipe_stage<AK, P::LDK, P::LDR>(As + buf * P::STAGE, a, M, K, m0, kt * TC_BK, tid);
+            pipe_stage<BK, P::LDK, P::LDR>(Bs + buf * P::STAGE, b, N, K, n0, kt * TC_BK, tid);
+        };
+        float acc[4][4][4];
+        zero_acc(acc);
+        // One commit group per k-tile (empty past the last), so "tile kt has landed" is always
+        // "at most PIPE_STAGES - 2 groups are still in flight".
+#pragma unroll
+        for (int s = 0; s < PIPE_STAGES - 1; s++) {
+            if (s < ktiles) stage(s);
+            cp_async_commit();
+        }
+        for (int kt = 0; kt < ktiles; kt++) {
+            cp_async_wait<PIPE_STAGES - 2>();
+            __syncthreads();  // tile kt is visible to every warp, and every warp is done with tile kt - 1
+            if (kt + PIPE_STAGES - 1 < ktiles) stage(kt + PIPE_STAGES - 1);  // into tile kt - 1's buffer
+            cp_async_commit();
+            const int buf = kt % PIPE_STAGES;
+            P::template multiply<AK, BK>(As + buf * P::STAGE, Bs + buf * P::STAGE, wm, wn, lane, acc);
+        }
+        cp_async_wait<0>();
+        __syncthreads();  // every warp is done with the buffers before the next batch item fills them
+        store_tc_tile(acc, C + (u64)z * M * N, pre ? pre + (u64)z * M * N : nullptr, bias, M, N, m0 + wm, n0 + wn, lane, op, alpha, beta);
+    }
+}
+
+// The layouts as template parameters: A is k-contiguous unless trans_a, B (read as opB, n-major)
+// is k-contiguous when trans_b.
+template <class P>
+__device__ __forceinline__ void matmul_tc_pipe(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias, float* __restrict__ C,
+                                               float* __restrict__ pre, int batch, int M, int N, int K, u64 stride_a, u64 stride_b, int trans_a,
+                                               int trans_b, int op, float alpha, float beta) {
+    if (!trans_a && trans_b) matmul_tc_pipe_body<P, true, true>(A, B, bias, C, pre, batch, M, N, K, stride_a, stride_b, op, alpha, beta);
+    else if (!trans_a) matmul_tc_pipe_body<P, true, false>(A, B, bias, C, pre, batch, M, N, K, stride_a, stride_b, op, alpha, beta);
+    else if (trans_b) matmul_tc_pipe_body<P, false, true>(A, B, bias, C, pre, batch, M, N, K, stride_a, stride_b, op, alpha, beta);
+    else matmul_tc_pipe_body<P, false, false>(A, B, bias, C, pre, batch, M, N, K, stride_a, stride_b, op, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+    matmul_tc_pipe_tf32(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias, float* __restrict__ C,
+                        float* __restrict__ pre, int batch, int M, int N, int K, u64 stride_a, u64 stride_b, int trans_a, int trans_b, int op,
+                        float alpha, float beta) {
+    matmul_tc_pipe<PipeTf32>(A, B, bias, C, pre, batch, M, N, K, stride_a, stride_b, trans_a, trans_b, op, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+    matmul_tc_pipe_bf16(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias, float* __restrict__ C,
+                        float* __restrict__ pre, int batch, int M, int N, int K, u64 stride_a, u64 stride_b, int trans_a, int trans_b, int op,
+                        float alpha, float beta) {
+    matmul_tc_pipe<PipeBf16>(A, B, bias, C, pre, batch, M, N, K, stride_a, stride_b, trans_a, trans_b, op, alpha, beta);
 }

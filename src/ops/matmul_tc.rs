@@ -6,6 +6,12 @@
 //! product's error against f32 is that of its inputs' rounding: about `2⁻¹¹·√K·|a||b|` for tf32,
 //! `2⁻⁸·√K·|a||b|` for bf16. Cost: `2·batch·M·N·K` FLOPs, one read of A and B per 128-wide tile of
 //! the other side and one write of C (and of the pre-activation when kept).
+//!
+//! Two kernels per precision, which agree bit for bit: `matmul_tc_pipe_*` keeps three k-tiles in
+//! flight with cp.async (operands copied to shared memory as f32, rounded per fragment), taken
+//! whenever each operand's contiguous axis is a multiple of 4 and both start 16-byte aligned
+//! (the mapper's and CLIP's shapes); `matmul_tc_*` stages through registers into one shared
+//! buffer and takes any shape.
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
@@ -18,6 +24,11 @@ use crate::tensor::Gpu;
 /// Block tile of the tensor-core kernels (rows of C, columns of C).
 const TILE: usize = 128;
 
+/// k-tiles in flight in the pipelined kernels (`PIPE_STAGES` in kernels/matmul.cu).
+const PIPE_STAGES: usize = 3;
+/// k per tile (`TC_BK`).
+const TILE_K: usize = 32;
+
 /// The kernel for a precision; `None` for f32 (the SIMT tile).
 pub(crate) fn kernel(p: Precision) -> Option<&'static str> {
     match p {
@@ -25,6 +36,30 @@ pub(crate) fn kernel(p: Precision) -> Option<&'static str> {
         Precision::Tf32 => Some("matmul_tc_tf32"),
         Precision::Bf16 => Some("matmul_tc_bf16"),
     }
+}
+
+/// The cp.async-pipelined twin of [`kernel`]'s choice and its dynamic shared memory in bytes:
+/// `PIPE_STAGES` tiles of A and of B, each `max(128 × LDK, 32 × LDR)` floats with the kernel's
+/// padded strides (`PipeTf32`, `PipeBf16`).
+fn pipelined_kernel(name: &str) -> Option<(&'static str, usize)> {
+    let (kernel, ldk, ldr) = match name {
+        "matmul_tc_tf32" => ("matmul_tc_pipe_tf32", TILE_K + 4, TILE + 8),
+        "matmul_tc_bf16" => ("matmul_tc_pipe_bf16", TILE_K + 8, TILE + 4),
+        _ => return None,
+    };
+    let stage = (TILE * ldk).max(TILE_K * ldr);
+    Some((kernel, PIPE_STAGES * 2 * stage * std::mem::size_of::<f32>()))
+}
+
+/// Whether the pipelined kernel can read `g`'s operands: its 16-byte copies need each operand's
+/// contiguous axis to be a multiple of 4 floats (K for a k-contiguous one, M or N otherwise) and
+/// both buffers to start 16-byte aligned (whole allocations do; a view with an offset may not).
+pub(crate) fn pipelinable(gpu: &Gpu, a: &CudaSlice<f32>, b: &CudaSlice<f32>, g: &Gemm) -> bool {
+    use cudarc::driver::DevicePtr;
+    let a_contiguous = if g.trans_a { g.m } else { g.k };
+    let b_contiguous = if g.trans_b { g.k } else { g.n };
+    let aligned = |s: &CudaSlice<f32>| s.device_ptr(&gpu.stream).0 % 16 == 0;
+    a_contiguous % 4 == 0 && b_contiguous % 4 == 0 && aligned(a) && aligned(b)
 }
 
 /// `C = act(op(A)·op(B) + bias)` on the tensor cores for an already checked `g`; `a` and `b`
@@ -48,6 +83,28 @@ pub(crate) fn gemm(
             format!("{g:?} is too large for the CUDA kernel (sizes < 2³⁰, M ≤ 65535·{TILE})"),
         ));
     }
+    // The pipelined kernel when the operands allow it; the register-staged one otherwise.
+    let (name, smem) = match pipelined_kernel(name) {
+        Some(pipe) if pipelinable(gpu, a, b, g) => pipe,
+        _ => (name, 0),
+    };
+    launch(gpu, name, smem, a, b, bias, act, keep_pre, g)
+}
+
+/// One launch of the tensor-core kernel `name` with `smem` bytes of dynamic shared memory (0
+/// for the register-staged kernels); `gemm`'s contract.
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    gpu: &Gpu,
+    name: &'static str,
+    smem: usize,
+    a: &CudaSlice<f32>,
+    b: &CudaSlice<f32>,
+    bias: Option<&CudaSlice<f32>>,
+    act: Option<Unary>,
+    keep_pre: bool,
+    g: &Gemm,
+) -> Result<(CudaSlice<f32>, Option<CudaSlice<f32>>)> {
     let len = g.batch * g.m * g.n;
     let mut c = gpu.alloc::<f32>(len)?;
     let mut pre = if keep_pre {
@@ -65,7 +122,7 @@ pub(crate) fn gemm(
             g.batch.min(65535) as u32,
         ),
         block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: smem as u32,
     };
     let (batch, m, n, k) = (g.batch as i32, g.m as i32, g.n as i32, g.k as i32);
     let stride = |items: usize, len: usize| if items == 1 { 0u64 } else { len as u64 };
@@ -74,6 +131,15 @@ pub(crate) fn gemm(
     let (code, alpha, beta) = act.map_or((-1, 0.0, 0.0), Unary::code);
     let null = 0u64; // a null device pointer: no bias / no pre-activation output
     let f = gpu.function("matmul", name)?;
+    if smem > 0 {
+        // Above the 48 KiB a kernel gets by default: opt in (Hopper allows 227 KiB per block).
+        use cudarc::driver::sys::CUfunction_attribute as Attr;
+        f.set_attribute(
+            Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .map_err(|e| Error::cuda(name, e))?;
+    }
     let mut lb = gpu.stream.launch_builder(&f);
     lb.arg(a).arg(b);
     match bias {
@@ -98,7 +164,10 @@ pub(crate) fn gemm(
         .arg(&beta);
     // SAFETY: A holds batch_a·M·K and B batch_b·K·N f32 (checked by the caller; stride 0 when
     // broadcast), bias N values or null; the kernel reads only m < M, n < N, k < K and writes
-    // C[z, m, n] (and pre, allocated alike, when non-null) for z < batch, m < M, n < N.
+    // C[z, m, n] (and pre, allocated alike, when non-null) for z < batch, m < M, n < N. The
+    // pipelined kernels' 16-byte copies start at multiples of 4 floats of 16-byte aligned
+    // buffers (`pipelinable`) and lie inside them (partial copies read 0 bytes), and their
+    // shared memory is the `smem` bytes this launch gives and opted into.
     unsafe { lb.launch(cfg) }.map_err(|e| Error::cuda(name, e))?;
     Ok((c, pre))
 }
@@ -177,6 +246,93 @@ mod tests {
                 }
             }
             assert!(rounded_differs, "{p}: the kernel's products equal the unrounded ones, so it did not round its operands");
+        }
+    }
+
+    #[test]
+    fn pipelined_kernels_equal_the_register_staged_ones_bit_for_bit() {
+        let Some(dev) = gpu() else { return };
+        let Device::Cuda(g_dev) = &dev else {
+            unreachable!("testing::gpu() gives a CUDA device")
+        };
+        let act = Some(Unary::LeakyRelu {
+            slope: 0.2,
+            gain: 2f32.sqrt(),
+        });
+        // Multiples of 4 (the copies' width), not of the 128×128×32 tile; K = 4 is one partial
+        // k-tile, K = 0 none, K = 100 four (more than the 3 stages in flight).
+        let shapes = [(132, 68, 100), (4, 136, 36), (260, 12, 4), (8, 8, 0)];
+        for p in TENSOR_CORE {
+            let staged = kernel(p).unwrap();
+            let (piped, smem) = pipelined_kernel(staged).unwrap();
+            for (m, n, k) in shapes {
+                for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                    for (ba, bb) in [(1, 1), (3, 1), (1, 2)] {
+                        let (g, sa, sb) = gemm_of(ba, bb, m, n, k, ta, tb);
+                        let seed = (m * 1000 + n * 10 + k) as u64;
+                        let (av, bv) = (
+                            random_vec(sa.iter().product(), seed),
+                            random_vec(sb.iter().product(), seed + 1),
+                        );
+                        let bias_v = random_vec(n, seed + 2);
+                        let up = |v: &[f32]| g_dev.stream.clone_htod(v).unwrap();
+                        let (a, b, bias) = (up(&av), up(&bv), up(&bias_v));
+                        assert!(pipelinable(g_dev, &a, &b, &g), "{g:?}");
+                        let run = |name, smem| {
+                            let (c, pre) =
+                                launch(g_dev, name, smem, &a, &b, Some(&bias), act, true, &g)
+                                    .unwrap();
+                            let pre = pre.expect("keep_pre was asked");
+                            let down = |s: &CudaSlice<f32>| g_dev.stream.clone_dtoh(s).unwrap();
+                            (
+                                down(&c)[..g.batch * m * n].to_vec(),
+                                down(&pre)[..g.batch * m * n].to_vec(),
+                            )
+                        };
+                        let what = format!("{p} {g:?}");
+                        let (c_pipe, pre_pipe) = run(piped, smem);
+                        let (c_staged, pre_staged) = run(staged, 0);
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&pre_pipe), bits(&pre_staged), "pre-activation, {what}");
+                        assert_eq!(bits(&c_pipe), bits(&c_staged), "output, {what}");
+                        // And both are the product of the rounded operands (plus the bias).
+                        let mut want = twin(p, &av, &bv, &g);
+                        for (i, w) in want.iter_mut().enumerate() {
+                            *w += bias_v[i % n];
+                        }
+                        assert_close(
+                            &pre_pipe,
+                            &want,
+                            1e-5,
+                            2e-6 * (k as f32).sqrt() + 1e-6,
+                            &what,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pipelined_kernels_are_chosen_only_for_operands_they_can_copy() {
+        let Some(dev) = gpu() else { return };
+        let Device::Cuda(g_dev) = &dev else {
+            unreachable!("testing::gpu() gives a CUDA device")
+        };
+        let buf = |len: usize| g_dev.stream.clone_htod(&vec![0f32; len]).unwrap();
+        // (m, n, k, trans_a, trans_b, pipelinable): the contiguous axis of A is K (or M when
+        // transposed), of B N (or K when transposed).
+        for (m, n, k, ta, tb, ok) in [
+            (5, 8, 12, false, false, true),
+            (5, 8, 12, true, false, false),
+            (8, 5, 12, false, false, false),
+            (8, 5, 12, false, true, true),
+            (8, 8, 10, false, true, false),
+            (8, 8, 10, true, false, true),
+        ] {
+            let (g, sa, sb) = gemm_of(1, 1, m, n, k, ta, tb);
+            let (a, b) = (buf(sa.iter().product()), buf(sb.iter().product()));
+            assert_eq!(pipelinable(g_dev, &a, &b, &g), ok, "{g:?}");
         }
     }
 

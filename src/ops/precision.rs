@@ -10,7 +10,7 @@
 //!   a linear under `torch.autocast(dtype=torch.bfloat16)` that is then read back in f32.
 //!
 //! Tensors, weights and optimiser state stay f32; only the products' inputs are rounded, in the
-//! kernel, on their way into shared memory (`matmul_tc_tf32`, `matmul_tc_bf16`). Forward and
+//! kernel, on their way into shared memory or into the fragments (`ops::matmul_tc`). Forward and
 //! both backward products of `matmul` and `linear` follow the setting. The CPU twins always
 //! compute in f32: there are no tensor cores to be faithful to, and rounding there would only
 //! lose accuracy. `round_operand` is the twin of the kernels' rounding, for parity tests.
