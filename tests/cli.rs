@@ -93,13 +93,62 @@ fn bench_quick_validates_and_times_every_case() {
     ] {
         assert!(text.contains(case), "case {case} missing:\n{text}");
     }
+    assert!(text.contains("best GEMM of this run: matmul"), "{text}");
     let lines = std::fs::read_to_string(&json).unwrap();
     assert_eq!(lines.lines().count(), 34, "{lines}");
+    let mut models = 0;
     for line in lines.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(v["median_ms"].as_f64().unwrap() > 0.0, "{line}");
+        assert!(
+            v["pct_best_gemm"].as_f64().is_some() || v["tflops"].as_f64() == Some(0.0),
+            "{line}"
+        );
+        models += (v["suite"] == "models") as usize;
     }
+    // The mapper's three steps, CLIP's four encodes, Lafite's G, D and G+D step.
+    assert_eq!(models, 10, "{lines}");
     std::fs::remove_file(json).ok();
+}
+
+#[test]
+fn bench_suite_models_prints_the_ratio_against_pytorch_timings() {
+    let torch = std::env::temp_dir().join(format!("mindreader-torch-{}.jsonl", std::process::id()));
+    // Times PyTorch would have taken (benches/torch_reference.py --json writes this form).
+    std::fs::write(
+        &torch,
+        "{\"case\": \"lafite D forward 16px B=2\", \"median_ms\": 1e6}\n\
+         {\"case\": \"lafite D forward 16px B=2 (torch.compile)\", \"median_ms\": 1e6}\n",
+    )
+    .unwrap();
+    let text = run_ok(&[
+        "bench",
+        "--quick",
+        "--suite",
+        "models",
+        "--filter",
+        "lafite D",
+        "--iters",
+        "2",
+        "--warmup",
+        "0",
+        "--torch",
+        torch.to_str().unwrap(),
+    ]);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| lafite D forward 16px B=2 |"))
+        .unwrap_or_else(|| panic!("no D row:\n{text}"));
+    // The two ratio columns: 1e6 ms over a few ms each, so far above 1.
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    for ratio in [&cells[9], &cells[10]] {
+        assert!(ratio.parse::<f64>().unwrap() > 1000.0, "{row}");
+    }
+    assert!(
+        !text.contains("| matmul"),
+        "--suite models ran a kernel case:\n{text}"
+    );
+    std::fs::remove_file(torch).ok();
 }
 
 /// Percentages on the demo's "image from brain:  13.5% top-1   (chance 0.50%)" lines.

@@ -122,43 +122,49 @@ pub fn cases(quick: bool) -> Vec<Case> {
     let gc = g_config(res, base);
     let gc_step = gc.clone();
     let gflops = generator_flops(&gc, n);
-    out.push(case(
-        format!("lafite G forward {res}px B={n}"),
-        gflops,
-        (4 * n * 3 * res * res) as f64,
-        2e-3,
-        move |d| {
-            let g = Network::<Generator>::new(gc.clone(), Some(5), d)?;
-            let z = input(&[n, gc.z_dim], 84, d, DType::F32)?;
-            let fts = input(&[n, gc.fts_width()], 85, d, DType::F32)?;
-            Ok(Box::new(move || {
-                Ok(Some(g.net.forward(
-                    &mut Tape::inference(),
-                    &z,
-                    &fts,
-                    1.0,
-                    NoiseMode::Const,
-                )?))
-            }))
-        },
-    ));
+    out.push(
+        case(
+            format!("lafite G forward {res}px B={n}"),
+            gflops,
+            (4 * n * 3 * res * res) as f64,
+            2e-3,
+            move |d| {
+                let g = Network::<Generator>::new(gc.clone(), Some(5), d)?;
+                let z = input(&[n, gc.z_dim], 84, d, DType::F32)?;
+                let fts = input(&[n, gc.fts_width()], 85, d, DType::F32)?;
+                Ok(Box::new(move || {
+                    Ok(Some(g.net.forward(
+                        &mut Tape::inference(),
+                        &z,
+                        &fts,
+                        1.0,
+                        NoiseMode::Const,
+                    )?))
+                }))
+            },
+        )
+        .model_step(),
+    );
     let dc = d_config(res, base);
     out.push(gd_step_case(gc_step, dc.clone(), n));
-    out.push(case(
-        format!("lafite D forward {res}px B={n}"),
-        discriminator_flops(&dc, n),
-        (4 * n * 3 * res * res) as f64,
-        2e-3,
-        move |d| {
-            let net = Network::<Discriminator>::new(dc.clone(), Some(6), d)?;
-            let img = input(&[n, 3, res, res], 86, d, DType::F32)?;
-            let fts = input(&[n, dc.f_dim + dc.f_dim2], 87, d, DType::F32)?;
-            Ok(Box::new(move || {
-                let o = net.net.forward(&mut Tape::inference(), &img, &fts)?;
-                Ok(Some(o.logits))
-            }))
-        },
-    ));
+    out.push(
+        case(
+            format!("lafite D forward {res}px B={n}"),
+            discriminator_flops(&dc, n),
+            (4 * n * 3 * res * res) as f64,
+            2e-3,
+            move |d| {
+                let net = Network::<Discriminator>::new(dc.clone(), Some(6), d)?;
+                let img = input(&[n, 3, res, res], 86, d, DType::F32)?;
+                let fts = input(&[n, dc.f_dim + dc.f_dim2], 87, d, DType::F32)?;
+                Ok(Box::new(move || {
+                    let o = net.net.forward(&mut Tape::inference(), &img, &fts)?;
+                    Ok(Some(o.logits))
+                }))
+            },
+        )
+        .model_step(),
+    );
     out
 }
 
@@ -241,6 +247,7 @@ fn gd_step_case(gc: GeneratorConfig, dc: DiscriminatorConfig, n: usize) -> Case 
             }))
         },
     )
+    .model_step()
 }
 
 #[cfg(test)]

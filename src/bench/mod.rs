@@ -5,6 +5,7 @@
 //! written once). `benches/torch_reference.py` times the same cases in PyTorch.
 
 mod lafite;
+pub mod report;
 
 use std::time::Instant;
 
@@ -18,6 +19,23 @@ use crate::tensor::{randn_vec, DType, Device, Tensor};
 use crate::train::{Adam, AdamConfig};
 use crate::Tape;
 
+/// The two halves of `bench --suite`: single kernels (or fused op pairs), and whole model steps
+/// (a training step, an encoder's forward) whose time is many kernels and their launch gaps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suite {
+    Kernels,
+    Models,
+}
+
+impl Suite {
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::Kernels => "kernels",
+            Suite::Models => "models",
+        }
+    }
+}
+
 /// One timed workload: fixed shapes, counted FLOPs and bytes.
 pub struct Case {
     pub name: String,
@@ -25,7 +43,24 @@ pub struct Case {
     pub bytes: f64,
     /// Relative tolerance of the validation against the CPU twin.
     pub rtol: f32,
+    pub suite: Suite,
+    /// A plain matrix product: the fastest of these is the run's FLOP/s peak.
+    pub gemm: bool,
     setup: Setup,
+}
+
+impl Case {
+    /// This case as a whole model step.
+    fn model_step(mut self) -> Case {
+        self.suite = Suite::Models;
+        self
+    }
+
+    /// This case as a plain GEMM (a candidate for the run's FLOP/s peak).
+    fn peak_gemm(mut self) -> Case {
+        self.gemm = true;
+        self
+    }
 }
 
 /// One timed run of a case: its output (for validation), if it has one.
@@ -37,6 +72,8 @@ type Setup = Box<dyn Fn(&Device) -> Result<Run>>;
 pub struct Measurement {
     pub name: String,
     pub device: String,
+    pub suite: Suite,
+    pub gemm: bool,
     pub median_ms: f64,
     pub min_ms: f64,
     pub tflops: f64,
@@ -73,6 +110,8 @@ fn case(
         flops,
         bytes,
         rtol,
+        suite: Suite::Kernels,
+        gemm: false,
         setup: Box::new(setup),
     }
 }
@@ -83,24 +122,27 @@ pub fn cases(quick: bool) -> Vec<Case> {
     let mut out = Vec::new();
     for (dtype, tag) in [(DType::F32, "f32"), (DType::BF16, "bf16")] {
         let (m, n, k) = (s(4096, 96), s(4096, 80), s(4096, 72));
-        out.push(case(
-            format!("matmul {tag} {m}x{n}x{k}"),
-            2.0 * (m * n * k) as f64,
-            ((m * k + k * n + m * n) * dtype.size()) as f64,
-            if dtype == DType::F32 { 1e-3 } else { 3e-2 },
-            move |d| {
-                let (a, b) = (input(&[m, k], 1, d, dtype)?, input(&[k, n], 2, d, dtype)?);
-                Ok(Box::new(move || {
-                    Ok(Some(matmul::matmul(
-                        &mut Tape::inference(),
-                        &a,
-                        &b,
-                        false,
-                        false,
-                    )?))
-                }))
-            },
-        ));
+        out.push(
+            case(
+                format!("matmul {tag} {m}x{n}x{k}"),
+                2.0 * (m * n * k) as f64,
+                ((m * k + k * n + m * n) * dtype.size()) as f64,
+                if dtype == DType::F32 { 1e-3 } else { 3e-2 },
+                move |d| {
+                    let (a, b) = (input(&[m, k], 1, d, dtype)?, input(&[k, n], 2, d, dtype)?);
+                    Ok(Box::new(move || {
+                        Ok(Some(matmul::matmul(
+                            &mut Tape::inference(),
+                            &a,
+                            &b,
+                            false,
+                            false,
+                        )?))
+                    }))
+                },
+            )
+            .peak_gemm(),
+        );
     }
     // f32 tensors on the tensor cores (--precision tf32|bf16), as a forward product (A·B) and as
     // a weight gradient's (Aᵀ·B: the operand read across its contiguous axis).
@@ -108,30 +150,33 @@ pub fn cases(quick: bool) -> Vec<Case> {
         for trans_a in [false, true] {
             let (m, n, k) = (s(4096, 96), s(4096, 80), s(4096, 72));
             let a_desc = if trans_a { "ᵀ" } else { "" };
-            out.push(case(
-                format!("matmul f32 --precision {p} A{a_desc}·B {m}x{n}x{k}"),
-                2.0 * (m * n * k) as f64,
-                (4 * (m * k + k * n + m * n)) as f64,
-                1e-3,
-                move |d| {
-                    let a_shape = if trans_a { [k, m] } else { [m, k] };
-                    let (a, b) = (
-                        operand_at(p, &a_shape, 1, d)?,
-                        operand_at(p, &[k, n], 2, d)?,
-                    );
-                    Ok(Box::new(move || {
-                        precision::with(p, || {
-                            Ok(Some(matmul::matmul(
-                                &mut Tape::inference(),
-                                &a,
-                                &b,
-                                trans_a,
-                                false,
-                            )?))
-                        })
-                    }))
-                },
-            ));
+            out.push(
+                case(
+                    format!("matmul f32 --precision {p} A{a_desc}·B {m}x{n}x{k}"),
+                    2.0 * (m * n * k) as f64,
+                    (4 * (m * k + k * n + m * n)) as f64,
+                    1e-3,
+                    move |d| {
+                        let a_shape = if trans_a { [k, m] } else { [m, k] };
+                        let (a, b) = (
+                            operand_at(p, &a_shape, 1, d)?,
+                            operand_at(p, &[k, n], 2, d)?,
+                        );
+                        Ok(Box::new(move || {
+                            precision::with(p, || {
+                                Ok(Some(matmul::matmul(
+                                    &mut Tape::inference(),
+                                    &a,
+                                    &b,
+                                    trans_a,
+                                    false,
+                                )?))
+                            })
+                        }))
+                    },
+                )
+                .peak_gemm(),
+            );
         }
     }
     // The mapper's residual conv: [B, 64, V/2] with k3 p1, V = 15744; on the tensor cores too.
@@ -322,39 +367,42 @@ pub fn cases(quick: bool) -> Vec<Case> {
             Precision::F32 => String::new(),
             other => format!(" --precision {other}"),
         };
-        out.push(case(
-            format!("mapper train step f32{tag} B={batch} V={voxels}"),
-            flops,
-            4.0 * (batch * voxels) as f64,
-            // The first step's loss against the f32 CPU twin: the operands' rounding, not a bug.
-            match p {
-                Precision::F32 => 2e-3,
-                Precision::Tf32 => 1e-2,
-                Precision::Bf16 => 5e-2,
-            },
-            move |d| {
-                let mut store = ParamStore::new();
-                let mapper = Mapper::new(mcfg, &mut store, 42, d)?;
-                let mut adam = Adam::new(AdamConfig::adam(2e-4, 1e-5));
-                let (x, t) = (
-                    input(&[batch, voxels], 30, d, DType::F32)?,
-                    input(&[batch, 512], 31, d, DType::F32)?,
-                );
-                Ok(Box::new(move || {
-                    precision::with(p, || {
-                        let mut tape = Tape::new();
-                        store.watch_all(&mut tape);
-                        let y = mapper.forward(&mut tape, &x)?;
-                        let l = loss::mse_cos(&mut tape, &y, &t, 0.6)?;
-                        let g = tape.backward(&l)?;
-                        store.accumulate(&g)?;
-                        adam.step(&mut store, 2e-4)?;
-                        store.zero_grad();
-                        Ok(Some(l))
-                    })
-                }))
-            },
-        ));
+        out.push(
+            case(
+                format!("mapper train step f32{tag} B={batch} V={voxels}"),
+                flops,
+                4.0 * (batch * voxels) as f64,
+                // The first step's loss against the f32 CPU twin: the operands' rounding, not a bug.
+                match p {
+                    Precision::F32 => 2e-3,
+                    Precision::Tf32 => 1e-2,
+                    Precision::Bf16 => 5e-2,
+                },
+                move |d| {
+                    let mut store = ParamStore::new();
+                    let mapper = Mapper::new(mcfg, &mut store, 42, d)?;
+                    let mut adam = Adam::new(AdamConfig::adam(2e-4, 1e-5));
+                    let (x, t) = (
+                        input(&[batch, voxels], 30, d, DType::F32)?,
+                        input(&[batch, 512], 31, d, DType::F32)?,
+                    );
+                    Ok(Box::new(move || {
+                        precision::with(p, || {
+                            let mut tape = Tape::new();
+                            store.watch_all(&mut tape);
+                            let y = mapper.forward(&mut tape, &x)?;
+                            let l = loss::mse_cos(&mut tape, &y, &t, 0.6)?;
+                            let g = tape.backward(&l)?;
+                            store.accumulate(&g)?;
+                            adam.step(&mut store, 2e-4)?;
+                            store.zero_grad();
+                            Ok(Some(l))
+                        })
+                    }))
+                },
+            )
+            .model_step(),
+        );
     }
     // CLIP ViT-B/32 (Hugging Face default config, random weights): image and text encoding, f32.
     // Quick mode: a tiny CLIP of the same structure, so smoke tests stay fast on a CPU.
@@ -371,67 +419,79 @@ pub fn cases(quick: bool) -> Vec<Case> {
         let side = cfg.vision.image_size;
         let (img_flops, txt_flops) = clip_flops(&cfg);
         let c1 = cfg.clone();
-        out.push(case(
-            format!("clip {tag} image encode f32 B={bi}"),
-            bi as f64 * img_flops,
-            (4 * bi * 3 * side * side) as f64,
-            2e-3,
-            move |d| {
-                let clip = random_clip(&c1, d)?;
-                let x = input(&[bi, 3, side, side], 40, d, DType::F32)?;
-                Ok(Box::new(move || {
-                    Ok(Some(clip.encode_image(&mut Tape::inference(), &x)?))
-                }))
-            },
-        ));
+        out.push(
+            case(
+                format!("clip {tag} image encode f32 B={bi}"),
+                bi as f64 * img_flops,
+                (4 * bi * 3 * side * side) as f64,
+                2e-3,
+                move |d| {
+                    let clip = random_clip(&c1, d)?;
+                    let x = input(&[bi, 3, side, side], 40, d, DType::F32)?;
+                    Ok(Box::new(move || {
+                        Ok(Some(clip.encode_image(&mut Tape::inference(), &x)?))
+                    }))
+                },
+            )
+            .model_step(),
+        );
         let c2 = cfg.clone();
-        out.push(case(
-            format!("clip {tag} text encode f32 B={bt}"),
-            bt as f64 * txt_flops,
-            (4 * bt * 77) as f64,
-            2e-3,
-            move |d| {
-                let clip = random_clip(&c2, d)?;
-                let ids = bench_ids(bt);
-                Ok(Box::new(move || {
-                    Ok(Some(clip.encode_text(&mut Tape::inference(), &ids, 77)?))
-                }))
-            },
-        ));
+        out.push(
+            case(
+                format!("clip {tag} text encode f32 B={bt}"),
+                bt as f64 * txt_flops,
+                (4 * bt * 77) as f64,
+                2e-3,
+                move |d| {
+                    let clip = random_clip(&c2, d)?;
+                    let ids = bench_ids(bt);
+                    Ok(Box::new(move || {
+                        Ok(Some(clip.encode_text(&mut Tape::inference(), &ids, 77)?))
+                    }))
+                },
+            )
+            .model_step(),
+        );
         // bf16 (weights and activations; f32 inside each op) at the batch 256. The GPU and
         // the CPU twin round at different points through 12 layers, so validation is loose; the
         // table reports the error measured.
         let b16 = s(256, 2);
         let c3 = cfg.clone();
-        out.push(case(
-            format!("clip {tag} image encode bf16 B={b16}"),
-            b16 as f64 * img_flops,
-            (2 * b16 * 3 * side * side) as f64,
-            0.25,
-            move |d| {
-                let mut clip = random_clip(&c3, d)?;
-                clip.store.convert(DType::BF16)?;
-                let x = input(&[b16, 3, side, side], 40, d, DType::BF16)?;
-                Ok(Box::new(move || {
-                    Ok(Some(clip.encode_image(&mut Tape::inference(), &x)?))
-                }))
-            },
-        ));
+        out.push(
+            case(
+                format!("clip {tag} image encode bf16 B={b16}"),
+                b16 as f64 * img_flops,
+                (2 * b16 * 3 * side * side) as f64,
+                0.25,
+                move |d| {
+                    let mut clip = random_clip(&c3, d)?;
+                    clip.store.convert(DType::BF16)?;
+                    let x = input(&[b16, 3, side, side], 40, d, DType::BF16)?;
+                    Ok(Box::new(move || {
+                        Ok(Some(clip.encode_image(&mut Tape::inference(), &x)?))
+                    }))
+                },
+            )
+            .model_step(),
+        );
         let c4 = cfg.clone();
-        out.push(case(
-            format!("clip {tag} text encode bf16 B={b16}"),
-            b16 as f64 * txt_flops,
-            (4 * b16 * 77) as f64,
-            0.25,
-            move |d| {
-                let mut clip = random_clip(&c4, d)?;
-                clip.store.convert(DType::BF16)?;
-                let ids = bench_ids(b16);
-                Ok(Box::new(move || {
-                    Ok(Some(clip.encode_text(&mut Tape::inference(), &ids, 77)?))
-                }))
-            },
-        ));
+        out.push(
+            case(
+                format!("clip {tag} text encode bf16 B={b16}"),
+                b16 as f64 * txt_flops,
+                (4 * b16 * 77) as f64,
+                0.25,
+                move |d| {
+                    let mut clip = random_clip(&c4, d)?;
+                    clip.store.convert(DType::BF16)?;
+                    let ids = bench_ids(b16);
+                    Ok(Box::new(move || {
+                        Ok(Some(clip.encode_text(&mut Tape::inference(), &ids, 77)?))
+                    }))
+                },
+            )
+            .model_step(),
+        );
     }
     // Attention alone at CLIP-vision shapes: [B, 12 heads, 50 tokens, 64].
     let (ba, t) = (s(256, 2), s(50, 7));
@@ -667,6 +727,8 @@ pub fn run_case(case: &Case, device: &Device, warmup: usize, iters: usize) -> Re
     Ok(Measurement {
         name: case.name.clone(),
         device: device.to_string(),
+        suite: case.suite,
+        gemm: case.gemm,
         median_ms: median,
         min_ms: times[0],
         tflops: case.flops / (median * 1e-3) / 1e12,

@@ -4,7 +4,8 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use mindreader::bench::{cases, measure_copy_bandwidth, run_case};
+use mindreader::bench::report::{best_gemm, json_line, markdown, rows, Peaks, TorchTimes};
+use mindreader::bench::{cases, measure_copy_bandwidth, run_case, Suite};
 use mindreader::Device;
 
 #[derive(Args)]
@@ -24,9 +25,43 @@ pub struct BenchArgs {
     /// Only cases whose name contains this text.
     #[arg(long)]
     pub filter: Option<String>,
-    /// Also write one JSON object per case to this file (for benches/compare.py).
+    /// kernels (single ops), models (whole model steps: the mapper's training step, CLIP's
+    /// encoders, Lafite's G, D and G+D step) or all.
+    #[arg(long, value_enum, default_value_t = SuiteArg::All)]
+    pub suite: SuiteArg,
+    /// PyTorch's timings of the same cases (`benches/torch_reference.py --json FILE`, run on the
+    /// same GPU): adds the ratio columns (PyTorch time / ours: above 1, mindreader is faster).
+    #[arg(long)]
+    pub torch: Option<std::path::PathBuf>,
+    /// Also write one JSON object per case to this file, with the same columns.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum SuiteArg {
+    Kernels,
+    Models,
+    All,
+}
+
+impl SuiteArg {
+    fn includes(self, s: Suite) -> bool {
+        matches!(
+            (self, s),
+            (SuiteArg::All, _)
+                | (SuiteArg::Kernels, Suite::Kernels)
+                | (SuiteArg::Models, Suite::Models)
+        )
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SuiteArg::Kernels => "kernels",
+            SuiteArg::Models => "models",
+            SuiteArg::All => "all",
+        }
+    }
 }
 
 /// FP32 CUDA-core peak from the device's attributes (SMs × 128 lanes × 2 FLOP × clock).
@@ -52,8 +87,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
          report them. Kernel parity on the simulator is what scripts/test runs; use --device cpu to time the CPU twins",
         device.name()
     );
-    let peak_bw = measure_copy_bandwidth(&device)?;
-    let peak_flops = fp32_peak_tflops(&device);
+    // Read PyTorch's timings first: a bad file should fail before minutes of benchmarking.
+    let torch = match &args.torch {
+        Some(p) => TorchTimes::read(p)?,
+        None => TorchTimes::default(),
+    };
+    let mut json = match &args.json {
+        Some(p) => {
+            Some(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
+        }
+        None => None,
+    };
+    let peaks = Peaks {
+        copy_gbps: measure_copy_bandwidth(&device)?,
+        fp32_tflops: fp32_peak_tflops(&device),
+    };
     let name = match &device {
         Device::Cuda(g) => g.name(),
         Device::Cpu => format!(
@@ -62,51 +110,50 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ),
     };
     println!("device: {device} ({name})");
-    if let Some(bw) = peak_bw {
+    if let Some(bw) = peaks.copy_gbps {
         println!("measured copy bandwidth: {bw:.0} GB/s");
     }
-    if let Some(p) = peak_flops {
+    if let Some(p) = peaks.fp32_tflops {
         println!("FP32 CUDA-core peak from attributes: {p:.1} TFLOP/s");
     }
-    println!("\n| case | median ms | min ms | TFLOP/s | GB/s | % of copy BW | % of FP32 peak | max rel err vs CPU |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    let mut json = match &args.json {
-        Some(p) => {
-            Some(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
-        }
-        None => None,
-    };
-    for case in cases(args.quick) {
-        if args
-            .filter
-            .as_ref()
-            .is_some_and(|f| !case.name.contains(f.as_str()))
-        {
-            continue;
-        }
-        let m = run_case(&case, &device, args.warmup, args.iters)
+    let selected: Vec<_> = cases(args.quick)
+        .into_iter()
+        .filter(|c| args.suite.includes(c.suite))
+        .filter(|c| {
+            args.filter
+                .as_ref()
+                .map_or(true, |f| c.name.contains(f.as_str()))
+        })
+        .collect();
+    anyhow::ensure!(
+        !selected.is_empty(),
+        "no bench case matches --suite {} and --filter {:?}",
+        args.suite.name(),
+        args.filter.as_deref().unwrap_or("")
+    );
+    let bar = indicatif::ProgressBar::new(selected.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} cases {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut measured = Vec::with_capacity(selected.len());
+    for case in &selected {
+        bar.set_message(case.name.clone());
+        let m = run_case(case, &device, args.warmup, args.iters)
             .with_context(|| format!("bench case `{}`", case.name))?;
-        let pct = |v: f64, peak: Option<f64>| {
-            peak.map(|p| format!("{:.1}", 100.0 * v / p))
-                .unwrap_or_else(|| "-".into())
-        };
-        let err = m
-            .max_rel_err
-            .map(|e| format!("{e:.1e}"))
-            .unwrap_or_else(|| "-".into());
-        println!(
-            "| {} | {:.4} | {:.4} | {:.2} | {:.1} | {} | {} | {err} |",
-            m.name,
-            m.median_ms,
-            m.min_ms,
-            m.tflops,
-            m.gbps,
-            pct(m.gbps, peak_bw),
-            pct(m.tflops, peak_flops)
-        );
-        if let Some(f) = json.as_mut() {
-            let line = serde_json::json!({"case": m.name, "device": m.device, "device_name": name, "median_ms": m.median_ms, "min_ms": m.min_ms, "tflops": m.tflops, "gbps": m.gbps, "max_rel_err": m.max_rel_err});
-            writeln!(f, "{line}")?;
+        bar.println(format!("{}: {:.4} ms", m.name, m.median_ms));
+        measured.push(m);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if let Some((case, tflops)) = best_gemm(&measured) {
+        println!("best GEMM of this run: {case}, {tflops:.2} TFLOP/s");
+    }
+    let rows = rows(&measured, &peaks, &torch);
+    println!("\n{}", markdown(&rows));
+    if let Some(f) = json.as_mut() {
+        for r in &rows {
+            writeln!(f, "{}", json_line(r, &name))?;
         }
     }
     Ok(())
