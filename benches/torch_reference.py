@@ -90,9 +90,17 @@ def cases(dev):
     out.append(("mapper train step f32 --precision bf16 B=128 V=15744", mapper_step(dev, r, autocast=True)))
     out += clip_cases(dev, r)
     out += lafite_cases(dev, r)
-    for dt, tag in [(torch.float32, ""), (torch.bfloat16, " bf16")]:
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    for dt, tags in [(torch.float32, [""]), (torch.bfloat16, [" bf16 simt", " bf16 tensorcore"])]:
         q, k, v = r(256, 12, 50, 64, dt=dt), r(256, 12, 50, 64, dt=dt), r(256, 12, 50, 64, dt=dt)
-        out.append((f"attention{tag} [256,12,50,64]", lambda q=q, k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q, k, v)))
+        for tag in tags:
+            out.append((f"attention{tag} [256,12,50,64]", lambda q=q, k=k, v=v: sdpa(q, k, v)))
+    # f32 tensors under autocast: SDPA casts q, k, v to bf16 (mindreader's --precision bf16).
+    qa, ka, va = r(256, 12, 50, 64), r(256, 12, 50, 64), r(256, 12, 50, 64)
+    def sdpa_autocast():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return sdpa(qa, ka, va).float()
+    out.append(("attention f32 --precision bf16 [256,12,50,64]", sdpa_autocast))
     # CLIP's MLP fc1 in bf16: linear + bias, then quick_gelu (x·σ(1.702x)), as mindreader fuses it.
     xl16, wl16, bl16 = r(256 * 50, 768, dt=torch.bfloat16), r(3072, 768, dt=torch.bfloat16), r(3072, dt=torch.bfloat16)
     def fc1():

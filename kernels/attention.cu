@@ -10,6 +10,7 @@
 // attention_probs_f32: P[bh, i, j] = exp(S[bh, i, j]·scale − lse[bh, i]) (0 where masked), used by
 //   the backward (which is composed from matmul/softmax-backward launches on the device).
 #include "common.cuh"
+#include "ptx.cuh"
 
 #define ATT_WARPS 4
 #define ATT_QPW 4                        // queries per warp
@@ -317,3 +318,151 @@ __device__ __forceinline__ void attention_bwd_dq(const float* __restrict__ q, co
 ATTENTION_BWD_KERNELS(1)
 ATTENTION_BWD_KERNELS(2)
 ATTENTION_BWD_KERNELS(4)
+
+// ---- The forward on the tensor cores (bf16 operands, f32 accumulation) -------------------------
+// attention_fwd_tc_hd<HD>_<T>: the same (O, lse) with q, k, v rounded to bf16 (exact when T is
+// bf16), S = s·Q·Kᵀ and O = P·V by mma.sync m16n8k16 with f32 accumulation, P rounded to bf16
+// between them (as PyTorch's bf16 flash attention does); softmax, lse and the division by the
+// row sum in f32. D ≤ HD (columns past D are zero-filled and not written).
+// One 128-thread block per (bh, 64 queries); warp w owns queries 16w..16w+15 (its Q fragments
+// stay in registers). Keys stream through shared memory 64 at a time: K as [key][d] (the B
+// operand of Q·Kᵀ, d contiguous) and V transposed to [d][key] (the B operand of P·V, keys
+// contiguous), so every fragment is one ldmatrix.x4; rows are padded by 8 bf16 (16 B) so the 8
+// rows of an ldmatrix phase fall on 8 distinct bank groups. S stays in registers: a lane holds
+// rows g and g + 8 of the warp's 16, columns 2t and 2t + 1 of each n8 tile (the mma C layout),
+// which is also the A layout of the next product, so P needs no shuffle. The online softmax
+// keeps each row's running max and a per-lane partial sum (the 4 lanes of a row share the max,
+// so their sums add at the end). Causal blocks stop at their last query's tile.
+// Static shared memory: (64 + 64) × (HD + 8) + HD × 72 bf16 = 27 KiB at HD = 64.
+#define ATT_TC_Q 64  // queries per block
+#define ATT_TC_K 64  // keys per shared-memory tile
+
+template <int HD, typename T>
+__device__ __forceinline__ void attention_fwd_tc(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
+                                                 float* __restrict__ lse, unsigned t, unsigned d, float scale, int causal) {
+    constexpr int LD = HD + 8, LDV = ATT_TC_K + 8;
+    __shared__ __align__(16) __nv_bfloat16 qs[ATT_TC_Q][LD];
+    __shared__ __align__(16) __nv_bfloat16 ks[ATT_TC_K][LD];
+    __shared__ __align__(16) __nv_bfloat16 vt[HD][LDV];
+    const unsigned bh = blockIdx.y, q0 = blockIdx.x * ATT_TC_Q;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
+    const u64 base = (u64)bh * t * d;
+    auto element = [&](const T* x, unsigned row, int c) {
+        return __float2bfloat16_rn(row < t && c < (int)d ? to_f32(x[base + (u64)row * d + c]) : 0.f);
+    };
+    for (int e = tid; e < ATT_TC_Q * HD; e += blockDim.x) qs[e / HD][e % HD] = element(q, q0 + e / HD, e % HD);
+    __syncthreads();
+    unsigned qf[HD / 16][4];
+#pragma unroll
+    for (int c = 0; c < HD / 16; c++) ldmatrix_x4(qf[c][0], qf[c][1], qf[c][2], qf[c][3], &qs[warp * 16 + (lane & 15)][c * 16 + (lane >> 4) * 8]);
+
+    float acc[HD / 8][4];
+#pragma unroll
+    for (int j = 0; j < HD / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[j][e] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    const unsigned row0 = q0 + warp * 16 + g;  // this lane's rows: row0 and row0 + 8
+    const unsigned last_q = min(q0 + ATT_TC_Q, t) - 1;
+    for (unsigned k0 = 0; k0 < t && !(causal && k0 > last_q); k0 += ATT_TC_K) {
+        __syncthreads();  // every warp is done with the previous tile
+        for (int e = tid; e < ATT_TC_K * HD; e += blockDim.x) {
+            const int r = e / HD, c = e % HD;
+            ks[r][c] = element(k, k0 + r, c);
+            vt[c][r] = element(v, k0 + r, c);
+        }
+        __syncthreads();
+        // S = Q·Kᵀ for the warp's 16 rows × 64 keys: 8 n8 tiles.
+        float s[ATT_TC_K / 8][4];
+#pragma unroll
+        for (int j = 0; j < ATT_TC_K / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[j][e] = 0.f;
+#pragma unroll
+        for (int c = 0; c < HD / 16; c++)
+#pragma unroll
+            for (int nj = 0; nj < ATT_TC_K / 16; nj++) {
+                unsigned b[4];
+                ldmatrix_x4(b[0], b[1], b[2], b[3], &ks[nj * 16 + (lane & 7) + ((lane >> 4) << 3)][c * 16 + ((lane >> 3) & 1) * 8]);
+                mma_bf16_16816(s[2 * nj], qf[c], b);
+                mma_bf16_16816(s[2 * nj + 1], qf[c], b + 2);
+            }
+        // Scale, mask, and the online softmax of the lane's two rows (h = 0: row0, 1: row0 + 8).
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const unsigned row = row0 + 8 * h;
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < ATT_TC_K / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const unsigned key = k0 + j * 8 + 2 * tq + e;
+                    float& x = s[j][2 * h + e];
+                    x = key < t && !(causal && key > row) ? x * scale : -INFINITY;
+                    mx = fmaxf(mx, x);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+            const float m_new = fmaxf(m[h], mx);
+            const float ref = m_new == -INFINITY ? 0.f : m_new;  // a row with no key yet
+            const float keep = expf(m[h] - ref);
+            float sum = 0.f;
+#pragma unroll
+            for (int j = 0; j < ATT_TC_K / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float& x = s[j][2 * h + e];
+                    x = expf(x - ref);
+                    sum += x;
+                }
+            l[h] = l[h] * keep + sum;
+            m[h] = m_new;
+#pragma unroll
+            for (int j = 0; j < HD / 8; j++) acc[j][2 * h] *= keep, acc[j][2 * h + 1] *= keep;
+        }
+        // O += P·V: P's C fragments of n8 tiles 2c, 2c + 1 are the A fragment of key chunk c.
+        auto pack = [](float lo, float hi) {
+            return (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) | (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16;
+        };
+#pragma unroll
+        for (int c = 0; c < ATT_TC_K / 16; c++) {
+            const unsigned a[4] = {pack(s[2 * c][0], s[2 * c][1]), pack(s[2 * c][2], s[2 * c][3]), pack(s[2 * c + 1][0], s[2 * c + 1][1]),
+                                   pack(s[2 * c + 1][2], s[2 * c + 1][3])};
+#pragma unroll
+            for (int nj = 0; nj < HD / 16; nj++) {
+                unsigned b[4];
+                ldmatrix_x4(b[0], b[1], b[2], b[3], &vt[nj * 16 + (lane & 7) + ((lane >> 4) << 3)][c * 16 + ((lane >> 3) & 1) * 8]);
+                mma_bf16_16816(acc[2 * nj], a, b);
+                mma_bf16_16816(acc[2 * nj + 1], a, b + 2);
+            }
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        l[h] += __shfl_xor_sync(0xffffffff, l[h], 1);
+        l[h] += __shfl_xor_sync(0xffffffff, l[h], 2);
+        const unsigned row = row0 + 8 * h;
+        if (row >= t) continue;
+#pragma unroll
+        for (int j = 0; j < HD / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int col = j * 8 + 2 * tq + e;
+                if (col < (int)d) o[base + (u64)row * d + col] = from_f32<T>(acc[j][2 * h + e] / l[h]);
+            }
+        if (tq == 0) lse[(u64)bh * t + row] = m[h] + logf(l[h]);
+    }
+}
+
+#define ATTENTION_FWD_TC_KERNEL(HD, NAME, T)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128)                                                                         \
+        attention_fwd_tc_hd##HD##_##NAME(const T* q, const T* k, const T* v, T* o, float* lse, unsigned t, unsigned d, float scale, \
+                                         int causal) {                                                                         \
+        attention_fwd_tc<HD>(q, k, v, o, lse, t, d, scale, causal);                                                            \
+    }
+
+// Head dims up to HD; the Rust side picks the smallest that fits (TC_FWD_KERNELS in attention.rs).
+ATTENTION_FWD_TC_KERNEL(32, f32, float)
+ATTENTION_FWD_TC_KERNEL(64, f32, float)
+ATTENTION_FWD_TC_KERNEL(32, bf16, __nv_bfloat16)
+ATTENTION_FWD_TC_KERNEL(64, bf16, __nv_bfloat16)

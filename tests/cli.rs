@@ -70,7 +70,9 @@ fn bench_quick_validates_and_times_every_case() {
         "clip tiny image encode bf16",
         "clip tiny text encode bf16",
         "attention",
-        "attention bf16",
+        "attention bf16 simt",
+        "attention bf16 tensorcore",
+        "attention f32 --precision bf16",
         "attention fwd+bwd composed",
         "attention fwd+bwd fused",
         "linear bf16 simt",
@@ -95,7 +97,7 @@ fn bench_quick_validates_and_times_every_case() {
     }
     assert!(text.contains("best GEMM of this run: matmul"), "{text}");
     let lines = std::fs::read_to_string(&json).unwrap();
-    assert_eq!(lines.lines().count(), 34, "{lines}");
+    assert_eq!(lines.lines().count(), 36, "{lines}");
     let mut models = 0;
     for line in lines.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();

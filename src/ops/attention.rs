@@ -11,6 +11,10 @@
 //! (bh, 16-query tile), keys/values streamed through shared memory 32 at a time, online softmax;
 //! the T×T score matrix is never written to global memory. f32 or bf16 in and out (bf16: f32
 //! tiles, scores and lse inside; inference only), D ≤ 128.
+//! Forward on the tensor cores (`attention_fwd_tc_*`, D ≤ 64): the same flash-attention loop with
+//! 64-query blocks, q, k, v rounded to bf16 and both products on mma.sync (P rounded to bf16
+//! between them, as PyTorch's bf16 SDPA does), softmax and lse in f32. f32 tensors take it under
+//! `--precision bf16`; bf16 tensors when `BF16_FORWARD` says so.
 //! Backward on the GPU, two variants side by side (`BackwardKernel`, chosen by `BACKWARD`):
 //! - composed from device ops: `S = Q·Kᵀ` (the tiled matmul), one elementwise kernel turning S
 //!   into P with the saved lse, then matmuls and the softmax backward kernel. It materialises
@@ -37,6 +41,45 @@ const FWD_KERNELS: [(usize, &str, &str); 3] = [
 ];
 /// Queries per block of the forward kernel (`ATT_QTILE` in the .cu file).
 const Q_TILE: usize = 16;
+/// The tensor-core forward kernels by the widest head dim they hold (`attention_fwd_tc`).
+const TC_FWD_KERNELS: [(usize, &str, &str); 2] = [
+    (
+        32,
+        "attention_fwd_tc_hd32_f32",
+        "attention_fwd_tc_hd32_bf16",
+    ),
+    (
+        64,
+        "attention_fwd_tc_hd64_f32",
+        "attention_fwd_tc_hd64_bf16",
+    ),
+];
+/// Queries per block of the tensor-core forward (`ATT_TC_Q`).
+const TC_Q_TILE: usize = 64;
+
+/// The GPU forward's two kernel families: `Simt` (f32 math on every element, any head dim ≤
+/// 128) and `TensorCore` (`attention_fwd_tc_*`: q, k, v and P rounded to bf16, the two products
+/// on mma.sync with f32 accumulation; head dim ≤ 64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardKernel {
+    Simt,
+    TensorCore,
+}
+
+/// The forward for bf16 tensors. Both kernels round the same operands; the tensor-core one also
+/// rounds P, as PyTorch's bf16 flash attention does. It stays off until a lent GPU's bench
+/// (`attention bf16 tensorcore` against `attention bf16`) shows it wins. f32 tensors take the
+/// tensor cores when `--precision bf16` asks for them.
+pub const BF16_FORWARD: ForwardKernel = ForwardKernel::Simt;
+
+/// The GPU forward kernel for a dtype under the current precision.
+fn forward_kernel(bf16: bool) -> ForwardKernel {
+    match (bf16, super::precision::current()) {
+        (true, _) => BF16_FORWARD,
+        (false, super::precision::Precision::Bf16) => ForwardKernel::TensorCore,
+        (false, _) => ForwardKernel::Simt,
+    }
+}
 
 /// The CPU twins, generic so the gradient check runs them in f64. Buffers are `[BH, T, D]`.
 pub mod cpu {
@@ -173,6 +216,19 @@ pub(crate) fn attention_raw(
     v: &Tensor,
     causal: bool,
 ) -> Result<(Tensor, Tensor)> {
+    let kernel = forward_kernel(q.dtype() == crate::tensor::DType::BF16);
+    attention_raw_with(kernel, q, k, v, causal)
+}
+
+/// `attention_raw` with the GPU kernel family chosen (the CPU always runs its twin). A head dim
+/// above the tensor-core kernels' 64 takes the SIMT kernel.
+pub(crate) fn attention_raw_with(
+    kernel: ForwardKernel,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+) -> Result<(Tensor, Tensor)> {
     const OP: &str = "attention";
     let (bh, t, d) = dims(q, k, v)?;
     super::same_dtype(OP, &[q, k, v])?;
@@ -204,7 +260,14 @@ pub(crate) fn attention_raw(
             ))
         }
         Device::Cuda(gpu) => {
-            let Some(&(_, name_f32, name_bf16)) = FWD_KERNELS.iter().find(|f| d <= f.0) else {
+            let tensor_core = TC_FWD_KERNELS
+                .iter()
+                .find(|f| kernel == ForwardKernel::TensorCore && d <= f.0);
+            let (kernels, q_tile) = match tensor_core {
+                Some(_) => (&TC_FWD_KERNELS[..], TC_Q_TILE),
+                None => (&FWD_KERNELS[..], Q_TILE),
+            };
+            let Some(&(_, name_f32, name_bf16)) = kernels.iter().find(|f| d <= f.0) else {
                 return Err(Error::shape(
                     OP,
                     format!("head dim {d} is above the CUDA kernel's 128"),
@@ -217,9 +280,10 @@ pub(crate) fn attention_raw(
             let mut o = crate::tensor::alloc_storage(gpu, q.dtype(), n)?;
             let mut lse = gpu.alloc::<f32>(bh * t)?;
             if n > 0 {
-                // One 128-thread block per (16-query tile, bh); shared memory is static (≤ 40.5 KiB).
+                // One 128-thread block per (query tile, bh); shared memory is static (SIMT
+                // ≤ 40.5 KiB, tensor cores ≤ 27 KiB).
                 let cfg = LaunchConfig {
-                    grid_dim: (t.div_ceil(Q_TILE) as u32, bh as u32, 1),
+                    grid_dim: (t.div_ceil(q_tile) as u32, bh as u32, 1),
                     block_dim: (128, 1, 1),
                     shared_mem_bytes: 0,
                 };
@@ -242,8 +306,8 @@ pub(crate) fn attention_raw(
                 };
                 b.arg(&mut lse).arg(&tt).arg(&dd).arg(&scale).arg(&c);
                 // SAFETY: q, k, v hold BH·T·D elements of the kernel's dtype and o too, lse BH·T
-                // floats; block (x, y) reads rows < T of head y only and writes o/lse rows
-                // q0..q0+16 < T of head y; d ≤ 32·DC.
+                // floats; block (x, y) reads rows < T of head y only and writes the o/lse rows
+                // q0..q0+tile < T of head y; d ≤ the kernel's widest head dim.
                 unsafe { b.launch(cfg) }.map_err(|e| Error::cuda(name, e))?;
             }
             Ok((
@@ -693,6 +757,103 @@ mod tests {
         assert!(err.contains("[B, H, T, D]"), "{err}");
         let r3 = Tensor::zeros(&[2, 3, 4], &Device::Cpu).unwrap();
         assert!(attention(&mut Tape::new(), &r3, &r3, &r3, true).is_err());
+    }
+
+    /// The tensor-core forward against the CPU twin on bf16-rounded q, k, v: the only other
+    /// rounding is P's (to bf16, before P·V), so O is within 2⁻⁸·max|v| and lse (computed from
+    /// the unrounded P) within f32 summation order.
+    #[test]
+    fn tensor_core_forward_matches_the_twin_on_rounded_operands() {
+        let Some(dev) = gpu() else { return };
+        use crate::ops::precision::{round_operand, Precision};
+        // Not multiples of the 64-query / 64-key tiles; head dims below and at each kernel's width.
+        for t in [1, 7, 50, 65, 130] {
+            for d in [24, 32, 64] {
+                for causal in [false, true] {
+                    let shape = [2, 3, t, d];
+                    let n: usize = shape.iter().product();
+                    let seed = (t * 1000 + d) as u64 + 7;
+                    let qkv = [0, 1, 2].map(|i| random_vec(n, seed + i));
+                    let rounded = qkv.clone().map(|v| round_operand(Precision::Bf16, &v));
+                    let on = |vs: &[Vec<f32>; 3], dev: &Device| {
+                        vs.clone()
+                            .map(|v| Tensor::from_vec(v, &shape, dev).unwrap())
+                    };
+                    let [q, k, v] = on(&rounded, &Device::Cpu);
+                    let (o_want, lse_want) = attention_raw(&q, &k, &v, causal).unwrap();
+                    let what = format!("T={t} D={d} causal={causal}");
+                    let [q, k, v] = on(&qkv, &dev);
+                    let (o, lse) =
+                        attention_raw_with(ForwardKernel::TensorCore, &q, &k, &v, causal).unwrap();
+                    let vmax = rounded[2].iter().fold(0f32, |a, x| a.max(x.abs()));
+                    let o_want = o_want.to_vec_f32().unwrap();
+                    let o = o.to_vec_f32().unwrap();
+                    assert_close(&o, &o_want, 0.0, vmax / 256.0, &format!("o, {what}"));
+                    let lse = lse.to_vec_f32().unwrap();
+                    assert_close(
+                        &lse,
+                        &lse_want.to_vec_f32().unwrap(),
+                        1e-5,
+                        1e-5,
+                        &format!("lse, {what}"),
+                    );
+                    // P's rounding shows: the kernel really ran on the tensor-core path.
+                    if t >= 50 {
+                        assert!(
+                            o.iter().zip(&o_want).any(|(a, b)| a != b),
+                            "{what}: O equals the f32 twin bit for bit"
+                        );
+                    }
+                    // bf16 tensors take the same kernel: O rounded once more at the store.
+                    let [q, k, v] =
+                        [&q, &k, &v].map(|x| x.to_dtype(crate::tensor::DType::BF16).unwrap());
+                    let (o16, _) =
+                        attention_raw_with(ForwardKernel::TensorCore, &q, &k, &v, causal).unwrap();
+                    assert_close(
+                        &o16.to_vec_f32().unwrap(),
+                        &o,
+                        2f32.powi(-8),
+                        1e-6,
+                        &format!("bf16 o, {what}"),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_attention_takes_the_tensor_cores_under_precision_bf16_up_to_head_dim_64() {
+        use crate::ops::precision::{self, Precision};
+        assert_eq!(
+            precision::with(Precision::Bf16, || forward_kernel(false)),
+            ForwardKernel::TensorCore
+        );
+        assert_eq!(
+            precision::with(Precision::Tf32, || forward_kernel(false)),
+            ForwardKernel::Simt
+        );
+        assert_eq!(
+            precision::with(Precision::F32, || forward_kernel(false)),
+            ForwardKernel::Simt
+        );
+        assert_eq!(forward_kernel(true), BF16_FORWARD);
+        let Some(dev) = gpu() else { return };
+        // Above 64 the SIMT kernel runs whatever was asked: the two give the same bits.
+        let shape = [1, 2, 9, 100];
+        let x = |seed| Tensor::from_vec(random_vec(900 * 2, seed), &shape, &dev).unwrap();
+        let (q, k, v) = (x(1), x(2), x(3));
+        let run = |kernel| {
+            attention_raw_with(kernel, &q, &k, &v, true)
+                .unwrap()
+                .0
+                .to_vec_f32()
+                .unwrap()
+        };
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        assert_eq!(
+            bits(run(ForwardKernel::TensorCore)),
+            bits(run(ForwardKernel::Simt))
+        );
     }
 
     /// bf16 attention (each head-dim class, causal and not) against the CPU path.
