@@ -40,6 +40,28 @@ fn info_lists_embedded_kernels_and_devices() {
             );
         }
         assert!(text.contains("registers"), "{text}");
+        // No kernel spills to local memory, and every tensor-core kernel (`_tc` in its name)
+        // has tensor-core instructions in its SASS (when nvdisasm gave the count).
+        let rows: Vec<&str> = text.lines().filter(|l| l.contains("spilled")).collect();
+        assert!(rows.len() > 100, "{text}");
+        for row in &rows {
+            assert!(row.contains(" 0 B spilled"), "a kernel spills: {row}");
+            let name = row.split_whitespace().nth(1).unwrap_or("");
+            if name.contains("_tc") && row.contains("MMA") {
+                let count: usize = row
+                    .split_whitespace()
+                    .rev()
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                assert!(count > 0, "{name} has no tensor-core instruction: {row}");
+            }
+        }
+        let tensor_core = rows.iter().filter(|r| r.contains("_tc")).count();
+        assert!(
+            tensor_core >= 21,
+            "{tensor_core} tensor-core kernels listed:\n{text}"
+        );
     }
 }
 

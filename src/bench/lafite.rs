@@ -6,6 +6,7 @@
 use serde_json::json;
 
 use super::{case, input, Case};
+use crate::error::Result;
 use crate::models::lafite::{
     Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, Network,
 };
@@ -18,21 +19,19 @@ use crate::train::gan::regularize::r1;
 use crate::Tape;
 
 /// The train.py defaults at `res` px with channel_base `base` (32768 for the paper).
-fn g_config(res: usize, base: usize) -> GeneratorConfig {
+fn g_config(res: usize, base: usize) -> Result<GeneratorConfig> {
     GeneratorConfig::from_init_kwargs(&json!({
         "z_dim": 512, "w_dim": 512, "c_dim": 0, "img_resolution": res, "img_channels": 3,
         "m_layer_features": 1024, "m_num_layers": 8, "mapping_kwargs": {"num_layers": 8},
         "synthesis_kwargs": {"structure": 4, "channel_base": base, "channel_max": 512, "num_fp16_res": 4,
                              "conv_clamp": 256, "change": 256, "f_dim": 512, "f_dim2": 512}}))
-    .expect("the bench's generator config is valid")
 }
 
-fn d_config(res: usize, base: usize) -> DiscriminatorConfig {
+fn d_config(res: usize, base: usize) -> Result<DiscriminatorConfig> {
     DiscriminatorConfig::from_init_kwargs(&json!({
         "c_dim": 0, "img_resolution": res, "img_channels": 3, "channel_base": base, "channel_max": 512,
         "num_fp16_res": 4, "conv_clamp": 256, "use_norm": false, "use_fts": true, "block_kwargs": {},
         "mapping_kwargs": {}, "epilogue_kwargs": {"structure": 4, "mbstd_group_size": 4, "f_dim": 512, "f_dim2": 512}}))
-    .expect("the bench's discriminator config is valid")
 }
 
 /// Convolution FLOPs of one generator forward for `n` images.
@@ -68,7 +67,7 @@ pub fn discriminator_flops(c: &DiscriminatorConfig, n: usize) -> f64 {
     f * n as f64
 }
 
-pub fn cases(quick: bool) -> Vec<Case> {
+pub fn cases(quick: bool) -> Result<Vec<Case>> {
     let s = |full: usize, small: usize| if quick { small } else { full };
     let mut out = Vec::new();
     // The 256-px network's last synthesis conv: b256.conv1, 128 → 128 channels at 256².
@@ -119,7 +118,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
     }
     // Whole networks at 256 px, batch 16 (quick: 16 px, narrow, batch 2).
     let (res, base, n) = (s(256, 16), s(32768, 256), s(16, 2));
-    let gc = g_config(res, base);
+    let gc = g_config(res, base)?;
     let gc_step = gc.clone();
     let gflops = generator_flops(&gc, n);
     out.push(
@@ -145,7 +144,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
         )
         .model_step(),
     );
-    let dc = d_config(res, base);
+    let dc = d_config(res, base)?;
     out.push(gd_step_case(gc_step, dc.clone(), n));
     out.push(
         case(
@@ -165,7 +164,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
         )
         .model_step(),
     );
-    out
+    Ok(out)
 }
 
 /// One G+D training step as `train-gan` runs it (structure 4): Gmain (adversarial + the two itd
@@ -257,8 +256,8 @@ mod tests {
     #[test]
     fn the_papers_networks_cost_what_stylegan2_costs() {
         // StyleGAN2 at 256 px is tens of GFLOPs per image in its convolutions.
-        let g = generator_flops(&g_config(256, 32768), 1) / 1e9;
-        let d = discriminator_flops(&d_config(256, 32768), 1) / 1e9;
+        let g = generator_flops(&g_config(256, 32768).unwrap(), 1) / 1e9;
+        let d = discriminator_flops(&d_config(256, 32768).unwrap(), 1) / 1e9;
         assert!((30.0..120.0).contains(&g), "G {g} GFLOP");
         assert!((20.0..120.0).contains(&d), "D {d} GFLOP");
     }

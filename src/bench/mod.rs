@@ -43,6 +43,8 @@ pub struct Case {
     pub bytes: f64,
     /// Relative tolerance of the validation against the CPU twin.
     pub rtol: f32,
+    /// The floor under |cpu| in that relative error (1e-3 unless a case's rounding is absolute).
+    pub floor: f32,
     pub suite: Suite,
     /// A plain matrix product: the fastest of these is the run's FLOP/s peak.
     pub gemm: bool,
@@ -53,6 +55,13 @@ impl Case {
     /// This case as a whole model step.
     fn model_step(mut self) -> Case {
         self.suite = Suite::Models;
+        self
+    }
+
+    /// Validation with |device − cpu| / (|cpu| + floor): for a kernel whose rounding error is
+    /// absolute (a fraction of the inputs' scale) rather than relative to each output.
+    fn error_floor(mut self, floor: f32) -> Case {
+        self.floor = floor;
         self
     }
 
@@ -78,7 +87,8 @@ pub struct Measurement {
     pub min_ms: f64,
     pub tflops: f64,
     pub gbps: f64,
-    /// Largest |device − cpu| / (|cpu| + 1e-3) seen in validation, or None if not validated.
+    /// Largest |device − cpu| / (|cpu| + the case's floor) seen in validation, or None if not
+    /// validated.
     pub max_rel_err: Option<f32>,
 }
 
@@ -110,6 +120,7 @@ fn case(
         flops,
         bytes,
         rtol,
+        floor: 1e-3,
         suite: Suite::Kernels,
         gemm: false,
         setup: Box::new(setup),
@@ -117,7 +128,7 @@ fn case(
 }
 
 /// The cases `mindreader bench` runs; `quick` shrinks them for smoke tests on a CPU.
-pub fn cases(quick: bool) -> Vec<Case> {
+pub fn cases(quick: bool) -> Result<Vec<Case>> {
     let s = |full: usize, small: usize| if quick { small } else { full };
     let mut out = Vec::new();
     for (dtype, tag) in [(DType::F32, "f32"), (DType::BF16, "bf16")] {
@@ -498,15 +509,18 @@ pub fn cases(quick: bool) -> Vec<Case> {
     // validated against the CPU on rounded operands: P's rounding remains).
     let (ba, t) = (s(256, 2), s(50, 7));
     use attention::ForwardKernel::{Simt, TensorCore};
-    for (dtype, tag, kernel, p, rtol) in [
-        (DType::F32, "", Simt, Precision::F32, 1e-3),
-        (DType::BF16, " bf16 simt", Simt, Precision::F32, 3e-2),
+    // The tensor-core rows also round P to bf16 before P·V, an error of up to 2⁻⁹·max|v| (~0.01
+    // here) on every output whatever its size: their relative error has a floor of 0.5.
+    for (dtype, tag, kernel, p, rtol, floor) in [
+        (DType::F32, "", Simt, Precision::F32, 1e-3, 1e-3),
+        (DType::BF16, " bf16 simt", Simt, Precision::F32, 3e-2, 1e-3),
         (
             DType::BF16,
             " bf16 tensorcore",
             TensorCore,
             Precision::F32,
             3e-2,
+            0.5,
         ),
         (
             DType::F32,
@@ -514,29 +528,33 @@ pub fn cases(quick: bool) -> Vec<Case> {
             TensorCore,
             Precision::Bf16,
             3e-2,
+            0.5,
         ),
     ] {
         let bytes = (4 * ba * 12 * t * 64 * dtype.size()) as f64;
-        out.push(case(
-            format!("attention{tag} [{ba},12,{t},64]"),
-            4.0 * (ba * 12 * t * t * 64) as f64,
-            bytes,
-            rtol,
-            move |d| {
-                let shape = [ba, 12, t, 64];
-                let (q, k, v) = if dtype == DType::F32 {
-                    let x = |seed| operand_at(p, &shape, seed, d);
-                    (x(50)?, x(51)?, x(52)?)
-                } else {
-                    let x = |seed| input(&shape, seed, d, dtype);
-                    (x(50)?, x(51)?, x(52)?)
-                };
-                Ok(Box::new(move || {
-                    let (o, _lse) = attention::attention_raw_with(kernel, &q, &k, &v, false)?;
-                    Ok(Some(o))
-                }))
-            },
-        ));
+        out.push(
+            case(
+                format!("attention{tag} [{ba},12,{t},64]"),
+                4.0 * (ba * 12 * t * t * 64) as f64,
+                bytes,
+                rtol,
+                move |d| {
+                    let shape = [ba, 12, t, 64];
+                    let (q, k, v) = if dtype == DType::F32 {
+                        let x = |seed| operand_at(p, &shape, seed, d);
+                        (x(50)?, x(51)?, x(52)?)
+                    } else {
+                        let x = |seed| input(&shape, seed, d, dtype);
+                        (x(50)?, x(51)?, x(52)?)
+                    };
+                    Ok(Box::new(move || {
+                        let (o, _lse) = attention::attention_raw_with(kernel, &q, &k, &v, false)?;
+                        Ok(Some(o))
+                    }))
+                },
+            )
+            .error_floor(floor),
+        );
     }
     // CLIP's MLP fc1 in bf16 (ViT-B/32 at batch 256: 12800 tokens, 768 → 3072, quick_gelu), both
     // GPU kernels of the bf16 linear.
@@ -606,8 +624,8 @@ pub fn cases(quick: bool) -> Vec<Case> {
             },
         ));
     }
-    out.extend(lafite::cases(quick));
-    out
+    out.extend(lafite::cases(quick)?);
+    Ok(out)
 }
 
 /// `b` 77-token texts of pseudo-random ids, each ending in the EOS id (the highest).
@@ -678,12 +696,12 @@ fn mapper_param_sizes() -> Vec<usize> {
     v
 }
 
-fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
+fn max_rel_err(got: &[f32], want: &[f32], floor: f32) -> f32 {
     got.iter()
         .zip(want)
         .map(|(g, w)| {
             if g.is_finite() {
-                (g - w).abs() / (w.abs() + 1e-3)
+                (g - w).abs() / (w.abs() + floor)
             } else {
                 f32::INFINITY
             }
@@ -698,7 +716,7 @@ pub fn run_case(case: &Case, device: &Device, warmup: usize, iters: usize) -> Re
         let want = (case.setup)(&Device::Cpu)?()?;
         let got = (case.setup)(device)?()?;
         if let (Some(w), Some(g)) = (want, got) {
-            let e = max_rel_err(&g.to_vec_f32()?, &w.to_vec_f32()?);
+            let e = max_rel_err(&g.to_vec_f32()?, &w.to_vec_f32()?, case.floor);
             if e > case.rtol {
                 return Err(Error::Invalid(format!("{}: {device} result differs from the CPU twin (max relative error {e:.2e} > {:.0e})", case.name, case.rtol)));
             }
@@ -797,7 +815,7 @@ mod tests {
     #[test]
     fn quick_cases_run_and_validate_on_every_device() {
         for device in crate::testing::devices() {
-            for c in cases(true) {
+            for c in cases(true).unwrap() {
                 let m = run_case(&c, &device, 1, 3).unwrap();
                 assert!(
                     m.median_ms >= 0.0 && m.median_ms.is_finite(),

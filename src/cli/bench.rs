@@ -116,7 +116,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(p) = peaks.fp32_tflops {
         println!("FP32 CUDA-core peak from attributes: {p:.1} TFLOP/s");
     }
-    let selected: Vec<_> = cases(args.quick)
+    let selected: Vec<_> = cases(args.quick)?
         .into_iter()
         .filter(|c| args.suite.includes(c.suite))
         .filter(|c| {

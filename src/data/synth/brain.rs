@@ -18,6 +18,7 @@ use ndarray::{s, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
 use super::scene::{Scene, COLOURS, MAX_OBJECTS, SHAPES};
+use crate::error::{Error, Result};
 use crate::rng::{stage, Rng};
 
 /// Cells per side of the early-visual feature grid.
@@ -112,6 +113,16 @@ pub struct Subject {
     pub snr: Vec<f32>,
 }
 
+/// `data` as `[rows, FEATURES]`, or an error that says which array had the wrong length.
+fn features_view<'a>(rows: usize, data: &'a [f32], what: &str) -> Result<ArrayView2<'a, f32>> {
+    ArrayView2::from_shape((rows, FEATURES), data).map_err(|_| {
+        Error::shape(
+            "synthetic brain",
+            format!("{what}: {} values for {rows} × {FEATURES}", data.len()),
+        )
+    })
+}
+
 impl Subject {
     /// `voxels` voxels, `early_fraction` of them early-visual, drawn from `seed`'s voxel streams.
     pub fn new(seed: u64, voxels: usize, early_fraction: f32, snr: f32) -> Subject {
@@ -149,24 +160,24 @@ impl Subject {
 
     /// Each stimulus's noise-free response `[M, V]`: φ·Wᵀ, z-scored per voxel over the
     /// stimuli, times the voxel's SNR. `phi` is `[M, FEATURES]`.
-    pub fn signal(&self, phi: &[f32], stimuli: usize) -> Vec<f32> {
+    pub fn signal(&self, phi: &[f32], stimuli: usize) -> Result<Vec<f32>> {
         let v = self.voxels();
-        let phi = ArrayView2::from_shape((stimuli, FEATURES), phi)
-            .expect("phi holds stimuli × FEATURES values");
-        let w = ArrayView2::from_shape((v, FEATURES), &self.weights)
-            .expect("weights hold voxels × FEATURES values");
+        let phi = features_view(stimuli, phi, "stimulus features")?;
+        let w = features_view(v, &self.weights, "voxel weights")?;
         let mut out = vec![0f32; stimuli * v];
         // Row blocks in parallel; each block is one cache-friendly GEMM.
         const ROWS: usize = 128;
         out.par_chunks_mut(ROWS * v.max(1))
             .enumerate()
-            .for_each(|(i, block)| {
+            .try_for_each(|(i, block)| {
                 let rows = block.len() / v;
                 let a = phi.slice(s![i * ROWS..i * ROWS + rows, ..]);
-                let mut c = ArrayViewMut2::from_shape((rows, v), block)
-                    .expect("block holds rows × voxels values");
+                let mut c = ArrayViewMut2::from_shape((rows, v), block).map_err(|e| {
+                    Error::shape("synthetic brain", format!("signal block {i}: {e}"))
+                })?;
                 ndarray::linalg::general_mat_mul(1.0, &a, &w.t(), 0.0, &mut c);
-            });
+                Ok::<(), Error>(())
+            })?;
         let (mean, std) = column_moments(&out, v);
         let scale: Vec<f32> = (0..v)
             .map(|j| {
@@ -182,7 +193,7 @@ impl Subject {
                 row[j] = (row[j] - mean[j] as f32) * scale[j];
             }
         });
-        out
+        Ok(out)
     }
 }
 
@@ -326,7 +337,7 @@ mod tests {
         let m = 40;
         let mut phi = vec![0f32; m * FEATURES];
         Rng::new(2).fill_normal(&mut phi);
-        let sig = subject.signal(&phi, m);
+        let sig = subject.signal(&phi, m).unwrap();
         let (mean, std) = column_moments(&sig, 50);
         for j in 0..50 {
             assert!(mean[j].abs() < 1e-4, "voxel {j} mean {}", mean[j]);

@@ -217,7 +217,7 @@ pub fn generate(cfg: &SynthConfig, progress: &ProgressBar) -> Result<Contents> {
     for s in &stimuli {
         phi.extend_from_slice(&s.phi);
     }
-    let signal = subject.signal(&phi, m);
+    let signal = subject.signal(&phi, m)?;
     drop(phi);
 
     // Presentation order: every (stimulus, repeat) once, shuffled, cut into sessions.
