@@ -327,6 +327,21 @@ fn infonce_raw(s: &Tensor, lam: f32) -> Result<(Tensor, Tensor)> {
     }
 }
 
+/// The InfoNCE loss of a `[b, b]` similarity matrix already divided by τ, the positives on its
+/// diagonal: `−(1/b)·Σ_i (λ·log softmax_row(S)[i, i] + (1 − λ)·log softmax_column(S)[i, i])`,
+/// one fused kernel forward and backward (`infonce_grad_f32`).
+pub fn infonce(tape: &mut Tape, s: &Tensor, lam: f32) -> Result<Tensor> {
+    if s.rank() != 2 || s.shape()[0] != s.shape()[1] {
+        return Err(Error::shape(
+            "infonce",
+            format!("the similarities must be [b, b], got {:?}", s.shape()),
+        ));
+    }
+    let (loss, ds) = infonce_raw(s, lam)?;
+    record_fused(tape, s, &loss, ds);
+    Ok(loss)
+}
+
 /// The batch InfoNCE loss between predictions and targets (Mind Reader's `contrastive_loss`).
 pub fn contrastive(
     tape: &mut Tape,

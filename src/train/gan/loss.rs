@@ -17,7 +17,6 @@ use crate::ops::elementwise as ew;
 use crate::ops::l2norm::l2_normalize;
 use crate::ops::matmul::matmul;
 use crate::ops::reduce::{mean_all, sum_all};
-use crate::ops::softmax::log_softmax;
 use crate::ops::transpose::{reshape, transpose};
 use crate::rng::Rng;
 use crate::tensor::{Device, Tensor};
@@ -130,48 +129,27 @@ pub fn contra_loss(
     }
     let a = l2_normalize(tape, mat1, 1e-8)?;
     let c = l2_normalize(tape, mat2, 1e-8)?;
-    let cos = matmul(tape, &a, &c, false, true)?;
-    let eye = identity(b, mat1.device())?;
-    // Mean of the diagonal of a [b, b] matrix.
-    let diag_mean = |tape: &mut Tape, m: &Tensor| -> Result<Tensor> {
-        let d = ew::mul(tape, m, &eye)?;
-        let s = sum_all(tape, &d)?;
-        ew::scale(tape, &s, 1.0 / b as f32)
-    };
     if temp <= 0.0 {
-        return diag_mean(tape, &cos);
+        // The mean cosine of the pairs: the diagonal of a·cᵀ, row by row, without the product.
+        let pairs = ew::mul(tape, &a, &c)?;
+        let s = sum_all(tape, &pairs)?;
+        return ew::scale(tape, &s, 1.0 / b as f32);
     }
+    let cos = matmul(tape, &a, &c, false, true)?;
     let sim = ew::scale(tape, &cos, 1.0 / temp)?;
-    // Row i of log_softmax(simᵀ) is log softmax over dim 0 of column i.
-    let column = |tape: &mut Tape| -> Result<Tensor> {
-        let t = transpose(tape, &sim, 0, 1)?;
-        let l = log_softmax(tape, &t)?;
-        diag_mean(tape, &l)
-    };
-    let row = |tape: &mut Tape| -> Result<Tensor> {
-        let l = log_softmax(tape, &sim)?;
-        diag_mean(tape, &l)
-    };
-    let mixed = if lam == 0.0 {
-        column(tape)?
+    // The mean diagonal of log_softmax over columns (lam = 0), rows (lam outside (0, 1)), or
+    // their lam-mix is −InfoNCE with that row weight: one fused op on the device, no identity
+    // matrix, no transpose.
+    let row_weight = if lam == 0.0 {
+        0.0
     } else if lam > 0.0 && lam < 1.0 {
-        let r = row(tape)?;
-        let r = ew::scale(tape, &r, lam)?;
-        let c = column(tape)?;
-        let c = ew::scale(tape, &c, 1.0 - lam)?;
-        ew::add(tape, &r, &c)?
+        lam
     } else {
-        row(tape)?
+        1.0
     };
+    let nce = crate::ops::loss::infonce(tape, &sim, row_weight)?;
+    let mixed = ew::scale(tape, &nce, -1.0)?;
     ew::add_scalar(tape, &mixed, temp.ln())
-}
-
-fn identity(n: usize, device: &Device) -> Result<Tensor> {
-    let mut v = vec![0.0f32; n * n];
-    for i in 0..n {
-        v[i * n + i] = 1.0;
-    }
-    Tensor::from_vec(v, &[n, n], device)
 }
 
 /// `normalize(0.9·c + 0.1·u/‖u‖)` row by row (loss.py 449–460): the reference's perturbation of
@@ -634,6 +612,84 @@ mod tests {
         for r in 0..5 {
             for c in 0..5 {
                 assert!((m[r * 5 + c] - (r == c) as u8 as f32).abs() < 1e-6);
+            }
+        }
+    }
+
+    /// The fork's contra_loss written out in f64 (`a`, `b` are `[n, f]`).
+    fn contra_reference(a: &[f64], b: &[f64], n: usize, f: usize, temp: f64, lam: f64) -> f64 {
+        let unit = |v: &[f64]| {
+            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-8);
+            v.iter().map(|x| x / norm).collect::<Vec<_>>()
+        };
+        let (ua, ub): (Vec<_>, Vec<_>) = (
+            a.chunks(f).map(unit).collect(),
+            b.chunks(f).map(unit).collect(),
+        );
+        let cos = |i: usize, j: usize| ua[i].iter().zip(&ub[j]).map(|(x, y)| x * y).sum::<f64>();
+        if temp <= 0.0 {
+            return (0..n).map(|i| cos(i, i)).sum::<f64>() / n as f64;
+        }
+        let s = |i: usize, j: usize| cos(i, j) / temp;
+        let row = |i: usize| s(i, i) - (0..n).map(|j| s(i, j).exp()).sum::<f64>().ln();
+        let col = |j: usize| s(j, j) - (0..n).map(|i| s(i, j).exp()).sum::<f64>().ln();
+        let mean = |g: &dyn Fn(usize) -> f64| (0..n).map(g).sum::<f64>() / n as f64;
+        let mixed = if lam == 0.0 {
+            mean(&col)
+        } else if lam > 0.0 && lam < 1.0 {
+            lam * mean(&row) + (1.0 - lam) * mean(&col)
+        } else {
+            mean(&row)
+        };
+        mixed + temp.ln()
+    }
+
+    /// Value and both gradients of contra_loss (the fused InfoNCE inside) against the f64
+    /// formula and its central differences, for every branch of temp and lam.
+    #[test]
+    fn contra_loss_value_and_gradients_match_the_written_out_formula() {
+        let (n, f) = (5, 3);
+        let (av, bv) = (
+            crate::testing::random_vec(n * f, 11),
+            crate::testing::random_vec(n * f, 12),
+        );
+        let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        let (a64, b64) = (wide(&av), wide(&bv));
+        for device in crate::testing::devices() {
+            for (temp, lam) in [(0.5, 0.0), (0.3, 0.25), (0.5, 1.0), (0.7, -1.0), (0.0, 0.0)] {
+                let ta = Tensor::from_slice(&av, &[n, f], &device).unwrap();
+                let tb = Tensor::from_slice(&bv, &[n, f], &device).unwrap();
+                let mut tape = Tape::new();
+                tape.watch(&ta);
+                tape.watch(&tb);
+                let loss = contra_loss(&mut tape, temp, &ta, &tb, lam).unwrap();
+                let what = format!("{device} temp {temp} lam {lam}");
+                let want = contra_reference(&a64, &b64, n, f, temp as f64, lam as f64);
+                let got = loss.scalar().unwrap() as f64;
+                assert!((got - want).abs() < 1e-5, "{what}: {got} vs {want}");
+                let grads = tape.backward(&loss).unwrap();
+                let eps = 1e-4;
+                for (which, t) in [(0, &ta), (1, &tb)] {
+                    let g = grads.get(t).unwrap().to_vec_f32().unwrap();
+                    for i in 0..n * f {
+                        let at = |delta: f64| {
+                            let (mut a, mut b) = (a64.clone(), b64.clone());
+                            if which == 0 {
+                                a[i] += delta
+                            } else {
+                                b[i] += delta
+                            }
+                            contra_reference(&a, &b, n, f, temp as f64, lam as f64)
+                        };
+                        let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+                        assert!(
+                            (g[i] as f64 - numeric).abs() < 1e-4 + 1e-3 * numeric.abs(),
+                            "{what}: d/d{}[{i}] {} vs {numeric}",
+                            ["mat1", "mat2"][which],
+                            g[i]
+                        );
+                    }
+                }
             }
         }
     }
