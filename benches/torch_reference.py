@@ -52,6 +52,7 @@ def cases(dev):
         return run
     for prec, wrap in [("tf32", tf32), ("bf16", autocast)]:
         out.append((f"matmul f32 --precision {prec} A·B 4096x4096x4096", wrap(lambda: a32 @ b32)))
+        out.append((f"matmul f32 --precision {prec} A·B register-staged 4096x4096x4096", wrap(lambda: a32 @ b32)))
         out.append((f"matmul f32 --precision {prec} Aᵀ·B 4096x4096x4096", wrap(lambda: a32.t() @ b32)))
     x, w = r(128, 64, 7872), r(64, 64, 3)
     out.append(("conv1d k3 [128,64,7872]", lambda: torch.nn.functional.conv1d(x, w, padding=1)))

@@ -109,6 +109,8 @@ fn bench_quick_validates_and_times_every_case() {
         "matmul f32 --precision tf32 Aᵀ·B",
         "matmul f32 --precision bf16 A·B",
         "matmul f32 --precision bf16 Aᵀ·B",
+        "matmul f32 --precision tf32 A·B register-staged",
+        "matmul f32 --precision bf16 A·B register-staged",
         "conv1d k3 --precision tf32",
         "conv1d k3 --precision bf16",
         "mapper train step f32 --precision tf32",
@@ -119,7 +121,7 @@ fn bench_quick_validates_and_times_every_case() {
     }
     assert!(text.contains("best GEMM of this run: matmul"), "{text}");
     let lines = std::fs::read_to_string(&json).unwrap();
-    assert_eq!(lines.lines().count(), 36, "{lines}");
+    assert_eq!(lines.lines().count(), 38, "{lines}");
     let mut models = 0;
     for line in lines.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();

@@ -156,14 +156,16 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
         );
     }
     // f32 tensors on the tensor cores (--precision tf32|bf16), as a forward product (A·B) and as
-    // a weight gradient's (Aᵀ·B: the operand read across its contiguous axis).
+    // a weight gradient's (Aᵀ·B: the operand read across its contiguous axis). These shapes take
+    // the cp.async-pipelined kernels; the A·B rows also run on the register-staged ones.
     for p in [Precision::Tf32, Precision::Bf16] {
-        for trans_a in [false, true] {
+        for (trans_a, staged) in [(false, false), (true, false), (false, true)] {
             let (m, n, k) = (s(4096, 96), s(4096, 80), s(4096, 72));
             let a_desc = if trans_a { "ᵀ" } else { "" };
+            let variant = if staged { " register-staged" } else { "" };
             out.push(
                 case(
-                    format!("matmul f32 --precision {p} A{a_desc}·B {m}x{n}x{k}"),
+                    format!("matmul f32 --precision {p} A{a_desc}·B{variant} {m}x{n}x{k}"),
                     2.0 * (m * n * k) as f64,
                     (4 * (m * k + k * n + m * n)) as f64,
                     1e-3,
@@ -174,15 +176,17 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
                             operand_at(p, &[k, n], 2, d)?,
                         );
                         Ok(Box::new(move || {
-                            precision::with(p, || {
-                                Ok(Some(matmul::matmul(
-                                    &mut Tape::inference(),
-                                    &a,
-                                    &b,
-                                    trans_a,
-                                    false,
-                                )?))
-                            })
+                            let product = || {
+                                precision::with(p, || {
+                                    let mut tape = Tape::inference();
+                                    Ok(Some(matmul::matmul(&mut tape, &a, &b, trans_a, false)?))
+                                })
+                            };
+                            if staged {
+                                crate::ops::matmul_tc::register_staged(product)
+                            } else {
+                                product()
+                            }
                         }))
                     },
                 )

@@ -51,6 +51,21 @@ fn pipelined_kernel(name: &str) -> Option<(&'static str, usize)> {
     Some((kernel, PIPE_STAGES * 2 * stage * std::mem::size_of::<f32>()))
 }
 
+thread_local! {
+    /// Set by `register_staged`: this thread's products take the register-staged kernels.
+    static REGISTER_STAGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's tensor-core products on the register-staged kernels even where
+/// the pipelined ones could run: the bench times both variants on the same shapes (the two give
+/// the same bits, so only their speed differs).
+pub fn register_staged<R>(f: impl FnOnce() -> R) -> R {
+    let before = REGISTER_STAGED.with(|c| c.replace(true));
+    let out = f();
+    REGISTER_STAGED.with(|c| c.set(before));
+    out
+}
+
 /// Whether the pipelined kernel can read `g`'s operands: its 16-byte copies need each operand's
 /// contiguous axis to be a multiple of 4 floats (K for a k-contiguous one, M or N otherwise) and
 /// both buffers to start 16-byte aligned (whole allocations do; a view with an offset may not).
@@ -85,7 +100,7 @@ pub(crate) fn gemm(
     }
     // The pipelined kernel when the operands allow it; the register-staged one otherwise.
     let (name, smem) = match pipelined_kernel(name) {
-        Some(pipe) if pipelinable(gpu, a, b, g) => pipe,
+        Some(pipe) if !REGISTER_STAGED.with(|c| c.get()) && pipelinable(gpu, a, b, g) => pipe,
         _ => (name, 0),
     };
     launch(gpu, name, smem, a, b, bias, act, keep_pre, g)
