@@ -13,11 +13,12 @@ use clap::{Parser, Subcommand};
 struct Args {
     #[command(subcommand)]
     command: Command,
-    /// Precision of f32 matrix products (linear, batched matmul, forward and backward) on the
-    /// GPU: f32 (the FP32 SIMT tile; PyTorch's matmul default), tf32 (inputs rounded to
-    /// TensorFloat-32 on the tensor cores, f32 accumulation; PyTorch's allow_tf32) or bf16
-    /// (inputs rounded to bfloat16, f32 accumulation and results; like torch.autocast). Weights
-    /// and optimiser state stay f32. No effect on the CPU, which always computes in f32.
+    /// Precision of f32 matrix products (linear, batched matmul, convolutions, forward and
+    /// backward) on the GPU: f32 (the FP32 SIMT tile; PyTorch's matmul default), tf32 (inputs
+    /// rounded to TensorFloat-32 on the tensor cores, f32 accumulation; PyTorch's allow_tf32) or
+    /// bf16 (inputs rounded to bfloat16, f32 accumulation and results; like torch.autocast, which
+    /// also puts attention's forward on the tensor cores). Weights and optimiser state stay f32.
+    /// No effect on the CPU, which always computes in f32.
     #[arg(long, global = true, default_value = "f32")]
     precision: mindreader::ops::precision::Precision,
 }
