@@ -136,13 +136,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} cases {elapsed} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    // A case that fails (a validation mismatch, a launch error) is reported and skipped: the
+    // others still make the table, and the command fails at the end.
     let mut measured = Vec::with_capacity(selected.len());
+    let mut failed = Vec::new();
     for case in &selected {
         bar.set_message(case.name.clone());
-        let m = run_case(case, &device, args.warmup, args.iters)
-            .with_context(|| format!("bench case `{}`", case.name))?;
-        bar.println(format!("{}: {:.4} ms", m.name, m.median_ms));
-        measured.push(m);
+        let line = match run_case(case, &device, args.warmup, args.iters) {
+            Ok(m) => {
+                let line = format!("{}: {:.4} ms", m.name, m.median_ms);
+                measured.push(m);
+                line
+            }
+            Err(e) => {
+                failed.push(format!("`{}`: {e}", case.name));
+                format!("{}: FAILED: {e}", case.name)
+            }
+        };
+        // One line per case as it ends, also when stdout is a log file (no bar drawn).
+        if bar.is_hidden() {
+            println!("{line}");
+        } else {
+            bar.println(line);
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -156,5 +172,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             writeln!(f, "{}", json_line(r, &name))?;
         }
     }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} of {} bench cases failed:\n  {}",
+        failed.len(),
+        selected.len(),
+        failed.join("\n  ")
+    );
     Ok(())
 }
