@@ -465,10 +465,12 @@ pub mod pattern {
     fn scoped<R>(frame: Frame, f: impl FnOnce() -> R) -> (R, Pattern) {
         FRAMES.with(|s| s.borrow_mut().push(frame));
         let r = f();
-        let frame = FRAMES
+        // The frame pushed above (an empty pattern if `f` somehow popped it).
+        let slopes = FRAMES
             .with(|s| s.borrow_mut().pop())
-            .expect("pattern frame");
-        (r, Pattern(frame.slopes))
+            .map(|frame| frame.slopes)
+            .unwrap_or_default();
+        (r, Pattern(slopes))
     }
 
     /// Runs `f` noting its activation pattern (the one an enclosing `replay` imposes, if any).
