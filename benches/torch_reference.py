@@ -89,6 +89,9 @@ def cases(dev):
     out.append(("mapper train step f32 B=128 V=15744", mapper_step(dev, r)))
     out.append(("mapper train step f32 --precision tf32 B=128 V=15744", tf32(mapper_step(dev, r))))
     out.append(("mapper train step f32 --precision bf16 B=128 V=15744", mapper_step(dev, r, autocast=True)))
+    # mindreader's step replayed from a CUDA graph, against the same PyTorch step (eager, and
+    # torch.compile, whose timing below is of the compiled step).
+    out += [(name + " CUDA graph", f) for name, f in out if name.startswith("mapper train step")]
     out += clip_cases(dev, r)
     out += lafite_cases(dev, r)
     sdpa = torch.nn.functional.scaled_dot_product_attention

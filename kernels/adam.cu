@@ -7,9 +7,9 @@
 //   p -= (lr / (1−β1ᵗ)) · m / (sqrt(v) / sqrt(1−β2ᵗ) + eps)
 #include "common.cuh"
 
-extern "C" __global__ void adam_multi_f32(const u64* table, const u64* offsets, unsigned n_tensors, u64 total,
-                                          float lr, float beta1, float beta2, float eps, float weight_decay,
-                                          int decoupled, float bias_correction1, float bias_correction2_sqrt) {
+__device__ __forceinline__ void adam_apply(const u64* table, const u64* offsets, unsigned n_tensors, u64 total, float lr, float beta1,
+                                           float beta2, float eps, float weight_decay, int decoupled, float bias_correction1,
+                                           float bias_correction2_sqrt) {
     FOR_EACH(i, total) {
         unsigned lo = 0, hi = n_tensors;  // offsets[lo] <= i < offsets[hi]
         while (hi - lo > 1) {
@@ -30,4 +30,19 @@ extern "C" __global__ void adam_multi_f32(const u64* table, const u64* offsets, 
         v[j] = vj;
         p[j] = pj - (lr / bias_correction1) * mj / (sqrtf(vj) / bias_correction2_sqrt + eps);
     }
+}
+
+extern "C" __global__ void adam_multi_f32(const u64* table, const u64* offsets, unsigned n_tensors, u64 total,
+                                          float lr, float beta1, float beta2, float eps, float weight_decay,
+                                          int decoupled, float bias_correction1, float bias_correction2_sqrt) {
+    adam_apply(table, offsets, n_tensors, total, lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction1, bias_correction2_sqrt);
+}
+
+// The same update with this step's (lr, 1 − β1ᵗ, sqrt(1 − β2ᵗ)) read from device memory: a CUDA
+// graph replays one launch for every step, and the host writes each step's three values into
+// `step` before the replay.
+extern "C" __global__ void adam_multi_f32_staged(const u64* table, const u64* offsets, unsigned n_tensors, u64 total,
+                                                 const float* step, float beta1, float beta2, float eps, float weight_decay,
+                                                 int decoupled) {
+    adam_apply(table, offsets, n_tensors, total, step[0], beta1, beta2, eps, weight_decay, decoupled, step[1], step[2]);
 }

@@ -242,7 +242,8 @@ __forceinline__ __half __ushort_as_half(unsigned short b) { return __half_raw{b}
 
 // ---- registration (appended to each family by sim/build.py) --------------------------------------
 typedef void (*sim_trampoline)(void** args);
-extern "C" void sim_register_kernel(const char* family, const char* name, sim_trampoline call, unsigned max_threads);
+extern "C" void sim_register_kernel(const char* family, const char* name, sim_trampoline call, unsigned max_threads, const size_t* param_sizes,
+                                    unsigned n_params);
 
 // Calls `f` with its arguments read from the driver's parameter array, by its own parameter types.
 template <typename F, F f> struct SimTrampoline;
@@ -251,8 +252,12 @@ template <typename... A, void (*f)(A...)> struct SimTrampoline<void (*)(A...), f
         f(*static_cast<typename std::decay<A>::type*>(args[I])...);
     }
     static void call(void** args) { unpack(args, std::index_sequence_for<A...>{}); }
+    // Each parameter's size: what a graph capture copies out of the driver's parameter array.
+    static constexpr size_t sizes[sizeof...(A) + 1] = {sizeof(typename std::decay<A>::type)..., 0};
 };
 #define SIM_REGISTER(family, name, max_threads)                                                               \
     static struct sim_reg_##name {                                                                            \
-        sim_reg_##name() { sim_register_kernel(family, #name, &SimTrampoline<decltype(&name), &name>::call, max_threads); } \
+        sim_reg_##name() { using T = SimTrampoline<decltype(&name), &name>;                                                       \
+            sim_register_kernel(family, #name, &T::call, max_threads, T::sizes, sizeof(T::sizes) / sizeof(size_t) - 1);         \
+        } \
     } sim_reg_instance_##name;

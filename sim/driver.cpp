@@ -11,7 +11,10 @@
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "runtime.h"
 
@@ -54,6 +57,111 @@ CUresult check(CUdeviceptr p, size_t n, const char* what) {
 }
 
 CUresult need_init() { return g_initialised ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED; }
+
+// ---- stream capture and graphs ------------------------------------------------------------------------
+// A capture records what is queued on the captured stream instead of running it: kernel launches
+// (their parameters copied by the kernel's own parameter sizes, as the driver copies them),
+// device-to-device copies, memsets, and stream-ordered allocations and frees (graph memory nodes).
+// cuGraphLaunch replays the record in order. What a capture cannot hold is refused the way
+// CUDA's global capture mode refuses it, and the capture is then invalidated: synchronisation,
+// copies to the host, synchronous allocation and frees, host callbacks; also (a rule of this
+// simulator, stricter than some drivers) host-to-device copies, whose pageable source would be
+// read at every launch rather than at capture, and freeing memory the graph did not allocate.
+struct SimNode {
+    enum Kind { Launch, Memset, Copy, Alloc, Free } kind;
+    SimKernel* kernel = nullptr;
+    SimDim grid{}, block{};
+    unsigned smem = 0;
+    std::vector<std::vector<unsigned char>> params;
+    uint64_t dst = 0, src = 0;
+    size_t bytes = 0;
+    unsigned value = 0, width = 1;  // memsets: the value and its width in bytes (1 or 4)
+};
+struct SimGraph {
+    std::vector<SimNode> nodes;
+};
+struct SimGraphExec {
+    std::vector<SimNode> nodes;
+};
+struct SimCapture {
+    SimGraph* graph = nullptr;
+    std::set<uint64_t> allocated;  // allocated in this capture and not yet freed in it
+    std::string invalidated;       // why, when an operation broke the capture
+    CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+    std::thread::id owner;  // the thread that began it
+};
+// Every capture under way, by stream (several threads may each capture a stream of their own).
+std::mutex g_capture_mu;
+std::map<CUstream, SimCapture> g_captures;
+
+// Appends `n` to the graph being captured on `s`; false when `s` is not being captured.
+bool record(CUstream s, SimNode&& n) {
+    std::lock_guard<std::mutex> lock(g_capture_mu);
+    auto it = g_captures.find(s);
+    if (it == g_captures.end()) return false;
+    if (n.kind == SimNode::Alloc) it->second.allocated.insert(n.dst);
+    it->second.graph->nodes.push_back(std::move(n));
+    return true;
+}
+
+bool capturing(CUstream s) {
+    std::lock_guard<std::mutex> lock(g_capture_mu);
+    return g_captures.count(s) > 0;
+}
+
+// An operation that a capture cannot hold. It fails, and invalidates the capture, when it is
+// made while a capture it concerns is under way: any global-mode capture, or a thread-local one
+// this thread began (CUDA's capture modes; relaxed captures allow it).
+CUresult refuse_in_capture(const char* what, const char* why = "it would synchronise with the device") {
+    std::string msg = std::string(what) + " while a stream is being captured: " + why + " (the capture is now invalidated)";
+    bool refused = false;
+    {
+        std::lock_guard<std::mutex> lock(g_capture_mu);
+        for (auto& [stream, c] : g_captures) {
+            (void)stream;
+            const bool applies = c.mode == CU_STREAM_CAPTURE_MODE_GLOBAL || (c.mode == CU_STREAM_CAPTURE_MODE_THREAD_LOCAL && c.owner == std::this_thread::get_id());
+            if (!applies) continue;
+            refused = true;
+            if (c.invalidated.empty()) c.invalidated = msg;
+        }
+    }
+    return refused ? fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, msg) : CUDA_SUCCESS;
+}
+
+CUresult run_nodes(const std::vector<SimNode>& nodes) {
+    for (const SimNode& n : nodes) {
+        std::string err;
+        switch (n.kind) {
+        case SimNode::Launch: {
+            std::vector<void*> args;
+            for (const auto& p : n.params) args.push_back((void*)p.data());
+            if (const int r = sim_launch(n.kernel, n.grid, n.block, n.smem, args.data(), &err)) return fail((CUresult)r, "in a graph: " + err);
+            break;
+        }
+        case SimNode::Memset:
+            if (CUresult r = check(n.dst, n.bytes, "a graph's memset node")) return r;
+            if (n.width == 1) {
+                memset((void*)n.dst, (int)n.value, n.bytes);
+            } else {
+                for (size_t i = 0; i < n.bytes; i += 4) memcpy((char*)n.dst + i, &n.value, 4);
+            }
+            break;
+        case SimNode::Copy:
+            if (CUresult r = check(n.src, n.bytes, "a graph's copy node source")) return r;
+            if (CUresult r = check(n.dst, n.bytes, "a graph's copy node destination")) return r;
+            memmove((void*)n.dst, (const void*)n.src, n.bytes);
+            break;
+        case SimNode::Alloc:
+            if (const int r = sim_mem_map_graph_allocation(n.dst, &err)) return fail((CUresult)r, err);
+            break;
+        case SimNode::Free:
+            if (const int r = sim_mem_free(n.dst, &err)) return fail((CUresult)r, "a graph's free node: " + err);
+            break;
+        }
+    }
+    return CUDA_SUCCESS;
+}
+
 
 size_t host_memory() {
     struct sysinfo si;
@@ -194,13 +302,14 @@ CUresult CUDAAPI cuCtxGetDevice(CUdevice* d) {
     return CUDA_SUCCESS;
 }
 
-CUresult CUDAAPI cuCtxSynchronize(void) { return CUDA_SUCCESS; }
+CUresult CUDAAPI cuCtxSynchronize(void) { return refuse_in_capture("cuCtxSynchronize"); }
 
 CUresult CUDAAPI cuCtxGetStreamPriorityRange(int* least, int* greatest) {
     if (least) *least = 0;
     if (greatest) *greatest = 0;
     return CUDA_SUCCESS;
 }
+
 
 // ---- streams and events: work is done when it is queued ---------------------------------------------
 CUresult CUDAAPI cuStreamCreate(CUstream* s, unsigned int) {
@@ -218,8 +327,71 @@ CUresult CUDAAPI cuStreamDestroy(CUstream s) {
     return CUDA_SUCCESS;
 }
 
-CUresult CUDAAPI cuStreamSynchronize(CUstream) { return CUDA_SUCCESS; }
-CUresult CUDAAPI cuStreamQuery(CUstream) { return CUDA_SUCCESS; }
+CUresult CUDAAPI cuStreamSynchronize(CUstream) { return refuse_in_capture("cuStreamSynchronize"); }
+CUresult CUDAAPI cuStreamQuery(CUstream) { return refuse_in_capture("cuStreamQuery"); }
+
+CUresult CUDAAPI cuStreamBeginCapture_v2(CUstream s, CUstreamCaptureMode mode) {
+    if (!s) return fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamBeginCapture: the legacy NULL stream cannot be captured; capture a stream made by cuStreamCreate");
+    std::lock_guard<std::mutex> lock(g_capture_mu);
+    if (g_captures.count(s)) return fail(CUDA_ERROR_ILLEGAL_STATE, "cuStreamBeginCapture: this stream is already being captured");
+    SimCapture& c = g_captures[s];
+    c.graph = new SimGraph();
+    c.mode = mode;
+    c.owner = std::this_thread::get_id();
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuStreamEndCapture(CUstream s, CUgraph* graph) {
+    SimCapture done;
+    {
+        std::lock_guard<std::mutex> lock(g_capture_mu);
+        auto it = g_captures.find(s);
+        if (it == g_captures.end()) return fail(CUDA_ERROR_ILLEGAL_STATE, "cuStreamEndCapture: this stream is not being captured");
+        done = std::move(it->second);
+        g_captures.erase(it);
+    }
+    if (!done.invalidated.empty()) {
+        delete done.graph;
+        *graph = nullptr;
+        return fail(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, "cuStreamEndCapture: the capture was invalidated: " + done.invalidated);
+    }
+    *graph = (CUgraph)done.graph;
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus* status) {
+    std::lock_guard<std::mutex> lock(g_capture_mu);
+    auto it = g_captures.find(s);
+    *status = it == g_captures.end() ? CU_STREAM_CAPTURE_STATUS_NONE
+              : it->second.invalidated.empty() ? CU_STREAM_CAPTURE_STATUS_ACTIVE
+                                               : CU_STREAM_CAPTURE_STATUS_INVALIDATED;
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuGraphInstantiateWithFlags(CUgraphExec* exec, CUgraph graph, unsigned long long flags) {
+    if (!graph) return CUDA_ERROR_INVALID_VALUE;
+    if (flags) return fail(CUDA_ERROR_NOT_SUPPORTED, "cuGraphInstantiateWithFlags: the simulator instantiates with no flags only");
+    *exec = (CUgraphExec) new SimGraphExec{((SimGraph*)graph)->nodes};
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuGraphLaunch(CUgraphExec exec, CUstream s) {
+    if (!exec) return CUDA_ERROR_INVALID_VALUE;
+    if (capturing(s)) return fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuGraphLaunch into a stream being captured: the simulator does not nest graphs");
+    return run_nodes(((SimGraphExec*)exec)->nodes);
+}
+
+CUresult CUDAAPI cuGraphUpload(CUgraphExec exec, CUstream) { return exec ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE; }
+
+CUresult CUDAAPI cuGraphExecDestroy(CUgraphExec exec) {
+    delete (SimGraphExec*)exec;
+    return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuGraphDestroy(CUgraph graph) {
+    delete (SimGraph*)graph;
+    return CUDA_SUCCESS;
+}
 CUresult CUDAAPI cuStreamWaitEvent(CUstream, CUevent, unsigned int) { return CUDA_SUCCESS; }
 
 CUresult CUDAAPI cuEventCreate(CUevent* e, unsigned int) {
@@ -232,15 +404,16 @@ CUresult CUDAAPI cuEventDestroy(CUevent e) {
     return CUDA_SUCCESS;
 }
 
-CUresult CUDAAPI cuEventRecord(CUevent e, CUstream) {
+CUresult CUDAAPI cuEventRecord(CUevent e, CUstream s) {
+    if (capturing(s)) return refuse_in_capture("cuEventRecord on the captured stream", "the simulator does not capture events");
     SimEvent* ev = (SimEvent*)e;
     ev->at = std::chrono::steady_clock::now();
     ev->recorded = true;
     return CUDA_SUCCESS;
 }
 
-CUresult CUDAAPI cuEventSynchronize(CUevent) { return CUDA_SUCCESS; }
-CUresult CUDAAPI cuEventQuery(CUevent) { return CUDA_SUCCESS; }
+CUresult CUDAAPI cuEventSynchronize(CUevent) { return refuse_in_capture("cuEventSynchronize"); }
+CUresult CUDAAPI cuEventQuery(CUevent) { return refuse_in_capture("cuEventQuery"); }
 
 // Host time between two records: simulated time, never a GPU figure (the bench refuses this device).
 CUresult CUDAAPI cuEventElapsedTime(float* ms, CUevent start, CUevent end) {
@@ -254,6 +427,7 @@ CUresult CUDAAPI cuEventElapsedTime(float* ms, CUevent start, CUevent end) {
 CUresult CUDAAPI cuEventElapsedTime(float* ms, CUevent start, CUevent end) { return cuEventElapsedTime_v2(ms, start, end); }
 
 CUresult CUDAAPI cuLaunchHostFunc(CUstream, CUhostFn fn, void* data) {
+    if (CUresult r = refuse_in_capture("cuLaunchHostFunc", "the simulator does not capture host functions")) return r;
     fn(data);
     return CUDA_SUCCESS;
 }
@@ -261,21 +435,55 @@ CUresult CUDAAPI cuLaunchHostFunc(CUstream, CUhostFn fn, void* data) {
 // ---- memory ---------------------------------------------------------------------------------------------
 CUresult CUDAAPI cuMemAlloc(CUdeviceptr* p, size_t bytes) {
     if (CUresult r = need_init()) return r;
+    if (CUresult r = refuse_in_capture("cuMemAlloc", "synchronous allocation is not allowed; cuMemAllocAsync makes a graph memory node")) return r;
     const uint64_t d = sim_mem_alloc(bytes);
     if (!d) return fail(CUDA_ERROR_OUT_OF_MEMORY, "cuMemAlloc of " + std::to_string(bytes) + " bytes: out of simulated device memory");
     *p = (CUdeviceptr)d;
     return CUDA_SUCCESS;
 }
 
-CUresult CUDAAPI cuMemAllocAsync(CUdeviceptr* p, size_t bytes, CUstream) { return cuMemAlloc(p, bytes); }
+CUresult CUDAAPI cuMemAllocAsync(CUdeviceptr* p, size_t bytes, CUstream s) {
+    if (!capturing(s)) return cuMemAlloc(p, bytes);
+    const uint64_t d = sim_mem_alloc(bytes);
+    if (!d) return fail(CUDA_ERROR_OUT_OF_MEMORY, "cuMemAllocAsync of " + std::to_string(bytes) + " bytes in a capture: out of simulated device memory");
+    std::string err;
+    if (const int r = sim_mem_set_graph_owned(d, &err)) return fail((CUresult)r, err);
+    SimNode n{SimNode::Alloc};
+    n.dst = d;
+    n.bytes = bytes;
+    if (!record(s, std::move(n))) return fail(CUDA_ERROR_ILLEGAL_STATE, "cuMemAllocAsync: the capture ended meanwhile");
+    *p = (CUdeviceptr)d;
+    return CUDA_SUCCESS;
+}
 
 CUresult CUDAAPI cuMemFree(CUdeviceptr p) {
+    if (CUresult r = refuse_in_capture("cuMemFree", "synchronous frees are not allowed; cuMemFreeAsync makes a graph memory node")) return r;
     std::string err;
     if (int r = sim_mem_free((uint64_t)p, &err)) return fail((CUresult)r, err);
     return CUDA_SUCCESS;
 }
 
-CUresult CUDAAPI cuMemFreeAsync(CUdeviceptr p, CUstream) { return cuMemFree(p); }
+CUresult CUDAAPI cuMemFreeAsync(CUdeviceptr p, CUstream s) {
+    {
+        std::lock_guard<std::mutex> lock(g_capture_mu);
+        auto it = g_captures.find(s);
+        if (it != g_captures.end()) {
+            SimCapture& c = it->second;
+            if (c.allocated.erase((uint64_t)p)) {
+                SimNode n{SimNode::Free};
+                n.dst = (uint64_t)p;
+                c.graph->nodes.push_back(std::move(n));
+                return CUDA_SUCCESS;
+            }
+            const std::string msg =
+                "cuMemFreeAsync of memory the captured graph did not allocate: a graph's free node may only free the graph's own allocations (free it before the "
+                "capture or after the launch; the capture is now invalidated)";
+            if (c.invalidated.empty()) c.invalidated = msg;
+            return fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, msg);
+        }
+    }
+    return cuMemFree(p);
+}
 
 // ---- the device's memory pool (stream-ordered allocation) --------------------------------------------
 // One pool per device, as the driver has. Its allocations are cuMemAlloc's; what is simulated is
@@ -316,6 +524,9 @@ CUresult CUDAAPI cuMemGetInfo(size_t* free_bytes, size_t* total) {
 }
 
 CUresult CUDAAPI cuMemcpyHtoD(CUdeviceptr dst, const void* src, size_t n) {
+    if (CUresult r = refuse_in_capture("a host-to-device copy",
+                                       "its host memory would be read at every launch, not now; copy into a buffer the graph reads before cuGraphLaunch"))
+        return r;
     if (CUresult r = check(dst, n, "cuMemcpyHtoD destination")) return r;
     memcpy((void*)dst, src, n);
     return CUDA_SUCCESS;
@@ -324,6 +535,7 @@ CUresult CUDAAPI cuMemcpyHtoD(CUdeviceptr dst, const void* src, size_t n) {
 CUresult CUDAAPI cuMemcpyHtoDAsync(CUdeviceptr dst, const void* src, size_t n, CUstream) { return cuMemcpyHtoD(dst, src, n); }
 
 CUresult CUDAAPI cuMemcpyDtoH(void* dst, CUdeviceptr src, size_t n) {
+    if (CUresult r = refuse_in_capture("a device-to-host copy", "nothing has run yet: the values exist only when the graph is launched")) return r;
     if (CUresult r = check(src, n, "cuMemcpyDtoH source")) return r;
     memcpy(dst, (const void*)src, n);
     return CUDA_SUCCESS;
@@ -332,23 +544,43 @@ CUresult CUDAAPI cuMemcpyDtoH(void* dst, CUdeviceptr src, size_t n) {
 CUresult CUDAAPI cuMemcpyDtoHAsync(void* dst, CUdeviceptr src, size_t n, CUstream) { return cuMemcpyDtoH(dst, src, n); }
 
 CUresult CUDAAPI cuMemcpyDtoD(CUdeviceptr dst, CUdeviceptr src, size_t n) {
+    if (CUresult r = refuse_in_capture("cuMemcpyDtoD (synchronous)")) return r;
     if (CUresult r = check(src, n, "cuMemcpyDtoD source")) return r;
     if (CUresult r = check(dst, n, "cuMemcpyDtoD destination")) return r;
     memmove((void*)dst, (const void*)src, n);
     return CUDA_SUCCESS;
 }
 
-CUresult CUDAAPI cuMemcpyDtoDAsync(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream) { return cuMemcpyDtoD(dst, src, n); }
+CUresult CUDAAPI cuMemcpyDtoDAsync(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) {
+    SimNode c{SimNode::Copy};
+    c.dst = dst;
+    c.src = src;
+    c.bytes = n;
+    return record(s, std::move(c)) ? CUDA_SUCCESS : cuMemcpyDtoD(dst, src, n);
+}
 
 CUresult CUDAAPI cuMemsetD8(CUdeviceptr dst, unsigned char v, size_t n) {
+    if (CUresult r = refuse_in_capture("cuMemsetD8 (synchronous)")) return r;
     if (CUresult r = check(dst, n, "cuMemsetD8")) return r;
     memset((void*)dst, v, n);
     return CUDA_SUCCESS;
 }
 
-CUresult CUDAAPI cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream) { return cuMemsetD8(dst, v, n); }
+CUresult CUDAAPI cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream s) {
+    SimNode m{SimNode::Memset};
+    m.dst = dst;
+    m.bytes = n;
+    m.value = v;
+    return record(s, std::move(m)) ? CUDA_SUCCESS : cuMemsetD8(dst, v, n);
+}
 
-CUresult CUDAAPI cuMemsetD32Async(CUdeviceptr dst, unsigned int v, size_t n, CUstream) {
+CUresult CUDAAPI cuMemsetD32Async(CUdeviceptr dst, unsigned int v, size_t n, CUstream s) {
+    SimNode m{SimNode::Memset};
+    m.dst = dst;
+    m.bytes = n * 4;
+    m.value = v;
+    m.width = 4;
+    if (record(s, std::move(m))) return CUDA_SUCCESS;
     if (CUresult r = check(dst, n * 4, "cuMemsetD32")) return r;
     for (size_t i = 0; i < n; i++) memcpy((char*)dst + 4 * i, &v, 4);
     return CUDA_SUCCESS;
@@ -400,9 +632,22 @@ CUresult CUDAAPI cuFuncSetAttribute(CUfunction f, CUfunction_attribute a, int v)
 CUresult CUDAAPI cuFuncSetCacheConfig(CUfunction, CUfunc_cache) { return CUDA_SUCCESS; }
 
 CUresult CUDAAPI cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx, unsigned int by, unsigned int bz,
-                                unsigned int smem, CUstream, void** params, void** extra) {
+                                unsigned int smem, CUstream s, void** params, void** extra) {
     if (!f) return CUDA_ERROR_INVALID_HANDLE;
     if (!params && extra) return fail(CUDA_ERROR_NOT_SUPPORTED, "cuLaunchKernel: the simulator takes kernelParams, not `extra`");
+    if (capturing(s)) {  // (a capture that ends meanwhile: the launch is dropped with an error)
+        SimKernel* k = (SimKernel*)f;
+        SimNode n{SimNode::Launch};
+        n.kernel = k;
+        n.grid = SimDim{gx, gy, gz};
+        n.block = SimDim{bx, by, bz};
+        n.smem = smem;
+        for (size_t i = 0; i < k->param_sizes.size(); i++) {
+            const unsigned char* p = (const unsigned char*)params[i];
+            n.params.emplace_back(p, p + k->param_sizes[i]);
+        }
+        return record(s, std::move(n)) ? CUDA_SUCCESS : fail(CUDA_ERROR_ILLEGAL_STATE, "cuLaunchKernel: the capture ended meanwhile");
+    }
     std::string err;
     const int r = sim_launch((SimKernel*)f, SimDim{gx, gy, gz}, SimDim{bx, by, bz}, smem, params, &err);
     return r ? fail((CUresult)r, err) : CUDA_SUCCESS;

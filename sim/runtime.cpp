@@ -28,6 +28,7 @@
 enum : int {
     SIM_OK = 0,
     SIM_INVALID_VALUE = 1,
+    SIM_OUT_OF_MEMORY = 2,
     SIM_ILLEGAL_ADDRESS = 700,
     SIM_LAUNCH_OUT_OF_RESOURCES = 701,
     SIM_LAUNCH_FAILED = 719,
@@ -44,14 +45,15 @@ static std::string& registry_error() {
 }
 const std::string& sim_registry_error() { return registry_error(); }
 
-extern "C" void sim_register_kernel(const char* family, const char* name, sim_trampoline call, unsigned max_threads) {
+extern "C" void sim_register_kernel(const char* family, const char* name, sim_trampoline call, unsigned max_threads, const size_t* param_sizes,
+                                    unsigned n_params) {
     auto& r = registry();
     auto it = r.find(name);
     if (it != r.end()) {
         registry_error() += std::string("kernel ") + name + " is defined in both " + it->second->family + " and " + family + "; ";
         return;
     }
-    r[name] = new SimKernel{family, name, call, max_threads};
+    r[name] = new SimKernel{family, name, call, max_threads, std::vector<size_t>(param_sizes, param_sizes + n_params)};
 }
 
 SimKernel* sim_find_kernel(const char* name) {
@@ -82,6 +84,7 @@ struct Allocation {
     uint64_t base, size;
     uint64_t id;
     bool live;
+    bool graph = false;  // a graph's allocation: its memory node maps it at every launch
 };
 struct Heap {
     uint64_t lo = 0, hi = 0, next = 0;
@@ -153,6 +156,44 @@ int sim_mem_free(uint64_t dptr, std::string* error) {
     mprotect((void*)m.base, pages * kPage, PROT_NONE);
     m.live = false;
     g_heap.in_use -= m.size;
+    return SIM_OK;
+}
+
+int sim_mem_set_graph_owned(uint64_t dptr, std::string* error) {
+    {
+        std::lock_guard<std::mutex> lock(g_heap.mu);
+        const Allocation* a = g_heap.find(dptr);
+        if (a && a->base == dptr) g_heap.allocs[a->id - 1].graph = true;
+    }
+    return sim_mem_free(dptr, error);
+}
+
+int sim_mem_map_graph_allocation(uint64_t dptr, std::string* error) {
+    std::lock_guard<std::mutex> lock(g_heap.mu);
+    const Allocation* a = g_heap.find(dptr);
+    char buf[200];
+    if (!a || a->base != dptr || !a->graph) {
+        snprintf(buf, sizeof buf, "cuGraphLaunch: 0x%llx is not a graph's allocation", (unsigned long long)dptr);
+        *error = buf;
+        return SIM_INVALID_VALUE;
+    }
+    if (a->live) {
+        snprintf(buf, sizeof buf,
+                 "cuGraphLaunch: the graph's allocation #%llu (%llu bytes at 0x%llx) from its last launch was never freed; a graph whose allocations outlive it "
+                 "cannot be launched again",
+                 (unsigned long long)a->id, (unsigned long long)a->size, (unsigned long long)a->base);
+        *error = buf;
+        return SIM_INVALID_VALUE;
+    }
+    Allocation& m = g_heap.allocs[a->id - 1];
+    const uint64_t pages = std::max<uint64_t>(1, (m.size + kPage - 1) / kPage);
+    if (mprotect((void*)m.base, pages * kPage, PROT_READ | PROT_WRITE) != 0) {
+        *error = "cuGraphLaunch: could not map a graph allocation";
+        return SIM_OUT_OF_MEMORY;
+    }
+    memset((void*)m.base, 0xFF, m.size);  // what the graph reads before it writes is NaN
+    m.live = true;
+    g_heap.in_use += m.size;
     return SIM_OK;
 }
 

@@ -4,6 +4,7 @@
 #include <stdint.h>
 
 #include <string>
+#include <vector>
 
 typedef void (*sim_trampoline)(void** args);
 
@@ -11,6 +12,7 @@ struct SimKernel {
     std::string family, name;
     sim_trampoline call;
     unsigned max_threads;  // __launch_bounds__, 0 when the kernel declares none
+    std::vector<size_t> param_sizes;  // by the kernel's own parameter types (a capture copies them)
     unsigned max_dynamic_smem = 48 * 1024;  // raised by cuFuncSetAttribute, as on a GPU
     bool launched = false;                  // for MINDREADER_SIM_COVERAGE
 };
@@ -38,3 +40,8 @@ int sim_mem_free(uint64_t dptr, std::string* error);
 // True when [dptr, dptr + bytes) lies in one live allocation; else `error` says why.
 bool sim_mem_check(uint64_t dptr, size_t bytes, const char* what, std::string* error);
 size_t sim_mem_in_use();
+// Graph memory nodes: an allocation made while a stream was captured is handed to the graph
+// (unmapped until the graph runs); each launch maps it again (NaN-filled) at its allocation node
+// and sim_mem_free unmaps it at its free node, so a use outside its lifetime is reported.
+int sim_mem_set_graph_owned(uint64_t dptr, std::string* error);
+int sim_mem_map_graph_allocation(uint64_t dptr, std::string* error);

@@ -61,6 +61,17 @@ pub fn gpu() -> Option<Device> {
     }
 }
 
+/// cuda:0 as [`gpu`] finds it, but with a stream of its own: for tests that capture CUDA graphs,
+/// since a capture records whatever is queued on its stream, and the other device tests of the
+/// binary run in parallel on the shared one.
+pub fn gpu_own_stream() -> Option<Device> {
+    gpu()?;
+    match Device::cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => panic!("cuda:0 worked once but not again: {e}"),
+    }
+}
+
 /// The CUDA simulator, for the tests of the simulator itself (`tests/simulator.rs`): None, logged
 /// as a skip, when cuda:0 is a real GPU (the planted-bug kernels exist only in the simulator);
 /// otherwise as [`gpu`] (no device fails unless skipping is allowed).

@@ -115,13 +115,15 @@ fn bench_quick_validates_and_times_every_case() {
         "conv1d k3 --precision bf16",
         "mapper train step f32 --precision tf32",
         "mapper train step f32 --precision bf16",
+        "mapper train step f32 B=4 V=64 CUDA graph",
+        "mapper train step f32 --precision bf16 B=4 V=64 CUDA graph",
         "mse_cos_contrastive fwd+bwd",
     ] {
         assert!(text.contains(case), "case {case} missing:\n{text}");
     }
     assert!(text.contains("best GEMM of this run: matmul"), "{text}");
     let lines = std::fs::read_to_string(&json).unwrap();
-    assert_eq!(lines.lines().count(), 38, "{lines}");
+    assert_eq!(lines.lines().count(), 41, "{lines}");
     let mut models = 0;
     for line in lines.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -132,8 +134,9 @@ fn bench_quick_validates_and_times_every_case() {
         );
         models += (v["suite"] == "models") as usize;
     }
-    // The mapper's three steps, CLIP's four encodes, Lafite's G, D and G+D step.
-    assert_eq!(models, 10, "{lines}");
+    // The mapper's three steps op by op and three from a CUDA graph, CLIP's four encodes,
+    // Lafite's G, D and G+D step.
+    assert_eq!(models, 13, "{lines}");
     std::fs::remove_file(json).ok();
 }
 

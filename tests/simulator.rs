@@ -205,3 +205,50 @@ fn the_simulated_device_says_what_it_is() {
     // auto never picks the simulator: it is slower than the CPU twins.
     assert!(!Device::best().is_cuda());
 }
+
+#[test]
+fn a_captured_graph_replays_on_fresh_inputs_and_refuses_host_traffic() {
+    use mindreader::autograd::Tape;
+    use mindreader::ops::elementwise as ew;
+    use mindreader::tensor::Tensor;
+    // On a stream of its own: the other tests of this binary run in parallel on the shared one.
+    let (Some(_), Some(d)) = (sim(), mindreader::testing::gpu_own_stream()) else {
+        return;
+    };
+    let Device::Cuda(gpu) = d.clone() else { return };
+    let x = Tensor::from_vec(vec![1.0, 2.0, 3.0], &[3], &d).unwrap();
+    let y = Tensor::zeros(&[3], &d).unwrap();
+    let (graph, ()) = gpu
+        .capture(|| {
+            let mut off = Tape::inference();
+            let doubled = ew::scale(&mut off, &x, 2.0)?;
+            y.copy_from(&doubled)
+        })
+        .unwrap();
+    assert_eq!(y.to_vec_f32().unwrap(), [0.0; 3], "a capture runs nothing");
+    graph.launch().unwrap();
+    assert_eq!(y.to_vec_f32().unwrap(), [2.0, 4.0, 6.0]);
+    // A replay reads what its inputs hold now.
+    x.copy_from(&Tensor::from_vec(vec![5.0, 6.0, 7.0], &[3], &d).unwrap())
+        .unwrap();
+    graph.launch().unwrap();
+    assert_eq!(y.to_vec_f32().unwrap(), [10.0, 12.0, 14.0]);
+    // What a graph cannot hold fails with a reason, and the stream still works afterwards.
+    let upload = gpu.capture(|| Tensor::from_vec(vec![1.0], &[1], &d).map(|_| ()));
+    let e = upload.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("inside a CUDA graph capture"), "{e}");
+    let read_back = gpu.capture(|| x.to_vec_f32().map(|_| ()));
+    assert!(read_back.is_err(), "a device-to-host copy inside a capture");
+    assert_eq!(x.to_vec_f32().unwrap(), [5.0, 6.0, 7.0]);
+    // The legacy NULL stream cannot be captured (the engine queues on a stream of its own).
+    let r = unsafe {
+        cudarc::driver::sys::cuStreamBeginCapture_v2(
+            std::ptr::null_mut(),
+            cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL,
+        )
+    };
+    assert_eq!(
+        r,
+        cudarc::driver::sys::CUresult::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+    );
+}

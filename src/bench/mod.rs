@@ -16,6 +16,7 @@ use crate::nn::ParamStore;
 use crate::ops::precision::{self, Precision};
 use crate::ops::{attention, conv1d, layernorm, loss, matmul, softmax};
 use crate::tensor::{randn_vec, DType, Device, Tensor};
+use crate::train::adam::StagedAdam;
 use crate::train::{Adam, AdamConfig};
 use crate::Tape;
 
@@ -373,51 +374,36 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
             }))
         },
     ));
-    // One Mind Reader mapper training step: forward, mse_cos loss, backward, Adam (f32).
+    // One Mind Reader mapper training step: forward, mse_cos loss, backward, Adam (f32); then the
+    // same step replayed from one CUDA graph (`Gpu::capture`, as `train-mapper` does for full
+    // batches): the difference is what launching every op from the host costs. The CPU twin
+    // runs the step op by op.
     let (batch, voxels) = (s(128, 4), s(15744, 64));
     let mcfg = MapperConfig::mind_reader(voxels, 512);
     let flops = 3.0 * batch as f64 * mapper_forward_flops(&mcfg);
-    for p in Precision::ALL {
-        let tag = match p {
-            Precision::F32 => String::new(),
-            other => format!(" --precision {other}"),
-        };
-        out.push(
-            case(
-                format!("mapper train step f32{tag} B={batch} V={voxels}"),
-                flops,
-                4.0 * (batch * voxels) as f64,
-                // The first step's loss against the f32 CPU twin: the operands' rounding, not a bug.
-                match p {
-                    Precision::F32 => 2e-3,
-                    Precision::Tf32 => 1e-2,
-                    Precision::Bf16 => 5e-2,
-                },
-                move |d| {
-                    let mut store = ParamStore::new();
-                    let mapper = Mapper::new(mcfg, &mut store, 42, d)?;
-                    let mut adam = Adam::new(AdamConfig::adam(2e-4, 1e-5));
-                    let (x, t) = (
-                        input(&[batch, voxels], 30, d, DType::F32)?,
-                        input(&[batch, 512], 31, d, DType::F32)?,
-                    );
-                    Ok(Box::new(move || {
-                        precision::with(p, || {
-                            let mut tape = Tape::new();
-                            store.watch_all(&mut tape);
-                            let y = mapper.forward(&mut tape, &x)?;
-                            let l = loss::mse_cos(&mut tape, &y, &t, 0.6)?;
-                            let g = tape.backward(&l)?;
-                            store.accumulate(&g)?;
-                            adam.step(&mut store, 2e-4)?;
-                            store.zero_grad();
-                            Ok(Some(l))
-                        })
-                    }))
-                },
-            )
-            .model_step(),
-        );
+    for graph in [false, true] {
+        for p in Precision::ALL {
+            let tag = match p {
+                Precision::F32 => String::new(),
+                other => format!(" --precision {other}"),
+            };
+            let how = if graph { " CUDA graph" } else { "" };
+            out.push(
+                case(
+                    format!("mapper train step f32{tag} B={batch} V={voxels}{how}"),
+                    flops,
+                    4.0 * (batch * voxels) as f64,
+                    // The first step's loss against the f32 CPU twin: the operands' rounding.
+                    match p {
+                        Precision::F32 => 2e-3,
+                        Precision::Tf32 => 1e-2,
+                        Precision::Bf16 => 5e-2,
+                    },
+                    move |d| mapper_step_run(mcfg, batch, voxels, p, graph, d),
+                )
+                .model_step(),
+            );
+        }
     }
     // CLIP ViT-B/32 (Hugging Face default config, random weights): image and text encoding, f32.
     // Quick mode: a tiny CLIP of the same structure, so smoke tests stay fast on a CPU.
@@ -680,6 +666,70 @@ fn random_clip(cfg: &ClipConfig, d: &Device) -> Result<Clip> {
     Ok(clip)
 }
 
+/// The bench's mapper training step at precision `p`: op by op, or (on a GPU, with `graph`)
+/// captured once and replayed.
+fn mapper_step_run(
+    mcfg: MapperConfig,
+    batch: usize,
+    voxels: usize,
+    p: Precision,
+    graph: bool,
+    d: &Device,
+) -> Result<Run> {
+    let mut store = ParamStore::new();
+    let mapper = Mapper::new(mcfg, &mut store, 42, d)?;
+    let mut adam = Adam::new(AdamConfig::adam(2e-4, 1e-5));
+    let (x, t) = (
+        input(&[batch, voxels], 30, d, DType::F32)?,
+        input(&[batch, 512], 31, d, DType::F32)?,
+    );
+    // Forward, loss, backward; the gradients accumulated in `store`.
+    let grads = move |store: &mut ParamStore| {
+        let mut tape = Tape::new();
+        store.watch_all(&mut tape);
+        let y = mapper.forward(&mut tape, &x)?;
+        let l = loss::mse_cos(&mut tape, &y, &t, 0.6)?;
+        store.accumulate(&tape.backward(&l)?)?;
+        Ok::<_, Error>(l)
+    };
+    let gpu = match d {
+        Device::Cuda(gpu) if graph => gpu,
+        _ => {
+            return Ok(Box::new(move || {
+                precision::with(p, || {
+                    let l = grads(&mut store)?;
+                    adam.step(&mut store, 2e-4)?;
+                    store.zero_grad();
+                    Ok(Some(l))
+                })
+            }))
+        }
+    };
+    adam.ensure_moments(&store)?;
+    let mut staged = StagedAdam::new(gpu, store.iter().count())?;
+    let loss_out = Tensor::zeros(&[], d)?;
+    let (graph, ()) = precision::with(p, || {
+        gpu.capture(|| {
+            let l = grads(&mut store)?;
+            let updated = adam.record_staged(&mut store, &mut staged);
+            store.zero_grad();
+            updated?;
+            loss_out.copy_from(&l)
+        })
+    })?;
+    staged.flush()?;
+    // The graph reads x, t and the weights where they are: keep them alive.
+    let inputs = grads;
+    Ok(Box::new(move || {
+        let _ = &inputs;
+        staged.stage(&mut adam, 2e-4)?;
+        graph
+            .launch()
+            .map_err(|e| Error::cuda("replaying the mapper step graph", e))?;
+        Ok(Some(loss_out.clone()))
+    }))
+}
+
 /// Forward FLOPs of one sample through the mapper (2 per multiply-add; ~3.4 GFLOP at V = 15744).
 pub fn mapper_forward_flops(c: &MapperConfig) -> f64 {
     let (h, l, d) = (c.hidden as f64, c.length() as f64, c.out_dim as f64);
@@ -819,6 +869,11 @@ mod tests {
     #[test]
     fn quick_cases_run_and_validate_on_every_device() {
         for device in crate::testing::devices() {
+            // A stream of its own: the CUDA graph cases capture theirs.
+            let device = match device {
+                Device::Cuda(_) => crate::testing::gpu_own_stream().unwrap_or(device),
+                cpu => cpu,
+            };
             for c in cases(true).unwrap() {
                 let m = run_case(&c, &device, 1, 3).unwrap();
                 assert!(

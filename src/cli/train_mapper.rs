@@ -83,6 +83,11 @@ pub struct TrainMapperArgs {
     /// auto (GPU when usable), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// On a GPU, run every step op by op instead of replaying one CUDA graph of the whole step
+    /// (gather, forward, loss, backward, Adam) for each full batch. Same numbers either way; the
+    /// graph saves a kernel launch per op. metrics.jsonl's `graph_steps` counts the replays
+    #[arg(long)]
+    pub no_cuda_graphs: bool,
 }
 
 /// A progress bar over all steps of the run, with loss and throughput.
@@ -201,6 +206,7 @@ pub fn run(args: TrainMapperArgs) -> Result<()> {
             ..LossConfig::default()
         },
         init_from: args.resume_from.clone(),
+        cuda_graphs: !args.no_cuda_graphs,
         ..TrainConfig::mind_reader(mapper, data_id)
     };
     println!(

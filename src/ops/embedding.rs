@@ -14,7 +14,7 @@ use crate::autograd::Tape;
 use crate::error::{Error, Result};
 use crate::tensor::{
     alloc_storage, arg_buffer, arg_buffer_mut, kernel_for, launch, launch_1d, upload, DType,
-    Device, Storage, Tensor,
+    Device, Gpu, Storage, Tensor,
 };
 
 pub mod cpu {
@@ -153,34 +153,63 @@ pub fn embedding(tape: &mut Tape, weight: &Tensor, ids: &[u32]) -> Result<Tensor
                 )?,
             }
         }
-        Device::Cuda(gpu) => {
-            // A bf16 table gathers as 2-byte bits.
-            let name = kernel_for(
-                "embedding",
-                weight.dtype(),
-                "embedding_fwd_f32",
-                "embedding_fwd_b16",
-            )?;
-            let s = weight.storage();
-            let ids_dev = upload(gpu, ids)?;
-            let mut y = alloc_storage(gpu, weight.dtype(), ids.len() * dim)?;
-            let f = gpu.function("embedding", name)?;
-            let mut lb = gpu.stream.launch_builder(&f);
-            arg_buffer(&mut lb, &s, "embedding")?;
-            lb.arg(&ids_dev);
-            arg_buffer_mut(&mut lb, &mut y, "embedding")?;
-            let (n, dd) = (ids.len() as u32, dim as u32);
-            lb.arg(&n).arg(&dd);
-            // SAFETY: ids < vocab (checked above); writes n·dim outputs.
-            unsafe { lb.launch(launch_1d(ids.len() * dim)) }.map_err(|e| Error::cuda(name, e))?;
-            Tensor::from_storage(y, &shape, weight.device())
-        }
+        Device::Cuda(gpu) => gather_on_device(gpu, weight, &upload(gpu, ids)?, ids.len())?,
     };
     let ids = ids.to_vec();
     tape.record(&[weight], &y, move |dy| {
         Ok(vec![Some(scatter_add_raw(dy, &ids, vocab, dim)?)])
     });
     Ok(y)
+}
+
+/// Rows of `weight` for the first `n` ids of a device buffer, off the tape: the gather a CUDA
+/// graph replays, its ids written into `ids` before each replay. The caller has checked every
+/// id against the table's row count.
+pub fn gather_rows_staged(
+    weight: &Tensor,
+    ids: &cudarc::driver::CudaSlice<u32>,
+    n: usize,
+) -> Result<Tensor> {
+    match weight.device() {
+        Device::Cuda(gpu) if weight.rank() == 2 && ids.len() >= n => {
+            gather_on_device(gpu, weight, ids, n)
+        }
+        _ => Err(Error::Invalid(format!(
+            "gather_rows_staged: needs a [rows, dim] table on a GPU and {n} staged ids (table {:?} on {}, {} ids)",
+            weight.shape(),
+            weight.device(),
+            ids.len()
+        ))),
+    }
+}
+
+/// The forward gather on a GPU: `n` ids already on the device, each < the table's rows.
+fn gather_on_device(
+    gpu: &Gpu,
+    weight: &Tensor,
+    ids_dev: &cudarc::driver::CudaSlice<u32>,
+    n: usize,
+) -> Result<Tensor> {
+    let dim = weight.shape()[1];
+    // A bf16 table gathers as 2-byte bits.
+    let name = kernel_for(
+        "embedding",
+        weight.dtype(),
+        "embedding_fwd_f32",
+        "embedding_fwd_b16",
+    )?;
+    let s = weight.storage();
+    let mut y = alloc_storage(gpu, weight.dtype(), n * dim)?;
+    let f = gpu.function("embedding", name)?;
+    let mut lb = gpu.stream.launch_builder(&f);
+    arg_buffer(&mut lb, &s, "embedding")?;
+    lb.arg(ids_dev);
+    arg_buffer_mut(&mut lb, &mut y, "embedding")?;
+    let (nn, dd) = (n as u32, dim as u32);
+    lb.arg(&nn).arg(&dd);
+    // SAFETY: the first n ids are < vocab (the callers' check); writes n·dim outputs.
+    unsafe { lb.launch(launch_1d(n * dim)) }.map_err(|e| Error::cuda(name, e))?;
+    Ok(Tensor::from_storage(y, &[n, dim], weight.device()))
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig,
-    PushKernelArg,
+    CudaContext, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DeviceRepr,
+    LaunchConfig, PushKernelArg,
 };
 
 use crate::error::{Error, Result};
@@ -107,6 +107,8 @@ pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     simulated: bool,
+    /// While `capture` records a graph: uploads are refused (a graph cannot copy from the host).
+    capturing: AtomicBool,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
 }
@@ -157,7 +159,14 @@ impl Gpu {
         }
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| Error::NoGpu(format!("creating a context on cuda:{ordinal}: {e}")))?;
-        let stream = ctx.default_stream();
+        // A stream of our own, not the legacy default one, which CUDA cannot capture into a
+        // graph. Every op is queued on this one stream, so cudarc's per-buffer events (which
+        // order work across streams, and which a capture cannot hold) are not needed.
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| Error::NoGpu(format!("creating a stream on cuda:{ordinal}: {e}")))?;
+        // SAFETY: all work is queued on `stream` alone (see above).
+        unsafe { ctx.disable_event_tracking() };
         let simulated = ctx.name().is_ok_and(|n| n.starts_with(SIMULATOR_NAME));
         if ctx.has_async_alloc() {
             keep_freed_memory(&ctx)?;
@@ -167,6 +176,7 @@ impl Gpu {
             ctx,
             stream,
             simulated,
+            capturing: AtomicBool::new(false),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
         }))
@@ -231,6 +241,36 @@ impl Gpu {
         Ok(f)
     }
 
+    /// Records what `body` queues on the stream as a CUDA graph, without running it, and
+    /// instantiates it: `graph.launch()` then replays every kernel, copy, memset and allocation
+    /// of `body` with one call. Nothing `body` allocates may outlive it, nothing it did not
+    /// allocate may be freed in it, and it may not copy from or to the host (an upload fails with
+    /// a clear error; the driver refuses the rest). On an error the capture is abandoned. The
+    /// capture is thread-local: other threads' work on other streams goes on meanwhile.
+    pub fn capture<T>(&self, body: impl FnOnce() -> Result<T>) -> Result<(CudaGraph, T)> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| Error::cuda("beginning a CUDA graph capture", e))?;
+        self.capturing.store(true, Ordering::SeqCst);
+        let out = body();
+        self.capturing.store(false, Ordering::SeqCst);
+        let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        let out = out?;
+        match graph {
+            Ok(Some(g)) => Ok((g, out)),
+            Ok(None) => Err(Error::Invalid(
+                "the CUDA graph capture recorded nothing".into(),
+            )),
+            Err(e) => Err(Error::cuda("ending a CUDA graph capture", e)),
+        }
+    }
+
+    /// True while `capture` is recording.
+    pub fn is_capturing(&self) -> bool {
+        self.capturing.load(Ordering::SeqCst)
+    }
+
     /// An output buffer of `n` elements (at least one, so empty tensors still own a buffer).
     /// Uninitialised, or NaN-filled while parity tests poison outputs.
     pub fn alloc<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
@@ -250,6 +290,26 @@ impl Gpu {
         self.stream
             .alloc_zeros::<T>(n.max(1))
             .map_err(|e| Error::cuda(format!("allocating {n} zeros"), e))
+    }
+
+    /// A buffer of `n` copies of `value` (one 32-bit memset).
+    pub fn filled(&self, n: usize, value: f32) -> Result<CudaSlice<f32>> {
+        use cudarc::driver::DevicePtrMut;
+        let mut buf = unsafe { self.stream.alloc::<f32>(n.max(1)) }
+            .map_err(|e| Error::cuda(format!("allocating {n} elements"), e))?;
+        let (ptr, sync) = buf.device_ptr_mut(&self.stream);
+        // SAFETY: writes n.max(1) 4-byte words inside the buffer just allocated on this stream.
+        let r = unsafe {
+            cudarc::driver::sys::cuMemsetD32Async(
+                ptr,
+                value.to_bits(),
+                n.max(1),
+                self.stream.cu_stream(),
+            )
+        };
+        drop(sync);
+        r.result().map_err(|e| Error::cuda("filling a buffer", e))?;
+        Ok(buf)
     }
 
     /// Sets every byte of `buf` (NaN for 0xFF in every float format).

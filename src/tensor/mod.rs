@@ -254,7 +254,16 @@ impl Tensor {
     }
 
     pub fn full(value: f32, shape: &[usize], device: &Device) -> Result<Tensor> {
-        Tensor::from_vec(vec![value; shape.iter().product()], shape, device)
+        let n = shape.iter().product();
+        match device {
+            Device::Cpu => Tensor::from_vec(vec![value; n], shape, device),
+            // A memset, not an upload: the backward's seed inside a CUDA graph capture.
+            Device::Cuda(gpu) => Ok(Tensor::from_storage(
+                Storage::CudaF32(gpu.filled(n, value)?),
+                shape,
+                device,
+            )),
+        }
     }
 
     pub fn zeros(shape: &[usize], device: &Device) -> Result<Tensor> {
@@ -546,8 +555,59 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// Copies `src`'s values into this tensor's buffer, in place (same shape and dtype, another
+    /// buffer): a running total that lives across steps, or a CUDA graph's output. One device
+    /// copy on a GPU.
+    pub fn copy_from(&self, src: &Tensor) -> Result<()> {
+        if src.shape() != self.shape() || src.dtype() != self.dtype() {
+            return Err(Error::shape(
+                "copy_from",
+                format!(
+                    "{:?} {} into {:?} {}",
+                    src.shape(),
+                    src.dtype(),
+                    self.shape(),
+                    self.dtype()
+                ),
+            ));
+        }
+        if Arc::ptr_eq(&src.storage, &self.storage) || !src.device.same(&self.device) {
+            return Err(Error::Invalid(
+                "copy_from: the source must be another buffer on the same device".into(),
+            ));
+        }
+        let (from, mut to) = (src.storage(), self.storage_mut());
+        match (&*from, &mut *to, &self.device) {
+            (Storage::CpuF32(a), Storage::CpuF32(b), _) => b.copy_from_slice(a),
+            (Storage::CpuBF16(a), Storage::CpuBF16(b), _) => b.copy_from_slice(a),
+            (Storage::CpuF16(a), Storage::CpuF16(b), _) => b.copy_from_slice(a),
+            (Storage::CudaF32(a), Storage::CudaF32(b), Device::Cuda(g)) => g
+                .stream
+                .memcpy_dtod(a, b)
+                .map_err(|e| Error::cuda("copy_from", e))?,
+            (Storage::CudaBF16(a), Storage::CudaBF16(b), Device::Cuda(g)) => g
+                .stream
+                .memcpy_dtod(a, b)
+                .map_err(|e| Error::cuda("copy_from", e))?,
+            (Storage::CudaF16(a), Storage::CudaF16(b), Device::Cuda(g)) => g
+                .stream
+                .memcpy_dtod(a, b)
+                .map_err(|e| Error::cuda("copy_from", e))?,
+            _ => return Err(Error::Invalid("copy_from: mismatched storage".into())),
+        }
+        Ok(())
+    }
+}
+
 /// Host → device copy.
 pub fn upload<T: cudarc::driver::DeviceRepr>(gpu: &Gpu, data: &[T]) -> Result<CudaSlice<T>> {
+    if gpu.is_capturing() {
+        return Err(Error::Invalid(format!(
+            "a host-to-device copy of {} elements inside a CUDA graph capture: a graph cannot read the host; stage the data in a device buffer before the replay",
+            data.len()
+        )));
+    }
     if data.is_empty() {
         return unsafe { gpu.stream.alloc::<T>(1) }.map_err(|e| Error::cuda("allocating", e));
     }

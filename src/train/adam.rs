@@ -99,6 +99,63 @@ pub struct Adam {
     uploads: u64,
 }
 
+enum Update<'a> {
+    /// Step `t` at rate `lr`, both launch arguments.
+    Now { lr: f32, t: u64 },
+    /// Rate and bias corrections read from the device (a graph replays the launch).
+    Staged(&'a mut StagedAdam),
+}
+
+/// The device buffers a CUDA graph's Adam update reads: its pointer table (written once, after
+/// the capture that fixed the addresses) and each step's (lr, 1 − β1ᵗ, sqrt(1 − β2ᵗ)), written
+/// by `stage` before each replay.
+pub struct StagedAdam {
+    gpu: std::sync::Arc<crate::tensor::Gpu>,
+    pointers: Vec<u64>,
+    offsets: Vec<u64>,
+    pending: bool,
+    pointers_dev: cudarc::driver::CudaSlice<u64>,
+    offsets_dev: cudarc::driver::CudaSlice<u64>,
+    step_dev: cudarc::driver::CudaSlice<f32>,
+}
+
+impl StagedAdam {
+    /// Buffers for an update of `n_tensors` parameter tensors. Allocate them before the capture.
+    pub fn new(gpu: &std::sync::Arc<crate::tensor::Gpu>, n_tensors: usize) -> Result<StagedAdam> {
+        Ok(StagedAdam {
+            gpu: gpu.clone(),
+            pointers: vec![0; 4 * n_tensors],
+            offsets: vec![0; n_tensors + 1],
+            pending: true,
+            pointers_dev: gpu.zeros(4 * n_tensors)?,
+            offsets_dev: gpu.zeros(n_tensors + 1)?,
+            step_dev: gpu.zeros(3)?,
+        })
+    }
+
+    /// Copies the table the capture recorded to the device (once, before the first replay).
+    pub fn flush(&mut self) -> Result<()> {
+        if self.pending {
+            let s = &self.gpu.stream;
+            s.memcpy_htod(&self.pointers, &mut self.pointers_dev)
+                .and_then(|_| s.memcpy_htod(&self.offsets, &mut self.offsets_dev))
+                .map_err(|e| Error::cuda("copying adam's pointer table", e))?;
+            self.pending = false;
+        }
+        Ok(())
+    }
+
+    /// Counts the next step in `adam` and writes its rate and bias corrections for the replay.
+    pub fn stage(&mut self, adam: &mut Adam, lr: f32) -> Result<()> {
+        adam.step += 1;
+        let (bc1, bc2_sqrt) = adam.bias_corrections(adam.step);
+        self.gpu
+            .stream
+            .memcpy_htod(&[lr, bc1, bc2_sqrt], &mut self.step_dev)
+            .map_err(|e| Error::cuda("staging adam's step", e))
+    }
+}
+
 /// What `adam_multi_f32` reads: 4 pointers per tensor (p, g, m, v) and the running offsets.
 struct PointerTable {
     pointers: Vec<u64>,
@@ -121,7 +178,43 @@ impl Adam {
     /// Updates every parameter that has an accumulated gradient, at rate `lr` (from a schedule).
     pub fn step(&mut self, params: &mut ParamStore, lr: f32) -> Result<()> {
         self.step += 1;
-        let t = self.step;
+        self.update(params, Update::Now { lr, t: self.step })
+    }
+
+    /// Queues the update of a step whose rate and bias corrections are read from `staged`'s
+    /// device buffer, for a CUDA graph that replays it: call it while capturing, then
+    /// `StagedAdam::stage` before every replay. The moments must exist already (an ordinary
+    /// step creates them), so the graph allocates nothing that outlives it.
+    pub fn record_staged(
+        &mut self,
+        params: &mut ParamStore,
+        staged: &mut StagedAdam,
+    ) -> Result<()> {
+        self.update(params, Update::Staged(staged))
+    }
+
+    /// Creates the (zero) moments of every parameter that has none yet: what the first step would
+    /// do, done before a CUDA graph capture so that the graph allocates nothing that outlives it.
+    pub fn ensure_moments(&mut self, params: &ParamStore) -> Result<()> {
+        for p in params.iter() {
+            if !self.moments.contains_key(&p.name) {
+                let zeros = || Tensor::zeros(p.value.shape(), p.value.device());
+                self.moments.insert(p.name.clone(), (zeros()?, zeros()?));
+            }
+        }
+        Ok(())
+    }
+
+    /// (1 − β1ᵗ, sqrt(1 − β2ᵗ)), as the update divides by them.
+    fn bias_corrections(&self, t: u64) -> (f32, f32) {
+        let c = &self.config;
+        (
+            1.0 - c.beta1.powi(t as i32),
+            (1.0 - c.beta2.powi(t as i32)).sqrt(),
+        )
+    }
+
+    fn update(&mut self, params: &mut ParamStore, mode: Update<'_>) -> Result<()> {
         let with_grad: Vec<_> = params.iter().filter(|p| p.grad.is_some()).collect();
         let Some(first) = with_grad.first() else {
             return Ok(());
@@ -129,12 +222,23 @@ impl Adam {
         let device = first.value.device().clone();
         for p in &with_grad {
             if !self.moments.contains_key(&p.name) {
+                if matches!(mode, Update::Staged(_)) {
+                    return Err(Error::Invalid(format!(
+                        "adam: {} has no moments yet; take an ordinary step before recording a staged one",
+                        p.name
+                    )));
+                }
                 let zeros = || Tensor::zeros(p.value.shape(), &device);
                 self.moments.insert(p.name.clone(), (zeros()?, zeros()?));
             }
         }
         match &device {
             Device::Cpu => {
+                let Update::Now { lr, t } = mode else {
+                    return Err(Error::Invalid(
+                        "adam: a staged update is for CUDA graphs, not the CPU".into(),
+                    ));
+                };
                 for p in &with_grad {
                     let (m, v) = &self.moments[&p.name];
                     let g = p
@@ -199,48 +303,84 @@ impl Adam {
                     offsets.push(offsets[offsets.len() - 1] + *n as u64);
                 }
                 let total = offsets[offsets.len() - 1];
-                let cached = self
-                    .table
-                    .as_ref()
-                    .is_some_and(|c| c.pointers == table && c.offsets == offsets);
-                if !cached {
-                    self.table = Some(PointerTable {
-                        pointers_dev: upload(gpu, &table)?,
-                        offsets_dev: upload(gpu, &offsets)?,
-                        pointers: table,
-                        offsets,
-                    });
-                }
-                let uploaded = self
-                    .table
-                    .as_ref()
-                    .ok_or_else(|| Error::Invalid("adam's pointer table vanished".into()))?;
-                let (table_dev, offsets_dev) = (&uploaded.pointers_dev, &uploaded.offsets_dev);
-                self.uploads += !cached as u64;
-                let c = &self.config;
-                let bc1 = 1.0 - c.beta1.powi(t as i32);
-                let bc2_sqrt = (1.0 - c.beta2.powi(t as i32)).sqrt();
+                let c = self.config;
                 let decoupled = c.decoupled as i32;
-                // SAFETY: the table holds 4 live f32 buffers per tensor whose sizes are the
-                // differences of `offsets`; the guards keep them alive and unaliased.
-                launch!(
-                    gpu,
-                    "adam",
-                    "adam_multi_f32",
-                    launch_1d(total as usize),
-                    table_dev,
-                    offsets_dev,
-                    &n_tensors,
-                    &total,
-                    &lr,
-                    &c.beta1,
-                    &c.beta2,
-                    &c.eps,
-                    &c.weight_decay,
-                    &decoupled,
-                    &bc1,
-                    &bc2_sqrt
-                )?;
+                match mode {
+                    Update::Now { lr, t } => {
+                        let cached = self
+                            .table
+                            .as_ref()
+                            .is_some_and(|c| c.pointers == table && c.offsets == offsets);
+                        if !cached {
+                            self.table = Some(PointerTable {
+                                pointers_dev: upload(gpu, &table)?,
+                                offsets_dev: upload(gpu, &offsets)?,
+                                pointers: table,
+                                offsets,
+                            });
+                        }
+                        let uploaded = self.table.as_ref().ok_or_else(|| {
+                            Error::Invalid("adam's pointer table vanished".into())
+                        })?;
+                        let (table_dev, offsets_dev) =
+                            (&uploaded.pointers_dev, &uploaded.offsets_dev);
+                        self.uploads += !cached as u64;
+                        let (bc1, bc2_sqrt) = self.bias_corrections(t);
+                        // SAFETY: the table holds 4 live f32 buffers per tensor whose sizes are
+                        // the differences of `offsets`; the guards keep them alive and unaliased.
+                        launch!(
+                            gpu,
+                            "adam",
+                            "adam_multi_f32",
+                            launch_1d(total as usize),
+                            table_dev,
+                            offsets_dev,
+                            &n_tensors,
+                            &total,
+                            &lr,
+                            &c.beta1,
+                            &c.beta2,
+                            &c.eps,
+                            &c.weight_decay,
+                            &decoupled,
+                            &bc1,
+                            &bc2_sqrt
+                        )?;
+                    }
+                    Update::Staged(staged) => {
+                        if staged.pointers.len() != table.len() {
+                            return Err(Error::Invalid(format!(
+                                "adam: the staged table holds {} tensors, this step updates {}",
+                                staged.pointers.len() / 4,
+                                n_tensors
+                            )));
+                        }
+                        // The device copy is written after the capture (`StagedAdam::flush`):
+                        // a capture may not copy from the host.
+                        staged.pending |= staged.pointers != table || staged.offsets != offsets;
+                        staged.pointers = table;
+                        staged.offsets = offsets;
+                        // SAFETY: as above; the table the graph reads is `staged.pointers`,
+                        // copied to the device before its first replay, and the buffers it
+                        // names live as long as the graph (the caller's contract).
+                        launch!(
+                            gpu,
+                            "adam",
+                            "adam_multi_f32_staged",
+                            launch_1d(total as usize),
+                            &staged.pointers_dev,
+                            &staged.offsets_dev,
+                            &n_tensors,
+                            &total,
+                            &staged.step_dev,
+                            &c.beta1,
+                            &c.beta2,
+                            &c.eps,
+                            &c.weight_decay,
+                            &decoupled
+                        )?;
+                    }
+                }
                 drop(syncs);
             }
         }

@@ -26,6 +26,7 @@ use crate::ops::embedding::embedding;
 use crate::ops::loss::{self, LossConfig};
 use crate::rng::{stage, Rng};
 use crate::tensor::{Device, Tensor};
+use crate::train::mapper_graph::StepGraph;
 use crate::train::metrics::append_json_line;
 use crate::train::{Adam, AdamConfig, Schedule};
 
@@ -102,6 +103,9 @@ pub struct TrainConfig {
     /// Start from these weights instead of a fresh initialisation (`--resume-from`: a mapper
     /// checkpoint, a `.pth` or a snapshot's `fmri_vec`); the optimiser starts fresh.
     pub init_from: Option<std::path::PathBuf>,
+    /// On a GPU, replay full batches from one CUDA graph of the whole step
+    /// (`train::mapper_graph`); the numbers are the same either way.
+    pub cuda_graphs: bool,
 }
 
 impl TrainConfig {
@@ -120,19 +124,23 @@ impl TrainConfig {
             loss_cfg: LossConfig::default(),
             data_id,
             init_from: None,
+            cuda_graphs: true,
         }
     }
 
     /// The fields that must match for a resume, as checkpoint metadata (all but the epoch
-    /// count: a finished run can be extended).
+    /// count: a finished run can be extended). `cuda_graphs` is left out: it changes how the
+    /// steps are launched, not what they compute, and checkpoints from before it still resume.
     fn fingerprint(&self) -> String {
         format!(
             "{:?}",
             TrainConfig {
                 epochs: 0,
+                cuda_graphs: true,
                 ..self.clone()
             }
         )
+        .replace(", cuda_graphs: true", "")
     }
 }
 
@@ -281,6 +289,8 @@ pub struct EpochMetrics {
     pub retrieval: Retrieval,
     pub seconds: f64,
     pub samples_per_second: f64,
+    /// Steps of this epoch replayed from the CUDA graph (the others ran op by op).
+    pub graph_steps: usize,
 }
 
 impl EpochMetrics {
@@ -290,7 +300,7 @@ impl EpochMetrics {
             "val_top1_image_from_brain": self.retrieval.image_from_brain, "val_top1_brain_from_image": self.retrieval.brain_from_image,
             "val_way": self.retrieval.way, "val_batches": self.retrieval.batches, "val_chance": self.retrieval.chance,
             "val_mean_cosine": self.retrieval.mean_cosine, "seconds": self.seconds,
-            "samples_per_second": self.samples_per_second,
+            "samples_per_second": self.samples_per_second, "graph_steps": self.graph_steps,
         })
     }
 }
@@ -475,23 +485,56 @@ pub fn train(
         })?;
     }
     let mut history = Vec::new();
+    // On a GPU, Σ loss·rows of an epoch stays on the device (read at the epoch's end), and full
+    // batches replay one CUDA graph of the step, captured after the first ordinary step.
+    let mut total_dev: Option<Tensor> = None;
+    let mut graph: Option<StepGraph> = None;
+    let mut graph_failed = !cfg.cuda_graphs;
     for epoch in start_epoch..cfg.epochs {
         let lr = schedule.lr(cfg.lr, epoch);
         let order = epoch_order(&data.train_rows, cfg.seed, epoch);
         let steps = order.len().div_ceil(cfg.batch);
         let started = Instant::now();
         let mut total = 0.0f64;
-        // On a GPU, Σ loss·rows stays on the device (read at the epoch's end).
-        let mut total_dev: Option<Tensor> = None;
+        let mut graph_steps = 0;
+        if let Some(t) = &total_dev {
+            t.copy_from(&Tensor::zeros(t.shape(), device)?)?;
+        }
         for (step, rows) in order.chunks(cfg.batch).enumerate() {
+            let target_rows = match &data.views {
+                None => rows.to_vec(),
+                Some(v) => v.rows_for(rows, cfg.seed, epoch),
+            };
+            let targets = data.views.as_ref().map_or(&data.targets, |v| &v.targets);
+            if let (Device::Cuda(gpu), Some(total_t), false) =
+                (device, &total_dev, graph_failed || rows.len() != cfg.batch)
+            {
+                if graph.is_none() {
+                    match StepGraph::capture(
+                        gpu, &mapper, &mut store, &mut adam, cfg, data, targets, total_t,
+                    ) {
+                        Ok(g) => graph = Some(g),
+                        Err(e) => {
+                            store.zero_grad();
+                            eprintln!("warning: the mapper's step could not be captured as a CUDA graph ({e}); training goes on op by op");
+                            graph_failed = true;
+                        }
+                    }
+                }
+                if let Some(g) = &mut graph {
+                    g.run(rows, &target_rows, &mut adam, lr)?;
+                    graph_steps += 1;
+                    if !progress.on_step(epoch, step, steps, None) {
+                        return Ok((mapper, store, history));
+                    }
+                    continue;
+                }
+            }
             let mut tape = Tape::new();
             store.watch_all(&mut tape);
             let (x, t) = {
                 let mut off = Tape::inference();
-                let t = match &data.views {
-                    None => embedding(&mut off, &data.targets, rows)?,
-                    Some(v) => embedding(&mut off, &v.targets, &v.rows_for(rows, cfg.seed, epoch))?,
-                };
+                let t = embedding(&mut off, targets, &target_rows)?;
                 (embedding(&mut off, &data.fmri, rows)?, t)
             };
             let y = mapper.forward(&mut tape, &x)?;
@@ -501,12 +544,11 @@ pub fn train(
             adam.step(&mut store, lr)?;
             store.zero_grad();
             let lv = if device.is_cuda() {
-                let mut off = Tape::inference();
-                let weighted = ew::scale(&mut off, &l, rows.len() as f32)?;
-                total_dev = Some(match total_dev.take() {
-                    Some(t) => ew::add(&mut off, &t, &weighted)?,
-                    None => weighted,
-                });
+                let total_t = match &total_dev {
+                    Some(t) => t,
+                    None => total_dev.insert(Tensor::zeros(l.shape(), device)?),
+                };
+                add_weighted_loss(total_t, &l, rows.len())?;
                 None
             } else {
                 let lv = l.scalar()?;
@@ -518,7 +560,7 @@ pub fn train(
                 return Ok((mapper, store, history));
             }
         }
-        if let Some(t) = total_dev {
+        if let Some(t) = &total_dev {
             total = t.scalar()? as f64;
             // Before the checkpoint: a diverged epoch never overwrites the last good one.
             check_finite(total as f32, epoch, "some step")?;
@@ -533,6 +575,7 @@ pub fn train(
             retrieval: r,
             seconds,
             samples_per_second: order.len() as f64 / seconds.max(1e-9),
+            graph_steps,
         };
         save_checkpoint(cfg, &store, &adam, dir, epoch + 1)?;
         append_json_line(&dir.metrics(), &m.to_json())?;
@@ -543,6 +586,13 @@ pub fn train(
     meta.insert("train.data".into(), cfg.data_id.clone());
     store.save(&dir.weights(), &[], &meta)?;
     Ok((mapper, store, history))
+}
+
+/// `total += loss · rows`, in place: the running loss of an epoch, on the device.
+pub(super) fn add_weighted_loss(total: &Tensor, loss: &Tensor, rows: usize) -> Result<()> {
+    let mut off = Tape::inference();
+    let weighted = ew::scale(&mut off, loss, rows as f32)?;
+    total.copy_from(&total.accumulate(&weighted)?)
 }
 
 fn check_finite(loss: f32, epoch: usize, when: &str) -> Result<()> {
@@ -591,6 +641,12 @@ fn check_data(cfg: &TrainConfig, data: &MapperData) -> Result<()> {
             ));
         }
     }
+    if let Some(bad) = data.train_rows.iter().find(|&&r| r as usize >= f[0]) {
+        return Err(Error::Invalid(format!(
+            "train-mapper: training row {bad} is past the {} fMRI rows",
+            f[0]
+        )));
+    }
     if data.train_rows.is_empty() || data.val_rows.len() < 2 {
         return Err(Error::Invalid(format!(
             "train-mapper needs training rows and at least 2 validation stimuli (have {} and {})",
@@ -632,13 +688,13 @@ fn save_checkpoint(
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::train) mod tests {
     use super::*;
     use crate::tensor::randn_vec;
     use crate::train::metrics::read_loss_history;
 
     /// A tiny learnable problem: targets are a fixed linear map of the signal in the voxels.
-    fn toy(n: usize, voxels: usize, dim: usize) -> MapperData {
+    pub(in crate::train) fn toy(n: usize, voxels: usize, dim: usize) -> MapperData {
         let z = randn_vec(n * 4, 1.0, 1);
         let enc = randn_vec(4 * voxels, 1.0, 2);
         let emb = randn_vec(4 * dim, 1.0, 3);
@@ -665,7 +721,7 @@ mod tests {
         }
     }
 
-    fn config(epochs: usize) -> TrainConfig {
+    pub(in crate::train) fn config(epochs: usize) -> TrainConfig {
         let mapper = MapperConfig {
             voxels: 24,
             hidden: 4,
@@ -683,13 +739,13 @@ mod tests {
         }
     }
 
-    fn temp_dir(tag: &str) -> RunDir {
+    pub(in crate::train) fn temp_dir(tag: &str) -> RunDir {
         let d = std::env::temp_dir().join(format!("mindreader-train-{tag}-{}", std::process::id()));
         std::fs::remove_dir_all(&d).ok();
         RunDir(d)
     }
 
-    fn weights(store: &ParamStore) -> Vec<f32> {
+    pub(in crate::train) fn weights(store: &ParamStore) -> Vec<f32> {
         store
             .iter()
             .flat_map(|p| p.value.to_vec_f32().unwrap())

@@ -6,6 +6,7 @@ pub mod clip;
 pub mod gan;
 pub mod import;
 pub mod mapper;
+mod mapper_graph;
 pub mod metrics;
 pub mod schedule;
 
