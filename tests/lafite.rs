@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use mindreader::models::lafite::{Discriminator, Generator, Network};
-use mindreader::nn::{load_safetensors, NoiseMode, ParamStore, Params, SynthesisLayer, ToRgb};
+use mindreader::nn::{
+    load_safetensors, Conditioning, NoiseMode, ParamStore, Params, SynthesisLayer, ToRgb,
+};
 use mindreader::ops::bias_act::{bias_act, Act};
 use mindreader::ops::channels::add_noise;
 use mindreader::ops::channels::normalize_2nd_moment;
@@ -15,6 +17,14 @@ use mindreader::ops::modconv::{modulated_conv2d, Resample};
 use mindreader::ops::upfirdn2d::upfirdn2d;
 use mindreader::testing::{assert_close, devices, fixtures_dir};
 use mindreader::{Device, Tape, Tensor};
+
+/// The fixture layers' conditioning: one 12-wide condition, the fork's MLP lr multiplier.
+const FORK_CONDITION: Conditioning = Conditioning {
+    structure: 2,
+    f_dim: 12,
+    f_dim2: 0,
+    lr_multiplier: 0.01,
+};
 
 struct Fixture {
     tensors: Vec<(String, Tensor)>,
@@ -298,7 +308,7 @@ fn synthesis_layers_match_the_reference() {
             let mut layer = None;
             layer_stores(&fx, &device, |p| {
                 layer = Some(
-                    SynthesisLayer::new(p, prefix, cin, 5, 8, 8, up, Some(clamp), 2, 12, 0)
+                    SynthesisLayer::new(p, prefix, cin, 5, 8, 8, up, Some(clamp), FORK_CONDITION)
                         .unwrap(),
                 );
             });
@@ -322,7 +332,8 @@ fn synthesis_layers_match_the_reference() {
         }
         let mut torgb = None;
         layer_stores(&fx, &device, |p| {
-            torgb = Some(ToRgb::new(p, "torgb.param", 5, 3, 8, Some(256.0), 2, 12, 0).unwrap());
+            torgb =
+                Some(ToRgb::new(p, "torgb.param", 5, 3, 8, Some(256.0), FORK_CONDITION).unwrap());
         });
         let torgb = torgb.unwrap();
         let y = torgb

@@ -66,6 +66,11 @@ pub struct TrainGanArgs {
     pub w_dim: usize,
     #[arg(long, default_value_t = 8)]
     pub map_layers: usize,
+    /// Learning-rate multiplier of every layer's conditioning MLPs (the fork: 0.01, which keeps
+    /// them near their initialisation for the first thousands of images). Saved with the
+    /// generator (`synthesis_kwargs.cond_lr_multiplier`, written only when not 0.01)
+    #[arg(long, default_value_t = 0.01)]
+    pub cond_lr_mult: f32,
     /// R1 γ [default: the reference's 0.0002·R²/batch].
     #[arg(long)]
     pub gamma: Option<f32>,
@@ -228,12 +233,18 @@ pub fn run(args: TrainGanArgs) -> Result<()> {
     let structure = if conds.len() == 2 { 4 } else { 2 };
     let g_kwargs = match &init {
         Some(g) => g.config().init_kwargs.clone(),
-        None => json!({"z_dim": args.w_dim, "c_dim": 0, "w_dim": args.w_dim,
+        None => {
+            let mut k = json!({"z_dim": args.w_dim, "c_dim": 0, "w_dim": args.w_dim,
             "img_resolution": r, "img_channels": 3, "m_layer_features": f1 + f2,
             "mapping_kwargs": {"num_layers": args.map_layers},
             "synthesis_kwargs": {"channel_base": args.channel_base, "channel_max": args.channel_max,
                 "num_fp16_res": 0, "conv_clamp": 256, "architecture": "skip",
-                "structure": structure, "f_dim": f1, "f_dim2": f2}}),
+                "structure": structure, "f_dim": f1, "f_dim2": f2}});
+            if args.cond_lr_mult != 0.01 {
+                k["synthesis_kwargs"]["cond_lr_multiplier"] = json!(args.cond_lr_mult);
+            }
+            k
+        }
     };
     if let Some(g) = &init {
         let c = g.config();

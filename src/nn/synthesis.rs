@@ -30,6 +30,16 @@ pub enum NoiseMode {
     None,
 }
 
+/// How a layer reads the condition: the structure (2: one condition of width `f_dim`; 4: two,
+/// `f_dim` + `f_dim2`) and the learning-rate multiplier of its MLPs (the fork's 0.01).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Conditioning {
+    pub structure: u32,
+    pub f_dim: usize,
+    pub f_dim2: usize,
+    pub lr_multiplier: f32,
+}
+
 /// The conditioning MLPs and the affine map to styles of one layer.
 pub struct Condition {
     pub pre_0: FullyConnected,
@@ -42,16 +52,19 @@ pub struct Condition {
 }
 
 impl Condition {
-    /// `structure` 2 (one condition of width `f_dim`) or 4 (two, `f_dim` + `f_dim2`).
     pub fn new(
         p: &mut Params,
         name: &str,
-        structure: u32,
+        spec: Conditioning,
         w_dim: usize,
-        f_dim: usize,
-        f_dim2: usize,
         out: usize,
     ) -> Result<Condition> {
+        let Conditioning {
+            structure,
+            f_dim,
+            f_dim2,
+            lr_multiplier,
+        } = spec;
         let mlp = |p: &mut Params,
                    a: &str,
                    b: &str,
@@ -66,7 +79,7 @@ impl Condition {
                     mid,
                     true,
                     Act::LRELU,
-                    0.01,
+                    lr_multiplier,
                     0.0,
                 )?,
                 FullyConnected::new(
@@ -76,7 +89,7 @@ impl Condition {
                     512,
                     true,
                     Act::LRELU,
-                    0.01,
+                    lr_multiplier,
                     0.0,
                 )?,
             ))
@@ -180,11 +193,9 @@ impl SynthesisLayer {
         resolution: usize,
         up: bool,
         conv_clamp: Option<f32>,
-        structure: u32,
-        f_dim: usize,
-        f_dim2: usize,
+        spec: Conditioning,
     ) -> Result<SynthesisLayer> {
-        let cond = Condition::new(p, name, structure, w_dim, f_dim, f_dim2, cin)?;
+        let cond = Condition::new(p, name, spec, w_dim, cin)?;
         let f = setup_filter(&[1.0, 3.0, 3.0, 1.0], p.device)?;
         Ok(SynthesisLayer {
             name: name.to_string(),
@@ -286,12 +297,10 @@ impl ToRgb {
         channels: usize,
         w_dim: usize,
         conv_clamp: Option<f32>,
-        structure: u32,
-        f_dim: usize,
-        f_dim2: usize,
+        spec: Conditioning,
     ) -> Result<ToRgb> {
         Ok(ToRgb {
-            cond: Condition::new(p, name, structure, w_dim, f_dim, f_dim2, cin)?,
+            cond: Condition::new(p, name, spec, w_dim, cin)?,
             weight: p.randn(&format!("{name}.weight"), &[channels, cin, 1, 1], 1.0)?,
             bias: p.get(&format!("{name}.bias"), &[channels])?,
             weight_gain: 1.0 / (cin as f32).sqrt(),

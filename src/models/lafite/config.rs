@@ -9,6 +9,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
+use crate::nn::Conditioning;
 
 /// Keys the reference passes that do not change the f32 network computed here.
 const HARMLESS: &[(&str, &str)] = &[
@@ -205,6 +206,10 @@ pub struct GeneratorConfig {
     pub structure: u32,
     pub f_dim: usize,
     pub f_dim2: usize,
+    /// The learning-rate multiplier of every layer's conditioning MLPs (`pre_0`, `pre_1`, …): the
+    /// fork's 0.01 unless `synthesis_kwargs.cond_lr_multiplier` (mindreader's, not the fork's)
+    /// says otherwise.
+    pub condition_lr_multiplier: f32,
     /// The constructor's arguments as given (written back into saved checkpoints).
     pub init_kwargs: Value,
 }
@@ -236,6 +241,12 @@ impl GeneratorConfig {
         let conv_clamp = s.f32_opt("conv_clamp", None)?;
         let f_dim = s.usize_or("f_dim", 512)?;
         let f_dim2 = s.usize_or("f_dim2", 512)?;
+        let condition_lr_multiplier = s.f32_opt("cond_lr_multiplier", Some(0.01))?.unwrap_or(0.01);
+        if !(condition_lr_multiplier > 0.0) {
+            return Err(Error::Invalid(format!(
+                "Generator init_kwargs: synthesis_kwargs.cond_lr_multiplier must be positive, got {condition_lr_multiplier}"
+            )));
+        }
         let st = s.usize_or("structure", 2)?;
         let structure = structure("Generator init_kwargs", st, f_dim2)?;
         s.only("architecture", json!("skip"))?;
@@ -266,8 +277,19 @@ impl GeneratorConfig {
             structure,
             f_dim,
             f_dim2: if structure == 4 { f_dim2 } else { 0 },
+            condition_lr_multiplier,
             init_kwargs: v.clone(),
         })
+    }
+
+    /// How every synthesis layer and ToRGB reads the condition.
+    pub fn conditioning(&self) -> Conditioning {
+        Conditioning {
+            structure: self.structure,
+            f_dim: self.f_dim,
+            f_dim2: self.f_dim2,
+            lr_multiplier: self.condition_lr_multiplier,
+        }
     }
 
     /// The block resolutions 4, 8, …, img_resolution.
@@ -411,6 +433,37 @@ mod tests {
             (c.conv_clamp, c.structure, c.fts_width()),
             (Some(256.0), 2, 512)
         );
+    }
+
+    #[test]
+    fn the_conditioning_mlps_learn_at_the_forks_rate_unless_told_otherwise() {
+        let c = GeneratorConfig::from_init_kwargs(&g_kwargs()).unwrap();
+        assert_eq!(c.conditioning().lr_multiplier, 0.01);
+        let mut v = g_kwargs();
+        v["synthesis_kwargs"]["cond_lr_multiplier"] = json!(1.0);
+        let c = GeneratorConfig::from_init_kwargs(&v).unwrap();
+        assert_eq!(c.conditioning().lr_multiplier, 1.0);
+        // Every layer's conditioning MLPs take it (the equalised-lr gain lr/√in).
+        let mut small = v.clone();
+        small["img_resolution"] = json!(8);
+        small["synthesis_kwargs"]["channel_base"] = json!(64);
+        small["synthesis_kwargs"]["f_dim"] = json!(16);
+        let c = GeneratorConfig::from_init_kwargs(&small).unwrap();
+        let g = crate::models::lafite::Network::<crate::models::lafite::Generator>::new(
+            c,
+            Some(0),
+            &crate::Device::Cpu,
+        )
+        .unwrap();
+        for b in &g.net.blocks {
+            assert_eq!(b.conv1.cond.pre_0.weight_gain, 1.0 / 4.0);
+            assert_eq!(b.torgb.cond.pre_1.bias_gain, 1.0);
+        }
+        v["synthesis_kwargs"]["cond_lr_multiplier"] = json!(0.0);
+        let e = GeneratorConfig::from_init_kwargs(&v)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cond_lr_multiplier must be positive"), "{e}");
     }
 
     #[test]

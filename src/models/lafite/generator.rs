@@ -89,10 +89,10 @@ impl SynthesisBlock {
     fn new(p: &mut Params, c: &GeneratorConfig, res: usize) -> Result<SynthesisBlock> {
         let name = format!("synthesis.b{res}");
         let out = c.channels(res);
-        let (s, f, f2, clamp) = (c.structure, c.f_dim, c.f_dim2, c.conv_clamp);
+        let (spec, clamp) = (c.conditioning(), c.conv_clamp);
         let layer = |p: &mut Params, which: &str, cin: usize, up: bool| {
             let n = format!("{name}.{which}");
-            SynthesisLayer::new(p, &n, cin, out, c.w_dim, res, up, clamp, s, f, f2)
+            SynthesisLayer::new(p, &n, cin, out, c.w_dim, res, up, clamp, spec)
         };
         let (constant, conv0) = if res == 4 {
             (
@@ -104,17 +104,7 @@ impl SynthesisBlock {
         };
         let conv1 = layer(p, "conv1", out, false)?;
         let torgb_name = format!("{name}.torgb");
-        let torgb = ToRgb::new(
-            p,
-            &torgb_name,
-            out,
-            c.img_channels,
-            c.w_dim,
-            clamp,
-            s,
-            f,
-            f2,
-        )?;
+        let torgb = ToRgb::new(p, &torgb_name, out, c.img_channels, c.w_dim, clamp, spec)?;
         let filter = setup_filter(&[1.0, 3.0, 3.0, 1.0], p.device)?;
         let resample_filter = p.buffer(&format!("{name}.resample_filter"), filter)?;
         Ok(SynthesisBlock {
