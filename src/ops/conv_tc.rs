@@ -25,6 +25,15 @@ mod tests {
         v.into_iter().map(|x| x as f32).collect()
     }
 
+    /// The three passes against their twins (dW sums over the batch and pixels: a looser floor).
+    fn assert_passes(got: [&[f32]; 3], want: [&[f32]; 3], what: &str) {
+        let (names, floors) = (["y", "dx", "dW"], [1e-5, 1e-5, 2e-5]);
+        for i in 0..3 {
+            let label = format!("{} {what}", names[i]);
+            assert_close(got[i], want[i], 1e-5, floors[i], &label);
+        }
+    }
+
     #[test]
     fn conv1d_tensor_core_passes_match_the_rounded_twin() {
         let Some(dev) = gpu() else { return };
@@ -56,20 +65,11 @@ mod tests {
                 let want_dx = narrow(conv1d::cpu::conv1d_dx(&rdy, &rw, &d).unwrap());
                 let want_dw = narrow(conv1d::cpu::conv1d_dw(&rdy, &rx, &d).unwrap());
                 let got_y = y.to_vec_f32().unwrap();
-                assert_close(&got_y, &want_y, 1e-5, 1e-5, &format!("y {what}"));
-                assert_close(
-                    &dx.to_vec_f32().unwrap(),
-                    &want_dx,
-                    1e-5,
-                    1e-5,
-                    &format!("dx {what}"),
-                );
-                assert_close(
-                    &dw.to_vec_f32().unwrap(),
-                    &want_dw,
-                    1e-5,
-                    2e-5,
-                    &format!("dW {what}"),
+                let (got_dx, got_dw) = (dx.to_vec_f32().unwrap(), dw.to_vec_f32().unwrap());
+                assert_passes(
+                    [&got_y, &got_dx, &got_dw],
+                    [&want_y, &want_dx, &want_dw],
+                    &what,
                 );
                 // The operands were rounded: the result is not the f32 convolution's.
                 let exact = conv1d::cpu::conv1d(&xv, &wv, None, &d).unwrap();
@@ -117,26 +117,11 @@ mod tests {
             let want_y = narrow(conv2d::cpu::conv2d(&rx, &rw, &d).unwrap());
             let want_dx = narrow(conv2d::cpu::conv2d_dx(&rdy, &rw, &d).unwrap());
             let want_dw = narrow(conv2d::cpu::conv2d_dw(&rdy, &rx, &d).unwrap());
-            assert_close(
-                &y.to_vec_f32().unwrap(),
-                &want_y,
-                1e-5,
-                1e-5,
-                &format!("y {what}"),
-            );
-            assert_close(
-                &dx.to_vec_f32().unwrap(),
-                &want_dx,
-                1e-5,
-                1e-5,
-                &format!("dx {what}"),
-            );
-            assert_close(
-                &dw.to_vec_f32().unwrap(),
-                &want_dw,
-                1e-5,
-                2e-5,
-                &format!("dW {what}"),
+            let got = [&y, &dx, &dw].map(|t| t.to_vec_f32().unwrap());
+            assert_passes(
+                [&got[0], &got[1], &got[2]],
+                [&want_y, &want_dx, &want_dw],
+                &what,
             );
         }
         // f32 keeps the SIMT kernels: the CPU's f32 result within f32 rounding.
