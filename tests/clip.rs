@@ -314,3 +314,54 @@ fn bf16_forward_is_within_bf16_tolerance_of_transformers() {
         );
     }
 }
+
+/// Every weight's gradient, not only its existence: for each parameter tensor, its entry of
+/// largest gradient against a central difference of Σ w ⊙ logits (evaluated in f32, so a loose
+/// tolerance). A wrong backward in attention, a layer norm or the patch embedding would let a
+/// trained CLIP learn only what survives the error (colours, say, and not layout).
+#[test]
+fn every_weights_gradient_matches_finite_differences() {
+    let clip = Clip::load(&tiny_dir(), &Device::Cpu).unwrap();
+    let io = io();
+    let ids: Vec<u32> = get(&io, "input_ids")
+        .to_vec_f32()
+        .unwrap()
+        .iter()
+        .map(|&v| v as u32)
+        .collect();
+    let pixels = get(&io, "pixel_values");
+    let w = Tensor::from_vec(random_vec(6, 9), &[2, 3], &Device::Cpu).unwrap();
+    let loss_of = |tape: &mut Tape| {
+        let img = clip.encode_image(tape, &pixels).unwrap();
+        let txt = clip.encode_text(tape, &ids, 77).unwrap();
+        let logits = clip.logits_per_image(tape, &img, &txt).unwrap();
+        let lw = mul(tape, &logits, &w).unwrap();
+        sum_all(tape, &lw).unwrap()
+    };
+    let mut tape = Tape::new();
+    clip.store.watch_all(&mut tape);
+    let loss = loss_of(&mut tape);
+    let g = tape.backward(&loss).unwrap();
+    for p in clip.store.iter() {
+        let grad = g.get(&p.value).unwrap().to_vec_f32().unwrap();
+        let (e, &analytic) = grad
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+            .unwrap();
+        let at = |delta: f32| {
+            p.value.storage_mut().cpu_f32_mut("test").unwrap()[e] += delta;
+            let v = loss_of(&mut Tape::inference()).scalar().unwrap() as f64;
+            p.value.storage_mut().cpu_f32_mut("test").unwrap()[e] -= delta;
+            v
+        };
+        let h = 1e-2f32;
+        let numeric = (at(h) - at(-h)) / (2.0 * h as f64);
+        let err = (numeric - analytic as f64).abs();
+        assert!(
+            err <= 2e-3 + 3e-2 * numeric.abs(),
+            "{}[{e}]: analytic {analytic} vs finite difference {numeric}",
+            p.name
+        );
+    }
+}
