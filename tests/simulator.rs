@@ -240,6 +240,17 @@ fn a_captured_graph_replays_on_fresh_inputs_and_refuses_host_traffic() {
     let read_back = gpu.capture(|| x.to_vec_f32().map(|_| ()));
     assert!(read_back.is_err(), "a device-to-host copy inside a capture");
     assert_eq!(x.to_vec_f32().unwrap(), [5.0, 6.0, 7.0]);
+    // A body that panics leaves no capture open: uploads and captures work again after it.
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        gpu.capture(|| -> mindreader::Result<()> { panic!("a failing capture body") })
+    }));
+    assert!(panicked.is_err());
+    assert!(!gpu.is_capturing());
+    let z = Tensor::from_vec(vec![4.0], &[1], &d).unwrap();
+    let (again, ()) = gpu.capture(|| y.copy_from(&x)).unwrap();
+    again.launch().unwrap();
+    assert_eq!(y.to_vec_f32().unwrap(), [5.0, 6.0, 7.0]);
+    assert_eq!(z.to_vec_f32().unwrap(), [4.0]);
     // The legacy NULL stream cannot be captured (the engine queues on a stream of its own).
     let r = unsafe {
         cudarc::driver::sys::cuStreamBeginCapture_v2(

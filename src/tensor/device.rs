@@ -101,6 +101,18 @@ pub fn set_poison_outputs(on: bool) {
     POISON_OUTPUTS.store(on, Ordering::SeqCst);
 }
 
+/// A capture that `body` left by panicking: unwinding through it ends the capture (discarding
+/// the graph) and clears the flag, so the stream and later uploads work again.
+struct OpenCapture<'a>(&'a Gpu);
+
+impl Drop for OpenCapture<'_> {
+    fn drop(&mut self) {
+        self.0.capturing.store(false, Ordering::SeqCst);
+        let flags = cudarc::driver::sys::CUgraphInstantiate_flags(0);
+        let _ = self.0.stream.end_capture(flags);
+    }
+}
+
 /// One GPU: its context, the stream every op is queued on, and the kernel modules loaded so far.
 pub struct Gpu {
     pub ordinal: usize,
@@ -253,7 +265,9 @@ impl Gpu {
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| Error::cuda("beginning a CUDA graph capture", e))?;
         self.capturing.store(true, Ordering::SeqCst);
+        let open = OpenCapture(self);
         let out = body();
+        std::mem::forget(open);
         self.capturing.store(false, Ordering::SeqCst);
         let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
         let out = out?;
