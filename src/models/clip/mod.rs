@@ -202,6 +202,8 @@ impl Clip {
     /// by width matters at the small widths `train-clip` uses: with N(0, 0.02²) everywhere a
     /// width-64 tower's pooled token is almost all class (or end-of-text) embedding, every
     /// image embeds alike, and the contrastive loss sits at ln B for the first hundreds of steps.
+    /// One departure: the image position embeddings start as large as a patch token, so that
+    /// where a patch is counts as much as what it shows.
     pub fn init_random(&mut self, seed: u64) -> Result<()> {
         for (i, p) in self.store.iter().enumerate() {
             let t = match init_of(&self.config, &p.name) {
@@ -277,9 +279,10 @@ enum Init {
 
 /// CLIP's initialisation of the parameter `name` (Hugging Face `_init_weights` with
 /// `initializer_range` 0.02 and `initializer_factor` 1): the layer norms' gains 1, every bias 0,
-/// `logit_scale` ln(1/0.07); the token, patch and position embeddings N(0, 0.02²); the class
-/// embedding N(0, 1/w); attention's q, k, v N(0, 1/(2·layers·w)) and its output N(0, 1/w); the
-/// MLP's fc1 N(0, 1/(2w)) and fc2 N(0, 1/(2·layers·w)); each projection N(0, 1/w), with w the
+/// `logit_scale` ln(1/0.07); the token, patch and text position embeddings N(0, 0.02²); the
+/// image position embeddings, unlike Hugging Face's, at the scale of a p-pixel patch token,
+/// N(0, 3·p²·0.02²); the class embedding N(0, 1/w); attention's q, k, v N(0, 1/(2·layers·w))
+/// and its output N(0, 1/w); the MLP's fc1 N(0, 1/(2w)) and fc2 N(0, 1/(2·layers·w)); each projection N(0, 1/w), with w the
 /// tower's width.
 fn init_of(config: &ClipConfig, name: &str) -> Init {
     if name == "logit_scale" {
@@ -302,7 +305,13 @@ fn init_of(config: &ClipConfig, name: &str) -> Init {
     let width = tower.hidden_size as f32;
     let depth = (2 * tower.num_hidden_layers).max(1) as f32;
     let has = |parts: &[&str]| parts.iter().any(|p| name.contains(p));
-    let std = if name.ends_with("class_embedding") {
+    let std = if name == "vision_model.embeddings.position_embedding.weight" {
+        // A patch token at initialisation: 3·patch² pixels of about unit variance (CLIP's
+        // normalisation) through N(0, 0.02²) weights. At 0.02 a token's place is a few percent
+        // of it and the world's small CLIPs learn a bag of patch colours (docs/results.md).
+        let patch = config.vision.patch_size as f32;
+        0.02 * patch * 3f32.sqrt()
+    } else if name.ends_with("class_embedding") {
         width.powf(-0.5)
     } else if has(&["q_proj", "k_proj", "v_proj", "mlp.fc2"]) {
         (width * depth).powf(-0.5)
@@ -360,6 +369,14 @@ mod tests {
             (
                 "vision_model.encoder.layers.0.mlp.fc2.weight",
                 Init::Normal(1.0 / (2.0 * layers * w).sqrt()),
+            ),
+            (
+                "vision_model.embeddings.position_embedding.weight",
+                Init::Normal(0.02 * (3.0f32 * 64.0).sqrt()),
+            ),
+            (
+                "text_model.embeddings.position_embedding.weight",
+                Init::Normal(0.02),
             ),
             ("visual_projection.weight", Init::Normal(1.0 / w.sqrt())),
             ("text_projection.weight", Init::Normal(1.0 / w.sqrt())),
