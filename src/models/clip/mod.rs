@@ -282,8 +282,8 @@ enum Init {
 /// `logit_scale` ln(1/0.07); the token, patch and text position embeddings N(0, 0.02²); the
 /// image position embeddings, unlike Hugging Face's, at the scale of a p-pixel patch token,
 /// N(0, 3·p²·0.02²); the class embedding N(0, 1/w); attention's q, k, v N(0, 1/(2·layers·w))
-/// and its output N(0, 1/w); the MLP's fc1 N(0, 1/(2w)) and fc2 N(0, 1/(2·layers·w)); each projection N(0, 1/w), with w the
-/// tower's width.
+/// and its output N(0, 1/w); the MLP's fc1 N(0, 1/(2w)) and fc2 N(0, 1/(2·layers·w)); each
+/// projection N(0, 1/w), with w the tower's width.
 fn init_of(config: &ClipConfig, name: &str) -> Init {
     if name == "logit_scale" {
         return Init::Constant((1.0f32 / 0.07).ln());
