@@ -31,6 +31,23 @@ fn get(io: &[(String, Tensor)], name: &str) -> Tensor {
         .clone()
 }
 
+/// The fixture's token ids, `[B, 77]` row by row.
+fn input_ids(io: &[(String, Tensor)]) -> Vec<u32> {
+    let ids = get(io, "input_ids").to_vec_f32().unwrap();
+    ids.iter().map(|&v| v as u32).collect()
+}
+
+/// Σ w ⊙ logits of the fixture's images against its captions (and w ⊙ logits): a scalar whose
+/// gradient reaches every weight, since the weights w make each logit count differently.
+fn weighted_logit_sum(clip: &Clip, tape: &mut Tape, io: &[(String, Tensor)]) -> (Tensor, Tensor) {
+    let img = clip.encode_image(tape, &get(io, "pixel_values")).unwrap();
+    let txt = clip.encode_text(tape, &input_ids(io), 77).unwrap();
+    let logits = clip.logits_per_image(tape, &img, &txt).unwrap();
+    let w = Tensor::from_vec(random_vec(6, 9), &[2, 3], &Device::Cpu).unwrap();
+    let lw = mul(tape, &logits, &w).unwrap();
+    (sum_all(tape, &lw).unwrap(), lw)
+}
+
 /// A scratch directory holding a copy of the tiny CLIP with `edit` applied to its tensors.
 fn edited_copy(tag: &str, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mindreader-clip-{tag}-{}", std::process::id()));
@@ -45,12 +62,7 @@ fn edited_copy(tag: &str, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> Path
 #[test]
 fn clip_forward_matches_transformers() {
     let io = io();
-    let ids: Vec<u32> = get(&io, "input_ids")
-        .to_vec_f32()
-        .unwrap()
-        .iter()
-        .map(|&v| v as u32)
-        .collect();
+    let ids = input_ids(&io);
     let context = get(&io, "input_ids").shape()[1];
     for device in devices() {
         let clip = Clip::load(&tiny_dir(), &device).unwrap();
@@ -223,22 +235,9 @@ fn bad_inputs_are_errors() {
 fn gradients_reach_every_weight() {
     let clip = Clip::load(&tiny_dir(), &Device::Cpu).unwrap();
     let io = io();
-    let ids: Vec<u32> = get(&io, "input_ids")
-        .to_vec_f32()
-        .unwrap()
-        .iter()
-        .map(|&v| v as u32)
-        .collect();
     let mut tape = Tape::new();
     clip.store.watch_all(&mut tape);
-    let img = clip
-        .encode_image(&mut tape, &get(&io, "pixel_values"))
-        .unwrap();
-    let txt = clip.encode_text(&mut tape, &ids, 77).unwrap();
-    let logits = clip.logits_per_image(&mut tape, &img, &txt).unwrap();
-    let w = Tensor::from_vec(random_vec(6, 9), &[2, 3], &Device::Cpu).unwrap();
-    let lw = mul(&mut tape, &logits, &w).unwrap();
-    let loss = sum_all(&mut tape, &lw).unwrap();
+    let (loss, lw) = weighted_logit_sum(&clip, &mut tape, &io);
     let g = tape.backward(&loss).unwrap();
     for p in clip.store.iter() {
         let grad = g
@@ -267,12 +266,7 @@ fn gradients_reach_every_weight() {
 fn bf16_forward_is_within_bf16_tolerance_of_transformers() {
     use mindreader::tensor::DType;
     let io = io();
-    let ids: Vec<u32> = get(&io, "input_ids")
-        .to_vec_f32()
-        .unwrap()
-        .iter()
-        .map(|&v| v as u32)
-        .collect();
+    let ids = input_ids(&io);
     for device in devices() {
         let clip = Clip::load_as(&tiny_dir(), &device, DType::BF16).unwrap();
         assert_eq!(clip.dtype(), DType::BF16);
@@ -323,21 +317,7 @@ fn bf16_forward_is_within_bf16_tolerance_of_transformers() {
 fn every_weights_gradient_matches_finite_differences() {
     let clip = Clip::load(&tiny_dir(), &Device::Cpu).unwrap();
     let io = io();
-    let ids: Vec<u32> = get(&io, "input_ids")
-        .to_vec_f32()
-        .unwrap()
-        .iter()
-        .map(|&v| v as u32)
-        .collect();
-    let pixels = get(&io, "pixel_values");
-    let w = Tensor::from_vec(random_vec(6, 9), &[2, 3], &Device::Cpu).unwrap();
-    let loss_of = |tape: &mut Tape| {
-        let img = clip.encode_image(tape, &pixels).unwrap();
-        let txt = clip.encode_text(tape, &ids, 77).unwrap();
-        let logits = clip.logits_per_image(tape, &img, &txt).unwrap();
-        let lw = mul(tape, &logits, &w).unwrap();
-        sum_all(tape, &lw).unwrap()
-    };
+    let loss_of = |tape: &mut Tape| weighted_logit_sum(&clip, tape, &io).0;
     let mut tape = Tape::new();
     clip.store.watch_all(&mut tape);
     let loss = loss_of(&mut tape);
