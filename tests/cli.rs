@@ -1479,6 +1479,75 @@ fn eval_images_scores_reconstructions_against_the_seen_images() {
     );
     assert!(s["two_way_pixels"]["value"].as_f64().unwrap() < 0.9, "{s}");
     assert!(s.get("clip_two_way").is_none());
+    // --conditions: the world's own `scene` target rows of the evaluated stimuli carry the scene
+    // factors, another stimulus' rows do not
+    let (table, f) = file.target("scene").unwrap();
+    let conditions = |rows: &[f32]| -> serde_json::Value {
+        let c: Vec<f32> = rows
+            .iter()
+            .flat_map(|&s| table[s as usize * f..][..f].iter().copied())
+            .collect();
+        npy::write_f32(&dir.join("conditions.npy"), &c, &[n, f]).unwrap();
+        npy::write_f32(&dir.join("index.npy"), &own, &[n]).unwrap();
+        let args = [
+            "eval-images",
+            "--recon",
+            &p(&dir),
+            "--data",
+            &p(&world),
+            "--out",
+            &p(&dir.join("m.json")),
+            "--device",
+            "cpu",
+            "--condition-target",
+            "scene",
+        ];
+        run_ok(&args);
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("m.json")).unwrap()).unwrap();
+        m["factors"].clone()
+    };
+    let (right, wrong) = (
+        conditions(&own),
+        conditions(&(0..n).map(|i| own[(i + 1) % n]).collect::<Vec<_>>()),
+    );
+    let total = |m: &serde_json::Value| -> f64 {
+        ["colour", "shape", "position", "count", "background"]
+            .iter()
+            .map(|k| m[k]["in_condition"].as_f64().unwrap())
+            .sum()
+    };
+    // over the five factors of these 8 test stimuli: 3.75 of 5 against 1.25 at this seed
+    assert!(total(&right) > total(&wrong) + 1.5, "{right}\n{wrong}");
+    for k in ["colour", "count"] {
+        let (r, w) = (
+            right[k]["in_condition"].as_f64(),
+            wrong[k]["in_condition"].as_f64(),
+        );
+        assert!(r > w, "{k}: {r:?} against {w:?}");
+    }
+    // a conditions file of the wrong width is a clear error that names it
+    npy::write_f32(&dir.join("conditions.npy"), &vec![0.0; n * 3], &[n, 3]).unwrap();
+    let out = mindreader()
+        .args([
+            "eval-images",
+            "--recon",
+            &p(&dir),
+            "--data",
+            &p(&world),
+            "--condition-target",
+            "scene",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("conditions.npy")
+            && err.contains(&format!("[{n}, {f}]")),
+        "{err}"
+    );
+    std::fs::remove_file(dir.join("conditions.npy")).unwrap();
     // a .npy without --index is a clear error
     let out = mindreader()
         .args([
@@ -1756,6 +1825,7 @@ fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
         "## Reconstructions: compositional test stimuli",
         "Scene factors read off each picture",
         "| in CLIP space |",
+        "| in the mapped fMRI |",
         "| colour |",
         "| shape |",
         "| position |",
@@ -1804,7 +1874,7 @@ fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
     assert!(ordinary >= 2 && unseen >= 2, "{ordinary} + {unseen}");
     for name in ["colour", "shape", "position", "count", "background"] {
         let f = &metrics["factors"][name];
-        for key in ["value", "seen", "in_clip", "chance"] {
+        for key in ["value", "seen", "in_clip", "in_condition", "chance"] {
             let v = f[key].as_f64().unwrap_or(f64::NAN);
             assert!((0.0..=1.0).contains(&v), "factor {name}.{key} = {v}");
         }
@@ -1816,6 +1886,7 @@ fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
     ] {
         for f in [
             "recon.npy",
+            "conditions.npy",
             "grid.png",
             "grid-ordinary.png",
             "grid-unseen_combination.png",

@@ -38,6 +38,16 @@ pub struct EvalImagesArgs {
     /// Seed of the retrieval's random candidate sets.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The generator's conditions of each reconstruction, `[N, F]` float32 `.npy` (what
+    /// `reconstruct` writes as `conditions.npy`; the default beside a --recon directory when it
+    /// is there). Adds each scene factor's `in_condition`: a probe fitted on the training
+    /// stimuli's --condition-target, read off these conditions, so the report can say whether a
+    /// factor was lost before the generator (by the mapper) or by it.
+    #[arg(long)]
+    pub conditions: Option<PathBuf>,
+    /// The dataset target the conditions predict (the image mapper's).
+    #[arg(long, default_value = "clip_image")]
+    pub condition_target: String,
 }
 
 fn read_index(path: &Path, n: usize, stimuli: usize) -> Result<Vec<usize>> {
@@ -60,6 +70,36 @@ fn read_index(path: &Path, n: usize, stimuli: usize) -> Result<Vec<usize>> {
         .collect()
 }
 
+/// The conditions of the `n` reconstructions and the training stimuli's `target` rows, each row
+/// L2-normalised (the generator sees unit conditions; screened CLIP targets are unit already):
+/// `(training targets, conditions, F)`.
+fn read_conditions(
+    path: &Path,
+    n: usize,
+    file: &DatasetFile,
+    target: &str,
+    train: &[usize],
+) -> Result<(Vec<f32>, Vec<f32>, usize)> {
+    let (mut cond, shape) = npy::read_f32(path)?;
+    let (table, f) = file.target(target)?;
+    anyhow::ensure!(
+        shape[..] == [n, f],
+        "{}: shape {shape:?}, expected [{n}, {f}] (one condition per reconstruction, as wide as the dataset's `{target}` target)",
+        path.display()
+    );
+    let mut train_rows: Vec<f32> = train
+        .iter()
+        .flat_map(|&s| table[s * f..(s + 1) * f].iter().copied())
+        .collect();
+    for v in [&mut cond, &mut train_rows] {
+        for row in v.chunks_mut(f) {
+            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            row.iter_mut().for_each(|x| *x /= norm);
+        }
+    }
+    Ok((train_rows, cond, f))
+}
+
 pub fn run(args: EvalImagesArgs) -> Result<()> {
     let (recon_path, index_path) = if args.recon.is_dir() {
         let idx = args.index.clone().unwrap_or(args.recon.join("index.npy"));
@@ -70,6 +110,10 @@ pub fn run(args: EvalImagesArgs) -> Result<()> {
         )?;
         (args.recon.clone(), idx)
     };
+    let conditions_path = args.conditions.clone().or_else(|| {
+        let p = args.recon.join("conditions.npy");
+        (args.recon.is_dir() && p.is_file()).then_some(p)
+    });
     let (recon, shape) = npy::read_f32(&recon_path)?;
     let [n, c, h, w] = shape[..] else {
         anyhow::bail!(
@@ -142,12 +186,23 @@ pub fn run(args: EvalImagesArgs) -> Result<()> {
                 .map(|&s| all[s * sh * sw * 3..(s + 1) * sh * sw * 3].to_vec())
                 .collect();
             let et = embed(&train_rgb8, sh, sw)?;
+            let conditions = match &conditions_path {
+                Some(p) => Some(read_conditions(
+                    p,
+                    n,
+                    &file,
+                    &args.condition_target,
+                    &train,
+                )?),
+                None => None,
+            };
             Some(FactorReadout::new(
                 f,
                 &train,
                 (&to01(&train_rgb8), [sh, sw]),
                 et.as_deref().map(|e| (e, d)),
                 [(&r01, er.as_deref()), (&s01, es.as_deref())],
+                conditions.as_ref().map(|c| (&c.0[..], &c.1[..], c.2)),
                 &index,
                 [eh, ew],
                 args.seed,
@@ -219,6 +274,9 @@ struct FactorReadout {
     /// the seen test images' embeddings. What the CLIP space itself carries of each factor: the
     /// most a generator conditioned on it alone can be told.
     in_clip: Option<Vec<Vec<usize>>>,
+    /// Per factor, with conditions: a probe fitted on the training stimuli's condition target,
+    /// on the evaluated rows' conditions. What the generator was told of each factor.
+    in_condition: Option<Vec<Vec<usize>>>,
     train_labels: Vec<Vec<usize>>,
 }
 
@@ -233,6 +291,7 @@ impl FactorReadout {
         (train01, [th, tw]): (&[f32], [usize; 2]),
         train_emb: Option<(&[f32], usize)>,
         pictures: [(&[f32], Option<&[f32]>); 2],
+        conditions: Option<(&[f32], &[f32], usize)>,
         index: &[usize],
         [h, w]: [usize; 2],
         seed: u64,
@@ -252,21 +311,27 @@ impl FactorReadout {
             .map(|(l, f)| (&l[..], f.classes.len()))
             .collect();
         let probes = Probe::fit(&x, dx, &heads, seed)?;
+        // A probe per factor on one row per training stimulus of `table` (F wide), read off `rows`.
+        let single: Vec<Vec<usize>> = factors
+            .iter()
+            .map(|f| train.iter().map(|&s| f.labels[s]).collect())
+            .collect();
+        let probe_on = |table: &[f32], f: usize, rows: &[f32]| -> Result<Vec<Vec<usize>>> {
+            let heads: Vec<(&[usize], usize)> = single
+                .iter()
+                .zip(&factors)
+                .map(|(l, fac)| (&l[..], fac.classes.len()))
+                .collect();
+            let probes = Probe::fit(table, f, &heads, seed)?;
+            Ok(probes.iter().map(|p| p.predict(rows, f)).collect())
+        };
         let in_clip = match (train_emb, pictures[1].1) {
-            (Some((et, d)), Some(es)) => {
-                let single: Vec<Vec<usize>> = factors
-                    .iter()
-                    .map(|f| train.iter().map(|&s| f.labels[s]).collect())
-                    .collect();
-                let heads: Vec<(&[usize], usize)> = single
-                    .iter()
-                    .zip(&factors)
-                    .map(|(l, f)| (&l[..], f.classes.len()))
-                    .collect();
-                let probes = Probe::fit(et, d, &heads, seed)?;
-                Some(probes.iter().map(|p| p.predict(es, d)).collect())
-            }
+            (Some((et, d)), Some(es)) => Some(probe_on(et, d, es)?),
             _ => None,
+        };
+        let in_condition = match conditions {
+            Some((table, cond, f)) => Some(probe_on(table, f, cond)?),
+            None => None,
         };
         let [recon, seen] = pictures
             .map(|(px, emb)| probe_features(px, [index.len(), h, w], emb.map(|e| (e, d_emb))).0);
@@ -282,6 +347,7 @@ impl FactorReadout {
             factors,
             train_labels,
             in_clip,
+            in_condition,
         })
     }
 
@@ -305,10 +371,13 @@ impl FactorReadout {
             if let Some(c) = &self.in_clip {
                 entry["in_clip"] = serde_json::json!(accuracy(&pick(&c[k]), &truth));
             }
+            if let Some(c) = &self.in_condition {
+                entry["in_condition"] = serde_json::json!(accuracy(&pick(&c[k]), &truth));
+            }
             out.insert(f.name.into(), entry);
         }
         out.insert("how".into(), serde_json::json!(
-            "accuracy of a linear probe (ridge to one-hot on the CLIP embedding, 8×8 colours, a map of each object colour and the main colour's outline moments) fitted on the training stimuli's seen images and blurred copies; `seen`: the same probe on the seen test images (its ceiling); `in_clip`: a probe fitted on the training images' CLIP embeddings alone, on the seen test images' embeddings (what the CLIP space carries of the factor, so the most a generator conditioned on it can be told); chance: always the most frequent training class; the main object is the largest"));
+            "accuracy of a linear probe (ridge to one-hot on the CLIP embedding, 8×8 colours, a map of each object colour and the main colour's outline moments) fitted on the training stimuli's seen images and blurred copies; `seen`: the same probe on the seen test images (its ceiling); `in_clip`: a probe fitted on the training images' CLIP embeddings alone, on the seen test images' embeddings (what the CLIP space carries of the factor, so the most a generator conditioned on it can be told); `in_condition`: a probe fitted on the training stimuli's condition target (unit rows), on the reconstructions' own conditions (what the generator was told); chance: always the most frequent training class; the main object is the largest"));
         serde_json::Value::Object(out)
     }
 }
