@@ -211,6 +211,13 @@ pub fn run(args: EvalImagesArgs) -> Result<()> {
         None => None,
     };
 
+    if factors.is_none() && args.conditions.is_some() {
+        eprintln!(
+            "note: --conditions is read only by the scene-factor probes, and {} has no scene ground truth (not a synthetic world)",
+            args.data.display()
+        );
+    }
+
     // Every metric on a set of rows: all of them, then each part of a compositional split.
     let metrics_of = |rows: &[usize]| -> Result<serde_json::Value> {
         let k = rows.len();
