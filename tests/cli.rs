@@ -1489,6 +1489,8 @@ fn eval_images_scores_reconstructions_against_the_seen_images() {
             .collect();
         npy::write_f32(&dir.join("conditions.npy"), &c, &[n, f]).unwrap();
         npy::write_f32(&dir.join("index.npy"), &own, &[n]).unwrap();
+        let stimuli = table.len() / f;
+        npy::write_f32(&dir.join("condition-table.npy"), &table, &[stimuli, f]).unwrap();
         let args = [
             "eval-images",
             "--recon",
@@ -1499,8 +1501,6 @@ fn eval_images_scores_reconstructions_against_the_seen_images() {
             &p(&dir.join("m.json")),
             "--device",
             "cpu",
-            "--condition-target",
-            "scene",
         ];
         run_ok(&args);
         let m: serde_json::Value =
@@ -1526,28 +1526,21 @@ fn eval_images_scores_reconstructions_against_the_seen_images() {
         );
         assert!(r > w, "{k}: {r:?} against {w:?}");
     }
-    // a conditions file of the wrong width is a clear error that names it
+    // conditions of another width than their table's are a clear error that names the table
     npy::write_f32(&dir.join("conditions.npy"), &vec![0.0; n * 3], &[n, 3]).unwrap();
     let out = mindreader()
-        .args([
-            "eval-images",
-            "--recon",
-            &p(&dir),
-            "--data",
-            &p(&world),
-            "--condition-target",
-            "scene",
-        ])
+        .args(["eval-images", "--recon", &p(&dir), "--data", &p(&world)])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()
-            && err.contains("conditions.npy")
-            && err.contains(&format!("[{n}, {f}]")),
+            && err.contains("condition-table.npy")
+            && err.contains(&format!(", 3] (every stimulus' condition")),
         "{err}"
     );
     std::fs::remove_file(dir.join("conditions.npy")).unwrap();
+    std::fs::remove_file(dir.join("condition-table.npy")).unwrap();
     // a .npy without --index is a clear error
     let out = mindreader()
         .args([
@@ -1887,6 +1880,7 @@ fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
         for f in [
             "recon.npy",
             "conditions.npy",
+            "condition-table.npy",
             "grid.png",
             "grid-ordinary.png",
             "grid-unseen_combination.png",

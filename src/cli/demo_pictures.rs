@@ -153,7 +153,6 @@ pub fn run(
                 batch: 32,
                 seed: 0,
                 conditions: None,
-                condition_target: "clip_image".into(),
             })?;
         }
         let text = std::fs::read_to_string(&m).with_context(|| format!("{}", m.display()))?;
@@ -542,7 +541,7 @@ fn factor_table(part: &[(&str, &serde_json::Value)]) -> String {
     let Some(first) = part.first().and_then(|(_, m)| m["factors"].as_object()) else {
         return String::new();
     };
-    let mut s = String::from("\nScene factors read off each picture by a linear probe fitted on the training stimuli's seen images and blurred copies (the main object is the largest; `seen images`: the probe on the seen test images, its own ceiling; `in CLIP space`: a probe on the seen images' CLIP embeddings alone, fitted on the training images' embeddings, so what the generator's condition can tell it at best; `in the mapped fMRI`: a probe fitted on the training stimuli's CLIP targets, on the image mapper's predictions from the test fMRI, so what the generator was told):\n\n| factor | chance | seen images | in CLIP space | in the mapped fMRI | floor | **from fMRI** | ceiling |\n|---|---|---|---|---|---|---|---|\n");
+    let mut s = String::from("\nScene factors read off each picture by a linear probe fitted on the training stimuli's seen images and blurred copies (the main object is the largest; `seen images`: the probe on the seen test images, its own ceiling; `in CLIP space`: a probe on the seen images' CLIP embeddings alone, fitted on the training images' embeddings, so what the generator's condition can tell it at best; `in the mapped fMRI`: a probe fitted on the image mapper's predictions for the training stimuli, on its predictions from the test fMRI, so what the generator's image condition told it):\n\n| factor | chance | seen images | in CLIP space | in the mapped fMRI | floor | **from fMRI** | ceiling |\n|---|---|---|---|---|---|---|---|\n");
     for (name, f) in first {
         if !f.is_object() {
             continue;

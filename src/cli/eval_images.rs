@@ -40,14 +40,13 @@ pub struct EvalImagesArgs {
     pub seed: u64,
     /// The generator's conditions of each reconstruction, `[N, F]` float32 `.npy` (what
     /// `reconstruct` writes as `conditions.npy`; the default beside a --recon directory when it
-    /// is there). Adds each scene factor's `in_condition`: a probe fitted on the training
-    /// stimuli's --condition-target, read off these conditions, so the report can say whether a
-    /// factor was lost before the generator (by the mapper) or by it.
+    /// is there), with `condition-table.npy` beside it: `[M, F]`, every stimulus' condition of
+    /// the same kind. Adds each scene factor's `in_condition`: a probe fitted on the table's
+    /// training stimuli (what the generator trained on), read off the reconstructions'
+    /// conditions, so the report can say whether a factor was lost before the generator (by the
+    /// mapper) or by it.
     #[arg(long)]
     pub conditions: Option<PathBuf>,
-    /// The dataset target the conditions predict (the image mapper's).
-    #[arg(long, default_value = "clip_image")]
-    pub condition_target: String,
 }
 
 fn read_index(path: &Path, n: usize, stimuli: usize) -> Result<Vec<usize>> {
@@ -70,21 +69,35 @@ fn read_index(path: &Path, n: usize, stimuli: usize) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// The conditions of the `n` reconstructions and the training stimuli's `target` rows, each row
-/// L2-normalised (the generator sees unit conditions; screened CLIP targets are unit already):
-/// `(training targets, conditions, F)`.
+/// The conditions of the `n` reconstructions (`path`) and of the training stimuli (the rows of
+/// `condition-table.npy` beside it), each row L2-normalised as the generator sees them:
+/// `(training conditions, the reconstructions' conditions, F)`.
 fn read_conditions(
     path: &Path,
     n: usize,
-    file: &DatasetFile,
-    target: &str,
+    stimuli: usize,
     train: &[usize],
 ) -> Result<(Vec<f32>, Vec<f32>, usize)> {
     let (mut cond, shape) = npy::read_f32(path)?;
-    let (table, f) = file.target(target)?;
+    let [rows, f] = shape[..] else {
+        anyhow::bail!("{}: shape {shape:?}, expected [{n}, F]", path.display());
+    };
     anyhow::ensure!(
-        shape[..] == [n, f],
-        "{}: shape {shape:?}, expected [{n}, {f}] (one condition per reconstruction, as wide as the dataset's `{target}` target)",
+        rows == n && f > 0,
+        "{}: shape {shape:?}, expected [{n}, F] (one condition per reconstruction)",
+        path.display()
+    );
+    let table_path = path.with_file_name("condition-table.npy");
+    let (table, table_shape) = npy::read_f32(&table_path).with_context(|| {
+        format!(
+            "the conditions {} need the table of every stimulus' condition beside them",
+            path.display()
+        )
+    })?;
+    anyhow::ensure!(
+        table_shape[..] == [stimuli, f],
+        "{}: shape {table_shape:?}, expected [{stimuli}, {f}] (every stimulus' condition, as wide as {})",
+        table_path.display(),
         path.display()
     );
     let mut train_rows: Vec<f32> = train
@@ -187,13 +200,7 @@ pub fn run(args: EvalImagesArgs) -> Result<()> {
                 .collect();
             let et = embed(&train_rgb8, sh, sw)?;
             let conditions = match &conditions_path {
-                Some(p) => Some(read_conditions(
-                    p,
-                    n,
-                    &file,
-                    &args.condition_target,
-                    &train,
-                )?),
+                Some(p) => Some(read_conditions(p, n, file.summary().stimuli, &train)?),
                 None => None,
             };
             Some(FactorReadout::new(
@@ -281,8 +288,8 @@ struct FactorReadout {
     /// the seen test images' embeddings. What the CLIP space itself carries of each factor: the
     /// most a generator conditioned on it alone can be told.
     in_clip: Option<Vec<Vec<usize>>>,
-    /// Per factor, with conditions: a probe fitted on the training stimuli's condition target,
-    /// on the evaluated rows' conditions. What the generator was told of each factor.
+    /// Per factor, with conditions: a probe fitted on the training stimuli's conditions, on the
+    /// evaluated rows' conditions. What the generator was told of each factor.
     in_condition: Option<Vec<Vec<usize>>>,
     train_labels: Vec<Vec<usize>>,
 }
@@ -384,7 +391,7 @@ impl FactorReadout {
             out.insert(f.name.into(), entry);
         }
         out.insert("how".into(), serde_json::json!(
-            "accuracy of a linear probe (ridge to one-hot on the CLIP embedding, 8×8 colours, a map of each object colour and the main colour's outline moments) fitted on the training stimuli's seen images and blurred copies; `seen`: the same probe on the seen test images (its ceiling); `in_clip`: a probe fitted on the training images' CLIP embeddings alone, on the seen test images' embeddings (what the CLIP space carries of the factor, so the most a generator conditioned on it can be told); `in_condition`: a probe fitted on the training stimuli's condition target (unit rows), on the reconstructions' own conditions (what the generator was told); chance: always the most frequent training class; the main object is the largest"));
+            "accuracy of a linear probe (ridge to one-hot on the CLIP embedding, 8×8 colours, a map of each object colour and the main colour's outline moments) fitted on the training stimuli's seen images and blurred copies; `seen`: the same probe on the seen test images (its ceiling); `in_clip`: a probe fitted on the training images' CLIP embeddings alone, on the seen test images' embeddings (what the CLIP space carries of the factor, so the most a generator conditioned on it can be told); `in_condition`: a probe fitted on the training stimuli's conditions (unit rows, what the generator trained on), on the reconstructions' own conditions (what it was told); chance: always the most frequent training class; the main object is the largest"));
         serde_json::Value::Object(out)
     }
 }

@@ -125,12 +125,19 @@ pub fn run(args: ReconstructArgs) -> Result<()> {
     npy::write_f32(&args.out.join("recon.npy"), &recon, &[n, 3, r, r])?;
     let idx: Vec<f32> = rows.iter().map(|&i| i as f32).collect();
     npy::write_f32(&args.out.join("index.npy"), &idx, &[n])?;
-    // The first (image) condition each picture was drawn from, for eval-images' `in_condition`.
+    // The first (image) condition each picture was drawn from, and every stimulus' (the probe of
+    // eval-images' `in_condition` is fitted on the training stimuli's).
     let used: Vec<f32> = source
         .iter()
         .flat_map(|&i| data.c1[i as usize * f1..][..f1].iter().copied())
         .collect();
     npy::write_f32(&args.out.join("conditions.npy"), &used, &[n, f1])?;
+    let stimuli = data.c1.len() / f1;
+    npy::write_f32(
+        &args.out.join("condition-table.npy"),
+        &data.c1,
+        &[stimuli, f1],
+    )?;
     let rgb = images::to_rgb8(&recon, [n, 3, r, r])?;
     let pngs = args.out.join("images");
     images::write_pngs(&pngs, &rgb, r, r)?;
