@@ -2,8 +2,8 @@
 //!
 //! mappers → conditions (each L2-normalised, as G saw them after the perturbation in training)
 //! → G_ema with z = 0 (the training z) and its constant noise: one PNG per stimulus, a grid of
-//! seen | reconstructed pairs with the screened caption under each, and `recon.npy` +
-//! `index.npy` for `eval-images`. `--condition true` feeds the dataset's own CLIP targets
+//! seen | reconstructed pairs with the screened caption under each, and `recon.npy`,
+//! `index.npy`, `conditions.npy` and `condition-table.npy` for `eval-images`. `--condition true` feeds the dataset's own CLIP targets
 //! instead (the ceiling: a perfect mapper), `--condition shuffled` another stimulus' fMRI (the
 //! floor).
 
@@ -203,7 +203,7 @@ pub fn run(args: ReconstructArgs) -> Result<()> {
         }
     }
     println!(
-        "reconstructed {n} {} stimuli ({} conditions) into {}: grid {}, recon.npy + index.npy for eval-images",
+        "reconstructed {n} {} stimuli ({} conditions) into {}: grid {}, recon.npy + index.npy + conditions for eval-images",
         args.split,
         args.condition,
         args.out.display(),
