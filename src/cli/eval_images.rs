@@ -10,6 +10,7 @@ use mindreader::eval::image_metrics::{box_downsample, pixel_metrics, two_way_ide
 use mindreader::eval::probe::{accuracy, blurred, majority_rate, probe_features, Factor, Probe};
 use mindreader::eval::{images, npy, retrieval};
 use mindreader::models::clip::Clip;
+use mindreader::ops::l2norm::cpu::l2_normalize;
 
 #[derive(Args)]
 pub struct EvalImagesArgs {
@@ -78,7 +79,7 @@ fn read_conditions(
     stimuli: usize,
     train: &[usize],
 ) -> Result<(Vec<f32>, Vec<f32>, usize)> {
-    let (mut cond, shape) = npy::read_f32(path)?;
+    let (cond, shape) = npy::read_f32(path)?;
     let [rows, f] = shape[..] else {
         anyhow::bail!("{}: shape {shape:?}, expected [{n}, F]", path.display());
     };
@@ -100,17 +101,12 @@ fn read_conditions(
         table_path.display(),
         path.display()
     );
-    let mut train_rows: Vec<f32> = train
+    let train_rows: Vec<f32> = train
         .iter()
         .flat_map(|&s| table[s * f..(s + 1) * f].iter().copied())
         .collect();
-    for v in [&mut cond, &mut train_rows] {
-        for row in v.chunks_mut(f) {
-            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-            row.iter_mut().for_each(|x| *x /= norm);
-        }
-    }
-    Ok((train_rows, cond, f))
+    let unit = |v: &[f32]| l2_normalize(v, f, 1e-12).0;
+    Ok((unit(&train_rows), unit(&cond), f))
 }
 
 pub fn run(args: EvalImagesArgs) -> Result<()> {

@@ -3,9 +3,9 @@
 //! mappers → conditions (each L2-normalised, as G saw them after the perturbation in training)
 //! → G_ema with z = 0 (the training z) and its constant noise: one PNG per stimulus, a grid of
 //! seen | reconstructed pairs with the screened caption under each, and `recon.npy`,
-//! `index.npy`, `conditions.npy` and `condition-table.npy` for `eval-images`. `--condition true` feeds the dataset's own CLIP targets
-//! instead (the ceiling: a perfect mapper), `--condition shuffled` another stimulus' fMRI (the
-//! floor).
+//! `index.npy`, `conditions.npy` and `condition-table.npy` for `eval-images`. `--condition true`
+//! feeds the dataset's own CLIP targets instead (the ceiling: a perfect mapper), `--condition
+//! shuffled` another stimulus' fMRI (the floor).
 
 use std::path::PathBuf;
 
