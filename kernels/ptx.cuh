@@ -6,6 +6,7 @@
 
 #ifdef MINDREADER_SIM
 extern "C" void sim_cp_async16(void* smem, const void* gmem, int src_bytes);
+extern "C" void sim_cp_async4(void* smem, const void* gmem, int src_bytes);
 extern "C" void sim_cp_async_commit(void);
 extern "C" void sim_cp_async_wait(int n);
 extern "C" void sim_ldmatrix_x4(unsigned* r, const void* smem_row);
@@ -21,6 +22,18 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src
 #else
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
+#endif
+}
+
+// cp.async.ca.shared.global with a 4-byte copy: one f32 global → shared, for operands gathered
+// element by element (the implicit GEMMs' im2col); src_bytes 0 writes a zero and reads nothing
+// (padding). `smem` 4-byte aligned. Lands at cp_async_wait.
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, int src_bytes) {
+#ifdef MINDREADER_SIM
+    sim_cp_async4(smem, gmem, src_bytes);
+#else
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
 #endif
 }
 

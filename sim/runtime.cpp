@@ -293,7 +293,7 @@ enum ThreadState : uint8_t { READY, AT_BARRIER, AT_WARP, DONE };
 struct PendingCopy {
     unsigned char* dst;
     unsigned char data[16];
-    int bytes;
+    int bytes;  // the copy's size (cp-size): 4 or 16
 };
 
 struct SimThread {
@@ -724,27 +724,36 @@ void check_device(SimThread* t, uintptr_t a, size_t n, bool write);
 void land(SimThread* t, size_t upto) {
     for (size_t i = 0; i < upto; i++) {
         PendingCopy& c = t->copies[i];
-        shared_access(t, (uintptr_t)c.dst, 16, true);
-        memcpy(c.dst, c.data, 16);
+        shared_access(t, (uintptr_t)c.dst, (size_t)c.bytes, true);
+        memcpy(c.dst, c.data, (size_t)c.bytes);
     }
     t->copies.erase(t->copies.begin(), t->copies.begin() + upto);
     for (auto& e : t->group_ends) e -= upto;
 }
 }  // namespace
 
-// cp.async.cg.shared.global [dst], [src], 16, src_bytes: 16 bytes, the tail past src_bytes zeroed.
-extern "C" void sim_cp_async16(void* dst, const void* src, int src_bytes) {
+// One cp.async of `size` bytes (4 or 16) to a `size`-aligned shared address: `src_bytes` are read
+// now, the rest of the `size` zeroed, and the whole lands at the wait_group that covers it.
+static void issue_copy(void* dst, const void* src, int size, int src_bytes, const char* op) {
     SimThread* t = g_launch.current;
     const uintptr_t d = (uintptr_t)dst;
-    if (d - g_win_lo >= g_win_span || d % 16) fail(SIM_ILLEGAL_ADDRESS, "cp.async: the destination is not a 16-byte-aligned shared-memory address; " + where(t));
-    if (src_bytes < 0 || src_bytes > 16) fail(SIM_LAUNCH_FAILED, "cp.async: src-size " + std::to_string(src_bytes) + " is outside 0..16; " + where(t));
-    PendingCopy c{(unsigned char*)dst, {0}, src_bytes};
+    if (d - g_win_lo >= g_win_span || d % size)
+        fail(SIM_ILLEGAL_ADDRESS, std::string(op) + ": the destination is not a " + std::to_string(size) + "-byte-aligned shared-memory address; " + where(t));
+    if (src_bytes < 0 || src_bytes > size)
+        fail(SIM_LAUNCH_FAILED, std::string(op) + ": src-size " + std::to_string(src_bytes) + " is outside 0.." + std::to_string(size) + "; " + where(t));
+    PendingCopy c{(unsigned char*)dst, {0}, size};
     if (src_bytes > 0) {
         check_device(t, (uintptr_t)src, (size_t)src_bytes, false);
         memcpy(c.data, src, (size_t)src_bytes);
     }
     t->copies.push_back(c);
 }
+
+// cp.async.cg.shared.global [dst], [src], 16, src_bytes: 16 bytes, the tail past src_bytes zeroed.
+extern "C" void sim_cp_async16(void* dst, const void* src, int src_bytes) { issue_copy(dst, src, 16, src_bytes, "cp.async"); }
+
+// cp.async.ca.shared.global [dst], [src], 4, src_bytes: one 4-byte element (src_bytes 0: zero).
+extern "C" void sim_cp_async4(void* dst, const void* src, int src_bytes) { issue_copy(dst, src, 4, src_bytes, "cp.async (4 bytes)"); }
 
 extern "C" void sim_cp_async_commit(void) {
     SimThread* t = g_launch.current;
