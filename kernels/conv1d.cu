@@ -6,14 +6,18 @@
 //   y[b, co, l] = Σ_{ci, k} w[co, ci, k] · x[b, ci, l·stride + k − pad]
 //
 // Every kernel: 256-thread blocks, grid (⌈N/64⌉, ⌈M/64⌉, z), blocks loop over z past gridDim.z.
-// Each comes as _f32 (the FP32 SIMT tile) and as _tc_tf32 / _tc_bf16 (the same implicit GEMM on
-// the tensor cores, operands rounded to tf32 / bf16 as they are staged: --precision).
+// Each comes as _f32 (the FP32 SIMT tile), as _tc_tf32 / _tc_bf16 (the same implicit GEMM on
+// the tensor cores, operands rounded to tf32 / bf16 as they are staged: --precision) and as
+// _tc_pipe_tf32 / _tc_pipe_bf16 (the same again through the cp.async pipeline of
+// gemm_tile_tc_pipe.cuh, bit for bit the _tc_ result; dynamic shared memory).
+// The bodies name each operand element by its address (nullptr: padding); PIPE picks the tile.
 #include "gemm_tile.cuh"
 #include "gemm_tile_tc.cuh"
+#include "gemm_tile_tc_pipe.cuh"
 
 // Forward, per batch item z = b: M = Cout, N = Lout, K = Cin·Ks (kk = ci·Ks + k).
 // A(co, kk) = w[co, kk] (w viewed as [Cout, Cin·Ks]); B(kk, l) = x[b, ci, l·stride + k − pad] or 0.
-template <int PREC>
+template <int PREC, bool PIPE = false>
 __device__ __forceinline__ void conv1d_fwd_body(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks,
                    int stride, int pad, int Lout) {
     const int m0 = blockIdx.y * gemm::BM, n0 = blockIdx.x * gemm::BN;
@@ -21,14 +25,14 @@ __device__ __forceinline__ void conv1d_fwd_body(const float* __restrict__ x, con
     for (int b = blockIdx.z; b < B; b += gridDim.z) {
         const float* xb = x + (u64)b * Cin * L;
         float* yb = y + (u64)b * Cout * Lout;
-        auto load_a = [=](int co, int kk) { return w[(u64)co * KK + kk]; };
-        auto load_b = [=](int kk, int l) {
+        auto at_a = [=](int co, int kk) { return w + (u64)co * KK + kk; };
+        auto at_b = [=](int kk, int l) -> const float* {
             int ci = kk / Ks, k = kk - ci * Ks;
             int pos = l * stride + k - pad;
-            return (pos >= 0 && pos < L) ? xb[(u64)ci * L + pos] : 0.f;
+            return (pos >= 0 && pos < L) ? xb + (u64)ci * L + pos : nullptr;
         };
         auto store = [=](int co, int l, float v) { yb[(u64)co * Lout + l] = v; };
-        gemm_tile_at<PREC>(Cout, Lout, 0, KK, m0, n0, true, true, load_a, load_b, store);
+        conv_gemm<PREC, PIPE>(Cout, Lout, 0, KK, m0, n0, true, true, w, at_a, at_b, false, NoScale{}, store);
     }
 }
 
@@ -54,7 +58,7 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
 // dx[b, ci, j] = Σ_{co, k} w[co, ci, k] · dy[b, co, l] over the l with l·stride + k − pad = j,
 // i.e. l = (j + pad − k) / stride where that divides exactly and 0 ≤ l < Lout (else 0).
 // Every dx element is stored, including those no output touched (they get 0).
-template <int PREC>
+template <int PREC, bool PIPE = false>
 __device__ __forceinline__ void conv1d_dx_body(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, int B, int Cin, int L, int Cout, int Ks,
                   int stride, int pad, int Lout) {
     const int m0 = blockIdx.y * gemm::BM, n0 = blockIdx.x * gemm::BN;
@@ -62,20 +66,20 @@ __device__ __forceinline__ void conv1d_dx_body(const float* __restrict__ dy, con
     for (int b = blockIdx.z; b < B; b += gridDim.z) {
         const float* dyb = dy + (u64)b * Cout * Lout;
         float* dxb = dx + (u64)b * Cin * L;
-        auto load_a = [=](int ci, int kk) {
+        auto at_a = [=](int ci, int kk) {
             int co = kk / Ks, k = kk - co * Ks;
-            return w[((u64)co * Cin + ci) * Ks + k];
+            return w + ((u64)co * Cin + ci) * Ks + k;
         };
-        auto load_b = [=](int kk, int j) {
+        auto at_b = [=](int kk, int j) -> const float* {
             int co = kk / Ks, k = kk - co * Ks;
             int t = j + pad - k;
-            if (t < 0 || t % stride != 0) return 0.f;
+            if (t < 0 || t % stride != 0) return nullptr;
             int l = t / stride;
-            return l < Lout ? dyb[(u64)co * Lout + l] : 0.f;
+            return l < Lout ? dyb + (u64)co * Lout + l : nullptr;
         };
         auto store = [=](int ci, int j, float v) { dxb[(u64)ci * L + j] = v; };
         // A: consecutive ci are Ks apart in w, consecutive kk jump by Cin·Ks at each co: walk m.
-        gemm_tile_at<PREC>(Cin, L, 0, KK, m0, n0, false, true, load_a, load_b, store);
+        conv_gemm<PREC, PIPE>(Cin, L, 0, KK, m0, n0, false, true, w, at_a, at_b, false, NoScale{}, store);
     }
 }
 
@@ -101,7 +105,7 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
 // cut into `splits` chunks of `chunk` (a multiple of 16). Split z writes its partial sum to
 // partial[z, co, n]; the host sums the splits in a fixed order (deterministic).
 // A(co, kk) = dy[b, co, l]; B(kk, n) = x[b, ci, l·stride + k − pad] or 0.
-template <int PREC>
+template <int PREC, bool PIPE = false>
 __device__ __forceinline__ void conv1d_dw_body(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial, int B, int Cin, int L, int Cout, int Ks,
                   int stride, int pad, int Lout, int chunk, int splits) {
     const int m0 = blockIdx.y * gemm::BM, n0 = blockIdx.x * gemm::BN;
@@ -110,19 +114,19 @@ __device__ __forceinline__ void conv1d_dw_body(const float* __restrict__ dy, con
         const int k_begin = z * chunk;
         const int k_end = K - k_begin < chunk ? K : k_begin + chunk;  // no int overflow
         float* pz = partial + (u64)z * Cout * N;
-        auto load_a = [=](int co, int kk) {
+        auto at_a = [=](int co, int kk) {
             int b = kk / Lout, l = kk - b * Lout;
-            return dy[((u64)b * Cout + co) * Lout + l];
+            return dy + ((u64)b * Cout + co) * Lout + l;
         };
-        auto load_b = [=](int kk, int n) {
+        auto at_b = [=](int kk, int n) -> const float* {
             int b = kk / Lout, l = kk - b * Lout;
             int ci = n / Ks, k = n - ci * Ks;
             int pos = l * stride + k - pad;
-            return (pos >= 0 && pos < L) ? x[((u64)b * Cin + ci) * L + pos] : 0.f;
+            return (pos >= 0 && pos < L) ? x + ((u64)b * Cin + ci) * L + pos : nullptr;
         };
         auto store = [=](int co, int n, float v) { pz[(u64)co * N + n] = v; };
         // A: consecutive kk are consecutive l of dy (contiguous); B: consecutive kk step l.
-        gemm_tile_at<PREC>(Cout, N, k_begin, k_end, m0, n0, true, false, load_a, load_b, store);
+        conv_gemm<PREC, PIPE>(Cout, N, k_begin, k_end, m0, n0, true, false, dy, at_a, at_b, false, NoScale{}, store);
     }
 }
 
@@ -142,4 +146,41 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
     conv1d_dw_tc_bf16(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial, int B, int Cin, int L, int Cout, int Ks,
                   int stride, int pad, int Lout, int chunk, int splits) {
     conv1d_dw_body<2>(dy, x, partial, B, Cin, L, Cout, Ks, stride, pad, Lout, chunk, splits);
+}
+
+// ---- The pipelined builds (--precision tf32|bf16 on the cp.async tile) -------------------------
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv1d_fwd_tc_pipe_tf32(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks,
+                            int stride, int pad, int Lout) {
+    conv1d_fwd_body<1, true>(x, w, y, B, Cin, L, Cout, Ks, stride, pad, Lout);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv1d_fwd_tc_pipe_bf16(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks,
+                            int stride, int pad, int Lout) {
+    conv1d_fwd_body<2, true>(x, w, y, B, Cin, L, Cout, Ks, stride, pad, Lout);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv1d_dx_tc_pipe_tf32(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, int B, int Cin, int L, int Cout, int Ks,
+                           int stride, int pad, int Lout) {
+    conv1d_dx_body<1, true>(dy, w, dx, B, Cin, L, Cout, Ks, stride, pad, Lout);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv1d_dx_tc_pipe_bf16(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, int B, int Cin, int L, int Cout, int Ks,
+                           int stride, int pad, int Lout) {
+    conv1d_dx_body<2, true>(dy, w, dx, B, Cin, L, Cout, Ks, stride, pad, Lout);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv1d_dw_tc_pipe_tf32(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial, int B, int Cin, int L, int Cout, int Ks,
+                           int stride, int pad, int Lout, int chunk, int splits) {
+    conv1d_dw_body<1, true>(dy, x, partial, B, Cin, L, Cout, Ks, stride, pad, Lout, chunk, splits);
+}
+
+extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
+    conv1d_dw_tc_pipe_bf16(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial, int B, int Cin, int L, int Cout, int Ks,
+                           int stride, int pad, int Lout, int chunk, int splits) {
+    conv1d_dw_body<2, true>(dy, x, partial, B, Cin, L, Cout, Ks, stride, pad, Lout, chunk, splits);
 }

@@ -352,28 +352,26 @@ pub(crate) fn conv1d_raw(x: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
             let [b, cin, len, cout, ks, stride, pad, lout] = kernel_ints(d)?;
             let mut y = gpu.alloc::<f32>(d.y_len())?;
             if d.y_len() > 0 {
-                // SAFETY: x, w hold B·Cin·L and Cout·Cin·K floats (shapes checked by Conv1d::new); the
-                // loaders read x only at 0 ≤ pos < L, and the tile writes y[b, co, l] for co < Cout, l < Lout.
-                launch!(
+                let (name, grid) = super::conv_tc::pick(
                     gpu,
                     "conv1d",
-                    super::precision::pick([
+                    [
                         "conv1d_fwd_f32",
                         "conv1d_fwd_tc_tf32",
-                        "conv1d_fwd_tc_bf16"
-                    ]),
+                        "conv1d_fwd_tc_bf16",
+                        "conv1d_fwd_tc_pipe_tf32",
+                        "conv1d_fwd_tc_pipe_bf16",
+                    ],
+                    true,
                     super::gemm_tile_grid(d.cout, d.lout, d.batch),
-                    xs,
-                    ws,
-                    &mut y,
-                    &b,
-                    &cin,
-                    &len,
-                    &cout,
-                    &ks,
-                    &stride,
-                    &pad,
-                    &lout
+                )?;
+                // SAFETY: x, w hold B·Cin·L and Cout·Cin·K floats (shapes checked by Conv1d::new); the
+                // loaders read x only at 0 ≤ pos < L, and the tile writes y[b, co, l] for co < Cout, l < Lout.
+                // A pipelined build copies the same elements by cp.async into the shared memory
+                // `conv_tc::pick` opted into and set in `grid`.
+                launch!(
+                    gpu, "conv1d", name, grid, xs, ws, &mut y, &b, &cin, &len, &cout, &ks, &stride,
+                    &pad, &lout
                 )?;
             }
             Ok(Tensor::from_storage(
@@ -401,28 +399,26 @@ pub(crate) fn conv1d_dx_raw(dy: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tenso
             let [b, cin, len, cout, ks, stride, pad, lout] = kernel_ints(d)?;
             let mut dx = gpu.alloc::<f32>(d.x_len())?;
             if d.x_len() > 0 {
-                // SAFETY: dy holds B·Cout·Lout floats, read only at 0 ≤ l < Lout; w as in the forward;
-                // the tile writes every dx[b, ci, j], ci < Cin, j < L.
-                launch!(
+                let (name, grid) = super::conv_tc::pick(
                     gpu,
                     "conv1d",
-                    super::precision::pick([
+                    [
                         "conv1d_dx_f32",
                         "conv1d_dx_tc_tf32",
-                        "conv1d_dx_tc_bf16"
-                    ]),
+                        "conv1d_dx_tc_bf16",
+                        "conv1d_dx_tc_pipe_tf32",
+                        "conv1d_dx_tc_pipe_bf16",
+                    ],
+                    true,
                     super::gemm_tile_grid(d.cin, d.len, d.batch),
-                    dys,
-                    ws,
-                    &mut dx,
-                    &b,
-                    &cin,
-                    &len,
-                    &cout,
-                    &ks,
-                    &stride,
-                    &pad,
-                    &lout
+                )?;
+                // SAFETY: dy holds B·Cout·Lout floats, read only at 0 ≤ l < Lout; w as in the forward;
+                // the tile writes every dx[b, ci, j], ci < Cin, j < L.
+                // A pipelined build copies the same elements by cp.async into the shared memory
+                // `conv_tc::pick` opted into and set in `grid`.
+                launch!(
+                    gpu, "conv1d", name, grid, dys, ws, &mut dx, &b, &cin, &len, &cout, &ks,
+                    &stride, &pad, &lout
                 )?;
             }
             Ok(Tensor::from_storage(
@@ -453,17 +449,28 @@ pub(crate) fn conv1d_dw_raw(dy: &Tensor, x: &Tensor, d: &Conv1d) -> Result<Tenso
             let mut partial = gpu.alloc::<f32>(splits * n_w)?;
             if n_w > 0 {
                 let (chunk_i, splits_i) = (chunk as i32, splits as i32);
+                let (name, grid) = super::conv_tc::pick(
+                    gpu,
+                    "conv1d",
+                    [
+                        "conv1d_dw_f32",
+                        "conv1d_dw_tc_tf32",
+                        "conv1d_dw_tc_bf16",
+                        "conv1d_dw_tc_pipe_tf32",
+                        "conv1d_dw_tc_pipe_bf16",
+                    ],
+                    true,
+                    super::gemm_tile_grid(d.cout, d.cin * d.ksize, splits),
+                )?;
                 // SAFETY: split z reads k in [z·chunk, min(B·Lout, (z+1)·chunk)), i.e. dy[b, co, l] with
                 // b < B, l < Lout, and x only at 0 ≤ pos < L; it writes partial[z, co, n], z < splits.
+                // A pipelined build copies the same elements by cp.async into the shared memory
+                // `conv_tc::pick` opted into and set in `grid`.
                 launch!(
                     gpu,
                     "conv1d",
-                    super::precision::pick([
-                        "conv1d_dw_f32",
-                        "conv1d_dw_tc_tf32",
-                        "conv1d_dw_tc_bf16"
-                    ]),
-                    super::gemm_tile_grid(d.cout, d.cin * d.ksize, splits),
+                    name,
+                    grid,
                     dys,
                     xs,
                     &mut partial,

@@ -623,35 +623,45 @@ fn run(pass: Pass, a: &Tensor, b: &Tensor, sc: Scales, d: &Conv2d) -> Result<Ten
             );
             let null = 0u64; // a null device pointer: no scale
             let (chunk, splits) = dw_split(d);
-            let (name, cfg, len) = match pass {
+            let unscaled = sc.input.is_none() && sc.output.is_none();
+            let (builds, grid, len) = match pass {
                 Pass::Forward => (
-                    super::precision::pick([
+                    [
                         "conv2d_fwd_f32",
                         "conv2d_fwd_tc_tf32",
                         "conv2d_fwd_tc_bf16",
-                    ]),
+                        "conv2d_fwd_tc_pipe_tf32",
+                        "conv2d_fwd_tc_pipe_bf16",
+                    ],
                     super::gemm_tile_grid(d.cout_g(), d.oh * d.ow, d.batch * d.groups),
                     out_len,
                 ),
                 Pass::Dx => (
-                    super::precision::pick([
+                    [
                         "conv2d_dx_f32",
                         "conv2d_dx_tc_tf32",
                         "conv2d_dx_tc_bf16",
-                    ]),
+                        "conv2d_dx_tc_pipe_tf32",
+                        "conv2d_dx_tc_pipe_bf16",
+                    ],
                     super::gemm_tile_grid(d.cin_g(), d.h * d.w, d.batch * d.groups),
                     out_len,
                 ),
                 Pass::Dw => (
-                    super::precision::pick([
+                    [
                         "conv2d_dw_f32",
                         "conv2d_dw_tc_tf32",
                         "conv2d_dw_tc_bf16",
-                    ]),
+                        "conv2d_dw_tc_pipe_tf32",
+                        "conv2d_dw_tc_pipe_bf16",
+                    ],
                     super::gemm_tile_grid(d.cout_g(), d.cin_g() * d.kh * d.kw, d.groups * splits),
                     splits * out_len,
                 ),
             };
+            // The pipelined dW reads no scales (they depend on two of its GEMM indices).
+            let pipelinable = pass != Pass::Dw || unscaled;
+            let (name, cfg) = super::conv_tc::pick(gpu, "conv2d", builds, pipelinable, grid)?;
             let mut out = gpu.alloc::<f32>(len)?;
             if len > 0 {
                 let (chunk_i, splits_i) = (chunk as i32, splits as i32);
@@ -673,7 +683,9 @@ fn run(pass: Pass, a: &Tensor, b: &Tensor, sc: Scales, d: &Conv2d) -> Result<Ten
                 // SAFETY: a, b hold the tensors Conv2d::new checked against d (x, w, dy of their
                 // shapes); the scales are [B, C] (checked) or null and never read; the loaders read
                 // only inside x / dy / w; each kernel writes every element of `out`, allocated with
-                // `len` floats (dW: splits partial sums of Cout·Cin/G·KH·KW).
+                // `len` floats (dW: splits partial sums of Cout·Cin/G·KH·KW). The pipelined builds copy
+                // the same elements by cp.async into the shared memory `conv_tc::pick` opted into
+                // and set in `cfg`, and are not picked for a dW with scales (they would ignore them).
                 unsafe { lb.launch(cfg) }.map_err(|e| Error::cuda(name, e))?;
             }
             let rows = if pass == Pass::Dw { splits } else { 1 };

@@ -1,8 +1,71 @@
-//! Parity of the convolutions' tensor-core builds (`conv1d_*_tc_*`, `conv2d_*_tc_*`: the
-//! implicit GEMMs of `kernels/conv1d.cu` and `kernels/conv2d.cu` instantiated on
-//! `gemm_tile_tc.cuh`), which run when `ops::precision` is tf32 or bf16. Their twin is the CPU
-//! convolution of the operands rounded as the tensor cores see them: the products are then
-//! exact on both sides and only the f32 accumulation order differs.
+//! The convolutions' tensor-core builds (`conv1d_*_tc_*`, `conv2d_*_tc_*`: the implicit GEMMs of
+//! `kernels/conv1d.cu` and `kernels/conv2d.cu`), which run when `ops::precision` is tf32 or bf16.
+//!
+//! Each pass comes in two tensor-core builds that agree bit for bit (up to the sign of an exact
+//! zero): `*_tc_pipe_*` keeps three 32-deep slabs in flight with 4-byte cp.async copies, one per
+//! gathered element (`kernels/gemm_tile_tc_pipe.cuh`), and is taken by default; `*_tc_*` stages
+//! the next slab through registers. The pipelined dW of conv2d takes no scales (the modulated
+//! convolution's dW keeps the register-staged build), and `matmul_tc::register_staged` makes
+//! every pass take the register-staged build, so the bench can time both on the same shapes.
+//!
+//! Their twin (the tests below) is the CPU convolution of the operands rounded as the tensor
+//! cores see them: the products are then exact on both sides and only the f32 accumulation
+//! order differs.
+
+use cudarc::driver::LaunchConfig;
+
+use super::precision::{self, Precision};
+use crate::error::{Error, Result};
+use crate::tensor::Gpu;
+
+/// Slabs in flight in the pipelined tile (`tcp::STAGES`).
+const STAGES: usize = 3;
+
+/// Dynamic shared memory of a pipelined build: `STAGES × (2·64·LD + 32)` floats, LD = 36 (tf32)
+/// or 40 (bf16), as `gemm_tile_tc_pipe` lays out A, B and B's k-scales.
+fn pipe_smem(p: Precision) -> u32 {
+    let ld = if p == Precision::Bf16 { 40 } else { 36 };
+    (STAGES * (2 * 64 * ld + 32) * std::mem::size_of::<f32>()) as u32
+}
+
+/// One implicit-GEMM pass's builds: `[f32, tc_tf32, tc_bf16, tc_pipe_tf32, tc_pipe_bf16]`.
+pub(crate) type Builds = [&'static str; 5];
+
+/// The build of `builds` this thread's precision runs, and `grid` with the shared memory it
+/// needs: the pipelined one at tf32/bf16 unless `!pipelinable` or `register_staged` says
+/// otherwise (its dynamic shared memory is opted into here, above the default 48 KiB).
+pub(crate) fn pick(
+    gpu: &Gpu,
+    family: &'static str,
+    builds: Builds,
+    pipelinable: bool,
+    grid: LaunchConfig,
+) -> Result<(&'static str, LaunchConfig)> {
+    let p = precision::current();
+    if p == Precision::F32 || !pipelinable || super::matmul_tc::register_staged_requested() {
+        return Ok((precision::pick([builds[0], builds[1], builds[2]]), grid));
+    }
+    let name = if p == Precision::Tf32 {
+        builds[3]
+    } else {
+        builds[4]
+    };
+    let smem = pipe_smem(p);
+    use cudarc::driver::sys::CUfunction_attribute as Attr;
+    gpu.function(family, name)?
+        .set_attribute(
+            Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .map_err(|e| Error::cuda(name, e))?;
+    Ok((
+        name,
+        LaunchConfig {
+            shared_mem_bytes: smem,
+            ..grid
+        },
+    ))
+}
 
 #[cfg(test)]
 mod tests {
@@ -129,5 +192,114 @@ mod tests {
             precision::with(Precision::F32, || conv2d::conv2d_fwd_raw(&x, &w, none, &d)).unwrap();
         let want = conv2d::cpu::conv2d(&xv, &wv, &d).unwrap();
         assert_close(&y32.to_vec_f32().unwrap(), &want, 1e-5, 1e-5, "f32");
+    }
+
+    /// Equal values, treating the two zeros as one (the pipelined tile multiplies a padding zero
+    /// by its k-scale, which may make it −0 where the register-staged one keeps +0).
+    fn assert_same_values(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        let differ = got.iter().zip(want).position(|(a, b)| a != b);
+        assert!(differ.is_none(), "{what}: element {differ:?} differs");
+    }
+
+    #[test]
+    fn pipelined_builds_are_picked_at_tensor_core_precisions_only() {
+        let Some(dev) = gpu() else { return };
+        let crate::tensor::Device::Cuda(g) = &dev else {
+            unreachable!("testing::gpu gives a CUDA device")
+        };
+        let builds = ["f", "t", "b", "pt", "pb"];
+        let grid = crate::ops::gemm_tile_grid(70, 70, 1);
+        let name = |p: Precision, ok: bool| {
+            precision::with(p, || super::pick(g, "conv1d", builds, ok, grid).unwrap())
+        };
+        // Only the real kernels' attributes can be set: pick with real names where it opts in.
+        let real = [
+            "conv1d_fwd_f32",
+            "conv1d_fwd_tc_tf32",
+            "conv1d_fwd_tc_bf16",
+            "conv1d_fwd_tc_pipe_tf32",
+            "conv1d_fwd_tc_pipe_bf16",
+        ];
+        for (p, want, smem) in [(Precision::Tf32, 3, 55_680), (Precision::Bf16, 4, 61_824)] {
+            let (n, cfg) =
+                precision::with(p, || super::pick(g, "conv1d", real, true, grid).unwrap());
+            assert_eq!((n, cfg.shared_mem_bytes), (real[want], smem), "{p}");
+            let staged = crate::ops::matmul_tc::register_staged(|| {
+                precision::with(p, || super::pick(g, "conv1d", real, true, grid).unwrap())
+            });
+            assert_eq!((staged.0, staged.1.shared_mem_bytes), (real[want - 2], 0));
+            assert_eq!(name(p, false).0, builds[want - 2], "{p} not pipelinable");
+        }
+        assert_eq!(name(Precision::F32, true).0, "f");
+    }
+
+    #[test]
+    fn pipelined_builds_equal_the_register_staged_ones() {
+        let Some(dev) = gpu() else { return };
+        let t = |v: &[f32], s: &[usize]| Tensor::from_vec(v.to_vec(), s, &dev).unwrap();
+        let values = |x: Tensor| x.to_vec_f32().unwrap();
+        // conv1d: the mapper's stem (k4 s2) and a k3 p1 residual conv, off every tile edge.
+        for (b, cin, len, cout, ks, stride, pad) in
+            [(3, 17, 70, 67, 3, 1, 1), (2, 5, 131, 65, 4, 2, 1)]
+        {
+            let d = Conv1d::new(&[b, cin, len], &[cout, cin, ks], stride, pad).unwrap();
+            let x = t(&random_vec(d.x_len(), 21), &[b, cin, len]);
+            let w = t(&random_vec(d.w_len(), 22), &[cout, cin, ks]);
+            let dy = t(&random_vec(d.y_len(), 23), &d.y_shape());
+            let passes = || {
+                [
+                    values(conv1d::conv1d_raw(&x, &w, &d).unwrap()),
+                    values(conv1d::conv1d_dx_raw(&dy, &w, &d).unwrap()),
+                    values(conv1d::conv1d_dw_raw(&dy, &x, &d).unwrap()),
+                ]
+            };
+            for p in TENSOR_CORE {
+                let piped = precision::with(p, passes);
+                let staged = crate::ops::matmul_tc::register_staged(|| precision::with(p, passes));
+                for (i, pass) in ["y", "dx", "dW"].iter().enumerate() {
+                    assert_same_values(&piped[i], &staged[i], &format!("{pass} {p} {d:?}"));
+                }
+            }
+        }
+        // conv2d, grouped and strided, without and with the modulated convolution's scales
+        // (negative ones too: the k-scale path of the forward and dx).
+        let (b, cin, h, wd, cout, k, stride, pad, groups) = (2, 10, 17, 15, 66, 3, 2, 1, 2);
+        let d = Conv2d::new(
+            &[b, cin, h, wd],
+            &[cout, cin / groups, k, k],
+            stride,
+            (pad, pad),
+            groups,
+        )
+        .unwrap();
+        let x = t(&random_vec(d.x_len(), 24), &[b, cin, h, wd]);
+        let w = t(&random_vec(d.w_len(), 25), &[cout, cin / groups, k, k]);
+        let dy = t(&random_vec(d.y_len(), 26), &[b, cout, d.oh, d.ow]);
+        let (is, os) = (
+            t(&random_vec(b * cin, 27), &[b, cin]),
+            t(&random_vec(b * cout, 28), &[b, cout]),
+        );
+        let scaled = Scales {
+            input: Some(&is),
+            output: Some(&os),
+        };
+        for sc in [Scales::default(), scaled] {
+            let passes = || {
+                [
+                    values(conv2d::conv2d_fwd_raw(&x, &w, sc, &d).unwrap()),
+                    values(conv2d::conv2d_dx_raw(&dy, &w, sc, &d).unwrap()),
+                    values(conv2d::conv2d_dw_raw(&dy, &x, sc, &d).unwrap()),
+                ]
+            };
+            for p in TENSOR_CORE {
+                let piped = precision::with(p, passes);
+                let staged = crate::ops::matmul_tc::register_staged(|| precision::with(p, passes));
+                for (i, pass) in ["y", "dx", "dW"].iter().enumerate() {
+                    let what = format!("{pass} {p} scaled {} {d:?}", sc.input.is_some());
+                    assert_same_values(&piped[i], &staged[i], &what);
+                }
+            }
+        }
     }
 }

@@ -56,14 +56,19 @@ thread_local! {
     static REGISTER_STAGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs `f` with this thread's tensor-core products on the register-staged kernels even where
-/// the pipelined ones could run: the bench times both variants on the same shapes (the two give
-/// the same bits, so only their speed differs).
+/// Runs `f` with this thread's tensor-core products and convolutions on the register-staged
+/// kernels even where the pipelined ones could run: the bench times both variants on the same
+/// shapes (the two give the same bits, so only their speed differs).
 pub fn register_staged<R>(f: impl FnOnce() -> R) -> R {
     let before = REGISTER_STAGED.with(|c| c.replace(true));
     let out = f();
     REGISTER_STAGED.with(|c| c.set(before));
     out
+}
+
+/// Whether this thread is inside `register_staged`.
+pub(crate) fn register_staged_requested() -> bool {
+    REGISTER_STAGED.with(|c| c.get())
 }
 
 /// Whether the pipelined kernel can read `g`'s operands: its 16-byte copies need each operand's
@@ -100,7 +105,7 @@ pub(crate) fn gemm(
     }
     // The pipelined kernel when the operands allow it; the register-staged one otherwise.
     let (name, smem) = match pipelined_kernel(name) {
-        Some(pipe) if !REGISTER_STAGED.with(|c| c.get()) && pipelinable(gpu, a, b, g) => pipe,
+        Some(pipe) if !register_staged_requested() && pipelinable(gpu, a, b, g) => pipe,
         _ => (name, 0),
     };
     launch(gpu, name, smem, a, b, bias, act, keep_pre, g)

@@ -10,7 +10,6 @@ pub mod channels;
 pub mod concat;
 pub mod conv1d;
 pub mod conv2d;
-#[cfg(test)]
 mod conv_tc;
 pub mod elementwise;
 pub mod embedding;
