@@ -74,9 +74,26 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
     let (n, ch, r) = (s(16, 2), s(128, 8), s(256, 12));
     let flops = 2.0 * (n * ch * ch * 9 * r * r) as f64;
     let act = (4 * n * ch * r * r) as f64;
-    for backward in [false, true] {
+    // f32 forward and forward + backward; then forward + backward on the tensor cores (the
+    // cp.async-pipelined implicit GEMMs, and the register-staged ones for comparison). Their
+    // operands are rounded after the style scales them, so the CPU's f32 twin differs by the
+    // rounding: an error relative to the outputs' scale (about 1 here), hence the floor.
+    use crate::ops::precision::{self, Precision};
+    let variants = [
+        (false, Precision::F32, false, 2e-3, 1e-3),
+        (true, Precision::F32, false, 2e-3, 1e-3),
+        (true, Precision::Tf32, false, 1e-2, 0.5),
+        (true, Precision::Bf16, false, 6e-2, 0.5),
+        (true, Precision::Bf16, true, 6e-2, 0.5),
+    ];
+    for (backward, p, staged, rtol, floor) in variants {
+        let tag = match (p, staged) {
+            (Precision::F32, _) => String::new(),
+            (p, false) => format!(" --precision {p}"),
+            (p, true) => format!(" --precision {p} register-staged"),
+        };
         let name = format!(
-            "modconv {} b256.conv1 [{n},{ch},{r},{r}]",
+            "modconv {}{tag} b256.conv1 [{n},{ch},{r},{r}]",
             if backward { "fwd+bwd" } else { "fwd" }
         );
         let (flops, bytes) = if backward {
@@ -84,7 +101,7 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
         } else {
             (flops, 2.0 * act)
         };
-        out.push(case(name, flops, bytes, 2e-3, move |d| {
+        let row = case(name, flops, bytes, rtol, move |d| {
             let x = input(&[n, ch, r, r], 80, d, DType::F32)?;
             let w = input(&[ch, ch, 3, 3], 81, d, DType::F32)?;
             let st = Tensor::from_vec(
@@ -97,24 +114,40 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
             )?;
             let dy = input(&[n, ch, r, r], 83, d, DType::F32)?;
             Ok(Box::new(move || {
-                let mut tape = if backward {
-                    Tape::new()
-                } else {
-                    Tape::inference()
+                let step = || {
+                    let mut tape = if backward {
+                        Tape::new()
+                    } else {
+                        Tape::inference()
+                    };
+                    for t in [&x, &w, &st] {
+                        tape.watch(t);
+                    }
+                    let y = modulated_conv2d(
+                        &mut tape,
+                        &x,
+                        &w,
+                        &st,
+                        true,
+                        Resample::Same { padding: 1 },
+                    )?;
+                    if !backward {
+                        return Ok(Some(y));
+                    }
+                    let g = tape.backward_with(&y, dy.clone())?;
+                    // dx is the largest of the three gradients and depends on every part of
+                    // the backward.
+                    Ok(g.get(&x).cloned())
                 };
-                for t in [&x, &w, &st] {
-                    tape.watch(t);
+                let at_precision = || precision::with(p, step);
+                if staged {
+                    crate::ops::matmul_tc::register_staged(at_precision)
+                } else {
+                    at_precision()
                 }
-                let y =
-                    modulated_conv2d(&mut tape, &x, &w, &st, true, Resample::Same { padding: 1 })?;
-                if !backward {
-                    return Ok(Some(y));
-                }
-                let g = tape.backward_with(&y, dy.clone())?;
-                // dx is the largest of the three gradients and depends on every part of the backward.
-                Ok(g.get(&x).cloned())
             }))
-        }));
+        });
+        out.push(row.error_floor(floor));
     }
     // Whole networks at 256 px, batch 16 (quick: 16 px, narrow, batch 2).
     let (res, base, n) = (s(256, 16), s(32768, 256), s(16, 2));

@@ -195,12 +195,19 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
             );
         }
     }
-    // The mapper's residual conv: [B, 64, V/2] with k3 p1, V = 15744; on the tensor cores too.
+    // The mapper's residual conv: [B, 64, V/2] with k3 p1, V = 15744; on the tensor cores too,
+    // through the cp.async-pipelined implicit GEMM and (for comparison) the register-staged one.
     let (b, c, l) = (s(128, 2), s(64, 8), s(7872, 50));
-    for p in Precision::ALL {
-        let tag = match p {
-            Precision::F32 => String::new(),
-            other => format!(" --precision {other}"),
+    let staged_too = [Precision::Tf32, Precision::Bf16].map(|p| (p, true));
+    for (p, staged) in Precision::ALL
+        .map(|p| (p, false))
+        .into_iter()
+        .chain(staged_too)
+    {
+        let tag = match (p, staged) {
+            (Precision::F32, _) => String::new(),
+            (other, false) => format!(" --precision {other}"),
+            (other, true) => format!(" --precision {other} register-staged"),
         };
         out.push(case(
             format!("conv1d k3{tag} [{b},{c},{l}]"),
@@ -213,16 +220,23 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
                     operand_at(p, &[c, c, 3], 4, d)?,
                 );
                 Ok(Box::new(move || {
-                    precision::with(p, || {
-                        Ok(Some(conv1d::conv1d(
-                            &mut Tape::inference(),
-                            &x,
-                            &w,
-                            None,
-                            1,
-                            1,
-                        )?))
-                    })
+                    let conv = || {
+                        precision::with(p, || {
+                            Ok(Some(conv1d::conv1d(
+                                &mut Tape::inference(),
+                                &x,
+                                &w,
+                                None,
+                                1,
+                                1,
+                            )?))
+                        })
+                    };
+                    if staged {
+                        crate::ops::matmul_tc::register_staged(conv)
+                    } else {
+                        conv()
+                    }
                 }))
             },
         ));
