@@ -38,6 +38,47 @@ __device__ __forceinline__ void zero_acc(float (&acc)[MI][NI][4]) {
             for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
 }
 
+// A warp's MI × NI mma accumulators out through `store(m, n, v)`, for the in-range elements of the
+// warp's tile at (m_base, n_base): element e of tile (mi, ni) is (row g + 8·(e / 2), col 2t + e % 2)
+// of that 16×8 tile, g = lane / 4, t = lane % 4 (the mma's C layout).
+template <int MI, int NI, typename Store>
+__device__ __forceinline__ void store_acc(const float (&acc)[MI][NI][4], int M, int N, int m_base, int n_base, int lane, const Store& store) {
+#pragma unroll
+    for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+        for (int ni = 0; ni < NI; ni++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int m = m_base + mi * 16 + (lane >> 2) + (e >> 1) * 8;
+                const int n = n_base + ni * 8 + (lane & 3) * 2 + (e & 1);
+                if (m < M && n < N) store(m, n, acc[mi][ni][e]);
+            }
+}
+
+// A cp.async pipeline over `steps` k-steps with STAGES - 1 of them in flight ahead of the one in
+// use: `stage(s)` issues step s's copies into buffer s % STAGES, `consume(s)` reads that buffer.
+// One commit group per step (empty past the last), so "step s has landed" is always "at most
+// STAGES - 2 groups are still in flight"; the barrier before each refill is what frees the buffer
+// step s - 1 used. Returns with every copy landed and every thread past a barrier, so the caller
+// may refill the buffers (a next tile, a next batch item). All threads of the block must call it.
+template <int STAGES, typename Stage, typename Consume>
+__device__ __forceinline__ void cp_async_pipeline(int steps, const Stage& stage, const Consume& consume) {
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < steps) stage(s);
+        cp_async_commit();
+    }
+    for (int s = 0; s < steps; s++) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();  // step s is visible to every warp, and every warp is done with step s - 1
+        if (s + STAGES - 1 < steps) stage(s + STAGES - 1);  // into step s - 1's buffer
+        cp_async_commit();
+        consume(s);
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+}
+
 struct TcTf32 {
     using Smem = unsigned;             // tf32 bits
     static constexpr int LD = tc::BK + 4;  // (row g, col t) reads hit 32 distinct banks
@@ -136,16 +177,7 @@ __device__ __forceinline__ void gemm_tile_tc(int M, int N, int k_begin, int k_en
         P::template multiply<2, 2>(As, Bs, wm, wn, lane, acc);
         __syncthreads();  // every warp is done with the slab before the next one is stored
     }
-#pragma unroll
-    for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-        for (int ni = 0; ni < 2; ni++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int m = m0 + wm + mi * 16 + (lane >> 2) + (e >> 1) * 8;
-                const int n = n0 + wn + ni * 8 + (lane & 3) * 2 + (e & 1);
-                if (m < M && n < N) store(m, n, acc[mi][ni][e]);
-            }
+    store_acc(acc, M, N, m0 + wm, n0 + wn, lane, store);
 }
 
 // The tile a kernel template picks by its precision parameter: 0 the FP32 SIMT tile

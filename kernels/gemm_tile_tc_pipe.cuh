@@ -137,33 +137,11 @@ __device__ __forceinline__ void gemm_tile_tc_pipe(int M, int N, int k_begin, int
             cp_async4(buf + 2 * SLAB + tid, ps ? ps : fallback, ps ? 4 : 0);
         }
     };
-    // One commit group per slab (empty past the last), so "slab s has landed" is always "at
-    // most STAGES - 2 groups are still in flight".
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; s++) {
-        if (s < slabs) stage(s);
-        cp_async_commit();
-    }
-    for (int s = 0; s < slabs; s++) {
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();  // slab s is visible to every warp, and every warp is done with slab s - 1
-        if (s + STAGES - 1 < slabs) stage(s + STAGES - 1);  // into slab s - 1's buffer
-        cp_async_commit();
+    cp_async_pipeline<STAGES>(slabs, stage, [&](int s) {
         const float* buf = smem + (s % STAGES) * STAGE;
         P::template multiply<2, 2>(buf, buf + SLAB, scaled ? buf + 2 * SLAB : nullptr, wm, wn, lane, acc);
-    }
-    cp_async_wait<0>();
-    __syncthreads();  // every warp is done with the buffers before a next tile refills them
-#pragma unroll
-    for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-        for (int ni = 0; ni < 2; ni++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int m = m0 + wm + mi * 16 + (lane >> 2) + (e >> 1) * 8;
-                const int n = n0 + wn + ni * 8 + (lane & 3) * 2 + (e & 1);
-                if (m < M && n < N) store(m, n, acc[mi][ni][e]);
-            }
+    });
+    store_acc(acc, M, N, m0 + wm, n0 + wn, lane, store);
 }
 
 // The pipelined tile of a kernel template's precision parameter (1 tf32, 2 bf16).

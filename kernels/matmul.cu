@@ -378,23 +378,10 @@ __device__ __forceinline__ void matmul_tc_pipe_body(const float* __restrict__ A,
         };
         float acc[4][4][4];
         zero_acc(acc);
-        // One commit group per k-tile (empty past the last), so "tile kt has landed" is always
-        // "at most PIPE_STAGES - 2 groups are still in flight".
-#pragma unroll
-        for (int s = 0; s < PIPE_STAGES - 1; s++) {
-            if (s < ktiles) stage(s);
-            cp_async_commit();
-        }
-        for (int kt = 0; kt < ktiles; kt++) {
-            cp_async_wait<PIPE_STAGES - 2>();
-            __syncthreads();  // tile kt is visible to every warp, and every warp is done with tile kt - 1
-            if (kt + PIPE_STAGES - 1 < ktiles) stage(kt + PIPE_STAGES - 1);  // into tile kt - 1's buffer
-            cp_async_commit();
+        cp_async_pipeline<PIPE_STAGES>(ktiles, stage, [&](int kt) {
             const int buf = kt % PIPE_STAGES;
             P::template multiply<AK, BK>(As + buf * P::STAGE, Bs + buf * P::STAGE, wm, wn, lane, acc);
-        }
-        cp_async_wait<0>();
-        __syncthreads();  // every warp is done with the buffers before the next batch item fills them
+        });  // ends with every warp done with the buffers, before the next batch item fills them
         store_tc_tile(acc, C + (u64)z * M * N, pre ? pre + (u64)z * M * N : nullptr, bias, M, N, m0 + wm, n0 + wn, lane, op, alpha, beta);
     }
 }
