@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use super::{case, input, Case};
+use super::{at_precision, case, input, precision_tag, Case};
 use crate::error::Result;
 use crate::models::lafite::{
     Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, Network,
@@ -78,7 +78,7 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
     // cp.async-pipelined implicit GEMMs, and the register-staged ones for comparison). Their
     // operands are rounded after the style scales them, so the CPU's f32 twin differs by the
     // rounding: an error relative to the outputs' scale (about 1 here), hence the floor.
-    use crate::ops::precision::{self, Precision};
+    use crate::ops::precision::Precision;
     let variants = [
         (false, Precision::F32, false, 2e-3, 1e-3),
         (true, Precision::F32, false, 2e-3, 1e-3),
@@ -87,14 +87,10 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
         (true, Precision::Bf16, true, 6e-2, 0.5),
     ];
     for (backward, p, staged, rtol, floor) in variants {
-        let tag = match (p, staged) {
-            (Precision::F32, _) => String::new(),
-            (p, false) => format!(" --precision {p}"),
-            (p, true) => format!(" --precision {p} register-staged"),
-        };
         let name = format!(
-            "modconv {}{tag} b256.conv1 [{n},{ch},{r},{r}]",
-            if backward { "fwd+bwd" } else { "fwd" }
+            "modconv {}{} b256.conv1 [{n},{ch},{r},{r}]",
+            if backward { "fwd+bwd" } else { "fwd" },
+            precision_tag(p, staged)
         );
         let (flops, bytes) = if backward {
             (3.0 * flops, 4.0 * act)
@@ -139,12 +135,7 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
                     // the backward.
                     Ok(g.get(&x).cloned())
                 };
-                let at_precision = || precision::with(p, step);
-                if staged {
-                    crate::ops::matmul_tc::register_staged(at_precision)
-                } else {
-                    at_precision()
-                }
+                at_precision(p, staged, step)
             }))
         });
         out.push(row.error_floor(floor));

@@ -177,17 +177,10 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
                             operand_at(p, &[k, n], 2, d)?,
                         );
                         Ok(Box::new(move || {
-                            let product = || {
-                                precision::with(p, || {
-                                    let mut tape = Tape::inference();
-                                    Ok(Some(matmul::matmul(&mut tape, &a, &b, trans_a, false)?))
-                                })
-                            };
-                            if staged {
-                                crate::ops::matmul_tc::register_staged(product)
-                            } else {
-                                product()
-                            }
+                            at_precision(p, staged, || {
+                                let mut tape = Tape::inference();
+                                Ok(Some(matmul::matmul(&mut tape, &a, &b, trans_a, false)?))
+                            })
                         }))
                     },
                 )
@@ -204,13 +197,8 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
         .into_iter()
         .chain(staged_too)
     {
-        let tag = match (p, staged) {
-            (Precision::F32, _) => String::new(),
-            (other, false) => format!(" --precision {other}"),
-            (other, true) => format!(" --precision {other} register-staged"),
-        };
         out.push(case(
-            format!("conv1d k3{tag} [{b},{c},{l}]"),
+            format!("conv1d k3{} [{b},{c},{l}]", precision_tag(p, staged)),
             2.0 * (b * c * l * c * 3) as f64,
             (4 * (2 * b * c * l + c * c * 3)) as f64,
             1e-3,
@@ -220,23 +208,10 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
                     operand_at(p, &[c, c, 3], 4, d)?,
                 );
                 Ok(Box::new(move || {
-                    let conv = || {
-                        precision::with(p, || {
-                            Ok(Some(conv1d::conv1d(
-                                &mut Tape::inference(),
-                                &x,
-                                &w,
-                                None,
-                                1,
-                                1,
-                            )?))
-                        })
-                    };
-                    if staged {
-                        crate::ops::matmul_tc::register_staged(conv)
-                    } else {
-                        conv()
-                    }
+                    at_precision(p, staged, || {
+                        let mut tape = Tape::inference();
+                        Ok(Some(conv1d::conv1d(&mut tape, &x, &w, None, 1, 1)?))
+                    })
                 }))
             },
         ));
@@ -874,6 +849,27 @@ pub fn measure_copy_bandwidth(device: &Device) -> Result<Option<f64>> {
     Ok(Some(
         2.0 * 4.0 * n as f64 / (times[times.len() / 2] * 1e-3) / 1e9,
     ))
+}
+
+/// Runs `f` at precision `p`: on the register-staged tensor-core kernels when `staged` (the
+/// rows that compare them with the pipelined ones), otherwise on the kernels the engine picks.
+fn at_precision<R>(p: Precision, staged: bool, f: impl FnOnce() -> R) -> R {
+    let run = || precision::with(p, f);
+    if staged {
+        crate::ops::matmul_tc::register_staged(run)
+    } else {
+        run()
+    }
+}
+
+/// A case name's precision: nothing at f32, else ` --precision P` and, for the rows on the
+/// register-staged kernels, ` register-staged`.
+fn precision_tag(p: Precision, staged: bool) -> String {
+    match (p, staged) {
+        (Precision::F32, _) => String::new(),
+        (p, false) => format!(" --precision {p}"),
+        (p, true) => format!(" --precision {p} register-staged"),
+    }
 }
 
 #[cfg(test)]
