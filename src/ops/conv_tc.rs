@@ -144,20 +144,19 @@ mod tests {
         }
     }
 
+    /// A grouped (2), strided (2) 3×3 conv of 2 × 10 channels to 66 at h × w, padding 1: every
+    /// GEMM dimension off the tile.
+    fn grouped_strided(h: usize, w: usize) -> Conv2d {
+        Conv2d::new(&[2, 10, h, w], &[66, 5, 3, 3], 2, (1, 1), 2).unwrap()
+    }
+
     #[test]
     fn conv2d_tensor_core_passes_match_the_rounded_twin() {
         let Some(dev) = gpu() else { return };
         // Grouped and strided, channel and pixel counts off the tile (forward M = Cout/G = 33,
         // N = OH·OW = 81, K = Cin/G·9 = 45; dW N = 45, K = B·OH·OW = 162).
-        let (b, cin, h, wd, cout, k, stride, pad, groups) = (2, 10, 17, 17, 66, 3, 2, 1, 2);
-        let d = Conv2d::new(
-            &[b, cin, h, wd],
-            &[cout, cin / groups, k, k],
-            stride,
-            (pad, pad),
-            groups,
-        )
-        .unwrap();
+        let d = grouped_strided(17, 17);
+        let (b, cin, h, wd, cout, k, groups) = (d.batch, d.cin, d.h, d.w, d.cout, d.kh, d.groups);
         let (xv, wv) = (random_vec(d.x_len(), 4), random_vec(d.w_len(), 5));
         let dyv = random_vec(d.y_len(), 6);
         let t = |v: &[f32], s: &[usize]| Tensor::from_vec(v.to_vec(), s, &dev).unwrap();
@@ -264,15 +263,8 @@ mod tests {
         }
         // conv2d, grouped and strided, without and with the modulated convolution's scales
         // (negative ones too: the k-scale path of the forward and dx).
-        let (b, cin, h, wd, cout, k, stride, pad, groups) = (2, 10, 17, 15, 66, 3, 2, 1, 2);
-        let d = Conv2d::new(
-            &[b, cin, h, wd],
-            &[cout, cin / groups, k, k],
-            stride,
-            (pad, pad),
-            groups,
-        )
-        .unwrap();
+        let d = grouped_strided(17, 15);
+        let (b, cin, h, wd, cout, k, groups) = (d.batch, d.cin, d.h, d.w, d.cout, d.kh, d.groups);
         let x = t(&random_vec(d.x_len(), 24), &[b, cin, h, wd]);
         let w = t(&random_vec(d.w_len(), 25), &[cout, cin / groups, k, k]);
         let dy = t(&random_vec(d.y_len(), 26), &[b, cout, d.oh, d.ow]);
