@@ -17,41 +17,51 @@
 
 // Forward, per batch item z = b: M = Cout, N = Lout, K = Cin·Ks (kk = ci·Ks + k).
 // A(co, kk) = w[co, kk] (w viewed as [Cout, Cin·Ks]); B(kk, l) = x[b, ci, l·stride + k − pad] or 0.
+// The epilogue, as each output is stored (the mapper's conv → bias → + residual → ReLU, one
+// pass instead of three over y): y = relu?((acc + bias[co]) + res[b, co, l]), each part only
+// when given (bias, res nullable; relu 0/1), in the order the separate ops would apply it.
 template <int PREC, bool PIPE = false>
-__device__ __forceinline__ void conv1d_fwd_body(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks,
-                   int stride, int pad, int Lout) {
+__device__ __forceinline__ void conv1d_fwd_body(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                                                const float* __restrict__ res, int relu, float* __restrict__ y, int B, int Cin, int L,
+                                                int Cout, int Ks, int stride, int pad, int Lout) {
     const int m0 = blockIdx.y * gemm::BM, n0 = blockIdx.x * gemm::BN;
     const int KK = Cin * Ks;
     for (int b = blockIdx.z; b < B; b += gridDim.z) {
         const float* xb = x + (u64)b * Cin * L;
         float* yb = y + (u64)b * Cout * Lout;
+        const float* rb = res ? res + (u64)b * Cout * Lout : nullptr;
         auto at_a = [=](int co, int kk) { return w + (u64)co * KK + kk; };
         auto at_b = [=](int kk, int l) -> const float* {
             int ci = kk / Ks, k = kk - ci * Ks;
             int pos = l * stride + k - pad;
             return (pos >= 0 && pos < L) ? xb + (u64)ci * L + pos : nullptr;
         };
-        auto store = [=](int co, int l, float v) { yb[(u64)co * Lout + l] = v; };
+        auto store = [=](int co, int l, float v) {
+            const u64 at = (u64)co * Lout + l;
+            if (bias) v += bias[co];
+            if (rb) v += rb[at];
+            yb[at] = relu && !(v > 0.f) ? 0.f : v;  // relu as unary_fwd's: x > 0 ? x : 0
+        };
         conv_gemm<PREC, PIPE>(Cout, Lout, 0, KK, m0, n0, true, true, w, at_a, at_b, false, NoScale{}, store);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(gemm::THREADS)
-    conv1d_fwd_f32(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks,
-                   int stride, int pad, int Lout) {
-    conv1d_fwd_body<0>(x, w, y, B, Cin, L, Cout, Ks, stride, pad, Lout);
+    conv1d_fwd_f32(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, const float* __restrict__ res, int relu,
+                   float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks, int stride, int pad, int Lout) {
+    conv1d_fwd_body<0>(x, w, bias, res, relu, y, B, Cin, L, Cout, Ks, stride, pad, Lout);
 }
 
 extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
-    conv1d_fwd_tc_tf32(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks,
-                   int stride, int pad, int Lout) {
-    conv1d_fwd_body<1>(x, w, y, B, Cin, L, Cout, Ks, stride, pad, Lout);
+    conv1d_fwd_tc_tf32(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, const float* __restrict__ res, int relu,
+                       float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks, int stride, int pad, int Lout) {
+    conv1d_fwd_body<1>(x, w, bias, res, relu, y, B, Cin, L, Cout, Ks, stride, pad, Lout);
 }
 
 extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
-    conv1d_fwd_tc_bf16(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks,
-                   int stride, int pad, int Lout) {
-    conv1d_fwd_body<2>(x, w, y, B, Cin, L, Cout, Ks, stride, pad, Lout);
+    conv1d_fwd_tc_bf16(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, const float* __restrict__ res, int relu,
+                       float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks, int stride, int pad, int Lout) {
+    conv1d_fwd_body<2>(x, w, bias, res, relu, y, B, Cin, L, Cout, Ks, stride, pad, Lout);
 }
 
 // dx, per batch item z = b: M = Cin, N = L, K = Cout·Ks (kk = co·Ks + k).
@@ -150,15 +160,15 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
 
 // ---- The pipelined builds (--precision tf32|bf16 on the cp.async tile) -------------------------
 extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
-    conv1d_fwd_tc_pipe_tf32(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks,
-                            int stride, int pad, int Lout) {
-    conv1d_fwd_body<1, true>(x, w, y, B, Cin, L, Cout, Ks, stride, pad, Lout);
+    conv1d_fwd_tc_pipe_tf32(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, const float* __restrict__ res, int relu,
+                            float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks, int stride, int pad, int Lout) {
+    conv1d_fwd_body<1, true>(x, w, bias, res, relu, y, B, Cin, L, Cout, Ks, stride, pad, Lout);
 }
 
 extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
-    conv1d_fwd_tc_pipe_bf16(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks,
-                            int stride, int pad, int Lout) {
-    conv1d_fwd_body<2, true>(x, w, y, B, Cin, L, Cout, Ks, stride, pad, Lout);
+    conv1d_fwd_tc_pipe_bf16(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, const float* __restrict__ res, int relu,
+                            float* __restrict__ y, int B, int Cin, int L, int Cout, int Ks, int stride, int pad, int Lout) {
+    conv1d_fwd_body<2, true>(x, w, bias, res, relu, y, B, Cin, L, Cout, Ks, stride, pad, Lout);
 }
 
 extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)

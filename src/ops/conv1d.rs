@@ -20,7 +20,11 @@
 //! dW is one product with k = B·Lout, split over grid z into at most 64 MB of partial sums that
 //! `reduce_axis_raw` then adds in a fixed order (deterministic). The CPU twin does im2col + GEMM
 //! (ndarray) per batch item, rayon over the batch.
+//!
+//! `conv1d_fused` applies the bias, a residual add and a ReLU as the forward stores y
+//! (`Epilogue`), the same numbers as the separate ops; its backward reads the ReLU's mask off y.
 
+use cudarc::driver::PushKernelArg;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
@@ -28,7 +32,7 @@ use rayon::prelude::*;
 use super::{same_device, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::ops::elementwise::{bias_add_raw, bias_grad_raw};
+use crate::ops::elementwise::{bias_grad_raw, unary_bwd_raw, Unary};
 use crate::ops::reduce::{reduce_axis_raw, Reduce};
 use crate::tensor::{launch, Device, Storage, Tensor};
 
@@ -206,6 +210,29 @@ pub mod cpu {
         Ok(y)
     }
 
+    /// `relu?((conv1d(x, w) + bias) + residual)`: the fused forward's twin, each part in the
+    /// order the separate ops apply it (and ReLU as `unary_fwd`'s).
+    pub fn conv1d_epilogue<T: Real>(
+        x: &[T],
+        w: &[T],
+        bias: Option<&[T]>,
+        residual: Option<&[T]>,
+        relu: bool,
+        d: &Conv1d,
+    ) -> Result<Vec<T>> {
+        let mut y = conv1d(x, w, bias, d)?;
+        if let Some(r) = residual {
+            check("residual", r.len(), d.y_len())?;
+            y.par_iter_mut().zip(r).for_each(|(v, &r)| *v = *v + r);
+        }
+        if relu {
+            let relu = crate::ops::elementwise::Unary::Relu;
+            y.par_iter_mut()
+                .for_each(|v| *v = crate::ops::elementwise::cpu::unary_fwd(relu, *v));
+        }
+        Ok(y)
+    }
+
     /// `dx_b = col2im(Wᵀ · dy_b)` per batch item.
     pub fn conv1d_dx<T: Real>(dy: &[T], w: &[T], d: &Conv1d) -> Result<Vec<T>> {
         check("dy", dy.len(), d.y_len())?;
@@ -336,23 +363,60 @@ pub(crate) fn dw_split(d: &Conv1d) -> (usize, usize) {
     (chunk, k.div_ceil(chunk).max(1))
 }
 
+/// What the forward applies to each output as it stores it, in one pass over y:
+/// `y = relu?((conv + bias) + residual)`, the mapper's conv → bias → residual add → ReLU
+/// (otherwise three more passes over y, each a read and a write of the whole activation). Every
+/// part is optional; they are applied in that order, so the result is the separate ops' bit for
+/// bit.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// `[Cout]`.
+    pub bias: Option<&'a Tensor>,
+    /// `[B, Cout, Lout]`, y's shape.
+    pub residual: Option<&'a Tensor>,
+    pub relu: bool,
+}
+
 /// `y = conv1d(x, w)` (no bias) without recording.
+#[cfg(test)]
 pub(crate) fn conv1d_raw(x: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
+    conv1d_epilogue_raw(x, w, Epilogue::default(), d)
+}
+
+/// `y = epilogue(conv1d(x, w))` without recording; the epilogue's tensors checked by the caller.
+fn conv1d_epilogue_raw(x: &Tensor, w: &Tensor, epi: Epilogue, d: &Conv1d) -> Result<Tensor> {
     const OP: &str = "conv1d";
     same_device(OP, &[x, w])?;
     let (sx, sw) = (x.storage(), w.storage());
+    let (sb, sr) = (
+        epi.bias.map(|t| t.storage()),
+        epi.residual.map(|t| t.storage()),
+    );
     match x.device() {
         Device::Cpu => Tensor::from_vec(
-            cpu::conv1d(sx.cpu_f32(OP)?, sw.cpu_f32(OP)?, None, d)?,
+            cpu::conv1d_epilogue(
+                sx.cpu_f32(OP)?,
+                sw.cpu_f32(OP)?,
+                sb.as_ref().map(|s| s.cpu_f32(OP)).transpose()?,
+                sr.as_ref().map(|s| s.cpu_f32(OP)).transpose()?,
+                epi.relu,
+                d,
+            )?,
             &d.y_shape(),
             x.device(),
         ),
         Device::Cuda(gpu) => {
             let (xs, ws) = (sx.cuda_f32(OP)?, sw.cuda_f32(OP)?);
+            let (bs, rs) = (
+                sb.as_ref().map(|s| s.cuda_f32(OP)).transpose()?,
+                sr.as_ref().map(|s| s.cuda_f32(OP)).transpose()?,
+            );
             let [b, cin, len, cout, ks, stride, pad, lout] = kernel_ints(d)?;
+            let relu = epi.relu as i32;
+            let null = 0u64; // a null device pointer: no bias / no residual
             let mut y = gpu.alloc::<f32>(d.y_len())?;
             if d.y_len() > 0 {
-                let (name, grid) = super::conv_tc::pick(
+                let (name, cfg) = super::conv_tc::pick(
                     gpu,
                     "conv1d",
                     [
@@ -365,14 +429,28 @@ pub(crate) fn conv1d_raw(x: &Tensor, w: &Tensor, d: &Conv1d) -> Result<Tensor> {
                     true,
                     super::gemm_tile_grid(d.cout, d.lout, d.batch),
                 )?;
-                // SAFETY: x, w hold B·Cin·L and Cout·Cin·K floats (shapes checked by Conv1d::new); the
-                // loaders read x only at 0 ≤ pos < L, and the tile writes y[b, co, l] for co < Cout, l < Lout.
-                // A pipelined build copies the same elements by cp.async into the shared memory
-                // `conv_tc::pick` opted into and set in `grid`.
-                launch!(
-                    gpu, "conv1d", name, grid, xs, ws, &mut y, &b, &cin, &len, &cout, &ks, &stride,
-                    &pad, &lout
-                )?;
+                let f = gpu.function("conv1d", name)?;
+                let mut lb = gpu.stream.launch_builder(&f);
+                lb.arg(xs).arg(ws);
+                match bs {
+                    Some(s) => lb.arg(s),
+                    None => lb.arg(&null),
+                };
+                match rs {
+                    Some(s) => lb.arg(s),
+                    None => lb.arg(&null),
+                };
+                lb.arg(&relu).arg(&mut y);
+                for v in [&b, &cin, &len, &cout, &ks, &stride, &pad, &lout] {
+                    lb.arg(v);
+                }
+                // SAFETY: x, w hold B·Cin·L and Cout·Cin·K floats (shapes checked by Conv1d::new);
+                // bias holds Cout and the residual B·Cout·Lout floats (checked by the caller), or
+                // they are null and never read; the loaders read x only at 0 ≤ pos < L, and the
+                // tile writes (and reads the residual at) y[b, co, l] for co < Cout, l < Lout. A
+                // pipelined build copies the same elements by cp.async into the shared memory
+                // `conv_tc::pick` opted into and set in `cfg`.
+                unsafe { lb.launch(cfg) }.map_err(|e| Error::cuda(name, e))?;
             }
             Ok(Tensor::from_storage(
                 Storage::CudaF32(y),
@@ -508,8 +586,27 @@ pub fn conv1d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    let epi = Epilogue {
+        bias,
+        ..Epilogue::default()
+    };
+    conv1d_fused(tape, x, weight, stride, padding, epi)
+}
+
+/// `y = relu?((conv1d(x, weight) + bias) + residual)` in one kernel (see `Epilogue`), the same
+/// numbers as `conv1d`, `elementwise::add` and `elementwise::relu` one after another, forward
+/// and backward. Recorded: the ReLU's gradient mask is read off y (y > 0 exactly where the
+/// pre-activation is), so nothing more is kept than y.
+pub fn conv1d_fused(
+    tape: &mut Tape,
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+    epi: Epilogue,
+) -> Result<Tensor> {
     let d = Conv1d::new(x.shape(), weight.shape(), stride, padding)?;
-    if let Some(b) = bias {
+    if let Some(b) = epi.bias {
         if b.shape() != [d.cout] {
             return Err(Error::shape(
                 "conv1d",
@@ -523,35 +620,58 @@ pub fn conv1d(
         }
         same_device("conv1d", &[x, b])?;
     }
-    let y = conv1d_raw(x, weight, &d)?;
-    let y = match bias {
-        Some(b) => bias_add_raw(&y, b, 1)?,
-        None => y,
-    };
+    if let Some(r) = epi.residual {
+        if r.shape() != d.y_shape() {
+            return Err(Error::shape(
+                "conv1d",
+                format!(
+                    "residual {:?} for an output of shape {:?}",
+                    r.shape(),
+                    d.y_shape()
+                ),
+            ));
+        }
+        same_device("conv1d", &[x, r])?;
+    }
+    let y = conv1d_epilogue_raw(x, weight, epi, &d)?;
     // Only the gradients some watched tensor depends on are computed (the network input's dx,
     // as big as the first layer's work, usually is not).
     let (need_x, need_w) = (tape.needs_grad(&[x]), tape.needs_grad(&[weight]));
-    let need_b = bias.map(|b| tape.needs_grad(&[b]));
+    let need_b = epi.bias.map(|b| tape.needs_grad(&[b]));
+    let has_residual = epi.residual.is_some();
     let (xc, wc) = (x.clone(), weight.clone());
-    let inputs: Vec<&Tensor> = [x, weight].into_iter().chain(bias).collect();
+    let y_kept = epi.relu.then(|| y.clone());
+    let inputs: Vec<&Tensor> = [x, weight]
+        .into_iter()
+        .chain(epi.bias)
+        .chain(epi.residual)
+        .collect();
     tape.record(&inputs, &y, move |dy| {
+        // dL/d(pre-activation): relu's backward, which reads only whether its input was > 0.
+        let dpre = match &y_kept {
+            Some(y) => unary_bwd_raw(Unary::Relu, y, y, dy)?,
+            None => dy.clone(),
+        };
         let dx = if need_x {
-            Some(conv1d_dx_raw(dy, &wc, &d)?)
+            Some(conv1d_dx_raw(&dpre, &wc, &d)?)
         } else {
             None
         };
         let dw = if need_w {
-            Some(conv1d_dw_raw(dy, &xc, &d)?)
+            Some(conv1d_dw_raw(&dpre, &xc, &d)?)
         } else {
             None
         };
         let mut grads = vec![dx, dw];
         if let Some(nb) = need_b {
             grads.push(if nb {
-                Some(bias_grad_raw(dy, d.batch, d.cout, d.lout)?)
+                Some(bias_grad_raw(&dpre, d.batch, d.cout, d.lout)?)
             } else {
                 None
             });
+        }
+        if has_residual {
+            grads.push(Some(dpre));
         }
         Ok(grads)
     });
@@ -672,6 +792,158 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn fused_epilogue_gradients_match_finite_differences() {
+        for geo in [(3, 1, 1), (4, 2, 1)] {
+            let d = dims(2, 3, 9, 4, geo).unwrap();
+            let (x, w, bias, g) = inputs(&d, 31);
+            let res = f64s(&random_vec(d.y_len(), 35));
+            let twin = |x: &[f64], w: &[f64], b: &[f64], r: &[f64]| {
+                cpu::conv1d_epilogue(x, w, Some(b), Some(r), true, &d).unwrap()
+            };
+            let loss = |x: &[f64], w: &[f64], b: &[f64], r: &[f64]| {
+                twin(x, w, b, r)
+                    .iter()
+                    .zip(&g)
+                    .map(|(y, g)| y * g)
+                    .sum::<f64>()
+            };
+            // Some outputs on each side of the ReLU's kink, or the mask is not tested.
+            let y = twin(&x, &w, &bias, &res);
+            assert!(y.iter().any(|&v| v == 0.0) && y.iter().any(|&v| v > 0.0));
+            let dpre: Vec<f64> = y
+                .iter()
+                .zip(&g)
+                .map(|(&y, &g)| if y > 0.0 { g } else { 0.0 })
+                .collect();
+            let what = format!("{d:?}");
+            gradcheck(
+                &format!("dx {what}"),
+                |v| loss(v, &w, &bias, &res),
+                &x,
+                &cpu::conv1d_dx(&dpre, &w, &d).unwrap(),
+            );
+            gradcheck(
+                &format!("dW {what}"),
+                |v| loss(&x, v, &bias, &res),
+                &w,
+                &cpu::conv1d_dw(&dpre, &x, &d).unwrap(),
+            );
+            gradcheck(
+                &format!("db {what}"),
+                |v| loss(&x, &w, v, &res),
+                &bias,
+                &cpu::conv1d_db(&dpre, &d),
+            );
+            gradcheck(
+                &format!("dres {what}"),
+                |v| loss(&x, &w, &bias, v),
+                &res,
+                &dpre,
+            );
+        }
+    }
+
+    /// The fused op against conv1d, add and relu one after another: equal outputs and gradients
+    /// for every combination of the epilogue's parts, on every device and (on a GPU) at every
+    /// precision, so the tensor-core and pipelined builds' epilogues are covered too.
+    #[test]
+    fn fused_epilogue_equals_the_separate_ops_on_every_device() {
+        use crate::ops::elementwise as ew;
+        use crate::ops::precision::{self, Precision};
+        for device in devices() {
+            let precisions: &[Precision] = match device {
+                Device::Cpu => &[Precision::F32],
+                Device::Cuda(_) => &Precision::ALL,
+            };
+            // Cout and Lout off the 64-wide tile; a strided stem-like geometry.
+            for geo in [(3, 1, 1), (4, 2, 1)] {
+                let d = dims(2, 5, 135, 66, geo).unwrap();
+                let t = |v: Vec<f32>, s: &[usize]| Tensor::from_vec(v, s, &device).unwrap();
+                let x = t(random_vec(d.x_len(), 41), &[d.batch, d.cin, d.len]);
+                let w = t(random_vec(d.w_len(), 42), &[d.cout, d.cin, d.ksize]);
+                let b = t(random_vec(d.cout, 43), &[d.cout]);
+                let r = t(random_vec(d.y_len(), 44), &d.y_shape());
+                let g = t(random_vec(d.y_len(), 45), &d.y_shape());
+                for &p in precisions {
+                    for parts in 0..8 {
+                        let (bias, residual, relu) = (
+                            (parts & 1 != 0).then_some(&b),
+                            (parts & 2 != 0).then_some(&r),
+                            parts & 4 != 0,
+                        );
+                        let run = |fused: bool| {
+                            precision::with(p, || {
+                                let mut tape = Tape::new();
+                                for v in [&x, &w, &b, &r] {
+                                    tape.watch(v);
+                                }
+                                let y = if fused {
+                                    let epi = Epilogue {
+                                        bias,
+                                        residual,
+                                        relu,
+                                    };
+                                    conv1d_fused(&mut tape, &x, &w, geo.1, geo.2, epi).unwrap()
+                                } else {
+                                    let mut y =
+                                        conv1d(&mut tape, &x, &w, bias, geo.1, geo.2).unwrap();
+                                    if let Some(r) = residual {
+                                        y = ew::add(&mut tape, &y, r).unwrap();
+                                    }
+                                    if relu {
+                                        y = ew::relu(&mut tape, &y).unwrap();
+                                    }
+                                    y
+                                };
+                                let grads = tape.backward_with(&y, g.clone()).unwrap();
+                                let mut out = vec![y.to_vec_f32().unwrap()];
+                                for v in [&x, &w, &b, &r] {
+                                    out.push(
+                                        grads
+                                            .get(v)
+                                            .map(|t| t.to_vec_f32().unwrap())
+                                            .unwrap_or_default(),
+                                    );
+                                }
+                                out
+                            })
+                        };
+                        let (fused, separate) = (run(true), run(false));
+                        for (i, name) in ["y", "dx", "dW", "db", "dres"].iter().enumerate() {
+                            assert!(
+                                fused[i] == separate[i],
+                                "{name} on {device} at {p}, bias {} residual {} relu {relu}, {d:?}",
+                                bias.is_some(),
+                                residual.is_some()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_epilogue_checks_its_shapes() {
+        let cpu = Device::Cpu;
+        let d = dims(2, 3, 9, 4, (3, 1, 1)).unwrap();
+        let x = Tensor::zeros(&[d.batch, d.cin, d.len], &cpu).unwrap();
+        let w = Tensor::zeros(&[d.cout, d.cin, d.ksize], &cpu).unwrap();
+        let wrong = Tensor::zeros(&[d.batch, d.cout, d.lout + 1], &cpu).unwrap();
+        let epi = Epilogue {
+            residual: Some(&wrong),
+            ..Epilogue::default()
+        };
+        let e = conv1d_fused(&mut Tape::inference(), &x, &w, 1, 1, epi)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("residual") && e.contains(&format!("{:?}", d.y_shape())),
+            "{e}"
+        );
     }
 
     #[test]
