@@ -5,7 +5,7 @@ use super::Params;
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
 use crate::ops::bias_act::{bias_act, Act};
-use crate::ops::conv1d::conv1d;
+use crate::ops::conv1d::{conv1d, conv1d_fused, Epilogue};
 use crate::ops::conv2d::{conv2d, conv_transpose2d};
 use crate::ops::upfirdn2d::{filter_size, setup_filter, upfirdn2d};
 use crate::ops::{elementwise as ew, transpose};
@@ -48,6 +48,24 @@ impl Conv1d {
         padding: usize,
     ) -> Result<Tensor> {
         conv1d(tape, x, &self.weight, Some(&self.bias), stride, padding)
+    }
+
+    /// `relu(conv(x) + residual)` (`residual` None: `relu(conv(x))`) in one kernel, the same
+    /// numbers as `forward`, `add` and `relu` one after another.
+    pub fn forward_relu(
+        &self,
+        tape: &mut Tape,
+        x: &Tensor,
+        stride: usize,
+        padding: usize,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let epi = Epilogue {
+            bias: Some(&self.bias),
+            residual,
+            relu: true,
+        };
+        conv1d_fused(tape, x, &self.weight, stride, padding, epi)
     }
 }
 
