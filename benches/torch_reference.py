@@ -58,6 +58,10 @@ def cases(dev):
     out.append(("conv1d k3 [128,64,7872]", lambda: torch.nn.functional.conv1d(x, w, padding=1)))
     out.append(("conv1d k3 --precision tf32 [128,64,7872]", tf32(lambda: torch.nn.functional.conv1d(x, w, padding=1))))
     out.append(("conv1d k3 --precision bf16 [128,64,7872]", autocast(lambda: torch.nn.functional.conv1d(x, w, padding=1))))
+    bc = r(64)
+    for kind in ["fused", "separate"]:  # one composition in PyTorch eager either way
+        out.append((f"conv1d k3 +bias+residual+relu {kind} [128,64,7872]",
+                    lambda: torch.relu(torch.nn.functional.conv1d(x, w, bc, padding=1) + x)))
     xs, ws = r(128, 1, 15744), r(64, 1, 4)
     out.append(("conv1d stem k4s2 [128,1,15744]", lambda: torch.nn.functional.conv1d(xs, ws, stride=2, padding=1)))
     for rows, cols in [(4096, 4096), (128 * 12 * 50, 50)]:

@@ -115,6 +115,8 @@ fn bench_quick_validates_and_times_every_case() {
         "conv1d k3 --precision bf16",
         "conv1d k3 --precision tf32 register-staged",
         "conv1d k3 --precision bf16 register-staged",
+        "conv1d k3 +bias+residual+relu fused",
+        "conv1d k3 +bias+residual+relu separate",
         "modconv fwd+bwd --precision tf32 b256.conv1",
         "modconv fwd+bwd --precision bf16 b256.conv1",
         "modconv fwd+bwd --precision bf16 register-staged b256.conv1",
@@ -128,7 +130,7 @@ fn bench_quick_validates_and_times_every_case() {
     }
     assert!(text.contains("best GEMM of this run: matmul"), "{text}");
     let lines = std::fs::read_to_string(&json).unwrap();
-    assert_eq!(lines.lines().count(), 46, "{lines}");
+    assert_eq!(lines.lines().count(), 48, "{lines}");
     let mut models = 0;
     for line in lines.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();

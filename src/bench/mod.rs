@@ -216,6 +216,43 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
             },
         ));
     }
+    // A residual block's last conv as the mapper runs it, relu(conv(x) + bias + x), with the
+    // bias, residual add and ReLU in the conv's epilogue, and as the three separate ops: the
+    // fused row moves x, w, bias, the residual and y once; the separate ones three more
+    // activations each way.
+    for fused in [true, false] {
+        let act = (4 * b * c * l) as f64;
+        out.push(case(
+            format!(
+                "conv1d k3 +bias+residual+relu {} [{b},{c},{l}]",
+                if fused { "fused" } else { "separate" }
+            ),
+            2.0 * (b * c * l * c * 3) as f64,
+            if fused { 3.0 * act } else { 9.0 * act } + (4 * c * c * 3) as f64,
+            1e-3,
+            move |d| {
+                let x = input(&[b, c, l], 3, d, DType::F32)?;
+                let w = input(&[c, c, 3], 4, d, DType::F32)?;
+                let bias = input(&[c], 5, d, DType::F32)?;
+                Ok(Box::new(move || {
+                    let mut tape = Tape::inference();
+                    let y = if fused {
+                        let epi = conv1d::Epilogue {
+                            bias: Some(&bias),
+                            residual: Some(&x),
+                            relu: true,
+                        };
+                        conv1d::conv1d_fused(&mut tape, &x, &w, 1, 1, epi)?
+                    } else {
+                        let y = conv1d::conv1d(&mut tape, &x, &w, Some(&bias), 1, 1)?;
+                        let y = crate::ops::elementwise::add(&mut tape, &y, &x)?;
+                        crate::ops::elementwise::relu(&mut tape, &y)?
+                    };
+                    Ok(Some(y))
+                }))
+            },
+        ));
+    }
     // The mapper's stem: [B, 1, V] → [B, 64, V/2] with k4 s2 p1.
     let (v, co) = (s(15744, 64), s(64, 8));
     out.push(case(
