@@ -12,6 +12,15 @@ extern "C" __global__ void unary_bwd_f32(const float* x, const float* y, const f
     FOR_EACH(i, n) dx[i] = unary_bwd(op, x[i], y[i], dy[i], a, b);
 }
 
+// In place, StyleGAN2-ADA's misc.nan_to_num(x, nan=0, posinf=bound, neginf=−bound): NaN → 0,
+// then every value clamped to [−bound, bound] (±∞ and large finite values alike).
+extern "C" __global__ void nan_to_num_f32(float* x, u64 n, float bound) {
+    FOR_EACH(i, n) {
+        const float v = x[i];
+        x[i] = v != v ? 0.f : fminf(fmaxf(v, -bound), bound);
+    }
+}
+
 // op: 0 add, 1 sub, 2 mul, 3 max (elementwise; fmaxf's NaN rule aside, torch.max(a, b)).
 __device__ __forceinline__ float binary_op(int op, float u, float v) {
     return op == 0 ? u + v : op == 1 ? u - v : op == 2 ? u * v : fmaxf(u, v);

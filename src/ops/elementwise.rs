@@ -17,7 +17,8 @@ use super::{bf16_on_cpu, narrow, same_device, same_dtype, same_shape, split_at_a
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
 use crate::tensor::{
-    alloc_storage, arg_buffer, arg_buffer_mut, kernel_for, launch_1d, Device, Storage, Tensor,
+    alloc_storage, arg_buffer, arg_buffer_mut, kernel_for, launch, launch_1d, Device, Storage,
+    Tensor,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -596,6 +597,43 @@ pub(crate) fn bias_grad_raw(dy: &Tensor, outer: usize, c: usize, inner: usize) -
     }
 }
 
+/// In place: NaN → 0, then every value clamped to [−bound, bound] (StyleGAN2-ADA's
+/// `misc.nan_to_num` with nan = 0, posinf = bound, neginf = −bound, which clamps finite values
+/// too). On the GPU one kernel, with nothing read back. Not recorded.
+pub fn nan_to_num_(x: &Tensor, bound: f32) -> Result<()> {
+    const OP: &str = "nan_to_num";
+    let fix = |v: f32| {
+        if v.is_nan() {
+            0.0
+        } else {
+            v.clamp(-bound, bound)
+        }
+    };
+    let n = x.numel();
+    let mut s = x.storage_mut();
+    match x.device() {
+        Device::Cpu => s.cpu_f32_mut(OP)?[..n]
+            .iter_mut()
+            .for_each(|v| *v = fix(*v)),
+        Device::Cuda(gpu) => {
+            if n > 0 {
+                let nn = n as u64;
+                // SAFETY: rewrites the n floats of x in place.
+                launch!(
+                    gpu,
+                    "elementwise",
+                    "nan_to_num_f32",
+                    launch_1d(n),
+                    s.cuda_f32_mut(OP)?,
+                    &nn,
+                    &bound
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `y = x + bias` broadcast along `axis` of x (e.g. axis 1 of a conv's `[B, C, L]`, −1 of a linear's `[N, C]`).
 pub fn bias_add(tape: &mut Tape, x: &Tensor, bias: &Tensor, axis: isize) -> Result<Tensor> {
     let y = bias_add_raw(x, bias, axis)?;
@@ -613,6 +651,31 @@ pub fn bias_add(tape: &mut Tape, x: &Tensor, bias: &Tensor, axis: isize) -> Resu
 mod tests {
     use super::*;
     use crate::testing::{assert_close, devices, gpu, gradcheck, parity_sizes, random_vec};
+
+    #[test]
+    fn nan_to_num_zeroes_nans_and_clamps_everything_else_on_every_device() {
+        let special = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            2e5,
+            -2e5,
+            2.5,
+            -0.0,
+        ];
+        // 1031 values: the specials, then random ones scaled past the bound in places.
+        let mut v: Vec<f32> = random_vec(1031, 61).iter().map(|x| x * 1e5).collect();
+        v[..special.len()].copy_from_slice(&special);
+        for device in devices() {
+            let x = Tensor::from_vec(v.clone(), &[v.len()], &device).unwrap();
+            nan_to_num_(&x, 1e5).unwrap();
+            let got = x.to_vec_f32().unwrap();
+            assert_eq!(got[..6], [0.0, 1e5, -1e5, 1e5, -1e5, 2.5], "on {device}");
+            for (g, w) in got.iter().zip(&v).skip(special.len()) {
+                assert_eq!(*g, w.clamp(-1e5, 1e5), "on {device}");
+            }
+        }
+    }
 
     const ALL: [Unary; 14] = [
         Unary::Relu,
