@@ -616,6 +616,18 @@ pub fn upload<T: cudarc::driver::DeviceRepr>(gpu: &Gpu, data: &[T]) -> Result<Cu
         .map_err(|e| Error::cuda("host-to-device copy", e))
 }
 
+thread_local! {
+    /// Device-to-host copies made by this thread (see `downloads`).
+    static DOWNLOADS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many device-to-host copies this thread has made so far. Each one waits for the GPU to
+/// finish everything queued before it, so a training step's count is its host synchronisations
+/// (tests hold steps to theirs).
+pub fn downloads() -> u64 {
+    DOWNLOADS.with(|c| c.get())
+}
+
 fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(
     device: &Device,
     buf: &CudaSlice<T>,
@@ -626,6 +638,7 @@ fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(
     };
     let mut host = vec![T::default(); n];
     if n > 0 {
+        DOWNLOADS.with(|c| c.set(c.get() + 1));
         gpu.stream
             .memcpy_dtoh(&buf.slice(0..n), &mut host)
             .map_err(|e| Error::cuda("device-to-host copy", e))?;

@@ -352,13 +352,6 @@ fn copy_store(dst: &ParamStore, src: &ParamStore) -> Result<()> {
     Ok(())
 }
 
-fn named(prefix: &str, t: &Terms) -> Result<Vec<(String, f64)>> {
-    Ok(t.values()?
-        .into_iter()
-        .map(|(k, v)| (format!("{prefix}.{k}"), v))
-        .collect())
-}
-
 /// G_ema's pictures of `rows` (z = 0, constant noise: deterministic).
 pub fn render(g: &Generator, data: &GanData, rows: &[u32], device: &Device) -> Result<Tensor> {
     let fts = data.eval_fts(rows, device)?;
@@ -576,9 +569,8 @@ pub fn train_gan(
         )?;
         st.cur_nimg += n as u64;
         st.step += 1;
-        // The loss terms, read back once the whole step is queued.
-        terms.splice(0..0, named("D", &d_terms)?);
-        terms.splice(0..0, named("G", &g_terms)?);
+        // The loss terms, read back in one copy once the whole step is queued.
+        terms.splice(0..0, Terms::read_all(&[("G", &g_terms), ("D", &d_terms)])?);
 
         if let Some((name, v)) = terms.iter().find(|(_, v)| !v.is_finite()) {
             return Err(Error::Invalid(format!(
