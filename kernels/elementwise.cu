@@ -12,6 +12,13 @@ extern "C" __global__ void unary_bwd_f32(const float* x, const float* y, const f
     FOR_EACH(i, n) dx[i] = unary_bwd(op, x[i], y[i], dy[i], a, b);
 }
 
+// y = x × s[0], the scale a one-element device tensor read on the device (no host sync): a
+// fused loss's backward (stashed gradient × the incoming scalar gradient), CLIP's logit scale.
+extern "C" __global__ void scale_by_scalar_f32(const float* x, const float* s, float* y, u64 n) {
+    const float k = s[0];
+    FOR_EACH(i, n) y[i] = x[i] * k;
+}
+
 // In place, StyleGAN2-ADA's misc.nan_to_num(x, nan=0, posinf=bound, neginf=−bound): NaN → 0,
 // then every value clamped to [−bound, bound] (±∞ and large finite values alike).
 extern "C" __global__ void nan_to_num_f32(float* x, u64 n, float bound) {

@@ -57,9 +57,3 @@ extern "C" __global__ void infonce_grad_f32(const float* s, const float* row_lse
     }
 }
 
-// Backward of a fused loss: dx = stashed gradient × the incoming scalar gradient (read on the
-// device, so no host sync).
-extern "C" __global__ void scale_by_scalar_f32(const float* g, const float* dy, float* dx, u64 n) {
-    float s = dy[0];
-    FOR_EACH(i, n) dx[i] = g[i] * s;
-}

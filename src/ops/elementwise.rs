@@ -398,6 +398,39 @@ pub(crate) fn scale_raw(x: &Tensor, s: f32) -> Result<Tensor> {
     unary_raw(Unary::Scale(s), x)
 }
 
+/// `y = x · s[0]` for a one-element f32 `s`, without recording; on the GPU the scale is read
+/// there, so nothing waits for the device.
+pub(crate) fn scale_by_raw(x: &Tensor, s: &Tensor) -> Result<Tensor> {
+    const OP: &str = "scale_by";
+    match x.device() {
+        Device::Cpu => scale_raw(x, s.scalar()?),
+        Device::Cuda(gpu) => {
+            let n = x.numel();
+            let (xs, ss) = (x.storage(), s.storage());
+            let mut y = gpu.alloc::<f32>(n)?;
+            if n > 0 {
+                let nn = n as u64;
+                // SAFETY: reads n of x and s[0] (one element, checked by the callers), writes n of y.
+                launch!(
+                    gpu,
+                    "elementwise",
+                    "scale_by_scalar_f32",
+                    launch_1d(n),
+                    xs.cuda_f32(OP)?,
+                    ss.cuda_f32(OP)?,
+                    &mut y,
+                    &nn
+                )?;
+            }
+            Ok(Tensor::from_storage(
+                Storage::CudaF32(y),
+                x.shape(),
+                x.device(),
+            ))
+        }
+    }
+}
+
 /// `y = a + b` (same shape).
 pub fn add(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let y = binary_raw(Binary::Add, a, b)?;
@@ -484,9 +517,8 @@ pub fn mul(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// `y = s·x` for a one-element tensor `s` (a learned scalar, e.g. CLIP's `exp(logit_scale)`);
-/// `dx = s·dy`, `ds = Σ x ⊙ dy`. Composed from the scale, mul and sum kernels: the forward reads
-/// `s` back to the host (one 4-byte copy) and launches `scale`, so it suits small tensors such
-/// as a logits matrix, not a hot loop.
+/// `dx = s·dy`, `ds = Σ x ⊙ dy`. On the GPU `s` is read by the kernels (`scale_by_scalar_f32`),
+/// so neither pass waits for the device; f32 only there.
 pub fn scale_by(tape: &mut Tape, x: &Tensor, s: &Tensor) -> Result<Tensor> {
     same_device("scale_by", &[x, s])?;
     if s.numel() != 1 {
@@ -495,10 +527,10 @@ pub fn scale_by(tape: &mut Tape, x: &Tensor, s: &Tensor) -> Result<Tensor> {
             format!("the scale must have one element, got {:?}", s.shape()),
         ));
     }
-    let y = scale_raw(x, s.scalar()?)?;
+    let y = scale_by_raw(x, s)?;
     let (xc, sc) = (x.clone(), s.clone());
     tape.record(&[x, s], &y, move |dy| {
-        let dx = scale_raw(dy, sc.scalar()?)?;
+        let dx = scale_by_raw(dy, &sc)?;
         let ds = crate::ops::reduce::sum_all_raw(&mul_raw(&xc, dy)?, 1.0)?.reshaped(sc.shape())?;
         Ok(vec![Some(dx), Some(ds)])
     });

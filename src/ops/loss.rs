@@ -165,42 +165,10 @@ fn check_pair(op: &'static str, pred: &Tensor, target: &Tensor) -> Result<(usize
     Ok((pred.shape()[0], pred.shape()[1]))
 }
 
-/// dx = g × dy[0] (dy a one-element tensor), without a host sync on the GPU.
-fn scale_by_scalar(g: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    match g.device() {
-        Device::Cpu => {
-            let s = dy.scalar()?;
-            ew::scale_raw(g, s)
-        }
-        Device::Cuda(gpu) => {
-            let n = g.numel();
-            let (gs, ds) = (g.storage(), dy.storage());
-            let mut dx = gpu.alloc::<f32>(n)?;
-            let nn = n as u64;
-            // SAFETY: reads n of g and dy[0], writes n of dx.
-            launch!(
-                gpu,
-                "loss",
-                "scale_by_scalar_f32",
-                launch_1d(n),
-                gs.cuda_f32("loss backward")?,
-                ds.cuda_f32("loss backward")?,
-                &mut dx,
-                &nn
-            )?;
-            Ok(Tensor::from_storage(
-                Storage::CudaF32(dx),
-                g.shape(),
-                g.device(),
-            ))
-        }
-    }
-}
-
 /// Records a fused loss whose gradient with respect to `pred` was computed in the forward.
 fn record_fused(tape: &mut Tape, pred: &Tensor, loss: &Tensor, grad: Tensor) {
     tape.record(&[pred], loss, move |dy| {
-        Ok(vec![Some(scale_by_scalar(&grad, dy)?)])
+        Ok(vec![Some(ew::scale_by_raw(&grad, dy)?)])
     });
 }
 
