@@ -57,7 +57,7 @@ struct Bar {
 }
 
 impl ClipProgress for Bar {
-    fn on_step(&mut self, epoch: usize, step: usize, steps: usize, loss: f32) -> bool {
+    fn on_step(&mut self, epoch: usize, step: usize, steps: usize, loss: Option<f32>) -> bool {
         if step == 0 {
             self.bar.set_length(steps as u64);
             self.bar.set_position(0);
@@ -65,7 +65,10 @@ impl ClipProgress for Bar {
                 .set_prefix(format!("{}/{}", epoch + 1, self.epochs));
         }
         self.bar.inc(1);
-        self.bar.set_message(format!("loss {loss:.4}"));
+        // On a GPU the loss is read once per epoch (printed with the epoch's line).
+        if let Some(loss) = loss {
+            self.bar.set_message(format!("loss {loss:.4}"));
+        }
         true
     }
 

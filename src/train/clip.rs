@@ -109,7 +109,9 @@ impl ClipEpoch {
 /// Called after every step (epoch, step, steps, loss) and every epoch; `on_step` returning false
 /// stops the run without saving (how tests simulate a kill).
 pub trait ClipProgress {
-    fn on_step(&mut self, _epoch: usize, _step: usize, _steps: usize, _loss: f32) -> bool {
+    /// After each step; `loss` is the step's loss on the CPU and None on a GPU, where the loss
+    /// stays on the device and is read once per epoch (no host synchronisation inside a step).
+    fn on_step(&mut self, _epoch: usize, _step: usize, _steps: usize, _loss: Option<f32>) -> bool {
         true
     }
     fn on_epoch(&mut self, _e: &ClipEpoch) {}
@@ -358,6 +360,14 @@ pub fn train_clip(
         // Full batches only: a contrastive loss over a tail of one pair says nothing.
         let steps = (order.len() / cfg.batch).max(1);
         let mut total = 0.0;
+        // On a GPU the epoch's running loss is summed on the device (read after the last step).
+        let mut total_dev: Option<Tensor> = None;
+        let diverged = |lv: f64, when: &str| {
+            Error::Invalid(format!(
+                "the CLIP loss became {lv} at epoch {} {when}; lower --lr",
+                epoch + 1
+            ))
+        };
         for (step, stimuli) in order.chunks(cfg.batch).take(steps).enumerate() {
             let mut tape = Tape::new();
             clip.store.watch_all(&mut tape);
@@ -368,16 +378,30 @@ pub fn train_clip(
             adam.step(&mut clip.store, cfg.lr)?;
             clip.store.zero_grad();
             clamp_logit_scale(&clip)?;
-            let lv = loss.scalar()?;
-            if !lv.is_finite() {
-                return Err(Error::Invalid(format!(
-                    "the CLIP loss became {lv} at epoch {} step {step}; lower --lr",
-                    epoch + 1
-                )));
-            }
-            total += lv as f64;
+            let lv = if device.is_cuda() {
+                let t = match &total_dev {
+                    Some(t) => t,
+                    None => total_dev.insert(Tensor::zeros(loss.shape(), device)?),
+                };
+                super::mapper::add_weighted_loss(t, &loss, 1)?;
+                None
+            } else {
+                let lv = loss.scalar()?;
+                if !lv.is_finite() {
+                    return Err(diverged(lv as f64, &format!("step {step}")));
+                }
+                total += lv as f64;
+                Some(lv)
+            };
             if !progress.on_step(epoch, step, steps, lv) {
                 return Ok((clip, history));
+            }
+        }
+        if let Some(t) = &total_dev {
+            total = t.scalar()? as f64;
+            // Before the checkpoint: a diverged epoch never overwrites the last good one.
+            if !total.is_finite() {
+                return Err(diverged(total, "some step"));
             }
         }
         let (val_loss, r) = validate(&clip, data, cfg, epoch, device)?;
@@ -569,6 +593,41 @@ mod tests {
         }
     }
 
+    /// On a GPU a training step never waits for the device: the loss is summed there and read
+    /// once per epoch. Counts the device-to-host copies between the reports of steps 1 and 3.
+    #[test]
+    fn a_clip_step_on_the_gpu_reads_nothing_back() {
+        let Some(dev) = crate::testing::gpu() else {
+            return;
+        };
+        struct Syncs(Vec<(usize, u64, Option<f32>)>);
+        impl ClipProgress for Syncs {
+            fn on_step(&mut self, e: usize, _: usize, _: usize, loss: Option<f32>) -> bool {
+                self.0.push((e, crate::tensor::downloads(), loss));
+                true
+            }
+        }
+        let cfg = ClipTrainConfig {
+            epochs: 1,
+            ..tiny()
+        };
+        let dir = temp("syncs");
+        let mut syncs = Syncs(Vec::new());
+        let (_, hist) = train_clip(&cfg, &world(), &dir, false, &dev, &mut syncs).unwrap();
+        assert!(syncs.0.len() >= 3, "{} steps", syncs.0.len());
+        assert_eq!(
+            syncs.0[3.min(syncs.0.len() - 1)].1,
+            syncs.0[1].1,
+            "copies in steps 2–3"
+        );
+        assert!(syncs.0.iter().all(|s| s.2.is_none()));
+        assert!(
+            hist[0].train_loss.is_finite() && hist[0].train_loss > 0.0,
+            "{hist:?}"
+        );
+        std::fs::remove_dir_all(dir.0).ok();
+    }
+
     /// Three epochs lower the training loss, write a directory `Clip::load` reads back to the same
     /// embeddings, and a run killed in epoch 2 and resumed ends with the same weights.
     #[test]
@@ -593,7 +652,7 @@ mod tests {
         }
         struct KillAt(usize, usize);
         impl ClipProgress for KillAt {
-            fn on_step(&mut self, e: usize, s: usize, _: usize, _: f32) -> bool {
+            fn on_step(&mut self, e: usize, s: usize, _: usize, _: Option<f32>) -> bool {
                 !(e == self.0 && s == self.1)
             }
         }
