@@ -114,6 +114,43 @@ mod tests {
     use super::super::mapper::{train, TrainConfig};
     use crate::testing::gpu_own_stream;
 
+    /// On a GPU no training step waits for the device, replayed or op by op: the running loss
+    /// stays there until the epoch's end. Counts the device-to-host copies between the reports
+    /// of an epoch's second and last steps.
+    #[test]
+    fn mapper_steps_on_the_gpu_read_nothing_back() {
+        use crate::train::mapper::Progress;
+        let Some(dev) = gpu_own_stream() else { return };
+        struct Syncs(Vec<u64>);
+        impl Progress for Syncs {
+            fn on_step(&mut self, _: usize, _: usize, _: usize, loss: Option<f32>) -> bool {
+                assert!(loss.is_none(), "a loss read back inside the epoch");
+                self.0.push(crate::tensor::downloads());
+                true
+            }
+        }
+        let mut data = toy(70, 24, 6);
+        data.fmri = data.fmri.to_device(&dev).unwrap();
+        data.targets = data.targets.to_device(&dev).unwrap();
+        for cuda_graphs in [true, false] {
+            let cfg = TrainConfig {
+                cuda_graphs,
+                ..config(1)
+            };
+            let dir = temp_dir(&format!("syncs-{cuda_graphs}"));
+            let mut syncs = Syncs(Vec::new());
+            train(&cfg, &data, &dir, false, &dev, &mut syncs).unwrap();
+            let n = syncs.0.len();
+            assert!(n >= 4, "{n} steps");
+            assert_eq!(
+                syncs.0[n - 1],
+                syncs.0[1],
+                "copies in steps 2..{n} (graphs {cuda_graphs})"
+            );
+            std::fs::remove_dir_all(&dir.0).ok();
+        }
+    }
+
     #[test]
     fn replaying_the_step_graph_trains_bit_for_bit_like_op_by_op_steps() {
         let Some(dev) = gpu_own_stream() else { return };
