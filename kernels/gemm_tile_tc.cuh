@@ -79,6 +79,33 @@ __device__ __forceinline__ void cp_async_pipeline(int steps, const Stage& stage,
     __syncthreads();
 }
 
+// acc += one BK-deep slab of m16n8k8 tf32 steps for the warp's (16·MI)×(8·NI) tile at (wm, wn).
+// `A(r, k)` and `B(n, k)` give the tf32 bits of each fragment element, read from shared memory
+// however the policy keeps it (pre-rounded bits, or raw f32 rounded as it is read).
+template <int MI, int NI, typename FragA, typename FragB>
+__device__ __forceinline__ void mma_slab_tf32(const FragA& A, const FragB& B, int wm, int wn, int lane, float (&acc)[MI][NI][4]) {
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int kk = 0; kk < tc::BK; kk += 8) {
+        unsigned a[MI][4], b[NI][2];
+#pragma unroll
+        for (int mi = 0; mi < MI; mi++) {
+            const int r = wm + mi * 16 + g;
+            a[mi][0] = A(r, kk + t), a[mi][1] = A(r + 8, kk + t);
+            a[mi][2] = A(r, kk + t + 4), a[mi][3] = A(r + 8, kk + t + 4);
+        }
+#pragma unroll
+        for (int ni = 0; ni < NI; ni++) {
+            const int n = wn + ni * 8 + g;
+            b[ni][0] = B(n, kk + t), b[ni][1] = B(n, kk + t + 4);
+        }
+#pragma unroll
+        for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+            for (int ni = 0; ni < NI; ni++) mma_tf32_1688(acc[mi][ni], a[mi], b[ni]);
+    }
+}
+
 struct TcTf32 {
     using Smem = unsigned;             // tf32 bits
     static constexpr int LD = tc::BK + 4;  // (row g, col t) reads hit 32 distinct banks
@@ -86,26 +113,8 @@ struct TcTf32 {
     // acc += the warp's (16·MI)×(8·NI) tile at (wm, wn) over one slab: m16n8k8 steps.
     template <int MI, int NI>
     static __device__ __forceinline__ void multiply(const Smem (*As)[LD], const Smem (*Bs)[LD], int wm, int wn, int lane, float (&acc)[MI][NI][4]) {
-        const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-        for (int kk = 0; kk < tc::BK; kk += 8) {
-            unsigned a[MI][4], b[NI][2];
-#pragma unroll
-            for (int mi = 0; mi < MI; mi++) {
-                const int r = wm + mi * 16 + g;
-                a[mi][0] = As[r][kk + t], a[mi][1] = As[r + 8][kk + t];
-                a[mi][2] = As[r][kk + t + 4], a[mi][3] = As[r + 8][kk + t + 4];
-            }
-#pragma unroll
-            for (int ni = 0; ni < NI; ni++) {
-                const int n = wn + ni * 8 + g;
-                b[ni][0] = Bs[n][kk + t], b[ni][1] = Bs[n][kk + t + 4];
-            }
-#pragma unroll
-            for (int mi = 0; mi < MI; mi++)
-#pragma unroll
-                for (int ni = 0; ni < NI; ni++) mma_tf32_1688(acc[mi][ni], a[mi], b[ni]);
-        }
+        mma_slab_tf32(
+            [&](int r, int k) { return As[r][k]; }, [&](int n, int k) { return Bs[n][k]; }, wm, wn, lane, acc);
     }
 };
 

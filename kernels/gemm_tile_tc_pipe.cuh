@@ -36,28 +36,9 @@ struct TcpTf32 {
     static constexpr int LD = tc::BK + 4;  // (row g, col t) reads hit 32 distinct banks
     template <int MI, int NI>
     static __device__ __forceinline__ void multiply(const float* As, const float* Bs, const float* ks, int wm, int wn, int lane, float (&acc)[MI][NI][4]) {
-        const int g = lane >> 2, t = lane & 3;
         auto A = [&](int r, int k) { return to_tf32(As[r * LD + k]); };
         auto B = [&](int n, int k) { return to_tf32(ks ? Bs[n * LD + k] * ks[k] : Bs[n * LD + k]); };
-#pragma unroll
-        for (int kk = 0; kk < tc::BK; kk += 8) {
-            unsigned a[MI][4], b[NI][2];
-#pragma unroll
-            for (int mi = 0; mi < MI; mi++) {
-                const int r = wm + mi * 16 + g;
-                a[mi][0] = A(r, kk + t), a[mi][1] = A(r + 8, kk + t);
-                a[mi][2] = A(r, kk + t + 4), a[mi][3] = A(r + 8, kk + t + 4);
-            }
-#pragma unroll
-            for (int ni = 0; ni < NI; ni++) {
-                const int n = wn + ni * 8 + g;
-                b[ni][0] = B(n, kk + t), b[ni][1] = B(n, kk + t + 4);
-            }
-#pragma unroll
-            for (int mi = 0; mi < MI; mi++)
-#pragma unroll
-                for (int ni = 0; ni < NI; ni++) mma_tf32_1688(acc[mi][ni], a[mi], b[ni]);
-        }
+        mma_slab_tf32(A, B, wm, wn, lane, acc);
     }
 };
 
