@@ -15,7 +15,7 @@
 use cudarc::driver::LaunchConfig;
 
 use super::precision::{self, Precision};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::Gpu;
 
 /// Slabs in flight in the pipelined tile (`tcp::STAGES`).
@@ -51,13 +51,7 @@ pub(crate) fn pick(
         builds[4]
     };
     let smem = pipe_smem(p);
-    use cudarc::driver::sys::CUfunction_attribute as Attr;
-    gpu.function(family, name)?
-        .set_attribute(
-            Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )
-        .map_err(|e| Error::cuda(name, e))?;
+    gpu.function_with_shared_memory(family, name, smem)?;
     Ok((
         name,
         LaunchConfig {

@@ -150,16 +150,11 @@ fn launch(
     let (ta, tb) = (g.trans_a as i32, g.trans_b as i32);
     let (code, alpha, beta) = act.map_or((-1, 0.0, 0.0), Unary::code);
     let null = 0u64; // a null device pointer: no bias / no pre-activation output
-    let f = gpu.function("matmul", name)?;
-    if smem > 0 {
-        // Above the 48 KiB a kernel gets by default: opt in (Hopper allows 227 KiB per block).
-        use cudarc::driver::sys::CUfunction_attribute as Attr;
-        f.set_attribute(
-            Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )
-        .map_err(|e| Error::cuda(name, e))?;
-    }
+    let f = if smem > 0 {
+        gpu.function_with_shared_memory("matmul", name, smem as u32)?
+    } else {
+        gpu.function("matmul", name)?
+    };
     let mut lb = gpu.stream.launch_builder(&f);
     lb.arg(a).arg(b);
     match bias {

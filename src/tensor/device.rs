@@ -123,6 +123,9 @@ pub struct Gpu {
     capturing: AtomicBool,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+    /// The dynamic shared memory each function has been opted into (see
+    /// `function_with_shared_memory`).
+    shared_opted: Mutex<HashMap<(&'static str, &'static str), u32>>,
 }
 
 /// Every buffer comes from the device's default memory pool (stream-ordered allocation), which
@@ -191,6 +194,7 @@ impl Gpu {
             capturing: AtomicBool::new(false),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            shared_opted: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -250,6 +254,30 @@ impl Gpu {
             .load_function(name)
             .map_err(|e| Error::cuda(format!("finding kernel {name} in kernels/{family}.cu"), e))?;
         functions.insert((family, name), f.clone());
+        Ok(f)
+    }
+
+    /// `function`, opted into `bytes` of dynamic shared memory (above the 48 KiB a kernel gets
+    /// by default; Hopper allows 227 KiB per block). The attribute is set once per function and
+    /// size, not at every launch.
+    pub fn function_with_shared_memory(
+        &self,
+        family: &'static str,
+        name: &'static str,
+        bytes: u32,
+    ) -> Result<CudaFunction> {
+        let f = self.function(family, name)?;
+        let mut opted = self.shared_opted.lock().unwrap_or_else(|p| p.into_inner());
+        if opted.get(&(family, name)).is_some_and(|&b| b >= bytes) {
+            return Ok(f);
+        }
+        use cudarc::driver::sys::CUfunction_attribute as Attr;
+        f.set_attribute(
+            Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )
+        .map_err(|e| Error::cuda(name, e))?;
+        opted.insert((family, name), bytes);
         Ok(f)
     }
 
