@@ -180,6 +180,14 @@ def lafite_cases(dev, r):
         with torch.enable_grad():
             return torch.autograd.grad(modconv(xg, wg, sg), (xg, wg, sg), dy)
     out.append(("modconv fwd+bwd b256.conv1 [16,128,256,256]", fwd_bwd))
+    bg, noise, strength = r(128).requires_grad_(), r(16, 1, 256, 256), torch.full((), 0.1, device=dev).requires_grad_()
+    def layer_fwd_bwd():  # the synthesis layer's tail in PyTorch eager: + noise·strength, bias, lrelu·√2, clamp 256
+        with torch.enable_grad():
+            y = modconv(xg, wg, sg) + noise * strength
+            y = (torch.nn.functional.leaky_relu(y + bg.view(1, -1, 1, 1), 0.2) * 2 ** 0.5).clamp(-256, 256)
+            return torch.autograd.grad(y, (xg, wg, sg, bg, strength), dy)
+    for kind in ["fused", "separate"]:  # one composition in PyTorch eager either way
+        out.append((f"synthesis layer fwd+bwd {kind} b256.conv1 [16,128,256,256]", layer_fwd_bwd))
     fork = ARGS.fork or os.environ.get("LAFITE_FORK") or os.path.join(os.path.dirname(__file__), "..", "gpu-bundle", "StyleGAN2")
     if not os.path.isdir(os.path.join(fork, "training")):
         print(f"skipping the Lafite networks: no mind-reader StyleGAN2 folder at {fork}")

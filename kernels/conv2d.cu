@@ -15,7 +15,13 @@
 // _tc_pipe_tf32 / _tc_pipe_bf16 (tensor cores through the cp.async pipeline of
 // gemm_tile_tc_pipe.cuh, bit for bit the _tc_ result; dynamic shared memory). The pipelined dW
 // takes no scales (they depend on two GEMM indices there): the host uses _tc_ dW for those.
-// The geometry travels as one int array g[] in this order:
+// The geometry travels as one struct Geom.
+//
+// The forward pass can finish StyleGAN2's layer as it stores y (src/ops/conv_epilogue.rs): with
+// u = os ⊙ conv, `y = clamp(act(u + strength·noise + bias)·gain, ±clamp)`, each part only when
+// given (bias, noise, strength nullable; `pre`, when not null, receives u for the modulated
+// convolution's backward). Every step rounds as the separate add_noise and bias_act kernels do,
+// so the result is theirs bit for bit; without an epilogue (all null, gain 1, no clamp) it is u.
 #include "gemm_tile.cuh"
 #include "gemm_tile_tc.cuh"
 #include "gemm_tile_tc_pipe.cuh"
@@ -28,10 +34,19 @@ struct Geom {
 
 __device__ __forceinline__ float scale_at(const float* s, int b, int C, int c) { return s ? s[(u64)b * C + c] : 1.f; }
 
+// The forward epilogue's numbers: act 0 = linear, 1 = leaky ReLU with slope alpha; clamp < 0 =
+// none. Its pointers come before it among the forward kernels' arguments: bias [Cout], noise
+// [B, OH·OW] (noise_batched) or [OH·OW], strength [1], pre shaped like y.
+struct Epi {
+    int act, noise_batched;
+    float alpha, gain, clamp;
+};
+
 // Forward, per (b, g) on grid z: M = Cout/G, N = OH·OW, K = (Cin/G)·KH·KW (kk = (ci·KH + ky)·KW + kx).
 template <int PREC, bool PIPE = false>
 __device__ __forceinline__ void conv2d_fwd_body(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, const float* __restrict__ is,
-                   const float* __restrict__ os, Geom d) {
+                   const float* __restrict__ os, Geom d, const float* __restrict__ bias, const float* __restrict__ noise,
+                   const float* __restrict__ strength, float* __restrict__ pre, Epi e) {
     const int m0 = blockIdx.y * gemm::BM, n0 = blockIdx.x * gemm::BN;
     const int cin_g = d.cin_g(), cout_g = d.cout_g(), KHW = d.KH * d.KW, K = cin_g * KHW, N = d.OH * d.OW;
     for (int z = blockIdx.z; z < d.B * d.G; z += gridDim.z) {
@@ -47,9 +62,18 @@ __device__ __forceinline__ void conv2d_fwd_body(const float* __restrict__ x, con
         };
         // The input channel's scale: one per k row of B.
         auto scale_b = [=](int kk) { return is + (u64)b * d.Cin + g * cin_g + kk / KHW; };
+        const float* noise_b = noise ? noise + (e.noise_batched ? (u64)b * N : 0) : nullptr;
         auto store = [=](int co, int n, float v) {
-            int c = g * cout_g + co;
-            y[((u64)b * d.Cout + c) * N + n] = v * scale_at(os, b, d.Cout, c);
+            const int c = g * cout_g + co;
+            const u64 at = ((u64)b * d.Cout + c) * N + n;
+            v = __fmul_rn(v, scale_at(os, b, d.Cout, c));  // never contracted into what follows
+            if (pre) pre[at] = v;
+            if (noise_b) v = fmaf(strength[0], noise_b[n], v);  // add_noise_f32's
+            if (bias) v += bias[c];                            // bias_act_fwd_f32's, step by step
+            if (e.act == 1 && !(v > 0.f)) v *= e.alpha;
+            v *= e.gain;
+            if (e.clamp >= 0.f) v = fminf(fmaxf(v, -e.clamp), e.clamp);
+            y[at] = v;
         };
         conv_gemm<PREC, PIPE>(cout_g, N, 0, K, m0, n0, true, true, w, at_a, at_b, is != nullptr, scale_b, store);
     }
@@ -57,20 +81,23 @@ __device__ __forceinline__ void conv2d_fwd_body(const float* __restrict__ x, con
 
 extern "C" __global__ void __launch_bounds__(gemm::THREADS)
     conv2d_fwd_f32(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, const float* __restrict__ is,
-                   const float* __restrict__ os, Geom d) {
-    conv2d_fwd_body<0>(x, w, y, is, os, d);
+                   const float* __restrict__ os, Geom d, const float* __restrict__ bias, const float* __restrict__ noise,
+                   const float* __restrict__ strength, float* __restrict__ pre, Epi e) {
+    conv2d_fwd_body<0>(x, w, y, is, os, d, bias, noise, strength, pre, e);
 }
 
 extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
     conv2d_fwd_tc_tf32(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, const float* __restrict__ is,
-                   const float* __restrict__ os, Geom d) {
-    conv2d_fwd_body<1>(x, w, y, is, os, d);
+                   const float* __restrict__ os, Geom d, const float* __restrict__ bias, const float* __restrict__ noise,
+                   const float* __restrict__ strength, float* __restrict__ pre, Epi e) {
+    conv2d_fwd_body<1>(x, w, y, is, os, d, bias, noise, strength, pre, e);
 }
 
 extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
     conv2d_fwd_tc_bf16(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, const float* __restrict__ is,
-                   const float* __restrict__ os, Geom d) {
-    conv2d_fwd_body<2>(x, w, y, is, os, d);
+                   const float* __restrict__ os, Geom d, const float* __restrict__ bias, const float* __restrict__ noise,
+                   const float* __restrict__ strength, float* __restrict__ pre, Epi e) {
+    conv2d_fwd_body<2>(x, w, y, is, os, d, bias, noise, strength, pre, e);
 }
 
 // dx (also the transposed convolution's forward), per (b, g): M = Cin/G, N = H·W,
@@ -196,14 +223,16 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
 // ---- The pipelined builds (--precision tf32|bf16 on the cp.async tile) -------------------------
 extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
     conv2d_fwd_tc_pipe_tf32(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, const float* __restrict__ is,
-                            const float* __restrict__ os, Geom d) {
-    conv2d_fwd_body<1, true>(x, w, y, is, os, d);
+                            const float* __restrict__ os, Geom d, const float* __restrict__ bias, const float* __restrict__ noise,
+                   const float* __restrict__ strength, float* __restrict__ pre, Epi e) {
+    conv2d_fwd_body<1, true>(x, w, y, is, os, d, bias, noise, strength, pre, e);
 }
 
 extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)
     conv2d_fwd_tc_pipe_bf16(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y, const float* __restrict__ is,
-                            const float* __restrict__ os, Geom d) {
-    conv2d_fwd_body<2, true>(x, w, y, is, os, d);
+                            const float* __restrict__ os, Geom d, const float* __restrict__ bias, const float* __restrict__ noise,
+                   const float* __restrict__ strength, float* __restrict__ pre, Epi e) {
+    conv2d_fwd_body<2, true>(x, w, y, is, os, d, bias, noise, strength, pre, e);
 }
 
 extern "C" __global__ void __launch_bounds__(gemm::THREADS, 1)

@@ -120,6 +120,8 @@ fn bench_quick_validates_and_times_every_case() {
         "modconv fwd+bwd --precision tf32 b256.conv1",
         "modconv fwd+bwd --precision bf16 b256.conv1",
         "modconv fwd+bwd --precision bf16 register-staged b256.conv1",
+        "synthesis layer fwd+bwd fused b256.conv1",
+        "synthesis layer fwd+bwd separate b256.conv1",
         "mapper train step f32 --precision tf32",
         "mapper train step f32 --precision bf16",
         "mapper train step f32 B=4 V=64 CUDA graph",
@@ -130,7 +132,7 @@ fn bench_quick_validates_and_times_every_case() {
     }
     assert!(text.contains("best GEMM of this run: matmul"), "{text}");
     let lines = std::fs::read_to_string(&json).unwrap();
-    assert_eq!(lines.lines().count(), 48, "{lines}");
+    assert_eq!(lines.lines().count(), 50, "{lines}");
     let mut models = 0;
     for line in lines.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();

@@ -11,7 +11,9 @@ use crate::models::lafite::{
     Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, Network,
 };
 use crate::nn::NoiseMode;
-use crate::ops::modconv::{modulated_conv2d, Resample};
+use crate::ops::bias_act::Act;
+use crate::ops::conv_epilogue::{BiasAct, Noise};
+use crate::ops::modconv::{modulated_conv2d, modulated_conv2d_bias_act, Resample};
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::train::gan::loss::{d_main, g_main, Conditions, GanLossConfig, Nets, Placement};
@@ -139,6 +141,60 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
             }))
         });
         out.push(row.error_floor(floor));
+    }
+    // The synthesis layer's tail as Lafite runs it, conv → + noise·strength → bias_act (lrelu √2,
+    // clamp 256), forward + backward: in the convolution's store, and as the separate ops.
+    // Activations moved: the forward reads x and writes u and y when fused, and does 3 more passes
+    // separate (add_noise and bias_act each read one and write one); the backward's 4 of the
+    // modulated convolution and 3 of bias_act's, plus add_noise's pass for the strength.
+    for fused in [true, false] {
+        let name = format!(
+            "synthesis layer fwd+bwd {} b256.conv1 [{n},{ch},{r},{r}]",
+            if fused { "fused" } else { "separate" }
+        );
+        let bytes = if fused { 11.0 * act } else { 14.0 * act };
+        let row = case(name, 3.0 * flops, bytes, 2e-3, move |d| {
+            let x = input(&[n, ch, r, r], 80, d, DType::F32)?;
+            let w = input(&[ch, ch, 3, 3], 81, d, DType::F32)?;
+            let st = Tensor::from_vec(
+                crate::tensor::randn_vec(n * ch, 0.3, 82)
+                    .iter()
+                    .map(|v| v + 1.0)
+                    .collect(),
+                &[n, ch],
+                d,
+            )?;
+            let bias = input(&[ch], 88, d, DType::F32)?;
+            let noise = input(&[n, 1, r, r], 89, d, DType::F32)?;
+            let strength = Tensor::from_vec(vec![0.1], &[], d)?;
+            let dy = input(&[n, ch, r, r], 83, d, DType::F32)?;
+            Ok(Box::new(move || {
+                let mut tape = Tape::new();
+                for t in [&x, &w, &st, &bias, &strength] {
+                    tape.watch(t);
+                }
+                let epi = BiasAct::new(
+                    Some(&bias),
+                    Act::LRELU,
+                    Act::LRELU.default_gain(),
+                    Some(256.0),
+                )
+                .with_noise(Some(Noise {
+                    noise: &noise,
+                    strength: &strength,
+                }));
+                let y = if fused {
+                    modulated_conv2d_bias_act(&mut tape, &x, &w, &st, true, 1, epi)?
+                } else {
+                    let same = Resample::Same { padding: 1 };
+                    let u = modulated_conv2d(&mut tape, &x, &w, &st, true, same)?;
+                    epi.apply_separately(&mut tape, &u)?
+                };
+                let g = tape.backward_with(&y, dy.clone())?;
+                Ok(g.get(&x).cloned())
+            }))
+        });
+        out.push(row.error_floor(1e-3));
     }
     // Whole networks at 256 px, batch 16 (quick: 16 px, narrow, batch 2).
     let (res, base, n) = (s(256, 16), s(32768, 256), s(16, 2));

@@ -4,9 +4,10 @@
 use super::Params;
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::ops::bias_act::{bias_act, Act};
+use crate::ops::bias_act::Act;
 use crate::ops::conv1d::{conv1d, conv1d_fused, Epilogue};
 use crate::ops::conv2d::{conv2d, conv_transpose2d};
+use crate::ops::conv_epilogue::{conv2d_bias_act, BiasAct};
 use crate::ops::upfirdn2d::{filter_size, setup_filter, upfirdn2d};
 use crate::ops::{elementwise as ew, transpose};
 use crate::tensor::{Device, Tensor};
@@ -86,6 +87,26 @@ pub fn conv2d_resample(
     down: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    conv2d_resample_then(tape, x, w, f, up, down, padding, None)
+}
+
+/// `epi(conv2d_resample(…))`: where the convolution is the last op (every case but up > 1) the
+/// epilogue runs in its store (`ops::conv_epilogue`), otherwise after it.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_resample_then(
+    tape: &mut Tape,
+    x: &Tensor,
+    w: &Tensor,
+    f: &Tensor,
+    up: usize,
+    down: usize,
+    padding: usize,
+    epi: Option<BiasAct>,
+) -> Result<Tensor> {
+    let conv = |tape: &mut Tape, x: &Tensor, stride: usize, pad: (usize, usize)| match epi {
+        Some(epi) => conv2d_bias_act(tape, x, w, stride, pad, 1, epi),
+        None => conv2d(tape, x, w, None, stride, pad, 1),
+    };
     let &[_, _, kh, kw] = w.shape() else {
         return Err(Error::shape(
             "conv2d_resample",
@@ -116,11 +137,11 @@ pub fn conv2d_resample(
     }
     if down > 1 && kh == 1 && kw == 1 {
         let x = upfirdn2d(tape, x, f, 1, down, [px0, px1, py0, py1], false, 1.0)?;
-        return conv2d(tape, &x, w, None, 1, (0, 0), 1);
+        return conv(tape, &x, 1, (0, 0));
     }
     if down > 1 {
         let x = upfirdn2d(tape, x, f, 1, 1, [px0, px1, py0, py1], false, 1.0)?;
-        return conv2d(tape, &x, w, None, down, (0, 0), 1);
+        return conv(tape, &x, down, (0, 0));
     }
     if up > 1 {
         let (kw, kh, u) = (kw as i64, kh as i64, up as i64);
@@ -135,17 +156,21 @@ pub fn conv2d_resample(
         let wt = transpose::transpose(tape, w, 0, 1)?;
         let y = conv_transpose2d(tape, x, &wt, None, up, (pyt as usize, pxt as usize), 1)?;
         let pad = [px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt];
-        return upfirdn2d(tape, &y, f, 1, 1, pad, false, (up * up) as f32);
+        let y = upfirdn2d(tape, &y, f, 1, 1, pad, false, (up * up) as f32)?;
+        return match epi {
+            Some(epi) => epi.apply_separately(tape, &y),
+            None => Ok(y),
+        };
     }
     if px0 == px1 && py0 == py1 && px0 >= 0 && py0 >= 0 {
-        return conv2d(tape, x, w, None, 1, (py0 as usize, px0 as usize), 1);
+        return conv(tape, x, 1, (py0 as usize, px0 as usize));
     }
     let x = upfirdn2d(tape, x, f, 1, 1, [px0, px1, py0, py1], false, 1.0)?;
-    conv2d(tape, &x, w, None, 1, (0, 0), 1)
+    conv(tape, &x, 1, (0, 0))
 }
 
 /// StyleGAN2's `Conv2dLayer`: `bias_act(conv2d_resample(x, w·weight_gain), b, act,
-/// gain = def_gain·gain, clamp = conv_clamp·gain)` with `weight_gain = 1/√(in·k²)`, padding k/2
+/// gain = def_gain·gain, clamp = conv_clamp·gain)` (the bias_act in the convolution's store) with `weight_gain = 1/√(in·k²)`, padding k/2
 /// and the `resample_filter` buffer. Names `{name}.weight` `[out, in, k, k]`, `{name}.bias`,
 /// `{name}.resample_filter` `[4, 4]`.
 pub struct Conv2dLayer {
@@ -199,15 +224,13 @@ impl Conv2dLayer {
     pub fn forward(&self, tape: &mut Tape, x: &Tensor, gain: f32) -> Result<Tensor> {
         let w = ew::scale(tape, &self.weight, self.weight_gain)?;
         let f = &self.resample_filter;
-        let y = conv2d_resample(tape, x, &w, f, self.up, self.down, self.padding)?;
         let clamp = self.conv_clamp.map(|c| c * gain);
-        bias_act(
-            tape,
-            &y,
+        let epi = BiasAct::new(
             self.bias.as_ref(),
             self.act,
             self.act.default_gain() * gain,
             clamp,
-        )
+        );
+        conv2d_resample_then(tape, x, &w, f, self.up, self.down, self.padding, Some(epi))
     }
 }

@@ -11,11 +11,11 @@
 use super::{FullyConnected, Params};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::ops::bias_act::{bias_act, Act};
-use crate::ops::channels::add_noise;
+use crate::ops::bias_act::Act;
 use crate::ops::concat::{concat, slice};
+use crate::ops::conv_epilogue::{BiasAct, Noise};
 use crate::ops::elementwise as ew;
-use crate::ops::modconv::{modulated_conv2d, Resample};
+use crate::ops::modconv::{modulated_conv2d, modulated_conv2d_bias_act, Resample};
 use crate::ops::upfirdn2d::{filter_size, setup_filter, upfirdn2d};
 use crate::tensor::Tensor;
 
@@ -222,59 +222,59 @@ impl SynthesisLayer {
         noise: NoiseMode,
     ) -> Result<Tensor> {
         let styles = self.cond.styles(tape, w, fts)?;
-        let y = if self.up {
-            let y = modulated_conv2d(tape, x, &self.weight, &styles, true, Resample::Up2)?;
-            // conv2d_resample's padding after the transposed 3×3 (padding 1, up 2):
-            // 1 + (fw + 1)/2 − 2 on each side, 1 for the 4-tap filter.
-            let (fw, _) = filter_size(&self.resample_filter)?;
-            let pad = 1 + (fw as i64 + 1) / 2 - 2;
-            upfirdn2d(tape, &y, &self.resample_filter, 1, 1, [pad; 4], false, 4.0)?
-        } else {
-            modulated_conv2d(
-                tape,
-                x,
-                &self.weight,
-                &styles,
-                true,
-                Resample::Same { padding: 1 },
-            )?
-        };
-        if y.shape()[2] != self.resolution {
-            return Err(Error::shape(
-                "synthesis layer",
-                format!(
-                    "{}: input {:?} does not give resolution {}",
-                    self.name,
-                    x.shape(),
-                    self.resolution
-                ),
-            ));
-        }
-        let y = match noise {
-            NoiseMode::None => y,
-            NoiseMode::Const => add_noise(tape, &y, &self.noise_const, &self.noise_strength)?,
+        let r = self.resolution;
+        let random;
+        let noise = match noise {
+            NoiseMode::None => None,
+            NoiseMode::Const => Some(&self.noise_const),
             NoiseMode::Random(seed) => {
-                let r = self.resolution;
-                let n = Tensor::randn(
-                    &[y.shape()[0], 1, r, r],
-                    1.0,
-                    seed ^ super::name_hash(&self.name),
-                    y.device(),
-                )?;
-                add_noise(tape, &y, &n, &self.noise_strength)?
+                let n = x.shape().first().copied().unwrap_or(0);
+                let seed = seed ^ super::name_hash(&self.name);
+                random = Tensor::randn(&[n, 1, r, r], 1.0, seed, x.device())?;
+                Some(&random)
             }
         };
+        let noise = noise.map(|noise| Noise {
+            noise,
+            strength: &self.noise_strength,
+        });
         // The reference clamps at conv_clamp times the forward's `gain` argument (1 in the skip
         // generator), not times the activation's √2.
-        let gain = Act::LRELU.default_gain();
-        bias_act(
-            tape,
-            &y,
+        let epi = BiasAct::new(
             Some(&self.bias),
             Act::LRELU,
-            gain,
+            Act::LRELU.default_gain(),
             self.conv_clamp,
         )
+        .with_noise(noise);
+        let resolution_err = || {
+            Error::shape(
+                "synthesis layer",
+                format!(
+                    "{}: input {:?} does not give resolution {r}",
+                    self.name,
+                    x.shape(),
+                ),
+            )
+        };
+        if !self.up {
+            // conv → noise → bias_act in the convolution's store.
+            if x.shape().get(2) != Some(&r) {
+                return Err(resolution_err());
+            }
+            let same = 1;
+            return modulated_conv2d_bias_act(tape, x, &self.weight, &styles, true, same, epi);
+        }
+        let y = modulated_conv2d(tape, x, &self.weight, &styles, true, Resample::Up2)?;
+        // conv2d_resample's padding after the transposed 3×3 (padding 1, up 2):
+        // 1 + (fw + 1)/2 − 2 on each side, 1 for the 4-tap filter.
+        let (fw, _) = filter_size(&self.resample_filter)?;
+        let pad = 1 + (fw as i64 + 1) / 2 - 2;
+        let y = upfirdn2d(tape, &y, &self.resample_filter, 1, 1, [pad; 4], false, 4.0)?;
+        if y.shape()[2] != r {
+            return Err(resolution_err());
+        }
+        epi.apply_separately(tape, &y)
     }
 }
 
@@ -311,21 +311,7 @@ impl ToRgb {
     pub fn forward(&self, tape: &mut Tape, x: &Tensor, w: &Tensor, fts: &Tensor) -> Result<Tensor> {
         let styles = self.cond.styles(tape, w, fts)?;
         let styles = ew::scale(tape, &styles, self.weight_gain)?;
-        let y = modulated_conv2d(
-            tape,
-            x,
-            &self.weight,
-            &styles,
-            false,
-            Resample::Same { padding: 0 },
-        )?;
-        bias_act(
-            tape,
-            &y,
-            Some(&self.bias),
-            Act::Linear,
-            1.0,
-            self.conv_clamp,
-        )
+        let epi = BiasAct::new(Some(&self.bias), Act::Linear, 1.0, self.conv_clamp);
+        modulated_conv2d_bias_act(tape, x, &self.weight, &styles, false, 0, epi)
     }
 }

@@ -53,7 +53,8 @@ impl Act {
         }
     }
 
-    fn code(self) -> (i32, f32) {
+    /// The kernels' activation code and slope.
+    pub(crate) fn code(self) -> (i32, f32) {
         match self {
             Act::Linear => (0, 1.0),
             Act::LeakyRelu(a) => (1, a),
@@ -209,7 +210,8 @@ fn forward_raw(
     }
 }
 
-fn backward_raw(
+/// dL/d(x + b) from dL/dy, read off y (see the module doc), without recording.
+pub(crate) fn backward_raw(
     dy: &Tensor,
     y: &Tensor,
     act: Act,
@@ -519,7 +521,8 @@ pub mod pattern {
         })
     }
 
-    fn active() -> bool {
+    /// Whether a `record` or `replay` is running (a fused `bias_act` must then run unfused).
+    pub(crate) fn active() -> bool {
         FRAMES.with(|s| !s.borrow().is_empty())
     }
 

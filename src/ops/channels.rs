@@ -239,24 +239,43 @@ pub fn add_noise(tape: &mut Tape, x: &Tensor, noise: &Tensor, strength: &Tensor)
     };
     let (noise_c, strength_shape) = (noise.clone(), strength.shape().to_vec());
     tape.record(&[x, strength], &y, move |dy| {
-        // Σ over channels, then (shared noise) over samples, then the dot with the noise.
-        let per_pixel = reduce_axis_raw(&dy.reshaped(&[n, c, p])?, 1, Reduce::Sum, 1.0)?;
-        let per_pixel = if batched {
-            per_pixel
-        } else {
-            reduce_axis_raw(&per_pixel, 0, Reduce::Sum, 1.0)?
-        };
-        let flat = noise_c.reshaped(per_pixel.shape())?;
-        let total = per_pixel.numel();
-        let ds = rowdot_raw(
-            &per_pixel.reshaped(&[total])?,
-            &flat.reshaped(&[total])?,
-            total,
-            &[1],
-        )?;
-        Ok(vec![Some(dy.clone()), Some(ds.reshaped(&strength_shape)?)])
+        let ds = noise_strength_grad_raw(dy, &noise_c, &strength_shape)?;
+        Ok(vec![Some(dy.clone()), Some(ds)])
     });
     Ok(y)
+}
+
+/// `Σ dy·noise` for `x + strength·noise` (see `add_noise`): dy `[N, C, H, W]`, noise
+/// `[N, 1, H, W]` or `[H, W]`; shaped like the strength.
+pub(crate) fn noise_strength_grad_raw(
+    dy: &Tensor,
+    noise: &Tensor,
+    strength_shape: &[usize],
+) -> Result<Tensor> {
+    let &[n, c, h, w] = dy.shape() else {
+        return Err(Error::shape(
+            "add_noise backward",
+            format!("dy must be [N, C, H, W], got {:?}", dy.shape()),
+        ));
+    };
+    let p = h * w;
+    // Σ over channels, then (shared noise) over samples, then the dot with the noise.
+    let per_pixel = reduce_axis_raw(&dy.reshaped(&[n, c, p])?, 1, Reduce::Sum, 1.0)?;
+    let shared = noise.shape() == [h, w];
+    let per_pixel = if shared {
+        reduce_axis_raw(&per_pixel, 0, Reduce::Sum, 1.0)?
+    } else {
+        per_pixel
+    };
+    let flat = noise.reshaped(per_pixel.shape())?;
+    let total = per_pixel.numel();
+    let ds = rowdot_raw(
+        &per_pixel.reshaped(&[total])?,
+        &flat.reshaped(&[total])?,
+        total,
+        &[1],
+    )?;
+    ds.reshaped(strength_shape)
 }
 
 /// StyleGAN2's `normalize_2nd_moment(x, dim=1, eps)` for x `[N, D]`: `x·rsqrt(mean_j x² + eps)`.

@@ -18,7 +18,8 @@
 //! Every kernel also takes two optional `[B, C]` scales, one per input channel and one per output
 //! channel, applied inside the loaders and the store (`y = os ⊙ conv(is ⊙ x)`): that is how the
 //! modulated convolution (`ops::modconv`) modulates and demodulates without writing a per-sample
-//! weight tensor. Plain convolutions pass none.
+//! weight tensor. Plain convolutions pass none. The forward pass can also finish StyleGAN2's layer
+//! (noise, bias, activation, gain, clamp) as it stores y: `ops::conv_epilogue`.
 //!
 //! Cost: each of forward, dx and dW is `2·B·Cout·OH·OW·(Cin/G)·KH·KW` FLOPs; ideal traffic reads x
 //! and W and writes y once. The CUDA kernels (`kernels/conv2d.cu`) are implicit GEMMs on the
@@ -35,6 +36,7 @@ use rayon::prelude::*;
 use super::{same_device, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
+use crate::ops::conv_epilogue::BiasAct;
 use crate::ops::elementwise::{bias_add_raw, bias_grad_raw};
 use crate::ops::reduce::{reduce_axis_raw, Reduce};
 use crate::tensor::{Device, Storage, Tensor};
@@ -570,12 +572,34 @@ enum Pass {
     Dw,
 }
 
-/// Runs one pass. Forward: `a` = x, result y. Dx: `a` = dy, result dx. Dw: `a` = dy, `b` = x,
-/// result dW. `b` is the weight for Forward and Dx.
-fn run(pass: Pass, a: &Tensor, b: &Tensor, sc: Scales, d: &Conv2d) -> Result<Tensor> {
+/// The forward pass's epilogue and whether to keep its input u (the scaled convolution).
+type Tail<'a> = Option<(&'a BiasAct<'a>, bool)>;
+
+/// Runs one pass. Forward: `a` = x, result y (and, when `tail` asks, u). Dx: `a` = dy, result
+/// dx. Dw: `a` = dy, `b` = x, result dW. `b` is the weight for Forward and Dx.
+fn run(
+    pass: Pass,
+    a: &Tensor,
+    b: &Tensor,
+    sc: Scales,
+    tail: Tail,
+    d: &Conv2d,
+) -> Result<(Tensor, Option<Tensor>)> {
     const OP: &str = "conv2d";
     same_device(OP, &[a, b])?;
     sc.check(d)?;
+    let tail = match tail {
+        Some((epi, keep)) if pass == Pass::Forward => {
+            let noise_batched = epi.check(d.y_shape(), a)?;
+            Some((epi, keep, noise_batched))
+        }
+        Some(_) => {
+            return Err(Error::Invalid(format!(
+                "conv2d: an epilogue is for the forward pass, not {pass:?}"
+            )))
+        }
+        None => None,
+    };
     let (out_shape, out_len) = match pass {
         Pass::Forward => (d.y_shape(), d.y_len()),
         Pass::Dx => (d.x_shape(), d.x_len()),
@@ -590,11 +614,22 @@ fn run(pass: Pass, a: &Tensor, b: &Tensor, sc: Scales, d: &Conv2d) -> Result<Ten
                 sc.output.map(|s| s.to_vec_f32()).transpose()?,
             );
             let (hw, p) = (d.h * d.w, d.oh * d.ow);
+            let mut kept = None;
             let out = match pass {
                 Pass::Forward => {
                     let xs = cpu::scale_channels(va, si.as_deref(), hw);
                     let y = cpu::conv2d(&xs, vb, d)?;
-                    cpu::scale_channels(&y, so.as_deref(), p).into_owned()
+                    let u = cpu::scale_channels(&y, so.as_deref(), p).into_owned();
+                    match tail {
+                        None => u,
+                        Some((epi, keep, _)) => {
+                            let y = epi.apply_cpu(&u, d.y_shape())?;
+                            if keep {
+                                kept = Some(Tensor::from_vec(u, &out_shape, a.device())?);
+                            }
+                            y
+                        }
+                    }
                 }
                 Pass::Dx => {
                     let dys = cpu::scale_channels(va, so.as_deref(), p);
@@ -607,7 +642,7 @@ fn run(pass: Pass, a: &Tensor, b: &Tensor, sc: Scales, d: &Conv2d) -> Result<Ten
                     cpu::conv2d_dw(&dys, &xs, d)?
                 }
             };
-            Tensor::from_vec(out, &out_shape, a.device())
+            Ok((Tensor::from_vec(out, &out_shape, a.device())?, kept))
         }
         Device::Cuda(gpu) => {
             let g = geom(d)?;
@@ -663,6 +698,28 @@ fn run(pass: Pass, a: &Tensor, b: &Tensor, sc: Scales, d: &Conv2d) -> Result<Ten
             let pipelinable = pass != Pass::Dw || unscaled;
             let (name, cfg) = super::conv_tc::pick(gpu, "conv2d", builds, pipelinable, grid)?;
             let mut out = gpu.alloc::<f32>(len)?;
+            let keep = tail.is_some_and(|(_, keep, _)| keep);
+            let mut pre = if keep {
+                Some(gpu.alloc::<f32>(len)?)
+            } else {
+                None
+            };
+            let epi_args = match tail {
+                Some((epi, _, batched)) => epi.kernel_args(batched),
+                None => EpiArgs::NONE,
+            };
+            let (sbias, snoise, sstrength) = match tail {
+                Some((epi, _, _)) => (
+                    epi.bias.map(|t| t.storage()),
+                    epi.noise.map(|n| n.noise.storage()),
+                    epi.noise.map(|n| n.strength.storage()),
+                ),
+                None => (None, None, None),
+            };
+            let epi_ptrs = [&sbias, &snoise, &sstrength]
+                .map(|s| s.as_ref().map(|s| s.cuda_f32(OP)).transpose());
+            let [pbias, pnoise, pstrength] = epi_ptrs;
+            let (pbias, pnoise, pstrength) = (pbias?, pnoise?, pstrength?);
             if len > 0 {
                 let (chunk_i, splits_i) = (chunk as i32, splits as i32);
                 let f = gpu.function("conv2d", name)?;
@@ -680,14 +737,32 @@ fn run(pass: Pass, a: &Tensor, b: &Tensor, sc: Scales, d: &Conv2d) -> Result<Ten
                 if pass == Pass::Dw {
                     lb.arg(&chunk_i).arg(&splits_i);
                 }
+                if pass == Pass::Forward {
+                    for p in [pbias, pnoise, pstrength] {
+                        match p {
+                            Some(s) => lb.arg(s),
+                            None => lb.arg(&null),
+                        };
+                    }
+                    match pre.as_mut() {
+                        Some(s) => lb.arg(s),
+                        None => lb.arg(&null),
+                    };
+                    lb.arg(&epi_args);
+                }
                 // SAFETY: a, b hold the tensors Conv2d::new checked against d (x, w, dy of their
                 // shapes); the scales are [B, C] (checked) or null and never read; the loaders read
                 // only inside x / dy / w; each kernel writes every element of `out`, allocated with
                 // `len` floats (dW: splits partial sums of Cout·Cin/G·KH·KW). The pipelined builds copy
                 // the same elements by cp.async into the shared memory `conv_tc::pick` opted into
                 // and set in `cfg`, and are not picked for a dW with scales (they would ignore them).
+                // The forward's epilogue pointers were checked by `BiasAct::check` (bias [Cout],
+                // noise [B, 1, OH, OW] or [OH, OW] as `epi_args` says, strength one float) or are
+                // null; `pre`, when given, holds `len` floats like `out`.
                 unsafe { lb.launch(cfg) }.map_err(|e| Error::cuda(name, e))?;
             }
+            let pre =
+                pre.map(|p| Tensor::from_storage(Storage::CudaF32(p), &out_shape, a.device()));
             let rows = if pass == Pass::Dw { splits } else { 1 };
             let out = Tensor::from_storage(Storage::CudaF32(out), &[rows, out_len], a.device());
             let out = if pass == Pass::Dw && splits > 1 {
@@ -695,25 +770,63 @@ fn run(pass: Pass, a: &Tensor, b: &Tensor, sc: Scales, d: &Conv2d) -> Result<Ten
             } else {
                 out
             };
-            out.reshaped(&out_shape)
+            Ok((out.reshaped(&out_shape)?, pre))
         }
     }
 }
 
+/// `struct Epi` of `kernels/conv2d.cu`: the forward epilogue's numbers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EpiArgs {
+    pub act: i32,
+    pub noise_batched: i32,
+    pub alpha: f32,
+    pub gain: f32,
+    pub clamp: f32,
+}
+
+impl EpiArgs {
+    /// No epilogue: linear, gain 1, no clamp (the store writes u).
+    pub const NONE: EpiArgs = EpiArgs {
+        act: 0,
+        noise_batched: 0,
+        alpha: 1.0,
+        gain: 1.0,
+        clamp: -1.0,
+    };
+}
+
+// SAFETY: #[repr(C)], two i32 then three f32, the layout of the CUDA struct.
+unsafe impl DeviceRepr for EpiArgs {}
+
 /// `os ⊙ conv2d(is ⊙ x, w)` without recording.
 pub(crate) fn conv2d_fwd_raw(x: &Tensor, w: &Tensor, sc: Scales, d: &Conv2d) -> Result<Tensor> {
-    run(Pass::Forward, x, w, sc, d)
+    Ok(run(Pass::Forward, x, w, sc, None, d)?.0)
+}
+
+/// `epi(u)` for `u = os ⊙ conv2d(is ⊙ x, w)` in one pass, without recording; and u itself when
+/// `keep_u` (the modulated convolution's backward needs it).
+pub(crate) fn conv2d_fwd_epilogue_raw(
+    x: &Tensor,
+    w: &Tensor,
+    sc: Scales,
+    epi: &BiasAct,
+    keep_u: bool,
+    d: &Conv2d,
+) -> Result<(Tensor, Option<Tensor>)> {
+    run(Pass::Forward, x, w, sc, Some((epi, keep_u)), d)
 }
 
 /// `is ⊙ dx` of the convolution for the gradient `os ⊙ dy`, without recording (also the
 /// transposed convolution's forward).
 pub(crate) fn conv2d_dx_raw(dy: &Tensor, w: &Tensor, sc: Scales, d: &Conv2d) -> Result<Tensor> {
-    run(Pass::Dx, dy, w, sc, d)
+    Ok(run(Pass::Dx, dy, w, sc, None, d)?.0)
 }
 
 /// dW of the convolution for the gradient `os ⊙ dy` and input `is ⊙ x`, without recording.
 pub(crate) fn conv2d_dw_raw(dy: &Tensor, x: &Tensor, sc: Scales, d: &Conv2d) -> Result<Tensor> {
-    run(Pass::Dw, dy, x, sc, d)
+    Ok(run(Pass::Dw, dy, x, sc, None, d)?.0)
 }
 
 fn check_bias(bias: Option<&Tensor>, x: &Tensor, c: usize) -> Result<()> {

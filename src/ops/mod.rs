@@ -10,6 +10,7 @@ pub mod channels;
 pub mod concat;
 pub mod conv1d;
 pub mod conv2d;
+pub mod conv_epilogue;
 mod conv_tc;
 pub mod elementwise;
 pub mod embedding;

@@ -27,7 +27,9 @@ use super::same_device;
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
 use crate::ops::channels::{broadcast_mul_raw, rowdot_raw};
-use crate::ops::conv2d::{conv2d_dw_raw, conv2d_dx_raw, conv2d_fwd_raw, Conv2d, Scales};
+use crate::ops::conv2d::{conv2d_dw_raw, conv2d_dx_raw, conv2d_fwd_epilogue_raw, conv2d_fwd_raw};
+use crate::ops::conv2d::{Conv2d, Scales};
+use crate::ops::conv_epilogue::BiasAct;
 use crate::ops::transpose::transpose_raw;
 use crate::tensor::{launch, launch_1d, Device, Storage, Tensor};
 
@@ -409,6 +411,80 @@ fn demod_backward_raw(
     }
 }
 
+/// What the backward of one modulated convolution reads: its inputs, its output u (needed only
+/// with demodulation), d, and the transposed weight of `Up2`.
+struct Saved {
+    x: Tensor,
+    w: Tensor,
+    s: Tensor,
+    u: Option<Tensor>,
+    d: Option<Tensor>,
+    wt: Option<Tensor>,
+    m: ModConv,
+}
+
+impl Saved {
+    /// `[dx, dw, ds]` for the output gradient `dy` (see the module doc).
+    fn backward(&self, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let (m, d, sc) = (&self.m, self.d.as_ref(), &self.s);
+        let (g, dw) = match &self.wt {
+            None => (
+                conv2d_dx_raw(
+                    dy,
+                    &self.w,
+                    Scales {
+                        input: None,
+                        output: d,
+                    },
+                    &m.conv,
+                )?,
+                conv2d_dw_raw(
+                    dy,
+                    &self.x,
+                    Scales {
+                        input: Some(sc),
+                        output: d,
+                    },
+                    &m.conv,
+                )?,
+            ),
+            Some(wt) => {
+                let g = conv2d_fwd_raw(
+                    dy,
+                    wt,
+                    Scales {
+                        input: d,
+                        output: None,
+                    },
+                    &m.conv,
+                )?;
+                let dwt = conv2d_dw_raw(
+                    &self.x,
+                    dy,
+                    Scales {
+                        input: d,
+                        output: Some(sc),
+                    },
+                    &m.conv,
+                )?;
+                (g, transpose_raw(&dwt, 0, 1)?)
+            }
+        };
+        let dx = broadcast_mul_raw(&g, sc)?;
+        let q = self.x.numel() / (m.batch * m.cin).max(1);
+        let ds = rowdot_raw(&self.x, &g, q, &[m.batch, m.cin])?;
+        if let Some(d) = d {
+            let u = self.u.as_ref().ok_or_else(|| {
+                Error::Invalid("modulated_conv2d backward: the output was not kept".into())
+            })?;
+            let p = u.numel() / (m.batch * m.cout).max(1);
+            let pr = rowdot_raw(dy, u, p, &[m.batch, m.cout])?;
+            demod_backward_raw(&pr, d, &self.w, sc, &ds, &dw, m)?;
+        }
+        Ok(vec![Some(dx), Some(dw), Some(ds)])
+    }
+}
+
 /// `y = T(x; w ⊙ s ⊙ d)` (see the module doc): x `[B, Cin, H, W]`, weight `[Cout, Cin, K, K]`,
 /// styles `[B, Cin]`; `demodulate` as the reference's. Recorded: gradients for x, weight, styles.
 pub fn modulated_conv2d(
@@ -450,60 +526,67 @@ pub fn modulated_conv2d(
         )?,
     };
     debug_assert_eq!(y.shape(), m.y_shape());
-    let (xc, wc, sc, yc) = (x.clone(), weight.clone(), styles.clone(), y.clone());
-    tape.record(&[x, weight, styles], &y, move |dy| {
-        let (g, dw) = match &wt {
-            None => (
-                conv2d_dx_raw(
-                    dy,
-                    &wc,
-                    Scales {
-                        input: None,
-                        output: d.as_ref(),
-                    },
-                    &m.conv,
-                )?,
-                conv2d_dw_raw(
-                    dy,
-                    &xc,
-                    Scales {
-                        input: Some(&sc),
-                        output: d.as_ref(),
-                    },
-                    &m.conv,
-                )?,
-            ),
-            Some(wt) => {
-                let g = conv2d_fwd_raw(
-                    dy,
-                    wt,
-                    Scales {
-                        input: d.as_ref(),
-                        output: None,
-                    },
-                    &m.conv,
-                )?;
-                let dwt = conv2d_dw_raw(
-                    &xc,
-                    dy,
-                    Scales {
-                        input: d.as_ref(),
-                        output: Some(&sc),
-                    },
-                    &m.conv,
-                )?;
-                (g, transpose_raw(&dwt, 0, 1)?)
-            }
-        };
-        let dx = broadcast_mul_raw(&g, &sc)?;
-        let q = xc.numel() / (m.batch * m.cin).max(1);
-        let ds = rowdot_raw(&xc, &g, q, &[m.batch, m.cin])?;
-        if let Some(d) = &d {
-            let p = yc.numel() / (m.batch * m.cout).max(1);
-            let pr = rowdot_raw(dy, &yc, p, &[m.batch, m.cout])?;
-            demod_backward_raw(&pr, d, &wc, &sc, &ds, &dw, &m)?;
-        }
-        Ok(vec![Some(dx), Some(dw), Some(ds)])
+    let saved = Saved {
+        x: x.clone(),
+        w: weight.clone(),
+        s: styles.clone(),
+        u: demodulate.then(|| y.clone()),
+        d,
+        wt,
+        m,
+    };
+    tape.record(&[x, weight, styles], &y, move |dy| saved.backward(dy));
+    Ok(y)
+}
+
+/// `epi(modulated_conv2d(x, weight, styles, demodulate, Same { padding }))` in one pass: the
+/// synthesis layer's conv → noise → bias_act and ToRGB's conv → bias_act, done as the convolution
+/// stores y (`ops::conv_epilogue`), the separate ops' numbers bit for bit. Recorded: x, weight,
+/// styles, the bias and the noise strength.
+pub fn modulated_conv2d_bias_act(
+    tape: &mut Tape,
+    x: &Tensor,
+    weight: &Tensor,
+    styles: &Tensor,
+    demodulate: bool,
+    padding: usize,
+    epi: BiasAct,
+) -> Result<Tensor> {
+    let resample = Resample::Same { padding };
+    if epi.unfusable() {
+        let u = modulated_conv2d(tape, x, weight, styles, demodulate, resample)?;
+        return epi.apply_separately(tape, &u);
+    }
+    same_device("modulated_conv2d", &[x, weight, styles])?;
+    let m = ModConv::new(x.shape(), weight.shape(), styles.shape(), resample)?;
+    let d = demodulate
+        .then(|| demod_raw(weight, styles, &m))
+        .transpose()?;
+    let scales = Scales {
+        input: Some(styles),
+        output: d.as_ref(),
+    };
+    let (y, u) = conv2d_fwd_epilogue_raw(x, weight, scales, &epi, demodulate, &m.conv)?;
+    let kept = epi.keep(tape);
+    let yc = y.clone();
+    let saved = Saved {
+        x: x.clone(),
+        w: weight.clone(),
+        s: styles.clone(),
+        u,
+        d,
+        wt: None,
+        m,
+    };
+    let inputs: Vec<&Tensor> = [x, weight, styles]
+        .into_iter()
+        .chain(epi.inputs())
+        .collect();
+    tape.record(&inputs, &y, move |dy| {
+        let (dpre, tail) = kept.backward(dy, &yc)?;
+        let mut grads = saved.backward(&dpre)?;
+        grads.extend(tail);
+        Ok(grads)
     });
     Ok(y)
 }
