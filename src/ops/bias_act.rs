@@ -447,7 +447,7 @@ pub mod pattern {
 
     use crate::autograd::Tape;
     use crate::error::{Error, Result};
-    use crate::ops::elementwise as ew;
+    use crate::ops::elementwise::{self as ew, Unary};
     use crate::tensor::Tensor;
 
     /// The slopes of every leaky ReLU one forward pass ran, in call order.
@@ -552,13 +552,15 @@ pub mod pattern {
         };
         let slopes = match imposed(x.shape())? {
             Some(s) => s,
+            // 1 where pre > 0, else α: leaky ReLU's derivative at pre (gain 1) times ones,
+            // computed where pre lives (no copy to the host and back).
             None => {
-                let v: Vec<f32> = pre
-                    .to_vec_f32()?
-                    .into_iter()
-                    .map(|p| if p > 0.0 { 1.0 } else { alpha })
-                    .collect();
-                Tensor::from_vec(v, x.shape(), x.device())?
+                let ones = Tensor::full(1.0, pre.shape(), pre.device())?;
+                let leaky = Unary::LeakyRelu {
+                    slope: alpha,
+                    gain: 1.0,
+                };
+                ew::unary_bwd_raw(leaky, &pre, &pre, &ones)?
             }
         };
         note(&slopes);

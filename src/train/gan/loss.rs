@@ -434,7 +434,7 @@ pub struct Nets<'a> {
 pub struct Terms(pub Vec<(&'static str, Tensor)>);
 
 impl Terms {
-    fn push(&mut self, name: &'static str, t: &Tensor) -> Result<()> {
+    pub(super) fn push(&mut self, name: &'static str, t: &Tensor) -> Result<()> {
         self.0.push((name, t.clone()));
         Ok(())
     }

@@ -9,7 +9,9 @@
 //! ```
 //!
 //! two extra first-order passes (central difference, error O(ε²) on the smooth parts). ε is set
-//! relative to v's scale. The test checks the result against the exact double backward of the
+//! relative to v's scale. Every number here, ε included, is computed on the device: a
+//! regularised step waits for the GPU no more often than a plain one (the penalties are read
+//! with the step's other loss terms). The test checks the result against the exact double backward of the
 //! reference (a fixture) and against finite differences of the penalty itself.
 
 use crate::autograd::{Gradients, Tape};
@@ -17,8 +19,9 @@ use crate::error::{Error, Result};
 use crate::models::lafite::{Discriminator, Generator};
 use crate::nn::{NoiseMode, ParamStore};
 use crate::ops::bias_act::pattern;
+use crate::ops::channels::broadcast_mul;
 use crate::ops::elementwise as ew;
-use crate::ops::reduce::sum_all;
+use crate::ops::reduce::{self, sum_all};
 use crate::tensor::Tensor;
 
 use super::loss::Mixing;
@@ -30,12 +33,13 @@ use super::loss::Mixing;
 const R1_STEP: f32 = 1e-3;
 const PL_STEP: f32 = 1e-2;
 
-/// Adds `scale · (plus − minus)` to every parameter's accumulated gradient.
+/// Adds `scale · (plus − minus)` to every parameter's accumulated gradient (`scale` one number
+/// on the device).
 fn accumulate_difference(
     params: &mut ParamStore,
     plus: &Gradients,
     minus: &Gradients,
-    scale: f32,
+    scale: &Tensor,
 ) -> Result<()> {
     let mut off = Tape::inference();
     for p in params.iter_mut() {
@@ -43,7 +47,7 @@ fn accumulate_difference(
             continue;
         };
         let d = ew::sub(&mut off, a, b)?;
-        let d = ew::scale(&mut off, &d, scale)?;
+        let d = ew::scale_by(&mut off, &d, scale)?;
         p.grad = Some(match p.grad.take() {
             Some(prev) => prev.accumulate(&d)?,
             None => d,
@@ -52,18 +56,27 @@ fn accumulate_difference(
     Ok(())
 }
 
-fn sum_of_squares(t: &Tensor) -> Result<f64> {
+/// `Σ t²`, one number on t's device.
+fn sum_of_squares(t: &Tensor) -> Result<Tensor> {
     let mut off = Tape::inference();
     let sq = ew::square(&mut off, t)?;
-    Ok(sum_all(&mut off, &sq)?.scalar()? as f64)
+    sum_all(&mut off, &sq)
 }
 
-/// What R1 measured.
+/// `√m` and `1/√m` of a mean square m (one number on the device), m held above the smallest
+/// normal f32: an all-zero v then steps by 0 and its difference is 0, as no regularisation.
+fn root_and_inverse(mean_square: &Tensor) -> Result<(Tensor, Tensor)> {
+    let mut off = Tape::inference();
+    let m = ew::clamp(&mut off, mean_square, f32::MIN_POSITIVE, f32::INFINITY)?;
+    Ok((ew::sqrt(&mut off, &m)?, ew::rsqrt(&mut off, &m)?))
+}
+
+/// What R1 measured, each one number on the device.
 pub struct R1 {
     /// mean over the batch of ‖∇ₓ Σ logits‖² per image (`Loss/r1_penalty`).
-    pub penalty: f64,
+    pub penalty: Tensor,
     /// `γ/2 · penalty` (`Loss/D/reg`, before the gain).
-    pub loss: f64,
+    pub loss: Tensor,
 }
 
 /// R1 (loss.py 686–700): `gain · mean_i γ/2 ‖∇_{x_i} Σ_j D(x, c)_j‖²` on real images, with the
@@ -91,19 +104,20 @@ pub fn r1(
         .get(&x)
         .cloned()
         .ok_or_else(|| Error::Invalid("R1: no gradient reached the images".into()))?;
+    let mut off = Tape::inference();
     let sq = sum_of_squares(&g)?;
-    let penalty = sq / n as f64;
+    let penalty = ew::scale(&mut off, &sq, 1.0 / n as f32)?;
     let out = R1 {
+        loss: ew::scale(&mut off, &penalty, gamma / 2.0)?,
         penalty,
-        loss: penalty * gamma as f64 / 2.0,
     };
-    if sq == 0.0 || !sq.is_finite() {
-        return Ok(out);
-    }
-    let eps = R1_STEP / (sq / g.numel() as f64).sqrt() as f32;
+    // ε = R1_STEP / rms(g).
+    let mean_square = ew::scale(&mut off, &sq, 1.0 / g.numel() as f32)?;
+    let (rms, inv_rms) = root_and_inverse(&mean_square)?;
     let pass = |sign: f32| -> Result<Gradients> {
         let mut off = Tape::inference();
-        let step = ew::scale(&mut off, &g, sign * eps)?;
+        let eps = ew::scale(&mut off, &inv_rms, sign * R1_STEP)?;
+        let step = ew::scale_by(&mut off, &g, &eps)?;
         let xs = ew::add(&mut off, real, &step)?;
         let mut tape = Tape::new();
         params.watch_all(&mut tape);
@@ -111,20 +125,20 @@ pub fn r1(
         tape.backward(&f)
     };
     let (plus, minus) = (pass(1.0)?, pass(-1.0)?);
-    // d/dθ of gain·γ/(2n)·‖g‖² is gain·γ/n · (∂g/∂θ)ᵀ g.
-    let scale = gain * gamma / n as f32 / (2.0 * eps);
-    accumulate_difference(params, &plus, &minus, scale)?;
+    // d/dθ of gain·γ/(2n)·‖g‖² is gain·γ/n · (∂g/∂θ)ᵀ g; over the difference's 2ε.
+    let scale = ew::scale(&mut off, &rms, gain * gamma / n as f32 / (2.0 * R1_STEP))?;
+    accumulate_difference(params, &plus, &minus, &scale)?;
     Ok(out)
 }
 
-/// What path length measured.
+/// What path length measured, each number on the device.
 pub struct PathLength {
     /// mean of `(‖J_wᵀ y‖ − a)²` (`Loss/pl_penalty`).
-    pub penalty: f64,
+    pub penalty: Tensor,
     /// the mean length ‖J_wᵀ y‖ this batch.
-    pub length: f64,
+    pub length: Tensor,
     /// the updated running mean a (the reference's `pl_mean`).
-    pub mean: f32,
+    pub mean: Tensor,
     /// the mapped w of z, for `w_avg`.
     pub w: Tensor,
 }
@@ -189,77 +203,76 @@ pub fn path_length(
     });
     let (w, leaves, s) = base?;
     let grads = tape.backward(&s)?;
-    let gk: Vec<Vec<f32>> = leaves
+    let zeros = Tensor::zeros(&[b, w_dim], &device)?;
+    let gk: Vec<&Tensor> = leaves
         .iter()
-        .map(|l| match grads.get(l) {
-            Some(t) => t.to_vec_f32(),
-            None => Ok(vec![0.0; b * w_dim]),
-        })
-        .collect::<Result<_>>()?;
-    let lengths: Vec<f64> = (0..b)
-        .map(|i| {
-            let ss: f64 = gk
-                .iter()
-                .map(|gv| {
-                    gv[i * w_dim..][..w_dim]
-                        .iter()
-                        .map(|&v| (v as f64) * (v as f64))
-                        .sum::<f64>()
-                })
-                .sum();
-            (ss / num_ws as f64).sqrt()
-        })
+        .map(|l| grads.get(l).unwrap_or(&zeros))
         .collect();
-    let mean_len = lengths.iter().sum::<f64>() / b as f64;
-    let a = pl_mean as f64 + decay as f64 * (mean_len - pl_mean as f64);
-    let dev: Vec<f64> = lengths.iter().map(|l| l - a).collect();
-    let penalty = dev.iter().map(|d| d * d).sum::<f64>() / b as f64;
+    // Everything below is a few numbers per image, computed on the device.
+    let mut off = Tape::inference();
+    let off = &mut off;
+    // len_j = √(mean_k ‖g_jk‖²).
+    let mut ss = Tensor::zeros(&[b], &device)?;
+    for g in &gk {
+        let sq = ew::square(off, g)?;
+        let row = reduce::sum(off, &sq, 1)?;
+        ss = ew::add(off, &ss, &row)?;
+    }
+    let ms = ew::scale(off, &ss, 1.0 / num_ws as f32)?;
+    let lengths = ew::sqrt(off, &ms)?;
+    let total_len = sum_all(off, &lengths)?;
+    let mean_len = ew::scale(off, &total_len, 1.0 / b as f32)?;
+    // a = lerp(pl_mean, mean len, decay).
+    let a = ew::add_scalar(off, &mean_len, -pl_mean)?;
+    let a = ew::scale(off, &a, decay)?;
+    let a = ew::add_scalar(off, &a, pl_mean)?;
+    let ones = Tensor::full(1.0, &[b], &device)?;
+    let a_each = ew::scale_by(off, &ones, &a)?;
+    let dev = ew::sub(off, &lengths, &a_each)?;
+    let penalty = ew::scale(off, &sum_of_squares(&dev)?, 1.0 / b as f32)?;
     let out = PathLength {
         penalty,
         length: mean_len,
-        mean: a as f32,
+        mean: a,
         w,
     };
-    // ∂L/∂len_j for L = gain·weight·mean_i (len_i − a)², a = lerp(pl_mean, mean len, decay).
-    let total_dev: f64 = dev.iter().sum();
-    let coef = gain as f64 * weight as f64 * 2.0 / b as f64;
-    let dlen: Vec<f64> = dev
+    // ∂L/∂len_j for L = gain·weight·mean_i (len_i − a)², a = lerp(pl_mean, mean len, decay):
+    // coef·(dev_j − decay/b·Σ dev).
+    let coef = gain * weight * 2.0 / b as f32;
+    let total_dev = sum_all(off, &dev)?;
+    let shared = ew::scale(off, &total_dev, decay / b as f32)?;
+    let shared_each = ew::scale_by(off, &ones, &shared)?;
+    let dlen = ew::sub(off, &dev, &shared_each)?;
+    let dlen = ew::scale(off, &dlen, coef)?;
+    // v_jk = ∂L/∂g_jk = ∂L/∂len_j · g_jk / (num_ws · len_j); a zero length has zero g.
+    let (_, inv_len) = root_and_inverse(&ms)?;
+    let per_image = ew::mul(off, &dlen, &inv_len)?;
+    let per_image = ew::scale(off, &per_image, 1.0 / num_ws as f32)?;
+    let v: Vec<Tensor> = gk
         .iter()
-        .map(|d| coef * (d - decay as f64 / b as f64 * total_dev))
-        .collect();
-    // v_jk = ∂L/∂g_jk = ∂L/∂len_j · g_jk / (num_ws · len_j).
-    let v: Vec<Vec<f32>> = gk
-        .iter()
-        .map(|gv| {
-            gv.iter()
-                .enumerate()
-                .map(|(e, &x)| {
-                    let j = e / w_dim;
-                    if lengths[j] > 0.0 {
-                        (dlen[j] * x as f64 / (num_ws as f64 * lengths[j])) as f32
-                    } else {
-                        0.0
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    let vv: f64 = v.iter().flatten().map(|&x| (x as f64) * (x as f64)).sum();
-    if vv == 0.0 || !vv.is_finite() {
-        return Ok(out);
+        .map(|g| broadcast_mul(off, g, &per_image))
+        .collect::<Result<_>>()?;
+    let mut vv = Tensor::zeros(&[], &device)?;
+    for vk in &v {
+        let sq = sum_of_squares(vk)?;
+        vv = ew::add(off, &vv, &sq)?;
     }
-    let eps = PL_STEP / (vv / (num_ws * b * w_dim) as f64).sqrt() as f32;
+    // ε = PL_STEP / rms(v).
+    let count = (num_ws * b * w_dim) as f32;
+    let mean_square = ew::scale(off, &vv, 1.0 / count)?;
+    let (rms, inv_rms) = root_and_inverse(&mean_square)?;
     let pass = |sign: f32| -> Result<Gradients> {
         let mut tape = Tape::new();
         params.watch_all(&mut tape);
         let s = pattern::replay(&pat, || -> Result<Tensor> {
             let (_, ws) = latents(&mut tape)?;
+            let mut off = Tape::inference();
+            let eps = ew::scale(&mut off, &inv_rms, sign * PL_STEP)?;
             let shifted: Vec<Tensor> = ws
                 .iter()
                 .zip(&v)
                 .map(|(w, vk)| {
-                    let step: Vec<f32> = vk.iter().map(|x| x * sign * eps).collect();
-                    let step = Tensor::from_vec(step, &[b, w_dim], &device)?;
+                    let step = ew::scale_by(&mut off, vk, &eps)?;
                     ew::add(&mut tape, w, &step)
                 })
                 .collect::<Result<_>>()?;
@@ -268,6 +281,7 @@ pub fn path_length(
         tape.backward(&s)
     };
     let (plus, minus) = (pass(1.0)?, pass(-1.0)?);
-    accumulate_difference(params, &plus, &minus, 1.0 / (2.0 * eps))?;
+    let scale = ew::scale(off, &rms, 1.0 / (2.0 * PL_STEP))?;
+    accumulate_difference(params, &plus, &minus, &scale)?;
     Ok(out)
 }

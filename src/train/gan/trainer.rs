@@ -214,6 +214,9 @@ pub trait GanProgress {
 
 impl GanProgress for () {}
 
+/// The running path-length mean's name among the numbers a step reads back.
+const PL_MEAN: &str = "pl_mean";
+
 /// The three networks, their optimisers and the loop's counters.
 pub struct GanState {
     pub g: Network<Generator>,
@@ -438,8 +441,11 @@ pub fn train_gan(
         let c2_ref = c2.as_deref().zip(c2_width);
         let z = Tensor::zeros(&[n, gcfg.z_dim], device)?;
         let noise_seed = |phase: u64| cfg.seed ^ (8 * step + phase).wrapping_mul(0x9E37_79B9);
-        let mut terms: Vec<(String, f64)> = Vec::new();
         let (g_terms, d_terms): (Terms, Terms);
+        // The regularisers' numbers, and the running path-length mean they update: read with
+        // the loss terms at the end of the step.
+        let (mut g_reg, mut d_reg, mut kept) =
+            (Terms::default(), Terms::default(), Terms::default());
         let num_ws = gcfg.num_ws();
         let l = &cfg.loss;
 
@@ -500,10 +506,10 @@ pub fn train_gan(
                 l.pl_decay,
                 cfg.g_reg_interval as f32,
             )?;
-            st.pl_mean = pl.mean;
             track_w_avg(&st.g.net.mapping.w_avg, &pl.w)?;
-            terms.push(("G.pl_penalty".into(), pl.penalty));
-            terms.push(("G.pl_length".into(), pl.length));
+            g_reg.push("pl_penalty", &pl.penalty)?;
+            g_reg.push("pl_length", &pl.length)?;
+            kept.push(PL_MEAN, &pl.mean)?;
         }
         sanitize_gradients(&mut st.g.params)?;
         st.adam_g.step(&mut st.g.params, lr_g)?;
@@ -552,7 +558,7 @@ pub fn train_gan(
                 l.r1_gamma,
                 cfg.d_reg_interval as f32,
             )?;
-            terms.push(("D.r1_penalty".into(), out.penalty));
+            d_reg.push("r1_penalty", &out.penalty)?;
         }
         sanitize_gradients(&mut st.d.params)?;
         st.adam_d.step(&mut st.d.params, lr_d)?;
@@ -570,7 +576,17 @@ pub fn train_gan(
         st.cur_nimg += n as u64;
         st.step += 1;
         // The loss terms, read back in one copy once the whole step is queued.
-        terms.splice(0..0, Terms::read_all(&[("G", &g_terms), ("D", &d_terms)])?);
+        let mut terms = Terms::read_all(&[
+            ("G", &g_terms),
+            ("D", &d_terms),
+            ("G", &g_reg),
+            ("D", &d_reg),
+            ("kept", &kept),
+        ])?;
+        let pl_mean_name = format!("kept.{PL_MEAN}");
+        if let Some(i) = terms.iter().position(|(n, _)| *n == pl_mean_name) {
+            st.pl_mean = terms.remove(i).1 as f32;
+        }
 
         if let Some((name, v)) = terms.iter().find(|(_, v)| !v.is_finite()) {
             return Err(Error::Invalid(format!(
