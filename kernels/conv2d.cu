@@ -17,11 +17,10 @@
 // takes no scales (they depend on two GEMM indices there): the host uses _tc_ dW for those.
 // The geometry travels as one struct Geom.
 //
-// The forward pass can finish StyleGAN2's layer as it stores y (src/ops/conv_epilogue.rs): with
-// u = os ⊙ conv, `y = clamp(act(u + strength·noise + bias)·gain, ±clamp)`, each part only when
-// given (bias, noise, strength nullable; `pre`, when not null, receives u for the modulated
-// convolution's backward). Every step rounds as the separate add_noise and bias_act kernels do,
-// so the result is theirs bit for bit; without an epilogue (all null, gain 1, no clamp) it is u.
+// The forward pass can finish StyleGAN2's layer as it stores y (kernels/epilogue.cuh): with
+// u = os ⊙ conv, `y = epilogue(u)`; `pre`, when not null, receives u for the modulated
+// convolution's backward.
+#include "epilogue.cuh"
 #include "gemm_tile.cuh"
 #include "gemm_tile_tc.cuh"
 #include "gemm_tile_tc_pipe.cuh"
@@ -33,14 +32,6 @@ struct Geom {
 };
 
 __device__ __forceinline__ float scale_at(const float* s, int b, int C, int c) { return s ? s[(u64)b * C + c] : 1.f; }
-
-// The forward epilogue's numbers: act 0 = linear, 1 = leaky ReLU with slope alpha; clamp < 0 =
-// none. Its pointers come before it among the forward kernels' arguments: bias [Cout], noise
-// [B, OH·OW] (noise_batched) or [OH·OW], strength [1], pre shaped like y.
-struct Epi {
-    int act, noise_batched;
-    float alpha, gain, clamp;
-};
 
 // Forward, per (b, g) on grid z: M = Cout/G, N = OH·OW, K = (Cin/G)·KH·KW (kk = (ci·KH + ky)·KW + kx).
 template <int PREC, bool PIPE = false>
@@ -62,18 +53,12 @@ __device__ __forceinline__ void conv2d_fwd_body(const float* __restrict__ x, con
         };
         // The input channel's scale: one per k row of B.
         auto scale_b = [=](int kk) { return is + (u64)b * d.Cin + g * cin_g + kk / KHW; };
-        const float* noise_b = noise ? noise + (e.noise_batched ? (u64)b * N : 0) : nullptr;
         auto store = [=](int co, int n, float v) {
             const int c = g * cout_g + co;
             const u64 at = ((u64)b * d.Cout + c) * N + n;
             v = __fmul_rn(v, scale_at(os, b, d.Cout, c));  // never contracted into what follows
             if (pre) pre[at] = v;
-            if (noise_b) v = fmaf(strength[0], noise_b[n], v);  // add_noise_f32's
-            if (bias) v += bias[c];                            // bias_act_fwd_f32's, step by step
-            if (e.act == 1 && !(v > 0.f)) v *= e.alpha;
-            v *= e.gain;
-            if (e.clamp >= 0.f) v = fminf(fmaxf(v, -e.clamp), e.clamp);
-            y[at] = v;
+            y[at] = epilogue(v, bias, noise, strength, e, b, c, n, N);
         };
         conv_gemm<PREC, PIPE>(cout_g, N, 0, K, m0, n0, true, true, w, at_a, at_b, is != nullptr, scale_b, store);
     }

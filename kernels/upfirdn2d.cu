@@ -1,8 +1,9 @@
 // upfirdn2d: upsample by zero insertion, pad (negative = crop), FIR filter, downsample — StyleGAN2's
 // resampling primitive. The math is in src/ops/upfirdn2d.rs. x and y are [planes, H, W] (planes =
 // N·C, each filtered alone); f is [FH, FW]; `flip` = 0 applies f as a true convolution (the
-// reference's default), 1 as a correlation. One thread per output element, grid-stride.
-#include "common.cuh"
+// reference's default), 1 as a correlation. One thread per output element, grid-stride. The
+// forward can finish a synthesis layer as it stores y (kernels/epilogue.cuh; planes = N·C).
+#include "epilogue.cuh"
 
 struct Fir {
     int planes, H, W, OH, OW, up, down, px0, py0, FH, FW, flip;
@@ -16,7 +17,9 @@ __device__ __forceinline__ float tap(const float* f, const Fir& d, int i, int j)
 
 // y[p, oy, ox] = Σ_{i, j} tap(i, j) · u[p, oy·down + i − py0, ox·down + j − px0], where u is x upsampled
 // (u[r, c] = x[r/up, c/up] when both divide, 0 elsewhere and outside the image).
-extern "C" __global__ void upfirdn2d_fwd_f32(const float* __restrict__ x, const float* __restrict__ f, float* __restrict__ y, Fir d) {
+extern "C" __global__ void upfirdn2d_fwd_f32(const float* __restrict__ x, const float* __restrict__ f, float* __restrict__ y, Fir d,
+                                             const float* __restrict__ bias, const float* __restrict__ noise,
+                                             const float* __restrict__ strength, Epi e, int C) {
     const int UH = d.H * d.up, UW = d.W * d.up;
     FOR_EACH(idx, (u64)d.planes * d.OH * d.OW) {
         const int ox = idx % d.OW, oy = (idx / d.OW) % d.OH;
@@ -32,7 +35,8 @@ extern "C" __global__ void upfirdn2d_fwd_f32(const float* __restrict__ x, const 
                 acc = fmaf(tap(f, d, i, j), xp[(r / d.up) * d.W + c / d.up], acc);
             }
         }
-        y[idx] = acc;
+        const u64 P = (u64)d.OH * d.OW;
+        y[idx] = epilogue(acc, bias, noise, strength, e, p / C, (int)(p % C), idx - p * P, P);
     }
 }
 

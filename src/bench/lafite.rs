@@ -69,6 +69,21 @@ pub fn discriminator_flops(c: &DiscriminatorConfig, n: usize) -> f64 {
     f * n as f64
 }
 
+/// b256.conv1's x `[n, ch, r, r]`, weight, styles (about 1, as trained ones are) and output
+/// gradient.
+fn conv1_inputs(n: usize, ch: usize, r: usize, d: &crate::tensor::Device) -> Result<[Tensor; 4]> {
+    let styles = crate::tensor::randn_vec(n * ch, 0.3, 82)
+        .iter()
+        .map(|v| v + 1.0)
+        .collect();
+    Ok([
+        input(&[n, ch, r, r], 80, d, DType::F32)?,
+        input(&[ch, ch, 3, 3], 81, d, DType::F32)?,
+        Tensor::from_vec(styles, &[n, ch], d)?,
+        input(&[n, ch, r, r], 83, d, DType::F32)?,
+    ])
+}
+
 pub fn cases(quick: bool) -> Result<Vec<Case>> {
     let s = |full: usize, small: usize| if quick { small } else { full };
     let mut out = Vec::new();
@@ -100,17 +115,7 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
             (flops, 2.0 * act)
         };
         let row = case(name, flops, bytes, rtol, move |d| {
-            let x = input(&[n, ch, r, r], 80, d, DType::F32)?;
-            let w = input(&[ch, ch, 3, 3], 81, d, DType::F32)?;
-            let st = Tensor::from_vec(
-                crate::tensor::randn_vec(n * ch, 0.3, 82)
-                    .iter()
-                    .map(|v| v + 1.0)
-                    .collect(),
-                &[n, ch],
-                d,
-            )?;
-            let dy = input(&[n, ch, r, r], 83, d, DType::F32)?;
+            let [x, w, st, dy] = conv1_inputs(n, ch, r, d)?;
             Ok(Box::new(move || {
                 let step = || {
                     let mut tape = if backward {
@@ -154,20 +159,10 @@ pub fn cases(quick: bool) -> Result<Vec<Case>> {
         );
         let bytes = if fused { 11.0 * act } else { 14.0 * act };
         let row = case(name, 3.0 * flops, bytes, 2e-3, move |d| {
-            let x = input(&[n, ch, r, r], 80, d, DType::F32)?;
-            let w = input(&[ch, ch, 3, 3], 81, d, DType::F32)?;
-            let st = Tensor::from_vec(
-                crate::tensor::randn_vec(n * ch, 0.3, 82)
-                    .iter()
-                    .map(|v| v + 1.0)
-                    .collect(),
-                &[n, ch],
-                d,
-            )?;
+            let [x, w, st, dy] = conv1_inputs(n, ch, r, d)?;
             let bias = input(&[ch], 88, d, DType::F32)?;
             let noise = input(&[n, 1, r, r], 89, d, DType::F32)?;
             let strength = Tensor::from_vec(vec![0.1], &[], d)?;
-            let dy = input(&[n, ch, r, r], 83, d, DType::F32)?;
             Ok(Box::new(move || {
                 let mut tape = Tape::new();
                 for t in [&x, &w, &st, &bias, &strength] {

@@ -16,7 +16,7 @@ use crate::ops::concat::{concat, slice};
 use crate::ops::conv_epilogue::{BiasAct, Noise};
 use crate::ops::elementwise as ew;
 use crate::ops::modconv::{modulated_conv2d, modulated_conv2d_bias_act, Resample};
-use crate::ops::upfirdn2d::{filter_size, setup_filter, upfirdn2d};
+use crate::ops::upfirdn2d::{filter_size, setup_filter, upfirdn2d_bias_act};
 use crate::tensor::Tensor;
 
 /// The per-layer noise of a synthesis layer (the reference's `noise_mode`).
@@ -270,11 +270,12 @@ impl SynthesisLayer {
         // 1 + (fw + 1)/2 − 2 on each side, 1 for the 4-tap filter.
         let (fw, _) = filter_size(&self.resample_filter)?;
         let pad = 1 + (fw as i64 + 1) / 2 - 2;
-        let y = upfirdn2d(tape, &y, &self.resample_filter, 1, 1, [pad; 4], false, 4.0)?;
-        if y.shape()[2] != r {
+        if y.shape()[2] as i64 + 2 * pad + 1 - fw as i64 != r as i64 {
             return Err(resolution_err());
         }
-        epi.apply_separately(tape, &y)
+        // The filter, then noise → bias_act in its store.
+        let f = &self.resample_filter;
+        upfirdn2d_bias_act(tape, &y, f, 1, 1, [pad; 4], false, 4.0, epi)
     }
 }
 

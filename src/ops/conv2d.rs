@@ -36,7 +36,7 @@ use rayon::prelude::*;
 use super::{same_device, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::ops::conv_epilogue::BiasAct;
+use crate::ops::conv_epilogue::{BiasAct, EpiArgs};
 use crate::ops::elementwise::{bias_add_raw, bias_grad_raw};
 use crate::ops::reduce::{reduce_axis_raw, Reduce};
 use crate::tensor::{Device, Storage, Tensor};
@@ -774,31 +774,6 @@ fn run(
         }
     }
 }
-
-/// `struct Epi` of `kernels/conv2d.cu`: the forward epilogue's numbers.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct EpiArgs {
-    pub act: i32,
-    pub noise_batched: i32,
-    pub alpha: f32,
-    pub gain: f32,
-    pub clamp: f32,
-}
-
-impl EpiArgs {
-    /// No epilogue: linear, gain 1, no clamp (the store writes u).
-    pub const NONE: EpiArgs = EpiArgs {
-        act: 0,
-        noise_batched: 0,
-        alpha: 1.0,
-        gain: 1.0,
-        clamp: -1.0,
-    };
-}
-
-// SAFETY: #[repr(C)], two i32 then three f32, the layout of the CUDA struct.
-unsafe impl DeviceRepr for EpiArgs {}
 
 /// `os ⊙ conv2d(is ⊙ x, w)` without recording.
 pub(crate) fn conv2d_fwd_raw(x: &Tensor, w: &Tensor, sc: Scales, d: &Conv2d) -> Result<Tensor> {

@@ -21,9 +21,35 @@ use crate::error::{Error, Result};
 use crate::ops::bias_act::{self, bias_act, pattern, Act};
 use crate::ops::channels::{self, add_noise, noise_strength_grad_raw};
 use crate::ops::conv2d::{conv2d, conv2d_dw_raw, conv2d_dx_raw, conv2d_fwd_epilogue_raw};
-use crate::ops::conv2d::{Conv2d, EpiArgs, Scales};
+use crate::ops::conv2d::{Conv2d, Scales};
 use crate::ops::elementwise::bias_grad_raw;
 use crate::tensor::Tensor;
+use cudarc::driver::DeviceRepr;
+
+/// `struct Epi` of `kernels/epilogue.cuh`: the epilogue's numbers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EpiArgs {
+    pub act: i32,
+    pub noise_batched: i32,
+    pub alpha: f32,
+    pub gain: f32,
+    pub clamp: f32,
+}
+
+impl EpiArgs {
+    /// No epilogue: linear, gain 1, no clamp (the store writes u).
+    pub const NONE: EpiArgs = EpiArgs {
+        act: 0,
+        noise_batched: 0,
+        alpha: 1.0,
+        gain: 1.0,
+        clamp: -1.0,
+    };
+}
+
+// SAFETY: #[repr(C)], two i32 then three f32, the layout of the CUDA struct.
+unsafe impl DeviceRepr for EpiArgs {}
 
 /// A synthesis layer's per-pixel noise (`[N, 1, H, W]`, or `[H, W]` shared by the batch) and its
 /// learned strength (one number).
@@ -444,6 +470,30 @@ mod tests {
                         assert_same(&fused, &separate, &what);
                     }
                 }
+            }
+        }
+    }
+
+    /// The same for the synthesis conv0's filter after its transposed convolution
+    /// (`upfirdn2d_bias_act`), against upfirdn2d then the separate ops, on every device.
+    #[test]
+    fn upfirdn2d_with_the_epilogue_equals_the_separate_ops_on_every_device() {
+        use crate::ops::upfirdn2d::{setup_filter, upfirdn2d, upfirdn2d_bias_act};
+        for device in devices() {
+            let f = setup_filter(&[1.0, 3.0, 3.0, 1.0], &device).unwrap();
+            // conv0's geometry: the transposed 3×3's 2H + 1 wide output, padded 1, 4 taps.
+            let (xs, y) = ([3, 5, 15, 13], [3, 5, 14, 12]);
+            let l = Layer::new(xs, [5, 5, 1, 1], y, &device);
+            for tail in TAILS {
+                let epi = l.epi(tail);
+                let pad = [1; 4];
+                let fused =
+                    l.run(|t| upfirdn2d_bias_act(t, &l.x, &f, 1, 1, pad, false, 4.0, epi).unwrap());
+                let separate = l.run(|t| {
+                    let u = upfirdn2d(t, &l.x, &f, 1, 1, pad, false, 4.0).unwrap();
+                    epi.apply_separately(t, &u).unwrap()
+                });
+                assert_same(&fused, &separate, &format!("{tail:?} on {device}"));
             }
         }
     }

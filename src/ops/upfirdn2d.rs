@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use super::{same_device, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
+use crate::ops::conv_epilogue::{BiasAct, EpiArgs};
 use crate::tensor::{launch_1d, Device, Storage, Tensor};
 
 /// One resampling, checked: planes (N·C), input and output sizes, factors, padding, filter.
@@ -312,10 +313,35 @@ fn args(d: &Fir) -> Result<FirArgs> {
     })
 }
 
-/// Forward (`backward` false: x → y) or adjoint (true: dy → dx) without recording.
-fn run(v: &Tensor, f: &Tensor, d: &Fir, backward: bool, shape: &[usize]) -> Result<Tensor> {
+/// Forward (`backward` false: x → y, finished by `epi` when given) or adjoint (true: dy → dx)
+/// without recording.
+fn run(
+    v: &Tensor,
+    f: &Tensor,
+    d: &Fir,
+    backward: bool,
+    epi: Option<&BiasAct>,
+    shape: &[usize],
+) -> Result<Tensor> {
     const OP: &str = "upfirdn2d";
     same_device(OP, &[v, f])?;
+    let epi = match epi {
+        Some(_) if backward => {
+            return Err(Error::Invalid(
+                "upfirdn2d: an epilogue is for the forward pass".into(),
+            ))
+        }
+        Some(e) => {
+            let &[n, c, h, w] = shape else {
+                return Err(Error::shape(
+                    OP,
+                    format!("an epilogue needs [N, C, H, W], got {shape:?}"),
+                ));
+            };
+            Some((e, e.check([n, c, h, w], v)?, c))
+        }
+        None => None,
+    };
     match v.device() {
         Device::Cpu => {
             let (sv, sf) = (v.storage(), f.storage());
@@ -325,6 +351,10 @@ fn run(v: &Tensor, f: &Tensor, d: &Fir, backward: bool, shape: &[usize]) -> Resu
             } else {
                 cpu::upfirdn2d(vv, fv, d)
             };
+            let out = match epi {
+                Some((e, _, c)) => e.apply_cpu(&out, [d.planes / c, c, d.oh, d.ow])?,
+                None => out,
+            };
             Tensor::from_vec(out, shape, v.device())
         }
         Device::Cuda(gpu) => {
@@ -332,6 +362,23 @@ fn run(v: &Tensor, f: &Tensor, d: &Fir, backward: bool, shape: &[usize]) -> Resu
             let len: usize = shape.iter().product();
             let (sv, sf) = (v.storage(), f.storage());
             let mut out = gpu.alloc::<f32>(len)?;
+            let (epi_args, channels) = match epi {
+                Some((e, batched, c)) => (e.kernel_args(batched), c as i32),
+                None => (EpiArgs::NONE, 1),
+            };
+            let parts = epi.map(|(e, _, _)| {
+                [
+                    e.bias.map(|t| t.storage()),
+                    e.noise.map(|n| n.noise.storage()),
+                    e.noise.map(|n| n.strength.storage()),
+                ]
+            });
+            let [sbias, snoise, sstrength] = parts.unwrap_or([None, None, None]);
+            let (pbias, pnoise, pstrength) = (
+                sbias.as_ref().map(|s| s.cuda_f32(OP)).transpose()?,
+                snoise.as_ref().map(|s| s.cuda_f32(OP)).transpose()?,
+                sstrength.as_ref().map(|s| s.cuda_f32(OP)).transpose()?,
+            );
             if len > 0 {
                 let name = if backward {
                     "upfirdn2d_bwd_f32"
@@ -344,9 +391,20 @@ fn run(v: &Tensor, f: &Tensor, d: &Fir, backward: bool, shape: &[usize]) -> Resu
                     .arg(sf.cuda_f32(OP)?)
                     .arg(&mut out)
                     .arg(&a);
+                let null = 0u64; // a null device pointer: no such part
+                if !backward {
+                    for p in [pbias, pnoise, pstrength] {
+                        match p {
+                            Some(s) => lb.arg(s),
+                            None => lb.arg(&null),
+                        };
+                    }
+                    lb.arg(&epi_args).arg(&channels);
+                }
                 // SAFETY: v holds planes·H·W (forward) or planes·OH·OW (backward) floats and f FH·FW
                 // (shapes checked by Fir::new); every read is bounds-checked against those sizes;
-                // one thread writes each of the `len` outputs.
+                // one thread writes each of the `len` outputs. The forward's epilogue parts were
+                // checked by `BiasAct::check` against y [N, C, OH, OW] (C = `channels`) or are null.
                 unsafe { lb.launch(launch_1d(len)) }.map_err(|e| Error::cuda(name, e))?;
             }
             Ok(Tensor::from_storage(
@@ -372,10 +430,43 @@ pub fn upfirdn2d(
 ) -> Result<Tensor> {
     let d = Fir::new(x.shape(), f.shape(), up, down, padding, flip_filter, gain)?;
     let y_shape = d.y_shape(x.shape());
-    let y = run(x, f, &d, false, &y_shape)?;
+    let y = run(x, f, &d, false, None, &y_shape)?;
     let (fc, x_shape) = (f.clone(), x.shape().to_vec());
     tape.record(&[x], &y, move |dy| {
-        Ok(vec![Some(run(dy, &fc, &d, true, &x_shape)?)])
+        Ok(vec![Some(run(dy, &fc, &d, true, None, &x_shape)?)])
+    });
+    Ok(y)
+}
+
+/// `epi(upfirdn2d(x, f, …))` in one pass: the synthesis conv0's filter after its transposed
+/// convolution, then its noise and bias_act, done as the filter stores y (`ops::conv_epilogue`),
+/// the separate ops' numbers bit for bit. Recorded: x, the bias and the noise strength.
+#[allow(clippy::too_many_arguments)]
+pub fn upfirdn2d_bias_act(
+    tape: &mut Tape,
+    x: &Tensor,
+    f: &Tensor,
+    up: usize,
+    down: usize,
+    padding: [i64; 4],
+    flip_filter: bool,
+    gain: f32,
+    epi: BiasAct,
+) -> Result<Tensor> {
+    if epi.unfusable() {
+        let u = upfirdn2d(tape, x, f, up, down, padding, flip_filter, gain)?;
+        return epi.apply_separately(tape, &u);
+    }
+    let d = Fir::new(x.shape(), f.shape(), up, down, padding, flip_filter, gain)?;
+    let y_shape = d.y_shape(x.shape());
+    let y = run(x, f, &d, false, Some(&epi), &y_shape)?;
+    let kept = epi.keep(tape);
+    let (fc, yc, x_shape) = (f.clone(), y.clone(), x.shape().to_vec());
+    let inputs: Vec<&Tensor> = [x].into_iter().chain(epi.inputs()).collect();
+    tape.record(&inputs, &y, move |dy| {
+        let (dpre, tail) = kept.backward(dy, &yc)?;
+        let dx = run(&dpre, &fc, &d, true, None, &x_shape)?;
+        Ok([Some(dx)].into_iter().chain(tail).collect())
     });
     Ok(y)
 }
