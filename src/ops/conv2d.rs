@@ -36,7 +36,7 @@ use rayon::prelude::*;
 use super::{same_device, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::ops::conv_epilogue::{BiasAct, EpiArgs};
+use crate::ops::conv_epilogue::{BiasAct, EpiArgs, Held};
 use crate::ops::elementwise::{bias_add_raw, bias_grad_raw};
 use crate::ops::reduce::{reduce_axis_raw, Reduce};
 use crate::tensor::{Device, Storage, Tensor};
@@ -708,18 +708,8 @@ fn run(
                 Some((epi, _, batched)) => epi.kernel_args(batched),
                 None => EpiArgs::NONE,
             };
-            let (sbias, snoise, sstrength) = match tail {
-                Some((epi, _, _)) => (
-                    epi.bias.map(|t| t.storage()),
-                    epi.noise.map(|n| n.noise.storage()),
-                    epi.noise.map(|n| n.strength.storage()),
-                ),
-                None => (None, None, None),
-            };
-            let epi_ptrs = [&sbias, &snoise, &sstrength]
-                .map(|s| s.as_ref().map(|s| s.cuda_f32(OP)).transpose());
-            let [pbias, pnoise, pstrength] = epi_ptrs;
-            let (pbias, pnoise, pstrength) = (pbias?, pnoise?, pstrength?);
+            let held = Held::new(tail.map(|(epi, _, _)| epi));
+            let parts = held.pointers(OP)?;
             if len > 0 {
                 let (chunk_i, splits_i) = (chunk as i32, splits as i32);
                 let f = gpu.function("conv2d", name)?;
@@ -738,7 +728,7 @@ fn run(
                     lb.arg(&chunk_i).arg(&splits_i);
                 }
                 if pass == Pass::Forward {
-                    for p in [pbias, pnoise, pstrength] {
+                    for p in parts {
                         match p {
                             Some(s) => lb.arg(s),
                             None => lb.arg(&null),

@@ -15,6 +15,10 @@
 //! derivatives) a leaky ReLU must run as recorded separate ops: the fused ops then fall back to
 //! the convolution followed by `add_noise` and `bias_act`.
 
+use std::sync::RwLockReadGuard;
+
+use cudarc::driver::{CudaSlice, DeviceRepr};
+
 use super::same_device;
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
@@ -23,8 +27,7 @@ use crate::ops::channels::{self, add_noise, noise_strength_grad_raw};
 use crate::ops::conv2d::{conv2d, conv2d_dw_raw, conv2d_dx_raw, conv2d_fwd_epilogue_raw};
 use crate::ops::conv2d::{Conv2d, Scales};
 use crate::ops::elementwise::bias_grad_raw;
-use crate::tensor::Tensor;
-use cudarc::driver::DeviceRepr;
+use crate::tensor::{Storage, Tensor};
 
 /// `struct Epi` of `kernels/epilogue.cuh`: the epilogue's numbers.
 #[repr(C)]
@@ -212,6 +215,33 @@ impl<'a> BiasAct<'a> {
             gain: self.gain,
             clamp: self.clamp,
         }
+    }
+}
+
+/// An epilogue's tensors held for a launch: bias, noise and strength, None where absent (or
+/// where there is no epilogue).
+pub(crate) struct Held<'a>([Option<RwLockReadGuard<'a, Storage>>; 3]);
+
+impl<'a> Held<'a> {
+    pub(crate) fn new(epi: Option<&BiasAct<'a>>) -> Held<'a> {
+        Held(match epi {
+            Some(e) => [
+                e.bias.map(|t| t.storage()),
+                e.noise.map(|n| n.noise.storage()),
+                e.noise.map(|n| n.strength.storage()),
+            ],
+            None => [None, None, None],
+        })
+    }
+
+    /// The kernels' bias, noise and strength pointers, in that order (None: pass null).
+    pub(crate) fn pointers(&self, op: &'static str) -> Result<[Option<&CudaSlice<f32>>; 3]> {
+        let [b, n, s] = &self.0;
+        Ok([
+            b.as_ref().map(|g| g.cuda_f32(op)).transpose()?,
+            n.as_ref().map(|g| g.cuda_f32(op)).transpose()?,
+            s.as_ref().map(|g| g.cuda_f32(op)).transpose()?,
+        ])
     }
 }
 

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use super::{same_device, Real};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::ops::conv_epilogue::{BiasAct, EpiArgs};
+use crate::ops::conv_epilogue::{BiasAct, EpiArgs, Held};
 use crate::tensor::{launch_1d, Device, Storage, Tensor};
 
 /// One resampling, checked: planes (N·C), input and output sizes, factors, padding, filter.
@@ -366,19 +366,8 @@ fn run(
                 Some((e, batched, c)) => (e.kernel_args(batched), c as i32),
                 None => (EpiArgs::NONE, 1),
             };
-            let parts = epi.map(|(e, _, _)| {
-                [
-                    e.bias.map(|t| t.storage()),
-                    e.noise.map(|n| n.noise.storage()),
-                    e.noise.map(|n| n.strength.storage()),
-                ]
-            });
-            let [sbias, snoise, sstrength] = parts.unwrap_or([None, None, None]);
-            let (pbias, pnoise, pstrength) = (
-                sbias.as_ref().map(|s| s.cuda_f32(OP)).transpose()?,
-                snoise.as_ref().map(|s| s.cuda_f32(OP)).transpose()?,
-                sstrength.as_ref().map(|s| s.cuda_f32(OP)).transpose()?,
-            );
+            let held = Held::new(epi.map(|(e, _, _)| e));
+            let parts = held.pointers(OP)?;
             if len > 0 {
                 let name = if backward {
                     "upfirdn2d_bwd_f32"
@@ -393,7 +382,7 @@ fn run(
                     .arg(&a);
                 let null = 0u64; // a null device pointer: no such part
                 if !backward {
-                    for p in [pbias, pnoise, pstrength] {
+                    for p in parts {
                         match p {
                             Some(s) => lb.arg(s),
                             None => lb.arg(&null),
