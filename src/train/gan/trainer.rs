@@ -444,7 +444,7 @@ pub fn train_gan(
         let (g_terms, d_terms): (Terms, Terms);
         // The regularisers' numbers, and the running path-length mean they update: read with
         // the loss terms at the end of the step.
-        let (mut g_reg, mut d_reg, mut kept) =
+        let (mut g_reg, mut d_reg, mut state) =
             (Terms::default(), Terms::default(), Terms::default());
         let num_ws = gcfg.num_ws();
         let l = &cfg.loss;
@@ -509,7 +509,7 @@ pub fn train_gan(
             track_w_avg(&st.g.net.mapping.w_avg, &pl.w)?;
             g_reg.push("pl_penalty", &pl.penalty)?;
             g_reg.push("pl_length", &pl.length)?;
-            kept.push(PL_MEAN, &pl.mean)?;
+            state.push(PL_MEAN, &pl.mean)?;
         }
         sanitize_gradients(&mut st.g.params)?;
         st.adam_g.step(&mut st.g.params, lr_g)?;
@@ -581,9 +581,10 @@ pub fn train_gan(
             ("D", &d_terms),
             ("G", &g_reg),
             ("D", &d_reg),
-            ("kept", &kept),
+            ("state", &state),
         ])?;
-        let pl_mean_name = format!("kept.{PL_MEAN}");
+        // The training state read with them, not a term to report.
+        let pl_mean_name = format!("state.{PL_MEAN}");
         if let Some(i) = terms.iter().position(|(n, _)| *n == pl_mean_name) {
             st.pl_mean = terms.remove(i).1 as f32;
         }
