@@ -9,9 +9,9 @@ use mindreader::nn::{NoiseMode, ParamStore};
 use mindreader::ops::bias_act::pattern;
 use mindreader::testing::fixtures_dir;
 use mindreader::train::gan::loss::{
-    d_main, g_main, Conditions, Draws, GanLossConfig, Mixing, Nets, Placement,
+    d_main, g_main, ClipView, Conditions, Draws, GanLossConfig, Mixing, Nets, Placement,
 };
-use mindreader::train::gan::regularize::{path_length, r1};
+use mindreader::train::gan::regularize::{path_length, path_length_y, r1};
 use mindreader::train::gan::trainer::GanProgress;
 use mindreader::train::gan::{train_gan, GanConfig, GanData, GanRunDir};
 use mindreader::{Device, Tensor};
@@ -125,11 +125,15 @@ fn path_length_gradient_matches_finite_differences_of_the_penalty() {
     let z = randn(&[2, 8], 5);
     let fts = randn(&[2, 6], 6);
     let pl_noise: Vec<f32> = randn(&[2, 3, 8, 8], 7).to_vec_f32().unwrap();
+    let y = Tensor::from_vec(path_length_y(&pl_noise, 8), &[2, 3, 8, 8], &Device::Cpu).unwrap();
     let mixing = Mixing {
         cutoff: 3,
         z2: randn(&[2, 8], 8).to_vec_f32().unwrap(),
-    };
-    let (weight, decay, gain, mean) = (2.0f32, 0.01f32, 4.0f32, 0.3f32);
+    }
+    .to_device(&z)
+    .unwrap();
+    let (weight, decay, gain) = (2.0f32, 0.01f32, 4.0f32);
+    let mean = Tensor::full(0.3, &[1], &Device::Cpu).unwrap();
     let mut params = std::mem::replace(&mut g.params, ParamStore::new());
     check_against_penalty(
         &mut params,
@@ -141,8 +145,8 @@ fn path_length_gradient_matches_finite_differences_of_the_penalty() {
                 &fts,
                 Some(&mixing),
                 NoiseMode::Const,
-                &pl_noise,
-                mean,
+                &y,
+                &mean,
                 weight,
                 decay,
                 gain,
@@ -166,6 +170,7 @@ fn gmain_recon_term_is_the_weighted_pixel_mse_and_its_gradient_checks() {
     let mut draws = mindreader::rng::Rng::new(3);
     let cond = Conditions::perturbed(&c1, 6, None, &mut draws, &Device::Cpu).unwrap();
     let place = Placement::draw(8, 8, &mut draws);
+    let view = ClipView::new(place, 4, 8, 8, &Device::Cpu).unwrap();
     let nets = Nets {
         g: &g.net,
         d: &d.net,
@@ -192,7 +197,7 @@ fn gmain_recon_term_is_the_weighted_pixel_mse_and_its_gradient_checks() {
             &cond,
             None,
             NoiseMode::Const,
-            place,
+            &view,
             &real,
             None,
         )
@@ -362,7 +367,8 @@ impl GanProgress for Syncs {
 /// second step: steps 0 and 2 run R1 and path length, step 1 neither.
 #[test]
 fn a_gan_step_on_the_gpu_reads_back_once() {
-    let Some(dev) = mindreader::testing::gpu() else {
+    // Its own stream: the steps after the first replay captured phases.
+    let Some(dev) = mindreader::testing::gpu_own_stream() else {
         return;
     };
     let (cfg, data, _) = tiny_run(0.012);
@@ -386,6 +392,74 @@ fn a_gan_step_on_the_gpu_reads_back_once() {
     assert_eq!(syncs.0[1] - syncs.0[0], 1, "copies in step 1 (plain)");
     assert_eq!(syncs.0[2] - syncs.0[1], 1, "copies in step 2 (regularised)");
     std::fs::remove_dir_all(dir.0).ok();
+}
+
+/// On a GPU the steps after a run's first replay each phase as a CUDA graph, captured once per
+/// phase and style-mixing cutoff, with the step's draws written into its buffers. Six steps of
+/// batch 4 with path length every second step and R1 every third, style mixing 0.9: the graph
+/// run ends with the same G, D, G_ema, buffers and loss terms as the op-by-op run, bit for bit,
+/// and a graph run killed after step 3 resumes (capturing afresh) to the same weights.
+#[test]
+fn replayed_gan_phases_train_bit_for_bit_like_op_by_op_steps() {
+    let Some(dev) = mindreader::testing::gpu_own_stream() else {
+        return;
+    };
+    let (cfg, data, _) = tiny_run(0.024);
+    let cfg = GanConfig {
+        snapshot_kimg: 0.008,
+        g_reg_interval: 2,
+        d_reg_interval: 3,
+        ..cfg
+    };
+    let clip = Clip::load(&fixtures_dir().join("clip").join("tiny"), &dev).unwrap();
+    let run = |graphs: bool, tag: &str, kill: Option<u64>| {
+        let cfg = GanConfig {
+            cuda_graphs: graphs,
+            ..cfg.clone()
+        };
+        let dir = temp_run(tag);
+        let mut kill_at = KillAt(kill.unwrap_or(u64::MAX));
+        let (st, reports) =
+            train_gan(&cfg, &data, &clip, &dir, false, None, &dev, &mut kill_at).unwrap();
+        (st, reports, dir)
+    };
+    let (graph, graph_reports, a) = run(true, "graphs", None);
+    let (eager, eager_reports, b) = run(false, "eager", None);
+    assert_eq!(graph_reports.len(), 6);
+    let replayed: Vec<u32> = graph_reports.iter().map(|r| r.graph_phases).collect();
+    // Step 0 op by op; then Gmain and Dmain every step, Greg on 2 and 4, Dreg on 3.
+    assert_eq!(replayed, vec![0, 2, 3, 3, 3, 2], "phases replayed per step");
+    assert!(eager_reports.iter().all(|r| r.graph_phases == 0));
+    for (g, e) in graph_reports.iter().zip(&eager_reports) {
+        assert_eq!(g.terms, e.terms, "step {}", g.step);
+    }
+    for (x, y, what) in [
+        (&graph.g.params, &eager.g.params, "G"),
+        (&graph.d.params, &eager.d.params, "D"),
+        (&graph.g_ema.params, &eager.g_ema.params, "G_ema"),
+        (&graph.g.buffers, &eager.g.buffers, "G buffers"),
+    ] {
+        assert_eq!(weights(x), weights(y), "{what}: graphs against op by op");
+    }
+    // Killed after step 3 (the checkpoint after step 2), then resumed.
+    let (_, partial, c) = run(true, "graphs-killed", Some(4));
+    assert_eq!(partial.len(), 4);
+    let resume_cfg = GanConfig {
+        cuda_graphs: true,
+        ..cfg.clone()
+    };
+    let (resumed, rest) =
+        train_gan(&resume_cfg, &data, &clip, &c, true, None, &dev, &mut ()).unwrap();
+    assert_eq!(rest.len(), 4, "resumed from the checkpoint after step 2");
+    assert_eq!(
+        rest[0].graph_phases, 0,
+        "a resumed run's first step runs op by op"
+    );
+    assert_eq!(weights(&resumed.g_ema.params), weights(&eager.g_ema.params));
+    assert_eq!(weights(&resumed.d.params), weights(&eager.d.params));
+    for d in [a, b, c] {
+        std::fs::remove_dir_all(d.0).ok();
+    }
 }
 
 /// The reference's recorded draws of one phase, replayed in order.
@@ -571,6 +645,7 @@ fn loss_terms_and_gradients_match_the_reference() {
         );
         let place = Placement::draw(r, 32, &mut draws);
         draws.finished();
+        let view = ClipView::new(place, real.shape()[0], r, 32, &dev).unwrap();
         let nets = Nets {
             g: &g.net,
             d: &d.net,
@@ -587,7 +662,7 @@ fn loss_terms_and_gradients_match_the_reference() {
             &cond,
             None,
             NoiseMode::Const,
-            place,
+            &view,
             &real,
             None,
         )
@@ -647,8 +722,8 @@ fn loss_terms_and_gradients_match_the_reference() {
             &cond.fts,
             None,
             NoiseMode::Const,
-            &pl_noise,
-            0.0,
+            &Tensor::from_vec(path_length_y(&pl_noise, r), &[2, 3, r, r], &dev).unwrap(),
+            &Tensor::zeros(&[1], &dev).unwrap(),
             2.0,
             0.01,
             4.0,

@@ -16,7 +16,9 @@ use crate::ops::conv_epilogue::{BiasAct, Noise};
 use crate::ops::modconv::{modulated_conv2d, modulated_conv2d_bias_act, Resample};
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
-use crate::train::gan::loss::{d_main, g_main, Conditions, GanLossConfig, Nets, Placement};
+use crate::train::gan::loss::{
+    d_main, g_main, ClipView, Conditions, GanLossConfig, Nets, Placement,
+};
 use crate::train::gan::regularize::r1;
 use crate::Tape;
 
@@ -268,6 +270,18 @@ fn gd_step_case(gc: GeneratorConfig, dc: DiscriminatorConfig, n: usize) -> Case 
                 ..GanLossConfig::reference(res, n)
             };
             let device = d.clone();
+            // Unused (no CLIP term), but g_main takes CLIP's view of the images.
+            let view = ClipView::new(
+                Placement::Crop {
+                    side: res,
+                    left: 0,
+                    top: 0,
+                },
+                n,
+                res,
+                res,
+                d,
+            )?;
             let last = format!("synthesis.b{res}.torgb.weight");
             Ok(Box::new(move || {
                 let mut rng = Rng::new(1);
@@ -280,7 +294,6 @@ fn gd_step_case(gc: GeneratorConfig, dc: DiscriminatorConfig, n: usize) -> Case 
                 };
                 let mut tape = Tape::new();
                 g.params.watch_all(&mut tape);
-                let place = Placement::Pad { left: 0, top: 0 };
                 let (loss, _, _) = g_main(
                     &mut tape,
                     &nets,
@@ -289,7 +302,7 @@ fn gd_step_case(gc: GeneratorConfig, dc: DiscriminatorConfig, n: usize) -> Case 
                     &cond,
                     None,
                     NoiseMode::Const,
-                    place,
+                    &view,
                     &real,
                     None,
                 )?;

@@ -120,6 +120,7 @@ pub fn run(
             lr: 0.0025,
             seed: args.seed,
             device: args.device.clone(),
+            no_cuda_graphs: false,
         })?;
         gan_curve(&gan_dir)?;
         ledger.finish("generator", t.elapsed().as_secs_f64())?;

@@ -101,6 +101,12 @@ pub struct TrainGanArgs {
     pub seed: u64,
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// On a GPU, run every step op by op instead of replaying each phase (Gmain, Greg, Dmain,
+    /// Dreg, each with its Adam update) as a CUDA graph after the first step. Same numbers either
+    /// way; a graph is one launch instead of one per op. metrics.jsonl's `graph_phases` counts
+    /// the replays of each step
+    #[arg(long)]
+    pub no_cuda_graphs: bool,
 }
 
 /// What `reconstruct` needs to rebuild the run's inputs (RUN/run.json).
@@ -280,6 +286,7 @@ pub fn run(args: TrainGanArgs) -> Result<()> {
         snapshot_kimg: args.snapshot_kimg,
         seed: args.seed,
         lr: args.lr,
+        cuda_graphs: !args.no_cuda_graphs,
         ..GanConfig::reference(g_kwargs, d_kwargs, r, args.batch, data_id)
     };
     cfg.loss.pl_weight = args.pl_weight;

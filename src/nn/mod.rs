@@ -14,7 +14,7 @@ pub use conv::{conv2d_resample, Conv1d, Conv2dLayer};
 pub use linear::{FullyConnected, Linear};
 pub use norm::LayerNorm;
 pub use params::{load_safetensors, save_safetensors, Param, ParamStore};
-pub use synthesis::{Condition, Conditioning, NoiseMode, SynthesisLayer, ToRgb};
+pub use synthesis::{Condition, Conditioning, NoiseBank, NoiseMode, SynthesisLayer, ToRgb};
 
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Tensor};

@@ -8,6 +8,8 @@
 //! width F + F2 (the image mapper's and the caption mapper's outputs), runs the second through
 //! its own `pre_01`/`pre_11`, and merges the two with an elementwise max before `affine_0`.
 
+use std::collections::BTreeMap;
+
 use super::{FullyConnected, Params};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
@@ -17,17 +19,51 @@ use crate::ops::conv_epilogue::{BiasAct, Noise};
 use crate::ops::elementwise as ew;
 use crate::ops::modconv::{modulated_conv2d, modulated_conv2d_bias_act, Resample};
 use crate::ops::upfirdn2d::{filter_size, setup_filter, upfirdn2d_bias_act};
-use crate::tensor::Tensor;
+use crate::tensor::{randn_vec, Tensor};
 
 /// The per-layer noise of a synthesis layer (the reference's `noise_mode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NoiseMode {
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NoiseMode<'a> {
     /// The layer's fixed `noise_const` buffer.
     Const,
     /// Fresh N(0, 1) noise per sample, drawn from this seed (mixed with the layer's name).
     Random(u64),
+    /// Noise drawn beforehand, each layer's under its name: the same values as `Random` of the
+    /// bank's seed, held in buffers that a CUDA graph reads (nothing is uploaded while it runs).
+    Given(&'a NoiseBank),
     /// No noise.
     None,
+}
+
+/// Each synthesis layer's noise `[N, 1, r, r]` for one draw, by layer name.
+#[derive(Debug, Default)]
+pub struct NoiseBank(pub BTreeMap<String, Tensor>);
+
+/// Two banks are the same noise when they are the same bank.
+impl PartialEq for NoiseBank {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl NoiseBank {
+    /// What `NoiseMode::Random(seed)` draws for `n` samples in the layers `(name, resolution)`,
+    /// on the host, in the bank's order.
+    pub fn draw(layers: &[(String, usize)], n: usize, seed: u64) -> Vec<(String, Vec<f32>)> {
+        layers
+            .iter()
+            .map(|(name, r)| {
+                let v = randn_vec(n * r * r, 1.0, seed ^ super::name_hash(name));
+                (name.clone(), v)
+            })
+            .collect()
+    }
+
+    fn get(&self, layer: &str) -> Result<&Tensor> {
+        self.0
+            .get(layer)
+            .ok_or_else(|| Error::Invalid(format!("the given noise has nothing for layer {layer}")))
+    }
 }
 
 /// How a layer reads the condition: the structure (2: one condition of width `f_dim`; 4: two,
@@ -233,6 +269,7 @@ impl SynthesisLayer {
                 random = Tensor::randn(&[n, 1, r, r], 1.0, seed, x.device())?;
                 Some(&random)
             }
+            NoiseMode::Given(bank) => Some(bank.get(&self.name)?),
         };
         let noise = noise.map(|noise| Noise {
             noise,

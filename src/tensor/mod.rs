@@ -556,6 +556,27 @@ impl Tensor {
 }
 
 impl Tensor {
+    /// Writes host values into this f32 tensor's buffer, in place: a buffer that a CUDA graph
+    /// reads, staged before each replay.
+    pub fn write_host(&self, values: &[f32]) -> Result<()> {
+        if values.len() != self.numel() {
+            return Err(Error::shape(
+                "write_host",
+                format!("{} values into {:?}", values.len(), self.shape()),
+            ));
+        }
+        let mut to = self.storage_mut();
+        match (&mut *to, &self.device) {
+            (Storage::CpuF32(b), _) => b.copy_from_slice(values),
+            (Storage::CudaF32(b), Device::Cuda(g)) => g
+                .stream
+                .memcpy_htod(values, b)
+                .map_err(|e| Error::cuda("write_host", e))?,
+            _ => return Err(Error::Invalid("write_host: an f32 tensor only".into())),
+        }
+        Ok(())
+    }
+
     /// Copies `src`'s values into this tensor's buffer, in place (same shape and dtype, another
     /// buffer): a running total that lives across steps, or a CUDA graph's output. One device
     /// copy on a GPU.

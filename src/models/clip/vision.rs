@@ -10,7 +10,10 @@ use super::{Encoder, LayerNorm, Params, VisionConfig};
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
 use crate::ops::{
-    concat::concat, elementwise as ew, embedding::embedding, matmul::linear_act, transpose,
+    concat::{concat, slice},
+    elementwise as ew,
+    matmul::linear_act,
+    transpose,
 };
 use crate::tensor::Tensor;
 
@@ -79,17 +82,18 @@ impl VisionTransformer {
         let cls = concat(tape, &cls_rows, 0)?; // [B, 1, W]
         let x = concat(tape, &[&cls, &patches], 1)?; // [B, n, W]
         let n = c.num_positions();
-        let positions: Vec<u32> = (0..b).flat_map(|_| 0..n as u32).collect();
-        let pos = embedding(tape, &self.embeddings_position_embedding, &positions)?;
-        let pos = transpose::reshape(tape, &pos, &[b, n, w])?;
-        let x = ew::add(tape, &x, &pos)?;
+        // Every image's tokens + the position table: a bias over the flattened [B, n·W] rows
+        // (no ids to upload, so a CUDA graph can hold it).
+        let rows = transpose::reshape(tape, &x, &[b, n * w])?;
+        let pos = transpose::reshape(tape, &self.embeddings_position_embedding, &[n * w])?;
+        let x = ew::bias_add(tape, &rows, &pos, 1)?;
+        let x = transpose::reshape(tape, &x, &[b, n, w])?;
 
         let x = self.pre_layrnorm.forward(tape, &x)?;
         let x = self.encoder.forward(tape, &x, false)?;
-        // Token 0 of each image: a gather of rows b·n from [B·n, W].
-        let rows = transpose::reshape(tape, &x, &[b * n, w])?;
-        let class_rows: Vec<u32> = (0..b).map(|i| (i * n) as u32).collect();
-        let pooled = embedding(tape, &rows, &class_rows)?;
+        // Token 0 of each image.
+        let first = slice(tape, &x, 1, 0, 1)?;
+        let pooled = transpose::reshape(tape, &first, &[b, w])?;
         self.post_layernorm.forward(tape, &pooled)
     }
 }

@@ -180,6 +180,17 @@ impl Generator {
         })
     }
 
+    /// Every synthesis layer that adds noise, as (name, resolution): what a [`NoiseBank`] holds.
+    ///
+    /// [`NoiseBank`]: crate::nn::NoiseBank
+    pub fn noise_layers(&self) -> Vec<(String, usize)> {
+        self.blocks
+            .iter()
+            .flat_map(|b| b.conv0.iter().chain([&b.conv1]))
+            .map(|l| (l.name.clone(), l.resolution))
+            .collect()
+    }
+
     /// The synthesis network on per-layer latents `ws` (`num_ws` tensors `[N, w_dim]`; style
     /// mixing passes different ones) and the condition fts `[N, F (+ F2)]` → images `[N, C, R, R]`.
     pub fn synthesis(

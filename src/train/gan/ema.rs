@@ -60,7 +60,8 @@ pub fn track_w_avg(w_avg: &Tensor, w: &Tensor) -> Result<()> {
     let m = mean(&mut off, w, 0)?;
     let d = ew::sub(&mut off, w_avg, &m)?;
     let d = ew::scale(&mut off, &d, BETA)?;
-    w_avg.set_storage_from(ew::add(&mut off, &m, &d)?)
+    // In place, so that a CUDA graph's replay updates the buffer the network holds.
+    w_avg.copy_from(&ew::add(&mut off, &m, &d)?)
 }
 
 #[cfg(test)]

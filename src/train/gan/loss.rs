@@ -179,6 +179,28 @@ pub struct Conditions {
 
 impl Conditions {
     /// Perturbs the raw conditions `c1` `[n, f1]` (and `c2` `[n, f2]`) on the host, in the
+    /// reference's draw order: the perturbed first and second conditions, and for structure 4
+    /// their row-wise concatenation `fts` (structure 2 reads the first as `fts`).
+    pub fn perturb_host(
+        c1: &[f32],
+        f1: usize,
+        c2: Option<(&[f32], usize)>,
+        draws: &mut dyn Draws,
+    ) -> (Vec<f32>, Option<(Vec<f32>, Vec<f32>)>) {
+        let p1 = perturb(c1, f1, draws);
+        let second = c2.map(|(c2, f2)| {
+            let p2 = perturb(c2, f2, draws);
+            let fts: Vec<f32> = p1
+                .chunks(f1)
+                .zip(p2.chunks(f2))
+                .flat_map(|(a, b)| a.iter().chain(b).copied())
+                .collect();
+            (p2, fts)
+        });
+        (p1, second)
+    }
+
+    /// Perturbs the raw conditions `c1` `[n, f1]` (and `c2` `[n, f2]`) on the host, in the
     /// reference's draw order, and uploads them.
     pub fn perturbed(
         c1: &[f32],
@@ -188,27 +210,33 @@ impl Conditions {
         device: &Device,
     ) -> Result<Conditions> {
         let n = c1.len() / f1.max(1);
-        let p1 = perturb(c1, f1, draws);
-        let c1t = Tensor::from_vec(p1.clone(), &[n, f1], device)?;
-        match c2 {
-            None => Ok(Conditions {
-                fts: c1t.clone(),
-                c1: c1t,
+        let f2 = c2.map(|(_, f2)| f2).unwrap_or(0);
+        let (p1, second) = Conditions::perturb_host(c1, f1, c2, draws);
+        let c1 = Tensor::from_vec(p1, &[n, f1], device)?;
+        let second = second
+            .map(|(p2, fts)| {
+                Ok::<_, Error>((
+                    Tensor::from_vec(p2, &[n, f2], device)?,
+                    Tensor::from_vec(fts, &[n, f1 + f2], device)?,
+                ))
+            })
+            .transpose()?;
+        Ok(Conditions::from_tensors(c1, second))
+    }
+
+    /// From the perturbed first condition and, for structure 4, the second and `fts`.
+    pub fn from_tensors(c1: Tensor, second: Option<(Tensor, Tensor)>) -> Conditions {
+        match second {
+            None => Conditions {
+                fts: c1.clone(),
+                c1,
                 c2: None,
-            }),
-            Some((c2, f2)) => {
-                let p2 = perturb(c2, f2, draws);
-                let fts: Vec<f32> = p1
-                    .chunks(f1)
-                    .zip(p2.chunks(f2))
-                    .flat_map(|(a, b)| a.iter().chain(b).copied())
-                    .collect();
-                Ok(Conditions {
-                    c1: c1t,
-                    c2: Some(Tensor::from_vec(p2, &[n, f2], device)?),
-                    fts: Tensor::from_vec(fts, &[n, f1 + f2], device)?,
-                })
-            }
+            },
+            Some((c2, fts)) => Conditions {
+                c1,
+                c2: Some(c2),
+                fts,
+            },
         }
     }
 
@@ -254,6 +282,42 @@ impl Mixing {
     }
 }
 
+/// Style mixing on the device: the latents from `cutoff` on come from `z2`'s mapping.
+pub struct StyleMix {
+    pub cutoff: usize,
+    pub z2: Tensor,
+}
+
+impl Mixing {
+    /// The draw's second latent as a tensor shaped like `z`.
+    pub fn to_device(&self, z: &Tensor) -> Result<StyleMix> {
+        Ok(StyleMix {
+            cutoff: self.cutoff,
+            z2: Tensor::from_slice(&self.z2, z.shape(), z.device())?,
+        })
+    }
+}
+
+impl StyleMix {
+    /// The per-layer latents: `w` everywhere, or `w2 = mapping(z2)` from the cutoff on.
+    pub fn latents(
+        mix: Option<&StyleMix>,
+        tape: &mut Tape,
+        g: &Generator,
+        w: &Tensor,
+    ) -> Result<Vec<Tensor>> {
+        let num_ws = g.config.num_ws();
+        let mut ws = vec![w.clone(); num_ws];
+        if let Some(m) = mix.filter(|m| m.cutoff < num_ws) {
+            let w2 = g.mapping.forward(tape, &m.z2, 1.0)?;
+            for w in &mut ws[m.cutoff..] {
+                *w = w2.clone();
+            }
+        }
+        Ok(ws)
+    }
+}
+
 /// G's output for one phase: the images, the per-layer latents, and the mapped w of z (for the
 /// `w_avg` tracking the reference does in training mode).
 pub struct Generated {
@@ -268,21 +332,11 @@ pub fn run_g(
     g: &Generator,
     z: &Tensor,
     fts: &Tensor,
-    mixing: Option<&Mixing>,
+    mixing: Option<&StyleMix>,
     noise: NoiseMode,
 ) -> Result<Generated> {
     let w = g.mapping.forward(tape, z, 1.0)?;
-    let num_ws = g.config.num_ws();
-    let mut ws = vec![w.clone(); num_ws];
-    if let Some(m) = mixing {
-        if m.cutoff < num_ws {
-            let z2 = Tensor::from_vec(m.z2.clone(), z.shape(), z.device())?;
-            let w2 = g.mapping.forward(tape, &z2, 1.0)?;
-            for w in &mut ws[m.cutoff..] {
-                *w = w2.clone();
-            }
-        }
-    }
+    let ws = StyleMix::latents(mixing, tape, g, &w)?;
     let img = g.synthesis(tape, &ws, fts, noise)?;
     Ok(Generated { img, ws, w })
 }
@@ -340,29 +394,6 @@ pub fn bicubic_matrix(n_in: usize, n_out: usize) -> Vec<f32> {
     m
 }
 
-/// Bicubic resize of square images `[N, C, h, h]` to `[N, C, s, s]` as two products with the
-/// interpolation matrix (recorded: gradients flow back to the pixels).
-pub fn resize_bicubic(tape: &mut Tape, x: &Tensor, s: usize) -> Result<Tensor> {
-    let &[n, c, h, w] = x.shape() else {
-        return Err(Error::shape("resize_bicubic", format!("{:?}", x.shape())));
-    };
-    if h != w {
-        return Err(Error::shape(
-            "resize_bicubic",
-            format!("square images only, got {:?}", x.shape()),
-        ));
-    }
-    let a = Tensor::from_vec(bicubic_matrix(h, s), &[s, h], x.device())?;
-    let rows = reshape(tape, x, &[n * c * h, h])?;
-    let u = matmul(tape, &rows, &a, false, true)?;
-    let u = reshape(tape, &u, &[n, c, h, s])?;
-    let u = transpose(tape, &u, 2, 3)?;
-    let u = reshape(tape, &u, &[n * c * s, h])?;
-    let v = matmul(tape, &u, &a, false, true)?;
-    let v = reshape(tape, &v, &[n, c, s, s])?;
-    transpose(tape, &v, 2, 3)
-}
-
 /// The fork's `full_preprocess`: generated images `[N, 3, R, R]` in about [−1, 1] → CLIP's input
 /// `[N, 3, fix, fix]`: placed or cropped and resized, then `(x + 1)/2` and CLIP's mean/std.
 pub fn full_preprocess(
@@ -371,51 +402,146 @@ pub fn full_preprocess(
     fix: usize,
     place: Placement,
 ) -> Result<Tensor> {
-    let &[n, c, h, _] = img.shape() else {
+    let &[n, _, h, _] = img.shape() else {
         return Err(Error::shape(
             "full_preprocess",
             format!("{:?}", img.shape()),
         ));
     };
-    let device = img.device().clone();
-    let placed = match place {
-        Placement::Pad { left, top } => {
-            let ones = |shape: &[usize]| Tensor::full(1.0, shape, &device);
-            let (right, bottom) = (fix - h - left, fix - h - top);
-            let mut parts = Vec::new();
-            let (l, r) = (ones(&[n, c, h, left])?, ones(&[n, c, h, right])?);
-            if left > 0 {
-                parts.push(&l);
+    ClipView::new(place, n, h, fix, img.device())?.apply(tape, img)
+}
+
+/// `full_preprocess` for one placement, as tensors: `placed = R_y · x · R_xᵀ (+ canvas)`, then
+/// `x·scale + shift` per channel. `R_y`, `R_x` `[fix, R]` hold the crop's bicubic weights at its
+/// offset (or the pad's shift), and `canvas` the pad's ones around the image. The shapes do not
+/// depend on the placement, so a CUDA graph replays any placement written into the same buffers.
+pub struct ClipView {
+    pub rows: Tensor,
+    pub cols: Tensor,
+    pub canvas: Option<Tensor>,
+    pub scale: Tensor,
+    pub shift: Tensor,
+}
+
+impl ClipView {
+    /// The host values of each tensor, in field order (`canvas` only for a pad).
+    pub fn host(
+        place: Placement,
+        n: usize,
+        full: usize,
+        fix: usize,
+    ) -> Vec<(Vec<f32>, Vec<usize>)> {
+        let mut rows = vec![0.0f32; fix * full];
+        let mut cols = vec![0.0f32; fix * full];
+        let mut canvas = None;
+        match place {
+            Placement::Pad { left, top } => {
+                for i in 0..full {
+                    rows[(top + i) * full + i] = 1.0;
+                    cols[(left + i) * full + i] = 1.0;
+                }
+                let inside = |v: usize, at: usize| (at..at + full).contains(&v);
+                canvas = Some(
+                    (0..fix * fix)
+                        .map(|k| (!(inside(k / fix, top) && inside(k % fix, left))) as u8 as f32)
+                        .collect(),
+                );
             }
-            parts.push(img);
-            if right > 0 {
-                parts.push(&r);
+            Placement::Crop { side, left, top } => {
+                let a = bicubic_matrix(side, fix);
+                for o in 0..fix {
+                    for i in 0..side {
+                        rows[o * full + top + i] = a[o * side + i];
+                        cols[o * full + left + i] = a[o * side + i];
+                    }
+                }
             }
-            let wide = concat(tape, &parts, 3)?;
-            let (t, b) = (ones(&[n, c, top, fix])?, ones(&[n, c, bottom, fix])?);
-            let mut parts = Vec::new();
-            if top > 0 {
-                parts.push(&t);
-            }
-            parts.push(&wide);
-            if bottom > 0 {
-                parts.push(&b);
-            }
-            concat(tape, &parts, 2)?
         }
-        Placement::Crop { side, left, top } => {
-            let rows = slice(tape, img, 2, top, side)?;
-            let square = slice(tape, &rows, 3, left, side)?;
-            resize_bicubic(tape, &square, fix)?
+        // ((x + 1)/2 − mean)/std = x·(0.5/std) + (0.5 − mean)/std, per channel.
+        let scale: Vec<f32> = (0..n)
+            .flat_map(|_| CLIP_STD.iter().map(|s| 0.5 / s))
+            .collect();
+        let shift: Vec<f32> = (0..3).map(|k| (0.5 - CLIP_MEAN[k]) / CLIP_STD[k]).collect();
+        let mut out = vec![(rows, vec![fix, full]), (cols, vec![fix, full])];
+        out.extend(canvas.map(|c| (c, vec![fix * fix])));
+        out.push((scale, vec![n, 3]));
+        out.push((shift, vec![3]));
+        out
+    }
+
+    /// The placement's tensors on `device`.
+    pub fn new(
+        place: Placement,
+        n: usize,
+        full: usize,
+        fix: usize,
+        device: &Device,
+    ) -> Result<ClipView> {
+        let t: Vec<Tensor> = ClipView::host(place, n, full, fix)
+            .into_iter()
+            .map(|(v, shape)| Tensor::from_vec(v, &shape, device))
+            .collect::<Result<_>>()?;
+        ClipView::from_tensors(t)
+    }
+
+    /// From the tensors in `host`'s order.
+    pub fn from_tensors(t: Vec<Tensor>) -> Result<ClipView> {
+        let mut t = t.into_iter();
+        let count = t.len();
+        let (rows, cols, canvas, scale, shift) = match count {
+            4 => (t.next(), t.next(), None, t.next(), t.next()),
+            5 => (t.next(), t.next(), t.next(), t.next(), t.next()),
+            _ => (None, None, None, None, None),
+        };
+        match (rows, cols, scale, shift) {
+            (Some(rows), Some(cols), Some(scale), Some(shift)) => Ok(ClipView {
+                rows,
+                cols,
+                canvas,
+                scale,
+                shift,
+            }),
+            _ => Err(Error::Invalid(format!(
+                "a CLIP view is 4 or 5 tensors, got {count}"
+            ))),
         }
-    };
-    // ((x + 1)/2 − mean)/std = x·(0.5/std) + (0.5 − mean)/std, per channel.
-    let scale: Vec<f32> = (0..n)
-        .flat_map(|_| CLIP_STD.iter().map(|s| 0.5 / s))
-        .collect();
-    let shift: Vec<f32> = (0..3).map(|k| (0.5 - CLIP_MEAN[k]) / CLIP_STD[k]).collect();
-    let scaled = broadcast_mul(tape, &placed, &Tensor::from_vec(scale, &[n, 3], &device)?)?;
-    ew::bias_add(tape, &scaled, &Tensor::from_vec(shift, &[3], &device)?, 1)
+    }
+
+    /// CLIP's input for generated images `[N, 3, R, R]` (recorded: gradients flow to the pixels).
+    pub fn apply(&self, tape: &mut Tape, img: &Tensor) -> Result<Tensor> {
+        let &[n, c, h, w] = img.shape() else {
+            return Err(Error::shape(
+                "full_preprocess",
+                format!("{:?}", img.shape()),
+            ));
+        };
+        let (fix, full) = (self.rows.shape()[0], self.rows.shape()[1]);
+        if h != full || w != full || self.scale.shape() != [n, c] {
+            return Err(Error::shape(
+                "full_preprocess",
+                format!(
+                    "images {:?} for a view of {full}² images, {:?} channel scales",
+                    img.shape(),
+                    self.scale.shape()
+                ),
+            ));
+        }
+        let u = reshape(tape, img, &[n * c * h, w])?;
+        let u = matmul(tape, &u, &self.cols, false, true)?;
+        let u = reshape(tape, &u, &[n, c, h, fix])?;
+        let u = transpose(tape, &u, 2, 3)?;
+        let u = reshape(tape, &u, &[n * c * fix, h])?;
+        let v = matmul(tape, &u, &self.rows, false, true)?;
+        let v = reshape(tape, &v, &[n, c, fix, fix])?;
+        let mut placed = transpose(tape, &v, 2, 3)?;
+        if let Some(canvas) = &self.canvas {
+            let flat = reshape(tape, &placed, &[n * c, fix * fix])?;
+            let flat = ew::bias_add(tape, &flat, canvas, 1)?;
+            placed = reshape(tape, &flat, &[n, c, fix, fix])?;
+        }
+        let scaled = broadcast_mul(tape, &placed, &self.scale)?;
+        ew::bias_add(tape, &scaled, &self.shift, 1)
+    }
 }
 
 /// The networks a loss step reads: G, D, and the frozen CLIP with its input side (None: the
@@ -517,9 +643,9 @@ pub fn g_main(
     cfg: &GanLossConfig,
     z: &Tensor,
     cond: &Conditions,
-    mixing: Option<&Mixing>,
+    mixing: Option<&StyleMix>,
     noise: NoiseMode,
-    place: Placement,
+    view: &ClipView,
     real: &Tensor,
     clip_real: Option<&Tensor>,
 ) -> Result<(Tensor, Terms, Generated)> {
@@ -536,7 +662,7 @@ pub fn g_main(
         let clip = nets
             .clip
             .ok_or_else(|| Error::Invalid("itc/iic > 0 need a CLIP".into()))?;
-        let x = full_preprocess(tape, &gen.img, nets.clip_size, place)?;
+        let x = view.apply(tape, &gen.img)?;
         let f = clip.encode_image(tape, &x)?;
         let f = l2_normalize(tape, &f, 1e-12)?;
         if itc > 0.0 {
@@ -586,7 +712,7 @@ pub fn d_main(
     cfg: &GanLossConfig,
     z: &Tensor,
     cond: &Conditions,
-    mixing: Option<&Mixing>,
+    mixing: Option<&StyleMix>,
     noise: NoiseMode,
     real: &Tensor,
 ) -> Result<(Tensor, Terms, Generated)> {

@@ -6,6 +6,7 @@
 //! - `regularize.rs`: R1 and path length (second order, by finite-difference Hessian–vector
 //!   products);
 //! - `ema.rs`: G_ema, `nan_to_num`, `w_avg`;
+//! - `phase.rs`: each phase as host draws and a device half, and the phases as CUDA graphs;
 //! - `trainer.rs`: the phases Gmain, Greg (every 4), Dmain, Dreg (every 16), Adam with the
 //!   lazy-regularisation rescaling, snapshots, checkpoints and a bit-for-bit resume.
 //!
@@ -14,6 +15,7 @@
 
 pub mod ema;
 pub mod loss;
+pub mod phase;
 pub mod regularize;
 pub mod trainer;
 

@@ -24,7 +24,7 @@ use crate::ops::elementwise as ew;
 use crate::ops::reduce::{self, sum_all};
 use crate::tensor::Tensor;
 
-use super::loss::Mixing;
+use super::loss::StyleMix;
 
 /// The input perturbation relative to v's root mean square: small enough that the smooth
 /// nonlinearities (minibatch stddev, demodulation) stay quadratic over it, large enough that
@@ -143,6 +143,11 @@ pub struct PathLength {
     pub w: Tensor,
 }
 
+/// Path length's `y = pl_noise/√(H·W)` for images of side `r`, from the host's `randn` draw.
+pub fn path_length_y(pl_noise: &[f32], r: usize) -> Vec<f32> {
+    pl_noise.iter().map(|v| v / r as f32).collect()
+}
+
 /// Path-length regularisation (loss.py 622–646) on a batch already shrunk: lengths
 /// `√(mean_k ‖∂(Σ G(w)·y)/∂w_k‖²)` per image with `y = pl_noise/√(H·W)`, the running mean
 /// updated by `decay` (and differentiated through, as the reference's graph is), penalty
@@ -154,10 +159,10 @@ pub fn path_length(
     params: &mut ParamStore,
     z: &Tensor,
     fts: &Tensor,
-    mixing: Option<&Mixing>,
+    mixing: Option<&StyleMix>,
     noise: NoiseMode,
-    pl_noise: &[f32],
-    pl_mean: f32,
+    y: &Tensor,
+    pl_mean: &Tensor,
     weight: f32,
     decay: f32,
     gain: f32,
@@ -166,19 +171,20 @@ pub fn path_length(
     let (b, w_dim) = (z.shape()[0], g.config.w_dim);
     let r = g.config.img_resolution;
     let device = z.device().clone();
-    let y: Vec<f32> = pl_noise.iter().map(|v| v / r as f32).collect();
-    let y = Tensor::from_vec(y, &[b, g.config.img_channels, r, r], &device)?;
+    if y.shape() != [b, g.config.img_channels, r, r] || pl_mean.numel() != 1 {
+        return Err(Error::shape(
+            "path_length",
+            format!(
+                "y {:?} for {b} images of {r}², pl_mean {:?}",
+                y.shape(),
+                pl_mean.shape()
+            ),
+        ));
+    }
     // The latents as the mapping makes them (recorded on `tape` when it watches G).
     let latents = |tape: &mut Tape| -> Result<(Tensor, Vec<Tensor>)> {
         let w = g.mapping.forward(tape, z, 1.0)?;
-        let mut ws = vec![w.clone(); num_ws];
-        if let Some(m) = mixing.filter(|m| m.cutoff < num_ws) {
-            let z2 = Tensor::from_vec(m.z2.clone(), z.shape(), &device)?;
-            let w2 = g.mapping.forward(tape, &z2, 1.0)?;
-            for w in &mut ws[m.cutoff..] {
-                *w = w2.clone();
-            }
-        }
+        let ws = StyleMix::latents(mixing, tape, g, &w)?;
         Ok((w, ws))
     };
     let noise_sum = |tape: &mut Tape, ws: &[Tensor]| -> Result<Tensor> {
@@ -223,9 +229,10 @@ pub fn path_length(
     let total_len = sum_all(off, &lengths)?;
     let mean_len = ew::scale(off, &total_len, 1.0 / b as f32)?;
     // a = lerp(pl_mean, mean len, decay).
-    let a = ew::add_scalar(off, &mean_len, -pl_mean)?;
+    let pl_mean = pl_mean.reshaped(mean_len.shape())?;
+    let a = ew::sub(off, &mean_len, &pl_mean)?;
     let a = ew::scale(off, &a, decay)?;
-    let a = ew::add_scalar(off, &a, pl_mean)?;
+    let a = ew::add(off, &a, &pl_mean)?;
     let ones = Tensor::full(1.0, &[b], &device)?;
     let a_each = ew::scale_by(off, &ones, &a)?;
     let dev = ew::sub(off, &lengths, &a_each)?;

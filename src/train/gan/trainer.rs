@@ -21,12 +21,11 @@ use crate::tensor::{Device, Tensor};
 use crate::train::metrics::append_json_line;
 use crate::train::{Adam, AdamConfig};
 
-use super::ema::{ema_beta, sanitize_gradients, track_w_avg, update_ema};
-use super::loss::{d_main, g_main, Conditions, GanLossConfig, Mixing, Nets, Placement, Terms};
-use super::regularize::{path_length, r1};
-
-/// The stream tag of the GAN loop's draws.
-const GAN_STREAM: u64 = 0x6A4E;
+use super::ema::{ema_beta, update_ema};
+use super::loss::{GanLossConfig, Terms};
+use super::phase::{
+    run_phase, Phase, PhaseGraphs, PhaseInputs, StepSource, Update, GAN_STREAM, PL_MEAN,
+};
 
 /// Everything that decides a run's numbers (a resume refuses a different one).
 #[derive(Clone, Debug, PartialEq)]
@@ -50,6 +49,9 @@ pub struct GanConfig {
     pub snapshot_kimg: f64,
     /// Where the data came from (dataset, mappers, CLIP), for mismatch checks.
     pub data_id: String,
+    /// On a GPU, replay each phase as a CUDA graph after the first step (the same numbers as
+    /// op-by-op steps, bit for bit; not part of the fingerprint).
+    pub cuda_graphs: bool,
 }
 
 impl GanConfig {
@@ -76,18 +78,22 @@ impl GanConfig {
             ema_rampup: Some(0.05),
             snapshot_kimg: 50.0,
             data_id,
+            cuda_graphs: true,
         }
     }
 
     fn fingerprint(&self) -> String {
-        format!(
+        let all = format!(
             "{:?}",
             GanConfig {
                 kimg: 0.0,
                 snapshot_kimg: 0.0,
+                cuda_graphs: true,
                 ..self.clone()
             }
-        )
+        );
+        // Graphs or not, the numbers are the same: written as checkpoints before the field did.
+        all.replace(", cuda_graphs: true", "")
     }
 
     /// Adam for a module regularised every `interval` steps (training_loop.py 288–291): rate
@@ -187,6 +193,8 @@ pub struct StepReport {
     pub step: u64,
     pub kimg: f64,
     pub terms: Vec<(String, f64)>,
+    /// How many of the step's phases replayed a CUDA graph (0 on the CPU and in the first step).
+    pub graph_phases: u32,
     pub seconds: f64,
 }
 
@@ -198,6 +206,7 @@ impl StepReport {
         for (k, v) in &self.terms {
             m.insert(k.clone(), (*v).into());
         }
+        m.insert("graph_phases".into(), self.graph_phases.into());
         m.insert("seconds".into(), self.seconds.into());
         serde_json::Value::Object(m)
     }
@@ -214,19 +223,19 @@ pub trait GanProgress {
 
 impl GanProgress for () {}
 
-/// The running path-length mean's name among the numbers a step reads back.
-const PL_MEAN: &str = "pl_mean";
-
 /// The three networks, their optimisers and the loop's counters.
 pub struct GanState {
     pub g: Network<Generator>,
     pub d: Network<Discriminator>,
     pub g_ema: Network<Generator>,
-    adam_g: Adam,
-    adam_d: Adam,
+    pub(super) adam_g: Adam,
+    pub(super) adam_d: Adam,
     pub step: u64,
     pub cur_nimg: u64,
     pub pl_mean: f32,
+    /// The running path-length mean where Greg reads and updates it (`pl_mean` is its copy
+    /// read back with the step's terms, for the checkpoint).
+    pub(super) pl_mean_dev: Tensor,
 }
 
 fn prefixed(prefix: &str, store: &ParamStore) -> Vec<(String, Tensor)> {
@@ -258,6 +267,7 @@ impl GanState {
             step: 0,
             cur_nimg: 0,
             pl_mean: 0.0,
+            pl_mean_dev: Tensor::zeros(&[1], device)?,
         })
     }
 
@@ -333,6 +343,7 @@ impl GanState {
         s.step = num("gan.step")?;
         s.cur_nimg = num("gan.cur_nimg")?;
         s.pl_mean = f32::from_bits(num("gan.pl_mean_bits")? as u32);
+        s.pl_mean_dev.write_host(&[s.pl_mean])?;
         Ok(s)
     }
 }
@@ -427,7 +438,13 @@ pub fn train_gan(
     let lr_g = cfg.adam(cfg.g_reg_interval).lr;
     let lr_d = cfg.adam(cfg.d_reg_interval).lr;
     let mut reports = Vec::new();
-    let c2_width = data.c2.as_ref().map(|(_, f)| *f);
+    let noise_layers = st.g.net.noise_layers();
+    let gains = (cfg.g_reg_interval as f32, cfg.d_reg_interval as f32);
+    let first_step = st.step;
+    let mut graphs = match device {
+        Device::Cuda(gpu) if cfg.cuda_graphs => Some(PhaseGraphs::new(gpu)),
+        _ => None,
+    };
     while st.step < total {
         let started = Instant::now();
         let step = st.step;
@@ -435,134 +452,50 @@ pub fn train_gan(
         let rows: Vec<u32> = (0..n)
             .map(|_| data.rows[pick.below(data.rows.len())])
             .collect();
-        let real = data.images(&rows, r, device)?;
-        let c1 = GanData::gather(&data.c1, data.f1, &rows);
-        let c2 = data.c2.as_ref().map(|(c, f)| GanData::gather(c, *f, &rows));
-        let c2_ref = c2.as_deref().zip(c2_width);
-        let z = Tensor::zeros(&[n, gcfg.z_dim], device)?;
-        let noise_seed = |phase: u64| cfg.seed ^ (8 * step + phase).wrapping_mul(0x9E37_79B9);
-        let (g_terms, d_terms): (Terms, Terms);
-        // The regularisers' numbers, and the running path-length mean they update: read with
-        // the loss terms at the end of the step.
-        let (mut g_reg, mut d_reg, mut state) =
-            (Terms::default(), Terms::default(), Terms::default());
-        let num_ws = gcfg.num_ws();
-        let l = &cfg.loss;
-
-        // Gmain.
-        {
-            let mut draws = Rng::stream(cfg.seed, GAN_STREAM, 8 * step);
-            let cond = Conditions::perturbed(&c1, data.f1, c2_ref, &mut draws, device)?;
-            let mix = Mixing::draw(l.style_mixing, n, gcfg.z_dim, num_ws, &mut draws);
-            let place = Placement::draw(r, clip_size, &mut draws);
-            let nets = Nets {
-                g: &st.g.net,
-                d: &st.d.net,
-                clip: Some(clip),
-                clip_size,
-            };
-            let mut tape = Tape::new();
-            st.g.params.watch_all(&mut tape);
-            let (loss, t, gen) = g_main(
-                &mut tape,
-                &nets,
-                l,
-                &z,
-                &cond,
-                mix.as_ref(),
-                NoiseMode::Random(noise_seed(0)),
-                place,
-                &real,
-                None,
-            )?;
-            let grads = tape.backward(&loss)?;
-            st.g.params.accumulate(&grads)?;
-            track_w_avg(&st.g.net.mapping.w_avg, &gen.w)?;
-            g_terms = t;
-        }
-        // Greg: path length on half the batch, gain = interval.
+        let source = StepSource {
+            seed: cfg.seed,
+            step,
+            loss: &cfg.loss,
+            real: GanData::gather(&data.real, 3 * r * r, &rows),
+            c1: GanData::gather(&data.c1, data.f1, &rows),
+            f1: data.f1,
+            c2: data
+                .c2
+                .as_ref()
+                .map(|(c, f)| (GanData::gather(c, *f, &rows), *f)),
+            resolution: r,
+            z_dim: gcfg.z_dim,
+            num_ws: gcfg.num_ws(),
+            clip_size,
+            noise_layers: &noise_layers,
+        };
+        // The phases due this step; the reference steps Adam after each of them.
+        let mut phases = vec![Phase::GMain];
         if cfg.loss.pl_weight != 0.0 && step % cfg.g_reg_interval as u64 == 0 {
-            // The reference steps Adam after each phase; Gmain's step comes first.
-            sanitize_gradients(&mut st.g.params)?;
-            st.adam_g.step(&mut st.g.params, lr_g)?;
-            st.g.params.zero_grad();
-            let mut draws = Rng::stream(cfg.seed, GAN_STREAM, 8 * step + 1);
-            let cond = Conditions::perturbed(&c1, data.f1, c2_ref, &mut draws, device)?;
-            let b = (n / l.pl_batch_shrink.max(1)).max(1);
-            let cond = cond.head(b)?;
-            let mix = Mixing::draw(l.style_mixing, b, gcfg.z_dim, num_ws, &mut draws);
-            let pl_noise = super::loss::Draws::randn(&mut draws, b * 3 * r * r);
-            let zb = Tensor::zeros(&[b, gcfg.z_dim], device)?;
-            let pl = path_length(
-                &st.g.net,
-                &mut st.g.params,
-                &zb,
-                &cond.fts,
-                mix.as_ref(),
-                NoiseMode::Random(noise_seed(1)),
-                &pl_noise,
-                st.pl_mean,
-                l.pl_weight,
-                l.pl_decay,
-                cfg.g_reg_interval as f32,
-            )?;
-            track_w_avg(&st.g.net.mapping.w_avg, &pl.w)?;
-            g_reg.push("pl_penalty", &pl.penalty)?;
-            g_reg.push("pl_length", &pl.length)?;
-            state.push(PL_MEAN, &pl.mean)?;
+            phases.push(Phase::GReg);
         }
-        sanitize_gradients(&mut st.g.params)?;
-        st.adam_g.step(&mut st.g.params, lr_g)?;
-        st.g.params.zero_grad();
-
-        // Dmain.
-        {
-            let mut draws = Rng::stream(cfg.seed, GAN_STREAM, 8 * step + 2);
-            let cond = Conditions::perturbed(&c1, data.f1, c2_ref, &mut draws, device)?;
-            let mix = Mixing::draw(l.style_mixing, n, gcfg.z_dim, num_ws, &mut draws);
-            let nets = Nets {
-                g: &st.g.net,
-                d: &st.d.net,
-                clip: Some(clip),
-                clip_size,
-            };
-            let mut tape = Tape::new();
-            st.d.params.watch_all(&mut tape);
-            let (loss, t, gen) = d_main(
-                &mut tape,
-                &nets,
-                l,
-                &z,
-                &cond,
-                mix.as_ref(),
-                NoiseMode::Random(noise_seed(2)),
-                &real,
-            )?;
-            let grads = tape.backward(&loss)?;
-            st.d.params.accumulate(&grads)?;
-            track_w_avg(&st.g.net.mapping.w_avg, &gen.w)?;
-            d_terms = t;
-        }
-        // Dreg: R1, gain = interval.
+        phases.push(Phase::DMain);
         if cfg.loss.r1_gamma != 0.0 && step % cfg.d_reg_interval as u64 == 0 {
-            sanitize_gradients(&mut st.d.params)?;
-            st.adam_d.step(&mut st.d.params, lr_d)?;
-            st.d.params.zero_grad();
-            let mut draws = Rng::stream(cfg.seed, GAN_STREAM, 8 * step + 3);
-            let cond = Conditions::perturbed(&c1, data.f1, c2_ref, &mut draws, device)?;
-            let out = r1(
-                &st.d.net,
-                &mut st.d.params,
-                &real,
-                &cond.fts,
-                l.r1_gamma,
-                cfg.d_reg_interval as f32,
-            )?;
-            d_reg.push("r1_penalty", &out.penalty)?;
+            phases.push(Phase::DReg);
         }
-        sanitize_gradients(&mut st.d.params)?;
-        st.adam_d.step(&mut st.d.params, lr_d)?;
-        st.d.params.zero_grad();
+        // Each phase's terms, read with the others at the end of the step.
+        let mut phase_terms = Vec::new();
+        let mut graph_phases = 0;
+        for phase in phases {
+            let draws = source.draw(phase);
+            let lr = if phase.net() == "G" { lr_g } else { lr_d };
+            let terms = match graphs.as_mut().filter(|_| step > first_step) {
+                Some(graphs) => {
+                    graph_phases += 1;
+                    graphs.run(&mut st, clip, &cfg.loss, gains, &draws, lr)?
+                }
+                None => {
+                    let inputs = PhaseInputs::upload(&draws, device)?;
+                    run_phase(&mut st, clip, &cfg.loss, gains, &inputs, Update::Now(lr))?
+                }
+            };
+            phase_terms.push((phase.net(), terms));
+        }
 
         // G_ema.
         let beta = ema_beta(n, cfg.ema_kimg, cfg.ema_rampup, st.cur_nimg);
@@ -576,15 +509,10 @@ pub fn train_gan(
         st.cur_nimg += n as u64;
         st.step += 1;
         // The loss terms, read back in one copy once the whole step is queued.
-        let mut terms = Terms::read_all(&[
-            ("G", &g_terms),
-            ("D", &d_terms),
-            ("G", &g_reg),
-            ("D", &d_reg),
-            ("state", &state),
-        ])?;
+        let phases: Vec<(&str, &Terms)> = phase_terms.iter().map(|(p, t)| (*p, t)).collect();
+        let mut terms = Terms::read_all(&phases)?;
         // The training state read with them, not a term to report.
-        let pl_mean_name = format!("state.{PL_MEAN}");
+        let pl_mean_name = format!("G.{PL_MEAN}");
         if let Some(i) = terms.iter().position(|(n, _)| *n == pl_mean_name) {
             st.pl_mean = terms.remove(i).1 as f32;
         }
@@ -598,6 +526,7 @@ pub fn train_gan(
             step,
             kimg: st.cur_nimg as f64 / 1000.0,
             terms,
+            graph_phases,
             seconds: started.elapsed().as_secs_f64(),
         };
         append_json_line(&dir.metrics(), &report.to_json())?;
