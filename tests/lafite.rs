@@ -539,6 +539,31 @@ fn gradients_reach_every_parameter_of_a_fresh_g_and_d() {
             .forward(&mut tape, &z, &fts, 1.0, NoiseMode::Random(3))
             .unwrap();
         assert_eq!(img.shape(), &[n, 3, gc.img_resolution, gc.img_resolution]);
+        // Noise drawn beforehand into a bank (what a CUDA graph reads) is the same noise.
+        let bank = mindreader::nn::NoiseBank(
+            mindreader::nn::NoiseBank::draw(&g.net.noise_layers(), n, 3)
+                .into_iter()
+                .zip(g.net.noise_layers())
+                .map(|((name, v), (_, r))| {
+                    (name, Tensor::from_vec(v, &[n, 1, r, r], &device).unwrap())
+                })
+                .collect(),
+        );
+        let given = g
+            .net
+            .forward(
+                &mut Tape::inference(),
+                &z,
+                &fts,
+                1.0,
+                NoiseMode::Given(&bank),
+            )
+            .unwrap();
+        assert_eq!(
+            given.to_vec_f32().unwrap(),
+            img.to_vec_f32().unwrap(),
+            "on {device}"
+        );
         let v = img.to_vec_f32().unwrap();
         assert!(
             v.iter().all(|x| x.is_finite()) && v.iter().any(|&x| x != 0.0),

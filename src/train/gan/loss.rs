@@ -740,6 +740,120 @@ pub fn d_main(
 mod tests {
     use super::*;
 
+    /// `full_preprocess` written out per pixel in f64: the pad's canvas of ones or the crop's
+    /// separable bicubic resize, then `((x + 1)/2 − mean)/std`. `x` is `[n, 3, full, full]`.
+    fn preprocess_reference(
+        x: &[f64],
+        n: usize,
+        full: usize,
+        fix: usize,
+        place: Placement,
+    ) -> Vec<f64> {
+        let mut out = vec![0.0; n * 3 * fix * fix];
+        for img in 0..n * 3 {
+            let src = &x[img * full * full..][..full * full];
+            let dst = &mut out[img * fix * fix..][..fix * fix];
+            match place {
+                Placement::Pad { left, top } => {
+                    for (k, o) in dst.iter_mut().enumerate() {
+                        let (y, xx) = (k / fix, k % fix);
+                        let inside =
+                            (top..top + full).contains(&y) && (left..left + full).contains(&xx);
+                        *o = if inside {
+                            src[(y - top) * full + xx - left]
+                        } else {
+                            1.0
+                        };
+                    }
+                }
+                Placement::Crop { side, left, top } => {
+                    let a = bicubic_matrix(side, fix);
+                    for (k, o) in dst.iter_mut().enumerate() {
+                        let (y, xx) = (k / fix, k % fix);
+                        for i in 0..side {
+                            for j in 0..side {
+                                *o += a[y * side + i] as f64
+                                    * src[(top + i) * full + left + j]
+                                    * a[xx * side + j] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+            let c = img % 3;
+            for o in dst.iter_mut() {
+                *o = ((*o + 1.0) / 2.0 - CLIP_MEAN[c] as f64) / CLIP_STD[c] as f64;
+            }
+        }
+        out
+    }
+
+    /// CLIP's view of a generated image as placement matrices is the fork's pad or crop-and-resize
+    /// (at sizes off any tile, on every device), and its gradient is that linear map's.
+    #[test]
+    fn clip_view_pads_and_crops_as_full_preprocess() {
+        let cases = [
+            (7, 11, Placement::Pad { left: 2, top: 3 }),
+            (
+                13,
+                9,
+                Placement::Crop {
+                    side: 8,
+                    left: 3,
+                    top: 5,
+                },
+            ),
+            (
+                13,
+                13,
+                Placement::Crop {
+                    side: 13,
+                    left: 0,
+                    top: 0,
+                },
+            ),
+        ];
+        for device in crate::testing::devices() {
+            for (full, fix, place) in cases {
+                let n = 2;
+                let x = crate::testing::random_vec(n * 3 * full * full, 17);
+                let img = Tensor::from_slice(&x, &[n, 3, full, full], &device).unwrap();
+                let mut tape = Tape::new();
+                tape.watch(&img);
+                let got = full_preprocess(&mut tape, &img, fix, place).unwrap();
+                let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+                let want: Vec<f32> = preprocess_reference(&x64, n, full, fix, place)
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect();
+                let what = format!("{place:?} {full}→{fix} on {device}");
+                crate::testing::assert_close(&got.to_vec_f32().unwrap(), &want, 1e-5, 1e-5, &what);
+                // Σ w ⊙ out: the gradient against finite differences of the reference.
+                let w = crate::testing::random_vec(got.numel(), 18);
+                let wt = Tensor::from_slice(&w, got.shape(), &device).unwrap();
+                let weighted = ew::mul(&mut tape, &got, &wt).unwrap();
+                let s = sum_all(&mut tape, &weighted).unwrap();
+                let grads = tape.backward(&s).unwrap();
+                let analytic: Vec<f64> = grads
+                    .get(&img)
+                    .unwrap()
+                    .to_vec_f32()
+                    .unwrap()
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect();
+                let f = |xs: &[f64]| {
+                    preprocess_reference(xs, n, full, fix, place)
+                        .iter()
+                        .zip(&w)
+                        .map(|(a, &b)| a * b as f64)
+                        .sum::<f64>()
+                };
+                crate::testing::gradcheck(&what, f, &x64, &analytic);
+            }
+        }
+    }
+
     /// Rows of the interpolation matrix sum to one, and an identity resize is the identity.
     #[test]
     fn bicubic_matrix_is_a_partition_of_unity() {
