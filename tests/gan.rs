@@ -427,8 +427,8 @@ fn replayed_gan_phases_train_bit_for_bit_like_op_by_op_steps() {
     let (eager, eager_reports, b) = run(false, "eager", None);
     assert_eq!(graph_reports.len(), 6);
     let replayed: Vec<u32> = graph_reports.iter().map(|r| r.graph_phases).collect();
-    // Step 0 op by op; then Gmain and Dmain every step, Greg on 2 and 4, Dreg on 3.
-    assert_eq!(replayed, vec![0, 2, 3, 3, 3, 2], "phases replayed per step");
+    // Step 0 op by op; then Gmain, Dmain and G_ema every step, Greg on 2 and 4, Dreg on 3.
+    assert_eq!(replayed, vec![0, 3, 4, 4, 4, 3], "phases replayed per step");
     assert!(eager_reports.iter().all(|r| r.graph_phases == 0));
     for (g, e) in graph_reports.iter().zip(&eager_reports) {
         assert_eq!(g.terms, e.terms, "step {}", g.step);

@@ -31,24 +31,24 @@ pub fn ema_beta(batch: usize, ema_kimg: f64, rampup: Option<f64>, cur_nimg: u64)
 }
 
 /// `p_ema ← p.lerp(p_ema, β)` for the parameters; buffers are copied (they are not averaged).
+/// β is a one-element tensor and every write is in place, so a CUDA graph replays the update with
+/// each step's β written into the same buffer.
 pub fn update_ema(
     ema: &mut ParamStore,
     ema_buffers: &mut ParamStore,
     params: &ParamStore,
     buffers: &ParamStore,
-    beta: f64,
+    beta: &Tensor,
 ) -> Result<()> {
     let mut off = Tape::inference();
     for (e, p) in ema.iter_mut().zip(params.iter()) {
         // p + β(p_ema − p)
         let d = ew::sub(&mut off, &e.value, &p.value)?;
-        let d = ew::scale(&mut off, &d, beta as f32)?;
-        let next = ew::add(&mut off, &p.value, &d)?;
-        e.value.set_storage_from(next)?;
+        let d = ew::scale_by(&mut off, &d, beta)?;
+        e.value.copy_from(&ew::add(&mut off, &p.value, &d)?)?;
     }
     for (e, b) in ema_buffers.iter_mut().zip(buffers.iter()) {
-        e.value
-            .set_storage_from(ew::scale(&mut off, &b.value, 1.0)?)?;
+        e.value.copy_from(&b.value)?;
     }
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! arrays ([`run_phase`]: the loss, its backward, `nan_to_num`, Adam). The device half reads
 //! nothing from the host, so on a GPU it can be one CUDA graph ([`PhaseGraphs`]), captured once
 //! per phase and style-mixing cutoff (the cutoff decides which layers read the second latent),
-//! and replayed with each step's draws written into the buffers it reads.
+//! and replayed with each step's draws written into the buffers it reads; G_ema's update is one
+//! more graph, its β staged the same way.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -400,6 +401,8 @@ struct PhaseGraph {
 pub struct PhaseGraphs {
     gpu: Arc<Gpu>,
     graphs: BTreeMap<(Phase, Option<usize>), PhaseGraph>,
+    /// G_ema's update (it reads its β from `GanState::ema_beta`).
+    ema: Option<CudaGraph>,
 }
 
 impl PhaseGraphs {
@@ -407,12 +410,8 @@ impl PhaseGraphs {
         PhaseGraphs {
             gpu: gpu.clone(),
             graphs: BTreeMap::new(),
+            ema: None,
         }
-    }
-
-    /// How many graphs were captured.
-    pub fn captured(&self) -> usize {
-        self.graphs.len()
     }
 
     /// Runs a phase by replaying its graph (capturing it first if this phase and cutoff are
@@ -452,6 +451,20 @@ impl PhaseGraphs {
             terms.push(name, &slice(&mut off, &g.out, 0, i, 1)?)?;
         }
         Ok(terms)
+    }
+
+    /// G_ema's update as a graph, captured on its first call; β must be staged already.
+    pub fn run_ema(&mut self, st: &mut GanState) -> Result<()> {
+        if self.ema.is_none() {
+            let (graph, ()) = self.gpu.capture(|| st.update_ema())?;
+            self.ema = Some(graph);
+        }
+        match &self.ema {
+            Some(g) => g
+                .launch()
+                .map_err(|e| Error::cuda("replaying the G_ema graph", e)),
+            None => Err(Error::Invalid("the G_ema graph vanished".into())),
+        }
     }
 
     fn capture(

@@ -193,7 +193,8 @@ pub struct StepReport {
     pub step: u64,
     pub kimg: f64,
     pub terms: Vec<(String, f64)>,
-    /// How many of the step's phases replayed a CUDA graph (0 on the CPU and in the first step).
+    /// How many of the step's phases (G_ema's update counted as one) replayed a CUDA graph (0 on
+    /// the CPU and in the first step).
     pub graph_phases: u32,
     pub seconds: f64,
 }
@@ -236,6 +237,8 @@ pub struct GanState {
     /// The running path-length mean where Greg reads and updates it (`pl_mean` is its copy
     /// read back with the step's terms, for the checkpoint).
     pub(super) pl_mean_dev: Tensor,
+    /// This step's G_ema β, written before the update reads it.
+    ema_beta: Tensor,
 }
 
 fn prefixed(prefix: &str, store: &ParamStore) -> Vec<(String, Tensor)> {
@@ -268,7 +271,19 @@ impl GanState {
             cur_nimg: 0,
             pl_mean: 0.0,
             pl_mean_dev: Tensor::zeros(&[1], device)?,
+            ema_beta: Tensor::zeros(&[1], device)?,
         })
+    }
+
+    /// G_ema ← G.lerp(G_ema, β) with the β staged in `ema_beta`.
+    pub(super) fn update_ema(&mut self) -> Result<()> {
+        update_ema(
+            &mut self.g_ema.params,
+            &mut self.g_ema.buffers,
+            &self.g.params,
+            &self.g.buffers,
+            &self.ema_beta,
+        )
     }
 
     fn save(&self, cfg: &GanConfig, path: &Path) -> Result<()> {
@@ -497,15 +512,16 @@ pub fn train_gan(
             phase_terms.push((phase.net(), terms));
         }
 
-        // G_ema.
+        // G_ema, its β staged where the update (or its graph) reads it.
         let beta = ema_beta(n, cfg.ema_kimg, cfg.ema_rampup, st.cur_nimg);
-        update_ema(
-            &mut st.g_ema.params,
-            &mut st.g_ema.buffers,
-            &st.g.params,
-            &st.g.buffers,
-            beta,
-        )?;
+        st.ema_beta.write_host(&[beta as f32])?;
+        match graphs.as_mut().filter(|_| step > first_step) {
+            Some(graphs) => {
+                graph_phases += 1;
+                graphs.run_ema(&mut st)?
+            }
+            None => st.update_ema()?,
+        }
         st.cur_nimg += n as u64;
         st.step += 1;
         // The loss terms, read back in one copy once the whole step is queued.
