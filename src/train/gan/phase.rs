@@ -271,6 +271,20 @@ fn optimise(params: &mut ParamStore, adam: &mut Adam, update: Update) -> Result<
     stepped
 }
 
+/// A main phase's backward into the trained network's gradients, then the mapping's `w_avg`
+/// (tracked in every pass of G in training mode, as the reference does).
+fn backward_into(
+    mut tape: Tape,
+    loss: &Tensor,
+    params: &mut ParamStore,
+    w_avg: &Tensor,
+    w: &Tensor,
+) -> Result<()> {
+    let grads = tape.backward(loss)?;
+    params.accumulate(&grads)?;
+    track_w_avg(w_avg, w)
+}
+
 /// The device half of a phase: its loss from `inputs`, the backward into the trained network's
 /// gradients, `w_avg` (the G passes), then `nan_to_num` and Adam. Returns the phase's terms.
 pub fn run_phase(
@@ -288,16 +302,16 @@ pub fn run_phase(
     let n = cond.c1.shape()[0];
     let z = Tensor::zeros(&[n, z_dim], &device)?;
     let mix = inputs.mix()?;
+    let nets = Nets {
+        g: &st.g.net,
+        d: &st.d.net,
+        clip: Some(clip),
+        clip_size,
+    };
     let mut terms = Terms::default();
     match inputs.phase {
         Phase::GMain => {
             let view = inputs.view()?;
-            let nets = Nets {
-                g: &st.g.net,
-                d: &st.d.net,
-                clip: Some(clip),
-                clip_size,
-            };
             let mut tape = Tape::new();
             st.g.params.watch_all(&mut tape);
             let real = inputs.get("real")?;
@@ -313,10 +327,8 @@ pub fn run_phase(
                 real,
                 None,
             )?;
-            let grads = tape.backward(&l)?;
-            st.g.params.accumulate(&grads)?;
-            track_w_avg(&st.g.net.mapping.w_avg, &gen.w)?;
             terms = t;
+            backward_into(tape, &l, &mut st.g.params, &nets.g.mapping.w_avg, &gen.w)?;
             optimise(&mut st.g.params, &mut st.adam_g, update)?;
         }
         Phase::GReg => {
@@ -342,12 +354,6 @@ pub fn run_phase(
             optimise(&mut st.g.params, &mut st.adam_g, update)?;
         }
         Phase::DMain => {
-            let nets = Nets {
-                g: &st.g.net,
-                d: &st.d.net,
-                clip: Some(clip),
-                clip_size,
-            };
             let mut tape = Tape::new();
             st.d.params.watch_all(&mut tape);
             let real = inputs.get("real")?;
@@ -361,10 +367,8 @@ pub fn run_phase(
                 inputs.noise(),
                 real,
             )?;
-            let grads = tape.backward(&l)?;
-            st.d.params.accumulate(&grads)?;
-            track_w_avg(&st.g.net.mapping.w_avg, &gen.w)?;
             terms = t;
+            backward_into(tape, &l, &mut st.d.params, &nets.g.mapping.w_avg, &gen.w)?;
             optimise(&mut st.d.params, &mut st.adam_d, update)?;
         }
         Phase::DReg => {
