@@ -1566,6 +1566,81 @@ fn eval_images_scores_reconstructions_against_the_seen_images() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// eval-images' `in_fmri`: a probe on the repeat-averaged fMRI reads the scene factors the
+/// simulated subject's object voxels encode (count, colour) far above chance, and a world whose
+/// subject sees nothing (SNR 0, pure noise) gives chance.
+#[test]
+fn eval_images_reads_the_scene_factors_off_the_fmri() {
+    use mindreader::data::{DatasetFile, Split};
+    use mindreader::eval::npy;
+    let dir = std::env::temp_dir().join(format!("mindreader-in-fmri-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    let factors = |snr: &str| -> serde_json::Value {
+        let world = dir.join(format!("w{snr}.h5"));
+        run_ok(&[
+            "synth",
+            "--out",
+            &p(&world),
+            "--stimuli",
+            "400",
+            "--voxels",
+            "256",
+            "--size",
+            "16",
+            "--snr",
+            snr,
+            "--seed",
+            "3",
+        ]);
+        let file = DatasetFile::open(&world).unwrap();
+        let [h, w] = file.summary().image_size;
+        let test: Vec<usize> = (0..file.split().len())
+            .filter(|&s| file.split()[s] == Split::Test)
+            .collect();
+        let images = file.images().unwrap();
+        // the seen images as the "reconstructions", [N, 3, H, W] in [−1, 1]
+        let mut recon = Vec::new();
+        for &s in &test {
+            let img = &images[s * h * w * 3..][..h * w * 3];
+            for c in 0..3 {
+                recon.extend((0..h * w).map(|i| img[i * 3 + c] as f32 / 127.5 - 1.0));
+            }
+        }
+        let n = test.len();
+        npy::write_f32(&dir.join("recon.npy"), &recon, &[n, 3, h, w]).unwrap();
+        let index: Vec<f32> = test.iter().map(|&s| s as f32).collect();
+        npy::write_f32(&dir.join("index.npy"), &index, &[n]).unwrap();
+        let out = dir.join(format!("m{snr}.json"));
+        run_ok(&[
+            "eval-images",
+            "--recon",
+            &p(&dir),
+            "--data",
+            &p(&world),
+            "--out",
+            &p(&out),
+            "--device",
+            "cpu",
+        ]);
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+        m["factors"].clone()
+    };
+    let above = |f: &serde_json::Value, k: &str| {
+        f[k]["in_fmri"].as_f64().unwrap() - f[k]["chance"].as_f64().unwrap()
+    };
+    let seen = factors("3");
+    for (k, margin) in [("count", 0.4), ("colour", 0.3)] {
+        assert!(above(&seen, k) > margin, "{k}: {seen}");
+    }
+    let blind = factors("0");
+    for k in ["count", "colour"] {
+        assert!(above(&blind, k) < 0.2, "{k} from noise: {blind}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
 /// The GAN stage from the command line on a tiny world: screen captions with the tiny CLIP,
 /// train both mappers, train-gan (structure 4), a resumed continuation, reconstruct with mapped,
 /// true and shuffled conditions, eval-images on the result; and the refusals.
@@ -1828,6 +1903,7 @@ fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
         "Scene factors read off each picture",
         "| in CLIP space |",
         "| in the mapped fMRI |",
+        "| in the fMRI |",
         "| colour |",
         "| shape |",
         "| position |",
@@ -1876,7 +1952,14 @@ fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
     assert!(ordinary >= 2 && unseen >= 2, "{ordinary} + {unseen}");
     for name in ["colour", "shape", "position", "count", "background"] {
         let f = &metrics["factors"][name];
-        for key in ["value", "seen", "in_clip", "in_condition", "chance"] {
+        for key in [
+            "value",
+            "seen",
+            "in_fmri",
+            "in_clip",
+            "in_condition",
+            "chance",
+        ] {
             let v = f[key].as_f64().unwrap_or(f64::NAN);
             assert!((0.0..=1.0).contains(&v), "factor {name}.{key} = {v}");
         }

@@ -542,20 +542,21 @@ fn factor_table(part: &[(&str, &serde_json::Value)]) -> String {
     let Some(first) = part.first().and_then(|(_, m)| m["factors"].as_object()) else {
         return String::new();
     };
-    let mut s = String::from("\nScene factors read off each picture by a linear probe fitted on the training stimuli's seen images and blurred copies (the main object is the largest; `seen images`: the probe on the seen test images, its own ceiling; `in CLIP space`: a probe on the seen images' CLIP embeddings alone, fitted on the training images' embeddings, so what the generator's condition can tell it at best; `in the mapped fMRI`: a probe fitted on the image mapper's predictions for the training stimuli, on its predictions from the test fMRI, so what the generator's image condition told it):\n\n| factor | chance | seen images | in CLIP space | in the mapped fMRI | floor | **from fMRI** | ceiling |\n|---|---|---|---|---|---|---|---|\n");
+    let mut s = String::from("\nScene factors read off each picture by a linear probe fitted on the training stimuli's seen images and blurred copies (the main object is the largest; `seen images`: the probe on the seen test images, its own ceiling; `in the fMRI`: a probe fitted on the training stimuli's repeat-averaged fMRI, on the test stimuli's, so what the brain data carries, the most a mapper can pass on; `in CLIP space`: a probe on the seen images' CLIP embeddings alone, fitted on the training images' embeddings, so what the generator's condition can tell it at best; `in the mapped fMRI`: a probe fitted on the image mapper's predictions for the training stimuli, on its predictions from the test fMRI, so what the generator's image condition told it):\n\n| factor | chance | seen images | in the fMRI | in CLIP space | in the mapped fMRI | floor | **from fMRI** | ceiling |\n|---|---|---|---|---|---|---|---|---|\n");
     for (name, f) in first {
         if !f.is_object() {
             continue;
         }
         let pc = |x: &serde_json::Value| format!("{:.0}%", 100.0 * x.as_f64().unwrap_or(f64::NAN));
         let in_clip = f.get("in_clip").map_or("–".into(), pc);
+        let in_fmri = f.get("in_fmri").map_or("–".into(), pc);
         let in_mapped = part
             .iter()
             .find(|(cond, _)| *cond == "mapped")
             .and_then(|(_, m)| m["factors"][name].get("in_condition"))
             .map_or("–".into(), pc);
         let mut row = format!(
-            "| {name} | {} | {} | {in_clip} | {in_mapped} |",
+            "| {name} | {} | {} | {in_fmri} | {in_clip} | {in_mapped} |",
             pc(&f["chance"]),
             pc(&f["seen"])
         );

@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use mindreader::data::loader::average_repeats;
 use mindreader::data::{DatasetFile, Split};
 use mindreader::eval::image_metrics::{box_downsample, pixel_metrics, two_way_identification};
-use mindreader::eval::probe::{accuracy, blurred, majority_rate, probe_features, Factor, Probe};
+use mindreader::eval::probe::{
+    accuracy, blurred, majority_rate, most_varying_columns, probe_features, Factor, Probe,
+};
 use mindreader::eval::{images, npy, retrieval};
 use mindreader::models::clip::Clip;
 use mindreader::ops::l2norm::cpu::l2_normalize;
@@ -109,6 +112,31 @@ fn read_conditions(
     Ok((unit(&train_rows), unit(&cond), f))
 }
 
+/// At most this many voxels feed the fMRI probe: its ridge solves a system as wide as its
+/// input, and an NSD-sized 15,744 would take minutes.
+const FMRI_PROBE_VOXELS: usize = 2048;
+
+/// The repeat-averaged fMRI of the training stimuli and of the evaluated rows' stimuli, on the
+/// `FMRI_PROBE_VOXELS` voxels whose averaged response varies most over the training stimuli
+/// (trials are z-scored per session, so those are the most reliable ones): `(train, rows, V)`.
+fn fmri_rows(
+    file: &DatasetFile,
+    train: &[usize],
+    index: &[usize],
+) -> Result<(Vec<f32>, Vec<f32>, usize)> {
+    let (m, v) = (file.summary().stimuli, file.summary().voxels);
+    let averaged = average_repeats(&file.fmri()?, v, file.trial_stimulus(), m);
+    let keep = most_varying_columns(&averaged, v, train, FMRI_PROBE_VOXELS);
+    let rows = |stimuli: &[usize]| -> Vec<f32> {
+        let (averaged, keep) = (&averaged, &keep);
+        stimuli
+            .iter()
+            .flat_map(|&s| keep.iter().map(move |&j| averaged[s * v + j]))
+            .collect()
+    };
+    Ok((rows(train), rows(index), keep.len()))
+}
+
 pub fn run(args: EvalImagesArgs) -> Result<()> {
     let (recon_path, index_path) = if args.recon.is_dir() {
         let idx = args.index.clone().unwrap_or(args.recon.join("index.npy"));
@@ -199,6 +227,7 @@ pub fn run(args: EvalImagesArgs) -> Result<()> {
                 Some(p) => Some(read_conditions(p, n, file.summary().stimuli, &train)?),
                 None => None,
             };
+            let fmri = fmri_rows(&file, &train, &index)?;
             Some(FactorReadout::new(
                 f,
                 &train,
@@ -206,6 +235,7 @@ pub fn run(args: EvalImagesArgs) -> Result<()> {
                 et.as_deref().map(|e| (e, d)),
                 [(&r01, er.as_deref()), (&s01, es.as_deref())],
                 conditions.as_ref().map(|c| (&c.0[..], &c.1[..], c.2)),
+                (&fmri.0, &fmri.1, fmri.2),
                 &index,
                 [eh, ew],
                 args.seed,
@@ -287,6 +317,10 @@ struct FactorReadout {
     /// Per factor, with conditions: a probe fitted on the training stimuli's conditions, on the
     /// evaluated rows' conditions. What the generator was told of each factor.
     in_condition: Option<Vec<Vec<usize>>>,
+    /// Per factor: a probe fitted on the training stimuli's repeat-averaged fMRI, on the
+    /// evaluated rows' fMRI. What the brain data itself carries of each factor: the first link
+    /// of the chain, the most any mapper can pass on.
+    in_fmri: Vec<Vec<usize>>,
     train_labels: Vec<Vec<usize>>,
 }
 
@@ -302,6 +336,7 @@ impl FactorReadout {
         train_emb: Option<(&[f32], usize)>,
         pictures: [(&[f32], Option<&[f32]>); 2],
         conditions: Option<(&[f32], &[f32], usize)>,
+        fmri: (&[f32], &[f32], usize),
         index: &[usize],
         [h, w]: [usize; 2],
         seed: u64,
@@ -343,6 +378,7 @@ impl FactorReadout {
             Some((table, cond, f)) => Some(probe_on(table, f, cond)?),
             None => None,
         };
+        let in_fmri = probe_on(fmri.0, fmri.2, fmri.1)?;
         let [recon, seen] = pictures
             .map(|(px, emb)| probe_features(px, [index.len(), h, w], emb.map(|e| (e, d_emb))).0);
         Ok(FactorReadout {
@@ -358,6 +394,7 @@ impl FactorReadout {
             train_labels,
             in_clip,
             in_condition,
+            in_fmri,
         })
     }
 
@@ -384,10 +421,11 @@ impl FactorReadout {
             if let Some(c) = &self.in_condition {
                 entry["in_condition"] = serde_json::json!(accuracy(&pick(&c[k]), &truth));
             }
+            entry["in_fmri"] = serde_json::json!(accuracy(&pick(&self.in_fmri[k]), &truth));
             out.insert(f.name.into(), entry);
         }
         out.insert("how".into(), serde_json::json!(
-            "accuracy of a linear probe (ridge to one-hot on the CLIP embedding, 8×8 colours, a map of each object colour and the main colour's outline moments) fitted on the training stimuli's seen images and blurred copies; `seen`: the same probe on the seen test images (its ceiling); `in_clip`: a probe fitted on the training images' CLIP embeddings alone, on the seen test images' embeddings (what the CLIP space carries of the factor, so the most a generator conditioned on it can be told); `in_condition`: a probe fitted on the training stimuli's conditions (unit rows, what the generator trained on), on the reconstructions' own conditions (what it was told); chance: always the most frequent training class; the main object is the largest"));
+            "accuracy of a linear probe (ridge to one-hot on the CLIP embedding, 8×8 colours, a map of each object colour and the main colour's outline moments) fitted on the training stimuli's seen images and blurred copies; `seen`: the same probe on the seen test images (its ceiling); `in_clip`: a probe fitted on the training images' CLIP embeddings alone, on the seen test images' embeddings (what the CLIP space carries of the factor, so the most a generator conditioned on it can be told); `in_condition`: a probe fitted on the training stimuli's conditions (unit rows, what the generator trained on), on the reconstructions' own conditions (what it was told); `in_fmri`: a probe fitted on the training stimuli's repeat-averaged fMRI (at most the 2048 voxels whose averaged response varies most), on the evaluated stimuli's (what the brain data carries, the most a mapper can pass on); chance: always the most frequent training class; the main object is the largest"));
         serde_json::Value::Object(out)
     }
 }

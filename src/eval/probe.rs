@@ -11,6 +11,7 @@
 //! a linear-algebra crate for one small symmetric system.
 
 use anyhow::{ensure, Result};
+use rayon::prelude::*;
 
 use crate::data::{AuxData, DatasetFile};
 use crate::rng::Rng;
@@ -324,10 +325,13 @@ impl Probe {
         let (val, fit) = order.split_at(n / 5);
         let part = Normal::new(x, d, fit);
         let mut best = vec![(f64::NEG_INFINITY, 1.0); heads.len()];
+        let held_out = gather(x, d, val);
         for lambda in [1e-4, 1e-3, 1e-2, 1e-1, 1.0] {
+            // One factorisation per ridge, shared by every head.
+            let factor = part.factor(lambda, fit.len())?;
             for (h, (labels, classes)) in heads.iter().enumerate() {
-                let p = part.solve(x, d, fit, labels, *classes, lambda)?;
-                let pred = p.predict(&gather(x, d, val), d);
+                let p = part.solve(&factor, x, d, fit, labels, *classes, lambda);
+                let pred = p.predict(&held_out, d);
                 let acc = val
                     .iter()
                     .zip(&pred)
@@ -343,7 +347,8 @@ impl Probe {
             .iter()
             .zip(best)
             .map(|((labels, classes), (_, lambda))| {
-                whole.solve(x, d, &order, labels, *classes, lambda)
+                let factor = whole.factor(lambda, order.len())?;
+                Ok(whole.solve(&factor, x, d, &order, labels, *classes, lambda))
             })
             .collect()
     }
@@ -400,18 +405,27 @@ impl Normal {
         for s in &mut scale {
             *s = if *s > 1e-12 { 1.0 / s.sqrt() } else { 0.0 };
         }
-        let e = d + 1;
-        let mut gram = vec![0f64; e * e];
+        // Standardised rows, stored column by column, so each Gram entry is one dot product
+        // over the rows in their order (the same sums as accumulating row by row).
+        let (e, n) = (d + 1, rows.len());
+        let mut columns = vec![0f64; e * n];
         let mut z = vec![0f64; e];
-        for &i in rows {
+        for (r, &i) in rows.iter().enumerate() {
             Normal::standardise(&mean, &scale, &x[i * d..(i + 1) * d], &mut z);
-            for p in 0..e {
-                let zp = z[p];
-                for (g, &zq) in gram[p * e..p * e + p + 1].iter_mut().zip(&z) {
-                    *g += zp * zq;
-                }
+            for (p, &zp) in z.iter().enumerate() {
+                columns[p * n + r] = zp;
             }
         }
+        let mut gram = vec![0f64; e * e];
+        gram.par_chunks_mut(e).enumerate().for_each(|(p, row)| {
+            let zp = &columns[p * n..(p + 1) * n];
+            for (q, g) in row.iter_mut().enumerate().take(p + 1) {
+                *g = zp
+                    .iter()
+                    .zip(&columns[q * n..(q + 1) * n])
+                    .fold(0.0, |acc, (a, b)| acc + a * b);
+            }
+        });
         for p in 0..e {
             for q in 0..p {
                 gram[q * e + p] = gram[p * e + q];
@@ -427,16 +441,29 @@ impl Normal {
         z[row.len()] = 1.0;
     }
 
-    /// Ridge regression to one-hot codes: (ZᵀZ + λ·n·I) W = Zᵀ Y, no ridge on the bias.
+    /// The Cholesky factor of `ZᵀZ + λ·n·I` over `rows` rows (no ridge on the bias).
+    fn factor(&self, lambda: f64, rows: usize) -> Result<Vec<f64>> {
+        let e = self.mean.len() + 1;
+        let mut a = self.gram.clone();
+        for p in 0..e - 1 {
+            a[p * e + p] += lambda * rows as f64;
+        }
+        cholesky(&a, e)
+    }
+
+    /// Ridge regression to one-hot codes: (ZᵀZ + λ·n·I) W = Zᵀ Y, with `factor` from
+    /// [`Normal::factor`] at the same λ and rows.
+    #[allow(clippy::too_many_arguments)]
     fn solve(
         &self,
+        factor: &[f64],
         x: &[f32],
         d: usize,
         rows: &[usize],
         labels: &[usize],
         classes: usize,
         lambda: f64,
-    ) -> Result<Probe> {
+    ) -> Probe {
         let e = d + 1;
         let mut b = vec![0f64; e * classes];
         let mut z = vec![0f64; e];
@@ -446,26 +473,26 @@ impl Normal {
                 b[p * classes + labels[i]] += z[p];
             }
         }
-        let mut a = self.gram.clone();
-        for p in 0..d {
-            a[p * e + p] += lambda * rows.len() as f64;
-        }
-        Ok(Probe {
+        Probe {
             mean: self.mean.clone(),
             scale: self.scale.clone(),
-            weights: cholesky_solve(&a, &b, e, classes)?,
+            weights: cholesky_apply(factor, &b, e, classes),
             classes,
             lambda,
-        })
+        }
     }
 }
 
-/// Solves `A X = B` for symmetric positive-definite `A` (`[e, e]`) and `B` (`[e, k]`).
-fn cholesky_solve(a: &[f64], b: &[f64], e: usize, k: usize) -> Result<Vec<f64>> {
+/// The lower Cholesky factor `L` (`[e, e]`, `L·Lᵀ = A`) of a symmetric positive-definite `A`.
+fn cholesky(a: &[f64], e: usize) -> Result<Vec<f64>> {
     let mut l = vec![0f64; e * e];
     for i in 0..e {
         for j in 0..=i {
-            let s = a[i * e + j] - (0..j).map(|p| l[i * e + p] * l[j * e + p]).sum::<f64>();
+            let dot = l[i * e..i * e + j]
+                .iter()
+                .zip(&l[j * e..j * e + j])
+                .fold(0.0, |acc, (a, b)| acc + a * b);
+            let s = a[i * e + j] - dot;
             if i == j {
                 ensure!(
                     s > 0.0,
@@ -477,6 +504,11 @@ fn cholesky_solve(a: &[f64], b: &[f64], e: usize, k: usize) -> Result<Vec<f64>> 
             }
         }
     }
+    Ok(l)
+}
+
+/// Solves `L·Lᵀ X = B` for `B` (`[e, k]`), `L` from [`cholesky`].
+fn cholesky_apply(l: &[f64], b: &[f64], e: usize, k: usize) -> Vec<f64> {
     let mut x = b.to_vec();
     for c in 0..k {
         for i in 0..e {
@@ -488,7 +520,38 @@ fn cholesky_solve(a: &[f64], b: &[f64], e: usize, k: usize) -> Result<Vec<f64>> 
             x[i * k + c] = s / l[i * e + i];
         }
     }
-    Ok(x)
+    x
+}
+
+/// Solves `A X = B` for symmetric positive-definite `A` (`[e, e]`) and `B` (`[e, k]`).
+#[cfg(test)]
+fn cholesky_solve(a: &[f64], b: &[f64], e: usize, k: usize) -> Result<Vec<f64>> {
+    Ok(cholesky_apply(&cholesky(a, e)?, b, e, k))
+}
+
+/// The (at most) `keep` columns of `x` (`[M, d]`) whose values over the rows `rows` vary most,
+/// in column order; ties go to the lower column. For fMRI whose trials are z-scored per session,
+/// the repeat-averaged response varies most where the signal is strongest, so these are the
+/// most reliable voxels.
+pub fn most_varying_columns(x: &[f32], d: usize, rows: &[usize], keep: usize) -> Vec<usize> {
+    let mut columns: Vec<usize> = (0..d).collect();
+    if d <= keep {
+        return columns;
+    }
+    let n = rows.len().max(1) as f64;
+    let spread: Vec<f64> = (0..d)
+        .into_par_iter()
+        .map(|j| {
+            let mean = rows.iter().map(|&r| x[r * d + j] as f64).sum::<f64>() / n;
+            rows.iter()
+                .map(|&r| (x[r * d + j] as f64 - mean).powi(2))
+                .sum::<f64>()
+        })
+        .collect();
+    columns.sort_by(|&a, &b| spread[b].total_cmp(&spread[a]).then(a.cmp(&b)));
+    columns.truncate(keep);
+    columns.sort_unstable();
+    columns
 }
 
 /// The share of `predicted` equal to `truth`.
@@ -508,6 +571,26 @@ pub fn majority_rate(train: &[usize], test: &[usize], classes: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_most_varying_columns_are_kept_in_order() {
+        // 4 rows × 5 columns; column spreads over rows 0, 1, 3: 0, 8, 2, 8, 0.5
+        #[rustfmt::skip]
+        let x = [
+            1.0, 0.0, 1.0, 4.0, 0.0,
+            1.0, 4.0, 2.0, 0.0, 1.0,
+            9.0, 9.0, 9.0, 9.0, 9.0,
+            1.0, 2.0, 3.0, 2.0, 0.5,
+        ];
+        assert_eq!(most_varying_columns(&x, 5, &[0, 1, 3], 3), vec![1, 2, 3]);
+        assert_eq!(most_varying_columns(&x, 5, &[0, 1, 3], 1), vec![1]);
+        assert_eq!(
+            most_varying_columns(&x, 5, &[0, 1, 3], 9),
+            vec![0, 1, 2, 3, 4]
+        );
+        // over rows 1 and 2 instead, column 3 varies most (40.5 against 32, 12.5, 24.5, 32)
+        assert_eq!(most_varying_columns(&x, 5, &[1, 2], 1), vec![3]);
+    }
 
     #[test]
     fn cholesky_solves_a_small_system() {
