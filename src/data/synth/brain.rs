@@ -1,17 +1,22 @@
 //! The simulated subject: an encoding model with the broad structure of visual cortex.
 //!
 //! Each stimulus is described by a feature vector φ = [early-visual maps ‖ object features]:
-//! - early-visual maps: a `GRID`×`GRID` grid over the image with four channels per cell
-//!   (RMS luminance contrast, mean luminance, red–green and blue–yellow opponency);
+//! - early-visual maps: a `GRID`×`GRID` grid over the image with five channels per cell
+//!   (RMS luminance contrast, mean luminance, red–green and blue–yellow opponency, and figure:
+//!   how much of the cell the objects cover);
 //! - object features: each shape's and colour's presence, each (colour, shape) identity's
 //!   presence (weighted by how much of the object is visible) and the object count, one-hot.
 //!
 //! A voxel is a weight vector over φ. Early-visual voxels have a population receptive field: a
 //! Gaussian at a visual-field position (more of them near the fovea, larger away from it) over
-//! the grid, responding mostly to contrast and partly to colour. Higher-level voxels are tuned to
-//! one identity, one or two shapes, one or two colours, or a preferred count (a Gaussian
-//! numerosity curve), with weak mixed selectivity to everything else and a weak, broad contrast
-//! response. A voxel's clean response over the stimuli is z-scored, then scaled by its own SNR
+//! the grid, responding mostly to contrast, partly to colour, and more where a figure stands
+//! than where the background does: figure–ground modulation, which in V1–V4 enhances the
+//! response to an object's surface over the same texture as background (Lamme 1995; Poort et
+//! al. 2012), so early cortex says where the objects are even on a textured background.
+//! Higher-level voxels are tuned to one identity, one or two shapes, one or two colours, or a
+//! preferred count (a Gaussian numerosity curve), with weak mixed selectivity to everything
+//! else and a weak response to figures in a broad receptive field (lateral occipital cortex
+//! keeps coarse position information, Schwarzlose et al. 2008). A voxel's clean response over the stimuli is z-scored, then scaled by its own SNR
 //! (signal std / noise std), so trial noise of unit variance gives a known per-voxel reliability.
 
 use ndarray::{s, ArrayView2, ArrayViewMut2};
@@ -23,8 +28,10 @@ use crate::rng::{stage, Rng};
 
 /// Cells per side of the early-visual feature grid.
 pub const GRID: usize = 16;
-/// Contrast, luminance, red–green, blue–yellow.
-pub const CHANNELS: usize = 4;
+/// Contrast, luminance, red–green, blue–yellow, figure.
+pub const CHANNELS: usize = 5;
+/// The figure channel's index.
+const FIGURE: usize = 4;
 /// Length of the early-visual part of φ.
 pub const EARLY_FEATURES: usize = CHANNELS * GRID * GRID;
 /// Length of the object part of φ.
@@ -33,11 +40,12 @@ pub const OBJECT_FEATURES: usize =
 /// Length of φ.
 pub const FEATURES: usize = EARLY_FEATURES + OBJECT_FEATURES;
 
-/// The early-visual maps of an `[size, size, 3]` image (size ≥ `GRID`), channel-major:
-/// index = channel·GRID² + row·GRID + column.
-pub fn visual_features(img: &[u8], size: usize) -> Vec<f32> {
+/// The early-visual maps of an `[size, size, 3]` image (size ≥ `GRID`) and its `[size, size]`
+/// figure coverage (`render::figure_map`), channel-major: index = channel·GRID² + row·GRID +
+/// column.
+pub fn visual_features(img: &[u8], figure: &[f32], size: usize) -> Vec<f32> {
     let g = GRID;
-    let mut sum = vec![[0f32; 5]; g * g]; // L, L², R−G, B−Y, count
+    let mut sum = vec![[0f32; 6]; g * g]; // L, L², R−G, B−Y, figure, count
     for py in 0..size {
         let cy = py * g / size;
         for px in 0..size {
@@ -54,17 +62,19 @@ pub fn visual_features(img: &[u8], size: usize) -> Vec<f32> {
             acc[1] += l * l;
             acc[2] += r - gr;
             acc[3] += b - 0.5 * (r + gr);
-            acc[4] += 1.0;
+            acc[4] += figure[py * size + px];
+            acc[5] += 1.0;
         }
     }
     let mut f = vec![0f32; EARLY_FEATURES];
     for (cell, acc) in sum.iter().enumerate() {
-        let n = acc[4].max(1.0);
+        let n = acc[5].max(1.0);
         let mean = acc[0] / n;
         f[cell] = (acc[1] / n - mean * mean).max(0.0).sqrt();
         f[g * g + cell] = mean;
         f[2 * g * g + cell] = acc[2] / n;
         f[3 * g * g + cell] = acc[3] / n;
+        f[FIGURE * g * g + cell] = acc[4] / n;
     }
     f
 }
@@ -250,6 +260,11 @@ fn gaussian_grid(x: f32, y: f32, sigma: f32) -> Vec<f32> {
     w
 }
 
+/// Figure–ground modulation's weight beside contrast's (about 1): a cell's figure coverage
+/// varies over the stimuli about this much more than its contrast does, so this gives the two
+/// comparable shares of an early voxel's response.
+const FIGURE_GAIN: f32 = 0.3;
+
 fn early_voxel(rng: &mut Rng, w: &mut [f32]) -> Tuning {
     // Eccentricity uniform in radius: voxel density falls off away from the fovea, and
     // receptive fields grow with eccentricity, as in V1–V3.
@@ -263,6 +278,7 @@ fn early_voxel(rng: &mut Rng, w: &mut [f32]) -> Tuning {
         0.4 * rng.normal(),
         0.6 * rng.normal(),
         0.6 * rng.normal(),
+        FIGURE_GAIN * rng.uniform(0.5, 1.5),
     ];
     for (c, &a) in channel.iter().enumerate() {
         for (cell, &p) in prf.iter().enumerate() {
@@ -308,11 +324,18 @@ fn object_voxel(rng: &mut Rng, w: &mut [f32]) -> Tuning {
             Tuning::Count { preferred }
         }
     };
-    // A weak, broad response to contrast anywhere near the centre of the visual field.
+    // A weak, broad response to contrast anywhere near the centre of the visual field, and to
+    // figures in a broad receptive field somewhere in it.
     let broad = gaussian_grid(0.5, 0.5, 0.3);
     let k = 0.3 * rng.f32();
     for (cell, &p) in broad.iter().enumerate() {
         w[cell] += k * p;
+    }
+    let (x, y) = (rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8));
+    let field = gaussian_grid(x, y, 0.2);
+    let k = FIGURE_GAIN * rng.f32();
+    for (cell, &p) in field.iter().enumerate() {
+        w[FIGURE * GRID * GRID + cell] += k * p;
     }
     tuning
 }
@@ -324,11 +347,37 @@ mod tests {
     #[test]
     fn a_flat_image_has_no_contrast() {
         let img = vec![100u8; 32 * 32 * 3];
-        let f = visual_features(&img, 32);
+        let f = visual_features(&img, &[0.0; 32 * 32], 32);
         assert!(f[..GRID * GRID].iter().all(|&c| c.abs() < 1e-6));
         assert!(f[GRID * GRID..2 * GRID * GRID]
             .iter()
             .all(|&l| (l - 100.0 / 255.0).abs() < 1e-5));
+    }
+
+    #[test]
+    fn the_figure_channel_is_each_cells_object_coverage() {
+        // an object over the left half of a flat 32-px image, half covering the column at 15
+        let img = vec![100u8; 32 * 32 * 3];
+        let figure: Vec<f32> = (0..32 * 32)
+            .map(|i| match i % 32 {
+                0..=14 => 1.0,
+                15 => 0.5,
+                _ => 0.0,
+            })
+            .collect();
+        let f = visual_features(&img, &figure, 32);
+        let map = &f[FIGURE * GRID * GRID..(FIGURE + 1) * GRID * GRID];
+        for row in 0..GRID {
+            for col in 0..GRID {
+                // cells are 2 px wide: cell 7 holds columns 14 (covered) and 15 (half)
+                let want = match col {
+                    0..=6 => 1.0,
+                    7 => 0.75,
+                    _ => 0.0,
+                };
+                assert_eq!(map[row * GRID + col], want, "cell ({row}, {col})");
+            }
+        }
     }
 
     #[test]

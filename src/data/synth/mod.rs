@@ -180,7 +180,8 @@ fn make_stimulus(cfg: &SynthConfig, i: usize) -> Stimulus {
     }
     let (captions, caption_ok) = captions::captions(&scene, cfg.seed, i as u64);
     let features = scene::features(&scene);
-    let mut phi = brain::visual_features(&image, cfg.image_size);
+    let figure = render::figure_map(&scene, cfg.image_size);
+    let mut phi = brain::visual_features(&image, &figure, cfg.image_size);
     phi.extend(brain::object_features(&scene));
     Stimulus {
         scene,

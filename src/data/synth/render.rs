@@ -71,6 +71,24 @@ fn coverage(o: &Object, u: f32, v: f32, size: usize) -> f32 {
     (0.5 - sdf(o.shape, lx, ly, o.size) * size as f32).clamp(0.0, 1.0)
 }
 
+/// Each pixel's figure coverage, `[size, size]` in [0, 1]: how much of it any object covers (the
+/// renderer's anti-aliased alpha). What early visual cortex's figure–ground response sees.
+pub fn figure_map(scene: &Scene, size: usize) -> Vec<f32> {
+    let mut map = vec![0f32; size * size];
+    for (i, m) in map.iter_mut().enumerate() {
+        let (u, v) = (
+            ((i % size) as f32 + 0.5) / size as f32,
+            ((i / size) as f32 + 0.5) / size as f32,
+        );
+        *m = scene
+            .objects
+            .iter()
+            .map(|o| coverage(o, u, v, size))
+            .fold(0.0, f32::max);
+    }
+    map
+}
+
 /// Draws `scene` as `[size, size, 3]` RGB and returns, per object, the fraction of its pixels
 /// that no later (nearer) object covers.
 pub fn render(scene: &Scene, size: usize) -> (Vec<u8>, Vec<f32>) {
@@ -163,6 +181,18 @@ mod tests {
             assert_eq!(px(1, 1), BACKGROUND_COLOURS[0].1, "shape {shape}");
             assert_eq!(vis, vec![1.0]);
         }
+    }
+
+    #[test]
+    fn the_figure_map_covers_the_objects_and_nothing_else() {
+        let s = scene(vec![object(0, 1, 0.25, 0.25, 0.1)]);
+        let map = figure_map(&s, 64);
+        let at = |u: f32, v: f32| map[(v * 64.0) as usize * 64 + (u * 64.0) as usize];
+        assert_eq!(at(0.25, 0.25), 1.0);
+        assert_eq!(at(0.75, 0.75), 0.0);
+        assert_eq!(at(0.25, 0.75), 0.0);
+        let covered = map.iter().sum::<f32>() / (64.0 * 64.0);
+        assert!((0.01..0.1).contains(&covered), "{covered}");
     }
 
     #[test]
