@@ -1403,7 +1403,6 @@ fn convert_and_info_read_the_authors_checkpoints() {
 
 #[test]
 fn eval_images_scores_reconstructions_against_the_seen_images() {
-    use mindreader::data::{DatasetFile, Split};
     use mindreader::eval::npy;
     let dir = std::env::temp_dir().join(format!("mindreader-eval-images-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -1420,12 +1419,7 @@ fn eval_images_scores_reconstructions_against_the_seen_images() {
         "--seed",
         "2",
     ]);
-    let file = DatasetFile::open(&world).unwrap();
-    let [h, w] = file.summary().image_size;
-    let test: Vec<usize> = (0..file.split().len())
-        .filter(|&s| file.split()[s] == Split::Test)
-        .collect();
-    let images = file.images().unwrap();
+    let (file, [h, w], test, images) = seen_test_images(&world);
     // "reconstructions" that are the seen images at half resolution, in the generator's range
     let (rh, rw) = (h / 2, w / 2);
     let mut recon = Vec::new();
@@ -1566,13 +1560,31 @@ fn eval_images_scores_reconstructions_against_the_seen_images() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// A world's file, its image size, its test stimuli and every stimulus' image (`[M, H, W, 3]`).
+fn seen_test_images(
+    world: &std::path::Path,
+) -> (
+    mindreader::data::DatasetFile,
+    [usize; 2],
+    Vec<usize>,
+    Vec<u8>,
+) {
+    use mindreader::data::{DatasetFile, Split};
+    let file = DatasetFile::open(world).unwrap();
+    let size = file.summary().image_size;
+    let test: Vec<usize> = (0..file.split().len())
+        .filter(|&s| file.split()[s] == Split::Test)
+        .collect();
+    let images = file.images().unwrap();
+    (file, size, test, images)
+}
+
 /// eval-images' `in_fmri`: a probe on the repeat-averaged fMRI reads the scene factors the
 /// simulated subject encodes (count and colour in its object voxels, the main object's position
 /// in its early voxels' figure–ground response) far above chance, and a world whose
 /// subject sees nothing (SNR 0, pure noise) gives chance.
 #[test]
 fn eval_images_reads_the_scene_factors_off_the_fmri() {
-    use mindreader::data::{DatasetFile, Split};
     use mindreader::eval::npy;
     let dir = std::env::temp_dir().join(format!("mindreader-in-fmri-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -1594,12 +1606,7 @@ fn eval_images_reads_the_scene_factors_off_the_fmri() {
             "--seed",
             "3",
         ]);
-        let file = DatasetFile::open(&world).unwrap();
-        let [h, w] = file.summary().image_size;
-        let test: Vec<usize> = (0..file.split().len())
-            .filter(|&s| file.split()[s] == Split::Test)
-            .collect();
-        let images = file.images().unwrap();
+        let (_, [h, w], test, images) = seen_test_images(&world);
         // the seen images as the "reconstructions", [N, 3, H, W] in [−1, 1]
         let mut recon = Vec::new();
         for &s in &test {
