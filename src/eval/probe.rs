@@ -343,12 +343,20 @@ impl Probe {
             }
         }
         let whole = Normal::new(x, d, &order);
+        // Refit on every row: one factorisation per ridge that some head chose.
+        let mut factors: Vec<(f64, Vec<f64>)> = Vec::new();
         heads
             .iter()
             .zip(best)
             .map(|((labels, classes), (_, lambda))| {
-                let factor = whole.factor(lambda, order.len())?;
-                Ok(whole.solve(&factor, x, d, &order, labels, *classes, lambda))
+                let at = match factors.iter().position(|(l, _)| *l == lambda) {
+                    Some(at) => at,
+                    None => {
+                        factors.push((lambda, whole.factor(lambda, order.len())?));
+                        factors.len() - 1
+                    }
+                };
+                Ok(whole.solve(&factors[at].1, x, d, &order, labels, *classes, lambda))
             })
             .collect()
     }

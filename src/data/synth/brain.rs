@@ -16,8 +16,9 @@
 //! Higher-level voxels are tuned to one identity, one or two shapes, one or two colours, or a
 //! preferred count (a Gaussian numerosity curve), with weak mixed selectivity to everything
 //! else and a weak response to figures in a broad receptive field (lateral occipital cortex
-//! keeps coarse position information, Schwarzlose et al. 2008). A voxel's clean response over the stimuli is z-scored, then scaled by its own SNR
-//! (signal std / noise std), so trial noise of unit variance gives a known per-voxel reliability.
+//! keeps coarse position information, Schwarzlose et al. 2008). A voxel's clean response over
+//! the stimuli is z-scored, then scaled by its own SNR (signal std / noise std), so trial noise
+//! of unit variance gives a known per-voxel reliability.
 
 use ndarray::{s, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
