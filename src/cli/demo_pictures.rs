@@ -154,6 +154,8 @@ pub fn run(
                 batch: 32,
                 seed: 0,
                 conditions: None,
+                // the same for every conditioning: the report reads the mapped run's
+                no_fmri_probe: cond != "mapped",
             })?;
         }
         let text = std::fs::read_to_string(&m).with_context(|| format!("{}", m.display()))?;
@@ -549,10 +551,11 @@ fn factor_table(part: &[(&str, &serde_json::Value)]) -> String {
         }
         let pc = |x: &serde_json::Value| format!("{:.0}%", 100.0 * x.as_f64().unwrap_or(f64::NAN));
         let in_clip = f.get("in_clip").map_or("–".into(), pc);
-        let in_fmri = f.get("in_fmri").map_or("–".into(), pc);
-        let in_mapped = part
-            .iter()
-            .find(|(cond, _)| *cond == "mapped")
+        let mapped = part.iter().find(|(cond, _)| *cond == "mapped");
+        let in_fmri = mapped
+            .and_then(|(_, m)| m["factors"][name].get("in_fmri"))
+            .map_or("–".into(), pc);
+        let in_mapped = mapped
             .and_then(|(_, m)| m["factors"][name].get("in_condition"))
             .map_or("–".into(), pc);
         let mut row = format!(

@@ -51,6 +51,11 @@ pub struct EvalImagesArgs {
     /// mapper) or by it.
     #[arg(long)]
     pub conditions: Option<PathBuf>,
+    /// Leave out each scene factor's `in_fmri` (a probe on the repeat-averaged fMRI, about 13 s
+    /// at 2048 voxels). It does not depend on the reconstructions, so a caller scoring several
+    /// sets of the same stimuli needs it once.
+    #[arg(long)]
+    pub no_fmri_probe: bool,
 }
 
 fn read_index(path: &Path, n: usize, stimuli: usize) -> Result<Vec<usize>> {
@@ -227,7 +232,10 @@ pub fn run(args: EvalImagesArgs) -> Result<()> {
                 Some(p) => Some(read_conditions(p, n, file.summary().stimuli, &train)?),
                 None => None,
             };
-            let fmri = fmri_rows(&file, &train, &index)?;
+            let fmri = match args.no_fmri_probe {
+                true => None,
+                false => Some(fmri_rows(&file, &train, &index)?),
+            };
             Some(FactorReadout::new(
                 f,
                 &train,
@@ -235,7 +243,7 @@ pub fn run(args: EvalImagesArgs) -> Result<()> {
                 et.as_deref().map(|e| (e, d)),
                 [(&r01, er.as_deref()), (&s01, es.as_deref())],
                 conditions.as_ref().map(|c| (&c.0[..], &c.1[..], c.2)),
-                (&fmri.0, &fmri.1, fmri.2),
+                fmri.as_ref().map(|f| (&f.0[..], &f.1[..], f.2)),
                 &index,
                 [eh, ew],
                 args.seed,
@@ -320,7 +328,7 @@ struct FactorReadout {
     /// Per factor: a probe fitted on the training stimuli's repeat-averaged fMRI, on the
     /// evaluated rows' fMRI. What the brain data itself carries of each factor: the first link
     /// of the chain, the most any mapper can pass on.
-    in_fmri: Vec<Vec<usize>>,
+    in_fmri: Option<Vec<Vec<usize>>>,
     train_labels: Vec<Vec<usize>>,
 }
 
@@ -336,7 +344,7 @@ impl FactorReadout {
         train_emb: Option<(&[f32], usize)>,
         pictures: [(&[f32], Option<&[f32]>); 2],
         conditions: Option<(&[f32], &[f32], usize)>,
-        fmri: (&[f32], &[f32], usize),
+        fmri: Option<(&[f32], &[f32], usize)>,
         index: &[usize],
         [h, w]: [usize; 2],
         seed: u64,
@@ -378,7 +386,10 @@ impl FactorReadout {
             Some((table, cond, f)) => Some(probe_on(table, f, cond)?),
             None => None,
         };
-        let in_fmri = probe_on(fmri.0, fmri.2, fmri.1)?;
+        let in_fmri = match fmri {
+            Some((table, rows, v)) => Some(probe_on(table, v, rows)?),
+            None => None,
+        };
         let [recon, seen] = pictures
             .map(|(px, emb)| probe_features(px, [index.len(), h, w], emb.map(|e| (e, d_emb))).0);
         Ok(FactorReadout {
@@ -421,7 +432,9 @@ impl FactorReadout {
             if let Some(c) = &self.in_condition {
                 entry["in_condition"] = serde_json::json!(accuracy(&pick(&c[k]), &truth));
             }
-            entry["in_fmri"] = serde_json::json!(accuracy(&pick(&self.in_fmri[k]), &truth));
+            if let Some(c) = &self.in_fmri {
+                entry["in_fmri"] = serde_json::json!(accuracy(&pick(&c[k]), &truth));
+            }
             out.insert(f.name.into(), entry);
         }
         out.insert("how".into(), serde_json::json!(
