@@ -979,6 +979,13 @@ fn train_clip_makes_a_clip_directory_for_screen_captions() {
         text.contains("epoch   2:") && text.contains("model.safetensors"),
         "{text}"
     );
+    // The layout term is on by default, and its train / val MSE is on every epoch's line.
+    assert!(
+        text.contains("layout term 4 × MSE of a 4×4 thumbnail")
+            && text.contains("  layout ")
+            && text.contains("\"val_layout_loss\""),
+        "{text}"
+    );
     assert!(clip.join("config.json").is_file() && clip.join("model.safetensors").is_file());
     run_ok(&[
         "screen-captions",
@@ -1008,6 +1015,27 @@ fn train_clip_makes_a_clip_directory_for_screen_captions() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("multiple of --patch 5") && !err.contains("panicked"),
+        "{err}"
+    );
+    let out = mindreader()
+        .args([
+            "train-clip",
+            "--data",
+            &p(&world),
+            "--out",
+            &p(&dir.join("clip3")),
+            "--layout-grid",
+            "3",
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("--layout-grid 3 must divide the images' side 16")
+            && !err.contains("panicked"),
         "{err}"
     );
     std::fs::remove_dir_all(dir).ok();

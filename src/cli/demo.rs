@@ -63,7 +63,8 @@ pub struct DemoArgs {
     pub seed: u64,
     /// The CLIP space to map into. `--clip DIR` uses that CLIP (a Hugging Face directory, e.g.
     /// openai/clip-vit-base-patch32); with no value, or by default in the whole pipeline, a small
-    /// CLIP is trained here on the world's stimuli and captions (`train-clip`). With
+    /// CLIP is trained here on the world's stimuli and captions (`train-clip` with its defaults,
+    /// the layout term included: it keeps where things are in the space). With
     /// --retrieval-only and no --clip, the mapper learns the world's fixed `scene` target.
     #[arg(long, num_args = 0..=1, value_name = "DIR")]
     pub clip: Option<Option<PathBuf>>,

@@ -6,7 +6,12 @@
 //!
 //! Loss (Radford et al. 2021): `L = exp(logit_scale)·cos(image_i, text_j)` over a batch of B
 //! pairs, `loss = ½·(CE(L, diag) + CE(Lᵀ, diag))`, with every weight and the temperature learned
-//! (AdamW; the temperature clipped at `logit_scale ≤ ln 100` after each step, as CLIP's training does). One step: a batch of training stimuli in a seeded order, each with one of its captions
+//! (AdamW; the temperature clipped at `logit_scale ≤ ln 100` after each step, as CLIP's training does).
+//!
+//! One departure, on by default: a layout term (`train::clip_layout`), so that the space keeps
+//! where things are.
+//!
+//! One step: a batch of training stimuli in a seeded order, each with one of its captions
 //! drawn per (epoch, stimulus); the images through CLIP's own preprocessing. Every epoch ends with
 //! validation on the test stimuli (their first caption: N-way top-1 retrieval both ways) and an
 //! atomic checkpoint (weights, Adam moments, step); `resume` continues bit for bit, as in
@@ -22,9 +27,13 @@ use crate::eval::{retrieval, Retrieval};
 use crate::fsio::write_atomic;
 use crate::models::clip::{Clip, ClipConfig};
 use crate::models::clip_tokenizer::ClipTokenizer;
-use crate::ops::{elementwise as ew, image::clip_preprocess, loss::infonce};
+use crate::nn::save_safetensors;
+use crate::ops::elementwise as ew;
+use crate::ops::image::clip_preprocess;
+use crate::ops::loss::infonce;
 use crate::rng::{stage, Rng};
 use crate::tensor::{Device, Tensor};
+use crate::train::clip_layout::{LayoutHead, LAYOUT_HEAD};
 use crate::train::metrics::append_json_line;
 use crate::train::{Adam, AdamConfig};
 
@@ -44,6 +53,11 @@ pub struct ClipTrainConfig {
     pub lr: f32,
     pub weight_decay: f32,
     pub seed: u64,
+    /// Weight of the layout term (0: CLIP's contrastive loss alone).
+    pub layout_weight: f32,
+    /// Side of the thumbnail the layout head reads off the image embedding (it must divide the
+    /// images' side).
+    pub layout_grid: usize,
 }
 
 impl Default for ClipTrainConfig {
@@ -59,6 +73,8 @@ impl Default for ClipTrainConfig {
             lr: 1e-3,
             weight_decay: 0.1,
             seed: 42,
+            layout_weight: 4.0,
+            layout_grid: 4,
         }
     }
 }
@@ -75,14 +91,23 @@ impl ClipTrainConfig {
         serde_json::json!({"model_type": "clip", "projection_dim": self.width, "vision_config": vision, "text_config": text})
     }
 
-    fn fingerprint(&self) -> String {
-        format!(
+    /// What a checkpoint must match to resume. Without the layout term it is the fingerprint
+    /// of runs from before the term existed, so those still resume (with `--layout-weight 0`).
+    pub(crate) fn fingerprint(&self) -> String {
+        let s = format!(
             "{:?}",
             ClipTrainConfig {
                 epochs: 0,
                 ..self.clone()
             }
-        )
+        );
+        match self.layout_weight == 0.0 {
+            true => s.replace(
+                &format!(", layout_weight: 0.0, layout_grid: {}", self.layout_grid),
+                "",
+            ),
+            false => s,
+        }
     }
 }
 
@@ -90,8 +115,11 @@ impl ClipTrainConfig {
 #[derive(Clone, Debug)]
 pub struct ClipEpoch {
     pub epoch: usize,
+    /// CLIP's contrastive loss (the layout term apart).
     pub train_loss: f64,
     pub val_loss: f64,
+    /// The layout term's MSE (unweighted) on the training batches and the test stimuli, when on.
+    pub layout_loss: Option<(f64, f64)>,
     /// Image→caption (`image_from_brain` slot: the image's caption among the batch's) and
     /// caption→image retrieval on the test stimuli.
     pub retrieval: Retrieval,
@@ -100,9 +128,14 @@ pub struct ClipEpoch {
 
 impl ClipEpoch {
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({"epoch": self.epoch, "train_loss": self.train_loss, "val_loss": self.val_loss,
+        let mut j = serde_json::json!({"epoch": self.epoch, "train_loss": self.train_loss, "val_loss": self.val_loss,
             "val_top1_caption_from_image": self.retrieval.brain_from_image, "val_top1_image_from_caption": self.retrieval.image_from_brain,
-            "val_way": self.retrieval.way, "seconds": self.seconds})
+            "val_way": self.retrieval.way, "seconds": self.seconds});
+        if let Some((train, val)) = self.layout_loss {
+            j["train_layout_loss"] = train.into();
+            j["val_layout_loss"] = val.into();
+        }
+        j
     }
 }
 
@@ -173,7 +206,7 @@ impl ClipData {
     }
 
     /// `[B, H, W, 3]` pixels of `stimuli`.
-    fn pixels(&self, stimuli: &[u32]) -> Vec<u8> {
+    pub(crate) fn pixels(&self, stimuli: &[u32]) -> Vec<u8> {
         let px = self.image_size[0] * self.image_size[1] * 3;
         stimuli
             .iter()
@@ -223,15 +256,38 @@ fn captions_for(data: &ClipData, stimuli: &[u32], seed: u64, epoch: Option<usize
         .collect()
 }
 
-/// The loss (and, on an inference tape, nothing else) of one batch.
+/// One batch's loss terms and embeddings.
+struct BatchLoss {
+    contrastive: Tensor,
+    /// The layout term's MSE (unweighted), when the run has the term.
+    layout: Option<Tensor>,
+    image_features: Tensor,
+    text_features: Tensor,
+}
+
+impl BatchLoss {
+    /// What a step minimises: `contrastive + layout_weight · layout`.
+    fn objective(&self, tape: &mut Tape, layout_weight: f32) -> Result<Tensor> {
+        match &self.layout {
+            Some(l) => {
+                let weighted = ew::scale(tape, l, layout_weight)?;
+                ew::add(tape, &self.contrastive, &weighted)
+            }
+            None => Ok(self.contrastive.clone()),
+        }
+    }
+}
+
+/// The loss terms (and, on an inference tape, nothing else) of one batch.
 fn batch_loss(
     clip: &Clip,
+    layout: Option<&LayoutHead>,
     tape: &mut Tape,
     data: &ClipData,
     stimuli: &[u32],
     texts: &[String],
     device: &Device,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<BatchLoss> {
     let [h, w] = data.image_size;
     let pixels = clip_preprocess(
         &data.pixels(stimuli),
@@ -244,28 +300,43 @@ fn batch_loss(
     let img = clip.encode_image(tape, &pixels)?;
     let txt = clip.encode_text(tape, &ids, context)?;
     let logits = clip.logits_per_image(tape, &img, &txt)?;
-    Ok((contrastive_loss(tape, &logits)?, img, txt))
+    let contrastive = contrastive_loss(tape, &logits)?;
+    let layout = match layout {
+        Some(head) => Some(head.loss(tape, &img, data, stimuli)?),
+        None => None,
+    };
+    Ok(BatchLoss {
+        contrastive,
+        layout,
+        image_features: img,
+        text_features: txt,
+    })
 }
 
+/// The test stimuli's contrastive loss, layout MSE (when on) and retrieval.
 fn validate(
     clip: &Clip,
+    layout: Option<&LayoutHead>,
     data: &ClipData,
     cfg: &ClipTrainConfig,
     epoch: usize,
     device: &Device,
-) -> Result<(f64, Retrieval)> {
-    let (mut total, mut count) = (0.0, 0);
+) -> Result<(f64, f64, Retrieval)> {
+    let (mut total, mut count, mut layout_total) = (0.0, 0, 0.0);
     let (mut imgs, mut txts) = (Vec::new(), Vec::new());
     for chunk in data.test.chunks(cfg.batch.max(2)) {
         let mut tape = Tape::inference();
         let texts = captions_for(data, chunk, cfg.seed, None);
-        let (loss, img, txt) = batch_loss(clip, &mut tape, data, chunk, &texts, device)?;
+        let b = batch_loss(clip, layout, &mut tape, data, chunk, &texts, device)?;
         if chunk.len() > 1 {
-            total += loss.scalar()? as f64 * chunk.len() as f64;
+            total += b.contrastive.scalar()? as f64 * chunk.len() as f64;
             count += chunk.len();
         }
-        imgs.extend(img.to_vec_f32()?);
-        txts.extend(txt.to_vec_f32()?);
+        if let Some(l) = &b.layout {
+            layout_total += l.scalar()? as f64 * chunk.len() as f64;
+        }
+        imgs.extend(b.image_features.to_vec_f32()?);
+        txts.extend(b.text_features.to_vec_f32()?);
     }
     // retrieval(pred = captions, target = images): image_from_brain = the image of a caption.
     let r = retrieval(
@@ -276,7 +347,11 @@ fn validate(
         30,
         cfg.seed ^ epoch as u64,
     )?;
-    Ok((total / count.max(1) as f64, r))
+    Ok((
+        total / count.max(1) as f64,
+        layout_total / data.test.len() as f64,
+        r,
+    ))
 }
 
 /// Where a run keeps its files: the HF directory (`config.json`, `model.safetensors`), the
@@ -317,12 +392,22 @@ pub fn train_clip(
     if h != w || h % cfg.patch != 0 {
         return Err(Error::Invalid(format!("train-clip: images are {h}×{w}; the small CLIP needs square images whose side is a multiple of --patch {}", cfg.patch)));
     }
+    if !(cfg.layout_weight.is_finite() && cfg.layout_weight >= 0.0) {
+        return Err(Error::Invalid(format!(
+            "train-clip: --layout-weight must be a finite number ≥ 0, got {}",
+            cfg.layout_weight
+        )));
+    }
+    if cfg.layout_weight > 0.0 && (cfg.layout_grid == 0 || h % cfg.layout_grid != 0) {
+        return Err(Error::Invalid(format!("train-clip: --layout-grid {} must divide the images' side {h} (or turn the layout term off with --layout-weight 0)", cfg.layout_grid)));
+    }
     std::fs::create_dir_all(&dir.0)
         .map_err(|e| Error::file(&dir.0, format!("creating the run directory: {e}")))?;
     let json = cfg.hf_config(h);
     let config = ClipConfig::from_json(&json.to_string(), &dir.config())?;
     let mut clip = Clip::zeros(config, device)?;
     clip.init_random(cfg.seed)?;
+    let layout = LayoutHead::new(&mut clip, cfg, device)?;
     let mut adam = Adam::new(AdamConfig::adamw(cfg.lr, cfg.weight_decay));
     let mut start = 0;
     if resume && dir.checkpoint().exists() {
@@ -359,9 +444,7 @@ pub fn train_clip(
         let order = epoch_order(&data.train, cfg.seed, epoch);
         // Full batches only: a contrastive loss over a tail of one pair says nothing.
         let steps = (order.len() / cfg.batch).max(1);
-        let mut total = 0.0;
-        // On a GPU the epoch's running loss is summed on the device (read after the last step).
-        let mut total_dev: Option<Tensor> = None;
+        let (mut contrastive, mut layout_sum) = (RunningLoss::default(), RunningLoss::default());
         let diverged = |lv: f64, when: &str| {
             Error::Invalid(format!(
                 "the CLIP loss became {lv} at epoch {} {when}; lower --lr",
@@ -372,43 +455,45 @@ pub fn train_clip(
             let mut tape = Tape::new();
             clip.store.watch_all(&mut tape);
             let texts = captions_for(data, stimuli, cfg.seed, Some(epoch));
-            let (loss, _, _) = batch_loss(&clip, &mut tape, data, stimuli, &texts, device)?;
+            let terms = batch_loss(
+                &clip,
+                layout.as_ref(),
+                &mut tape,
+                data,
+                stimuli,
+                &texts,
+                device,
+            )?;
+            let loss = terms.objective(&mut tape, cfg.layout_weight)?;
             let grads = tape.backward(&loss)?;
             clip.store.accumulate(&grads)?;
             adam.step(&mut clip.store, cfg.lr)?;
             clip.store.zero_grad();
             clamp_logit_scale(&clip)?;
-            let lv = if device.is_cuda() {
-                let t = match &total_dev {
-                    Some(t) => t,
-                    None => total_dev.insert(Tensor::zeros(loss.shape(), device)?),
-                };
-                super::mapper::add_weighted_loss(t, &loss, 1)?;
-                None
-            } else {
-                let lv = loss.scalar()?;
-                if !lv.is_finite() {
-                    return Err(diverged(lv as f64, &format!("step {step}")));
-                }
-                total += lv as f64;
-                Some(lv)
-            };
+            let lv = contrastive.add(&terms.contrastive)?;
+            if let Some(l) = &terms.layout {
+                layout_sum.add(l)?;
+            }
+            if let Some(lv) = lv.filter(|v| !v.is_finite()) {
+                return Err(diverged(lv as f64, &format!("step {step}")));
+            }
             if !progress.on_step(epoch, step, steps, lv) {
                 return Ok((clip, history));
             }
         }
-        if let Some(t) = &total_dev {
-            total = t.scalar()? as f64;
-            // Before the checkpoint: a diverged epoch never overwrites the last good one.
-            if !total.is_finite() {
-                return Err(diverged(total, "some step"));
-            }
+        let (total, layout_total) = (contrastive.total()?, layout_sum.total()?);
+        // Before the checkpoint: a diverged epoch never overwrites the last good one.
+        if !(total.is_finite() && layout_total.is_finite()) {
+            return Err(diverged(total + layout_total, "some step"));
         }
-        let (val_loss, r) = validate(&clip, data, cfg, epoch, device)?;
+        let (val_loss, val_layout, r) = validate(&clip, layout.as_ref(), data, cfg, epoch, device)?;
         let e = ClipEpoch {
             epoch: epoch + 1,
             train_loss: total / steps as f64,
             val_loss,
+            layout_loss: layout
+                .as_ref()
+                .map(|_| (layout_total / steps as f64, val_layout)),
             retrieval: r,
             seconds: started.elapsed().as_secs_f64(),
         };
@@ -420,12 +505,53 @@ pub fn train_clip(
         progress.on_epoch(&e);
         history.push(e);
     }
-    clip.store.save(
+    // CLIP's weights alone: the layout head is a training aid, not part of the model.
+    let weights: Vec<(String, Tensor)> = clip
+        .store
+        .iter()
+        .filter(|p| p.name != LAYOUT_HEAD)
+        .map(|p| (p.name.clone(), p.value.clone()))
+        .collect();
+    save_safetensors(
         &dir.weights(),
-        &[],
+        &weights,
         &BTreeMap::from([("format".to_string(), "pt".to_string())]),
     )?;
     Ok((clip, history))
+}
+
+/// An epoch's running sum of one loss term: on the host on the CPU, on the device on a GPU
+/// (read once, after the last step: no host synchronisation inside a step).
+#[derive(Default)]
+struct RunningLoss {
+    host: f64,
+    device: Option<Tensor>,
+}
+
+impl RunningLoss {
+    /// Adds a step's loss; returns it on the CPU (None on a GPU).
+    fn add(&mut self, loss: &Tensor) -> Result<Option<f32>> {
+        if loss.device().is_cuda() {
+            let t = match &self.device {
+                Some(t) => t,
+                None => self
+                    .device
+                    .insert(Tensor::zeros(loss.shape(), loss.device())?),
+            };
+            super::mapper::add_weighted_loss(t, loss, 1)?;
+            return Ok(None);
+        }
+        let v = loss.scalar()?;
+        self.host += v as f64;
+        Ok(Some(v))
+    }
+
+    fn total(&self) -> Result<f64> {
+        match &self.device {
+            Some(t) => Ok(t.scalar()? as f64),
+            None => Ok(self.host),
+        }
+    }
 }
 
 /// CLIP's training clips the temperature so logits are scaled by at most 100
@@ -445,11 +571,11 @@ fn clamp_logit_scale(clip: &Clip) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::data::synth::{self, SynthConfig};
 
-    fn tiny() -> ClipTrainConfig {
+    pub(crate) fn tiny() -> ClipTrainConfig {
         ClipTrainConfig {
             width: 16,
             layers: 1,
@@ -464,12 +590,16 @@ mod tests {
     }
 
     fn world() -> ClipData {
+        world_of(40)
+    }
+
+    pub(crate) fn world_of(stimuli: usize) -> ClipData {
         let cfg = SynthConfig {
-            stimuli: 40,
+            stimuli,
             voxels: 32,
             padding: 0,
             image_size: 16,
-            trials_per_session: 40,
+            trials_per_session: stimuli,
             seed: 3,
             ..SynthConfig::default()
         };
@@ -484,7 +614,7 @@ mod tests {
         .unwrap()
     }
 
-    fn temp(tag: &str) -> ClipRunDir {
+    pub(crate) fn temp(tag: &str) -> ClipRunDir {
         let d = std::env::temp_dir().join(format!(
             "mindreader-train-clip-{tag}-{}",
             std::process::id()

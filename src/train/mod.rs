@@ -3,6 +3,7 @@
 
 pub mod adam;
 pub mod clip;
+pub mod clip_layout;
 pub mod gan;
 pub mod import;
 pub mod mapper;
