@@ -1951,6 +1951,7 @@ fn demo_quick_runs_the_whole_pipeline_and_writes_the_report() {
         "caption (`clip_caption`)",
         "CLIP: contrastive loss per epoch",
         "a paired pixel term",
+        "epochs; layout term 4 × MSE of a 4×4 thumbnail",
     ] {
         assert!(md.contains(want), "report.md lacks {want}:\n{md}");
     }

@@ -189,10 +189,19 @@ pub fn run(
     };
     let clip_row = match &args.clip {
         Some(Some(dir)) => format!("given: {}", dir.display()),
-        _ => format!(
-            "trained on the world: width 64, 2 layers, patch 8, {} epochs",
-            args.clip_epochs
-        ),
+        _ => {
+            // The demo trains with train-clip's defaults (demo.rs), but for the epochs.
+            let c = mindreader::train::clip::ClipTrainConfig::default();
+            format!(
+                "trained on the world: width {}, {} layers, patch {}, {} epochs; layout term {} × MSE of a {g}×{g} thumbnail",
+                c.width,
+                c.layers,
+                c.patch,
+                args.clip_epochs,
+                c.layout_weight,
+                g = c.layout_grid
+            )
+        }
     };
     let report = Report {
         args,
