@@ -206,7 +206,7 @@ impl ClipData {
     }
 
     /// `[B, H, W, 3]` pixels of `stimuli`.
-    pub(crate) fn pixels(&self, stimuli: &[u32]) -> Vec<u8> {
+    fn pixels(&self, stimuli: &[u32]) -> Vec<u8> {
         let px = self.image_size[0] * self.image_size[1] * 3;
         stimuli
             .iter()
