@@ -20,6 +20,17 @@ fn run_ok(args: &[&str]) -> String {
     text
 }
 
+/// Runs a command that must fail with a clear message (no panic); returns its stderr.
+fn run_err(args: &[&str]) -> String {
+    let out = mindreader().args(args).output().expect("run mindreader");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && !err.contains("panicked"),
+        "mindreader {args:?} should fail cleanly:\n{err}"
+    );
+    err
+}
+
 #[test]
 fn info_lists_embedded_kernels_and_devices() {
     let text = run_ok(&["info", "--kernels"]);
@@ -998,44 +1009,24 @@ fn train_clip_makes_a_clip_directory_for_screen_captions() {
     ]);
     let file = mindreader::data::DatasetFile::open(&world).unwrap();
     assert_eq!(file.target("clip_image").unwrap().1, 16);
-    let out = mindreader()
-        .args([
+    let train_clip = |out: &std::path::Path, flag: &str, value: &str| {
+        run_err(&[
             "train-clip",
             "--data",
             &p(&world),
             "--out",
-            &p(&clip),
-            "--patch",
-            "5",
+            &p(out),
+            flag,
+            value,
             "--device",
             "cpu",
         ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    };
+    let err = train_clip(&clip, "--patch", "5");
+    assert!(err.contains("multiple of --patch 5"), "{err}");
+    let err = train_clip(&dir.join("clip3"), "--layout-grid", "3");
     assert!(
-        !out.status.success() && err.contains("multiple of --patch 5") && !err.contains("panicked"),
-        "{err}"
-    );
-    let out = mindreader()
-        .args([
-            "train-clip",
-            "--data",
-            &p(&world),
-            "--out",
-            &p(&dir.join("clip3")),
-            "--layout-grid",
-            "3",
-            "--device",
-            "cpu",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success()
-            && err.contains("--layout-grid 3 must divide the images' side 16")
-            && !err.contains("panicked"),
+        err.contains("--layout-grid 3 must divide the images' side 16"),
         "{err}"
     );
     std::fs::remove_dir_all(dir).ok();
